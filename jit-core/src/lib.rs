@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), warn(missing_docs))]
+
+pub mod audit;
+pub mod broker;
+pub mod clock;
+pub mod credentials;
+pub mod error;
+pub mod local;
+pub mod policy;
+pub mod provider;
+pub mod reaper;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod types;
+
+pub use audit::{AuditEvent, AuditKind, AuditRecord, AuditSink};
+pub use broker::{Broker, BrokerBuilder, IssueOutcome};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use credentials::{Credentials, Secret};
+pub use error::{ConfigError, Error, RequestError, Result, TokenError};
+pub use policy::{CataloguePolicy, Policy, PolicyContext};
+pub use provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind};
+pub use reaper::Reaper;
+pub use store::{ListFilter, MemoryStore, Store};
+pub use types::*;

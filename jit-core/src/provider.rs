@@ -1,0 +1,128 @@
+//! The provider trait: what a cloud (or the local token issuer) must do.
+//!
+//! # Contract
+//!
+//! - **Idempotent by grant id.** `issue` called twice with the same
+//!   [`GrantSpec::grant_id`] must not mint two independent accesses the
+//!   broker cannot find again: provider-side names derive from the grant id
+//!   ([`GrantSpec::external_name`]), so [`Provider::find`] can locate what an
+//!   interrupted `issue` left behind.
+//! - **`revoke` is idempotent.** Revoking something already revoked or already
+//!   expired succeeds. An error means the access may still work; the broker
+//!   retries with backoff and shows `RevocationFailed` until it succeeds.
+//! - **Native expiry.** When [`Capabilities::native_expiry`] is true, the access
+//!   stops working at the provider at [`IssuedGrant::expires_at`] even if the
+//!   broker is gone. Otherwise the broker's reaper revokes it at the end.
+//! - **Limits before calls.** A spec the provider cannot honour (duration over
+//!   its maximum, a malformed target) is refused with a typed error before any
+//!   remote call is made.
+//! - **No secrets in errors.** Errors and [`IssuedGrant`] never carry secret values.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::Credentials;
+use crate::error::Result;
+use crate::types::{Entitlement, GrantId, IssuedGrant, Principal, RequestId};
+
+/// How a provider takes access away before its natural end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationKind {
+    /// Stops working at once (a revocation list checked on every use, a deleted assignment).
+    Immediate,
+    /// A deny policy that the cloud propagates within the given time.
+    DenyPolicy {
+        /// Typical worst-case propagation.
+        propagation: Duration,
+    },
+    /// Cannot be revoked early (a GCP access token): such requests are refused
+    /// when early revocation is required, never faked.
+    None,
+}
+
+/// What a provider can do, as data: the broker and the tests branch on this, never on names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Whether the access expires at the provider without the broker's help.
+    pub native_expiry: bool,
+    /// The longest grant the provider can mint.
+    pub max_duration: Duration,
+    /// The shortest grant the provider can mint (AWS: 15 minutes).
+    pub min_duration: Duration,
+    /// How early revocation works.
+    pub revocation: RevocationKind,
+}
+
+/// Everything a provider needs to mint one grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantSpec {
+    /// The grant; provider-side names derive from it.
+    pub grant_id: GrantId,
+    /// The request it belongs to.
+    pub request_id: RequestId,
+    /// Who gets the access.
+    pub subject: Principal,
+    /// The entitlement (with its provider-specific target).
+    pub entitlement: Entitlement,
+    /// Window start.
+    pub starts_at: DateTime<Utc>,
+    /// Window end requested by the broker; the provider may return an earlier one.
+    pub ends_at: DateTime<Utc>,
+    /// Justification, for providers that record it (Azure PIM).
+    pub justification: String,
+    /// Ticket reference, for providers that record it.
+    pub ticket: Option<String>,
+}
+
+impl GrantSpec {
+    /// The deterministic provider-side name for this grant: `jit-<grant uuid simple>`.
+    /// 36 characters, within every provider's charset and length limits.
+    pub fn external_name(&self) -> String {
+        external_name(self.grant_id)
+    }
+
+    /// The requested window length.
+    pub fn duration(&self) -> chrono::TimeDelta {
+        self.ends_at - self.starts_at
+    }
+}
+
+/// The deterministic provider-side name of a grant.
+pub fn external_name(id: GrantId) -> String {
+    format!("jit-{}", id.0.simple())
+}
+
+/// The result of a successful issue.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Non-secret record, stored with the grant.
+    pub grant: IssuedGrant,
+    /// What the requester receives.
+    pub credentials: Credentials,
+}
+
+/// A cloud (or local) access issuer. Object safe: use it as `Arc<dyn Provider>`.
+#[async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// The name entitlements use to select this provider (`local`, `aws`, ...).
+    fn name(&self) -> &str;
+
+    /// What this provider can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Checks an entitlement's target when the catalogue loads. No remote calls needed.
+    fn validate(&self, entitlement: &Entitlement) -> Result<()>;
+
+    /// Mints the access. Idempotent by grant id (see the module contract).
+    async fn issue(&self, spec: &GrantSpec) -> Result<Issued>;
+
+    /// Takes the access away. Idempotent; an error means it may still work.
+    async fn revoke(&self, issued: &IssuedGrant) -> Result<()>;
+
+    /// Finds what an `issue` for this spec left at the provider, for reconciliation after a crash.
+    async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>>;
+}

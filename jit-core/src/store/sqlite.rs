@@ -1,0 +1,4 @@
+//! SQLite store. (Being written.)
+#![allow(missing_docs)]
+#[derive(Debug)]
+pub struct SqliteStore;

@@ -1,0 +1,1 @@
+//! Provider conformance checks. (Being written.)

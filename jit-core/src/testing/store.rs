@@ -1,0 +1,1 @@
+//! Store conformance checks. (Being written.)
