@@ -1,8 +1,1205 @@
-//! The broker. (Being written.)
-#![allow(missing_docs)]
-#[derive(Debug)]
-pub struct Broker;
-#[derive(Debug)]
-pub struct BrokerBuilder;
-#[derive(Debug)]
-pub struct IssueOutcome;
+//! The broker: the one entry point a host application uses.
+//!
+//! Every operation reads the record, checks the rules against its current
+//! state, and writes the next state with its audit events as one
+//! compare-and-set. When another caller wins the race, the operation re-reads
+//! and re-checks (so two approvers at once both count, while an approve that
+//! loses against a cancel is refused with [`Error::InvalidState`]).
+//!
+//! # Rules kept on every path
+//!
+//! 1. A requester never counts toward their own quorum: not directly, not
+//!    through a group, an alias or a case/compatibility variant of their id
+//!    ([`Principal::same_person`]). Each person counts once.
+//! 2. A grant ends at `min(requested, entitlement max, provider max)`; the
+//!    provider's returned expiry is recorded as the truth.
+//! 3. Transitions are compare-and-set on the record's version.
+//! 4. The grant is recorded (`Issuing`, provider-side name derived from the
+//!    grant id) before the provider is called, and credentials are returned
+//!    only after the `issued` audit record is committed and copied to every
+//!    sink. When that fails, what was minted is revoked (fail-closed).
+//! 5. After a crash, [`Broker::reconcile`] settles `Issuing` grants with the
+//!    provider (find by derived name, then revoke: the credentials never
+//!    reached anyone) and resumes `Revoking` ones.
+//! 6. Failed revocations are retried with capped exponential backoff, then
+//!    shown as `RevocationFailed` and still retried at a slow pace.
+//! 7. Time comes from the injected [`Clock`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::json;
+
+use crate::audit::{self, AuditEvent, AuditKind, AuditRecord, AuditSink, ChainSummary};
+use crate::clock::{Clock, SystemClock};
+use crate::credentials::Credentials;
+use crate::error::{ConfigError, Error, RequestError, Result};
+use crate::policy::{Policy, PolicyContext};
+use crate::provider::{GrantSpec, Provider};
+use crate::store::{ListFilter, Store};
+use crate::types::{
+    format_duration, AccessRequest, Approval, Decision, Entitlement, Grant, GrantDuration,
+    GrantId, Principal, RequestId, RequestRecord, Revocation, State, Verdict,
+};
+
+/// Actor name used for steps the broker takes by itself.
+pub const SYSTEM_ACTOR: &str = "jit-broker";
+/// Actor name used for steps the reaper takes.
+pub const REAPER_ACTOR: &str = "jit-reaper";
+
+const MAX_CAS_ATTEMPTS: usize = 64;
+const MAX_REASON_LEN: usize = 1024;
+
+/// How failed revocations are retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay after the first failure; doubles each time.
+    pub base: Duration,
+    /// Longest delay between fast attempts.
+    pub cap: Duration,
+    /// Failed attempts before the grant is shown as `RevocationFailed`.
+    pub fast_attempts: u32,
+    /// Delay between attempts once `RevocationFailed`.
+    pub slow_interval: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(5),
+            cap: Duration::from_secs(300),
+            fast_attempts: 6,
+            slow_interval: Duration::from_secs(900),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before the next attempt after `attempts` failures.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        if attempts >= self.fast_attempts {
+            return self.slow_interval;
+        }
+        let exp = attempts.saturating_sub(1).min(30);
+        self.base.saturating_mul(1u32 << exp).min(self.cap)
+    }
+}
+
+/// The result of an operation that may have minted credentials.
+#[derive(Debug, Clone)]
+pub struct IssueOutcome {
+    /// The record after the operation.
+    pub record: RequestRecord,
+    /// Credentials, when this call issued them. Shown once: they are not stored.
+    pub credentials: Option<Credentials>,
+}
+
+/// Builds a [`Broker`].
+pub struct BrokerBuilder {
+    store: Arc<dyn Store>,
+    policy: Arc<dyn Policy>,
+    providers: HashMap<String, Arc<dyn Provider>>,
+    clock: Arc<dyn Clock>,
+    sinks: Vec<Arc<dyn AuditSink>>,
+    auto_issue: bool,
+    retry: RetryPolicy,
+    reconcile_grace: Duration,
+}
+
+impl std::fmt::Debug for BrokerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerBuilder")
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field("auto_issue", &self.auto_issue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerBuilder {
+    /// Starts with a store and a policy; add at least one provider.
+    pub fn new(store: Arc<dyn Store>, policy: Arc<dyn Policy>) -> Self {
+        Self {
+            store,
+            policy,
+            providers: HashMap::new(),
+            clock: Arc::new(SystemClock),
+            sinks: Vec::new(),
+            auto_issue: true,
+            retry: RetryPolicy::default(),
+            reconcile_grace: Duration::from_secs(120),
+        }
+    }
+
+    /// Registers a provider under its [`Provider::name`].
+    pub fn provider(mut self, provider: Arc<dyn Provider>) -> Self {
+        self.providers.insert(provider.name().to_string(), provider);
+        self
+    }
+
+    /// Uses this clock (tests move time with [`crate::ManualClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Copies every audit record to this sink too; a failing sink fails the operation.
+    pub fn audit_sink(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Whether approval issues at once (default true). When false, call [`Broker::issue`].
+    pub fn auto_issue(mut self, yes: bool) -> Self {
+        self.auto_issue = yes;
+        self
+    }
+
+    /// How failed revocations are retried.
+    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How long an `Issuing` grant may sit before the running reaper treats it as
+    /// left by a crash (default 2 minutes; at start all of them are).
+    pub fn reconcile_grace(mut self, grace: Duration) -> Self {
+        self.reconcile_grace = grace;
+        self
+    }
+
+    /// Checks that every entitlement names a registered provider that accepts its target.
+    pub fn build(self) -> Result<Broker> {
+        for e in self.policy.entitlements() {
+            let p = self.providers.get(&e.provider).ok_or_else(|| {
+                Error::Config(ConfigError::UnknownProvider {
+                    entitlement: e.id.clone(),
+                    provider: e.provider.clone(),
+                })
+            })?;
+            p.validate(&e)?;
+        }
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                store: self.store,
+                policy: self.policy,
+                providers: self.providers,
+                clock: self.clock,
+                sinks: self.sinks,
+                auto_issue: self.auto_issue,
+                retry: self.retry,
+                reconcile_grace: self.reconcile_grace,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    policy: Arc<dyn Policy>,
+    providers: HashMap<String, Arc<dyn Provider>>,
+    clock: Arc<dyn Clock>,
+    sinks: Vec<Arc<dyn AuditSink>>,
+    auto_issue: bool,
+    retry: RetryPolicy,
+    reconcile_grace: Duration,
+}
+
+/// The broker. Cheap to clone; share it between tasks.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("store", &self.inner.store)
+            .field("providers", &self.inner.providers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn event(kind: AuditKind, rec: &RequestRecord, actor: &str, now: DateTime<Utc>) -> AuditEvent {
+    AuditEvent::new(now, kind, rec.id, actor, rec.state).grant(rec.grant_id())
+}
+
+fn check_reason(reason: &str) -> Result<()> {
+    if reason.trim().is_empty() {
+        return Err(RequestError::Reason("a reason is required".into()).into());
+    }
+    let len = reason.chars().count();
+    if len > MAX_REASON_LEN {
+        return Err(RequestError::Reason(format!(
+            "{len} characters long; the maximum is {MAX_REASON_LEN}"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::seconds(d.as_secs().min(i64::MAX as u64 / 1000) as i64)
+}
+
+fn forbidden(p: &Principal, operation: &'static str, rec: &RequestRecord, reason: &str) -> Error {
+    Error::Forbidden {
+        principal: p.id.to_string(),
+        operation,
+        request: rec.id,
+        reason: reason.to_string(),
+    }
+}
+
+fn invalid_state(operation: &'static str, rec: &RequestRecord) -> Error {
+    Error::InvalidState {
+        operation,
+        request: rec.id,
+        state: rec.state,
+    }
+}
+
+impl Broker {
+    /// Starts a builder.
+    pub fn builder(store: Arc<dyn Store>, policy: Arc<dyn Policy>) -> BrokerBuilder {
+        BrokerBuilder::new(store, policy)
+    }
+
+    /// The clock in use.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The store in use.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The policy in use.
+    pub fn policy(&self) -> &Arc<dyn Policy> {
+        &self.inner.policy
+    }
+
+    fn provider(&self, name: &str) -> Result<&Arc<dyn Provider>> {
+        self.inner.providers.get(name).ok_or_else(|| {
+            Error::Config(ConfigError::UnknownProvider {
+                entitlement: String::new(),
+                provider: name.to_string(),
+            })
+        })
+    }
+
+    fn entitlement(&self, id: &str) -> Result<Entitlement> {
+        self.inner
+            .policy
+            .entitlement(id)
+            .ok_or_else(|| RequestError::UnknownEntitlement(id.to_string()).into())
+    }
+
+    /// Copies committed records to every sink; the first failure fails the call.
+    async fn forward(&self, records: &[AuditRecord]) -> Result<()> {
+        for sink in &self.inner.sinks {
+            for r in records {
+                sink.append(r).await.map_err(|e| match e {
+                    Error::AuditFailed(m) => Error::AuditFailed(m),
+                    other => Error::AuditFailed(other.to_string()),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads, applies `f`, and writes with compare-and-set, re-reading on conflict.
+    /// `f` returns the events to append; it sees the record with `updated_at` not yet set.
+    async fn commit<F>(
+        &self,
+        id: RequestId,
+        mut f: F,
+    ) -> Result<(RequestRecord, Vec<AuditRecord>)>
+    where
+        F: FnMut(&mut RequestRecord, DateTime<Utc>) -> Result<Vec<AuditEvent>>,
+    {
+        let mut last = None;
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let current = self
+                .inner
+                .store
+                .get(id)
+                .await?
+                .ok_or_else(|| Error::request_not_found(id))?;
+            let now = self.inner.clock.now();
+            let mut next = current.clone();
+            let events = f(&mut next, now)?;
+            next.version = current.version + 1;
+            next.updated_at = now;
+            match self
+                .inner
+                .store
+                .update(current.version, &next, &events)
+                .await
+            {
+                Ok(recs) => return Ok((next, recs)),
+                Err(e @ Error::Conflict { .. }) => {
+                    last = Some(e);
+                    if attempt > 4 {
+                        tokio::time::sleep(Duration::from_millis(1 + attempt as u64)).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::Conflict {
+            request: id,
+            expected: 0,
+        }))
+    }
+
+    /// Submits a request. The policy decides at once:
+    /// - deny: the record is stored as `Denied` with the reasons (a decision, not an error);
+    /// - auto-approve: `Approved`, and issued at once when auto-issue is on and the start has come;
+    /// - needs approval: `Pending` until approvers act or the pending TTL passes.
+    ///
+    /// Invalid fields are errors and nothing is stored.
+    pub async fn submit(&self, requester: &Principal, request: AccessRequest) -> Result<IssueOutcome> {
+        self.submit_inner(requester, request, None).await
+    }
+
+    async fn submit_inner(
+        &self,
+        requester: &Principal,
+        request: AccessRequest,
+        extends: Option<(RequestId, DateTime<Utc>)>,
+    ) -> Result<IssueOutcome> {
+        let now = self.inner.clock.now();
+        request.validate(now)?;
+        let ent = self.entitlement(&request.entitlement)?;
+        let provider = self.provider(&ent.provider)?;
+        let caps = provider.capabilities();
+        if request.duration.get() < caps.min_duration {
+            return Err(RequestError::DurationTooShort {
+                requested: request.duration.to_string(),
+                minimum: format_duration(caps.min_duration),
+            }
+            .into());
+        }
+        let ctx = PolicyContext {
+            now,
+            provider_max: caps.max_duration,
+        };
+        let decision = self
+            .inner
+            .policy
+            .evaluate(requester, &request, &ent, &ctx)?;
+        let mut rec = RequestRecord {
+            id: RequestId::new(),
+            version: 1,
+            state: State::Pending,
+            requester: requester.clone(),
+            request: request.clone(),
+            decision: decision.clone(),
+            approvals: Vec::new(),
+            grant: None,
+            extends: extends.map(|(id, _)| id),
+            revocation: None,
+            pending_until: Some(now + delta(self.inner.policy.pending_ttl())),
+            note: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut events = vec![event(AuditKind::Requested, &rec, requester.id.as_str(), now)
+            .details(json!({
+                "entitlement": request.entitlement,
+                "provider": ent.provider,
+                "duration_secs": request.duration.as_secs(),
+                "start_at": request.start_at,
+                "justification": request.justification,
+                "ticket": request.ticket,
+                "context": request.context,
+                "groups": requester.groups,
+                "extends": rec.extends,
+            }))];
+        events.push(
+            event(AuditKind::Decided, &rec, "policy", now).details(json!({ "decision": decision })),
+        );
+        match &decision.verdict {
+            Verdict::Deny => {
+                rec.state = State::Denied;
+                rec.pending_until = None;
+                rec.note = Some(decision.reasons.join("; "));
+                events.push(
+                    event(AuditKind::Denied, &rec, "policy", now)
+                        .details(json!({ "reasons": decision.reasons })),
+                );
+            }
+            Verdict::AutoApprove => {
+                rec.state = State::Approved;
+                rec.pending_until = None;
+                rec.grant = Some(self.window(&rec, now, extends.map(|(_, end)| end)));
+                events.push(
+                    event(AuditKind::Approved, &rec, "policy", now)
+                        .details(json!({ "auto": true, "reasons": decision.reasons })),
+                );
+            }
+            Verdict::NeedsApproval { .. } => {}
+        }
+        // Each event records the state after it; the last one the final state.
+        let n = events.len();
+        for (i, e) in events.iter_mut().enumerate() {
+            e.state = if i + 1 == n { rec.state } else { State::Pending };
+            e.grant_id = rec.grant_id();
+        }
+        let recs = self.inner.store.insert(&rec, &events).await?;
+        self.forward(&recs).await?;
+        self.after_approval(rec, SYSTEM_ACTOR).await
+    }
+
+    /// Issues at once when the request is approved, auto-issue is on and the start has come.
+    async fn after_approval(&self, rec: RequestRecord, actor: &str) -> Result<IssueOutcome> {
+        let due = rec.state == State::Approved
+            && self.inner.auto_issue
+            && rec
+                .grant
+                .as_ref()
+                .is_some_and(|g| g.starts_at <= self.inner.clock.now());
+        if due {
+            self.issue_as(rec.id, actor).await
+        } else {
+            Ok(IssueOutcome {
+                record: rec,
+                credentials: None,
+            })
+        }
+    }
+
+    /// The grant window at approval time: from the scheduled start (or now) for
+    /// the approved length. An extension ends at the extended grant's end plus
+    /// its length, and never more than the maximum from now.
+    fn window(&self, rec: &RequestRecord, now: DateTime<Utc>, extends_end: Option<DateTime<Utc>>) -> Grant {
+        let len = rec.request.duration.min(rec.decision.max_duration).as_chrono();
+        let max = rec.decision.max_duration.as_chrono();
+        let starts_at = rec.request.start_at.map_or(now, |s| s.max(now));
+        let ends_at = match extends_end {
+            Some(end) => (end.max(now) + len).min(now + max),
+            None => starts_at + len,
+        };
+        Grant {
+            id: GrantId::new(),
+            starts_at,
+            ends_at,
+            issued: None,
+        }
+    }
+
+    /// Records an approval. When the quorum of distinct approvers (never the
+    /// requester) is reached the request is approved, and issued at once when
+    /// auto-issue is on.
+    pub async fn approve(&self, approver: &Principal, id: RequestId, comment: &str) -> Result<IssueOutcome> {
+        let extends_end = self.extends_end(id).await?;
+        let (rec, recs) = self
+            .commit(id, |rec, now| {
+                if rec.state != State::Pending {
+                    return Err(invalid_state("approve", rec));
+                }
+                let (approvers, quorum) = match &rec.decision.verdict {
+                    Verdict::NeedsApproval { approvers, quorum } => (approvers, *quorum),
+                    _ => return Err(invalid_state("approve", rec)),
+                };
+                if approver.same_person(&rec.requester) {
+                    return Err(forbidden(approver, "approve", rec, "requesters may not approve their own requests"));
+                }
+                if !approvers.contains(approver) && !self.inner.policy.is_admin(approver) {
+                    return Err(forbidden(approver, "approve", rec, "not an approver for this entitlement"));
+                }
+                if rec.approvals.iter().any(|a| a.approver.same_person(approver)) {
+                    return Err(forbidden(approver, "approve", rec, "already approved by this person"));
+                }
+                rec.approvals.push(Approval {
+                    approver: approver.clone(),
+                    at: now,
+                    comment: comment.to_string(),
+                });
+                let count = rec.approvals.len() as u32;
+                if count >= quorum {
+                    rec.state = State::Approved;
+                    rec.pending_until = None;
+                    rec.grant = Some(self.window(rec, now, extends_end));
+                }
+                Ok(vec![event(AuditKind::Approved, rec, approver.id.as_str(), now).details(
+                    json!({ "approvals": count, "quorum": quorum, "comment": comment }),
+                )])
+            })
+            .await?;
+        self.forward(&recs).await?;
+        self.after_approval(rec, approver.id.as_str()).await
+    }
+
+    async fn extends_end(&self, id: RequestId) -> Result<Option<DateTime<Utc>>> {
+        let rec = self.get(id).await?;
+        match rec.extends {
+            None => Ok(None),
+            Some(orig) => Ok(self.get(orig).await?.ends_at()),
+        }
+    }
+
+    /// Denies a pending request (an approver or an admin, never the requester: they cancel).
+    pub async fn deny(&self, approver: &Principal, id: RequestId, reason: &str) -> Result<RequestRecord> {
+        check_reason(reason)?;
+        let (rec, recs) = self
+            .commit(id, |rec, now| {
+                if rec.state != State::Pending {
+                    return Err(invalid_state("deny", rec));
+                }
+                if approver.same_person(&rec.requester) {
+                    return Err(forbidden(approver, "deny", rec, "requesters cancel their own requests instead"));
+                }
+                let allowed = match &rec.decision.verdict {
+                    Verdict::NeedsApproval { approvers, .. } => approvers.contains(approver),
+                    _ => false,
+                } || self.inner.policy.is_admin(approver);
+                if !allowed {
+                    return Err(forbidden(approver, "deny", rec, "not an approver for this entitlement"));
+                }
+                rec.state = State::Denied;
+                rec.pending_until = None;
+                rec.note = Some(reason.to_string());
+                Ok(vec![event(AuditKind::Denied, rec, approver.id.as_str(), now)
+                    .details(json!({ "reason": reason }))])
+            })
+            .await?;
+        self.forward(&recs).await?;
+        Ok(rec)
+    }
+
+    /// Withdraws a request that has not been issued (the requester or an admin).
+    pub async fn cancel(&self, requester: &Principal, id: RequestId, reason: &str) -> Result<RequestRecord> {
+        let (rec, recs) = self
+            .commit(id, |rec, now| {
+                if !matches!(rec.state, State::Pending | State::Approved) {
+                    return Err(invalid_state("cancel", rec));
+                }
+                if !requester.same_person(&rec.requester) && !self.inner.policy.is_admin(requester) {
+                    return Err(forbidden(requester, "cancel", rec, "only the requester or an admin may cancel"));
+                }
+                rec.state = State::Cancelled;
+                rec.pending_until = None;
+                rec.note = (!reason.is_empty()).then(|| reason.to_string());
+                Ok(vec![event(AuditKind::Cancelled, rec, requester.id.as_str(), now)
+                    .details(json!({ "reason": reason }))])
+            })
+            .await?;
+        self.forward(&recs).await?;
+        Ok(rec)
+    }
+
+    /// Issues an approved request (the requester or an admin). Credentials are
+    /// returned once; they are not stored.
+    pub async fn issue(&self, actor: &Principal, id: RequestId) -> Result<IssueOutcome> {
+        let rec = self.get(id).await?;
+        if !actor.same_person(&rec.requester) && !self.inner.policy.is_admin(actor) {
+            return Err(forbidden(actor, "issue", &rec, "only the requester or an admin may issue"));
+        }
+        self.issue_as(id, actor.id.as_str()).await
+    }
+
+    pub(crate) async fn issue_as(&self, id: RequestId, actor: &str) -> Result<IssueOutcome> {
+        // 1. Record the grant as Issuing, with its final window, before calling anyone.
+        let mut provider_name = String::new();
+        let (rec, _) = self
+            .commit(id, |rec, now| {
+                if rec.state != State::Approved {
+                    return Err(invalid_state("issue", rec));
+                }
+                let ent = self.entitlement(&rec.request.entitlement)?;
+                let caps = self.provider(&ent.provider)?.capabilities();
+                let max = rec.decision.max_duration.as_chrono().min(delta(caps.max_duration));
+                let is_extension = rec.extends.is_some();
+                if rec.grant.is_none() {
+                    return Err(invalid_state("issue", rec));
+                }
+                let request_id = rec.id;
+                let Some(g) = rec.grant.as_mut() else {
+                    return Err(Error::Store(format!("request `{request_id}` has no grant")));
+                };
+                if g.starts_at > now {
+                    return Err(RequestError::NotYetStarted {
+                        request: request_id,
+                        starts_at: g.starts_at.to_rfc3339(),
+                    }
+                    .into());
+                }
+                let ends = if is_extension {
+                    g.ends_at
+                } else {
+                    now + (g.ends_at - g.starts_at)
+                }
+                .min(now + max);
+                if ends <= now {
+                    return Err(Error::InvalidState {
+                        operation: "issue (window already over)",
+                        request: request_id,
+                        state: State::Approved,
+                    });
+                }
+                g.starts_at = now;
+                g.ends_at = ends;
+                rec.state = State::Issuing;
+                provider_name = ent.provider;
+                Ok(Vec::new())
+            })
+            .await?;
+        let provider = self.provider(&provider_name)?.clone();
+        let spec = self.spec(&rec)?;
+
+        // 2. Mint.
+        let issued = match provider.issue(&spec).await {
+            Ok(i) => i,
+            Err(e) => {
+                let msg = e.to_string();
+                let settled = self
+                    .commit(id, |rec, now| {
+                        if rec.state != State::Issuing {
+                            return Err(invalid_state("record issue failure", rec));
+                        }
+                        rec.state = State::Failed;
+                        rec.note = Some(msg.clone());
+                        Ok(vec![event(AuditKind::IssueFailed, rec, actor, now)
+                            .details(json!({ "provider": provider_name, "error": msg }))])
+                    })
+                    .await;
+                if let Ok((_, recs)) = settled {
+                    // The provider error is what the caller needs; a sink failure here
+                    // leaves nothing minted, so it is only logged.
+                    if let Err(se) = self.forward(&recs).await {
+                        tracing::error!(request = %id, error = %se, "audit sink failed recording an issue failure");
+                    }
+                }
+                return Err(e);
+            }
+        };
+
+        // 3. Record it as Active with its `issued` audit record.
+        let record_issued = self
+            .commit(id, |rec, now| {
+                if rec.state != State::Issuing {
+                    return Err(invalid_state("record issue", rec));
+                }
+                let g = rec.grant.as_mut().ok_or_else(|| Error::Store("issuing record without grant".into()))?;
+                if issued.grant.expires_at > g.ends_at {
+                    tracing::warn!(request = %rec.id, provider = %issued.grant.provider, "provider returned an expiry later than asked; recording the provider's value");
+                }
+                // The provider's expiry is the source of truth.
+                g.ends_at = issued.grant.expires_at;
+                g.issued = Some(issued.grant.clone());
+                let starts_at = g.starts_at;
+                rec.state = State::Active;
+                Ok(vec![event(AuditKind::Issued, rec, actor, now).details(json!({
+                    "provider": issued.grant.provider,
+                    "external_id": issued.grant.external_id,
+                    "starts_at": starts_at,
+                    "expires_at": issued.grant.expires_at,
+                    "details": issued.grant.details,
+                }))])
+            })
+            .await;
+        let (rec, recs) = match record_issued {
+            Ok(v) => v,
+            Err(e) => {
+                // Could not record: take back what was minted (fail-closed).
+                self.undo_mint(id, &provider, &issued.grant, actor, &e).await;
+                return Err(e);
+            }
+        };
+
+        // 4. Copy to the sinks before anything leaves the broker.
+        if let Err(e) = self.forward(&recs).await {
+            tracing::error!(request = %id, error = %e, "audit sink failed; revoking what was minted");
+            let reason = format!("audit sink failed: {e}");
+            let _ = self
+                .revoke_inner(id, SYSTEM_ACTOR, &reason, false, |_| Ok(()))
+                .await;
+            return Err(e);
+        }
+        Ok(IssueOutcome {
+            record: rec,
+            credentials: Some(issued.credentials),
+        })
+    }
+
+    /// After a mint that could not be recorded: revoke at the provider, then
+    /// try to record the failure. If even that fails, the grant stays `Issuing`
+    /// and the reconciler settles it.
+    async fn undo_mint(
+        &self,
+        id: RequestId,
+        provider: &Arc<dyn Provider>,
+        issued: &crate::types::IssuedGrant,
+        actor: &str,
+        cause: &Error,
+    ) {
+        let revoked = provider.revoke(issued).await;
+        if let Err(e) = &revoked {
+            tracing::error!(request = %id, error = %e, "could not revoke a grant that failed to record; the reconciler will retry");
+        }
+        let msg = cause.to_string();
+        let res = self
+            .commit(id, |rec, now| {
+                if rec.state != State::Issuing {
+                    return Err(invalid_state("record issue failure", rec));
+                }
+                let ev;
+                if revoked.is_ok() {
+                    rec.state = State::Failed;
+                    ev = AuditKind::IssueFailed;
+                } else {
+                    // Minted and still live: keep the provider record so it can be revoked.
+                    if let Some(g) = rec.grant.as_mut() {
+                        g.issued = Some(issued.clone());
+                    }
+                    rec.state = State::Revoking;
+                    rec.revocation = Some(Revocation {
+                        by: SYSTEM_ACTOR.into(),
+                        reason: format!("could not record issue: {msg}"),
+                        expiry: false,
+                        attempts: 1,
+                        last_error: revoked.as_ref().err().map(|e| e.to_string()),
+                        next_attempt_at: now + delta(self.inner.retry.delay(1)),
+                    });
+                    ev = AuditKind::IssueFailed;
+                }
+                rec.note = Some(msg.clone());
+                Ok(vec![event(ev, rec, actor, now).details(json!({
+                    "error": msg,
+                    "minted_and_revoked": revoked.is_ok(),
+                }))])
+            })
+            .await;
+        if let Ok((_, recs)) = res {
+            if let Err(e) = self.forward(&recs).await {
+                tracing::error!(request = %id, error = %e, "audit sink failed recording an issue failure");
+            }
+        }
+    }
+
+    fn spec(&self, rec: &RequestRecord) -> Result<GrantSpec> {
+        let g = rec
+            .grant
+            .as_ref()
+            .ok_or_else(|| Error::Store(format!("request `{}` has no grant", rec.id)))?;
+        Ok(GrantSpec {
+            grant_id: g.id,
+            request_id: rec.id,
+            subject: rec.requester.clone(),
+            entitlement: self.entitlement(&rec.request.entitlement)?,
+            starts_at: g.starts_at,
+            ends_at: g.ends_at,
+            justification: rec.request.justification.clone(),
+            ticket: rec.request.ticket.clone(),
+        })
+    }
+
+    /// Revokes an active grant early (its requester, one of its approvers, or an admin).
+    ///
+    /// Returns the record: `Revoked` when the provider confirmed, or `Revoking`
+    /// / `RevocationFailed` with the provider's error when it did not (the
+    /// reaper keeps retrying). Revoking a revoked grant returns it unchanged.
+    pub async fn revoke(&self, actor: &Principal, id: RequestId, reason: &str) -> Result<RequestRecord> {
+        check_reason(reason)?;
+        let policy = self.inner.policy.clone();
+        let who = actor.clone();
+        self.revoke_inner(id, actor.id.as_str(), reason, false, move |rec| {
+            let is_approver = match &rec.decision.verdict {
+                Verdict::NeedsApproval { approvers, .. } => approvers.contains(&who),
+                _ => false,
+            };
+            if who.same_person(&rec.requester) || is_approver || policy.is_admin(&who) {
+                Ok(())
+            } else {
+                Err(forbidden(&who, "revoke", rec, "only the requester, an approver or an admin may revoke"))
+            }
+        })
+        .await
+    }
+
+    async fn revoke_inner<A>(
+        &self,
+        id: RequestId,
+        actor: &str,
+        reason: &str,
+        expiry: bool,
+        authorize: A,
+    ) -> Result<RequestRecord>
+    where
+        A: Fn(&RequestRecord) -> Result<()>,
+    {
+        let started = self
+            .commit(id, |rec, now| {
+                authorize(rec)?;
+                if rec.state != State::Active {
+                    return Err(invalid_state("revoke", rec));
+                }
+                rec.state = State::Revoking;
+                rec.revocation = Some(Revocation {
+                    by: actor.to_string(),
+                    reason: reason.to_string(),
+                    expiry,
+                    attempts: 0,
+                    last_error: None,
+                    next_attempt_at: now,
+                });
+                Ok(Vec::new())
+            })
+            .await;
+        match started {
+            Ok((rec, _)) => self.attempt_revocation(rec).await,
+            Err(Error::InvalidState { state, .. })
+                if !expiry && matches!(state, State::Revoked | State::Revoking | State::RevocationFailed) =>
+            {
+                // Idempotent: already revoked or being revoked.
+                self.get(id).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One provider revocation attempt for a `Revoking`/`RevocationFailed` record.
+    pub(crate) async fn attempt_revocation(&self, rec: RequestRecord) -> Result<RequestRecord> {
+        let issued = rec
+            .grant
+            .as_ref()
+            .and_then(|g| g.issued.clone())
+            .ok_or_else(|| Error::Store(format!("request `{}` has nothing issued to revoke", rec.id)))?;
+        let provider = self.provider(&issued.provider)?.clone();
+        let result = provider.revoke(&issued).await;
+        let retry = self.inner.retry.clone();
+        let (next, recs) = self
+            .commit(rec.id, |r, now| {
+                if !matches!(r.state, State::Revoking | State::RevocationFailed) {
+                    return Err(invalid_state("record revocation", r));
+                }
+                let Some(rv) = r.revocation.as_mut() else {
+                    return Err(Error::Store(format!("request `{}` is revoking without a revocation", r.id)));
+                };
+                match &result {
+                    Ok(()) => {
+                        let (state, kind) = if rv.expiry {
+                            (State::Expired, AuditKind::Expired)
+                        } else {
+                            (State::Revoked, AuditKind::Revoked)
+                        };
+                        let details = json!({
+                            "reason": rv.reason,
+                            "by": rv.by,
+                            "attempts": rv.attempts + 1,
+                        });
+                        let by = rv.by.clone();
+                        r.state = state;
+                        Ok(vec![event(kind, r, &by, now).details(details)])
+                    }
+                    Err(e) => {
+                        rv.attempts += 1;
+                        rv.last_error = Some(e.to_string());
+                        rv.next_attempt_at = now + delta(retry.delay(rv.attempts));
+                        let details = json!({ "attempts": rv.attempts, "error": e.to_string() });
+                        if rv.attempts >= retry.fast_attempts && r.state == State::Revoking {
+                            r.state = State::RevocationFailed;
+                            r.note = rv.last_error.clone();
+                            Ok(vec![event(AuditKind::RevocationFailed, r, REAPER_ACTOR, now).details(details)])
+                        } else {
+                            Ok(Vec::new())
+                        }
+                    }
+                }
+            })
+            .await?;
+        self.forward(&recs).await?;
+        Ok(next)
+    }
+
+    /// Asks for more time on an active grant: a new request linked to it,
+    /// decided by the same policy and bounds. Once issued, its grant ends at
+    /// the old end plus the extra duration, never more than the maximum from now.
+    pub async fn extend(
+        &self,
+        requester: &Principal,
+        id: RequestId,
+        extra: GrantDuration,
+        justification: &str,
+    ) -> Result<IssueOutcome> {
+        let orig = self.get(id).await?;
+        if !requester.same_person(&orig.requester) {
+            // Someone else's grant answers like a missing one.
+            return Err(Error::request_not_found(id));
+        }
+        let end = match (orig.state, orig.ends_at()) {
+            (State::Active, Some(end)) => end,
+            _ => return Err(RequestError::NotExtendable(id).into()),
+        };
+        let mut req = AccessRequest::new(&orig.request.entitlement, extra, justification);
+        req.ticket = orig.request.ticket.clone();
+        req.context = orig.request.context.clone();
+        req.context.insert("extends".into(), id.to_string());
+        self.submit_inner(requester, req, Some((id, end))).await
+    }
+
+    /// One record.
+    pub async fn get(&self, id: RequestId) -> Result<RequestRecord> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::request_not_found(id))
+    }
+
+    /// Records matching a filter, newest first.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
+        self.inner.store.list(filter).await
+    }
+
+    /// Pending requests the principal may approve (never their own).
+    pub async fn awaiting_approval_by(&self, approver: &Principal) -> Result<Vec<RequestRecord>> {
+        let pending = self
+            .list(&ListFilter {
+                states: vec![State::Pending],
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?;
+        let admin = self.inner.policy.is_admin(approver);
+        Ok(pending
+            .into_iter()
+            .filter(|r| !approver.same_person(&r.requester))
+            .filter(|r| match &r.decision.verdict {
+                Verdict::NeedsApproval { approvers, .. } => admin || approvers.contains(approver),
+                _ => false,
+            })
+            .filter(|r| !r.approvals.iter().any(|a| a.approver.same_person(approver)))
+            .collect())
+    }
+
+    /// The whole audit chain.
+    pub async fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+        crate::store::audit_all(self.inner.store.as_ref()).await
+    }
+
+    /// Verifies the stored chain; `Ok(Err(break))` names the first broken record.
+    pub async fn verify_audit(&self) -> Result<std::result::Result<ChainSummary, audit::ChainBreak>> {
+        let recs = self.audit_records().await?;
+        Ok(audit::verify(&recs))
+    }
+
+    /// Writes the chain as JSON Lines.
+    pub async fn export_audit<W: std::io::Write>(&self, out: W) -> Result<()> {
+        let recs = self.audit_records().await?;
+        audit::export_jsonl(&recs, out).map_err(|e| Error::AuditFailed(format!("export: {e}")))
+    }
+
+    // ---- time-driven work, used by the reaper ----
+
+    /// Expires active grants whose end has passed: natively expiring ones are
+    /// marked `Expired`; others are revoked at the provider first.
+    pub async fn expire_due(&self, limit: usize) -> Result<usize> {
+        let now = self.inner.clock.now();
+        let due = self.inner.store.due(&[State::Active], now, limit).await?;
+        let mut n = 0;
+        for rec in due {
+            let native = rec
+                .grant
+                .as_ref()
+                .and_then(|g| g.issued.as_ref())
+                .and_then(|i| self.inner.providers.get(&i.provider))
+                .is_some_and(|p| p.capabilities().native_expiry);
+            let res = if native {
+                self.commit(rec.id, |r, now| {
+                    if r.state != State::Active || r.ends_at().is_none_or(|e| e > now) {
+                        return Err(invalid_state("expire", r));
+                    }
+                    r.state = State::Expired;
+                    Ok(vec![event(AuditKind::Expired, r, REAPER_ACTOR, now)
+                        .details(json!({ "native": true }))])
+                })
+                .await
+            } else {
+                self.revoke_inner(rec.id, REAPER_ACTOR, "grant window ended", true, |_| Ok(()))
+                    .await
+                    .map(|r| (r, Vec::new()))
+            };
+            match res {
+                Ok((_, recs)) => {
+                    self.forward(&recs).await?;
+                    n += 1;
+                }
+                Err(Error::InvalidState { .. }) => {} // someone else settled it first
+                Err(e) => tracing::warn!(request = %rec.id, error = %e, "expiry failed; will retry"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Times out pending requests past their TTL, and settles approved ones:
+    /// issues those whose start has come (with auto-issue) and expires those
+    /// whose window passed without being issued.
+    pub async fn settle_waiting(&self, limit: usize) -> Result<usize> {
+        let now = self.inner.clock.now();
+        let mut n = 0;
+        for rec in self.inner.store.due(&[State::Pending], now, limit).await? {
+            let res = self
+                .commit(rec.id, |r, now| {
+                    if r.state != State::Pending || r.pending_until.is_none_or(|p| p > now) {
+                        return Err(invalid_state("time out", r));
+                    }
+                    r.state = State::TimedOut;
+                    r.pending_until = None;
+                    Ok(vec![event(AuditKind::TimedOut, r, REAPER_ACTOR, now)
+                        .details(json!({ "approvals": r.approvals.len() }))])
+                })
+                .await;
+            match res {
+                Ok((_, recs)) => {
+                    self.forward(&recs).await?;
+                    n += 1;
+                }
+                Err(Error::InvalidState { .. }) => {}
+                Err(e) => tracing::warn!(request = %rec.id, error = %e, "timeout failed; will retry"),
+            }
+        }
+        for rec in self.inner.store.due(&[State::Approved], now, limit).await? {
+            let over = rec.ends_at().is_some_and(|e| e <= now);
+            let res = if over {
+                self.commit(rec.id, |r, now| {
+                    if r.state != State::Approved {
+                        return Err(invalid_state("expire", r));
+                    }
+                    r.state = State::Expired;
+                    Ok(vec![event(AuditKind::Expired, r, REAPER_ACTOR, now)
+                        .details(json!({ "issued": false }))])
+                })
+                .await
+                .map(|(_, recs)| recs)
+            } else if self.inner.auto_issue {
+                self.issue_as(rec.id, REAPER_ACTOR).await.map(|_| Vec::new())
+            } else {
+                continue;
+            };
+            match res {
+                Ok(recs) => {
+                    self.forward(&recs).await?;
+                    n += 1;
+                }
+                Err(Error::InvalidState { .. }) => {}
+                Err(e) => tracing::warn!(request = %rec.id, error = %e, "settling an approved request failed"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Retries revocations whose next attempt is due.
+    pub async fn retry_revocations(&self, limit: usize) -> Result<usize> {
+        let now = self.inner.clock.now();
+        let due = self
+            .inner
+            .store
+            .due(&[State::Revoking, State::RevocationFailed], now, limit)
+            .await?;
+        let mut n = 0;
+        for rec in due {
+            match self.attempt_revocation(rec).await {
+                Ok(r) if matches!(r.state, State::Revoked | State::Expired) => n += 1,
+                Ok(_) | Err(Error::InvalidState { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, "revocation retry failed"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Settles grants left in `Issuing` by a crash: older than the grace
+    /// period, or all of them when `all` (at start). Found at the provider →
+    /// revoked (the credentials never reached anyone); not found → `Failed`.
+    pub async fn reconcile(&self, all: bool) -> Result<usize> {
+        let now = self.inner.clock.now();
+        let cutoff = if all {
+            DateTime::<Utc>::MAX_UTC
+        } else {
+            now - delta(self.inner.reconcile_grace)
+        };
+        let stuck = self.inner.store.due(&[State::Issuing], cutoff, 1000).await?;
+        let mut n = 0;
+        for rec in stuck {
+            let spec = self.spec(&rec)?;
+            let provider = self.provider(&spec.entitlement.provider)?.clone();
+            let found = match provider.find(&spec).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(request = %rec.id, error = %e, "reconcile: provider lookup failed; will retry");
+                    continue;
+                }
+            };
+            let revoked = match &found {
+                Some(issued) => Some(provider.revoke(issued).await),
+                None => None,
+            };
+            let retry = self.inner.retry.clone();
+            let res = self
+                .commit(rec.id, |r, now| {
+                    if r.state != State::Issuing || r.version != rec.version {
+                        return Err(invalid_state("reconcile", r));
+                    }
+                    let outcome = match (&found, &revoked) {
+                        (None, _) => {
+                            r.state = State::Failed;
+                            r.note = Some("interrupted before anything was minted".into());
+                            "nothing minted"
+                        }
+                        (Some(issued), Some(Ok(()))) => {
+                            if let Some(g) = r.grant.as_mut() {
+                                g.issued = Some(issued.clone());
+                            }
+                            r.state = State::Revoked;
+                            r.note = Some("minted during a crash and never delivered; revoked".into());
+                            "minted, revoked"
+                        }
+                        (Some(issued), _) => {
+                            if let Some(g) = r.grant.as_mut() {
+                                g.issued = Some(issued.clone());
+                            }
+                            let err = revoked
+                                .as_ref()
+                                .and_then(|x| x.as_ref().err())
+                                .map(|e| e.to_string());
+                            r.state = State::Revoking;
+                            r.revocation = Some(Revocation {
+                                by: REAPER_ACTOR.into(),
+                                reason: "minted during a crash and never delivered".into(),
+                                expiry: false,
+                                attempts: 1,
+                                last_error: err,
+                                next_attempt_at: now + delta(retry.delay(1)),
+                            });
+                            "minted, revocation pending"
+                        }
+                    };
+                    Ok(vec![event(AuditKind::Reconciled, r, REAPER_ACTOR, now).details(json!({
+                        "outcome": outcome,
+                        "external_id": found.as_ref().map(|f| f.external_id.clone()),
+                    }))])
+                })
+                .await;
+            match res {
+                Ok((_, recs)) => {
+                    self.forward(&recs).await?;
+                    n += 1;
+                }
+                Err(Error::InvalidState { .. }) => {}
+                Err(e) => tracing::warn!(request = %rec.id, error = %e, "reconcile failed; will retry"),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Decision helper for hosts and tests: the effective grant length of a decision.
+pub fn effective_duration(request: &AccessRequest, decision: &Decision) -> GrantDuration {
+    request.duration.min(decision.max_duration)
+}

@@ -162,6 +162,14 @@ pub enum RequestError {
         /// The limit, human readable.
         limit: String,
     },
+    /// The requested duration is below what the provider can mint.
+    #[error("duration `{requested}` is below the minimum of {minimum} for this entitlement")]
+    DurationTooShort {
+        /// What was asked for.
+        requested: String,
+        /// The minimum, human readable.
+        minimum: String,
+    },
     /// The duration text could not be parsed.
     #[error("duration `{0}` is not valid: use forms like `30m`, `1h30m`, `8h` or `PT30M`")]
     DurationSyntax(String),
@@ -213,6 +221,14 @@ pub enum RequestError {
     /// A reason (revocation, denial) is missing or too long.
     #[error("reason is not valid: {0}")]
     Reason(String),
+    /// The scheduled start of the grant has not been reached.
+    #[error("request `{request}` is scheduled to start at {starts_at}")]
+    NotYetStarted {
+        /// The request.
+        request: RequestId,
+        /// Its start, RFC 3339.
+        starts_at: String,
+    },
     /// An extension was asked for something that is not an active grant.
     #[error("request `{0}` has no active grant to extend")]
     NotExtendable(RequestId),

@@ -1,4 +1,93 @@
-//! The reaper. (Being written.)
-#![allow(missing_docs)]
-#[derive(Debug)]
-pub struct Reaper;
+//! The reaper: the background task that keeps time-driven promises.
+//!
+//! Each tick it expires grants at their end (revoking at the provider where
+//! expiry is not native), times out pending requests, issues approved
+//! requests whose scheduled start has come, retries failed revocations, and
+//! settles grants a crash left in `Issuing`. The first tick after start
+//! reconciles every `Issuing` grant, since none can be in flight yet.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::broker::Broker;
+use crate::error::Result;
+
+/// What one tick did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Grants settled after a crash.
+    pub reconciled: usize,
+    /// Grants expired.
+    pub expired: usize,
+    /// Pending requests timed out, approved ones issued or expired.
+    pub settled: usize,
+    /// Revocations completed on retry.
+    pub revoked: usize,
+}
+
+/// Background maintenance for a [`Broker`]. The host spawns [`Reaper::run`].
+#[derive(Debug, Clone)]
+pub struct Reaper {
+    broker: Broker,
+    interval: Duration,
+    batch: usize,
+    started: bool,
+}
+
+impl Reaper {
+    /// A reaper ticking every 5 seconds.
+    pub fn new(broker: Broker) -> Self {
+        Self {
+            broker,
+            interval: Duration::from_secs(5),
+            batch: 500,
+            started: false,
+        }
+    }
+
+    /// How often to tick.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// How many records of each kind one tick handles.
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// One pass over all due work. The first call reconciles every `Issuing` grant.
+    pub async fn tick(&mut self) -> Result<ReapReport> {
+        let reconciled = self.broker.reconcile(!self.started).await?;
+        self.started = true;
+        let expired = self.broker.expire_due(self.batch).await?;
+        let settled = self.broker.settle_waiting(self.batch).await?;
+        let revoked = self.broker.retry_revocations(self.batch).await?;
+        Ok(ReapReport {
+            reconciled,
+            expired,
+            settled,
+            revoked,
+        })
+    }
+
+    /// Ticks until `shutdown` completes. Errors are logged and retried next tick.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = ticker.tick() => {
+                    match self.tick().await {
+                        Ok(r) if r != ReapReport::default() => tracing::info!(?r, "reaper tick"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "reaper tick failed"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,7 +1,315 @@
-//! Conformance suite for providers and stores (feature `testing`).
+//! Conformance suite for providers and stores, and fault-injection doubles
+//! for testing hosts and the broker itself (feature `testing`).
 //!
-//! Plain `pub async fn` checks taking `&dyn Provider` / `&dyn Store`: each
-//! implementation calls the ones its capabilities support.
+//! Checks are plain `pub async fn`s taking `&dyn Provider` / `&dyn Store`
+//! (through a harness where they need more): each implementation calls the
+//! ones its capabilities support.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::audit::{AuditEvent, AuditRecord, AuditSink};
+use crate::credentials::{Credentials, Secret};
+use crate::error::{Error, RequestError, Result};
+use crate::provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind};
+use crate::store::{ListFilter, Store};
+use crate::types::{format_duration, Entitlement, IssuedGrant, RequestId, RequestRecord, State};
 
 pub mod provider;
 pub mod store;
+
+/// A provider double that records every call and fails on demand.
+///
+/// Its ledger (`minted`) outlives a broker, so a test can drop a broker in the
+/// middle of an issue (a crash) and check what a new broker's reconciler does.
+#[derive(Debug)]
+pub struct TestProvider {
+    name: String,
+    native_expiry: bool,
+    max: Duration,
+    /// grant external id -> (issued record, revoked?)
+    minted: Mutex<HashMap<String, (IssuedGrant, bool)>>,
+    issue_calls: AtomicUsize,
+    revoke_calls: AtomicUsize,
+    fail_issue: AtomicBool,
+    fail_revokes: AtomicU32,
+    hang_after_mint: AtomicBool,
+}
+
+impl TestProvider {
+    /// A provider named `name` with native expiry and a 12 h maximum.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            native_expiry: true,
+            max: Duration::from_secs(12 * 3600),
+            minted: Mutex::new(HashMap::new()),
+            issue_calls: AtomicUsize::new(0),
+            revoke_calls: AtomicUsize::new(0),
+            fail_issue: AtomicBool::new(false),
+            fail_revokes: AtomicU32::new(0),
+            hang_after_mint: AtomicBool::new(false),
+        }
+    }
+
+    /// Without native expiry: the reaper must revoke at the end.
+    pub fn without_native_expiry(mut self) -> Self {
+        self.native_expiry = false;
+        self
+    }
+
+    /// With a maximum duration.
+    pub fn with_max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Makes every issue fail with `ProviderRejected`.
+    pub fn fail_issue(&self, yes: bool) {
+        self.fail_issue.store(yes, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` revocations fail with `Unavailable`.
+    pub fn fail_next_revokes(&self, n: u32) {
+        self.fail_revokes.store(n, Ordering::SeqCst);
+    }
+
+    /// After minting, never return (simulates a process killed mid-issue when
+    /// the caller's task is then aborted).
+    pub fn hang_after_mint(&self, yes: bool) {
+        self.hang_after_mint.store(yes, Ordering::SeqCst);
+    }
+
+    /// Calls to `issue`.
+    pub fn issue_calls(&self) -> usize {
+        self.issue_calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls to `revoke`.
+    pub fn revoke_calls(&self) -> usize {
+        self.revoke_calls.load(Ordering::SeqCst)
+    }
+
+    /// Minted grants still live (not revoked).
+    pub fn live(&self) -> Vec<String> {
+        let m = self.minted.lock().unwrap();
+        let mut v: Vec<_> = m.iter().filter(|(_, (_, r))| !r).map(|(k, _)| k.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Whether a grant with this external id was minted and then revoked.
+    pub fn is_revoked(&self, external_id: &str) -> bool {
+        self.minted
+            .lock()
+            .unwrap()
+            .get(external_id)
+            .is_some_and(|(_, r)| *r)
+    }
+
+    /// Every external id ever minted.
+    pub fn minted(&self) -> Vec<String> {
+        let mut v: Vec<_> = self.minted.lock().unwrap().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The secret the test provider puts in a token for this grant.
+    pub fn secret_for(external_id: &str) -> String {
+        format!("s3cr3t-token-value-for-{external_id}")
+    }
+}
+
+#[async_trait]
+impl Provider for TestProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            native_expiry: self.native_expiry,
+            max_duration: self.max,
+            min_duration: Duration::from_secs(1),
+            revocation: RevocationKind::Immediate,
+        }
+    }
+
+    fn validate(&self, _entitlement: &Entitlement) -> Result<()> {
+        Ok(())
+    }
+
+    async fn issue(&self, spec: &GrantSpec) -> Result<Issued> {
+        self.issue_calls.fetch_add(1, Ordering::SeqCst);
+        let secs = spec.duration().num_seconds();
+        if secs <= 0 || secs as u64 > self.max.as_secs() {
+            return Err(RequestError::DurationTooLong {
+                requested: format!("{secs}s"),
+                limit: format_duration(self.max),
+            }
+            .into());
+        }
+        if self.fail_issue.load(Ordering::SeqCst) {
+            return Err(Error::ProviderRejected {
+                provider: self.name.clone(),
+                operation: "issue",
+                message: "injected failure".into(),
+            });
+        }
+        let name = spec.external_name();
+        let grant = IssuedGrant {
+            provider: self.name.clone(),
+            external_id: name.clone(),
+            expires_at: spec.ends_at,
+            details: serde_json::json!({ "subject": spec.subject.id.as_str() }),
+        };
+        self.minted
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_insert((grant.clone(), false));
+        if self.hang_after_mint.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(Issued {
+            grant,
+            credentials: Credentials::LocalToken {
+                token: Secret::new(Self::secret_for(&name)),
+                expires_at: spec.ends_at,
+            },
+        })
+    }
+
+    async fn revoke(&self, issued: &IssuedGrant) -> Result<()> {
+        self.revoke_calls.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .fail_revokes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(Error::Unavailable {
+                what: format!("provider `{}`", self.name),
+                message: "injected revocation failure".into(),
+            });
+        }
+        if let Some(e) = self.minted.lock().unwrap().get_mut(&issued.external_id) {
+            e.1 = true;
+        }
+        Ok(())
+    }
+
+    async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>> {
+        Ok(self
+            .minted
+            .lock()
+            .unwrap()
+            .get(&spec.external_name())
+            .map(|(g, _)| g.clone()))
+    }
+}
+
+/// A store wrapper that fails on demand (a full disk, a lost connection).
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    fail_updates: AtomicBool,
+    fail_updates_into: Mutex<Option<State>>,
+}
+
+impl FaultyStore {
+    /// Wraps a store; nothing fails until told.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            fail_updates: AtomicBool::new(false),
+            fail_updates_into: Mutex::new(None),
+        }
+    }
+
+    /// Makes every update fail.
+    pub fn fail_updates(&self, yes: bool) {
+        self.fail_updates.store(yes, Ordering::SeqCst);
+    }
+
+    /// Makes updates that move a record into `state` fail.
+    pub fn fail_updates_into(&self, state: Option<State>) {
+        *self.fail_updates_into.lock().unwrap() = state;
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn insert(&self, record: &RequestRecord, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+        self.inner.insert(record, events).await
+    }
+
+    async fn update(
+        &self,
+        expected_version: u64,
+        record: &RequestRecord,
+        events: &[AuditEvent],
+    ) -> Result<Vec<AuditRecord>> {
+        let into = *self.fail_updates_into.lock().unwrap();
+        if self.fail_updates.load(Ordering::SeqCst) || into == Some(record.state) {
+            return Err(Error::Store("injected store failure".into()));
+        }
+        self.inner.update(expected_version, record, events).await
+    }
+
+    async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
+        self.inner.get(id).await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
+        self.inner.list(filter).await
+    }
+
+    async fn due(&self, states: &[State], now: DateTime<Utc>, limit: usize) -> Result<Vec<RequestRecord>> {
+        self.inner.due(states, now, limit).await
+    }
+
+    async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.inner.audit(from_seq, limit).await
+    }
+}
+
+/// An audit sink that keeps records in memory and fails on demand.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    records: Mutex<Vec<AuditRecord>>,
+    failing: AtomicBool,
+}
+
+impl MemorySink {
+    /// A working sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes appends fail (or work again).
+    pub fn set_failing(&self, yes: bool) {
+        self.failing.store(yes, Ordering::SeqCst);
+    }
+
+    /// Records received.
+    pub fn records(&self) -> Vec<AuditRecord> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl AuditSink for MemorySink {
+    async fn append(&self, record: &AuditRecord) -> Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Error::AuditFailed("injected sink failure".into()));
+        }
+        self.records.lock().unwrap().push(record.clone());
+        Ok(())
+    }
+}
