@@ -219,7 +219,7 @@ impl Provider for TestProvider {
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     fail_updates: AtomicBool,
-    fail_updates_into: Mutex<Option<State>>,
+    fail_updates_into: Mutex<Vec<State>>,
 }
 
 impl FaultyStore {
@@ -228,7 +228,7 @@ impl FaultyStore {
         Self {
             inner,
             fail_updates: AtomicBool::new(false),
-            fail_updates_into: Mutex::new(None),
+            fail_updates_into: Mutex::new(Vec::new()),
         }
     }
 
@@ -237,9 +237,9 @@ impl FaultyStore {
         self.fail_updates.store(yes, Ordering::SeqCst);
     }
 
-    /// Makes updates that move a record into `state` fail.
-    pub fn fail_updates_into(&self, state: Option<State>) {
-        *self.fail_updates_into.lock().unwrap() = state;
+    /// Makes updates that move a record into any of `states` fail.
+    pub fn fail_updates_into(&self, states: &[State]) {
+        *self.fail_updates_into.lock().unwrap() = states.to_vec();
     }
 }
 
@@ -255,8 +255,8 @@ impl Store for FaultyStore {
         record: &RequestRecord,
         events: &[AuditEvent],
     ) -> Result<Vec<AuditRecord>> {
-        let into = *self.fail_updates_into.lock().unwrap();
-        if self.fail_updates.load(Ordering::SeqCst) || into == Some(record.state) {
+        let into = self.fail_updates_into.lock().unwrap().contains(&record.state);
+        if self.fail_updates.load(Ordering::SeqCst) || into {
             return Err(Error::Store("injected store failure".into()));
         }
         self.inner.update(expected_version, record, events).await

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh machine.
+#
+# Installs nothing outside the repository: cargo's own caches aside, all state
+# lives under ./target. Later provider crates add their services here (moto for
+# jit-aws), so this stays the one command that runs everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Property tests: a fixed budget keeps CI time predictable.
+export PROPTEST_CASES="${PROPTEST_CASES:-96}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "tests"
+cargo test --workspace --all-features --no-fail-fast
+
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
