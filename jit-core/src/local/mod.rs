@@ -1,1 +1,739 @@
-//! The local provider. (Being written.)
+//! The local provider: Ed25519-signed, short-lived bearer tokens.
+//!
+//! This is the embedded default: everything runs without a cloud account. An
+//! internal service protects its own admin endpoints with a [`Verifier`] (or
+//! the tower layer `LocalTokenLayer`, feature `tower`), and the broker hands
+//! out tokens through [`LocalProvider`].
+//!
+//! Tokens are JWTs (`alg: EdDSA`, header `kid`) signed with the maintained
+//! `jsonwebtoken` crate over `ed25519-dalek` keys; see [`LocalClaims`] for the
+//! claims. They expire natively at the grant's end. Early revocation puts the
+//! grant id (`jti`) on a [`RevocationList`] that the verifier consults on every
+//! use, so revocation is immediate for every verifier sharing that list.
+//!
+//! # Catalogue target
+//!
+//! ```json
+//! {"audience": "billing-admin", "scopes": ["refunds:write"]}
+//! ```
+//!
+//! `audience` names the protected service and is required; `scopes` is
+//! optional. Any other key is refused when the catalogue loads.
+//!
+//! # Example
+//!
+//! ```
+//! # async fn demo() -> jit_core::Result<()> {
+//! use jit_core::local::{LocalKey, LocalProvider};
+//!
+//! let provider = LocalProvider::new(LocalKey::generate(), "jit-local");
+//! let verifier = provider.verifier();
+//! // `provider` goes to the broker; `verifier` (or a `LocalTokenLayer` built
+//! // from it) guards the service named by the entitlement's audience.
+//! # let _ = (provider, verifier);
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(feature = "tower")]
+mod layer;
+mod verifier;
+
+#[cfg(feature = "tower")]
+pub use layer::{LocalTokenLayer, LocalTokenService, ResponseFuture};
+pub use verifier::{RevocationList, Verifier};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::{DateTime, TimeDelta, Utc};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clock::{Clock, SystemClock};
+use crate::credentials::{Credentials, Secret};
+use crate::error::{ConfigError, Error, RequestError, Result};
+use crate::provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind};
+use crate::types::MAX_GRANT_DURATION;
+use crate::types::{format_duration, Entitlement, GrantId, IssuedGrant, RequestId};
+
+/// The provider name entitlements use by default.
+pub const DEFAULT_NAME: &str = "local";
+/// The `iss` claim by default.
+pub const DEFAULT_ISSUER: &str = "jit-local";
+/// The longest token by default: twelve hours.
+pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
+/// How long a revocation (and a ledger entry) is kept after the token's own
+/// expiry. The verifier's leeway is capped at this, so pruning a revocation can
+/// never make a revoked token acceptable again.
+pub const REVOCATION_RETENTION: Duration = Duration::from_secs(300);
+
+const KEY_FIELD: &str = "signing_key";
+
+/// An Ed25519 signing key for local tokens. `Debug` prints only the key id.
+pub struct LocalKey {
+    signing: SigningKey,
+    public: LocalPublicKey,
+}
+
+impl LocalKey {
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Self {
+        Self::from_signing(SigningKey::generate(&mut rand_core::OsRng))
+    }
+
+    /// Loads a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`) Ed25519 key, as
+    /// written by [`LocalKey::to_pkcs8_pem`] or `openssl genpkey -algorithm ed25519`.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self> {
+        // The parser's message is dropped: it could quote key material.
+        let signing = SigningKey::from_pkcs8_pem(pem).map_err(|_| {
+            Error::Config(ConfigError::InvalidField {
+                entitlement: "settings".into(),
+                field: KEY_FIELD.into(),
+                message: "not a PKCS#8 PEM Ed25519 private key".into(),
+            })
+        })?;
+        Ok(Self::from_signing(signing))
+    }
+
+    /// The key as PKCS#8 PEM, for storing in a secret manager.
+    pub fn to_pkcs8_pem(&self) -> Result<Secret> {
+        let pem = self
+            .signing
+            .to_pkcs8_pem(Default::default())
+            .map_err(|_| key_config_error("cannot encode the key as PKCS#8"))?;
+        Ok(Secret::new(pem.as_str()))
+    }
+
+    /// The verifying half.
+    pub fn public_key(&self) -> LocalPublicKey {
+        self.public.clone()
+    }
+
+    /// The public key, base64url without padding (the JWK `x` value).
+    pub fn public_key_b64(&self) -> String {
+        self.public.to_b64()
+    }
+
+    /// The key id placed in each token's header.
+    pub fn kid(&self) -> &str {
+        self.public.kid()
+    }
+
+    fn from_signing(signing: SigningKey) -> Self {
+        let public = LocalPublicKey::from_verifying(signing.verifying_key());
+        Self { signing, public }
+    }
+
+    /// jsonwebtoken's EdDSA signer expects the private key as PKCS#8 DER.
+    /// Built per use so the DER copy lives only as long as one signature.
+    fn encoding_key(&self) -> Result<EncodingKey> {
+        let der = self
+            .signing
+            .to_pkcs8_der()
+            .map_err(|_| key_config_error("cannot encode the key as PKCS#8"))?;
+        Ok(EncodingKey::from_ed_der(der.as_bytes()))
+    }
+}
+
+impl fmt::Debug for LocalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalKey")
+            .field("kid", &self.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes jsonwebtoken use RustCrypto. If another crate in the build also
+/// enables jsonwebtoken's `aws_lc_rs` feature, jsonwebtoken cannot choose a
+/// provider by features and would panic on first use; a provider the host
+/// installed itself is kept (installing then fails, which is fine).
+fn ensure_crypto_provider() {
+    use jsonwebtoken::crypto::{rust_crypto, CryptoProvider};
+    let _ = CryptoProvider::install_default(&rust_crypto::DEFAULT_PROVIDER);
+}
+
+fn key_config_error(message: &str) -> Error {
+    Error::Config(ConfigError::InvalidField {
+        entitlement: "settings".into(),
+        field: KEY_FIELD.into(),
+        message: message.into(),
+    })
+}
+
+/// An Ed25519 public key that verifies local tokens, with its key id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPublicKey {
+    bytes: [u8; 32],
+    kid: String,
+}
+
+impl LocalPublicKey {
+    /// From the 32 raw key bytes; refuses bytes that are not a curve point.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self> {
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| public_key_error("not a valid Ed25519 public key"))?;
+        Ok(Self::from_verifying(key))
+    }
+
+    /// From base64url without padding, as [`LocalPublicKey::to_b64`] writes it.
+    pub fn from_b64(b64: &str) -> Result<Self> {
+        let raw = URL_SAFE_NO_PAD
+            .decode(b64.trim())
+            .map_err(|_| public_key_error("not base64url without padding"))?;
+        let bytes: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| public_key_error("an Ed25519 public key is 32 bytes"))?;
+        Self::from_bytes(bytes)
+    }
+
+    /// Base64url without padding (the JWK `x` value).
+    pub fn to_b64(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.bytes)
+    }
+
+    /// The raw key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    /// The key id: the first 8 bytes of the key's SHA-256, in hex.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    fn from_verifying(key: VerifyingKey) -> Self {
+        let bytes = key.to_bytes();
+        let digest = Sha256::digest(bytes);
+        Self {
+            bytes,
+            kid: hex::encode(&digest[..8]),
+        }
+    }
+}
+
+fn public_key_error(message: &str) -> Error {
+    Error::Config(ConfigError::InvalidField {
+        entitlement: "settings".into(),
+        field: "public_key".into(),
+        message: message.into(),
+    })
+}
+
+/// The claims of a local token. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalClaims {
+    /// Issuer.
+    pub iss: String,
+    /// The principal the grant is for.
+    pub sub: String,
+    /// The protected service (the entitlement target's `audience`).
+    pub aud: String,
+    /// The grant id; also the revocation handle.
+    pub jti: GrantId,
+    /// The request the grant belongs to.
+    pub rid: RequestId,
+    /// The entitlement id.
+    pub ent: String,
+    /// Scopes from the entitlement target.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before: the grant's start.
+    pub nbf: i64,
+    /// Expiry: the grant's end.
+    pub exp: i64,
+}
+
+impl LocalClaims {
+    /// When the token stops working.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp(self.exp, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
+    /// Whether the token carries the scope.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// An entitlement target for the local provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTarget {
+    /// The protected service; becomes the token's `aud`.
+    pub audience: String,
+    /// Scopes; become the token's `scopes`.
+    pub scopes: Vec<String>,
+}
+
+impl LocalTarget {
+    /// Parses and checks an entitlement's target.
+    pub fn from_entitlement(entitlement: &Entitlement) -> Result<Self> {
+        let invalid = |field: &str, message: &str| {
+            Error::Config(ConfigError::InvalidField {
+                entitlement: entitlement.id.clone(),
+                field: field.to_string(),
+                message: message.to_string(),
+            })
+        };
+        let map = entitlement.target.as_object().ok_or_else(|| {
+            invalid(
+                "target",
+                "must be a table with `audience` and optional `scopes`",
+            )
+        })?;
+        if let Some(key) = map
+            .keys()
+            .find(|k| !matches!(k.as_str(), "audience" | "scopes"))
+        {
+            return Err(invalid(
+                &format!("target.{}", printable(key)),
+                "unknown key; the local provider takes `audience` and `scopes`",
+            ));
+        }
+        let audience = match map.get("audience") {
+            None => return Err(invalid("target.audience", "is required")),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| invalid("target.audience", "must be a string"))?,
+        };
+        if !is_token_text(audience, 256) {
+            return Err(invalid(
+                "target.audience",
+                "must be 1 to 256 characters without spaces or control characters",
+            ));
+        }
+        let scopes = match map.get("scopes") {
+            None => Vec::new(),
+            Some(v) => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| invalid("target.scopes", "must be a list of strings"))?;
+                let mut scopes = Vec::with_capacity(list.len());
+                for s in list {
+                    let s = s
+                        .as_str()
+                        .ok_or_else(|| invalid("target.scopes", "must be a list of strings"))?;
+                    if !is_token_text(s, 128) {
+                        return Err(invalid(
+                            "target.scopes",
+                            "each scope must be 1 to 128 characters without spaces or control characters",
+                        ));
+                    }
+                    scopes.push(s.to_string());
+                }
+                scopes
+            }
+        };
+        Ok(Self {
+            audience: audience.to_string(),
+            scopes,
+        })
+    }
+}
+
+fn is_token_text(s: &str, max: usize) -> bool {
+    let n = s.chars().count();
+    n > 0 && n <= max && !s.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// Keeps attacker- or typo-supplied keys short and printable in messages.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+#[derive(Debug, Clone)]
+struct LedgerEntry {
+    claims: LocalClaims,
+    issued: IssuedGrant,
+}
+
+/// Issues local tokens. See the [module docs](self).
+///
+/// The ledger of issued grants (for idempotency and [`Provider::find`]) is in
+/// memory: after a restart `find` returns `None` for earlier grants, which is
+/// safe because their tokens still expire natively and revocations are keyed
+/// by grant id, not by ledger entry.
+pub struct LocalProvider {
+    name: String,
+    issuer: String,
+    key: LocalKey,
+    max_duration: Duration,
+    clock: Arc<dyn Clock>,
+    revocations: RevocationList,
+    ledger: Mutex<HashMap<GrantId, LedgerEntry>>,
+}
+
+impl fmt::Debug for LocalProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalProvider")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("kid", &self.key.kid())
+            .field("max_duration", &format_duration(self.max_duration))
+            .field("revocations", &self.revocations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`LocalProvider`]. Deliberately without `Debug`: it holds the signing key.
+pub struct LocalProviderBuilder {
+    key: LocalKey,
+    name: String,
+    issuer: String,
+    max_duration: Duration,
+    clock: Arc<dyn Clock>,
+    revocations: RevocationList,
+}
+
+impl LocalProviderBuilder {
+    /// The name entitlements use to select this provider (default `local`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The `iss` claim (default `jit-local`).
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = issuer.into();
+        self
+    }
+
+    /// The longest token (default 12h). Kept between one second and the
+    /// crate-wide maximum of seven days.
+    pub fn max_duration(mut self, max: Duration) -> Self {
+        self.max_duration = max;
+        self
+    }
+
+    /// The clock for `iat`, pruning and the verifier from [`LocalProvider::verifier`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The revocation list to write to; share it with every [`Verifier`].
+    pub fn revocations(mut self, revocations: RevocationList) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    /// The provider.
+    pub fn build(self) -> LocalProvider {
+        let max_duration = self
+            .max_duration
+            .clamp(Duration::from_secs(1), MAX_GRANT_DURATION);
+        // Whole seconds: JWT times are whole seconds.
+        let max_duration = Duration::from_secs(max_duration.as_secs());
+        LocalProvider {
+            name: self.name,
+            issuer: self.issuer,
+            key: self.key,
+            max_duration,
+            clock: self.clock,
+            revocations: self.revocations,
+            ledger: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl LocalProvider {
+    /// A builder with the defaults: name `local`, issuer `jit-local`, 12h
+    /// maximum, the system clock and a new revocation list.
+    pub fn builder(key: LocalKey) -> LocalProviderBuilder {
+        LocalProviderBuilder {
+            key,
+            name: DEFAULT_NAME.into(),
+            issuer: DEFAULT_ISSUER.into(),
+            max_duration: DEFAULT_MAX_DURATION,
+            clock: Arc::new(SystemClock),
+            revocations: RevocationList::new(),
+        }
+    }
+
+    /// A provider with the defaults and the given issuer.
+    pub fn new(key: LocalKey, issuer: impl Into<String>) -> Self {
+        Self::builder(key).issuer(issuer).build()
+    }
+
+    /// The issuer (`iss`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The verifying half of the signing key.
+    pub fn public_key(&self) -> LocalPublicKey {
+        self.key.public_key()
+    }
+
+    /// The revocation list this provider writes to.
+    pub fn revocations(&self) -> &RevocationList {
+        &self.revocations
+    }
+
+    /// A verifier for this provider's tokens: same key, issuer, revocation
+    /// list and clock, no leeway.
+    pub fn verifier(&self) -> Verifier {
+        Verifier::new(
+            self.public_key(),
+            self.issuer.clone(),
+            self.revocations.clone(),
+        )
+        .with_clock(self.clock.clone())
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, HashMap<GrantId, LedgerEntry>> {
+        // The ledger holds plain data; a panic elsewhere cannot leave it half-written.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_window(&self, spec: &GrantSpec) -> Result<(), RequestError> {
+        let d = spec.duration();
+        if d < TimeDelta::zero() {
+            return Err(RequestError::NegativeDuration(format!(
+                "{}s",
+                d.num_seconds()
+            )));
+        }
+        // Below one second the token's whole-second `nbf` and `exp` coincide.
+        if d < TimeDelta::seconds(1) {
+            return Err(RequestError::ZeroDuration);
+        }
+        let max = TimeDelta::seconds(self.max_duration.as_secs() as i64);
+        if d > max {
+            return Err(RequestError::DurationTooLong {
+                requested: d
+                    .to_std()
+                    .map(format_duration)
+                    .unwrap_or_else(|_| format!("{}s", d.num_seconds())),
+                limit: format!(
+                    "{} for provider `{}`",
+                    format_duration(self.max_duration),
+                    self.name
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn sign(&self, claims: &LocalClaims) -> Result<Secret> {
+        ensure_crypto_provider();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key.kid().to_string());
+        let token =
+            jsonwebtoken::encode(&header, claims, &self.key.encoding_key()?).map_err(|e| {
+                Error::ProviderRejected {
+                    provider: self.name.clone(),
+                    operation: "issue",
+                    message: format!("cannot sign the token: {e}"),
+                }
+            })?;
+        Ok(Secret::new(token))
+    }
+
+    fn retention(&self) -> TimeDelta {
+        TimeDelta::seconds(REVOCATION_RETENTION.as_secs() as i64)
+    }
+}
+
+/// The grant id behind an [`IssuedGrant`]: from `details.jti`, else from the
+/// derived name, so that a record rebuilt from the name alone can be revoked.
+fn grant_id_of(provider: &str, issued: &IssuedGrant) -> Result<GrantId> {
+    let from_details = issued
+        .details
+        .get("jti")
+        .and_then(|v| v.as_str())
+        .and_then(|s| uuid::Uuid::parse_str(s).ok());
+    let from_name = || {
+        issued
+            .external_id
+            .strip_prefix("jit-")
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+    };
+    from_details
+        .or_else(from_name)
+        .map(GrantId)
+        .ok_or_else(|| Error::ProviderRejected {
+            provider: provider.to_string(),
+            operation: "revoke",
+            message: format!(
+                "`{}` is not a local grant name and `details.jti` is missing",
+                printable(&issued.external_id)
+            ),
+        })
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            native_expiry: true,
+            max_duration: self.max_duration,
+            min_duration: Duration::from_secs(1),
+            revocation: RevocationKind::Immediate,
+        }
+    }
+
+    fn validate(&self, entitlement: &Entitlement) -> Result<()> {
+        LocalTarget::from_entitlement(entitlement).map(|_| ())
+    }
+
+    async fn issue(&self, spec: &GrantSpec) -> Result<Issued> {
+        self.check_window(spec)?;
+        let target = LocalTarget::from_entitlement(&spec.entitlement)?;
+        let now = self.clock.now();
+        let mut ledger = self.ledger();
+        let cutoff = now - self.retention();
+        ledger.retain(|_, e| e.issued.expires_at >= cutoff);
+
+        // Re-issuing re-signs the recorded claims: Ed25519 is deterministic, so
+        // the caller gets the very same token, and the ledger keeps one entry.
+        if let Some(entry) = ledger.get(&spec.grant_id) {
+            let token = self.sign(&entry.claims)?;
+            return Ok(Issued {
+                grant: entry.issued.clone(),
+                credentials: Credentials::LocalToken {
+                    token,
+                    expires_at: entry.issued.expires_at,
+                },
+            });
+        }
+
+        let claims = LocalClaims {
+            iss: self.issuer.clone(),
+            sub: spec.subject.id.as_str().to_string(),
+            aud: target.audience.clone(),
+            jti: spec.grant_id,
+            rid: spec.request_id,
+            ent: spec.entitlement.id.clone(),
+            scopes: target.scopes,
+            iat: now.timestamp(),
+            nbf: spec.starts_at.timestamp(),
+            exp: spec.ends_at.timestamp(),
+        };
+        // `exp` is whole seconds, so the token may end up to a second before
+        // the requested end; report what the token really says.
+        let expires_at = claims.expires_at();
+        let issued = IssuedGrant {
+            provider: self.name.clone(),
+            external_id: spec.external_name(),
+            expires_at,
+            details: serde_json::json!({
+                "jti": spec.grant_id.to_string(),
+                "kid": self.key.kid(),
+                "audience": target.audience,
+            }),
+        };
+        let token = self.sign(&claims)?;
+        ledger.insert(
+            spec.grant_id,
+            LedgerEntry {
+                claims,
+                issued: issued.clone(),
+            },
+        );
+        drop(ledger);
+        tracing::debug!(provider = %self.name, grant = %spec.grant_id, "local token issued");
+        Ok(Issued {
+            grant: issued,
+            credentials: Credentials::LocalToken { token, expires_at },
+        })
+    }
+
+    async fn revoke(&self, issued: &IssuedGrant) -> Result<()> {
+        let grant = grant_id_of(&self.name, issued)?;
+        // Keep the entry at least as long as the real token lives, even if the
+        // caller's record carries an earlier expiry.
+        let recorded = self.ledger().get(&grant).map(|e| e.issued.expires_at);
+        let until = recorded.map_or(issued.expires_at, |r| r.max(issued.expires_at));
+        self.revocations.revoke(&grant.to_string(), until);
+        self.revocations.prune(self.clock.now() - self.retention());
+        tracing::debug!(provider = %self.name, %grant, "local token revoked");
+        Ok(())
+    }
+
+    async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>> {
+        Ok(self.ledger().get(&spec.grant_id).map(|e| e.issued.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn pem_round_trip_keeps_the_key_and_debug_hides_it() {
+        let key = LocalKey::generate();
+        let pem = key.to_pkcs8_pem().unwrap();
+        assert!(pem.expose().starts_with("-----BEGIN PRIVATE KEY-----"));
+        let again = LocalKey::from_pkcs8_pem(pem.expose()).unwrap();
+        assert_eq!(again.public_key(), key.public_key());
+        assert_eq!(again.kid(), key.kid());
+        assert_eq!(key.kid().len(), 16);
+
+        let dbg = format!("{key:?} {key:#?}");
+        assert!(dbg.contains(key.kid()));
+        let body: String = pem
+            .expose()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        assert!(!dbg.contains(&body));
+        assert!(!format!("{pem:?}").contains(&body));
+    }
+
+    #[test]
+    fn bad_keys_are_config_errors() {
+        let err = LocalKey::from_pkcs8_pem(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(err, Error::Config(ConfigError::InvalidField { ref field, .. }) if field == KEY_FIELD)
+        );
+        assert!(matches!(
+            LocalPublicKey::from_b64("abc"),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            LocalPublicKey::from_b64("!!"),
+            Err(Error::Config(_))
+        ));
+        let pk = LocalKey::generate().public_key();
+        assert_eq!(LocalPublicKey::from_b64(&pk.to_b64()).unwrap(), pk);
+    }
+
+    #[test]
+    fn grant_id_comes_from_details_or_the_derived_name() {
+        let id = GrantId::new();
+        let mut issued = IssuedGrant {
+            provider: "local".into(),
+            external_id: crate::provider::external_name(id),
+            expires_at: Utc::now(),
+            details: serde_json::Value::Null,
+        };
+        assert_eq!(grant_id_of("local", &issued).unwrap(), id);
+        issued.external_id = "something-else".into();
+        assert!(matches!(
+            grant_id_of("local", &issued),
+            Err(Error::ProviderRejected { .. })
+        ));
+        issued.details = serde_json::json!({"jti": id.to_string()});
+        assert_eq!(grant_id_of("local", &issued).unwrap(), id);
+    }
+}
