@@ -31,15 +31,21 @@ max_duration = "1h"
 const COMMITS_PER_LIFECYCLE: usize = 5;
 
 fn broker(store: Arc<dyn Store>) -> Broker {
-    Broker::builder(store, Arc::new(CataloguePolicy::from_toml_str(CATALOGUE).unwrap()))
-        .provider(Arc::new(LocalProvider::new(LocalKey::generate(), "bench")))
-        .build()
-        .unwrap()
+    Broker::builder(
+        store,
+        Arc::new(CataloguePolicy::from_toml_str(CATALOGUE).unwrap()),
+    )
+    .provider(Arc::new(LocalProvider::new(LocalKey::generate(), "bench")))
+    .build()
+    .unwrap()
 }
 
 async fn lifecycle(b: &Broker, who: &Principal) {
     let out = b
-        .submit(who, AccessRequest::new("bench", "10m".parse().unwrap(), "benchmark"))
+        .submit(
+            who,
+            AccessRequest::new("bench", "10m".parse().unwrap(), "benchmark"),
+        )
         .await
         .unwrap();
     assert!(out.credentials.is_some());
@@ -58,11 +64,17 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("lifecycle");
 
     let mem = broker(Arc::new(MemoryStore::new()));
-    g.bench_function("memory_store", |b| b.to_async(&rt).iter(|| lifecycle(&mem, &who)));
+    g.bench_function("memory_store", |b| {
+        b.to_async(&rt).iter(|| lifecycle(&mem, &who))
+    });
 
-    let sqlite = rt.block_on(SqliteStore::open(dir.path().join("bench.db"))).unwrap();
+    let sqlite = rt
+        .block_on(SqliteStore::open(dir.path().join("bench.db")))
+        .unwrap();
     let sq = broker(Arc::new(sqlite));
-    g.bench_function("sqlite_store", |b| b.to_async(&rt).iter(|| lifecycle(&sq, &who)));
+    g.bench_function("sqlite_store", |b| {
+        b.to_async(&rt).iter(|| lifecycle(&sq, &who))
+    });
 
     // Baseline: the same number of durable commits, raw, with the store's pragmas.
     let mut conn = rt

@@ -423,7 +423,9 @@ mod tests {
         let mut buf = Vec::new();
         export_jsonl(&c, &mut buf).unwrap();
         assert_eq!(verify_jsonl(&buf[..]).unwrap().records, 3);
-        let text = String::from_utf8(buf).unwrap().replacen("user1", "userX", 1);
+        let text = String::from_utf8(buf)
+            .unwrap()
+            .replacen("user1", "userX", 1);
         assert_eq!(verify_jsonl(text.as_bytes()).unwrap_err().position, 1);
     }
 }

@@ -40,8 +40,8 @@ use crate::policy::{Policy, PolicyContext};
 use crate::provider::{GrantSpec, Provider};
 use crate::store::{ListFilter, Store};
 use crate::types::{
-    format_duration, AccessRequest, Approval, Decision, Entitlement, Grant, GrantDuration,
-    GrantId, Principal, RequestId, RequestRecord, Revocation, State, Verdict,
+    format_duration, AccessRequest, Approval, Decision, Entitlement, Grant, GrantDuration, GrantId,
+    Principal, RequestId, RequestRecord, Revocation, State, Verdict,
 };
 
 /// Actor name used for steps the broker takes by itself.
@@ -216,7 +216,10 @@ impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker")
             .field("store", &self.inner.store)
-            .field("providers", &self.inner.providers.keys().collect::<Vec<_>>())
+            .field(
+                "providers",
+                &self.inner.providers.keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -312,11 +315,7 @@ impl Broker {
 
     /// Reads, applies `f`, and writes with compare-and-set, re-reading on conflict.
     /// `f` returns the events to append; it sees the record with `updated_at` not yet set.
-    async fn commit<F>(
-        &self,
-        id: RequestId,
-        mut f: F,
-    ) -> Result<(RequestRecord, Vec<AuditRecord>)>
+    async fn commit<F>(&self, id: RequestId, mut f: F) -> Result<(RequestRecord, Vec<AuditRecord>)>
     where
         F: FnMut(&mut RequestRecord, DateTime<Utc>) -> Result<Vec<AuditEvent>>,
     {
@@ -363,7 +362,11 @@ impl Broker {
     /// - needs approval: `Pending` until approvers act or the pending TTL passes.
     ///
     /// Invalid fields are errors and nothing is stored.
-    pub async fn submit(&self, requester: &Principal, request: AccessRequest) -> Result<IssueOutcome> {
+    pub async fn submit(
+        &self,
+        requester: &Principal,
+        request: AccessRequest,
+    ) -> Result<IssueOutcome> {
         self.submit_inner(requester, request, None).await
     }
 
@@ -409,8 +412,8 @@ impl Broker {
             created_at: now,
             updated_at: now,
         };
-        let mut events = vec![event(AuditKind::Requested, &rec, requester.id.as_str(), now)
-            .details(json!({
+        let mut events = vec![
+            event(AuditKind::Requested, &rec, requester.id.as_str(), now).details(json!({
                 "entitlement": request.entitlement,
                 "provider": ent.provider,
                 "duration_secs": request.duration.as_secs(),
@@ -420,7 +423,8 @@ impl Broker {
                 "context": request.context,
                 "groups": requester.groups,
                 "extends": rec.extends,
-            }))];
+            })),
+        ];
         events.push(
             event(AuditKind::Decided, &rec, "policy", now).details(json!({ "decision": decision })),
         );
@@ -448,7 +452,11 @@ impl Broker {
         // Each event records the state after it; the last one the final state.
         let n = events.len();
         for (i, e) in events.iter_mut().enumerate() {
-            e.state = if i + 1 == n { rec.state } else { State::Pending };
+            e.state = if i + 1 == n {
+                rec.state
+            } else {
+                State::Pending
+            };
             e.grant_id = rec.grant_id();
         }
         let recs = self.inner.store.insert(&rec, &events).await?;
@@ -477,8 +485,17 @@ impl Broker {
     /// The grant window at approval time: from the scheduled start (or now) for
     /// the approved length. An extension ends at the extended grant's end plus
     /// its length, and never more than the maximum from now.
-    fn window(&self, rec: &RequestRecord, now: DateTime<Utc>, extends_end: Option<DateTime<Utc>>) -> Grant {
-        let len = rec.request.duration.min(rec.decision.max_duration).as_chrono();
+    fn window(
+        &self,
+        rec: &RequestRecord,
+        now: DateTime<Utc>,
+        extends_end: Option<DateTime<Utc>>,
+    ) -> Grant {
+        let len = rec
+            .request
+            .duration
+            .min(rec.decision.max_duration)
+            .as_chrono();
         let max = rec.decision.max_duration.as_chrono();
         let starts_at = rec.request.start_at.map_or(now, |s| s.max(now));
         let ends_at = match extends_end {
@@ -496,7 +513,12 @@ impl Broker {
     /// Records an approval. When the quorum of distinct approvers (never the
     /// requester) is reached the request is approved, and issued at once when
     /// auto-issue is on.
-    pub async fn approve(&self, approver: &Principal, id: RequestId, comment: &str) -> Result<IssueOutcome> {
+    pub async fn approve(
+        &self,
+        approver: &Principal,
+        id: RequestId,
+        comment: &str,
+    ) -> Result<IssueOutcome> {
         let extends_end = self.extends_end(id).await?;
         let (rec, recs) = self
             .commit(id, |rec, now| {
@@ -508,13 +530,32 @@ impl Broker {
                     _ => return Err(invalid_state("approve", rec)),
                 };
                 if approver.same_person(&rec.requester) {
-                    return Err(forbidden(approver, "approve", rec, "requesters may not approve their own requests"));
+                    return Err(forbidden(
+                        approver,
+                        "approve",
+                        rec,
+                        "requesters may not approve their own requests",
+                    ));
                 }
                 if !approvers.contains(approver) && !self.inner.policy.is_admin(approver) {
-                    return Err(forbidden(approver, "approve", rec, "not an approver for this entitlement"));
+                    return Err(forbidden(
+                        approver,
+                        "approve",
+                        rec,
+                        "not an approver for this entitlement",
+                    ));
                 }
-                if rec.approvals.iter().any(|a| a.approver.same_person(approver)) {
-                    return Err(forbidden(approver, "approve", rec, "already approved by this person"));
+                if rec
+                    .approvals
+                    .iter()
+                    .any(|a| a.approver.same_person(approver))
+                {
+                    return Err(forbidden(
+                        approver,
+                        "approve",
+                        rec,
+                        "already approved by this person",
+                    ));
                 }
                 rec.approvals.push(Approval {
                     approver: approver.clone(),
@@ -527,7 +568,13 @@ impl Broker {
                     rec.pending_until = None;
                     rec.grant = Some(self.window(rec, now, extends_end));
                 }
-                Ok(vec![event(AuditKind::Approved, rec, approver.id.as_str(), now).details(
+                Ok(vec![event(
+                    AuditKind::Approved,
+                    rec,
+                    approver.id.as_str(),
+                    now,
+                )
+                .details(
                     json!({ "approvals": count, "quorum": quorum, "comment": comment }),
                 )])
             })
@@ -545,7 +592,12 @@ impl Broker {
     }
 
     /// Denies a pending request (an approver or an admin, never the requester: they cancel).
-    pub async fn deny(&self, approver: &Principal, id: RequestId, reason: &str) -> Result<RequestRecord> {
+    pub async fn deny(
+        &self,
+        approver: &Principal,
+        id: RequestId,
+        reason: &str,
+    ) -> Result<RequestRecord> {
         check_reason(reason)?;
         let (rec, recs) = self
             .commit(id, |rec, now| {
@@ -553,20 +605,35 @@ impl Broker {
                     return Err(invalid_state("deny", rec));
                 }
                 if approver.same_person(&rec.requester) {
-                    return Err(forbidden(approver, "deny", rec, "requesters cancel their own requests instead"));
+                    return Err(forbidden(
+                        approver,
+                        "deny",
+                        rec,
+                        "requesters cancel their own requests instead",
+                    ));
                 }
                 let allowed = match &rec.decision.verdict {
                     Verdict::NeedsApproval { approvers, .. } => approvers.contains(approver),
                     _ => false,
                 } || self.inner.policy.is_admin(approver);
                 if !allowed {
-                    return Err(forbidden(approver, "deny", rec, "not an approver for this entitlement"));
+                    return Err(forbidden(
+                        approver,
+                        "deny",
+                        rec,
+                        "not an approver for this entitlement",
+                    ));
                 }
                 rec.state = State::Denied;
                 rec.pending_until = None;
                 rec.note = Some(reason.to_string());
-                Ok(vec![event(AuditKind::Denied, rec, approver.id.as_str(), now)
-                    .details(json!({ "reason": reason }))])
+                Ok(vec![event(
+                    AuditKind::Denied,
+                    rec,
+                    approver.id.as_str(),
+                    now,
+                )
+                .details(json!({ "reason": reason }))])
             })
             .await?;
         self.forward(&recs).await?;
@@ -574,20 +641,36 @@ impl Broker {
     }
 
     /// Withdraws a request that has not been issued (the requester or an admin).
-    pub async fn cancel(&self, requester: &Principal, id: RequestId, reason: &str) -> Result<RequestRecord> {
+    pub async fn cancel(
+        &self,
+        requester: &Principal,
+        id: RequestId,
+        reason: &str,
+    ) -> Result<RequestRecord> {
         let (rec, recs) = self
             .commit(id, |rec, now| {
                 if !matches!(rec.state, State::Pending | State::Approved) {
                     return Err(invalid_state("cancel", rec));
                 }
-                if !requester.same_person(&rec.requester) && !self.inner.policy.is_admin(requester) {
-                    return Err(forbidden(requester, "cancel", rec, "only the requester or an admin may cancel"));
+                if !requester.same_person(&rec.requester) && !self.inner.policy.is_admin(requester)
+                {
+                    return Err(forbidden(
+                        requester,
+                        "cancel",
+                        rec,
+                        "only the requester or an admin may cancel",
+                    ));
                 }
                 rec.state = State::Cancelled;
                 rec.pending_until = None;
                 rec.note = (!reason.is_empty()).then(|| reason.to_string());
-                Ok(vec![event(AuditKind::Cancelled, rec, requester.id.as_str(), now)
-                    .details(json!({ "reason": reason }))])
+                Ok(vec![event(
+                    AuditKind::Cancelled,
+                    rec,
+                    requester.id.as_str(),
+                    now,
+                )
+                .details(json!({ "reason": reason }))])
             })
             .await?;
         self.forward(&recs).await?;
@@ -599,7 +682,12 @@ impl Broker {
     pub async fn issue(&self, actor: &Principal, id: RequestId) -> Result<IssueOutcome> {
         let rec = self.get(id).await?;
         if !actor.same_person(&rec.requester) && !self.inner.policy.is_admin(actor) {
-            return Err(forbidden(actor, "issue", &rec, "only the requester or an admin may issue"));
+            return Err(forbidden(
+                actor,
+                "issue",
+                &rec,
+                "only the requester or an admin may issue",
+            ));
         }
         self.issue_as(id, actor.id.as_str()).await
     }
@@ -614,7 +702,11 @@ impl Broker {
                 }
                 let ent = self.entitlement(&rec.request.entitlement)?;
                 let caps = self.provider(&ent.provider)?.capabilities();
-                let max = rec.decision.max_duration.as_chrono().min(delta(caps.max_duration));
+                let max = rec
+                    .decision
+                    .max_duration
+                    .as_chrono()
+                    .min(delta(caps.max_duration));
                 let is_extension = rec.extends.is_some();
                 if rec.grant.is_none() {
                     return Err(invalid_state("issue", rec));
@@ -666,7 +758,9 @@ impl Broker {
                         rec.state = State::Failed;
                         rec.note = Some(msg.clone());
                         Ok(vec![event(AuditKind::IssueFailed, rec, actor, now)
-                            .details(json!({ "provider": provider_name, "error": msg }))])
+                            .details(
+                                json!({ "provider": provider_name, "error": msg }),
+                            )])
                     })
                     .await;
                 if let Ok((_, recs)) = settled {
@@ -708,7 +802,8 @@ impl Broker {
             Ok(v) => v,
             Err(e) => {
                 // Could not record: take back what was minted (fail-closed).
-                self.undo_mint(id, &provider, &issued.grant, actor, &e).await;
+                self.undo_mint(id, &provider, &issued.grant, actor, &e)
+                    .await;
                 return Err(e);
             }
         };
@@ -805,7 +900,12 @@ impl Broker {
     /// Returns the record: `Revoked` when the provider confirmed, or `Revoking`
     /// / `RevocationFailed` with the provider's error when it did not (the
     /// reaper keeps retrying). Revoking a revoked grant returns it unchanged.
-    pub async fn revoke(&self, actor: &Principal, id: RequestId, reason: &str) -> Result<RequestRecord> {
+    pub async fn revoke(
+        &self,
+        actor: &Principal,
+        id: RequestId,
+        reason: &str,
+    ) -> Result<RequestRecord> {
         check_reason(reason)?;
         let policy = self.inner.policy.clone();
         let who = actor.clone();
@@ -817,7 +917,12 @@ impl Broker {
             if who.same_person(&rec.requester) || is_approver || policy.is_admin(&who) {
                 Ok(())
             } else {
-                Err(forbidden(&who, "revoke", rec, "only the requester, an approver or an admin may revoke"))
+                Err(forbidden(
+                    &who,
+                    "revoke",
+                    rec,
+                    "only the requester, an approver or an admin may revoke",
+                ))
             }
         })
         .await
@@ -855,7 +960,11 @@ impl Broker {
         match started {
             Ok((rec, _)) => self.attempt_revocation(rec).await,
             Err(Error::InvalidState { state, .. })
-                if !expiry && matches!(state, State::Revoked | State::Revoking | State::RevocationFailed) =>
+                if !expiry
+                    && matches!(
+                        state,
+                        State::Revoked | State::Revoking | State::RevocationFailed
+                    ) =>
             {
                 // Idempotent: already revoked or being revoked.
                 self.get(id).await
@@ -870,7 +979,9 @@ impl Broker {
             .grant
             .as_ref()
             .and_then(|g| g.issued.clone())
-            .ok_or_else(|| Error::Store(format!("request `{}` has nothing issued to revoke", rec.id)))?;
+            .ok_or_else(|| {
+                Error::Store(format!("request `{}` has nothing issued to revoke", rec.id))
+            })?;
         let provider = self.provider(&issued.provider)?.clone();
         let result = provider.revoke(&issued).await;
         let retry = self.inner.retry.clone();
@@ -880,7 +991,10 @@ impl Broker {
                     return Err(invalid_state("record revocation", r));
                 }
                 let Some(rv) = r.revocation.as_mut() else {
-                    return Err(Error::Store(format!("request `{}` is revoking without a revocation", r.id)));
+                    return Err(Error::Store(format!(
+                        "request `{}` is revoking without a revocation",
+                        r.id
+                    )));
                 };
                 match &result {
                     Ok(()) => {
@@ -906,7 +1020,13 @@ impl Broker {
                         if rv.attempts >= retry.fast_attempts && r.state == State::Revoking {
                             r.state = State::RevocationFailed;
                             r.note = rv.last_error.clone();
-                            Ok(vec![event(AuditKind::RevocationFailed, r, REAPER_ACTOR, now).details(details)])
+                            Ok(vec![event(
+                                AuditKind::RevocationFailed,
+                                r,
+                                REAPER_ACTOR,
+                                now,
+                            )
+                            .details(details)])
                         } else {
                             Ok(Vec::new())
                         }
@@ -985,7 +1105,9 @@ impl Broker {
     }
 
     /// Verifies the stored chain; `Ok(Err(break))` names the first broken record.
-    pub async fn verify_audit(&self) -> Result<std::result::Result<ChainSummary, audit::ChainBreak>> {
+    pub async fn verify_audit(
+        &self,
+    ) -> Result<std::result::Result<ChainSummary, audit::ChainBreak>> {
         let recs = self.audit_records().await?;
         Ok(audit::verify(&recs))
     }
@@ -1032,7 +1154,9 @@ impl Broker {
                     n += 1;
                 }
                 Err(Error::InvalidState { .. }) => {} // someone else settled it first
-                Err(e) => tracing::warn!(request = %rec.id, error = %e, "expiry failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(request = %rec.id, error = %e, "expiry failed; will retry")
+                }
             }
         }
         Ok(n)
@@ -1062,7 +1186,9 @@ impl Broker {
                     n += 1;
                 }
                 Err(Error::InvalidState { .. }) => {}
-                Err(e) => tracing::warn!(request = %rec.id, error = %e, "timeout failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(request = %rec.id, error = %e, "timeout failed; will retry")
+                }
             }
         }
         for rec in self.inner.store.due(&[State::Approved], now, limit).await? {
@@ -1079,7 +1205,9 @@ impl Broker {
                 .await
                 .map(|(_, recs)| recs)
             } else if self.inner.auto_issue {
-                self.issue_as(rec.id, REAPER_ACTOR).await.map(|_| Vec::new())
+                self.issue_as(rec.id, REAPER_ACTOR)
+                    .await
+                    .map(|_| Vec::new())
             } else {
                 continue;
             };
@@ -1089,7 +1217,9 @@ impl Broker {
                     n += 1;
                 }
                 Err(Error::InvalidState { .. }) => {}
-                Err(e) => tracing::warn!(request = %rec.id, error = %e, "settling an approved request failed"),
+                Err(e) => {
+                    tracing::warn!(request = %rec.id, error = %e, "settling an approved request failed")
+                }
             }
         }
         Ok(n)
@@ -1124,7 +1254,11 @@ impl Broker {
         } else {
             now - delta(self.inner.reconcile_grace)
         };
-        let stuck = self.inner.store.due(&[State::Issuing], cutoff, 1000).await?;
+        let stuck = self
+            .inner
+            .store
+            .due(&[State::Issuing], cutoff, 1000)
+            .await?;
         let mut n = 0;
         for rec in stuck {
             let spec = self.spec(&rec)?;
@@ -1157,7 +1291,8 @@ impl Broker {
                                 g.issued = Some(issued.clone());
                             }
                             r.state = State::Revoked;
-                            r.note = Some("minted during a crash and never delivered; revoked".into());
+                            r.note =
+                                Some("minted during a crash and never delivered; revoked".into());
                             "minted, revoked"
                         }
                         (Some(issued), _) => {
@@ -1180,10 +1315,11 @@ impl Broker {
                             "minted, revocation pending"
                         }
                     };
-                    Ok(vec![event(AuditKind::Reconciled, r, REAPER_ACTOR, now).details(json!({
-                        "outcome": outcome,
-                        "external_id": found.as_ref().map(|f| f.external_id.clone()),
-                    }))])
+                    Ok(vec![event(AuditKind::Reconciled, r, REAPER_ACTOR, now)
+                        .details(json!({
+                            "outcome": outcome,
+                            "external_id": found.as_ref().map(|f| f.external_id.clone()),
+                        }))])
                 })
                 .await;
             match res {
@@ -1192,7 +1328,9 @@ impl Broker {
                     n += 1;
                 }
                 Err(Error::InvalidState { .. }) => {}
-                Err(e) => tracing::warn!(request = %rec.id, error = %e, "reconcile failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(request = %rec.id, error = %e, "reconcile failed; will retry")
+                }
             }
         }
         Ok(n)

@@ -83,10 +83,7 @@ impl PrincipalId {
     pub fn new(id: impl Into<String>) -> Result<Self, RequestError> {
         let id = id.into();
         let len = id.chars().count();
-        if len == 0
-            || len > 256
-            || id.chars().any(char::is_control)
-            || id.trim().len() != id.len()
+        if len == 0 || len > 256 || id.chars().any(char::is_control) || id.trim().len() != id.len()
         {
             return Err(RequestError::PrincipalId(truncate_for_display(&id)));
         }
@@ -291,7 +288,10 @@ impl GrantDuration {
     /// From a chrono duration (negative and overflowing values are errors).
     pub fn from_chrono(d: chrono::TimeDelta) -> Result<Self, RequestError> {
         if d < chrono::TimeDelta::zero() {
-            return Err(RequestError::NegativeDuration(format!("{}s", d.num_seconds())));
+            return Err(RequestError::NegativeDuration(format!(
+                "{}s",
+                d.num_seconds()
+            )));
         }
         let std = d
             .to_std()
@@ -823,20 +823,46 @@ mod tests {
 
     #[test]
     fn durations_parse_and_fail_typed() {
-        assert_eq!(parse_duration("1h30m").ok(), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("PT30M").ok(), Some(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("P1DT1H").ok(), Some(Duration::from_secs(90_000)));
-        assert!(matches!(parse_duration("-5m"), Err(RequestError::NegativeDuration(_))));
+        assert_eq!(
+            parse_duration("1h30m").ok(),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_duration("PT30M").ok(),
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(
+            parse_duration("P1DT1H").ok(),
+            Some(Duration::from_secs(90_000))
+        );
+        assert!(matches!(
+            parse_duration("-5m"),
+            Err(RequestError::NegativeDuration(_))
+        ));
         assert!(matches!(
             parse_duration("99999999999999999999h"),
             Err(RequestError::DurationOverflow(_))
         ));
-        assert!(matches!(parse_duration("5 parsecs"), Err(RequestError::DurationSyntax(_))));
-        assert!(matches!(parse_duration("PT"), Err(RequestError::DurationSyntax(_))));
-        assert!(matches!("0m".parse::<GrantDuration>(), Err(RequestError::ZeroDuration)));
+        assert!(matches!(
+            parse_duration("5 parsecs"),
+            Err(RequestError::DurationSyntax(_))
+        ));
+        assert!(matches!(
+            parse_duration("PT"),
+            Err(RequestError::DurationSyntax(_))
+        ));
+        assert!(matches!(
+            "0m".parse::<GrantDuration>(),
+            Err(RequestError::ZeroDuration)
+        ));
         let err = "8d".parse::<GrantDuration>().err();
-        assert!(matches!(err, Some(RequestError::DurationTooLong { ref limit, .. }) if limit == "7d"));
-        assert!(matches!(GrantDuration::from_secs_i64(-1), Err(RequestError::NegativeDuration(_))));
+        assert!(
+            matches!(err, Some(RequestError::DurationTooLong { ref limit, .. }) if limit == "7d")
+        );
+        assert!(matches!(
+            GrantDuration::from_secs_i64(-1),
+            Err(RequestError::NegativeDuration(_))
+        ));
         assert!(matches!(
             GrantDuration::from_chrono(chrono::TimeDelta::MAX),
             Err(RequestError::DurationTooLong { .. }) | Err(RequestError::DurationOverflow(_))
@@ -845,10 +871,16 @@ mod tests {
 
     #[test]
     fn same_person_sees_case_alias_and_compat_forms() {
-        let alice = Principal::new("Alice").unwrap().with_alias("alice@example.com");
+        let alice = Principal::new("Alice")
+            .unwrap()
+            .with_alias("alice@example.com");
         assert!(alice.same_person(&Principal::new("alice").unwrap()));
         assert!(alice.same_person(&Principal::new("ＡＬＩＣＥ").unwrap()));
-        assert!(alice.same_person(&Principal::new("bob").unwrap().with_alias("ALICE@example.com")));
+        assert!(alice.same_person(
+            &Principal::new("bob")
+                .unwrap()
+                .with_alias("ALICE@example.com")
+        ));
         assert!(!alice.same_person(&Principal::new("bob").unwrap()));
     }
 

@@ -33,8 +33,14 @@ async fn race_round(e: &Env, round: usize) -> (RequestId, Tally) {
         tasks.push(tokio::spawn(async move {
             // Interleave kinds so every kind starts early in the round.
             let r = match (t + round) % 4 {
-                0 => b.approve(&lead(&format!("lead{t}")), id, "").await.map(|_| 'a'),
-                1 => b.deny(&lead(&format!("lead{t}")), id, "no").await.map(|_| 'd'),
+                0 => b
+                    .approve(&lead(&format!("lead{t}")), id, "")
+                    .await
+                    .map(|_| 'a'),
+                1 => b
+                    .deny(&lead(&format!("lead{t}")), id, "no")
+                    .await
+                    .map(|_| 'd'),
                 2 => b.cancel(&alice, id, "changed my mind").await.map(|_| 'c'),
                 _ => b.revoke(&alice, id, "done").await.map(|r| {
                     assert_eq!(r.state, State::Revoked);
@@ -73,32 +79,60 @@ async fn run(store: Arc<dyn Store>, rounds: usize) {
         let count = |name: &str| k.iter().filter(|x| **x == name).count();
         match rec.state {
             State::Denied => {
-                assert_eq!((tally.denied, tally.cancelled, count("issued")), (1, 0, 0), "{k:?}");
+                assert_eq!(
+                    (tally.denied, tally.cancelled, count("issued")),
+                    (1, 0, 0),
+                    "{k:?}"
+                );
                 assert_eq!(count("denied"), 1);
             }
             State::Cancelled => {
-                assert_eq!((tally.denied, tally.cancelled, count("issued")), (0, 1, 0), "{k:?}");
+                assert_eq!(
+                    (tally.denied, tally.cancelled, count("issued")),
+                    (0, 1, 0),
+                    "{k:?}"
+                );
                 assert_eq!(count("cancelled"), 1);
             }
             State::Active | State::Revoked => {
                 assert_eq!((tally.denied, tally.cancelled), (0, 0));
                 assert_eq!(count("issued"), 1, "{k:?}");
-                assert_eq!(count("approved"), 2, "quorum 2: exactly two approvals count");
+                assert_eq!(
+                    count("approved"),
+                    2,
+                    "quorum 2: exactly two approvals count"
+                );
                 assert_eq!(tally.approved, 2);
                 assert_eq!(count("revoked"), usize::from(rec.state == State::Revoked));
             }
             // Pending is impossible: 16 approvers, deniers and cancellers all ran.
             other => panic!("round {round}: unexpected final state {other}: {k:?}"),
         }
-        assert!(!rec.approvals.iter().any(|a| a.approver.same_person(&rec.requester)));
+        assert!(!rec
+            .approvals
+            .iter()
+            .any(|a| a.approver.same_person(&rec.requester)));
         assert_eq!(k.last().copied(), Some(last_kind(rec.state)), "{k:?}");
     }
     assert!(e.broker.verify_audit().await.unwrap().is_ok());
     // Nothing minted twice, nothing left live for a revoked grant.
-    let revoked_or_active = e.broker.list(&jit_core::ListFilter { limit: 10_000, ..Default::default() }).await.unwrap();
-    let issued = revoked_or_active.iter().filter(|r| matches!(r.state, State::Active | State::Revoked)).count();
+    let revoked_or_active = e
+        .broker
+        .list(&jit_core::ListFilter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let issued = revoked_or_active
+        .iter()
+        .filter(|r| matches!(r.state, State::Active | State::Revoked))
+        .count();
     assert_eq!(e.provider.minted().len(), issued);
-    let active = revoked_or_active.iter().filter(|r| r.state == State::Active).count();
+    let active = revoked_or_active
+        .iter()
+        .filter(|r| r.state == State::Active)
+        .count();
     assert_eq!(e.provider.live().len(), active);
 }
 
@@ -120,6 +154,8 @@ async fn racing_on_memory_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_on_sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = jit_core::store::SqliteStore::open(dir.path().join("race.db")).await.unwrap();
+    let store = jit_core::store::SqliteStore::open(dir.path().join("race.db"))
+        .await
+        .unwrap();
     run(Arc::new(store), 200).await;
 }

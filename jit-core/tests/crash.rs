@@ -24,7 +24,8 @@ async fn killed_between_mint_and_record_is_reconciled_after_restart() {
         let e = env_with(Arc::new(store), provider.clone());
         provider.hang_after_mint(true);
         let b = e.broker.clone();
-        let task = tokio::spawn(async move { b.submit(&user("alice"), req("dev-read", "10m")).await });
+        let task =
+            tokio::spawn(async move { b.submit(&user("alice"), req("dev-read", "10m")).await });
         while provider.minted().is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -32,7 +33,11 @@ async fn killed_between_mint_and_record_is_reconciled_after_restart() {
         let _ = task.await;
         let recs = e.broker.list(&ListFilter::default()).await.unwrap();
         assert_eq!(recs[0].state, State::Issuing);
-        assert_eq!(provider.live().len(), 1, "minted and unrecorded: live at the provider");
+        assert_eq!(
+            provider.live().len(),
+            1,
+            "minted and unrecorded: live at the provider"
+        );
     }
     provider.hang_after_mint(false);
 

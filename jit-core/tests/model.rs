@@ -337,7 +337,9 @@ async fn step(real: &mut Real, model: &mut Model, op: &Op) {
         }
         Op::Extend(i) => {
             let Some(i) = pick(i, n) else { return };
-            let res = b.extend(&alice(), real.ids[i], "10m".parse().unwrap(), "more").await;
+            let res = b
+                .extend(&alice(), real.ids[i], "10m".parse().unwrap(), "more")
+                .await;
             let (want, _) = model.extend(i);
             let got = classify(&res.as_ref().map(|_| ()).map_err(clone_err));
             assert_eq!(got, want, "extend {i}");
@@ -356,19 +358,31 @@ async fn step(real: &mut Real, model: &mut Model, op: &Op) {
 
 fn clone_err(e: &Error) -> Error {
     match e {
-        Error::Forbidden { principal, operation, request, reason } => Error::Forbidden {
+        Error::Forbidden {
+            principal,
+            operation,
+            request,
+            reason,
+        } => Error::Forbidden {
             principal: principal.clone(),
             operation,
             request: *request,
             reason: reason.clone(),
         },
-        Error::InvalidState { operation, request, state } => Error::InvalidState {
+        Error::InvalidState {
+            operation,
+            request,
+            state,
+        } => Error::InvalidState {
             operation,
             request: *request,
             state: *state,
         },
         Error::InvalidRequest(r) => Error::InvalidRequest(r.clone()),
-        Error::NotFound { kind, id } => Error::NotFound { kind, id: id.clone() },
+        Error::NotFound { kind, id } => Error::NotFound {
+            kind,
+            id: id.clone(),
+        },
         other => panic!("unexpected error {other}"),
     }
 }
@@ -378,11 +392,19 @@ async fn agree(real: &Real, model: &Model) {
     for (i, m) in model.reqs.iter().enumerate() {
         let rec = real.broker.get(real.ids[i]).await.unwrap();
         assert_eq!(rec.state, m.state, "state of request {i}");
-        assert_eq!(kinds(&audit, real.ids[i]), m.kinds, "audit kinds of request {i}");
+        assert_eq!(
+            kinds(&audit, real.ids[i]),
+            m.kinds,
+            "audit kinds of request {i}"
+        );
         if rec.state == State::Active {
             let end = rec.ends_at().unwrap();
             let start = real.broker.clock().now() - TimeDelta::minutes(model.now);
-            assert_eq!(end, start + TimeDelta::minutes(m.end.unwrap()), "end of request {i}");
+            assert_eq!(
+                end,
+                start + TimeDelta::minutes(m.end.unwrap()),
+                "end of request {i}"
+            );
         }
     }
     assert!(jit_core::audit::verify(&audit).is_ok());

@@ -106,7 +106,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => println!("  alice approves her own request             -> refused: {e}"),
         Ok(_) => return Err("self-approval was accepted".into()),
     }
-    show("carol approves", broker.approve(&carol, id, "ok").await?.record.state);
+    show(
+        "carol approves",
+        broker.approve(&carol, id, "ok").await?.record.state,
+    );
     let out = broker.approve(&dave, id, "ok").await?;
     show("dave approves (quorum reached, issued)", out.record.state);
     let token = match out.credentials {
@@ -139,7 +142,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     show("submitted (auto-approved and issued)", out.record.state);
     clock.advance(chrono::TimeDelta::minutes(11));
     reaper.tick().await?;
-    show("11 minutes later, after a reaper tick", broker.get(out.record.id).await?.state);
+    show(
+        "11 minutes later, after a reaper tick",
+        broker.get(out.record.id).await?.state,
+    );
 
     println!("\n4. a request that no one answers times out");
     let out = broker

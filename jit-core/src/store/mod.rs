@@ -68,8 +68,11 @@ impl ListFilter {
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Inserts a new record (its version must be 1) and appends its events, atomically.
-    async fn insert(&self, record: &RequestRecord, events: &[AuditEvent])
-        -> Result<Vec<AuditRecord>>;
+    async fn insert(
+        &self,
+        record: &RequestRecord,
+        events: &[AuditEvent],
+    ) -> Result<Vec<AuditRecord>>;
 
     /// Compare-and-set: replaces the record if the stored version is
     /// `expected_version`, and appends the events, atomically.

@@ -99,7 +99,11 @@ impl TestProvider {
     /// Minted grants still live (not revoked).
     pub fn live(&self) -> Vec<String> {
         let m = self.minted.lock().unwrap();
-        let mut v: Vec<_> = m.iter().filter(|(_, (_, r))| !r).map(|(k, _)| k.clone()).collect();
+        let mut v: Vec<_> = m
+            .iter()
+            .filter(|(_, (_, r))| !r)
+            .map(|(k, _)| k.clone())
+            .collect();
         v.sort();
         v
     }
@@ -245,7 +249,11 @@ impl FaultyStore {
 
 #[async_trait]
 impl Store for FaultyStore {
-    async fn insert(&self, record: &RequestRecord, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+    async fn insert(
+        &self,
+        record: &RequestRecord,
+        events: &[AuditEvent],
+    ) -> Result<Vec<AuditRecord>> {
         self.inner.insert(record, events).await
     }
 
@@ -255,7 +263,11 @@ impl Store for FaultyStore {
         record: &RequestRecord,
         events: &[AuditEvent],
     ) -> Result<Vec<AuditRecord>> {
-        let into = self.fail_updates_into.lock().unwrap().contains(&record.state);
+        let into = self
+            .fail_updates_into
+            .lock()
+            .unwrap()
+            .contains(&record.state);
         if self.fail_updates.load(Ordering::SeqCst) || into {
             return Err(Error::Store("injected store failure".into()));
         }
@@ -270,7 +282,12 @@ impl Store for FaultyStore {
         self.inner.list(filter).await
     }
 
-    async fn due(&self, states: &[State], now: DateTime<Utc>, limit: usize) -> Result<Vec<RequestRecord>> {
+    async fn due(
+        &self,
+        states: &[State],
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>> {
         self.inner.due(states, now, limit).await
     }
 
