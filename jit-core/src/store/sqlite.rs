@@ -1,4 +1,770 @@
-//! SQLite store. (Being written.)
-#![allow(missing_docs)]
-#[derive(Debug)]
-pub struct SqliteStore;
+//! SQLite store: the embedded default, one file, no server.
+//!
+//! # Choices
+//!
+//! - **WAL journal mode.** Readers (`get`, `list`, `due`, `audit`) never block
+//!   the writer and the writer never blocks them, so an approver page stays
+//!   responsive while the reaper works.
+//! - **`synchronous = FULL`.** Every commit is fsynced before it returns. A
+//!   transition that the broker reported as done (and whose audit record it
+//!   may already have handed to a sink) must survive a power cut; WAL with
+//!   `NORMAL` could lose the last commits.
+//! - **`BEGIN IMMEDIATE` per transition.** `insert` and `update` take the write
+//!   lock before they read the chain head, so two writers (tasks, or other
+//!   processes using the same file) never both chain onto the same head, and
+//!   a transaction never has to be upgraded from reader to writer halfway
+//!   (which SQLite can only answer with `SQLITE_BUSY`). Within one process an
+//!   async mutex queues writers first, so they wait on a wake-up instead of
+//!   SQLite's sleep-and-poll busy handler; the busy timeout then only covers
+//!   other processes. A writer still waiting after the timeout gets
+//!   [`Error::Unavailable`].
+//! - **Compare-and-set in SQL.** `UPDATE .. WHERE id = ? AND version = ?`; no
+//!   row changed means a lost race ([`Error::Conflict`]) or an unknown id
+//!   ([`Error::NotFound`]). Any failure rolls the whole transition back,
+//!   record and audit events alike.
+//! - **Records as JSON, plus query columns.** The full [`RequestRecord`] (and
+//!   [`AuditRecord`]) is stored as JSON, so reads return exactly what was
+//!   written; the columns `state`, `requester` (canonical form),
+//!   `entitlement`, `created_at` and `due_at` ([`RequestRecord::due_at`]) are
+//!   recomputed on every write and exist only to filter and sort. Timestamps
+//!   are RFC 3339 UTC text with nine fractional digits and `Z`, so text order
+//!   is time order (years 0000 to 9999; others are refused).
+//! - **Versioned migrations.** `schema_migrations` records every applied
+//!   version; opening applies the missing ones in order, in one transaction,
+//!   and refuses a database written by a newer version of this crate rather
+//!   than guessing at its schema.
+//! - **In-memory databases** (`sqlite::memory:`) use a pool of exactly one
+//!   connection that is never recycled: the database lives as long as that
+//!   connection does, and every caller sees the same one.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use super::{check_versions, ListFilter, Store};
+use crate::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
+use crate::error::{Error, Result};
+use crate::types::{canonical_identity, RequestId, RequestRecord, State};
+
+/// The schema version this build writes: the last entry of the migrations.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a writer waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections for a file database: a few readers next to the one writer.
+const FILE_POOL_SIZE: u32 = 4;
+
+/// One schema step. Statements run in order inside the opening transaction.
+struct Migration {
+    version: i64,
+    statements: &'static [&'static str],
+}
+
+/// Every migration, ascending by version. Never edit a released entry: add one.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    statements: &[
+        // `seq` is the insertion order (`list` tie-break); an explicit
+        // INTEGER PRIMARY KEY keeps it stable across VACUUM.
+        "CREATE TABLE requests (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            version INTEGER NOT NULL CHECK (version > 0),
+            state TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            entitlement TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            due_at TEXT,
+            body TEXT NOT NULL
+        ) STRICT",
+        "CREATE INDEX requests_state_due ON requests (state, due_at)",
+        "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
+        "CREATE INDEX requests_created ON requests (created_at)",
+        "CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY CHECK (seq > 0),
+            hash TEXT NOT NULL,
+            body TEXT NOT NULL
+        ) STRICT",
+    ],
+}];
+
+/// [`Store`] on a SQLite database file (or an in-memory database).
+///
+/// ```no_run
+/// # async fn demo() -> jit_core::Result<()> {
+/// use jit_core::store::SqliteStore;
+/// let store = SqliteStore::open("/var/lib/jit/jit.db").await?;
+/// let same = SqliteStore::connect("sqlite:///var/lib/jit/jit.db").await?;
+/// let scratch = SqliteStore::connect("sqlite::memory:").await?;
+/// # Ok(()) }
+/// ```
+pub struct SqliteStore {
+    pool: SqlitePool,
+    location: String,
+    memory: bool,
+    /// Queues this process's writers ahead of SQLite's write lock (see the module docs).
+    write: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database file at `path` and brings
+    /// its schema up to date.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        Self::with_options(options, path.display().to_string(), false, BUSY_TIMEOUT).await
+    }
+
+    /// Opens a database by URL: `sqlite://path/to/file.db` (created if
+    /// missing unless the URL sets `mode`), `sqlite:///absolute/path.db`, or
+    /// `sqlite::memory:` for a private in-memory database. A read-only URL
+    /// (`mode=ro`, for inspection or audit verification) opens only a
+    /// database whose schema is already current, and every write fails.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| {
+                Error::Store(format!(
+                    "`{url}` is not a sqlite url: use `sqlite://path/to/file.db` or `sqlite::memory:`"
+                ))
+            })?;
+        let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+        let has_param = |key: &str, value: Option<&str>| {
+            params.split('&').any(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                k == key && value.is_none_or(|want| v == want)
+            })
+        };
+        let memory = database == ":memory:" || has_param("mode", Some("memory"));
+        if !memory && database.is_empty() {
+            // SQLite would open a private temporary file per connection.
+            return Err(Error::Store(format!(
+                "sqlite url `{url}` names no database file"
+            )));
+        }
+        let mut options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Store(format!("invalid sqlite url `{url}`: {e}")))?;
+        if !memory && !has_param("mode", None) {
+            options = options.create_if_missing(true);
+        }
+        Self::with_options(options, url.to_string(), memory, BUSY_TIMEOUT).await
+    }
+
+    async fn with_options(
+        options: SqliteConnectOptions,
+        location: String,
+        memory: bool,
+        busy_timeout: Duration,
+    ) -> Result<Self> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(busy_timeout);
+        let pool = if memory {
+            // The database dies with its last connection: keep exactly one, forever.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE)
+        }
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| db_error(&format!("open `{location}`"), e))?;
+        let store = Self {
+            pool,
+            location,
+            memory,
+            write: tokio::sync::Mutex::new(()),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The path or URL the store was opened with.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Whether the database lives in memory only (gone when the store is dropped).
+    pub fn is_memory(&self) -> bool {
+        self.memory
+    }
+
+    /// The schema version recorded in the database.
+    pub async fn schema_version(&self) -> Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("read schema version", e))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Closes every connection, waiting for them to finish. Later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Applies the missing migrations in one write transaction.
+    async fn migrate(&self) -> Result<()> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.begin_write().await?;
+        let result = migrate_in(&mut tx).await;
+        finish(tx, result, "migrate").await
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| db_error("begin transaction", e))
+    }
+}
+
+async fn migrate_in(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_at TEXT NOT NULL
+        )",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_error("create schema_migrations", e))?;
+    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| db_error("read schema version", e))?;
+    let current = current.unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(Error::Store(format!(
+            "database schema version {current} is newer than version {SCHEMA_VERSION} known to this build: upgrade jit-core to open it"
+        )));
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        for statement in m.statements {
+            sqlx::query(statement)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| db_error(&format!("apply migration {}", m.version), e))?;
+        }
+        // Wall time on purpose: this is operator metadata, not lifecycle state.
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+            .bind(m.version)
+            .bind(timestamp(Utc::now())?)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error(&format!("record migration {}", m.version), e))?;
+    }
+    Ok(())
+}
+
+/// Commits on success; on failure rolls back now (instead of on drop) so the
+/// next writer does not find the lock still held, and returns the first error.
+async fn finish<T>(tx: Transaction<'static, Sqlite>, result: Result<T>, op: &str) -> Result<T> {
+    match result {
+        Ok(v) => {
+            tx.commit()
+                .await
+                .map_err(|e| db_error(&format!("commit {op}"), e))?;
+            Ok(v)
+        }
+        Err(e) => {
+            // A failed rollback leaves nothing committed either; the caller needs the cause.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Maps a sqlx error: lock contention and pool exhaustion are transient
+/// ([`Error::Unavailable`]), everything else is [`Error::Store`].
+fn db_error(op: &str, e: sqlx::Error) -> Error {
+    let busy = match &e {
+        // Primary result codes 5 (SQLITE_BUSY) and 6 (SQLITE_LOCKED), with any extended code.
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    };
+    if busy {
+        Error::Unavailable {
+            what: "sqlite store".into(),
+            message: format!("{op}: {e}"),
+        }
+    } else {
+        Error::Store(format!("sqlite {op}: {e}"))
+    }
+}
+
+/// Fixed-width RFC 3339 UTC text, so that text order is time order.
+fn timestamp(t: DateTime<Utc>) -> Result<String> {
+    if !(0..=9999).contains(&t.year()) {
+        return Err(Error::Store(format!(
+            "timestamp `{t}` is outside the years 0000 to 9999 that the sqlite store can order"
+        )));
+    }
+    Ok(t.to_rfc3339_opts(SecondsFormat::Nanos, true))
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Store(format!("{what} {v} does not fit the sqlite store")))
+}
+
+fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The columns of one `requests` row.
+struct Columns {
+    id: String,
+    version: i64,
+    state: &'static str,
+    requester: String,
+    entitlement: String,
+    created_at: String,
+    due_at: Option<String>,
+    body: String,
+}
+
+impl Columns {
+    fn of(r: &RequestRecord) -> Result<Self> {
+        Ok(Self {
+            id: r.id.to_string(),
+            version: to_i64(r.version, "version")?,
+            state: r.state.as_str(),
+            requester: r.requester.id.canonical(),
+            entitlement: r.request.entitlement.clone(),
+            created_at: timestamp(r.created_at)?,
+            due_at: r.due_at().map(timestamp).transpose()?,
+            body: serde_json::to_string(r)
+                .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?,
+        })
+    }
+}
+
+fn decode_record(row: &sqlx::sqlite::SqliteRow) -> Result<RequestRecord> {
+    let body: String = row
+        .try_get("body")
+        .map_err(|e| db_error("read request", e))?;
+    serde_json::from_str(&body)
+        .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
+}
+
+fn decode_audit(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord> {
+    let body: String = row
+        .try_get("body")
+        .map_err(|e| db_error("read audit record", e))?;
+    serde_json::from_str(&body)
+        .map_err(|e| Error::Store(format!("stored audit record is not valid: {e}")))
+}
+
+/// Chains `events` after the current head. Must run inside a write transaction.
+async fn append_in(conn: &mut SqliteConnection, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| db_error("read audit head", e))?;
+    let (mut seq, mut prev) = match head {
+        Some((seq, hash)) => (
+            u64::try_from(seq)
+                .map_err(|_| Error::Store(format!("stored audit seq {seq} is negative")))?,
+            hash,
+        ),
+        None => (0, GENESIS_HASH.to_string()),
+    };
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        seq += 1;
+        let r = e.clone().chain(seq, &prev);
+        let body = serde_json::to_string(&r)
+            .map_err(|e| Error::Store(format!("cannot encode audit record {seq}: {e}")))?;
+        sqlx::query("INSERT INTO audit (seq, hash, body) VALUES (?, ?, ?)")
+            .bind(to_i64(seq, "audit seq")?)
+            .bind(&r.hash)
+            .bind(body)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error("append audit record", e))?;
+        prev = r.hash.clone();
+        out.push(r);
+    }
+    Ok(out)
+}
+
+async fn insert_in(
+    conn: &mut SqliteConnection,
+    record: &RequestRecord,
+    events: &[AuditEvent],
+) -> Result<Vec<AuditRecord>> {
+    let c = Columns::of(record)?;
+    let inserted = sqlx::query(
+        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, body)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(c.id)
+    .bind(c.version)
+    .bind(c.state)
+    .bind(c.requester)
+    .bind(c.entitlement)
+    .bind(c.created_at)
+    .bind(c.due_at)
+    .bind(c.body)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_error("insert request", e))?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(Error::Conflict {
+            request: record.id,
+            expected: 0,
+        });
+    }
+    append_in(conn, events).await
+}
+
+async fn update_in(
+    conn: &mut SqliteConnection,
+    expected_version: u64,
+    record: &RequestRecord,
+    events: &[AuditEvent],
+) -> Result<Vec<AuditRecord>> {
+    let c = Columns::of(record)?;
+    let id = c.id.clone();
+    let updated = sqlx::query(
+        "UPDATE requests
+         SET version = ?, state = ?, requester = ?, entitlement = ?, created_at = ?, due_at = ?, body = ?
+         WHERE id = ? AND version = ?",
+    )
+    .bind(c.version)
+    .bind(c.state)
+    .bind(c.requester)
+    .bind(c.entitlement)
+    .bind(c.created_at)
+    .bind(c.due_at)
+    .bind(c.body)
+    .bind(c.id)
+    .bind(to_i64(expected_version, "version")?)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_error("update request", e))?
+    .rows_affected();
+    if updated == 0 {
+        let exists = sqlx::query("SELECT 1 FROM requests WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| db_error("read request", e))?
+            .is_some();
+        return Err(if exists {
+            Error::Conflict {
+                request: record.id,
+                expected: expected_version,
+            }
+        } else {
+            Error::request_not_found(record.id)
+        });
+    }
+    append_in(conn, events).await
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert(
+        &self,
+        record: &RequestRecord,
+        events: &[AuditEvent],
+    ) -> Result<Vec<AuditRecord>> {
+        check_versions(0, record)?;
+        let _writer = self.write.lock().await;
+        let mut tx = self.begin_write().await?;
+        let result = insert_in(&mut tx, record, events).await;
+        finish(tx, result, "insert").await
+    }
+
+    async fn update(
+        &self,
+        expected_version: u64,
+        record: &RequestRecord,
+        events: &[AuditEvent],
+    ) -> Result<Vec<AuditRecord>> {
+        check_versions(expected_version, record)?;
+        let _writer = self.write.lock().await;
+        let mut tx = self.begin_write().await?;
+        let result = update_in(&mut tx, expected_version, record, events).await;
+        finish(tx, result, "update").await
+    }
+
+    async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
+        sqlx::query("SELECT body FROM requests WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("get request", e))?
+            .as_ref()
+            .map(decode_record)
+            .transpose()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT body FROM requests WHERE 1 = 1");
+        if let Some(requester) = &filter.requester {
+            q.push(" AND requester = ")
+                .push_bind(canonical_identity(requester));
+        }
+        if !filter.states.is_empty() {
+            q.push(" AND state IN (");
+            let mut states = q.separated(", ");
+            for s in &filter.states {
+                states.push_bind(s.as_str());
+            }
+            q.push(")");
+        }
+        if let Some(entitlement) = &filter.entitlement {
+            q.push(" AND entitlement = ").push_bind(entitlement.clone());
+        }
+        q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
+            .push_bind(limit_i64(filter.effective_limit()));
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("list requests", e))?
+            .iter()
+            .map(decode_record)
+            .collect()
+    }
+
+    async fn due(
+        &self,
+        states: &[State],
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>> {
+        if states.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT body FROM requests WHERE state IN (");
+        let mut sep = q.separated(", ");
+        for s in states {
+            sep.push_bind(s.as_str());
+        }
+        q.push(") AND due_at IS NOT NULL AND due_at <= ")
+            .push_bind(timestamp(now)?)
+            .push(" ORDER BY due_at, seq LIMIT ")
+            .push_bind(limit_i64(limit));
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("read due requests", e))?
+            .iter()
+            .map(decode_record)
+            .collect()
+    }
+
+    async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        sqlx::query("SELECT body FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
+            .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
+            .bind(limit_i64(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("read audit records", e))?
+            .iter()
+            .map(decode_audit)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::audit::AuditKind;
+    use crate::types::{AccessRequest, Decision, GrantDuration, Principal, Verdict};
+    use sqlx::Connection;
+
+    fn record() -> RequestRecord {
+        let now = Utc::now();
+        RequestRecord {
+            id: RequestId::new(),
+            version: 1,
+            state: State::Pending,
+            requester: Principal::new("alice").unwrap(),
+            request: AccessRequest::new("db-admin", GrantDuration::from_secs_i64(60).unwrap(), "x"),
+            decision: Decision {
+                verdict: Verdict::AutoApprove,
+                max_duration: GrantDuration::from_secs_i64(60).unwrap(),
+                reasons: vec![],
+            },
+            approvals: vec![],
+            grant: None,
+            extends: None,
+            revocation: None,
+            pending_until: Some(now),
+            note: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn migrations_ascend_and_end_at_schema_version() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(MIGRATIONS.first().map(|m| m.version), Some(1));
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn timestamps_sort_as_text_and_refuse_unorderable_years() {
+        let a = DateTime::parse_from_rfc3339("2024-01-01T00:00:00.9Z")
+            .unwrap()
+            .to_utc();
+        let b = DateTime::parse_from_rfc3339("2024-01-01T00:00:01Z")
+            .unwrap()
+            .to_utc();
+        let (ta, tb) = (timestamp(a).unwrap(), timestamp(b).unwrap());
+        assert_eq!(ta, "2024-01-01T00:00:00.900000000Z");
+        assert!(ta < tb);
+        let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+            .unwrap()
+            .to_utc()
+            + chrono::TimeDelta::days(1);
+        assert!(matches!(timestamp(far), Err(Error::Store(_))));
+    }
+
+    #[tokio::test]
+    async fn connections_use_full_sync_foreign_keys_and_busy_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).await.unwrap();
+        let mut conn = store.pool.acquire().await.unwrap();
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!((sync, fk, busy), (2, 1, 5000));
+    }
+
+    #[tokio::test]
+    async fn a_write_lock_held_elsewhere_is_unavailable_and_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.db");
+        let store = SqliteStore::with_options(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+            "busy".into(),
+            false,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        // Another "process" holds the write lock.
+        let mut other =
+            sqlx::SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path))
+                .await
+                .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+
+        let r = record();
+        let ev = AuditEvent::new(
+            r.created_at,
+            AuditKind::Requested,
+            r.id,
+            "alice",
+            State::Pending,
+        );
+        let err = store
+            .insert(&r, std::slice::from_ref(&ev))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+        assert!(err.is_transient());
+
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        assert_eq!(store.get(r.id).await.unwrap(), None);
+        assert!(store.audit(1, 10).await.unwrap().is_empty());
+        // And the store works again once the lock is gone.
+        assert_eq!(store.insert(&r, &[ev]).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked() {
+        for bad in ["postgres://localhost/jit", "sqlite://", "sqlite:", "jit.db"] {
+            let err = SqliteStore::connect(bad).await.unwrap_err();
+            assert!(matches!(err, Error::Store(_)), "{bad}: {err:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("url.db");
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        assert!(path.exists());
+        assert!(!store.is_memory());
+        let r = record();
+        store.insert(&r, &[]).await.unwrap();
+        let ro = SqliteStore::connect(&format!("sqlite://{}?mode=ro", path.display()))
+            .await
+            .unwrap();
+        assert_eq!(ro.get(r.id).await.unwrap(), Some(r.clone()));
+        let mut next = r.clone();
+        next.version = 2;
+        let err = ro.update(1, &next, &[]).await.unwrap_err();
+        assert!(matches!(err, Error::Store(_)), "{err:?}");
+        assert_eq!(store.get(r.id).await.unwrap(), Some(r));
+        assert!(SqliteStore::connect("sqlite::memory:")
+            .await
+            .unwrap()
+            .is_memory());
+        assert!(SqliteStore::connect("sqlite://?mode=memory")
+            .await
+            .unwrap()
+            .is_memory());
+    }
+}

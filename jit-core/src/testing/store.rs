@@ -1,1 +1,777 @@
-//! Store conformance checks. (Being written.)
+//! Store conformance checks.
+//!
+//! Every [`Store`] implementation runs [`run_all`] (or the single checks) in
+//! its own tests. The checks share one store and tolerate whatever other data
+//! it already holds: each uses fresh ids, requester names and entitlement ids,
+//! measures the audit chain relative to its length before the check, and the
+//! due check places its records before anything already due. So a store can
+//! be checked even when a fresh database per check is expensive (a shared
+//! PostgreSQL), and running the suite twice on one store must also pass.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Timelike, Utc};
+
+use crate::audit::{self, AuditEvent, AuditKind, AuditRecord, GENESIS_HASH};
+use crate::error::Error;
+use crate::store::{audit_all, ListFilter, Store};
+use crate::types::{
+    AccessRequest, Approval, ApproverSet, Decision, Grant, GrantDuration, GrantId, IssuedGrant,
+    Principal, RequestId, RequestRecord, Revocation, State, Verdict,
+};
+
+/// Runs every check below on one store, in order.
+///
+/// Takes an `Arc` because [`check_concurrent_updates`] shares the store
+/// between spawned tasks; call it from a multi-threaded tokio runtime.
+pub async fn run_all(store: Arc<dyn Store>) {
+    check_insert_get_roundtrip(&*store).await;
+    check_every_state_roundtrips(&*store).await;
+    check_duplicate_insert(&*store).await;
+    check_insert_requires_version_one(&*store).await;
+    check_update_cas(&*store).await;
+    check_concurrent_updates(store.clone()).await;
+    check_audit_chain(&*store).await;
+    check_audit_paging(&*store).await;
+    check_list(&*store).await;
+    check_due(&*store).await;
+}
+
+/// A complete record for `requester` asking for `entitlement`, in `state`, at
+/// `now`, version 1.
+///
+/// Every field is filled the way the broker would fill it for that state: a
+/// `NeedsApproval` decision, an approval and a grant once past `Pending`,
+/// what the provider issued once `Active`, a revocation while `Revoking`, a
+/// pending deadline an hour after `now`, a 30 minute window from `now`.
+///
+/// # Panics
+///
+/// If `requester` is not a valid principal id.
+pub fn sample_record(
+    requester: &str,
+    entitlement: &str,
+    state: State,
+    now: DateTime<Utc>,
+) -> RequestRecord {
+    let duration = GrantDuration::from_secs_i64(1800).expect("30 minutes is a valid duration");
+    let requester = Principal::new(requester)
+        .expect("valid requester id")
+        .with_group("engineering")
+        .with_attribute("department", "platform");
+    let approved = !matches!(
+        state,
+        State::Pending | State::Denied | State::Cancelled | State::TimedOut
+    );
+    let issued = matches!(
+        state,
+        State::Active | State::Expired | State::Revoking | State::Revoked | State::RevocationFailed
+    );
+    let revoking = matches!(
+        state,
+        State::Revoking | State::Revoked | State::RevocationFailed
+    );
+    let grant_id = GrantId::new();
+    RequestRecord {
+        id: RequestId::new(),
+        version: 1,
+        state,
+        requester,
+        request: AccessRequest::new(entitlement, duration, "investigate INC-1234")
+            .with_ticket("INC-1234")
+            .with_context("source", "conformance")
+            .with_context("client", "jit-core tests"),
+        decision: Decision {
+            verdict: Verdict::NeedsApproval {
+                approvers: ApproverSet {
+                    ids: ["carol".to_string()].into(),
+                    groups: ["sre".to_string()].into(),
+                },
+                quorum: 1,
+            },
+            max_duration: GrantDuration::from_secs_i64(3600).expect("1 hour is a valid duration"),
+            reasons: vec![format!("entitlement `{entitlement}` needs one approval")],
+        },
+        approvals: if approved {
+            vec![Approval {
+                approver: Principal::new("carol").expect("valid id").with_group("sre"),
+                at: now,
+                comment: "ok".into(),
+            }]
+        } else {
+            Vec::new()
+        },
+        grant: approved.then(|| Grant {
+            id: grant_id,
+            starts_at: now,
+            ends_at: now + TimeDelta::minutes(30),
+            issued: issued.then(|| IssuedGrant {
+                provider: "local".into(),
+                external_id: format!("jit-{grant_id}"),
+                expires_at: now + TimeDelta::minutes(30),
+                details: serde_json::json!({ "token_id": grant_id.to_string() }),
+            }),
+        }),
+        extends: None,
+        revocation: revoking.then(|| Revocation {
+            by: "carol".into(),
+            reason: "task done".into(),
+            expiry: false,
+            attempts: u32::from(state == State::RevocationFailed) * 3,
+            last_error: (state == State::RevocationFailed).then(|| "provider unavailable".into()),
+            next_attempt_at: now + TimeDelta::minutes(1),
+        }),
+        pending_until: Some(now + TimeDelta::hours(1)),
+        note: Some(format!("sample in state `{state}`")),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// An event about `r` in its current state.
+fn event(r: &RequestRecord, kind: AuditKind, actor: &str) -> AuditEvent {
+    AuditEvent::new(r.updated_at, kind, r.id, actor, r.state).grant(r.grant_id())
+}
+
+/// A short unique suffix, so checks never see each other's records.
+fn unique() -> String {
+    RequestId::new().0.simple().to_string()[..12].to_string()
+}
+
+async fn chain_len(store: &dyn Store) -> u64 {
+    audit_all(store).await.unwrap().len() as u64
+}
+
+async fn assert_chain_verifies(store: &dyn Store) -> Vec<AuditRecord> {
+    let all = audit_all(store).await.unwrap();
+    let summary = audit::verify(&all).unwrap_or_else(|b| panic!("chain does not verify: {b}"));
+    assert_eq!(summary.records, all.len() as u64);
+    all
+}
+
+/// `insert` then `get` returns an equal record (nanosecond timestamps,
+/// unicode, nested JSON with awkward floats included), and the audit records
+/// `insert` returns are exactly what `audit` reads back; `get` of an unknown
+/// id is `None`.
+pub async fn check_insert_get_roundtrip(store: &dyn Store) {
+    let now = Utc::now().with_nanosecond(123_456_789).unwrap();
+    let mut r = sample_record(
+        &format!("Dana-{}", unique()),
+        "db-admin",
+        State::Active,
+        now,
+    );
+    r.extends = Some(RequestId::new());
+    r.request.justification = "needs access — ünïcode ✓ \"quoted\" \\ back".into();
+    r.request.start_at = Some(now + TimeDelta::nanoseconds(1));
+    r.requester.display_name = Some("Dana Ødegård".into());
+    r.requester = r.requester.clone().with_alias("dana@example.com");
+    if let Some(issued) = r.grant.as_mut().and_then(|g| g.issued.as_mut()) {
+        issued.details = serde_json::json!({
+            "role": "arn:aws:iam::123456789012:role/admin",
+            "risk": 0.30000000000000004,
+            "big": 6.162599865641032e196,
+            "tiny": -1.9477003958951618e-169,
+            "nested": { "list": [1, -2, 3.5, null, true], "u64": u64::MAX },
+        });
+    }
+    let events = [
+        event(&r, AuditKind::Requested, r.requester.id.as_str()),
+        event(&r, AuditKind::Decided, "policy").details(serde_json::json!({
+            "score": 0.1 + 0.2,
+            "edge": 1.4901437678453862e129,
+            "reasons": ["ünïcode ✓"],
+        })),
+    ];
+    let before = chain_len(store).await;
+    let written = store.insert(&r, &events).await.unwrap();
+    assert_eq!(written.len(), events.len());
+    for (w, e) in written.iter().zip(&events) {
+        assert_eq!(&w.event, e, "the store must chain the events unchanged");
+    }
+    assert_eq!(store.get(r.id).await.unwrap().as_ref(), Some(&r));
+    assert_eq!(store.get(RequestId::new()).await.unwrap(), None);
+    let read = store.audit(before + 1, 10).await.unwrap();
+    assert_eq!(
+        read, written,
+        "audit records read back differ from those written"
+    );
+    assert_chain_verifies(store).await;
+}
+
+/// A sample record in each state reads back equal.
+pub async fn check_every_state_roundtrips(store: &dyn Store) {
+    let who = format!("erin-{}", unique());
+    for state in State::ALL {
+        let r = sample_record(&who, "db-admin", state, Utc::now());
+        store.insert(&r, &[]).await.unwrap();
+        assert_eq!(store.get(r.id).await.unwrap(), Some(r), "state {state}");
+    }
+}
+
+/// Inserting an id twice is `Conflict { expected: 0 }`, keeps the first
+/// record and appends no audit event.
+pub async fn check_duplicate_insert(store: &dyn Store) {
+    let r = sample_record(
+        &format!("frank-{}", unique()),
+        "db-admin",
+        State::Pending,
+        Utc::now(),
+    );
+    store
+        .insert(&r, &[event(&r, AuditKind::Requested, "frank")])
+        .await
+        .unwrap();
+    let before = chain_len(store).await;
+    let mut again = r.clone();
+    again.note = Some("second insert".into());
+    let err = store
+        .insert(&again, &[event(&again, AuditKind::Requested, "frank")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { request, expected: 0 } if request == r.id),
+        "duplicate insert: {err:?}"
+    );
+    assert_eq!(store.get(r.id).await.unwrap(), Some(r));
+    assert_eq!(
+        chain_len(store).await,
+        before,
+        "a failed insert appended audit events"
+    );
+}
+
+/// `insert` of a record whose version is not 1 fails, stores nothing and
+/// appends nothing.
+pub async fn check_insert_requires_version_one(store: &dyn Store) {
+    let mut r = sample_record(
+        &format!("gina-{}", unique()),
+        "db-admin",
+        State::Pending,
+        Utc::now(),
+    );
+    let before = chain_len(store).await;
+    for version in [0, 2] {
+        r.version = version;
+        let result = store
+            .insert(&r, &[event(&r, AuditKind::Requested, "gina")])
+            .await;
+        assert!(result.is_err(), "insert with version {version} succeeded");
+        assert_eq!(store.get(r.id).await.unwrap(), None);
+    }
+    assert_eq!(
+        chain_len(store).await,
+        before,
+        "a failed insert appended audit events"
+    );
+}
+
+/// Compare-and-set: the right version succeeds and the new version is
+/// stored; a stale version is `Conflict`; a new version other than
+/// expected + 1 is an error; an unknown id is `NotFound`. Every failure
+/// leaves the record and the audit chain untouched.
+pub async fn check_update_cas(store: &dyn Store) {
+    let now = Utc::now();
+    let v1 = sample_record(
+        &format!("hank-{}", unique()),
+        "db-admin",
+        State::Pending,
+        now,
+    );
+    store
+        .insert(&v1, &[event(&v1, AuditKind::Requested, "hank")])
+        .await
+        .unwrap();
+
+    let mut v2 = sample_record(
+        "hank",
+        "db-admin",
+        State::Approved,
+        now + TimeDelta::seconds(1),
+    );
+    v2.id = v1.id;
+    v2.requester = v1.requester.clone();
+    v2.created_at = v1.created_at;
+    v2.version = 2;
+    let written = store
+        .update(1, &v2, &[event(&v2, AuditKind::Approved, "carol")])
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 1);
+    assert_eq!(store.get(v1.id).await.unwrap().as_ref(), Some(&v2));
+
+    let before = chain_len(store).await;
+    let mut stale = v2.clone();
+    stale.state = State::Cancelled;
+    stale.note = Some("stale".into());
+    let err = store
+        .update(1, &stale, &[event(&stale, AuditKind::Cancelled, "hank")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { request, expected: 1 } if request == v1.id),
+        "stale update: {err:?}"
+    );
+
+    for (expected, version) in [(2, 4), (2, 2), (2, 1)] {
+        let mut wrong = v2.clone();
+        wrong.version = version;
+        wrong.state = State::Cancelled;
+        let result = store
+            .update(
+                expected,
+                &wrong,
+                &[event(&wrong, AuditKind::Cancelled, "hank")],
+            )
+            .await;
+        assert!(result.is_err(), "update {expected} -> {version} succeeded");
+    }
+
+    let mut unknown = v2.clone();
+    unknown.id = RequestId::new();
+    let err = store
+        .update(
+            1,
+            &unknown,
+            &[event(&unknown, AuditKind::Approved, "carol")],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound { kind: "request", id } if *id == unknown.id.to_string()),
+        "update of an unknown id: {err:?}"
+    );
+    assert_eq!(store.get(unknown.id).await.unwrap(), None);
+
+    assert_eq!(
+        store.get(v1.id).await.unwrap().as_ref(),
+        Some(&v2),
+        "a failed update changed the record"
+    );
+    assert_eq!(
+        chain_len(store).await,
+        before,
+        "a failed update appended audit events"
+    );
+
+    // An update without events is allowed and appends nothing.
+    let mut v3 = v2.clone();
+    v3.version = 3;
+    v3.note = Some("quiet".into());
+    assert!(store.update(2, &v3, &[]).await.unwrap().is_empty());
+    assert_eq!(store.get(v1.id).await.unwrap(), Some(v3));
+    assert_eq!(chain_len(store).await, before);
+    assert_chain_verifies(store).await;
+}
+
+/// 32 tasks race to update one record from the same version: exactly one
+/// wins, all others get `Conflict`, the stored record is the winner's and the
+/// chain grew by exactly the winner's one event and still verifies.
+pub async fn check_concurrent_updates(store: Arc<dyn Store>) {
+    const TASKS: usize = 32;
+    let v1 = sample_record(
+        &format!("ivan-{}", unique()),
+        "db-admin",
+        State::Pending,
+        Utc::now(),
+    );
+    store
+        .insert(&v1, &[event(&v1, AuditKind::Requested, "ivan")])
+        .await
+        .unwrap();
+    let before = chain_len(&*store).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            let mut next = v1.clone();
+            next.version = 2;
+            next.state = if i % 2 == 0 {
+                State::Approved
+            } else {
+                State::Cancelled
+            };
+            next.note = Some(format!("task {i}"));
+            tokio::spawn(async move {
+                let ev = event(&next, AuditKind::Approved, &format!("approver-{i}"));
+                barrier.wait().await;
+                (next.clone(), store.update(1, &next, &[ev]).await)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (next, result) = t.await.unwrap();
+        match result {
+            Ok(written) => winners.push((next, written)),
+            Err(Error::Conflict {
+                request,
+                expected: 1,
+            }) if request == v1.id => {}
+            Err(e) => panic!("a losing update must be a conflict, got {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one update must win");
+    let (winner, written) = winners.remove(0);
+    assert_eq!(store.get(v1.id).await.unwrap(), Some(winner));
+    let all = assert_chain_verifies(&*store).await;
+    assert_eq!(all.len() as u64, before + 1, "losers appended audit events");
+    assert_eq!(written.len(), 1);
+    assert_eq!(all.last(), written.first());
+}
+
+/// Events appended by `insert` and `update` get consecutive seqs, link to the
+/// previous head, equal what `audit` reads back, and the whole chain verifies.
+pub async fn check_audit_chain(store: &dyn Store) {
+    let all = audit_all(store).await.unwrap();
+    let head = all
+        .last()
+        .map_or(GENESIS_HASH.to_string(), |r| r.hash.clone());
+    let before = all.len() as u64;
+
+    let r = sample_record(
+        &format!("judy-{}", unique()),
+        "db-admin",
+        State::Pending,
+        Utc::now(),
+    );
+    let mut written = store
+        .insert(
+            &r,
+            &[
+                event(&r, AuditKind::Requested, "judy"),
+                event(&r, AuditKind::Decided, "policy").details(serde_json::json!({"quorum": 1})),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut next = r.clone();
+    next.version = 2;
+    next.state = State::Denied;
+    written.extend(
+        store
+            .update(1, &next, &[event(&next, AuditKind::Denied, "carol")])
+            .await
+            .unwrap(),
+    );
+
+    assert_eq!(written.len(), 3);
+    let mut prev = head;
+    for (i, w) in written.iter().enumerate() {
+        assert_eq!(w.seq, before + 1 + i as u64, "seqs must be consecutive");
+        assert_eq!(w.prev_hash, prev, "record {} does not link", w.seq);
+        assert_eq!(w.hash, w.compute_hash());
+        prev = w.hash.clone();
+    }
+    assert_eq!(written[2].event.kind, AuditKind::Denied);
+    assert_eq!(store.audit(before + 1, 100).await.unwrap(), written);
+    let all = assert_chain_verifies(store).await;
+    assert_eq!(all.len() as u64, before + 3);
+}
+
+/// Paging: 1,200 events appended in batches of 100 read back through
+/// `audit(from, limit)` pages and through [`audit_all`] (which pages by
+/// 1,000), in order and verifying; limits and out-of-range starts behave.
+pub async fn check_audit_paging(store: &dyn Store) {
+    const BATCHES: u64 = 12;
+    const PER_BATCH: usize = 100;
+    let before = chain_len(store).await;
+    let mut r = sample_record(
+        &format!("kim-{}", unique()),
+        "db-admin",
+        State::Active,
+        Utc::now(),
+    );
+    store.insert(&r, &[]).await.unwrap();
+    let mut written = Vec::new();
+    for b in 0..BATCHES {
+        let mut next = r.clone();
+        next.version = r.version + 1;
+        next.note = Some(format!("batch {b}"));
+        let events: Vec<_> = (0..PER_BATCH)
+            .map(|i| {
+                event(&next, AuditKind::Reconciled, "reaper")
+                    .details(serde_json::json!({ "batch": b, "i": i }))
+            })
+            .collect();
+        written.extend(store.update(r.version, &next, &events).await.unwrap());
+        r = next;
+    }
+    let total = BATCHES * PER_BATCH as u64;
+    assert_eq!(written.len() as u64, total);
+
+    let all = assert_chain_verifies(store).await;
+    assert_eq!(all.len() as u64, before + total);
+    assert_eq!(&all[before as usize..], &written[..]);
+
+    let first = before + 1;
+    let page1 = store.audit(first, 1000).await.unwrap();
+    let page2 = store.audit(first + 1000, 1000).await.unwrap();
+    assert_eq!(page1.len(), 1000);
+    assert_eq!(page2.len(), 200);
+    assert_eq!(page1[..], written[..1000]);
+    assert_eq!(page2[..], written[1000..]);
+    let mid = store.audit(first + 5, 3).await.unwrap();
+    assert_eq!(
+        mid.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![first + 5, first + 6, first + 7]
+    );
+    assert!(store.audit(first, 0).await.unwrap().is_empty());
+    assert!(store
+        .audit(before + total + 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.audit(0, 1).await.unwrap().first().map(|r| r.seq),
+        Some(1)
+    );
+}
+
+/// `list`: newest first; filters by requester in canonical form (`ALICE` and
+/// full-width `ＡＬＩＣＥ` find `alice`), by states, by entitlement; honours the
+/// limit (100 when zero); and sees the state a record was updated to.
+pub async fn check_list(store: &dyn Store) {
+    let u = unique();
+    let alice = format!("alice-{u}");
+    let bob = format!("bob-{u}");
+    let (ent_a, ent_b) = (format!("ent-a-{u}"), format!("ent-b-{u}"));
+    let base = Utc::now();
+    let plan = [
+        (&alice, &ent_a, State::Pending),
+        (&alice, &ent_b, State::Active),
+        (&bob, &ent_b, State::Pending),
+        (&alice, &ent_a, State::Denied),
+        (&alice, &ent_a, State::Pending),
+        (&bob, &ent_a, State::Expired),
+        (&alice, &ent_b, State::Expired),
+    ];
+    let mut records = Vec::new();
+    for (i, (who, ent, state)) in plan.iter().enumerate() {
+        let r = sample_record(who, ent, *state, base + TimeDelta::seconds(i as i64));
+        store.insert(&r, &[]).await.unwrap();
+        records.push(r);
+    }
+    // Expected results: matching records, newest first.
+    let expect = |f: &dyn Fn(&RequestRecord) -> bool| -> Vec<RequestRecord> {
+        records.iter().rev().filter(|r| f(r)).cloned().collect()
+    };
+    let list = |filter: ListFilter| async move { store.list(&filter).await.unwrap() };
+    let by = |who: &str| ListFilter {
+        requester: Some(who.to_string()),
+        ..ListFilter::default()
+    };
+
+    let alices = expect(&|r| r.requester.id.as_str() == alice);
+    assert_eq!(alices.len(), 5);
+    assert_eq!(list(by(&alice)).await, alices);
+    assert_eq!(
+        list(by(&alice.to_uppercase())).await,
+        alices,
+        "requester is compared in canonical form"
+    );
+    assert_eq!(
+        list(by(&format!("ＡＬＩＣＥ-{u}"))).await,
+        alices,
+        "requester is compared after NFKC"
+    );
+    assert!(list(by(&format!("carol-{u}"))).await.is_empty());
+
+    let pending = ListFilter {
+        states: vec![State::Pending],
+        ..by(&alice)
+    };
+    assert_eq!(
+        list(pending).await,
+        expect(&|r| r.requester.id.as_str() == alice && r.state == State::Pending)
+    );
+    let live = ListFilter {
+        states: vec![State::Pending, State::Active],
+        ..by(&alice)
+    };
+    assert_eq!(list(live).await.len(), 3);
+
+    let ent = ListFilter {
+        entitlement: Some(ent_b.clone()),
+        ..ListFilter::default()
+    };
+    assert_eq!(list(ent).await, expect(&|r| r.request.entitlement == ent_b));
+    let ent_and_state = ListFilter {
+        entitlement: Some(ent_a.clone()),
+        states: vec![State::Expired],
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        list(ent_and_state).await,
+        expect(&|r| r.request.entitlement == ent_a && r.state == State::Expired)
+    );
+
+    let limited = ListFilter {
+        limit: 2,
+        ..by(&alice)
+    };
+    assert_eq!(list(limited).await, alices[..2]);
+    let zero = ListFilter {
+        limit: 0,
+        ..by(&alice)
+    };
+    assert_eq!(
+        list(zero).await.len(),
+        5,
+        "limit 0 means the default of 100"
+    );
+
+    // The stored state follows updates.
+    let mut cancelled = records[0].clone();
+    cancelled.version = 2;
+    cancelled.state = State::Cancelled;
+    store.update(1, &cancelled, &[]).await.unwrap();
+    let now_cancelled = ListFilter {
+        states: vec![State::Cancelled],
+        ..by(&alice)
+    };
+    assert_eq!(list(now_cancelled).await, vec![cancelled]);
+    let still_pending = ListFilter {
+        states: vec![State::Pending],
+        ..by(&alice)
+    };
+    assert_eq!(list(still_pending).await, vec![records[4].clone()]);
+}
+
+/// `due`: only the given states, only `due_at <= now` (inclusive), earliest
+/// first, at most `limit`; a pending record whose deadline is ahead is not
+/// due, an active one whose grant ended is; `due_at` follows updates.
+///
+/// To stay independent of other data, it works at times before anything the
+/// store already holds as due.
+pub async fn check_due(store: &dyn Store) {
+    let far = DateTime::parse_from_rfc3339("9000-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let earliest = store
+        .due(&State::ALL, far, 1)
+        .await
+        .unwrap()
+        .first()
+        .and_then(RequestRecord::due_at);
+    let now = earliest.map_or(Utc::now(), |e| e.min(Utc::now())) - TimeDelta::days(365);
+    let who = format!("liam-{}", unique());
+    let at = |minutes: i64| now + TimeDelta::minutes(minutes);
+
+    let make = |state: State, due_minutes: i64| {
+        let mut r = sample_record(&who, "db-admin", state, at(-120));
+        match state {
+            State::Pending => r.pending_until = Some(at(due_minutes)),
+            State::Active => {
+                if let Some(g) = r.grant.as_mut() {
+                    g.ends_at = at(due_minutes);
+                }
+            }
+            State::Approved => {
+                if let Some(g) = r.grant.as_mut() {
+                    g.starts_at = at(due_minutes);
+                }
+            }
+            State::Revoking => {
+                if let Some(rev) = r.revocation.as_mut() {
+                    rev.next_attempt_at = at(due_minutes);
+                }
+            }
+            _ => {}
+        }
+        if state != State::Denied {
+            assert_eq!(r.due_at(), Some(at(due_minutes)));
+        }
+        r
+    };
+    let overdue_pending = make(State::Pending, -10);
+    let future_pending = make(State::Pending, 60);
+    let ended_active = make(State::Active, -5);
+    let running_active = make(State::Active, 5);
+    let denied = make(State::Denied, 0);
+    let revoking = make(State::Revoking, -20);
+    let approved = make(State::Approved, -1);
+    let pending_now = make(State::Pending, 0);
+    for r in [
+        &overdue_pending,
+        &future_pending,
+        &ended_active,
+        &running_active,
+        &denied,
+        &revoking,
+        &approved,
+        &pending_now,
+    ] {
+        store.insert(r, &[]).await.unwrap();
+    }
+    let ids = |v: Vec<RequestRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let pa = [State::Pending, State::Active];
+
+    assert_eq!(
+        ids(store.due(&pa, now, 10).await.unwrap()),
+        vec![overdue_pending.id, ended_active.id, pending_now.id],
+        "pending and active records due at or before now, earliest first"
+    );
+    assert_eq!(
+        store.due(&pa, now, 10).await.unwrap()[0],
+        overdue_pending,
+        "due returns whole records"
+    );
+    assert_eq!(
+        ids(store.due(&pa, now, 2).await.unwrap()),
+        vec![overdue_pending.id, ended_active.id]
+    );
+    assert_eq!(
+        ids(store.due(&[State::Revoking], now, 10).await.unwrap()),
+        vec![revoking.id]
+    );
+    assert_eq!(
+        ids(store
+            .due(
+                &[
+                    State::Pending,
+                    State::Active,
+                    State::Revoking,
+                    State::Approved,
+                    State::Denied
+                ],
+                now,
+                10
+            )
+            .await
+            .unwrap()),
+        vec![
+            revoking.id,
+            overdue_pending.id,
+            ended_active.id,
+            approved.id,
+            pending_now.id
+        ]
+    );
+    assert!(store.due(&[], now, 10).await.unwrap().is_empty());
+    assert!(store.due(&pa, now, 0).await.unwrap().is_empty());
+    assert!(store.due(&pa, at(-11), 10).await.unwrap().is_empty());
+
+    // Updates move `due_at`: the ended grant expires (final, never due again)
+    // and the future deadline is pulled before everything else.
+    let mut expired = ended_active.clone();
+    expired.version = 2;
+    expired.state = State::Expired;
+    store.update(1, &expired, &[]).await.unwrap();
+    let mut pulled = future_pending.clone();
+    pulled.version = 2;
+    pulled.pending_until = Some(at(-30));
+    store.update(1, &pulled, &[]).await.unwrap();
+    assert_eq!(
+        ids(store.due(&pa, now, 10).await.unwrap()),
+        vec![pulled.id, overdue_pending.id, pending_now.id]
+    );
+    assert!(store
+        .due(&[State::Expired], far, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
