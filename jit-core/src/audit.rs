@@ -241,9 +241,9 @@ where
     I: IntoIterator<Item = &'a AuditRecord>,
 {
     let mut prev = GENESIS_HASH.to_string();
-    let mut expected_seq = 1u64;
     let mut count = 0u64;
     for (position, r) in records.into_iter().enumerate() {
+        let expected_seq = position as u64 + 1;
         let brk = |reason| ChainBreak {
             position,
             seq: r.seq,
@@ -262,7 +262,6 @@ where
             }));
         }
         prev = r.hash.clone();
-        expected_seq += 1;
         count += 1;
     }
     Ok(ChainSummary {
@@ -364,6 +363,7 @@ impl AuditSink for StdoutSink {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
