@@ -513,7 +513,8 @@ async fn every_invalid_field_gets_its_own_typed_error_and_nothing_is_stored() {
     let alice = user("alice");
     let now = e.clock.now_for_test();
     let d = |s: &str| s.parse().unwrap();
-    let cases: Vec<(AccessRequest, fn(&RequestError) -> bool)> = vec![
+    type Check = fn(&RequestError) -> bool;
+    let cases: Vec<(AccessRequest, Check)> = vec![
         (AccessRequest::new("", d("10m"), "x"), |e| {
             matches!(e, RequestError::EntitlementId(_))
         }),
