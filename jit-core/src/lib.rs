@@ -25,3 +25,8 @@ pub use provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind};
 pub use reaper::Reaper;
 pub use store::{ListFilter, MemoryStore, Store};
 pub use types::*;
+
+/// The workspace README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadmeDoctests;
