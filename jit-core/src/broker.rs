@@ -37,7 +37,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::credentials::Credentials;
 use crate::error::{ConfigError, Error, RequestError, Result};
 use crate::policy::{Policy, PolicyContext};
-use crate::provider::{GrantSpec, Provider};
+use crate::provider::{GrantSpec, Provider, RevocationKind};
 use crate::store::{ListFilter, Store};
 use crate::types::{
     format_duration, AccessRequest, Approval, Decision, Entitlement, Grant, GrantDuration, GrantId,
@@ -909,7 +909,7 @@ impl Broker {
         check_reason(reason)?;
         let policy = self.inner.policy.clone();
         let who = actor.clone();
-        self.revoke_inner(id, actor.id.as_str(), reason, false, move |rec| {
+        let authorize = move |rec: &RequestRecord| {
             let is_approver = match &rec.decision.verdict {
                 Verdict::NeedsApproval { approvers, .. } => approvers.contains(&who),
                 _ => false,
@@ -924,8 +924,26 @@ impl Broker {
                     "only the requester, an approver or an admin may revoke",
                 ))
             }
-        })
-        .await
+        };
+        // Rule 6: a provider that cannot revoke early says so; the broker refuses
+        // instead of pretending (the access still ends at its natural expiry).
+        let current = self.get(id).await?;
+        authorize(&current)?;
+        if let Some(issued) = current.grant.as_ref().and_then(|g| g.issued.as_ref()) {
+            let caps = self.provider(&issued.provider)?.capabilities();
+            if caps.revocation == RevocationKind::None && current.state == State::Active {
+                return Err(Error::ProviderRejected {
+                    provider: issued.provider.clone(),
+                    operation: "revoke",
+                    message: format!(
+                        "these credentials cannot be revoked early; they expire at {}",
+                        issued.expires_at.to_rfc3339()
+                    ),
+                });
+            }
+        }
+        self.revoke_inner(id, actor.id.as_str(), reason, false, authorize)
+            .await
     }
 
     async fn revoke_inner<A>(

@@ -616,3 +616,30 @@ impl NowForTest for jit_core::ManualClock {
         jit_core::Clock::now(self)
     }
 }
+
+#[tokio::test]
+async fn providers_that_cannot_revoke_early_are_refused_not_faked() {
+    let provider =
+        Arc::new(TestProvider::new("test").with_revocation(jit_core::RevocationKind::None));
+    let e = env_with(Arc::new(MemoryStore::new()), provider);
+    let alice = user("alice");
+    let id = e
+        .broker
+        .submit(&alice, req("dev-read", "10m"))
+        .await
+        .unwrap()
+        .record
+        .id;
+    // A stranger learns nothing about the grant.
+    assert!(matches!(
+        e.broker.revoke(&user("bob"), id, "x").await.unwrap_err(),
+        Error::Forbidden { .. }
+    ));
+    let err = e.broker.revoke(&alice, id, "done").await.unwrap_err();
+    assert!(
+        matches!(err, Error::ProviderRejected { operation: "revoke", ref message, .. } if message.contains("cannot be revoked early")),
+        "{err}"
+    );
+    assert_eq!(e.broker.get(id).await.unwrap().state, State::Active);
+    assert_eq!(e.provider.revoke_calls(), 0);
+}

@@ -32,6 +32,7 @@ pub mod store;
 pub struct TestProvider {
     name: String,
     native_expiry: bool,
+    revocation: RevocationKind,
     max: Duration,
     /// grant external id -> (issued record, revoked?)
     minted: Mutex<HashMap<String, (IssuedGrant, bool)>>,
@@ -48,6 +49,7 @@ impl TestProvider {
         Self {
             name: name.to_string(),
             native_expiry: true,
+            revocation: RevocationKind::Immediate,
             max: Duration::from_secs(12 * 3600),
             minted: Mutex::new(HashMap::new()),
             issue_calls: AtomicUsize::new(0),
@@ -61,6 +63,12 @@ impl TestProvider {
     /// Without native expiry: the reaper must revoke at the end.
     pub fn without_native_expiry(mut self) -> Self {
         self.native_expiry = false;
+        self
+    }
+
+    /// With another revocation kind (`RevocationKind::None`: cannot revoke early).
+    pub fn with_revocation(mut self, kind: RevocationKind) -> Self {
+        self.revocation = kind;
         self
     }
 
@@ -141,7 +149,7 @@ impl Provider for TestProvider {
             native_expiry: self.native_expiry,
             max_duration: self.max,
             min_duration: Duration::from_secs(1),
-            revocation: RevocationKind::Immediate,
+            revocation: self.revocation,
         }
     }
 
