@@ -970,7 +970,9 @@ impl Broker {
                     expiry,
                     attempts: 0,
                     last_error: None,
-                    next_attempt_at: now,
+                    // This call makes the first attempt; the reaper steps in only if
+                    // it has not finished within the grace (a crash mid-revoke).
+                    next_attempt_at: now + delta(self.inner.reconcile_grace),
                 });
                 Ok(Vec::new())
             })

@@ -643,3 +643,54 @@ async fn providers_that_cannot_revoke_early_are_refused_not_faked() {
     assert_eq!(e.broker.get(id).await.unwrap().state, State::Active);
     assert_eq!(e.provider.revoke_calls(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoke_racing_expiry_ends_in_one_state_with_one_provider_call() {
+    let e = env();
+    let alice = user("alice");
+    // `batch-job` has no native expiry: both paths must call the provider.
+    for round in 0..100 {
+        let id = e
+            .broker
+            .submit(&alice, req("batch-job", "15m"))
+            .await
+            .unwrap()
+            .record
+            .id;
+        e.clock.advance(TimeDelta::minutes(15));
+        let calls_before = e.manual.revoke_calls();
+        let b1 = e.broker.clone();
+        let b2 = e.broker.clone();
+        let who = alice.clone();
+        let (tick, revoke) = tokio::join!(
+            tokio::spawn(async move { Reaper::new(b1).tick().await }),
+            tokio::spawn(async move { b2.revoke(&who, id, "racing the end").await }),
+        );
+        tick.unwrap().unwrap();
+        let revoke = revoke.unwrap();
+        let rec = e.broker.get(id).await.unwrap();
+        let audit = e.broker.audit_records().await.unwrap();
+        let k = kinds(&audit, id);
+        match rec.state {
+            State::Expired => {
+                assert_eq!(k.last(), Some(&"expired"), "round {round}: {k:?}");
+                assert!(!k.contains(&"revoked"));
+                // The user's revoke lost: told so, or shown the grant being taken away.
+                assert!(matches!(revoke, Err(Error::InvalidState { .. }) | Ok(_)));
+            }
+            State::Revoked => {
+                assert_eq!(k.last(), Some(&"revoked"), "round {round}: {k:?}");
+                assert!(!k.contains(&"expired"));
+                assert!(revoke.is_ok());
+            }
+            other => panic!("round {round}: {other} {k:?}"),
+        }
+        assert_eq!(
+            e.manual.revoke_calls() - calls_before,
+            1,
+            "round {round}: one provider call"
+        );
+    }
+    assert!(e.manual.live().is_empty());
+    assert!(e.broker.verify_audit().await.unwrap().is_ok());
+}
