@@ -20,6 +20,10 @@ step "lint"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "tests"
+# `--all-features` includes jit-core's `postgres` store: its tests find a real
+# server (JIT_TEST_POSTGRES_URL, else 127.0.0.1:5432, else a throwaway cluster
+# from the installed initdb/pg_ctl) and fail, naming what to install, when
+# there is none. Nothing is skipped.
 cargo test --workspace --all-features --no-fail-fast
 
 step "docs"

@@ -24,6 +24,21 @@
 //! 6. Failed revocations are retried with capped exponential backoff, then
 //!    shown as `RevocationFailed` and still retried at a slow pace.
 //! 7. Time comes from the injected [`Clock`].
+//!
+//! # Several replicas
+//!
+//! Brokers in several processes may share one store (PostgreSQL). User
+//! actions need nothing extra: they are compare-and-set. Time-driven work
+//! (the reaper's) is taken with [`Store::claim_due`] under this broker's
+//! [`Broker::replica_id`], so each due record is handled by one replica; a
+//! claim lapses after [`BrokerBuilder::claim_lease`], which is how work
+//! held by a replica that died is picked up by another. On a shared store
+//! ([`Store::is_shared`]) a batch also stops taking new items once half its
+//! lease has gone (the rest waits for the next tick), so no item is started
+//! when its claim may lapse before it is done; and the reaper's first tick
+//! does not treat every `Issuing` grant as left by a crash, since another
+//! replica may be issuing it. Single-process stores keep the behaviour they
+//! always had: their claims are plain [`Store::due`] queries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,7 +53,7 @@ use crate::credentials::Credentials;
 use crate::error::{ConfigError, Error, RequestError, Result};
 use crate::policy::{Policy, PolicyContext};
 use crate::provider::{GrantSpec, Provider, RevocationKind};
-use crate::store::{ListFilter, Store};
+use crate::store::{Claim, ListFilter, Store};
 use crate::types::{
     format_duration, AccessRequest, Approval, Decision, Entitlement, Grant, GrantDuration, GrantId,
     Principal, RequestId, RequestRecord, Revocation, State, Verdict,
@@ -106,6 +121,8 @@ pub struct BrokerBuilder {
     auto_issue: bool,
     retry: RetryPolicy,
     reconcile_grace: Duration,
+    replica_id: Option<String>,
+    claim_lease: Duration,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -129,7 +146,15 @@ impl BrokerBuilder {
             auto_issue: true,
             retry: RetryPolicy::default(),
             reconcile_grace: Duration::from_secs(120),
+            replica_id: None,
+            claim_lease: Duration::from_secs(60),
         }
+    }
+
+    /// Starts with the store that `url` names ([`crate::store::connect`]):
+    /// `memory:`, `sqlite://path/to/jit.db`, `postgres://user@host/db`.
+    pub async fn from_store_url(url: &str, policy: Arc<dyn Policy>) -> Result<Self> {
+        Ok(Self::new(crate::store::connect(url).await?, policy))
     }
 
     /// Registers a provider under its [`Provider::name`].
@@ -169,6 +194,23 @@ impl BrokerBuilder {
         self
     }
 
+    /// Names this broker among the replicas sharing a store: its claims on
+    /// due work carry this id (default: random per broker; an empty id also
+    /// means random). Give each replica its own; a restarted process may
+    /// reuse its id to take back its unfinished claims at once.
+    pub fn replica_id(mut self, id: impl Into<String>) -> Self {
+        self.replica_id = Some(id.into());
+        self
+    }
+
+    /// How long claimed reaper work stays with this replica (default 60 s).
+    /// Longer than twice the slowest provider call; a replica that dies holds
+    /// its claims this long before another replica takes them over.
+    pub fn claim_lease(mut self, lease: Duration) -> Self {
+        self.claim_lease = lease;
+        self
+    }
+
     /// Checks that every entitlement names a registered provider that accepts its target.
     pub fn build(self) -> Result<Broker> {
         for e in self.policy.entitlements() {
@@ -190,6 +232,11 @@ impl BrokerBuilder {
                 auto_issue: self.auto_issue,
                 retry: self.retry,
                 reconcile_grace: self.reconcile_grace,
+                replica_id: self
+                    .replica_id
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(|| format!("broker-{}", uuid::Uuid::new_v4().simple())),
+                claim_lease: self.claim_lease,
             }),
         })
     }
@@ -204,6 +251,25 @@ struct Inner {
     auto_issue: bool,
     retry: RetryPolicy,
     reconcile_grace: Duration,
+    replica_id: String,
+    claim_lease: Duration,
+}
+
+/// Work taken with [`Store::claim_due`], and until when this broker may start on it.
+struct Claimed {
+    records: Vec<RequestRecord>,
+    /// Half the lease: an item started later might outlive the claim. `None`
+    /// on single-process stores, where there is nobody to hand work over to.
+    start_by: Option<DateTime<Utc>>,
+}
+
+impl Claimed {
+    /// The records, cut off at the first one that may no longer be started.
+    fn take<'a>(&'a self, clock: &'a Arc<dyn Clock>) -> impl Iterator<Item = &'a RequestRecord> {
+        self.records
+            .iter()
+            .take_while(move |_| self.start_by.is_none_or(|t| clock.now() <= t))
+    }
 }
 
 /// The broker. Cheap to clone; share it between tasks.
@@ -282,6 +348,39 @@ impl Broker {
     /// The policy in use.
     pub fn policy(&self) -> &Arc<dyn Policy> {
         &self.inner.policy
+    }
+
+    /// This broker's name among replicas: the owner of its claims on due work.
+    pub fn replica_id(&self) -> &str {
+        &self.inner.replica_id
+    }
+
+    /// Claims due work for this replica (see the module docs).
+    async fn claim_due(
+        &self,
+        states: &[State],
+        due_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Claimed> {
+        let now = self.inner.clock.now();
+        let claim = Claim {
+            owner: self.inner.replica_id.clone(),
+            now,
+            lease: self.inner.claim_lease,
+        };
+        let records = self
+            .inner
+            .store
+            .claim_due(states, due_by, limit, &claim)
+            .await?;
+        let start_by = if self.inner.store.is_shared() {
+            TimeDelta::from_std(self.inner.claim_lease / 2)
+                .ok()
+                .and_then(|half| now.checked_add_signed(half))
+        } else {
+            None
+        };
+        Ok(Claimed { records, start_by })
     }
 
     fn provider(&self, name: &str) -> Result<&Arc<dyn Provider>> {
@@ -1144,9 +1243,9 @@ impl Broker {
     /// marked `Expired`; others are revoked at the provider first.
     pub async fn expire_due(&self, limit: usize) -> Result<usize> {
         let now = self.inner.clock.now();
-        let due = self.inner.store.due(&[State::Active], now, limit).await?;
+        let due = self.claim_due(&[State::Active], now, limit).await?;
         let mut n = 0;
-        for rec in due {
+        for rec in due.take(&self.inner.clock) {
             let native = rec
                 .grant
                 .as_ref()
@@ -1188,7 +1287,8 @@ impl Broker {
     pub async fn settle_waiting(&self, limit: usize) -> Result<usize> {
         let now = self.inner.clock.now();
         let mut n = 0;
-        for rec in self.inner.store.due(&[State::Pending], now, limit).await? {
+        let pending = self.claim_due(&[State::Pending], now, limit).await?;
+        for rec in pending.take(&self.inner.clock) {
             let res = self
                 .commit(rec.id, |r, now| {
                     if r.state != State::Pending || r.pending_until.is_none_or(|p| p > now) {
@@ -1211,7 +1311,8 @@ impl Broker {
                 }
             }
         }
-        for rec in self.inner.store.due(&[State::Approved], now, limit).await? {
+        let approved = self.claim_due(&[State::Approved], now, limit).await?;
+        for rec in approved.take(&self.inner.clock) {
             let over = rec.ends_at().is_some_and(|e| e <= now);
             let res = if over {
                 self.commit(rec.id, |r, now| {
@@ -1249,13 +1350,11 @@ impl Broker {
     pub async fn retry_revocations(&self, limit: usize) -> Result<usize> {
         let now = self.inner.clock.now();
         let due = self
-            .inner
-            .store
-            .due(&[State::Revoking, State::RevocationFailed], now, limit)
+            .claim_due(&[State::Revoking, State::RevocationFailed], now, limit)
             .await?;
         let mut n = 0;
-        for rec in due {
-            match self.attempt_revocation(rec).await {
+        for rec in due.take(&self.inner.clock) {
+            match self.attempt_revocation(rec.clone()).await {
                 Ok(r) if matches!(r.state, State::Revoked | State::Expired) => n += 1,
                 Ok(_) | Err(Error::InvalidState { .. }) => {}
                 Err(e) => tracing::warn!(error = %e, "revocation retry failed"),
@@ -1267,22 +1366,20 @@ impl Broker {
     /// Settles grants left in `Issuing` by a crash: older than the grace
     /// period, or all of them when `all` (at start). Found at the provider →
     /// revoked (the credentials never reached anyone); not found → `Failed`.
+    /// On a store shared by several replicas `all` is ignored: a fresh
+    /// `Issuing` grant may be another replica's issue in flight.
     pub async fn reconcile(&self, all: bool) -> Result<usize> {
         let now = self.inner.clock.now();
-        let cutoff = if all {
+        let cutoff = if all && !self.inner.store.is_shared() {
             // Everything: no record is stamped in the future by more than a day of clock skew.
             now + TimeDelta::days(1)
         } else {
             now - delta(self.inner.reconcile_grace)
         };
-        let stuck = self
-            .inner
-            .store
-            .due(&[State::Issuing], cutoff, 1000)
-            .await?;
+        let stuck = self.claim_due(&[State::Issuing], cutoff, 1000).await?;
         let mut n = 0;
-        for rec in stuck {
-            let spec = self.spec(&rec)?;
+        for rec in stuck.take(&self.inner.clock) {
+            let spec = self.spec(rec)?;
             let provider = self.provider(&spec.entitlement.provider)?.clone();
             let found = match provider.find(&spec).await {
                 Ok(f) => f,

@@ -285,6 +285,16 @@ pub enum ConfigError {
         /// The name.
         provider: String,
     },
+    /// A store URL names no store this build can open (an unknown scheme, or
+    /// a backend whose feature is off). The URL is shown with any password
+    /// replaced by `***`.
+    #[error("store url `{url}` is not usable: {message}")]
+    StoreUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// What to do instead.
+        message: String,
+    },
     /// The file could not be read.
     #[error("cannot read `{path}`: {message}")]
     Io {

@@ -12,19 +12,38 @@
 //! - The audit chain is a single chain: appends are serialized.
 //! - [`Store::due`] returns records in the given states whose
 //!   [`RequestRecord::due_at`] is at or before `now`, earliest first.
+//! - [`Store::claim_due`] is how the broker takes time-driven work: on a
+//!   store shared by several broker replicas ([`Store::is_shared`]) each due
+//!   record goes to one replica at a time, under a lease that lapses if that
+//!   replica dies; single-process stores answer it with [`Store::due`].
+//!
+//! # Choosing a store by URL
+//!
+//! [`connect`] opens whichever store a URL names, so every place that takes
+//! a store (the [`BrokerBuilder`](crate::BrokerBuilder), a server's
+//! configuration) accepts the same strings: `memory:`, `sqlite://path/to/jit.db`
+//! or `sqlite::memory:` (feature `sqlite`), and `postgres://` /
+//! `postgresql://` URLs (feature `postgres`).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditEvent, AuditRecord};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -64,6 +83,17 @@ impl ListFilter {
     }
 }
 
+/// Who takes due work with [`Store::claim_due`], and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The claiming broker replica ([`Broker::replica_id`](crate::Broker::replica_id)).
+    pub owner: String,
+    /// The claimer's current time: leases that end at or before it have lapsed.
+    pub now: DateTime<Utc>,
+    /// How long claimed records stay with `owner` (from `now`).
+    pub lease: Duration,
+}
+
 /// Durable state for the broker. Object safe: use it as `Arc<dyn Store>`.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -99,6 +129,149 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Audit records with `seq >= from_seq`, in order, at most `limit`.
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
+
+    /// Takes due work: like [`Store::due`] (records in `states` due at or
+    /// before `due_by`, earliest first, at most `limit`), but on a store that
+    /// several broker replicas share, each returned record is leased to
+    /// `claim.owner` until `claim.now + claim.lease`.
+    ///
+    /// # Contract
+    ///
+    /// - A record leased to another owner is not returned until that lease
+    ///   has lapsed (its end is at or before `claim.now`); the owner itself
+    ///   may claim it again at any time (renewing the lease).
+    /// - Two concurrent claims never return the same record to two owners.
+    /// - A claim is not a lock: it never blocks [`Store::update`], and
+    ///   updates neither check nor clear it. It keeps other *reapers* away
+    ///   while the owner works (including across the intermediate states
+    ///   of its work, such as `Revoking` during an expiry), and it is never
+    ///   released: it lapses. If the owner dies, the work is picked up by
+    ///   another replica once the lease lapses.
+    /// - Lease times are compared with `claim.now`, the claimers' clocks:
+    ///   replicas need clocks that agree to well within a lease.
+    ///
+    /// The default, right for single-process stores, ignores `claim` and
+    /// returns [`Store::due`]: one process has one reaper.
+    async fn claim_due(
+        &self,
+        states: &[State],
+        due_by: DateTime<Utc>,
+        limit: usize,
+        claim: &Claim,
+    ) -> Result<Vec<RequestRecord>> {
+        let _ = claim;
+        self.due(states, due_by, limit).await
+    }
+
+    /// Whether several broker processes may use this store at once (default
+    /// false). The broker then never assumes that work in flight was left
+    /// by a crash of its own: another replica may be doing it.
+    fn is_shared(&self) -> bool {
+        false
+    }
+}
+
+/// Opens the store that `url` names.
+///
+/// | URL | store | feature |
+/// | --- | --- | --- |
+/// | `memory:` | [`MemoryStore`] (nothing survives a restart) | |
+/// | `sqlite://path/to/jit.db`, `sqlite:///abs/jit.db`, `sqlite::memory:` | `SqliteStore` | `sqlite` |
+/// | `postgres://user@host/db`, `postgresql://...` | `PostgresStore` | `postgres` |
+///
+/// A scheme this build cannot open is [`ConfigError::StoreUrl`], naming the
+/// feature to enable; passwords in the URL never appear in errors.
+///
+/// ```no_run
+/// # async fn demo() -> jit_core::Result<()> {
+/// let store = jit_core::store::connect("sqlite:///var/lib/jit/jit.db").await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    let scheme = url.split_once(':').map_or("", |(s, _)| s);
+    match scheme.to_ascii_lowercase().as_str() {
+        "memory" => {
+            if url.eq_ignore_ascii_case("memory:") || url.eq_ignore_ascii_case("memory://") {
+                Ok(Arc::new(MemoryStore::new()))
+            } else {
+                Err(store_url_error(url, "a memory store takes no path: use `memory:`"))
+            }
+        }
+        "sqlite" => open_sqlite(url).await,
+        "postgres" | "postgresql" => open_postgres(url).await,
+        _ => Err(store_url_error(
+            url,
+            "use `memory:`, `sqlite://path/to/jit.db`, `sqlite::memory:` or `postgres://user@host/database`",
+        )),
+    }
+}
+
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(url: &str) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(SqliteStore::connect(url).await?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn open_sqlite(url: &str) -> Result<Arc<dyn Store>> {
+    Err(store_url_error(
+        url,
+        "this build has no sqlite store: enable the `sqlite` feature of jit-core",
+    ))
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(PostgresStore::connect(url).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(url: &str) -> Result<Arc<dyn Store>> {
+    Err(store_url_error(
+        url,
+        "this build has no postgres store: enable the `postgres` feature of jit-core",
+    ))
+}
+
+fn store_url_error(url: &str, message: &str) -> Error {
+    Error::Config(ConfigError::StoreUrl {
+        url: redact_url(url),
+        message: message.to_string(),
+    })
+}
+
+/// `url` with any password replaced by `***`: in the user info
+/// (`user:secret@host`) and in query parameters whose name contains
+/// `password` (`?password=secret`). Safe to log and to put in errors.
+///
+/// The user info runs to the last `@` before the query, so a password with
+/// an unescaped `/` or `@` is hidden too.
+pub fn redact_url(url: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match main.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((user_info, host)) if user_info.contains(':') => {
+                let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => main.to_string(),
+        },
+        None => main.to_string(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// Checks the CAS preconditions every store shares.
@@ -124,5 +297,89 @@ pub async fn audit_all(store: &dyn Store) -> Result<Vec<AuditRecord>> {
         if done {
             return Ok(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://jit:hunter2@db.internal:5432/jit",
+                "postgres://jit:***@db.internal:5432/jit",
+            ),
+            (
+                "postgresql://jit:p%40ss:w@rd@db/jit?sslmode=require",
+                "postgresql://jit:***@db/jit?sslmode=require",
+            ),
+            (
+                "postgres://db/jit?user=jit&password=hunter2&sslpassword=x",
+                "postgres://db/jit?user=jit&password=***&sslpassword=***",
+            ),
+            ("postgres://jit@db/jit", "postgres://jit@db/jit"),
+            ("postgres://u:pa/ss@db/jit", "postgres://u:***@db/jit"),
+            ("sqlite:///home/a@b/jit.db", "sqlite:///home/a@b/jit.db"),
+            ("sqlite:///var/lib/jit.db", "sqlite:///var/lib/jit.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("memory:", "memory:"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_config_errors_without_secrets() {
+        for url in [
+            "mysql://root:hunter2@db/jit",
+            "jit.db",
+            "",
+            "memory:/tmp/x",
+            "redis://:hunter2@cache",
+        ] {
+            let err = connect(url).await.map(|_| ()).unwrap_err();
+            match &err {
+                Error::Config(ConfigError::StoreUrl { .. }) => {}
+                other => panic!("{url}: {other:?}"),
+            }
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_urls_open_a_memory_store() {
+        for url in ["memory:", "memory://", "MEMORY:"] {
+            let store = connect(url).await.unwrap();
+            assert!(format!("{store:?}").starts_with("MemoryStore"), "{url}");
+            assert!(!store.is_shared());
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn sqlite_urls_open_a_sqlite_store() {
+        let store = connect("sqlite::memory:").await.unwrap();
+        assert!(format!("{store:?}").starts_with("SqliteStore"));
+        assert!(!store.is_shared());
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn postgres_urls_name_the_missing_feature() {
+        let err = connect("postgres://jit:hunter2@localhost/jit")
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            matches!(err, Error::Config(ConfigError::StoreUrl { .. })),
+            "{err:?}"
+        );
+        assert!(shown.contains("`postgres` feature"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

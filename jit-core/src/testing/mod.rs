@@ -18,9 +18,11 @@ use crate::audit::{AuditEvent, AuditRecord, AuditSink};
 use crate::credentials::{Credentials, Secret};
 use crate::error::{Error, RequestError, Result};
 use crate::provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind};
-use crate::store::{ListFilter, Store};
+use crate::store::{Claim, ListFilter, Store};
 use crate::types::{format_duration, Entitlement, IssuedGrant, RequestId, RequestRecord, State};
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod provider;
 pub mod store;
 
@@ -301,6 +303,20 @@ impl Store for FaultyStore {
 
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         self.inner.audit(from_seq, limit).await
+    }
+
+    async fn claim_due(
+        &self,
+        states: &[State],
+        due_by: DateTime<Utc>,
+        limit: usize,
+        claim: &Claim,
+    ) -> Result<Vec<RequestRecord>> {
+        self.inner.claim_due(states, due_by, limit, claim).await
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
     }
 }
 

@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeDelta, Timelike, Utc};
 
 use crate::audit::{self, AuditEvent, AuditKind, AuditRecord, GENESIS_HASH};
 use crate::error::Error;
-use crate::store::{audit_all, ListFilter, Store};
+use crate::store::{audit_all, Claim, ListFilter, Store};
 use crate::types::{
     AccessRequest, Approval, ApproverSet, Decision, Grant, GrantDuration, GrantId, IssuedGrant,
     Principal, RequestId, RequestRecord, Revocation, State, Verdict,
@@ -37,6 +37,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     check_audit_paging(&*store).await;
     check_list(&*store).await;
     check_due(&*store).await;
+    check_claims(&*store).await;
 }
 
 /// A complete record for `requester` asking for `entitlement`, in `state`, at
@@ -774,4 +775,164 @@ pub async fn check_due(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// `claim_due` returns what `due` returns to its first claimer. On a store
+/// shared by replicas ([`Store::is_shared`]) it also keeps the contract of
+/// leases: another owner gets none of the claimed records until the lease
+/// lapses (inclusive), the owner may claim them again, unclaimed due records
+/// still go to others, and leases never get in the way of `update`.
+/// Single-process stores must return `due` to every claimer.
+///
+/// Like [`check_due`], it works before anything the store already holds as due.
+pub async fn check_claims(store: &dyn Store) {
+    let far = DateTime::parse_from_rfc3339("9000-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let earliest = store
+        .due(&State::ALL, far, 1)
+        .await
+        .unwrap()
+        .first()
+        .and_then(RequestRecord::due_at);
+    let now = earliest.map_or(Utc::now(), |e| e.min(Utc::now())) - TimeDelta::days(30);
+    let who = format!("mona-{}", unique());
+    let active = |minutes: i64| {
+        let mut r = sample_record(&who, "db-admin", State::Active, now - TimeDelta::hours(2));
+        if let Some(g) = r.grant.as_mut() {
+            g.ends_at = now + TimeDelta::minutes(minutes);
+        }
+        r
+    };
+    let (a, b, c, later) = (active(-3), active(-2), active(-1), active(10));
+    for r in [&a, &b, &c, &later] {
+        store.insert(r, &[]).await.unwrap();
+    }
+    let ids = |v: Vec<RequestRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let lease = std::time::Duration::from_secs(60);
+    let by = |owner: &str, at: DateTime<Utc>| Claim {
+        owner: owner.to_string(),
+        now: at,
+        lease,
+    };
+    let active_only = [State::Active];
+
+    let first = store
+        .claim_due(&active_only, now, 2, &by("replica-a", now))
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        vec![a.clone(), b.clone()],
+        "earliest first, at most limit, whole records"
+    );
+    assert_eq!(
+        ids(store.due(&active_only, now, 10).await.unwrap()),
+        vec![a.id, b.id, c.id],
+        "claims do not change what is due"
+    );
+    assert!(store
+        .claim_due(&[], now, 10, &by("replica-a", now))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_due(&active_only, now, 0, &by("replica-a", now))
+        .await
+        .unwrap()
+        .is_empty());
+
+    if !store.is_shared() {
+        assert_eq!(
+            ids(store
+                .claim_due(&active_only, now, 10, &by("replica-b", now))
+                .await
+                .unwrap()),
+            vec![a.id, b.id, c.id],
+            "a single-process store hands due work to every claimer"
+        );
+        return;
+    }
+
+    // Another owner gets only what is not leased.
+    let second = store
+        .claim_due(&active_only, now, 10, &by("replica-b", now))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(second),
+        vec![c.id],
+        "records leased to another owner are skipped"
+    );
+    assert!(
+        store
+            .claim_due(&active_only, now, 10, &by("replica-c", now))
+            .await
+            .unwrap()
+            .is_empty(),
+        "everything due is leased"
+    );
+    // The owner renews its own lease.
+    let almost = now + TimeDelta::seconds(59);
+    assert_eq!(
+        ids(store
+            .claim_due(&active_only, now, 10, &by("replica-a", almost))
+            .await
+            .unwrap()),
+        vec![a.id, b.id]
+    );
+    // Renewed at `almost`: still held at `now + 60s`, lapsed at `almost + 60s` (inclusive).
+    let at_old_end = now + TimeDelta::seconds(60);
+    assert_eq!(
+        ids(store
+            .claim_due(&active_only, now, 10, &by("replica-c", at_old_end))
+            .await
+            .unwrap()),
+        vec![c.id],
+        "a renewed lease holds; replica-b's lapsed at its end"
+    );
+    let lapsed = almost + TimeDelta::seconds(60);
+    assert_eq!(
+        ids(store
+            .claim_due(&active_only, now, 10, &by("replica-c", lapsed))
+            .await
+            .unwrap()),
+        vec![a.id, b.id, c.id],
+        "lapsed leases are claimable by anyone"
+    );
+
+    // A lease is not a lock: updates work, stay compare-and-set, and leave the lease alone.
+    let mut expired = a.clone();
+    expired.version = 2;
+    expired.state = State::Expired;
+    store.update(1, &expired, &[]).await.unwrap();
+    let mut revoking = b.clone();
+    revoking.version = 2;
+    revoking.state = State::Revoking;
+    if let Some(rv) = revoking.revocation.as_mut() {
+        rv.next_attempt_at = now - TimeDelta::minutes(5);
+    }
+    store.update(1, &revoking, &[]).await.unwrap();
+    assert!(matches!(
+        store.update(1, &revoking, &[]).await,
+        Err(Error::Conflict { .. })
+    ));
+    let both = [State::Active, State::Revoking];
+    assert!(
+        store
+            .claim_due(&both, lapsed, 10, &by("replica-a", lapsed))
+            .await
+            .unwrap()
+            .is_empty(),
+        "replica-c still holds the lease across the update to `Revoking`"
+    );
+    assert_eq!(
+        ids(store
+            .claim_due(&both, lapsed, 10, &by("replica-c", lapsed))
+            .await
+            .unwrap()),
+        vec![revoking.id, c.id],
+        "the holder still gets it, in its new state, and final records are never due"
+    );
+    let _ = later;
 }

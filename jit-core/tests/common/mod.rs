@@ -1,6 +1,8 @@
 //! Shared set-up for the broker's integration tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod race;
+
 use std::sync::Arc;
 
 use jit_core::testing::{MemorySink, TestProvider};
@@ -68,14 +70,7 @@ pub fn env_with(store: Arc<dyn Store>, provider: Arc<TestProvider>) -> Env {
     let clock = ManualClock::starting_now();
     let manual = Arc::new(TestProvider::new("manual-expiry").without_native_expiry());
     let sink = Arc::new(MemorySink::new());
-    let policy = Arc::new(CataloguePolicy::from_toml_str(CATALOGUE).unwrap());
-    let broker = Broker::builder(store, policy)
-        .provider(provider.clone())
-        .provider(manual.clone())
-        .clock(Arc::new(clock.clone()))
-        .audit_sink(sink.clone())
-        .build()
-        .unwrap();
+    let broker = broker_with(store, &provider, &manual, &clock, &sink, None);
     Env {
         broker,
         clock,
@@ -83,6 +78,27 @@ pub fn env_with(store: Arc<dyn Store>, provider: Arc<TestProvider>) -> Env {
         manual,
         sink,
     }
+}
+
+/// A broker on [`CATALOGUE`] with these parts; `replica` names it among replicas.
+pub fn broker_with(
+    store: Arc<dyn Store>,
+    provider: &Arc<TestProvider>,
+    manual: &Arc<TestProvider>,
+    clock: &ManualClock,
+    sink: &Arc<MemorySink>,
+    replica: Option<&str>,
+) -> Broker {
+    let policy = Arc::new(CataloguePolicy::from_toml_str(CATALOGUE).unwrap());
+    let mut b = Broker::builder(store, policy)
+        .provider(provider.clone())
+        .provider(manual.clone())
+        .clock(Arc::new(clock.clone()))
+        .audit_sink(sink.clone());
+    if let Some(id) = replica {
+        b = b.replica_id(id);
+    }
+    b.build().unwrap()
 }
 
 pub fn env() -> Env {

@@ -1,0 +1,879 @@
+//! PostgreSQL store: several broker replicas on one database.
+//!
+//! Every replica (a process with its own [`Broker`](crate::Broker) and
+//! [`Reaper`](crate::Reaper)) opens its own [`PostgresStore`] on the same
+//! database and schema. The database is the only thing they share, so every
+//! rule that one process keeps with a mutex is kept here with a row lock.
+//!
+//! # Choices
+//!
+//! - **One transaction per transition, compare-and-set in SQL.** `insert` and
+//!   `update` write the record and append its audit events in one
+//!   transaction (`READ COMMITTED`). The update is
+//!   `UPDATE requests .. WHERE id = $1 AND version = $2`: a writer that loses
+//!   the race waits for the winner's row lock, then finds the version moved
+//!   and changes nothing, which is [`Error::Conflict`] (or
+//!   [`Error::NotFound`] for an unknown id). Any failure rolls back record
+//!   and audit events alike.
+//! - **One audit chain, serialized by a head row.** `audit_head` holds a
+//!   single row (last `seq` and `hash`). A transition that appends events
+//!   reads it with `SELECT .. FOR UPDATE`, chains its events after it, and
+//!   moves it in the same transaction. The row lock is held until commit, so
+//!   appends from every replica form one queue and never both chain onto the
+//!   same head (a fork); a writer that rolls back leaves the head where it
+//!   was. Reading `MAX(seq)` from the audit table instead would not do: two
+//!   transactions could read the same maximum and only one insert would
+//!   fail, as a conflict nobody asked for. The lock is taken after the
+//!   record's own row lock, in every path, so the two locks cannot deadlock;
+//!   transitions without events (intermediate states such as `Issuing`) do
+//!   not take it at all.
+//! - **Reaper work is claimed with `FOR UPDATE SKIP LOCKED` plus a lease.**
+//!   [`Store::claim_due`] picks due rows that are not leased to another
+//!   replica (or whose lease lapsed), skipping rows another claim is
+//!   locking at that moment, and stamps them `lease_owner`/`lease_until` in
+//!   the same statement. `SKIP LOCKED` alone would protect a row only while
+//!   the claiming transaction is open, but the work behind a claim (an
+//!   expiry: mark `Revoking`, call the provider, mark `Expired`) spans
+//!   several transactions and a provider call, and must not be picked up by
+//!   a second replica in between; a lease holds across all of that without
+//!   keeping a transaction (and a pooled connection) open for the length of
+//!   a provider call. `SKIP LOCKED` keeps concurrent claims from queueing
+//!   behind each other, and PostgreSQL re-checks the lease condition on the
+//!   newest row version after locking, so two claims never both win a row.
+//!   Leases are neither checked nor cleared by `update` (user actions on a
+//!   leased record proceed as usual and are still compare-and-set); they
+//!   simply lapse.
+//! - **A replica that dies** leaves its leases behind. Nothing is lost: its
+//!   claimed rows are still due, and once `lease_until` has passed
+//!   (compared with the claimer's clock) another replica's reaper claims
+//!   and finishes them. Work that a dead replica had started is finished
+//!   from the state it reached (a `Revoking` grant is revoked again, which
+//!   providers accept idempotently). Its open transactions are rolled back
+//!   by the server when the connection drops.
+//! - **Versioned migrations under an advisory lock.** `schema_migrations`
+//!   records every applied version; opening applies the missing ones in one
+//!   transaction holding `pg_advisory_xact_lock`, so replicas starting at
+//!   once apply each migration exactly once, and refuses a schema written
+//!   by a newer version of this crate.
+//! - **Records as text JSON, plus query columns.** The [`RequestRecord`] and
+//!   [`AuditRecord`] bodies are stored as `TEXT`, byte for byte as written,
+//!   so audit hashes recompute exactly (`JSONB` would reorder keys and
+//!   reject `\u0000`). Timestamps in query columns are fixed-width RFC 3339
+//!   UTC text with nanoseconds under the `"C"` collation, so text order is
+//!   time order at full precision (`timestamptz` keeps microseconds only,
+//!   and would make a record due up to a microsecond early).
+//! - **Isolation by schema.** [`PostgresStoreBuilder::schema`] creates the
+//!   schema if needed and pins `search_path` to it on every pooled
+//!   connection (a startup parameter, so no extra round trip), so several
+//!   deployments, or tests, share one database without seeing each other.
+//! - **No TLS in this build.** Connections are plain TCP (or whatever the
+//!   URL's `host` names); `sslmode=require` in the URL is refused. Run the
+//!   database on a trusted network or behind a TLS-terminating proxy.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Utc};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row, Transaction};
+
+use super::{check_versions, redact_url, Claim, ListFilter, Store};
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::error::{Error, Result};
+use crate::types::{canonical_identity, RequestId, RequestRecord, State};
+
+/// The schema version this build writes: the last entry of the migrations.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Connections per store unless set: a replica's writers, readers and reaper.
+const DEFAULT_POOL_SIZE: u32 = 10;
+/// How long a caller waits for a pooled connection (or a new one).
+const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Key of the advisory lock that serializes migrations ("jit-core" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6a69_742d_636f_7265;
+
+/// One schema step. Statements run in order inside the migration transaction.
+struct Migration {
+    version: i64,
+    statements: &'static [&'static str],
+}
+
+/// Every migration, ascending by version. Never edit a released entry: add one.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    statements: &[
+        // `seq` is the insertion order (`list` and `due` tie-break).
+        r#"CREATE TABLE requests (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            version BIGINT NOT NULL CHECK (version > 0),
+            state TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            entitlement TEXT NOT NULL,
+            created_at TEXT COLLATE "C" NOT NULL,
+            due_at TEXT COLLATE "C",
+            lease_owner TEXT,
+            lease_until TEXT COLLATE "C",
+            body TEXT NOT NULL
+        )"#,
+        "CREATE INDEX requests_state_due ON requests (state, due_at) WHERE due_at IS NOT NULL",
+        "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
+        "CREATE INDEX requests_created ON requests (created_at)",
+        "CREATE TABLE audit (
+            seq BIGINT PRIMARY KEY CHECK (seq > 0),
+            hash TEXT NOT NULL,
+            body TEXT NOT NULL
+        )",
+        // The chain head: the one row every append locks (see the module docs).
+        "CREATE TABLE audit_head (
+            id SMALLINT PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL CHECK (seq >= 0),
+            hash TEXT NOT NULL
+        )",
+        // `GENESIS_HASH`: 64 zeros (a unit test keeps them equal).
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, repeat('0', 64))",
+    ],
+}];
+
+/// [`Store`] on a PostgreSQL database, shared by any number of broker replicas.
+///
+/// ```no_run
+/// # async fn demo() -> jit_core::Result<()> {
+/// use jit_core::store::PostgresStore;
+/// let store = PostgresStore::connect("postgres://jit@db.internal/jit").await?;
+/// let isolated = PostgresStore::builder("postgres://jit@db.internal/jit")
+///     .schema("jit_staging")
+///     .max_connections(20)
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct PostgresStore {
+    pool: PgPool,
+    location: String,
+    schema: Option<String>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("location", &self.location)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for [`PostgresStore`]; finish with [`PostgresStoreBuilder::connect`].
+pub struct PostgresStoreBuilder {
+    url: String,
+    schema: Option<String>,
+    max_connections: u32,
+    acquire_timeout: Duration,
+}
+
+impl fmt::Debug for PostgresStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStoreBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+impl PostgresStoreBuilder {
+    /// Keeps every table in this schema, created if missing: 1 to 63
+    /// characters of `[a-z0-9_]`, not starting with a digit or `pg_`.
+    /// Without it, tables go where the URL's `search_path` says (usually
+    /// `public`).
+    pub fn schema(mut self, name: &str) -> Self {
+        self.schema = Some(name.to_string());
+        self
+    }
+
+    /// At most this many connections (default 10, at least 1).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How long a call waits for a connection before it fails with
+    /// [`Error::Unavailable`] (default 30 s).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Connects, creates the schema if one was named, and brings the tables
+    /// up to date. An unreachable server is [`Error::Unavailable`].
+    pub async fn connect(self) -> Result<PostgresStore> {
+        let location = redact_url(&self.url);
+        if let Some(schema) = &self.schema {
+            check_schema_name(schema)?;
+        }
+        let mut options = PgConnectOptions::from_str(&self.url)
+            .map_err(|e| Error::Store(format!("invalid postgres url `{location}`: {e}")))?;
+        if options.get_application_name().is_none() {
+            // Lets a DBA tell broker sessions apart in `pg_stat_activity`.
+            options = options.application_name("jit-core");
+        }
+        if let Some(schema) = &self.schema {
+            // Only this schema: a table that is missing from it is an error,
+            // never silently found (or created) in `public`.
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| db_error(&format!("connect to `{location}`"), e))?;
+        let store = PostgresStore {
+            pool,
+            location,
+            schema: self.schema,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+}
+
+fn check_schema_name(name: &str) -> Result<()> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && !name.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Store(format!(
+            "schema name `{name}` is not valid: use 1 to 63 characters of `[a-z0-9_]`, not starting with a digit or `pg_`"
+        )))
+    }
+}
+
+impl PostgresStore {
+    /// Connects with default options (see [`PostgresStore::builder`]), for
+    /// example `postgres://jit@db.internal:5432/jit`. The tables go where
+    /// the URL's `search_path` says (add
+    /// `?options=-csearch_path%3Dmy_schema` to pick an existing schema).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+
+    /// Options: a schema of its own, pool size, timeouts.
+    pub fn builder(url: &str) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.to_string(),
+            schema: None,
+            max_connections: DEFAULT_POOL_SIZE,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+
+    /// The URL the store was opened with, password redacted.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The schema named with [`PostgresStoreBuilder::schema`], if any.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// The schema version recorded in the database.
+    pub async fn schema_version(&self) -> Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("read schema version", e))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Closes every connection, waiting for them to finish. Later calls fail.
+    /// Leases this replica holds stay until they lapse.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Applies the missing migrations in one transaction, one replica at a time.
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let result = migrate_in(&mut tx, self.schema.as_deref()).await;
+        finish(tx, result, "migrate").await
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| db_error("begin transaction", e))
+    }
+}
+
+async fn migrate_in(conn: &mut PgConnection, schema: Option<&str>) -> Result<()> {
+    // Released at commit or rollback; replicas starting at once queue here.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("take the migration lock", e))?;
+    if let Some(schema) = schema {
+        // The name was checked against `[a-z0-9_]`: safe to splice.
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error(&format!("create schema `{schema}`"), e))?;
+    }
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version BIGINT PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_error("create schema_migrations", e))?;
+    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| db_error("read schema version", e))?;
+    let current = current.unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(Error::Store(format!(
+            "database schema version {current} is newer than version {SCHEMA_VERSION} known to this build: upgrade jit-core to open it"
+        )));
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        for statement in m.statements {
+            sqlx::query(statement)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| db_error(&format!("apply migration {}", m.version), e))?;
+        }
+        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+            .bind(m.version)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error(&format!("record migration {}", m.version), e))?;
+    }
+    Ok(())
+}
+
+/// Commits on success; on failure rolls back now (instead of on drop, which
+/// would leave the locks held until the connection is reused) and returns the
+/// first error.
+async fn finish<T>(tx: Transaction<'static, Postgres>, result: Result<T>, op: &str) -> Result<T> {
+    match result {
+        Ok(v) => {
+            tx.commit()
+                .await
+                .map_err(|e| db_error(&format!("commit {op}"), e))?;
+            Ok(v)
+        }
+        Err(e) => {
+            // A failed rollback leaves nothing committed either; the caller needs the cause.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Maps a sqlx error: a lost connection, a full server, lock and
+/// serialization failures and pool exhaustion are transient
+/// ([`Error::Unavailable`]); everything else is [`Error::Store`].
+fn db_error(op: &str, e: sqlx::Error) -> Error {
+    let transient = match &e {
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // Class 08: connection exception; 40001 serialization failure;
+            // 40P01 deadlock; 53: insufficient resources; 55P03 lock not
+            // available; 57P01-57P03: shutdown, crash recovery, starting up.
+            c.starts_with("08")
+                || c.starts_with("53")
+                || matches!(
+                    &*c,
+                    "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
+                )
+        }),
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    };
+    if transient {
+        Error::Unavailable {
+            what: "postgres store".into(),
+            message: format!("{op}: {e}"),
+        }
+    } else {
+        Error::Store(format!("postgres {op}: {e}"))
+    }
+}
+
+/// Fixed-width RFC 3339 UTC text, so that text order ("C" collation) is time order.
+fn timestamp(t: DateTime<Utc>) -> Result<String> {
+    if !(0..=9999).contains(&t.year()) {
+        return Err(Error::Store(format!(
+            "timestamp `{t}` is outside the years 0000 to 9999 that the postgres store can order"
+        )));
+    }
+    Ok(t.to_rfc3339_opts(SecondsFormat::Nanos, true))
+}
+
+/// A query bound: times past the year 9999 compare after every stored time.
+fn bound(t: DateTime<Utc>) -> String {
+    if t.year() > 9999 {
+        "9999-12-31T23:59:59.999999999Z~".to_string()
+    } else if t.year() < 0 {
+        // Sorts before every digit.
+        " ".to_string()
+    } else {
+        t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v)
+        .map_err(|_| Error::Store(format!("{what} {v} does not fit the postgres store")))
+}
+
+fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn state_names(states: &[State]) -> Vec<String> {
+    states.iter().map(|s| s.as_str().to_string()).collect()
+}
+
+/// The columns of one `requests` row (the lease columns are never written here).
+struct Columns {
+    id: String,
+    version: i64,
+    state: &'static str,
+    requester: String,
+    entitlement: String,
+    created_at: String,
+    due_at: Option<String>,
+    body: String,
+}
+
+impl Columns {
+    fn of(r: &RequestRecord) -> Result<Self> {
+        Ok(Self {
+            id: r.id.to_string(),
+            version: to_i64(r.version, "version")?,
+            state: r.state.as_str(),
+            requester: r.requester.id.canonical(),
+            entitlement: r.request.entitlement.clone(),
+            created_at: timestamp(r.created_at)?,
+            due_at: r.due_at().map(timestamp).transpose()?,
+            body: serde_json::to_string(r)
+                .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?,
+        })
+    }
+}
+
+fn decode_record(row: &PgRow) -> Result<RequestRecord> {
+    let body: String = row
+        .try_get("body")
+        .map_err(|e| db_error("read request", e))?;
+    serde_json::from_str(&body)
+        .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
+}
+
+fn decode_audit(row: &PgRow) -> Result<AuditRecord> {
+    let body: String = row
+        .try_get("body")
+        .map_err(|e| db_error("read audit record", e))?;
+    serde_json::from_str(&body)
+        .map_err(|e| Error::Store(format!("stored audit record is not valid: {e}")))
+}
+
+/// Chains `events` after the head, holding the head row's lock until the
+/// transaction ends. Must run inside the transition's transaction.
+async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| db_error("lock the audit head", e))?;
+    let Some((seq, mut prev)) = head else {
+        return Err(Error::Store(
+            "the audit head row is missing: the schema was altered outside jit-core".into(),
+        ));
+    };
+    let mut seq = u64::try_from(seq)
+        .map_err(|_| Error::Store(format!("stored audit seq {seq} is negative")))?;
+    let mut out = Vec::with_capacity(events.len());
+    let (mut seqs, mut hashes, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+    for e in events {
+        seq += 1;
+        let r = e.clone().chain(seq, &prev);
+        bodies.push(
+            serde_json::to_string(&r)
+                .map_err(|e| Error::Store(format!("cannot encode audit record {seq}: {e}")))?,
+        );
+        seqs.push(to_i64(seq, "audit seq")?);
+        hashes.push(r.hash.clone());
+        prev = r.hash.clone();
+        out.push(r);
+    }
+    // One round trip: the rows and the new head together.
+    let moved = sqlx::query(
+        "WITH appended AS (
+            INSERT INTO audit (seq, hash, body)
+            SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[])
+        )
+        UPDATE audit_head SET seq = $4, hash = $5 WHERE id = 1",
+    )
+    .bind(&seqs)
+    .bind(&hashes)
+    .bind(&bodies)
+    .bind(to_i64(seq, "audit seq")?)
+    .bind(&prev)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_error("append audit records", e))?
+    .rows_affected();
+    if moved != 1 {
+        return Err(Error::Store("the audit head did not move".into()));
+    }
+    Ok(out)
+}
+
+async fn insert_in(
+    conn: &mut PgConnection,
+    record: &RequestRecord,
+    events: &[AuditEvent],
+) -> Result<Vec<AuditRecord>> {
+    let c = Columns::of(record)?;
+    let inserted = sqlx::query(
+        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(c.id)
+    .bind(c.version)
+    .bind(c.state)
+    .bind(c.requester)
+    .bind(c.entitlement)
+    .bind(c.created_at)
+    .bind(c.due_at)
+    .bind(c.body)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_error("insert request", e))?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(Error::Conflict {
+            request: record.id,
+            expected: 0,
+        });
+    }
+    append_in(conn, events).await
+}
+
+async fn update_in(
+    conn: &mut PgConnection,
+    expected_version: u64,
+    record: &RequestRecord,
+    events: &[AuditEvent],
+) -> Result<Vec<AuditRecord>> {
+    let c = Columns::of(record)?;
+    let id = c.id.clone();
+    let updated = sqlx::query(
+        "UPDATE requests
+         SET version = $1, state = $2, requester = $3, entitlement = $4, created_at = $5,
+             due_at = $6, body = $7
+         WHERE id = $8 AND version = $9",
+    )
+    .bind(c.version)
+    .bind(c.state)
+    .bind(c.requester)
+    .bind(c.entitlement)
+    .bind(c.created_at)
+    .bind(c.due_at)
+    .bind(c.body)
+    .bind(c.id)
+    .bind(to_i64(expected_version, "version")?)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_error("update request", e))?
+    .rows_affected();
+    if updated == 0 {
+        let exists = sqlx::query("SELECT 1 FROM requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| db_error("read request", e))?
+            .is_some();
+        return Err(if exists {
+            Error::Conflict {
+                request: record.id,
+                expected: expected_version,
+            }
+        } else {
+            Error::request_not_found(record.id)
+        });
+    }
+    append_in(conn, events).await
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert(
+        &self,
+        record: &RequestRecord,
+        events: &[AuditEvent],
+    ) -> Result<Vec<AuditRecord>> {
+        check_versions(0, record)?;
+        let mut tx = self.begin().await?;
+        let result = insert_in(&mut tx, record, events).await;
+        finish(tx, result, "insert").await
+    }
+
+    async fn update(
+        &self,
+        expected_version: u64,
+        record: &RequestRecord,
+        events: &[AuditEvent],
+    ) -> Result<Vec<AuditRecord>> {
+        check_versions(expected_version, record)?;
+        let mut tx = self.begin().await?;
+        let result = update_in(&mut tx, expected_version, record, events).await;
+        finish(tx, result, "update").await
+    }
+
+    async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
+        sqlx::query("SELECT body FROM requests WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("get request", e))?
+            .as_ref()
+            .map(decode_record)
+            .transpose()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
+        // Only the filters in use appear in the SQL, so each shape gets a
+        // plan that can use its index (a catch-all `$1 IS NULL OR ..` could not).
+        let mut q = QueryBuilder::<Postgres>::new("SELECT body FROM requests WHERE TRUE");
+        if let Some(requester) = &filter.requester {
+            q.push(" AND requester = ")
+                .push_bind(canonical_identity(requester));
+        }
+        if !filter.states.is_empty() {
+            q.push(" AND state = ANY(")
+                .push_bind(state_names(&filter.states))
+                .push(")");
+        }
+        if let Some(entitlement) = &filter.entitlement {
+            q.push(" AND entitlement = ").push_bind(entitlement.clone());
+        }
+        q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
+            .push_bind(limit_i64(filter.effective_limit()));
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("list requests", e))?
+            .iter()
+            .map(decode_record)
+            .collect()
+    }
+
+    async fn due(
+        &self,
+        states: &[State],
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>> {
+        if states.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        sqlx::query(
+            "SELECT body FROM requests
+             WHERE state = ANY($1) AND due_at IS NOT NULL AND due_at <= $2
+             ORDER BY due_at, seq
+             LIMIT $3",
+        )
+        .bind(state_names(states))
+        .bind(bound(now))
+        .bind(limit_i64(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("read due requests", e))?
+        .iter()
+        .map(decode_record)
+        .collect()
+    }
+
+    async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        sqlx::query("SELECT body FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2")
+            .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
+            .bind(limit_i64(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("read audit records", e))?
+            .iter()
+            .map(decode_audit)
+            .collect()
+    }
+
+    /// One statement (so one transaction): lock due rows that nobody else
+    /// holds, skipping rows another claim is locking, and lease them. See
+    /// the module docs for why both `SKIP LOCKED` and a lease.
+    async fn claim_due(
+        &self,
+        states: &[State],
+        due_by: DateTime<Utc>,
+        limit: usize,
+        claim: &Claim,
+    ) -> Result<Vec<RequestRecord>> {
+        if states.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let until = TimeDelta::from_std(claim.lease)
+            .ok()
+            .and_then(|lease| claim.now.checked_add_signed(lease))
+            .ok_or_else(|| {
+                Error::Store(format!(
+                    "lease of {}s from `{}` is out of range",
+                    claim.lease.as_secs(),
+                    claim.now
+                ))
+            })?;
+        let rows = sqlx::query(
+            "WITH picked AS (
+                SELECT seq FROM requests
+                WHERE state = ANY($1) AND due_at IS NOT NULL AND due_at <= $2
+                  AND (lease_until IS NULL OR lease_until <= $3 OR lease_owner = $4)
+                ORDER BY due_at, seq
+                LIMIT $5
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE requests AS r SET lease_owner = $4, lease_until = $6
+            FROM picked WHERE r.seq = picked.seq
+            RETURNING r.seq, r.due_at, r.body",
+        )
+        .bind(state_names(states))
+        .bind(bound(due_by))
+        .bind(timestamp(claim.now)?)
+        .bind(&claim.owner)
+        .bind(limit_i64(limit))
+        .bind(timestamp(until)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("claim due requests", e))?;
+        // `RETURNING` has no order: restore earliest first.
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").map_err(|e| db_error("read claim", e))?;
+                let due: Option<String> = row
+                    .try_get("due_at")
+                    .map_err(|e| db_error("read claim", e))?;
+                Ok((due, seq, decode_record(row)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        claimed.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        Ok(claimed.into_iter().map(|(_, _, r)| r).collect())
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::audit::GENESIS_HASH;
+
+    #[test]
+    fn migrations_ascend_and_end_at_schema_version() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(MIGRATIONS.first().map(|m| m.version), Some(1));
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn the_seeded_head_is_the_genesis_hash() {
+        assert_eq!(GENESIS_HASH, "0".repeat(64));
+        assert!(MIGRATIONS[0]
+            .statements
+            .iter()
+            .any(|s| s.contains("repeat('0', 64)")));
+    }
+
+    #[test]
+    fn schema_names_are_checked() {
+        for good in ["jit", "jit_test_1", "_x", &"a".repeat(63)] {
+            assert!(check_schema_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Jit",
+            "1jit",
+            "pg_jit",
+            "jit-test",
+            "jit; DROP TABLE requests",
+            "jit\"x",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(check_schema_name(bad), Err(Error::Store(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_sort_as_text_and_bounds_cover_every_year() {
+        let a = DateTime::parse_from_rfc3339("2024-01-01T00:00:00.000000001Z")
+            .unwrap()
+            .to_utc();
+        let b = DateTime::parse_from_rfc3339("2024-01-01T00:00:00.000000002Z")
+            .unwrap()
+            .to_utc();
+        assert!(timestamp(a).unwrap() < timestamp(b).unwrap());
+        let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999999999Z")
+            .unwrap()
+            .to_utc();
+        let beyond = far + TimeDelta::days(400);
+        assert!(matches!(timestamp(beyond), Err(Error::Store(_))));
+        assert!(bound(beyond) > timestamp(far).unwrap());
+        let early = DateTime::parse_from_rfc3339("0000-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert!(bound(early - TimeDelta::days(400)) < timestamp(early).unwrap());
+    }
+
+    #[test]
+    fn connection_errors_are_transient() {
+        let io = db_error(
+            "connect",
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        );
+        assert!(matches!(io, Error::Unavailable { .. }), "{io:?}");
+        assert!(matches!(
+            db_error("acquire", sqlx::Error::PoolTimedOut),
+            Error::Unavailable { .. }
+        ));
+        assert!(matches!(
+            db_error("decode", sqlx::Error::RowNotFound),
+            Error::Store(_)
+        ));
+    }
+}
