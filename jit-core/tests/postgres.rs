@@ -570,7 +570,7 @@ async fn a_dead_replicas_claim_is_finished_by_another_after_the_lease() {
 
 /// Replica A dies halfway through an expiry: the grant is `Revoking` (A
 /// revoked at its provider, then could not record it). B does not touch it
-/// while A's lease holds, then finishes the revocation.
+/// while A's lease and the in-flight grace hold, then finishes the revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_dying_mid_expiry_is_finished_after_the_lease() {
     let schema = TestSchema::new().await;
@@ -597,7 +597,12 @@ async fn a_replica_dying_mid_expiry_is_finished_after_the_lease() {
     assert_eq!(reaper.tick().await.unwrap().revoked, 0);
     assert_eq!(b.manual.revoke_calls(), 0);
     assert_eq!(b.broker.get(id).await.unwrap().state, State::Revoking);
+    // The lease has lapsed, but an in-flight revocation also has a grace
+    // (`reconcile_grace`, 120 s) before anyone retries it.
     clock.advance(TimeDelta::seconds(1));
+    assert_eq!(reaper.tick().await.unwrap().revoked, 0);
+    assert_eq!(b.manual.revoke_calls(), 0);
+    clock.advance(TimeDelta::seconds(60));
     assert_eq!(reaper.tick().await.unwrap().revoked, 1);
     assert_eq!(b.manual.revoke_calls(), 1);
     let rec = b.broker.get(id).await.unwrap();
