@@ -338,3 +338,84 @@ impl Authenticator {
         Ok(p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::demo::{DemoIssuer, AUDIENCE, ISSUER};
+    use jit_core::local::LocalKey;
+
+    fn settings(jwks: JwksSource) -> AuthSettings {
+        AuthSettings {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            jwks,
+            algorithms: vec![Algorithm::EdDSA, Algorithm::RS256],
+            claims: ClaimNames::default(),
+            leeway: Duration::from_secs(0),
+            refresh_min_interval: Duration::from_millis(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_rotate_through_the_jwks_file_and_claims_map_to_a_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b) = (
+            DemoIssuer::new(LocalKey::generate()),
+            DemoIssuer::new(LocalKey::generate()),
+        );
+        std::fs::write(&path, a.jwks_json().to_string()).unwrap();
+        let auth = Authenticator::new(settings(JwksSource::File(path.clone())));
+        assert_eq!(auth.refresh().await.unwrap(), 1);
+
+        let p = auth
+            .authenticate(&a.token("alice", &["eng", "leads"], 60).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(p.id.as_str(), "alice");
+        assert!(p.in_group("leads"));
+        assert!(p.aliases.contains("alice@demo.invalid"));
+
+        // Rotation: the new key is picked up on its first unknown kid; the old one is gone.
+        std::fs::write(&path, b.jwks_json().to_string()).unwrap();
+        let tb = b.token("bob", &[], 60).unwrap();
+        assert_eq!(auth.authenticate(&tb).await.unwrap().id.as_str(), "bob");
+        let ta = a.token("alice", &[], 60).unwrap();
+        assert!(matches!(
+            auth.authenticate(&ta).await,
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn refreshes_are_rate_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let a = DemoIssuer::new(LocalKey::generate());
+        std::fs::write(&path, a.jwks_json().to_string()).unwrap();
+        let mut s = settings(JwksSource::File(path.clone()));
+        s.refresh_min_interval = Duration::from_secs(3600);
+        let auth = Authenticator::new(s);
+        auth.refresh().await.unwrap();
+        // A new key within the interval is not fetched: unknown kids cannot force refreshes.
+        let b = DemoIssuer::new(LocalKey::generate());
+        std::fs::write(&path, b.jwks_json().to_string()).unwrap();
+        assert!(auth
+            .authenticate(&b.token("bob", &[], 60).unwrap())
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn symmetric_and_mismatched_keys_are_never_usable() {
+        let set: JwkSet = serde_json::from_value(serde_json::json!({ "keys": [
+            { "kty": "oct", "k": "c2VjcmV0", "kid": "hmac" },
+            { "kty": "OKP", "crv": "Ed25519", "kid": "ed", "alg": "RS256",
+              "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" },
+        ]}))
+        .unwrap();
+        assert!(parse_set(&set).is_empty());
+    }
+}
