@@ -185,11 +185,12 @@ impl BrokerBuilder {
                 store: self.store,
                 policy: self.policy,
                 providers: self.providers,
-                clock: self.clock,
+                clock: self.clock.clone(),
                 sinks: self.sinks,
                 auto_issue: self.auto_issue,
                 retry: self.retry,
                 reconcile_grace: self.reconcile_grace,
+                started_at: self.clock.now(),
             }),
         })
     }
@@ -204,6 +205,8 @@ struct Inner {
     auto_issue: bool,
     retry: RetryPolicy,
     reconcile_grace: Duration,
+    /// When this broker was built: older `Approved` records were left by an earlier process.
+    started_at: DateTime<Utc>,
 }
 
 /// The broker. Cheap to clone; share it between tasks.
@@ -1284,6 +1287,21 @@ impl Broker {
                 .await
                 .map(|(_, recs)| recs)
             } else if self.inner.auto_issue {
+                // The call that approved a request with an immediate start issues it
+                // itself; issuing it here too races that call and answers its caller
+                // with an error although the grant is issued. Step in only for a
+                // scheduled start, a record left by an earlier process, or one whose
+                // approving call has not issued it within the grace (it crashed).
+                let immediate = rec
+                    .grant
+                    .as_ref()
+                    .is_some_and(|g| g.starts_at <= rec.updated_at);
+                if immediate
+                    && rec.updated_at >= self.inner.started_at
+                    && now - rec.updated_at < delta(self.inner.reconcile_grace)
+                {
+                    continue;
+                }
                 self.issue_as(rec.id, REAPER_ACTOR)
                     .await
                     .map(|_| Vec::new())

@@ -789,3 +789,63 @@ async fn redelivery_refuses_a_window_shorter_than_the_provider_minimum() {
     // Nothing was audited as delivered.
     assert_eq!(e.broker.audit_records().await.unwrap().len(), before);
 }
+
+#[tokio::test]
+async fn the_reaper_leaves_a_fresh_approval_to_the_call_that_issues_it() {
+    // An approved request whose approving call has not issued it yet (here its
+    // issue failed to record): the reaper must not race that call, but takes
+    // over after the grace, or at once in a broker started later (a restart).
+    let store = Arc::new(jit_core::testing::FaultyStore::new(Arc::new(
+        MemoryStore::new(),
+    )));
+    let e = env_with_store(store.clone());
+    store.fail_updates_into(&[State::Issuing]);
+    let err = e
+        .broker
+        .submit(&user("alice"), req("dev-read", "15m"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    store.fail_updates_into(&[]);
+    let id = e.broker.list(&ListFilter::default()).await.unwrap()[0].id;
+    let mut reaper = Reaper::new(e.broker.clone());
+    reaper.tick().await.unwrap();
+    assert_eq!(e.broker.get(id).await.unwrap().state, State::Approved);
+
+    // A new broker on the same store, started later (a restart), issues it at once.
+    let clock = jit_core::ManualClock::new(e.clock.now() + TimeDelta::seconds(5));
+    let restarted = jit_core::Broker::builder(
+        store.clone(),
+        Arc::new(jit_core::CataloguePolicy::from_toml_str(CATALOGUE).unwrap()),
+    )
+    .provider(Arc::new(TestProvider::new("test")))
+    .provider(Arc::new(
+        TestProvider::new("manual-expiry").without_native_expiry(),
+    ))
+    .clock(Arc::new(clock))
+    .build()
+    .unwrap();
+    Reaper::new(restarted.clone()).tick().await.unwrap();
+    assert_eq!(restarted.get(id).await.unwrap().state, State::Active);
+}
+
+#[tokio::test]
+async fn the_reaper_issues_a_stalled_fresh_approval_after_the_grace() {
+    let store = Arc::new(jit_core::testing::FaultyStore::new(Arc::new(
+        MemoryStore::new(),
+    )));
+    let e = env_with_store(store.clone());
+    store.fail_updates_into(&[State::Issuing]);
+    let _ = e
+        .broker
+        .submit(&user("alice"), req("dev-read", "15m"))
+        .await;
+    store.fail_updates_into(&[]);
+    let id = e.broker.list(&ListFilter::default()).await.unwrap()[0].id;
+    let mut reaper = Reaper::new(e.broker.clone());
+    reaper.tick().await.unwrap();
+    assert_eq!(e.broker.get(id).await.unwrap().state, State::Approved);
+    e.clock.advance(TimeDelta::minutes(3));
+    reaper.tick().await.unwrap();
+    assert_eq!(e.broker.get(id).await.unwrap().state, State::Active);
+}
