@@ -467,6 +467,26 @@ async fn refusals_have_the_right_status_and_one_error_shape() {
     )
     .await;
     assert_eq!((st, error_code(&v).as_str()), (403, "forbidden"));
+    for q in [
+        "?scope=everything",
+        "?state=bogus",
+        "?color=red",
+        "?limit=-1",
+    ] {
+        let (st, v) = call(
+            &http,
+            Method::GET,
+            &u(&format!("/v1/requests{q}")),
+            Some(&server.alice),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (st, error_code(&v).as_str()),
+            (400, "invalid_request"),
+            "{q}: {v}"
+        );
+    }
     let (st, v) = call(
         &http,
         Method::GET,

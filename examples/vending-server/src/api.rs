@@ -267,8 +267,10 @@ pub async fn get_one(
 pub async fn list(
     State(state): State<AppState>,
     Caller(p): Caller,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    // Query errors get the common error shape too.
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let states = match q.state.as_deref() {
         None | Some("") => Vec::new(),
         Some(s) => s
