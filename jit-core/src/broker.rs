@@ -227,7 +227,7 @@ impl BrokerBuilder {
                 store: self.store,
                 policy: self.policy,
                 providers: self.providers,
-                clock: self.clock,
+                clock: self.clock.clone(),
                 sinks: self.sinks,
                 auto_issue: self.auto_issue,
                 retry: self.retry,
@@ -237,6 +237,7 @@ impl BrokerBuilder {
                     .filter(|id| !id.is_empty())
                     .unwrap_or_else(|| format!("broker-{}", uuid::Uuid::new_v4().simple())),
                 claim_lease: self.claim_lease,
+                started_at: self.clock.now(),
             }),
         })
     }
@@ -253,6 +254,8 @@ struct Inner {
     reconcile_grace: Duration,
     replica_id: String,
     claim_lease: Duration,
+    /// When this broker was built: older `Approved` records were left by an earlier process.
+    started_at: DateTime<Utc>,
 }
 
 /// Work taken with [`Store::claim_due`], and until when this broker may start on it.
@@ -791,6 +794,65 @@ impl Broker {
         self.issue_as(id, actor.id.as_str()).await
     }
 
+    /// Delivers the credentials of an active grant again, to its requester only
+    /// (a host serving them over HTTP does not keep them: they are not stored).
+    ///
+    /// The provider's `issue` is called again for the recorded grant: providers
+    /// are idempotent by grant id, so this returns the same grant (for the local
+    /// provider, the same token) or fresh credentials for the same window, never
+    /// a longer one: the window ends at the recorded end. An `issued` audit
+    /// record with `details.redelivered = true` is committed before anything is
+    /// returned. Someone else's request answers like a missing one; a grant too
+    /// close to its end for the provider's minimum is [`Error::InvalidState`].
+    pub async fn credentials(&self, requester: &Principal, id: RequestId) -> Result<Credentials> {
+        let rec = self.get(id).await?;
+        if !requester.same_person(&rec.requester) {
+            return Err(Error::request_not_found(id));
+        }
+        let issued = match (
+            rec.state,
+            rec.grant.as_ref().and_then(|g| g.issued.as_ref()),
+        ) {
+            (State::Active, Some(i)) => i.clone(),
+            _ => return Err(invalid_state("deliver credentials for", &rec)),
+        };
+        let provider = self.provider(&issued.provider)?.clone();
+        let now = self.inner.clock.now();
+        let mut spec = self.spec(&rec)?;
+        let remaining = spec.ends_at - now;
+        if remaining < delta(provider.capabilities().min_duration) {
+            return Err(Error::InvalidState {
+                operation: "deliver credentials (too little time left for the provider) for",
+                request: id,
+                state: rec.state,
+            });
+        }
+        spec.starts_at = now;
+        let out = provider.issue(&spec).await?;
+        let external_id = out.grant.external_id.clone();
+        let (_, recs) = self
+            .commit(id, |r, now| {
+                if r.state != State::Active || r.grant_id() != Some(spec.grant_id) {
+                    return Err(invalid_state("deliver credentials for", r));
+                }
+                Ok(vec![event(
+                    AuditKind::Issued,
+                    r,
+                    requester.id.as_str(),
+                    now,
+                )
+                .details(json!({
+                    "redelivered": true,
+                    "provider": issued.provider,
+                    "external_id": external_id,
+                    "expires_at": out.credentials.expires_at(),
+                }))])
+            })
+            .await?;
+        self.forward(&recs).await?;
+        Ok(out.credentials)
+    }
+
     pub(crate) async fn issue_as(&self, id: RequestId, actor: &str) -> Result<IssueOutcome> {
         // 1. Record the grant as Issuing, with its final window, before calling anyone.
         let mut provider_name = String::new();
@@ -1326,6 +1388,21 @@ impl Broker {
                 .await
                 .map(|(_, recs)| recs)
             } else if self.inner.auto_issue {
+                // The call that approved a request with an immediate start issues it
+                // itself; issuing it here too races that call and answers its caller
+                // with an error although the grant is issued. Step in only for a
+                // scheduled start, a record left by an earlier process, or one whose
+                // approving call has not issued it within the grace (it crashed).
+                let immediate = rec
+                    .grant
+                    .as_ref()
+                    .is_some_and(|g| g.starts_at <= rec.updated_at);
+                if immediate
+                    && rec.updated_at >= self.inner.started_at
+                    && now - rec.updated_at < delta(self.inner.reconcile_grace)
+                {
+                    continue;
+                }
                 self.issue_as(rec.id, REAPER_ACTOR)
                     .await
                     .map(|_| Vec::new())

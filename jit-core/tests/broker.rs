@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use common::*;
 use jit_core::testing::{FaultyStore, TestProvider};
+use jit_core::Clock;
 use jit_core::{
     AccessRequest, Error, ListFilter, MemoryStore, Principal, Reaper, RequestError, State,
 };
@@ -693,4 +694,158 @@ async fn revoke_racing_expiry_ends_in_one_state_with_one_provider_call() {
     }
     assert!(e.manual.live().is_empty());
     assert!(e.broker.verify_audit().await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn credentials_are_redelivered_to_the_requester_only_while_active() {
+    let e = env();
+    let alice = user("alice");
+    let out = e
+        .broker
+        .submit(&alice, req("dev-read", "15m"))
+        .await
+        .unwrap();
+    let id = out.record.id;
+    let first = out.credentials.unwrap();
+    let calls = e.provider.issue_calls();
+
+    // The requester gets the same grant again (the provider is idempotent by grant id).
+    let again = e.broker.credentials(&alice, id).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(e.provider.issue_calls(), calls + 1);
+    assert_eq!(e.provider.live().len(), 1);
+    let audit = e.broker.audit_records().await.unwrap();
+    let last = audit.last().unwrap();
+    assert_eq!(last.event.kind.as_str(), "issued");
+    assert_eq!(last.event.details["redelivered"], true);
+    assert!(e.broker.verify_audit().await.unwrap().is_ok());
+
+    // Anyone else, even a lead or an admin, is told the request does not exist.
+    for p in [lead("carol"), Principal::new("root-admin").unwrap()] {
+        let err = e.broker.credentials(&p, id).await.unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    }
+    // A case variant of the requester is the requester.
+    assert!(e.broker.credentials(&user("ALICE"), id).await.is_ok());
+
+    // Not once the grant is over.
+    e.broker.revoke(&alice, id, "done").await.unwrap();
+    let err = e.broker.credentials(&alice, id).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidState {
+                state: State::Revoked,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Not for a pending request.
+    let pending = e
+        .broker
+        .submit(&alice, req("prod-read", "2h"))
+        .await
+        .unwrap();
+    let err = e
+        .broker
+        .credentials(&alice, pending.record.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidState {
+                state: State::Pending,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn redelivery_refuses_a_window_shorter_than_the_provider_minimum() {
+    let e = env();
+    let alice = user("alice");
+    let out = e
+        .broker
+        .submit(&alice, req("dev-read", "15m"))
+        .await
+        .unwrap();
+    // The test provider mints at least one second; leave less than that.
+    let end = out.record.grant.unwrap().ends_at;
+    let left = (end - e.clock.now()) - TimeDelta::milliseconds(500);
+    e.clock.advance(left);
+    let before = e.broker.audit_records().await.unwrap().len();
+    let err = e
+        .broker
+        .credentials(&alice, out.record.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidState { .. }), "{err}");
+    assert!(err.to_string().contains("too little time left"), "{err}");
+    // Nothing was audited as delivered.
+    assert_eq!(e.broker.audit_records().await.unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn the_reaper_leaves_a_fresh_approval_to_the_call_that_issues_it() {
+    // An approved request whose approving call has not issued it yet (here its
+    // issue failed to record): the reaper must not race that call, but takes
+    // over after the grace, or at once in a broker started later (a restart).
+    let store = Arc::new(jit_core::testing::FaultyStore::new(Arc::new(
+        MemoryStore::new(),
+    )));
+    let e = env_with_store(store.clone());
+    store.fail_updates_into(&[State::Issuing]);
+    let err = e
+        .broker
+        .submit(&user("alice"), req("dev-read", "15m"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    store.fail_updates_into(&[]);
+    let id = e.broker.list(&ListFilter::default()).await.unwrap()[0].id;
+    let mut reaper = Reaper::new(e.broker.clone());
+    reaper.tick().await.unwrap();
+    assert_eq!(e.broker.get(id).await.unwrap().state, State::Approved);
+
+    // A new broker on the same store, started later (a restart), issues it at once.
+    let clock = jit_core::ManualClock::new(e.clock.now() + TimeDelta::seconds(5));
+    let restarted = jit_core::Broker::builder(
+        store.clone(),
+        Arc::new(jit_core::CataloguePolicy::from_toml_str(CATALOGUE).unwrap()),
+    )
+    .provider(Arc::new(TestProvider::new("test")))
+    .provider(Arc::new(
+        TestProvider::new("manual-expiry").without_native_expiry(),
+    ))
+    .clock(Arc::new(clock))
+    .build()
+    .unwrap();
+    Reaper::new(restarted.clone()).tick().await.unwrap();
+    assert_eq!(restarted.get(id).await.unwrap().state, State::Active);
+}
+
+#[tokio::test]
+async fn the_reaper_issues_a_stalled_fresh_approval_after_the_grace() {
+    let store = Arc::new(jit_core::testing::FaultyStore::new(Arc::new(
+        MemoryStore::new(),
+    )));
+    let e = env_with_store(store.clone());
+    store.fail_updates_into(&[State::Issuing]);
+    let _ = e
+        .broker
+        .submit(&user("alice"), req("dev-read", "15m"))
+        .await;
+    store.fail_updates_into(&[]);
+    let id = e.broker.list(&ListFilter::default()).await.unwrap()[0].id;
+    let mut reaper = Reaper::new(e.broker.clone());
+    reaper.tick().await.unwrap();
+    assert_eq!(e.broker.get(id).await.unwrap().state, State::Approved);
+    e.clock.advance(TimeDelta::minutes(3));
+    reaper.tick().await.unwrap();
+    assert_eq!(e.broker.get(id).await.unwrap().state, State::Active);
 }

@@ -1,0 +1,770 @@
+//! `jit`: the command-line client of the JIT vending server.
+//!
+//! The server URL and bearer token come from `--server`/`--token`, else
+//! `JIT_SERVER`/`JIT_TOKEN`, else the config file (`$JIT_CONFIG`, or
+//! `$XDG_CONFIG_HOME/jit/config.toml`, or `~/.config/jit/config.toml`):
+//!
+//! ```toml
+//! server = "https://jit.example.com"
+//! token = "eyJ..."
+//! ```
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success (`exec`: the command's own exit code) |
+//! | 1 | error (not found, invalid state, server or network error) |
+//! | 2 | usage error |
+//! | 3 | denied or forbidden |
+//! | 4 | timed out waiting for approval |
+//! | 5 | authentication failed (missing, invalid or expired token) |
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{ArgGroup, Parser, Subcommand};
+use serde_json::{json, Value};
+
+/// Just-in-time access from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "jit", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Server URL, e.g. http://127.0.0.1:8080
+    #[arg(long, env = "JIT_SERVER", global = true)]
+    server: Option<String>,
+    /// OIDC bearer token.
+    #[arg(long, env = "JIT_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print the server's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 denied/forbidden, 4 timed out waiting, 5 authentication failed. `exec` returns the command's exit code.";
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Ask for an entitlement.
+    Request {
+        /// Entitlement id.
+        entitlement: String,
+        /// How long, e.g. 30m, 1h30m.
+        #[arg(long = "for")]
+        duration: String,
+        /// Justification.
+        #[arg(long)]
+        reason: String,
+        /// Ticket reference.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Wait until the request is decided.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait, e.g. 10m.
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+    },
+    /// Show one request.
+    Status {
+        /// Request id.
+        id: String,
+        /// Wait until the request is decided.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait.
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+    },
+    /// List requests.
+    #[command(group(ArgGroup::new("scope").args(["mine", "approvals", "all"])))]
+    Ls {
+        /// My own requests (the default).
+        #[arg(long)]
+        mine: bool,
+        /// Requests waiting for my approval.
+        #[arg(long)]
+        approvals: bool,
+        /// Every request (admins).
+        #[arg(long)]
+        all: bool,
+        /// Only these states, comma-separated (e.g. pending,active).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Approve a request.
+    Approve {
+        /// Request id.
+        id: String,
+        /// Comment.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Deny a request.
+    Deny {
+        /// Request id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Withdraw your own request.
+    Cancel {
+        /// Request id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Revoke an active grant early.
+    Revoke {
+        /// Request id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Ask for more time on an active grant.
+    Extend {
+        /// Request id.
+        id: String,
+        /// How much more.
+        #[arg(long = "for")]
+        duration: String,
+        /// Justification.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Print the credentials of your active grant (JSON).
+    Credentials {
+        /// Request id.
+        id: String,
+    },
+    /// Run a command with an entitlement's credentials in its environment only.
+    Exec {
+        /// Entitlement id.
+        entitlement: String,
+        /// How long, if a new grant is needed.
+        #[arg(long = "for")]
+        duration: String,
+        /// Justification, if a new grant is needed.
+        #[arg(long)]
+        reason: String,
+        /// Ticket reference.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Longest wait for approval.
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Who the server thinks you are.
+    Whoami,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Verify the hash chain (admins).
+    Verify,
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+struct Fail {
+    code: u8,
+    message: String,
+}
+
+impl Fail {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+type Res<T> = Result<T, Fail>;
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    server: Option<String>,
+    token: Option<String>,
+}
+
+fn config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("JIT_CONFIG") {
+        return Some(p.into());
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("jit").join("config.toml"))
+}
+
+fn file_config() -> Res<FileConfig> {
+    let Some(p) = config_path() else {
+        return Ok(FileConfig::default());
+    };
+    match std::fs::read_to_string(&p) {
+        Ok(t) => toml::from_str(&t).map_err(|e| Fail::new(2, format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(e) => Err(Fail::new(2, format!("cannot read {}: {e}", p.display()))),
+    }
+}
+
+/// Parses `90s`, `15m`, `1h30m`, `2d`.
+fn parse_wait(s: &str) -> Res<Duration> {
+    let bad = || {
+        Fail::new(
+            2,
+            format!("`{s}` is not a duration: use forms like 30s, 15m, 1h"),
+        )
+    };
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Res<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Fail::new(1, format!("cannot reach {}: {e}", self.base)))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| Fail::new(1, format!("reading the answer: {e}")))?;
+        if status.is_success() {
+            if text.trim().is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_str(&text)
+                .map_err(|e| Fail::new(1, format!("the server sent invalid JSON: {e}")));
+        }
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let msg = v["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        let code = match status.as_u16() {
+            401 => 5,
+            403 => 3,
+            _ => 1,
+        };
+        let reasons = v["error"]["details"]["reasons"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x.as_str())
+                    .map(|x| format!("\n  - {x}"))
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        Err(Fail::new(code, format!("{msg}{reasons}")))
+    }
+
+    async fn get(&self, path: &str) -> Res<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Res<Value> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("-")
+}
+
+fn ends(r: &Value) -> String {
+    r["grant"]["ends_at"]
+        .as_str()
+        .map(|e| e.chars().take(19).collect::<String>().replace('T', " "))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_table(rows: &[Value]) {
+    println!(
+        "{:<36}  {:<18}  {:<20}  {:<16}  {:<8}  ENDS (UTC)",
+        "ID", "STATE", "ENTITLEMENT", "REQUESTER", "FOR"
+    );
+    for r in rows {
+        let dur = r["request"]["duration"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| r["request"]["duration"].as_i64().map(|n| format!("{n}s")))
+            .unwrap_or_default();
+        println!(
+            "{:<36}  {:<18}  {:<20}  {:<16}  {:<8}  {}",
+            s(r, "id"),
+            s(r, "state"),
+            s(&r["request"], "entitlement"),
+            s(&r["requester"], "id"),
+            dur,
+            ends(r)
+        );
+    }
+}
+
+fn print_record(r: &Value) {
+    println!("request      {}", s(r, "id"));
+    println!("state        {}", s(r, "state"));
+    println!("entitlement  {}", s(&r["request"], "entitlement"));
+    println!("requester    {}", s(&r["requester"], "id"));
+    if let Some(reasons) = r["decision"]["reasons"].as_array() {
+        for x in reasons.iter().filter_map(|x| x.as_str()) {
+            println!("policy       {x}");
+        }
+    }
+    for a in r["approvals"].as_array().into_iter().flatten() {
+        println!("approved by  {}", s(&a["approver"], "id"));
+    }
+    if r["grant"].is_object() {
+        println!("grant ends   {} UTC", ends(r));
+    }
+    if let Some(n) = r["note"].as_str() {
+        println!("note         {n}");
+    }
+}
+
+fn emit(json: bool, v: &Value) {
+    if json {
+        println!("{v}");
+    } else if let Some(r) = v.get("request") {
+        print_record(r);
+        if v.get("credentials").is_some() {
+            println!(
+                "credentials  issued; `jit credentials {}` prints them",
+                s(r, "id")
+            );
+        }
+    } else {
+        println!("{v:#}");
+    }
+}
+
+const WAITING: [&str; 3] = ["pending", "approved", "issuing"];
+
+/// Polls until the request leaves the waiting states; a spinner on a TTY,
+/// plain lines otherwise.
+async fn wait_for(c: &Client, id: &str, timeout: Duration) -> Res<Value> {
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let spinner = tty.then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb
+    });
+    let mut last = String::new();
+    let out = loop {
+        let v = c.get(&format!("/v1/requests/{id}")).await?;
+        let state = s(&v["request"], "state").to_string();
+        if !WAITING.contains(&state.as_str()) {
+            break Ok(v);
+        }
+        if state != last {
+            let msg = format!("request {id}: {state}, waiting for approval");
+            match &spinner {
+                Some(pb) => pb.set_message(msg),
+                None => eprintln!("{msg}"),
+            }
+            last = state;
+        }
+        if started.elapsed() >= timeout {
+            break Err(Fail::new(
+                4,
+                format!(
+                    "timed out after {}s waiting for request {id}",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(if tty { 1000 } else { 500 })).await;
+    };
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
+    }
+    out
+}
+
+fn final_code(r: &Value) -> Res<()> {
+    match s(r, "state") {
+        "denied" => Err(Fail::new(3, format!("request {} was denied", s(r, "id")))),
+        "timed_out" => Err(Fail::new(4, format!("request {} timed out", s(r, "id")))),
+        "cancelled" | "failed" => Err(Fail::new(
+            1,
+            format!("request {} is {}", s(r, "id"), s(r, "state")),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn submit_body(entitlement: &str, duration: &str, reason: &str, ticket: &Option<String>) -> Value {
+    let mut b =
+        json!({ "entitlement": entitlement, "duration": duration, "justification": reason });
+    if let Some(t) = ticket {
+        b["ticket"] = json!(t);
+    }
+    b
+}
+
+/// An active grant of mine for the entitlement with at least a minute left,
+/// else a new request (waited for).
+async fn grant_for_exec(
+    c: &Client,
+    entitlement: &str,
+    duration: &str,
+    reason: &str,
+    ticket: &Option<String>,
+    timeout: Duration,
+) -> Res<(String, Value)> {
+    let mine = c
+        .get(&format!(
+            "/v1/requests?scope=mine&state=active&entitlement={entitlement}"
+        ))
+        .await?;
+    let soon = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+    for r in mine["requests"].as_array().into_iter().flatten() {
+        let ok = r["grant"]["ends_at"]
+            .as_str()
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+            .is_some_and(|e| e > soon);
+        if ok {
+            let id = s(r, "id").to_string();
+            let creds = c.get(&format!("/v1/requests/{id}/credentials")).await?;
+            return Ok((id, creds["credentials"].clone()));
+        }
+    }
+    let out = c
+        .post(
+            "/v1/requests",
+            submit_body(entitlement, duration, reason, ticket),
+        )
+        .await?;
+    let id = s(&out["request"], "id").to_string();
+    if let Some(cr) = out.get("credentials") {
+        return Ok((id, cr.clone()));
+    }
+    let done = wait_for(c, &id, timeout).await?;
+    final_code(&done["request"])?;
+    let creds = c.get(&format!("/v1/requests/{id}/credentials")).await?;
+    Ok((id, creds["credentials"].clone()))
+}
+
+fn exec(id: &str, creds: &Value, command: &[String]) -> Res<u8> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| Fail::new(2, "no command given"))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    // The caller's own OIDC token is not the child's business.
+    cmd.env_remove("JIT_TOKEN");
+    cmd.env("JIT_REQUEST_ID", id);
+    match s(creds, "kind") {
+        "local_token" | "access_token" => {
+            cmd.env("JIT_ACCESS_TOKEN", s(creds, "token"));
+            cmd.env("JIT_ACCESS_TOKEN_EXPIRES_AT", s(creds, "expires_at"));
+        }
+        "assignment" => {
+            cmd.env("JIT_ACCESS_EXPIRES_AT", s(creds, "expires_at"));
+        }
+        other => {
+            return Err(Fail::new(
+                1,
+                format!("credentials of kind `{other}` cannot be put into an environment yet"),
+            ))
+        }
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| Fail::new(1, format!("cannot run `{program}`: {e}")))?;
+    if let Some(c) = status.code() {
+        return Ok(c.clamp(0, 255) as u8);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return Ok((128 + sig).clamp(0, 255) as u8);
+        }
+    }
+    Ok(1)
+}
+
+async fn run(cli: Cli) -> Res<u8> {
+    let file = file_config()?;
+    let base = cli
+        .server
+        .or(file.server)
+        .ok_or_else(|| Fail::new(2, "no server: use --server, JIT_SERVER or the config file"))?;
+    let token = cli
+        .token
+        .or(file.token)
+        .ok_or_else(|| Fail::new(5, "no token: use --token, JIT_TOKEN or the config file"))?;
+    let c = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Fail::new(1, e.to_string()))?,
+        base: base.trim_end_matches('/').to_string(),
+        token,
+    };
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Request {
+            entitlement,
+            duration,
+            reason,
+            ticket,
+            wait,
+            timeout,
+        } => {
+            let timeout = parse_wait(&timeout)?;
+            let out = c
+                .post(
+                    "/v1/requests",
+                    submit_body(&entitlement, &duration, &reason, &ticket),
+                )
+                .await?;
+            let state = s(&out["request"], "state").to_string();
+            if wait && WAITING.contains(&state.as_str()) {
+                let id = s(&out["request"], "id").to_string();
+                let done = wait_for(&c, &id, timeout).await?;
+                emit(json, &done);
+                final_code(&done["request"])?;
+            } else {
+                emit(json, &out);
+            }
+        }
+        Cmd::Status { id, wait, timeout } => {
+            let v = if wait {
+                wait_for(&c, &id, parse_wait(&timeout)?).await?
+            } else {
+                c.get(&format!("/v1/requests/{id}")).await?
+            };
+            emit(json, &v);
+            if wait {
+                final_code(&v["request"])?;
+            }
+        }
+        Cmd::Ls {
+            approvals,
+            all,
+            state,
+            ..
+        } => {
+            let scope = if approvals {
+                "approvals"
+            } else if all {
+                "all"
+            } else {
+                "mine"
+            };
+            let mut path = format!("/v1/requests?scope={scope}");
+            if let Some(st) = state {
+                path.push_str(&format!("&state={st}"));
+            }
+            let v = c.get(&path).await?;
+            if json {
+                println!("{v}");
+            } else {
+                print_table(v["requests"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+            }
+        }
+        Cmd::Approve { id, comment } => {
+            let v = c
+                .post(
+                    &format!("/v1/requests/{id}/approve"),
+                    json!({ "comment": comment.unwrap_or_default() }),
+                )
+                .await?;
+            emit(json, &v);
+        }
+        Cmd::Deny { id, reason } => {
+            let v = c
+                .post(
+                    &format!("/v1/requests/{id}/deny"),
+                    json!({ "reason": reason }),
+                )
+                .await?;
+            emit(json, &v);
+        }
+        Cmd::Cancel { id, reason } => {
+            let v = c
+                .post(
+                    &format!("/v1/requests/{id}/cancel"),
+                    json!({ "reason": reason.unwrap_or_default() }),
+                )
+                .await?;
+            emit(json, &v);
+        }
+        Cmd::Revoke { id, reason } => {
+            let v = c
+                .post(
+                    &format!("/v1/requests/{id}/revoke"),
+                    json!({ "reason": reason }),
+                )
+                .await?;
+            emit(json, &v);
+        }
+        Cmd::Extend {
+            id,
+            duration,
+            reason,
+        } => {
+            let v = c
+                .post(
+                    &format!("/v1/requests/{id}/extend"),
+                    json!({ "duration": duration, "justification": reason }),
+                )
+                .await?;
+            emit(json, &v);
+        }
+        Cmd::Credentials { id } => {
+            let v = c.get(&format!("/v1/requests/{id}/credentials")).await?;
+            println!("{:#}", v["credentials"]);
+        }
+        Cmd::Exec {
+            entitlement,
+            duration,
+            reason,
+            ticket,
+            timeout,
+            command,
+        } => {
+            let timeout = parse_wait(&timeout)?;
+            let (id, creds) =
+                grant_for_exec(&c, &entitlement, &duration, &reason, &ticket, timeout).await?;
+            return exec(&id, &creds, &command);
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify,
+        } => {
+            let v = c.get("/v1/audit/verify").await?;
+            if json {
+                println!("{v}");
+            } else if v["ok"] == true {
+                println!(
+                    "audit chain verified: {} records, head {}",
+                    v["records"],
+                    s(&v, "head")
+                );
+            } else {
+                println!("audit chain BROKEN: {}", s(&v, "message"));
+            }
+            if v["ok"] != true {
+                return Ok(1);
+            }
+        }
+        Cmd::Whoami => {
+            let v = c.get("/v1/whoami").await?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{} (groups: {}){}",
+                    s(&v["principal"], "id"),
+                    v["principal"]["groups"],
+                    if v["admin"] == true { ", admin" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jit: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("jit: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn waits_parse_and_bad_ones_are_usage_errors() {
+        assert_eq!(parse_wait("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_wait("1h30m").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "10", "5x", "m"] {
+            assert_eq!(parse_wait(bad).unwrap_err().code, 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_parses_exec_with_its_command() {
+        let cli = Cli::try_parse_from([
+            "jit", "exec", "demo-api", "--for", "10m", "--reason", "x", "--", "env", "-0",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::Exec { command, .. } => assert_eq!(command, ["env", "-0"]),
+            other => panic!("{other:?}"),
+        }
+        // Two scopes at once is a usage error.
+        assert!(Cli::try_parse_from(["jit", "ls", "--mine", "--all"]).is_err());
+    }
+}

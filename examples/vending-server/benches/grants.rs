@@ -1,0 +1,160 @@
+//! Auto-approved local-token grants per second through the vending server
+//! (HTTP, OIDC token check, policy, three durable SQLite commits with the
+//! audit chain, an Ed25519 token minted), against a baseline measured in the
+//! same run: a bare axum endpoint on the same HTTP client doing the same three
+//! durable SQLite commits (insert, issuing, active) with the store's pragmas.
+//!
+//! `cargo bench -p vending-server --bench grants`
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::routing::post;
+use axum::Router;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use jit_core::local::LocalKey;
+use serde_json::json;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use vending_server::config::{AuthConfig, Config, Limits, ProviderConfig, ReaperConfig};
+use vending_server::demo::{self, DemoIssuer};
+use vending_server::Server;
+
+/// Durable commits one auto-approved grant makes.
+const COMMITS_PER_GRANT: i64 = 3;
+
+async fn start(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = DemoIssuer::new(LocalKey::generate());
+    let token = issuer.token("alice", &["engineering"], 24 * 3600).unwrap();
+    let mut providers = BTreeMap::new();
+    providers.insert(
+        "local".to_string(),
+        ProviderConfig {
+            kind: "local".into(),
+            issuer: None,
+            key_file: None,
+            max_duration: None,
+        },
+    );
+    let config = Config {
+        listen: "127.0.0.1:0".into(),
+        store_url: format!("sqlite://{}", dir.path().join("jit.db").display()),
+        catalogue_file: None,
+        catalogue: Some(demo::CATALOGUE.into()),
+        auth: AuthConfig {
+            issuer: demo::ISSUER.into(),
+            audience: demo::AUDIENCE.into(),
+            jwks_url: None,
+            jwks_file: None,
+            algorithms: vec!["EdDSA".into()],
+            leeway_secs: 5,
+            refresh_min_interval_secs: 30,
+            claims: Default::default(),
+        },
+        providers,
+        limits: Limits::default(),
+        reaper: ReaperConfig { interval_secs: 60 },
+    };
+    let server_url = rt.block_on(async {
+        let server = Server::build(config, Some(&issuer)).await.unwrap();
+        start(server.router()).await
+    });
+
+    // Baseline: the same number of durable commits behind a bare axum route.
+    let pool = rt.block_on(async {
+        let pool = SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(dir.path().join("raw.db"))
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full),
+        )
+        .await
+        .unwrap();
+        sqlx::query("CREATE TABLE t (id TEXT PRIMARY KEY, version INTEGER, body TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool
+    });
+    let counter = Arc::new(AtomicU64::new(0));
+    let body = Arc::new("x".repeat(1500)); // about the size of a stored record
+    let baseline = Router::new().route(
+        "/baseline",
+        post(move || {
+            let (pool, counter, body) = (pool.clone(), counter.clone(), body.clone());
+            async move {
+                let id = counter.fetch_add(1, Ordering::Relaxed).to_string();
+                for v in 0..COMMITS_PER_GRANT {
+                    let mut tx = pool.begin().await.unwrap();
+                    let q = if v == 0 {
+                        sqlx::query("INSERT INTO t VALUES (?, 0, ?)")
+                            .bind(id.clone())
+                            .bind(body.as_str())
+                    } else {
+                        sqlx::query("UPDATE t SET version = ?, body = ? WHERE id = ?")
+                            .bind(v)
+                            .bind(body.as_str())
+                    };
+                    let q = if v == 0 { q } else { q.bind(id.clone()) };
+                    q.execute(&mut *tx).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+                axum::Json(json!({ "id": id }))
+            }
+        }),
+    );
+    let baseline_url = rt.block_on(start(baseline));
+
+    let http = reqwest::Client::new();
+    let mut g = c.benchmark_group("grants");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(30);
+    g.bench_function("server_auto_approved_local_token", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = http
+                .post(format!("{server_url}/v1/requests"))
+                .bearer_auth(&token)
+                .json(
+                    &json!({"entitlement": "demo-api", "duration": "5m", "justification": "bench"}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 201);
+            r.bytes().await.unwrap();
+        })
+    });
+    g.bench_function("baseline_axum_3_sqlite_commits", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = http
+                .post(format!("{baseline_url}/baseline"))
+                .json(
+                    &json!({"entitlement": "demo-api", "duration": "5m", "justification": "bench"}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.bytes().await.unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,525 @@
+//! The HTTP JSON API: routes, extractors and the authorization rules that sit
+//! in front of the broker.
+//!
+//! | route | who |
+//! | --- | --- |
+//! | `POST /v1/requests` | anyone authenticated (the policy decides) |
+//! | `GET /v1/requests?scope=mine\|approvals\|all&state=..&entitlement=..&limit=..` | `all`: admins |
+//! | `GET /v1/requests/{id}` | requester, its approvers, admins |
+//! | `POST /v1/requests/{id}/approve\|deny` | approvers, admins (never the requester) |
+//! | `POST /v1/requests/{id}/cancel\|issue` | requester, admins |
+//! | `POST /v1/requests/{id}/revoke` | requester, approvers, admins |
+//! | `POST /v1/requests/{id}/extend` | requester |
+//! | `GET /v1/requests/{id}/credentials` | requester only |
+//! | `GET /v1/audit` (JSON Lines), `GET /v1/audit/verify` | admins |
+//! | `GET /v1/entitlements`, `GET /v1/whoami` | anyone authenticated |
+//!
+//! A request the caller may not see answers exactly like a missing one.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jit_core::{
+    AccessRequest, Broker, Credentials, GrantDuration, IssueOutcome, ListFilter, Principal,
+    RequestId, RequestRecord, State as LifecycleState, Verdict,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{AuthError, Authenticator};
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+
+/// Shared state of every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The broker.
+    pub broker: Broker,
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Served at `/.well-known/jwks.json` in demo mode.
+    pub demo_jwks: Option<Value>,
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::unauthorized(AuthError::Missing.to_string()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized(AuthError::Missing.to_string()))?;
+        let p = state.auth.authenticate(token).await.map_err(|e| {
+            tracing::info!(error = %e, "authentication failed");
+            ApiError::unauthorized(e.to_string())
+        })?;
+        Ok(Caller(p))
+    }
+}
+
+/// A JSON body: size-limited (413), unknown fields and malformed JSON are 400
+/// with the parser's message, an empty body reads as `{}`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> ApiResult<Self> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "request body is too large",
+                    )
+                } else {
+                    ApiError::bad_request(format!("cannot read request body: {e}"))
+                }
+            })?;
+        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(body)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// `POST /v1/requests`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    entitlement: String,
+    duration: String,
+    justification: String,
+    #[serde(default)]
+    ticket: Option<String>,
+    #[serde(default)]
+    start_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Bodies with an optional comment or reason.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/requests/{id}/extend`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    duration: String,
+    justification: String,
+}
+
+/// `GET /v1/requests` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    entitlement: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn duration(s: &str) -> ApiResult<GrantDuration> {
+    GrantDuration::from_str(s).map_err(|e| jit_core::Error::from(e).into())
+}
+
+/// The JSON of credentials, for their owner only. Never logged.
+pub fn credentials_json(c: &Credentials) -> Value {
+    match c {
+        Credentials::LocalToken { token, expires_at } => json!({
+            "kind": "local_token", "token": token.expose(), "expires_at": expires_at,
+        }),
+        Credentials::Aws {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expires_at,
+        } => json!({
+            "kind": "aws", "access_key_id": access_key_id,
+            "secret_access_key": secret_access_key.expose(),
+            "session_token": session_token.expose(), "expires_at": expires_at,
+        }),
+        Credentials::AccessToken { token, expires_at } => json!({
+            "kind": "access_token", "token": token.expose(), "expires_at": expires_at,
+        }),
+        Credentials::Assignment {
+            description,
+            expires_at,
+        } => json!({
+            "kind": "assignment", "description": description, "expires_at": expires_at,
+        }),
+        other => json!({ "kind": "unsupported", "expires_at": other.expires_at() }),
+    }
+}
+
+fn is_approver(p: &Principal, r: &RequestRecord) -> bool {
+    matches!(&r.decision.verdict, Verdict::NeedsApproval { approvers, .. } if approvers.contains(p))
+        || r.approvals.iter().any(|a| a.approver.same_person(p))
+}
+
+/// Whether the caller may know the request exists.
+fn visible(state: &AppState, p: &Principal, r: &RequestRecord) -> bool {
+    p.same_person(&r.requester) || is_approver(p, r) || state.broker.policy().is_admin(p)
+}
+
+fn parse_id(id: &str) -> ApiResult<RequestId> {
+    uuid::Uuid::parse_str(id)
+        .map(RequestId)
+        .map_err(|_| ApiError::request_not_found(id))
+}
+
+/// Loads a request the caller may see, or answers "not found" like a missing one.
+async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<RequestRecord> {
+    let rid = parse_id(id)?;
+    match state.broker.get(rid).await {
+        Ok(r) if visible(state, p, &r) => Ok(r),
+        Ok(_) | Err(jit_core::Error::NotFound { .. }) => Err(ApiError::request_not_found(id)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The body of an operation's answer; credentials only for the requester.
+fn outcome(p: &Principal, out: IssueOutcome) -> Value {
+    let mut v = json!({ "request": out.record });
+    if let Some(c) = out.credentials.as_ref() {
+        if p.same_person(&out.record.requester) {
+            v["credentials"] = credentials_json(c);
+        }
+    }
+    v
+}
+
+/// `POST /v1/requests`.
+pub async fn submit(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(b): JsonBody<SubmitBody>,
+) -> ApiResult<Response> {
+    let mut req = AccessRequest::new(&b.entitlement, duration(&b.duration)?, &b.justification)
+        .with_context("source", "vending-server");
+    if let Some(t) = b.ticket.as_deref() {
+        req = req.with_ticket(t);
+    }
+    if let Some(s) = b.start_at {
+        req = req.starting_at(s);
+    }
+    let out = state.broker.submit(&p, req).await?;
+    if out.record.state == LifecycleState::Denied {
+        let reasons = out.record.decision.reasons.clone();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "denied",
+            format!("denied by policy: {}", reasons.join("; ")),
+        )
+        .with_details(json!({ "reasons": reasons, "request_id": out.record.id })));
+    }
+    Ok((StatusCode::CREATED, Json(outcome(&p, out))).into_response())
+}
+
+/// `GET /v1/requests/{id}`.
+pub async fn get_one(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&state, &p, &id).await?;
+    Ok(Json(json!({ "request": r })))
+}
+
+/// `GET /v1/requests`.
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    // Query errors get the common error shape too.
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let states = match q.state.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(s) => s
+            .split(',')
+            .map(|x| {
+                LifecycleState::from_str(x.trim())
+                    .map_err(|_| ApiError::bad_request(format!("unknown state `{x}`")))
+            })
+            .collect::<ApiResult<Vec<_>>>()?,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let scope = q.scope.as_deref().unwrap_or("mine");
+    let records = match scope {
+        "mine" => {
+            state
+                .broker
+                .list(&ListFilter {
+                    requester: Some(p.id.to_string()),
+                    states,
+                    entitlement: q.entitlement,
+                    limit,
+                })
+                .await?
+        }
+        "approvals" => {
+            let mut v = state.broker.awaiting_approval_by(&p).await?;
+            v.retain(|r| {
+                q.entitlement
+                    .as_ref()
+                    .is_none_or(|e| *e == r.request.entitlement)
+            });
+            v.truncate(limit);
+            v
+        }
+        "all" => {
+            if !state.broker.policy().is_admin(&p) {
+                return Err(ApiError::forbidden("only admins may list all requests"));
+            }
+            state
+                .broker
+                .list(&ListFilter {
+                    requester: None,
+                    states,
+                    entitlement: q.entitlement,
+                    limit,
+                })
+                .await?
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown scope `{other}`: use `mine`, `approvals` or `all`"
+            )))
+        }
+    };
+    Ok(Json(json!({ "requests": records })))
+}
+
+/// `POST /v1/requests/{id}/approve`.
+pub async fn approve(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&state, &p, &id).await?;
+    let comment = b.comment.or(b.reason).unwrap_or_default();
+    let out = state.broker.approve(&p, r.id, &comment).await?;
+    Ok(Json(outcome(&p, out)))
+}
+
+/// `POST /v1/requests/{id}/deny`.
+pub async fn deny(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&state, &p, &id).await?;
+    let reason = b.reason.or(b.comment).unwrap_or_default();
+    let rec = state.broker.deny(&p, r.id, &reason).await?;
+    Ok(Json(json!({ "request": rec })))
+}
+
+/// `POST /v1/requests/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&state, &p, &id).await?;
+    let reason = b.reason.or(b.comment).unwrap_or_default();
+    let rec = state.broker.cancel(&p, r.id, &reason).await?;
+    Ok(Json(json!({ "request": rec })))
+}
+
+/// `POST /v1/requests/{id}/revoke`.
+pub async fn revoke(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&state, &p, &id).await?;
+    let reason = b.reason.or(b.comment).unwrap_or_default();
+    let rec = state.broker.revoke(&p, r.id, &reason).await?;
+    Ok(Json(json!({ "request": rec })))
+}
+
+/// `POST /v1/requests/{id}/issue`.
+pub async fn issue(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(_): JsonBody<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let r = load(&state, &p, &id).await?;
+    let out = state.broker.issue(&p, r.id).await?;
+    Ok(Json(outcome(&p, out)))
+}
+
+/// `POST /v1/requests/{id}/extend`.
+pub async fn extend(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ExtendBody>,
+) -> ApiResult<Response> {
+    let r = load(&state, &p, &id).await?;
+    let out = state
+        .broker
+        .extend(&p, r.id, duration(&b.duration)?, &b.justification)
+        .await?;
+    Ok((StatusCode::CREATED, Json(outcome(&p, out))).into_response())
+}
+
+/// `GET /v1/requests/{id}/credentials`: the requester only.
+pub async fn credentials(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let rid = parse_id(&id)?;
+    let c = state
+        .broker
+        .credentials(&p, rid)
+        .await
+        .map_err(|e| match e {
+            jit_core::Error::NotFound { .. } => ApiError::request_not_found(&id),
+            e => e.into(),
+        })?;
+    Ok(Json(json!({ "credentials": credentials_json(&c) })))
+}
+
+fn require_admin(state: &AppState, p: &Principal) -> ApiResult<()> {
+    if state.broker.policy().is_admin(p) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("only admins may read the audit log"))
+    }
+}
+
+/// `GET /v1/audit`: the chain as JSON Lines.
+pub async fn audit_export(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Response> {
+    require_admin(&state, &p)?;
+    let mut out = Vec::new();
+    state.broker.export_audit(&mut out).await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}
+
+/// `GET /v1/audit/verify`.
+pub async fn audit_verify(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+) -> ApiResult<Json<Value>> {
+    require_admin(&state, &p)?;
+    Ok(Json(match state.broker.verify_audit().await? {
+        Ok(s) => json!({ "ok": true, "records": s.records, "head": s.head }),
+        Err(b) => json!({
+            "ok": false, "position": b.position, "seq": b.seq, "reason": b.reason.to_string(),
+            "message": b.to_string(),
+        }),
+    }))
+}
+
+/// `GET /v1/entitlements`.
+pub async fn entitlements(State(state): State<AppState>, Caller(_): Caller) -> Json<Value> {
+    let list: Vec<Value> = state
+        .broker
+        .policy()
+        .entitlements()
+        .into_iter()
+        .map(|e| {
+            json!({ "id": e.id, "description": e.description, "provider": e.provider,
+                    "max_duration": e.max_duration.to_string() })
+        })
+        .collect();
+    Json(json!({ "entitlements": list }))
+}
+
+/// `GET /v1/whoami`.
+pub async fn whoami(State(state): State<AppState>, Caller(p): Caller) -> Json<Value> {
+    let admin = state.broker.policy().is_admin(&p);
+    Json(json!({ "principal": p, "admin": admin }))
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the store answers.
+pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    state.broker.store().audit(1, 1).await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: store unreachable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "store unreachable",
+        )
+    })?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(state.broker.store().as_ref()).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `GET /.well-known/jwks.json` (demo mode only).
+pub async fn jwks(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    state
+        .demo_jwks
+        .clone()
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
+}
+
+/// Unknown routes.
+pub async fn fallback() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// Known routes with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}

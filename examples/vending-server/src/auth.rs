@@ -1,0 +1,421 @@
+//! OIDC bearer authentication: JWTs checked against a configured issuer,
+//! audience and JWKS, with key rotation.
+//!
+//! Only asymmetric algorithms are accepted, and a key is used only with the
+//! algorithms its own type allows: an `HS256` token "signed" with an RSA
+//! public key, `alg: none`, or a symmetric key in the JWKS are all refused.
+//! An unknown `kid` triggers one JWKS refresh, at most once per
+//! `refresh_min_interval`, so a flood of made-up kids cannot hammer the
+//! identity provider.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use jit_core::Principal;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// Where the signing keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// Fetched over HTTP(S), refreshed when an unknown `kid` shows up.
+    Url(String),
+    /// Read from a file (re-read when an unknown `kid` shows up).
+    File(PathBuf),
+    /// Given directly (demo mode: the server is its own issuer).
+    Static(JwkSet),
+}
+
+/// Which claims carry what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimNames {
+    /// The principal id (default `sub`).
+    pub id: String,
+    /// Groups: an array of strings or one string (default `groups`).
+    pub groups: String,
+    /// Other names of the same person (default `email`, `preferred_username`).
+    pub aliases: Vec<String>,
+    /// Display name (default `name`).
+    pub name: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            id: "sub".into(),
+            groups: "groups".into(),
+            aliases: vec!["email".into(), "preferred_username".into()],
+            name: "name".into(),
+        }
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud`.
+    pub audience: String,
+    /// Key source.
+    pub jwks: JwksSource,
+    /// Accepted algorithms (asymmetric only).
+    pub algorithms: Vec<Algorithm>,
+    /// Claim names.
+    pub claims: ClaimNames,
+    /// Clock skew allowed on `exp`/`nbf`.
+    pub leeway: Duration,
+    /// Shortest time between two JWKS refreshes.
+    pub refresh_min_interval: Duration,
+}
+
+/// Why a token was refused; every variant is a 401.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token")]
+    Missing,
+    /// Anything wrong with the token.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+struct KeyEntry {
+    key: DecodingKey,
+    algorithms: Vec<Algorithm>,
+}
+
+/// Verifies bearer tokens and maps their claims to a [`Principal`].
+pub struct Authenticator {
+    settings: AuthSettings,
+    keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
+    last_refresh: Mutex<Option<Instant>>,
+    refresh_lock: tokio::sync::Mutex<()>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuer", &self.settings.issuer)
+            .field("audience", &self.settings.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ensure_crypto_provider() {
+    use jsonwebtoken::crypto::{rust_crypto, CryptoProvider};
+    let _ = CryptoProvider::install_default(&rust_crypto::DEFAULT_PROVIDER);
+}
+
+fn is_asymmetric(alg: Algorithm) -> bool {
+    !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// The algorithms a JWK may be used with, from its own type (and `alg` if set).
+fn key_algorithms(jwk: &Jwk) -> Vec<Algorithm> {
+    use Algorithm::*;
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => vec![ES256],
+            EllipticCurve::P384 => vec![ES384],
+            _ => vec![],
+        },
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => vec![EdDSA],
+        // Symmetric keys never verify user tokens: the "secret" would be public.
+        _ => vec![],
+    };
+    let pinned = jwk.common.key_algorithm.map(|ka| match ka {
+        KeyAlgorithm::RS256 => RS256,
+        KeyAlgorithm::RS384 => RS384,
+        KeyAlgorithm::RS512 => RS512,
+        KeyAlgorithm::PS256 => PS256,
+        KeyAlgorithm::PS384 => PS384,
+        KeyAlgorithm::PS512 => PS512,
+        KeyAlgorithm::ES256 => ES256,
+        KeyAlgorithm::ES384 => ES384,
+        KeyAlgorithm::EdDSA => EdDSA,
+        _ => HS256, // an encryption or HMAC key: matches nothing below
+    });
+    match pinned {
+        Some(a) => by_type.into_iter().filter(|b| *b == a).collect(),
+        None => by_type,
+    }
+}
+
+fn parse_set(set: &JwkSet) -> HashMap<String, Arc<KeyEntry>> {
+    let mut out = HashMap::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let algorithms = key_algorithms(jwk);
+        if algorithms.is_empty() {
+            continue;
+        }
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            tracing::warn!(kid = ?jwk.common.key_id, "skipping a JWKS key that cannot be parsed");
+            continue;
+        };
+        let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
+        out.insert(kid, Arc::new(KeyEntry { key, algorithms }));
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct AnyClaims(serde_json::Map<String, serde_json::Value>);
+
+impl Authenticator {
+    /// Builds an authenticator; the keys are loaded by [`Authenticator::refresh`].
+    pub fn new(settings: AuthSettings) -> Self {
+        ensure_crypto_provider();
+        let keys = match &settings.jwks {
+            JwksSource::Static(set) => parse_set(set),
+            _ => HashMap::new(),
+        };
+        Self {
+            settings,
+            keys: RwLock::new(keys),
+            last_refresh: Mutex::new(None),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Number of usable keys loaded.
+    pub fn key_count(&self) -> usize {
+        self.keys.read().map(|k| k.len()).unwrap_or(0)
+    }
+
+    /// Loads the key set from its source, replacing the current one (rotation).
+    pub async fn refresh(&self) -> Result<usize, String> {
+        let set: JwkSet = match &self.settings.jwks {
+            JwksSource::Static(_) => return Ok(self.key_count()),
+            JwksSource::File(p) => {
+                let text = tokio::fs::read_to_string(p)
+                    .await
+                    .map_err(|e| format!("cannot read JWKS file `{}`: {e}", p.display()))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("JWKS file `{}` is not valid: {e}", p.display()))?
+            }
+            JwksSource::Url(u) => {
+                let resp = self
+                    .http
+                    .get(u)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| format!("cannot fetch JWKS from `{u}`: {e}"))?;
+                resp.json()
+                    .await
+                    .map_err(|e| format!("JWKS from `{u}` is not valid: {e}"))?
+            }
+        };
+        let keys = parse_set(&set);
+        let n = keys.len();
+        if let Ok(mut k) = self.keys.write() {
+            *k = keys;
+        }
+        if let Ok(mut t) = self.last_refresh.lock() {
+            *t = Some(Instant::now());
+        }
+        Ok(n)
+    }
+
+    fn lookup(&self, kid: Option<&str>) -> Option<Arc<KeyEntry>> {
+        let keys = self.keys.read().ok()?;
+        match kid {
+            Some(k) => keys.get(k).cloned(),
+            // Without a kid, only an unambiguous set will do.
+            None if keys.len() == 1 => keys.values().next().cloned(),
+            None => None,
+        }
+    }
+
+    async fn refresh_if_allowed(&self) {
+        if matches!(self.settings.jwks, JwksSource::Static(_)) {
+            return;
+        }
+        let _guard = self.refresh_lock.lock().await;
+        let recent = self
+            .last_refresh
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .is_some_and(|t| t.elapsed() < self.settings.refresh_min_interval);
+        if recent {
+            return;
+        }
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "JWKS refresh failed");
+            if let Ok(mut t) = self.last_refresh.lock() {
+                *t = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Verifies a bearer token and returns the principal it names.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let invalid = |m: &str| AuthError::Invalid(m.to_string());
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
+        if !is_asymmetric(header.alg) || !self.settings.algorithms.contains(&header.alg) {
+            return Err(AuthError::Invalid(format!(
+                "algorithm `{:?}` is not accepted",
+                header.alg
+            )));
+        }
+        let kid = header.kid.as_deref();
+        let entry = match self.lookup(kid) {
+            Some(e) => e,
+            None => {
+                self.refresh_if_allowed().await;
+                self.lookup(kid)
+                    .ok_or_else(|| invalid("unknown signing key"))?
+            }
+        };
+        if !entry.algorithms.contains(&header.alg) {
+            return Err(invalid("algorithm does not match the signing key"));
+        }
+        let mut v = Validation::new(header.alg);
+        v.algorithms = vec![header.alg];
+        v.set_issuer(&[self.settings.issuer.as_str()]);
+        v.set_audience(&[self.settings.audience.as_str()]);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.validate_nbf = true;
+        v.leeway = self.settings.leeway.as_secs();
+        let data = jsonwebtoken::decode::<AnyClaims>(token, &entry.key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => invalid("token expired"),
+                K::ImmatureSignature => invalid("token not yet valid"),
+                K::InvalidIssuer => invalid("wrong issuer"),
+                K::InvalidAudience => invalid("wrong audience"),
+                K::InvalidSignature => invalid("bad signature"),
+                K::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing claim `{c}`")),
+                _ => invalid("token rejected"),
+            }
+        })?;
+        self.principal(&data.claims.0)
+    }
+
+    fn principal(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Principal, AuthError> {
+        let names = &self.settings.claims;
+        let id = claims
+            .get(&names.id)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| AuthError::Invalid(format!("missing claim `{}`", names.id)))?;
+        let mut p = Principal::new(id).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        match claims.get(&names.groups) {
+            Some(serde_json::Value::Array(gs)) => {
+                for g in gs.iter().filter_map(|g| g.as_str()) {
+                    p = p.with_group(g);
+                }
+            }
+            Some(serde_json::Value::String(g)) => p = p.with_group(g),
+            _ => {}
+        }
+        for a in &names.aliases {
+            if let Some(v) = claims.get(a).and_then(|v| v.as_str()) {
+                if !v.is_empty() {
+                    p = p.with_alias(v);
+                }
+            }
+        }
+        p.display_name = claims
+            .get(&names.name)
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::demo::{DemoIssuer, AUDIENCE, ISSUER};
+    use jit_core::local::LocalKey;
+
+    fn settings(jwks: JwksSource) -> AuthSettings {
+        AuthSettings {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            jwks,
+            algorithms: vec![Algorithm::EdDSA, Algorithm::RS256],
+            claims: ClaimNames::default(),
+            leeway: Duration::from_secs(0),
+            refresh_min_interval: Duration::from_millis(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_rotate_through_the_jwks_file_and_claims_map_to_a_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b) = (
+            DemoIssuer::new(LocalKey::generate()),
+            DemoIssuer::new(LocalKey::generate()),
+        );
+        std::fs::write(&path, a.jwks_json().to_string()).unwrap();
+        let auth = Authenticator::new(settings(JwksSource::File(path.clone())));
+        assert_eq!(auth.refresh().await.unwrap(), 1);
+
+        let p = auth
+            .authenticate(&a.token("alice", &["eng", "leads"], 60).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(p.id.as_str(), "alice");
+        assert!(p.in_group("leads"));
+        assert!(p.aliases.contains("alice@demo.invalid"));
+
+        // Rotation: the new key is picked up on its first unknown kid; the old one is gone.
+        std::fs::write(&path, b.jwks_json().to_string()).unwrap();
+        let tb = b.token("bob", &[], 60).unwrap();
+        assert_eq!(auth.authenticate(&tb).await.unwrap().id.as_str(), "bob");
+        let ta = a.token("alice", &[], 60).unwrap();
+        assert!(matches!(
+            auth.authenticate(&ta).await,
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn refreshes_are_rate_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let a = DemoIssuer::new(LocalKey::generate());
+        std::fs::write(&path, a.jwks_json().to_string()).unwrap();
+        let mut s = settings(JwksSource::File(path.clone()));
+        s.refresh_min_interval = Duration::from_secs(3600);
+        let auth = Authenticator::new(s);
+        auth.refresh().await.unwrap();
+        // A new key within the interval is not fetched: unknown kids cannot force refreshes.
+        let b = DemoIssuer::new(LocalKey::generate());
+        std::fs::write(&path, b.jwks_json().to_string()).unwrap();
+        assert!(auth
+            .authenticate(&b.token("bob", &[], 60).unwrap())
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn symmetric_and_mismatched_keys_are_never_usable() {
+        let set: JwkSet = serde_json::from_value(serde_json::json!({ "keys": [
+            { "kty": "oct", "k": "c2VjcmV0", "kid": "hmac" },
+            { "kty": "OKP", "crv": "Ed25519", "kid": "ed", "alg": "RS256",
+              "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" },
+        ]}))
+        .unwrap();
+        assert!(parse_set(&set).is_empty());
+    }
+}

@@ -1,0 +1,271 @@
+//! The JIT vending server: an HTTP JSON API over the whole lifecycle of
+//! [`jit_core`], with OIDC bearer authentication, the reaper in the
+//! background, health, readiness and Prometheus metrics.
+//!
+//! Run `cargo run -p vending-server -- --demo` for a self-contained demo; see
+//! [`api`] for the routes and [`config`] for the configuration file.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderName;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use jit_core::local::LocalProvider;
+use jit_core::store::SqliteStore;
+use jit_core::{Broker, CataloguePolicy, Provider, Reaper, Store};
+use jsonwebtoken::Algorithm;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::api::AppState;
+use crate::auth::{AuthSettings, Authenticator, JwksSource};
+use crate::config::Config;
+use crate::metrics::{Measured, Metrics};
+
+/// Opens the store named by a URL.
+///
+/// SQLite today; PostgreSQL URLs go through `jit_core::store::connect` once
+/// it exists (this is the one place to switch over).
+pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
+    if url.starts_with("sqlite:") {
+        return SqliteStore::connect(url)
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| e.to_string());
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Err(format!(
+            "store url `{}`: PostgreSQL is not wired into this server yet; use `sqlite://path.db`",
+            url.split('@').next_back().unwrap_or("")
+        ));
+    }
+    Err(format!(
+        "store url `{url}` is not supported: use `sqlite://path.db`"
+    ))
+}
+
+fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+    names
+        .iter()
+        .map(|n| {
+            let a: Algorithm = n
+                .parse()
+                .map_err(|_| format!("unknown JWT algorithm `{n}`"))?;
+            if matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                return Err(format!(
+                    "JWT algorithm `{n}` is symmetric: only asymmetric algorithms verify OIDC tokens"
+                ));
+            }
+            Ok(a)
+        })
+        .collect()
+}
+
+/// Everything the server needs, built from a [`Config`].
+#[derive(Debug)]
+pub struct Server {
+    /// Handler state.
+    pub state: AppState,
+    /// The config it was built from.
+    pub config: Config,
+}
+
+impl Server {
+    /// Builds the broker, providers and authenticator. `demo` makes the
+    /// server its own issuer with this JWKS.
+    pub async fn build(config: Config, demo: Option<&demo::DemoIssuer>) -> Result<Self, String> {
+        let metrics = Metrics::new().map_err(|e| e.to_string())?;
+        let policy = match (&config.catalogue, &config.catalogue_file) {
+            (Some(text), _) => CataloguePolicy::from_toml_str(text),
+            (None, Some(p)) => CataloguePolicy::from_file(p),
+            (None, None) => return Err("set `catalogue_file` or `catalogue`".into()),
+        }
+        .map_err(|e| format!("catalogue: {e}"))?;
+        let store = open_store(&config.store_url).await?;
+        let mut builder = Broker::builder(store, Arc::new(policy));
+        for (name, pc) in &config.providers {
+            let provider: Arc<dyn Provider> = match pc.kind.as_str() {
+                "local" => {
+                    let key = demo::load_or_generate_key(pc.key_file.as_deref())?;
+                    let mut b = LocalProvider::builder(key)
+                        .name(name.clone())
+                        .issuer(pc.issuer.clone().unwrap_or_else(|| "jit".into()));
+                    if let Some(d) = &pc.max_duration {
+                        let d = jit_core::types::parse_duration(d)
+                            .map_err(|e| format!("provider `{name}`: {e}"))?;
+                        b = b.max_duration(d);
+                    }
+                    Arc::new(b.build())
+                }
+                other => {
+                    return Err(format!(
+                        "provider `{name}`: kind `{other}` is not supported (use `local`)"
+                    ))
+                }
+            };
+            builder = builder.provider(Arc::new(Measured::new(provider, metrics.clone())));
+        }
+        let broker = builder.build().map_err(|e| e.to_string())?;
+
+        let a = &config.auth;
+        let jwks = match (demo, &a.jwks_url, &a.jwks_file) {
+            (Some(d), _, _) => JwksSource::Static(d.jwk_set()?),
+            (None, Some(u), _) => JwksSource::Url(u.clone()),
+            (None, None, Some(f)) => JwksSource::File(f.clone()),
+            (None, None, None) => return Err("auth: set `jwks_url` or `jwks_file`".into()),
+        };
+        let auth = Authenticator::new(AuthSettings {
+            issuer: a.issuer.clone(),
+            audience: a.audience.clone(),
+            jwks,
+            algorithms: algorithms(&a.algorithms)?,
+            claims: a.claims.clone(),
+            leeway: Duration::from_secs(a.leeway_secs),
+            refresh_min_interval: Duration::from_secs(a.refresh_min_interval_secs),
+        });
+        if demo.is_none() {
+            // A failing identity provider at start is not fatal: keys load on first use.
+            if let Err(e) = auth.refresh().await {
+                tracing::warn!(error = %e, "could not load the JWKS at start; will retry");
+            }
+        }
+        Ok(Self {
+            state: AppState {
+                broker,
+                auth: Arc::new(auth),
+                metrics,
+                demo_jwks: demo.map(|d| d.jwks_json()),
+            },
+            config,
+        })
+    }
+
+    /// The router with every layer.
+    pub fn router(&self) -> Router {
+        router(self.state.clone(), self.config.limits.max_body_bytes)
+    }
+
+    /// Serves on `listener` until `shutdown`, with the reaper running beside
+    /// it; in-flight requests finish before this returns.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let reaper = Reaper::new(self.state.broker.clone())
+            .interval(Duration::from_secs(self.config.reaper.interval_secs.max(1)));
+        let mut rx = stop_rx.clone();
+        let reaper_task = tokio::spawn(reaper.run(async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }));
+        let app = self.router();
+        let res = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = stop_tx.send(true);
+        let _ = reaper_task.await;
+        res
+    }
+}
+
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// The API router.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    use api::*;
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/v1/requests", post(submit).get(list))
+        .route("/v1/requests/{id}", get(get_one))
+        .route("/v1/requests/{id}/approve", post(approve))
+        .route("/v1/requests/{id}/deny", post(deny))
+        .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/v1/requests/{id}/revoke", post(revoke))
+        .route("/v1/requests/{id}/issue", post(issue))
+        .route("/v1/requests/{id}/extend", post(extend))
+        .route("/v1/requests/{id}/credentials", get(credentials))
+        .route("/v1/audit", get(audit_export))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/entitlements", get(entitlements))
+        .route("/v1/whoami", get(whoami))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // The path only: query strings and bodies stay out of the logs.
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Loads a config file and applies the environment.
+pub fn load_config(path: &Path) -> Result<Config, String> {
+    let mut c = Config::load(path)?;
+    c.apply_env(|k| std::env::var(k).ok());
+    Ok(c)
+}
+
+/// Waits for SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

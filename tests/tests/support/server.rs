@@ -1,0 +1,180 @@
+//! Starts the real `jit-vending-server` binary in demo mode and drives it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+/// The two binaries, built once per test process with the same profile as
+/// the tests (a no-op when `cargo test --workspace` already built them).
+pub fn bins() -> &'static (PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "vending-server", "-p", "jit-cli"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        // target/<profile>/deps/<this test> -> target/<profile>
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let server = dir.join("jit-vending-server");
+        let jit = dir.join("jit");
+        assert!(server.exists(), "{} missing", server.display());
+        assert!(jit.exists(), "{} missing", jit.display());
+        (server, jit)
+    })
+}
+
+/// A running demo server.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub dir: PathBuf,
+    pub alice: String,
+    pub bob: String,
+    pub admin: String,
+}
+
+impl Server {
+    /// Starts the demo server on a free port with its state in `dir`.
+    pub fn start(dir: &Path) -> Server {
+        let (server, _) = bins();
+        let mut child = Command::new(server)
+            .args(["--demo", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let (mut alice, mut bob, mut admin) = (String::new(), String::new(), String::new());
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            let line = line.trim();
+            if let Some(t) = line.strip_prefix("export ALICE=") {
+                alice = t.into();
+            } else if let Some(t) = line.strip_prefix("export BOB=") {
+                bob = t.into();
+            } else if let Some(t) = line.strip_prefix("export ADMIN=") {
+                admin = t.into();
+            } else if let Some(u) = line.strip_prefix("listening on ") {
+                break u.to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        assert!(!alice.is_empty() && !bob.is_empty() && !admin.is_empty());
+        Server {
+            child,
+            url,
+            dir: dir.to_path_buf(),
+            alice,
+            bob,
+            admin,
+        }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The demo issuer's key, to mint tokens of our own (good and bad ones).
+    pub fn issuer_der(&self) -> Vec<u8> {
+        let pem = std::fs::read_to_string(self.dir.join("demo-issuer-key.pem")).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    }
+
+    /// The JWKS the server publishes.
+    pub async fn jwks(&self) -> Value {
+        reqwest::get(format!("{}/.well-known/jwks.json", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A token with these claims, signed by the demo issuer (EdDSA).
+    pub async fn token(&self, claims: Value) -> String {
+        let jwks = self.jwks().await;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = jwks["keys"][0]["kid"].as_str().map(str::to_string);
+        install_crypto();
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ed_der(&self.issuer_der()),
+        )
+        .unwrap()
+    }
+
+    /// Standard claims for `sub` in `groups`, valid for an hour.
+    pub fn claims(sub: &str, groups: &[&str]) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({ "iss": "jit-demo", "aud": "jit-vending", "sub": sub, "groups": groups,
+                "iat": now, "nbf": now, "exp": now + 3600 })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn install_crypto() {
+    use jsonwebtoken::crypto::{rust_crypto, CryptoProvider};
+    let _ = CryptoProvider::install_default(&rust_crypto::DEFAULT_PROVIDER);
+}
+
+/// A small HTTP helper: (status, JSON body).
+pub async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Asserts the one error shape and returns its code.
+pub fn error_code(body: &Value) -> String {
+    let e = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("not an error body: {body}"));
+    assert!(e["message"].is_string(), "{body}");
+    assert!(body.as_object().unwrap().len() == 1, "{body}");
+    e["code"].as_str().unwrap().to_string()
+}
