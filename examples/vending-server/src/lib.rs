@@ -24,7 +24,6 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use jit_core::local::LocalProvider;
-use jit_core::store::SqliteStore;
 use jit_core::{Broker, CataloguePolicy, Provider, Reaper, Store};
 use jsonwebtoken::Algorithm;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -40,21 +39,9 @@ use crate::metrics::{Measured, Metrics};
 /// SQLite today; PostgreSQL URLs go through `jit_core::store::connect` once
 /// it exists (this is the one place to switch over).
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
-    if url.starts_with("sqlite:") {
-        return SqliteStore::connect(url)
-            .await
-            .map(|s| Arc::new(s) as Arc<dyn Store>)
-            .map_err(|e| e.to_string());
-    }
-    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        return Err(format!(
-            "store url `{}`: PostgreSQL is not wired into this server yet; use `sqlite://path.db`",
-            url.split('@').next_back().unwrap_or("")
-        ));
-    }
-    Err(format!(
-        "store url `{url}` is not supported: use `sqlite://path.db`"
-    ))
+    // One place chooses the backend from the URL: `sqlite://...` (the default),
+    // `postgres://...` for several server replicas on one database, `memory:`.
+    jit_core::store::connect(url).await.map_err(|e| e.to_string())
 }
 
 fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
