@@ -5,6 +5,7 @@
 //! credentials. Messages follow the workspace style (lowercase, no trailing
 //! period, user input in backticks).
 
+use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use jit_core::{ConfigError, Error, RequestError};
 
@@ -126,16 +127,28 @@ impl AwsError {
     }
 
     /// Classifies an SDK error by its AWS error code.
-    pub(crate) fn from_sdk<E, R>(call: &'static str, err: &SdkError<E, R>) -> Self
+    pub(crate) fn from_sdk<E>(call: &'static str, err: &SdkError<E, HttpResponse>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         match err {
             SdkError::ServiceError(ctx) => {
                 let e = ctx.err();
-                let code = e.code().unwrap_or("Unknown").to_string();
-                let message = e.message().map(clip);
+                let (code, message) = match e.code() {
+                    Some(c) => (c.to_string(), e.message().map(clip)),
+                    // Some endpoints (moto's auth layer, proxies) wrap the
+                    // error in an envelope the SDK does not parse; the XML
+                    // element names are the same, so read them directly.
+                    None => {
+                        let body = ctx.raw().body().bytes().unwrap_or_default();
+                        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+                        (
+                            xml_element(&text, "Code")
+                                .unwrap_or_else(|| format!("Http{}", ctx.raw().status().as_u16())),
+                            xml_element(&text, "Message").map(|m| clip(&m)),
+                        )
+                    }
+                };
                 classify(call, code, message)
             }
             SdkError::TimeoutError(_) => AwsError::Unavailable {
@@ -221,6 +234,15 @@ fn classify(call: &'static str, code: String, message: Option<String>) -> AwsErr
     }
 }
 
+/// The text of the first `<name>...</name>` element, if it is short and plain.
+fn xml_element(text: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = text.find(&open)? + open.len();
+    let len = text[start..].find(&format!("</{name}>"))?;
+    let v = &text[start..start + len];
+    (!v.is_empty() && v.len() <= 1024 && !v.contains('<')).then(|| v.to_string())
+}
+
 /// Keeps an AWS message printable and short.
 pub(crate) fn clip(s: &str) -> String {
     let t: String = s
@@ -290,6 +312,15 @@ mod tests {
         let e = classify("iam:GetRole", "ServiceFailure".into(), None);
         assert!(e.into_core(p, "issue").is_transient());
         assert!(classify("iam:GetRole", "NoSuchEntity".into(), None).is_no_such_entity());
+    }
+
+    #[test]
+    fn xml_elements_are_read_from_unparsed_envelopes() {
+        let body = "<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>no &amp; never</Message></Error></Errors></ErrorResponse>";
+        assert_eq!(xml_element(body, "Code").as_deref(), Some("AccessDenied"));
+        assert_eq!(xml_element(body, "Message").as_deref(), Some("no &amp; never"));
+        assert_eq!(xml_element(body, "Type"), None);
+        assert_eq!(xml_element("<Code><x/></Code>", "Code"), None);
     }
 
     #[test]
