@@ -318,7 +318,10 @@ mod tests {
     fn xml_elements_are_read_from_unparsed_envelopes() {
         let body = "<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>no &amp; never</Message></Error></Errors></ErrorResponse>";
         assert_eq!(xml_element(body, "Code").as_deref(), Some("AccessDenied"));
-        assert_eq!(xml_element(body, "Message").as_deref(), Some("no &amp; never"));
+        assert_eq!(
+            xml_element(body, "Message").as_deref(),
+            Some("no &amp; never")
+        );
         assert_eq!(xml_element(body, "Type"), None);
         assert_eq!(xml_element("<Code><x/></Code>", "Code"), None);
     }

@@ -14,9 +14,7 @@ use chrono::TimeDelta;
 use common::*;
 use jit_aws::{AwsConfig, AwsProvider};
 use jit_core::testing::provider::{spec, ProviderHarness};
-use jit_core::{
-    ConfigError, Error, GrantSpec, IssuedGrant, Principal, RequestError, SystemClock,
-};
+use jit_core::{ConfigError, Error, GrantSpec, IssuedGrant, Principal, RequestError, SystemClock};
 use serde_json::{json, Value};
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/ops/Target";
@@ -37,10 +35,16 @@ async fn setup() -> Setup {
         .unwrap();
     let h = ProviderHarness {
         provider: Arc::new(provider),
-        entitlement: entitlement("aws.limits", json!({"role_arn": ROLE}), Duration::from_secs(3600)),
+        entitlement: entitlement(
+            "aws.limits",
+            json!({"role_arn": ROLE}),
+            Duration::from_secs(3600),
+        ),
         subject: Principal::new("limits@example.com").unwrap(),
         clock: Arc::new(SystemClock),
-        probe: Arc::new(StsProbe { url: tripwire.url.clone() }),
+        probe: Arc::new(StsProbe {
+            url: tripwire.url.clone(),
+        }),
         advance: None,
     };
     Setup { tripwire, h }
@@ -65,7 +69,11 @@ async fn refused(setup: &Setup, s: &GrantSpec) -> Error {
         Ok(_) => panic!("issued a spec that breaks a limit"),
     };
     // The same check applies when the catalogue loads.
-    assert_eq!(setup.tripwire.contacts(), 0, "a remote call was made before refusing: {e}");
+    assert_eq!(
+        setup.tripwire.contacts(),
+        0,
+        "a remote call was made before refusing: {e}"
+    );
     e
 }
 
@@ -76,9 +84,15 @@ async fn window_limits() {
     let cases: Vec<(&str, GrantSpec)> = vec![
         ("negative", spec(h, TimeDelta::seconds(-60))),
         ("zero", spec(h, TimeDelta::zero())),
-        ("over the 12h maximum", spec(h, TimeDelta::hours(12) + TimeDelta::seconds(1))),
+        (
+            "over the 12h maximum",
+            spec(h, TimeDelta::hours(12) + TimeDelta::seconds(1)),
+        ),
         ("under STS's 15 minutes", spec(h, TimeDelta::seconds(900))),
-        ("under STS's 15 minutes by a second", spec(h, TimeDelta::seconds(901))),
+        (
+            "under STS's 15 minutes by a second",
+            spec(h, TimeDelta::seconds(901)),
+        ),
         ("one second", spec(h, TimeDelta::seconds(1))),
         ("not yet started", {
             let mut s = spec(h, TimeDelta::minutes(30));
@@ -98,11 +112,14 @@ async fn window_limits() {
         let ok = match (what, &e) {
             ("negative", Error::InvalidRequest(RequestError::NegativeDuration(_))) => true,
             ("zero", Error::InvalidRequest(RequestError::ZeroDuration)) => true,
-            ("over the 12h maximum", Error::InvalidRequest(RequestError::DurationTooLong { limit, .. })) => {
-                limit.contains("12h")
-            }
+            (
+                "over the 12h maximum",
+                Error::InvalidRequest(RequestError::DurationTooLong { limit, .. }),
+            ) => limit.contains("12h"),
             ("not yet started", Error::InvalidRequest(RequestError::NotYetStarted { .. })) => true,
-            (_, Error::InvalidRequest(RequestError::DurationTooShort { minimum, .. })) => minimum.contains("15m"),
+            (_, Error::InvalidRequest(RequestError::DurationTooShort { minimum, .. })) => {
+                minimum.contains("15m")
+            }
             _ => false,
         };
         assert!(ok, "{what}: wrong error {e:?}");
@@ -119,32 +136,103 @@ async fn target_limits() {
     let h = &st.h;
     let pad = |n: usize| format!(r#"{{"Version":"2012-10-17","Sid":"{}"}}"#, "a".repeat(n));
     let base = pad(0).len();
-    let arns = |n: usize| (0..n).map(|i| format!("arn:aws:iam::aws:policy/P{i}")).collect::<Vec<_>>();
-    let tags = |n: usize| (0..n).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>();
+    let arns = |n: usize| {
+        (0..n)
+            .map(|i| format!("arn:aws:iam::aws:policy/P{i}"))
+            .collect::<Vec<_>>()
+    };
+    let tags = |n: usize| {
+        (0..n)
+            .map(|i| (format!("k{i}"), json!("v")))
+            .collect::<serde_json::Map<_, _>>()
+    };
     let cases: Vec<(&str, Value)> = vec![
-        ("target.role_arn", json!({"role_arn": "arn:aws:iam::123:role/x"})),
-        ("target.role_arn", json!({"role_arn": "arn:aws:iam::123456789012:user/x"})),
-        ("target.role_arn", json!({"role_arn": "arn:aws-iso:iam::123456789012:role/x"})),
-        ("target.role_arn", json!({"role_arn": format!("arn:aws:iam::123456789012:role/{}", "n".repeat(65))})),
-        ("target.role_arn", json!({"role_arn": "arn:aws:iam::123456789012:role/bad name"})),
+        (
+            "target.role_arn",
+            json!({"role_arn": "arn:aws:iam::123:role/x"}),
+        ),
+        (
+            "target.role_arn",
+            json!({"role_arn": "arn:aws:iam::123456789012:user/x"}),
+        ),
+        (
+            "target.role_arn",
+            json!({"role_arn": "arn:aws-iso:iam::123456789012:role/x"}),
+        ),
+        (
+            "target.role_arn",
+            json!({"role_arn": format!("arn:aws:iam::123456789012:role/{}", "n".repeat(65))}),
+        ),
+        (
+            "target.role_arn",
+            json!({"role_arn": "arn:aws:iam::123456789012:role/bad name"}),
+        ),
         ("target.role_arn", json!({})),
         ("target.role_rn", json!({"role_arn": ROLE, "role_rn": ROLE})),
-        ("target.session_policy", json!({"role_arn": ROLE, "session_policy": pad(2049 - base)})),
-        ("target.session_policy", json!({"role_arn": ROLE, "session_policy": "{not json"})),
-        ("target.session_policy", json!({"role_arn": ROLE, "session_policy": {"Sid": "€uro"}})),
-        ("target.policy_arns", json!({"role_arn": ROLE, "policy_arns": arns(11)})),
-        ("target.policy_arns", json!({"role_arn": ROLE, "policy_arns": ["arn:aws:s3:::bucket"]})),
-        ("target.policy_arns", json!({"role_arn": ROLE, "session_policy": pad(2000 - base), "policy_arns": arns(2)})),
-        ("target.external_id", json!({"role_arn": ROLE, "external_id": "x"})),
-        ("target.external_id", json!({"role_arn": ROLE, "external_id": "has space"})),
-        ("target.external_id", json!({"role_arn": ROLE, "external_id": "x".repeat(1225)})),
-        ("target.session_tags", json!({"role_arn": ROLE, "session_tags": tags(46)})),
-        ("target.session_tags", json!({"role_arn": ROLE, "session_tags": {"aws:team": "x"}})),
-        ("target.session_tags", json!({"role_arn": ROLE, "session_tags": {"k".repeat(129): "x"}})),
-        ("target.session_tags", json!({"role_arn": ROLE, "session_tags": {"k": "v".repeat(257)}})),
-        ("target.session_tags", json!({"role_arn": ROLE, "session_tags": {"k": "semi;colon"}})),
-        ("target.session_tags", json!({"role_arn": ROLE, "session_tags": {"jit:ticket": "x"}})),
-        ("target.session_tags", json!({"role_arn": ROLE, "session_tags": {"Team": "a", "team": "b"}})),
+        (
+            "target.session_policy",
+            json!({"role_arn": ROLE, "session_policy": pad(2049 - base)}),
+        ),
+        (
+            "target.session_policy",
+            json!({"role_arn": ROLE, "session_policy": "{not json"}),
+        ),
+        (
+            "target.session_policy",
+            json!({"role_arn": ROLE, "session_policy": {"Sid": "€uro"}}),
+        ),
+        (
+            "target.policy_arns",
+            json!({"role_arn": ROLE, "policy_arns": arns(11)}),
+        ),
+        (
+            "target.policy_arns",
+            json!({"role_arn": ROLE, "policy_arns": ["arn:aws:s3:::bucket"]}),
+        ),
+        (
+            "target.policy_arns",
+            json!({"role_arn": ROLE, "session_policy": pad(2000 - base), "policy_arns": arns(2)}),
+        ),
+        (
+            "target.external_id",
+            json!({"role_arn": ROLE, "external_id": "x"}),
+        ),
+        (
+            "target.external_id",
+            json!({"role_arn": ROLE, "external_id": "has space"}),
+        ),
+        (
+            "target.external_id",
+            json!({"role_arn": ROLE, "external_id": "x".repeat(1225)}),
+        ),
+        (
+            "target.session_tags",
+            json!({"role_arn": ROLE, "session_tags": tags(46)}),
+        ),
+        (
+            "target.session_tags",
+            json!({"role_arn": ROLE, "session_tags": {"aws:team": "x"}}),
+        ),
+        (
+            "target.session_tags",
+            json!({"role_arn": ROLE, "session_tags": {"k".repeat(129): "x"}}),
+        ),
+        (
+            "target.session_tags",
+            json!({"role_arn": ROLE, "session_tags": {"k": "v".repeat(257)}}),
+        ),
+        (
+            "target.session_tags",
+            json!({"role_arn": ROLE, "session_tags": {"k": "semi;colon"}}),
+        ),
+        (
+            "target.session_tags",
+            json!({"role_arn": ROLE, "session_tags": {"jit:ticket": "x"}}),
+        ),
+        (
+            "target.session_tags",
+            json!({"role_arn": ROLE, "session_tags": {"Team": "a", "team": "b"}}),
+        ),
     ];
     for (field, target) in cases {
         let s = with_target(h, target.clone());
@@ -164,7 +252,9 @@ async fn target_limits() {
     ] {
         let mut e = h.entitlement.clone();
         e.target = ok.clone();
-        h.provider.validate(&e).unwrap_or_else(|err| panic!("{ok}: {err}"));
+        h.provider
+            .validate(&e)
+            .unwrap_or_else(|err| panic!("{ok}: {err}"));
     }
     assert_eq!(st.tripwire.contacts(), 0);
 }
@@ -190,13 +280,22 @@ async fn hostile_requesters_and_tickets_are_sanitized_not_refused() {
     s.ticket = Some("INC#1; DROP TABLE".into());
     let e = st.h.provider.issue(&s).await.unwrap_err();
     assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
-    assert!(st.tripwire.contacts() > 0, "the valid spec never reached the endpoint");
+    assert!(
+        st.tripwire.contacts() > 0,
+        "the valid spec never reached the endpoint"
+    );
 }
 
 #[tokio::test]
 async fn revoking_a_record_that_is_not_a_jit_session_is_refused_without_a_call() {
     let st = setup().await;
-    for name in ["", "x", "jit-NOTHEX", "arbitrary-session", "jit-0123456789abcdef0123456789ABCDEF"] {
+    for name in [
+        "",
+        "x",
+        "jit-NOTHEX",
+        "arbitrary-session",
+        "jit-0123456789abcdef0123456789ABCDEF",
+    ] {
         let g = IssuedGrant {
             provider: "aws".into(),
             external_id: name.into(),
@@ -204,7 +303,11 @@ async fn revoking_a_record_that_is_not_a_jit_session_is_refused_without_a_call()
             details: json!({"role_arn": ROLE, "role_id": "AROAEXAMPLE"}),
         };
         match st.h.provider.revoke(&g).await {
-            Err(Error::ProviderRejected { operation: "revoke", message, .. }) => {
+            Err(Error::ProviderRejected {
+                operation: "revoke",
+                message,
+                ..
+            }) => {
                 assert!(message.contains("not a session name"), "{message}")
             }
             other => panic!("{name:?}: expected a rejection, got {other:?}"),

@@ -54,7 +54,13 @@ async fn session_sdk(url: &str, c: &Credentials) -> SdkConfig {
     else {
         panic!("not aws credentials")
     };
-    common::sdk(url, access_key_id, secret_access_key.expose(), Some(session_token.expose())).await
+    common::sdk(
+        url,
+        access_key_id,
+        secret_access_key.expose(),
+        Some(session_token.expose()),
+    )
+    .await
 }
 
 /// The AWS error code of a failed call. moto's auth layer answers in an
@@ -100,16 +106,35 @@ async fn user_id(sdk: &SdkConfig) -> String {
         .to_string()
 }
 
-async fn user_with_keys(admin: &SdkConfig, name: &str, policy: Option<&str>) -> (String, String, String) {
+async fn user_with_keys(
+    admin: &SdkConfig,
+    name: &str,
+    policy: Option<&str>,
+) -> (String, String, String) {
     let iam = aws_sdk_iam::Client::new(admin);
     let user = iam.create_user().user_name(name).send().await.unwrap();
     let arn = user.user().unwrap().arn().to_string();
     if let Some(p) = policy {
-        iam.put_user_policy().user_name(name).policy_name("all").policy_document(p).send().await.unwrap();
+        iam.put_user_policy()
+            .user_name(name)
+            .policy_name("all")
+            .policy_document(p)
+            .send()
+            .await
+            .unwrap();
     }
-    let key = iam.create_access_key().user_name(name).send().await.unwrap();
+    let key = iam
+        .create_access_key()
+        .user_name(name)
+        .send()
+        .await
+        .unwrap();
     let key = key.access_key().unwrap();
-    (arn, key.access_key_id().to_string(), key.secret_access_key().to_string())
+    (
+        arn,
+        key.access_key_id().to_string(),
+        key.secret_access_key().to_string(),
+    )
 }
 
 async fn enable_auth(url: &str) {
@@ -130,8 +155,14 @@ async fn enable_auth(url: &str) {
     })
     .await
     .unwrap();
-    assert!(status.starts_with("HTTP/1.1 200"), "reset-auth failed: {status}");
-    assert!(status.contains("PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"), "{status}");
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "reset-auth failed: {status}"
+    );
+    assert!(
+        status.contains("PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,7 +173,8 @@ async fn revoked_session_is_denied_with_moto_auth_on() {
     // Setup while auth is still off.
     let setup = common::sdk(&url, "AKIASETUP", "setup", None).await;
     let allow_all = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}).to_string();
-    let (broker_arn, broker_key, broker_secret) = user_with_keys(&setup, "jit-broker", Some(&allow_all)).await;
+    let (broker_arn, broker_key, broker_secret) =
+        user_with_keys(&setup, "jit-broker", Some(&allow_all)).await;
     let (_, weak_key, weak_secret) = user_with_keys(&setup, "jit-weak", None).await;
     let trust = |cond: Option<serde_json::Value>| {
         let mut st = json!({"Effect": "Allow", "Principal": {"AWS": broker_arn}, "Action": "sts:AssumeRole"});
@@ -155,7 +187,9 @@ async fn revoked_session_is_denied_with_moto_auth_on() {
     let (partner_arn, _) = create_role(
         &setup,
         3600,
-        &trust(Some(json!({"StringEquals": {"sts:ExternalId": "partner-42"}}))),
+        &trust(Some(
+            json!({"StringEquals": {"sts:ExternalId": "partner-42"}}),
+        )),
     )
     .await;
     let iam = aws_sdk_iam::Client::new(&setup);
@@ -171,33 +205,63 @@ async fn revoked_session_is_denied_with_moto_auth_on() {
 
     enable_auth(&url).await;
     // From here on every request is authenticated and authorised by moto.
-    let unknown = aws_sdk_iam::Client::new(&setup).list_roles().send().await.unwrap_err();
-    assert_eq!(error_code(&unknown), "InvalidClientTokenId", "auth mode is not on");
+    let unknown = aws_sdk_iam::Client::new(&setup)
+        .list_roles()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_code(&unknown),
+        "InvalidClientTokenId",
+        "auth mode is not on"
+    );
 
     let broker_sdk = common::sdk(&url, &broker_key, &broker_secret, None).await;
     // Session tags and SourceIdentity need trust-policy actions moto's
     // trust check would also require; this role's trust allows AssumeRole only.
-    let config = AwsConfig::default().with_session_tags(false).with_source_identity(false);
+    let config = AwsConfig::default()
+        .with_session_tags(false)
+        .with_source_identity(false);
     let provider = Arc::new(
-        AwsProvider::builder(config.clone()).sdk_config(broker_sdk.clone()).build().await.unwrap(),
+        AwsProvider::builder(config.clone())
+            .sdk_config(broker_sdk.clone())
+            .build()
+            .await
+            .unwrap(),
     );
     assert!(!provider.role_chaining());
     let h = ProviderHarness {
         provider: provider.clone(),
-        entitlement: entitlement("aws.auth", json!({"role_arn": role_arn}), Duration::from_secs(3600)),
+        entitlement: entitlement(
+            "aws.auth",
+            json!({"role_arn": role_arn}),
+            Duration::from_secs(3600),
+        ),
         subject: Principal::new("alice@example.com").unwrap(),
         clock: Arc::new(SystemClock),
         probe: Arc::new(StsProbe { url: url.clone() }),
         advance: None,
     };
-    let a = provider.issue(&spec(&h, TimeDelta::minutes(20))).await.unwrap();
-    let b = provider.issue(&spec(&h, TimeDelta::minutes(20))).await.unwrap();
+    let a = provider
+        .issue(&spec(&h, TimeDelta::minutes(20)))
+        .await
+        .unwrap();
+    let b = provider
+        .issue(&spec(&h, TimeDelta::minutes(20)))
+        .await
+        .unwrap();
     let a_sdk = session_sdk(&url, &a.credentials).await;
     let b_sdk = session_sdk(&url, &b.credentials).await;
 
     // 1. Both work.
-    assert!(can_list_roles(&a_sdk).await, "session a does not work before revocation");
-    assert!(can_list_roles(&b_sdk).await, "session b does not work before revocation");
+    assert!(
+        can_list_roles(&a_sdk).await,
+        "session a does not work before revocation"
+    );
+    assert!(
+        can_list_roles(&b_sdk).await,
+        "session b does not work before revocation"
+    );
     let a_uid = user_id(&a_sdk).await;
     let b_uid = user_id(&b_sdk).await;
     assert_eq!(a_uid, format!("{role_id}:{}", a.grant.external_id));
@@ -205,10 +269,15 @@ async fn revoked_session_is_denied_with_moto_auth_on() {
 
     // 2. Revoke a: a is denied.
     provider.revoke(&a.grant).await.unwrap();
-    assert!(!can_list_roles(&a_sdk).await, "revoked session a still works");
+    assert!(
+        !can_list_roles(&a_sdk).await,
+        "revoked session a still works"
+    );
 
     // 3. The deny names exactly a's aws:userid.
-    let doc = revocation_policy(&broker_sdk, &role_arn, "jit-revocations").await.unwrap();
+    let doc = revocation_policy(&broker_sdk, &role_arn, "jit-revocations")
+        .await
+        .unwrap();
     assert_eq!(denied_userids(&doc), vec![a_uid.clone()]);
     assert!(!denied_userids(&doc).contains(&b_uid));
 
@@ -229,8 +298,15 @@ async fn revoked_session_is_denied_with_moto_auth_on() {
     let mut s = spec(&h, TimeDelta::minutes(20));
     s.entitlement = partner;
     match provider.issue(&s).await {
-        Err(Error::ProviderRejected { operation: "issue", message, .. }) => {
-            assert!(message.starts_with("sts:AssumeRole: AccessDenied"), "{message}")
+        Err(Error::ProviderRejected {
+            operation: "issue",
+            message,
+            ..
+        }) => {
+            assert!(
+                message.starts_with("sts:AssumeRole: AccessDenied"),
+                "{message}"
+            )
         }
         other => panic!("wrong external id: expected AccessDenied, got {other:?}"),
     }
@@ -241,7 +317,10 @@ async fn revoked_session_is_denied_with_moto_auth_on() {
         .unwrap();
     match weak.issue(&spec(&h, TimeDelta::minutes(20))).await {
         Err(Error::ProviderRejected { message, .. }) => {
-            assert!(message.starts_with("iam:GetRole: AccessDenied"), "{message}")
+            assert!(
+                message.starts_with("iam:GetRole: AccessDenied"),
+                "{message}"
+            )
         }
         other => panic!("unprivileged broker: expected AccessDenied, got {other:?}"),
     }
@@ -254,9 +333,15 @@ async fn revoked_session_is_denied_with_moto_auth_on() {
     let role = RoleArn::parse(&role_arn).unwrap();
     provider.revoke_all_sessions(&role).await.unwrap();
     assert!(!can_list_roles(&b_sdk).await);
-    let doc = revocation_policy(&broker_sdk, &role_arn, "jit-revocations").await.unwrap();
+    let doc = revocation_policy(&broker_sdk, &role_arn, "jit-revocations")
+        .await
+        .unwrap();
     // The per-grant entry stays; the role-wide statement is added beside it.
     assert_eq!(denied_userids(&doc), vec![a_uid], "{doc}");
-    assert!(doc["Statement"].as_array().unwrap().iter().any(|s| s["Sid"] == "JitRevokeOlderSessions"));
+    assert!(doc["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["Sid"] == "JitRevokeOlderSessions"));
     drop(moto);
 }
