@@ -1,0 +1,290 @@
+//! jit-aws inside a real broker, against moto: a whole lifecycle whose audit
+//! export, logs, errors and `Debug` output are scanned for the secret bytes,
+//! and the `aws-config` credentials provider backed by the broker.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_credential_types::provider::ProvideCredentials;
+use common::*;
+use jit_aws::{AwsConfig, AwsProvider, BrokerCredentialsProvider};
+use jit_core::{
+    AccessRequest, Broker, CataloguePolicy, Credentials, ListFilter, MemoryStore, Principal, State,
+};
+
+fn catalogue(role_arn: &str) -> CataloguePolicy {
+    CataloguePolicy::from_toml_str(&format!(
+        r#"
+        [admins]
+        groups = ["secops"]
+
+        [[entitlements]]
+        id = "aws-auto"
+        provider = "aws"
+        max_duration = "1h"
+        target = {{ role_arn = "{role_arn}", session_tags = {{ team = "payments" }} }}
+        [entitlements.eligible]
+        groups = ["oncall"]
+        [entitlements.auto_approve]
+        groups = ["oncall"]
+
+        [[entitlements]]
+        id = "aws-approved"
+        provider = "aws"
+        max_duration = "1h"
+        target = {{ role_arn = "{role_arn}" }}
+        [entitlements.eligible]
+        groups = ["oncall"]
+        [entitlements.approval]
+        groups = ["leads"]
+        "#
+    ))
+    .unwrap()
+}
+
+async fn broker(auto_issue: bool) -> (Broker, String) {
+    let sdk = moto_sdk().await;
+    let (role_arn, _) = create_role(&sdk, 3600, &open_trust()).await;
+    let provider = AwsProvider::builder(AwsConfig::default().with_role_chaining(false))
+        .sdk_config(sdk)
+        .build()
+        .await
+        .unwrap();
+    let broker = Broker::builder(Arc::new(MemoryStore::new()), Arc::new(catalogue(&role_arn)))
+        .provider(Arc::new(provider))
+        .auto_issue(auto_issue)
+        .build()
+        .unwrap();
+    (broker, role_arn)
+}
+
+/// Collects every log line (all crates, all levels) written on this thread.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn secrets(c: &Credentials) -> Vec<String> {
+    let Credentials::Aws {
+        secret_access_key,
+        session_token,
+        ..
+    } = c
+    else {
+        panic!("not aws credentials")
+    };
+    vec![
+        secret_access_key.expose().to_string(),
+        session_token.expose().to_string(),
+    ]
+}
+
+// Single-threaded runtime: the log subscriber is thread-local and must see
+// every task (the SDK's connection tasks included).
+#[tokio::test(flavor = "current_thread")]
+async fn secrets_never_reach_audit_logs_errors_or_debug() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (broker, _) = broker(true).await;
+    let alice = Principal::new("alice@example.com")
+        .unwrap()
+        .with_group("oncall");
+    let admin = Principal::new("sec").unwrap().with_group("secops");
+    let outcome = broker
+        .submit(
+            &alice,
+            AccessRequest::new("aws-auto", "20m".parse().unwrap(), "INC-1: debug")
+                .with_ticket("INC-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.record.state, State::Active);
+    let creds = outcome.credentials.clone().expect("no credentials");
+    let secret_values = secrets(&creds);
+    let id = outcome.record.id;
+    let mut texts = vec![
+        format!("{outcome:?}"),
+        format!("{:#?}", outcome.record),
+        format!("{creds:?}"),
+        format!("{broker:?}", broker = broker.get(id).await.unwrap()),
+        serde_json::to_string(&broker.get(id).await.unwrap()).unwrap(),
+    ];
+    let revoked = broker.revoke(&admin, id, "done early").await.unwrap();
+    assert_eq!(revoked.state, State::Revoked);
+    texts.push(format!("{revoked:?}"));
+    // Errors around the grant: revoking again, issuing a revoked request.
+    texts.push(format!("{:?}", broker.revoke(&admin, id, "again").await));
+    texts.push(format!("{:?}", broker.issue(&admin, id).await.unwrap_err()));
+    // A second grant, left active.
+    let second = broker
+        .submit(
+            &alice,
+            AccessRequest::new("aws-auto", "20m".parse().unwrap(), "INC-2: more"),
+        )
+        .await
+        .unwrap();
+    let more = secrets(second.credentials.as_ref().unwrap());
+    let mut export = Vec::new();
+    broker.export_audit(&mut export).await.unwrap();
+    let export = String::from_utf8(export).unwrap();
+    assert!(
+        export.contains("\"issued\"") && export.contains("\"revoked\""),
+        "{export}"
+    );
+    assert!(
+        export.contains("assumed_role_arn"),
+        "the audit lacks the provider details"
+    );
+    texts.push(export);
+    for rec in broker.list(&ListFilter::default()).await.unwrap() {
+        texts.push(format!("{rec:?}"));
+    }
+    let log_text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log_text.contains("aws session issued"),
+        "logs were not captured"
+    );
+    // The SDK's own trace output (operation spans, responses) is in the scan too.
+    assert!(
+        log_text.contains("AssumeRole") && log_text.contains("TRACE"),
+        "sdk traces were not captured"
+    );
+    texts.push(log_text);
+
+    for (i, t) in texts.iter().enumerate() {
+        for s in secret_values.iter().chain(more.iter()) {
+            assert!(
+                !t.contains(s.as_str()),
+                "a secret value appears in output #{i}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_clients_run_on_jit_credentials_and_renew_them() {
+    let (broker, role_arn) = broker(true).await;
+    let alice = Principal::new("alice@example.com")
+        .unwrap()
+        .with_group("oncall");
+    let request = AccessRequest::new("aws-auto", "20m".parse().unwrap(), "service traffic");
+    let provider = BrokerCredentialsProvider::new(broker.clone(), alice.clone(), request.clone());
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(jit_aws::client::http_client())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(moto_url())
+        .credentials_provider(provider)
+        .load()
+        .await;
+    let me = aws_sdk_sts::Client::new(&sdk)
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap();
+    let role_name = role_arn.rsplit('/').next().unwrap();
+    let arn = me.arn().unwrap();
+    assert!(
+        arn.starts_with(&format!(
+            "arn:aws:sts::{ACCOUNT}:assumed-role/{role_name}/jit-"
+        )),
+        "{arn}"
+    );
+    let requests = broker.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let grant = requests[0].grant.as_ref().unwrap();
+    assert!(
+        arn.ends_with(&jit_core::provider::external_name(grant.id)),
+        "{arn}"
+    );
+
+    // Cached: a second call makes no new request.
+    let direct = BrokerCredentialsProvider::new(broker.clone(), alice.clone(), request.clone());
+    let first = direct.provide_credentials().await.unwrap();
+    let again = direct.provide_credentials().await.unwrap();
+    assert_eq!(first.access_key_id(), again.access_key_id());
+    assert_eq!(broker.list(&ListFilter::default()).await.unwrap().len(), 2);
+
+    // Renewed when within `refresh_before` of expiry: a new, audited request.
+    let eager = BrokerCredentialsProvider::new(broker.clone(), alice, request)
+        .refresh_before(Duration::from_secs(3600));
+    let a = eager.provide_credentials().await.unwrap();
+    let b = eager.provide_credentials().await.unwrap();
+    assert_ne!(a.access_key_id(), b.access_key_id());
+    assert_eq!(broker.list(&ListFilter::default()).await.unwrap().len(), 4);
+    assert!(format!("{eager:?}").contains("aws-auto"));
+    assert!(!format!("{a:?}").contains(a.secret_access_key()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_approval_then_issue_as_the_requester() {
+    let (broker, _) = broker(false).await;
+    let alice = Principal::new("alice@example.com")
+        .unwrap()
+        .with_group("oncall");
+    let lead = Principal::new("lena").unwrap().with_group("leads");
+    let provider = BrokerCredentialsProvider::new(
+        broker.clone(),
+        alice,
+        AccessRequest::new("aws-approved", "20m".parse().unwrap(), "needs a lead"),
+    );
+    let err = provider.provide_credentials().await.unwrap_err();
+    assert!(
+        format!("{}", aws_smithy_types_error_chain(&err)).contains("waiting for approval"),
+        "{err:?}"
+    );
+    let pending = broker.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].state, State::Pending);
+    broker.approve(&lead, pending[0].id, "ok").await.unwrap();
+    let creds = provider.provide_credentials().await.unwrap();
+    assert!(creds.access_key_id().starts_with("ASIA") || !creds.access_key_id().is_empty());
+    assert_eq!(provider.current_request().await, Some(pending[0].id));
+    assert_eq!(
+        broker.get(pending[0].id).await.unwrap().state,
+        State::Active
+    );
+
+    // Not eligible: a denial, reported as a credentials error.
+    let mallory = Principal::new("mallory").unwrap();
+    let denied = BrokerCredentialsProvider::new(
+        broker,
+        mallory,
+        AccessRequest::new("aws-auto", "20m".parse().unwrap(), "x"),
+    );
+    let err = denied.provide_credentials().await.unwrap_err();
+    assert!(
+        format!("{}", aws_smithy_types_error_chain(&err)).contains("denied"),
+        "{err:?}"
+    );
+}
+
+/// The error and its sources, joined (the credentials error wraps ours).
+fn aws_smithy_types_error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
