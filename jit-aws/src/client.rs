@@ -1,7 +1,7 @@
 //! The AWS calls jit-aws makes, and nothing else: `sts:GetCallerIdentity`,
 //! `sts:AssumeRole`, `iam:GetRole`, `iam:GetRolePolicy`, `iam:PutRolePolicy`
 //! and `iam:DeleteRolePolicy`. Each SDK error is classified here by its AWS
-//! error code ([`AwsError::from_sdk`]).
+//! error code, never by its message.
 
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, Region, SdkConfig};

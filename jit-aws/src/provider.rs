@@ -487,7 +487,7 @@ impl AwsProvider {
         let session_name = issued.external_id.as_str();
         let grant = session_name
             .strip_prefix("jit-")
-            .and_then(|h| uuid_from_simple(h))
+            .and_then(uuid_from_simple)
             .filter(|_| session::is_valid_name(session_name));
         let Some(grant) = grant else {
             return Err(AwsError::Unrevocable(format!(

@@ -248,7 +248,7 @@ async fn pending_approval_then_issue_as_the_requester() {
     );
     let err = provider.provide_credentials().await.unwrap_err();
     assert!(
-        format!("{}", aws_smithy_types_error_chain(&err)).contains("waiting for approval"),
+        error_chain(&err).contains("waiting for approval"),
         "{err:?}"
     );
     let pending = broker.list(&ListFilter::default()).await.unwrap();
@@ -271,14 +271,11 @@ async fn pending_approval_then_issue_as_the_requester() {
         AccessRequest::new("aws-auto", "20m".parse().unwrap(), "x"),
     );
     let err = denied.provide_credentials().await.unwrap_err();
-    assert!(
-        format!("{}", aws_smithy_types_error_chain(&err)).contains("denied"),
-        "{err:?}"
-    );
+    assert!(error_chain(&err).contains("denied"), "{err:?}");
 }
 
 /// The error and its sources, joined (the credentials error wraps ours).
-fn aws_smithy_types_error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
