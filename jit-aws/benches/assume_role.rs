@@ -126,7 +126,7 @@ fn bench(c: &mut Criterion) {
                 sts.assume_role()
                     .role_arn(role_arn)
                     .role_session_name(s.external_name())
-                    .duration_seconds(1798)
+                    .duration_seconds(1794)
                     .source_identity("bench@example.com")
                     .tags(tag("jit:grant", s.grant_id.to_string()))
                     .tags(tag("jit:request", s.request_id.to_string()))

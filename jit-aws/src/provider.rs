@@ -12,7 +12,8 @@
 //! before `sts:AssumeRole` is called.
 //!
 //! `DurationSeconds` is the whole seconds left until the window's end, less
-//! one second for the call itself, so the session never outlives the window;
+//! [`CALL_ALLOWANCE`] (5 s) for the call's latency and clock skew, so the
+//! session does not outlive the window;
 //! the `Expiration` STS returns is recorded as the grant's end. When the
 //! broker's own identity is an assumed role, AWS caps chained sessions at one
 //! hour: [`Capabilities::max_duration`] then says 1 h, so the catalogue policy
@@ -64,6 +65,10 @@ use crate::target::{AwsTarget, RoleArn};
 
 /// How far in the future a window may start: STS sessions start at the call.
 const START_SLACK: TimeDelta = TimeDelta::seconds(60);
+/// Taken off `DurationSeconds` for the time between reading our clock and
+/// STS reading its own (latency, queueing, skew): the session may end up to
+/// this much before the window, never after it.
+pub const CALL_ALLOWANCE: TimeDelta = TimeDelta::seconds(5);
 /// How long an in-process record is kept after its session expired.
 const LEDGER_RETENTION: TimeDelta = TimeDelta::hours(1);
 
@@ -293,9 +298,9 @@ impl AwsProvider {
             }
             .into());
         }
-        // Whole seconds left, less one for the call: the session must not
-        // outlive the window.
-        let left = (spec.ends_at - now).num_seconds() - 1;
+        // Whole seconds left, less the allowance for the call: the session
+        // must not outlive the window.
+        let left = (spec.ends_at - now).num_seconds() - CALL_ALLOWANCE.num_seconds();
         if left < STS_MIN_DURATION.as_secs() as i64 {
             return Err(RequestError::DurationTooShort {
                 requested: format!("{}s left of the window", left.max(0)),

@@ -94,6 +94,10 @@ async fn window_limits() {
             spec(h, TimeDelta::seconds(901)),
         ),
         ("one second", spec(h, TimeDelta::seconds(1))),
+        (
+            "under STS's 15 minutes after the call allowance",
+            spec(h, TimeDelta::seconds(905)),
+        ),
         ("not yet started", {
             let mut s = spec(h, TimeDelta::minutes(30));
             s.starts_at += TimeDelta::minutes(10);
@@ -124,7 +128,7 @@ async fn window_limits() {
         };
         assert!(ok, "{what}: wrong error {e:?}");
     }
-    // 15 minutes and two seconds are enough: 900 s from the call, one spare.
+    // The shortest window a broker asks for: 15 minutes plus the issue margin.
     let caps = h.provider.capabilities();
     assert_eq!(caps.min_duration, Duration::from_secs(960));
     assert_eq!(caps.max_duration, Duration::from_secs(12 * 3600));

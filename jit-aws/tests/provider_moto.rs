@@ -110,14 +110,14 @@ async fn issue_uses_derived_names_and_records_what_sts_returned() {
     assert_eq!(*expires_at, g.expires_at);
     assert!(g.expires_at <= s.ends_at);
     assert!(
-        s.ends_at - g.expires_at < TimeDelta::seconds(5),
+        s.ends_at - g.expires_at < TimeDelta::seconds(10),
         "{} vs {}",
         g.expires_at,
         s.ends_at
     );
-    // Whole seconds left of the 30-minute window, less one for the call.
+    // Whole seconds left of the 30-minute window, less the call allowance.
     let ds = d["duration_secs"].as_i64().unwrap();
-    assert!((1795..=1798).contains(&ds), "{ds}");
+    assert!((1790..=1794).contains(&ds), "{ds}");
     let text = serde_json::to_string(g).unwrap();
     assert!(!text.contains(secret_access_key.expose()) && !text.contains(session_token.expose()));
     assert!(h.probe.works(&issued.credentials, g).await);
