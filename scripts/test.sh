@@ -2,8 +2,9 @@
 # Runs every test of the workspace on a fresh machine.
 #
 # Installs nothing outside the repository: cargo's own caches aside, all state
-# lives under ./target. Later provider crates add their services here (moto for
-# jit-aws), so this stays the one command that runs everything.
+# lives under ./target and ./.venv (moto, the AWS emulator jit-aws's tests run
+# against; needs python3). Later provider crates add their services here, so
+# this stays the one command that runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,11 @@ cargo fmt --all -- --check
 
 step "lint"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "moto (a real AWS emulator for jit-aws; pinned, installed into ./.venv)"
+bash scripts/moto.sh start
+trap 'bash scripts/moto.sh stop' EXIT
+eval "$(bash scripts/moto.sh env)"
 
 step "tests"
 # `--all-features` includes jit-core's `postgres` store: its tests find a real

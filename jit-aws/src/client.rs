@@ -1,0 +1,305 @@
+//! The AWS calls jit-aws makes, and nothing else: `sts:GetCallerIdentity`,
+//! `sts:AssumeRole`, `iam:GetRole`, `iam:GetRolePolicy`, `iam:PutRolePolicy`
+//! and `iam:DeleteRolePolicy`. Each SDK error is classified here by its AWS
+//! error code, never by its message.
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
+use chrono::{DateTime, Utc};
+use jit_core::Secret;
+
+use crate::config::AwsConfig;
+use crate::error::AwsError;
+use crate::session::SessionTag;
+
+/// The region used when neither the configuration nor the chain names one.
+/// STS and IAM answer in every commercial region; IAM is global.
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// An HTTPS client on rustls with ring (also speaks plain HTTP, for moto).
+pub fn http_client() -> aws_sdk_sts::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// Loads the standard `aws-config` chain (credentials, region, endpoint
+/// variables) with jit-aws's HTTP client and the configuration's region and
+/// endpoint overrides.
+pub async fn load_sdk_config(config: &AwsConfig) -> SdkConfig {
+    let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
+        .or_default_provider()
+        .or_else(Region::from_static(FALLBACK_REGION));
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
+        .region(region);
+    if let Some(url) = &config.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    loader.load().await
+}
+
+/// The STS and IAM clients jit-aws uses.
+#[derive(Clone, Debug)]
+pub struct AwsClients {
+    /// STS.
+    pub sts: aws_sdk_sts::Client,
+    /// IAM.
+    pub iam: aws_sdk_iam::Client,
+}
+
+impl AwsClients {
+    /// Clients for one SDK configuration.
+    pub fn from_sdk_config(sdk: &SdkConfig) -> Self {
+        Self {
+            sts: aws_sdk_sts::Client::new(sdk),
+            iam: aws_sdk_iam::Client::new(sdk),
+        }
+    }
+}
+
+/// What `iam:GetRole` says about a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoleInfo {
+    /// `AROA...`: the first half of `aws:userid` for the role's sessions.
+    pub role_id: String,
+    /// The role's `MaxSessionDuration` in seconds (3600 when IAM omits it).
+    pub max_session_secs: u32,
+}
+
+/// Parameters of one `AssumeRole`.
+#[derive(Debug, Clone)]
+pub(crate) struct AssumeRoleInput<'a> {
+    pub role_arn: &'a str,
+    pub session_name: &'a str,
+    pub duration_secs: u32,
+    pub source_identity: Option<&'a str>,
+    pub tags: &'a [SessionTag],
+    pub policy: Option<&'a str>,
+    pub policy_arns: &'a [String],
+    pub external_id: Option<&'a str>,
+}
+
+/// What `AssumeRole` returned. No `Debug` derive: it holds secrets in
+/// [`Secret`], whose `Debug` is redacted anyway, but nobody needs to print it.
+pub(crate) struct AssumedSession {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
+    pub expiration: DateTime<Utc>,
+    pub assumed_role_arn: String,
+    pub assumed_role_id: String,
+}
+
+pub(crate) async fn caller_arn(clients: &AwsClients) -> Result<String, AwsError> {
+    const CALL: &str = "sts:GetCallerIdentity";
+    let out = clients
+        .sts
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(CALL, &e))?;
+    out.arn().map(str::to_string).ok_or(AwsError::Incomplete {
+        call: CALL,
+        field: "Arn",
+    })
+}
+
+pub(crate) async fn get_role(clients: &AwsClients, role_name: &str) -> Result<RoleInfo, AwsError> {
+    const CALL: &str = "iam:GetRole";
+    let out = clients
+        .iam
+        .get_role()
+        .role_name(role_name)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(CALL, &e))?;
+    let role = out.role().ok_or(AwsError::Incomplete {
+        call: CALL,
+        field: "Role",
+    })?;
+    let max = role.max_session_duration().unwrap_or(3600);
+    Ok(RoleInfo {
+        role_id: role.role_id().to_string(),
+        // IAM's range is 3600..=43200; anything else is treated as the default.
+        max_session_secs: u32::try_from(max)
+            .ok()
+            .filter(|m| (3600..=43_200).contains(m))
+            .unwrap_or(3600),
+    })
+}
+
+pub(crate) async fn assume_role(
+    clients: &AwsClients,
+    input: &AssumeRoleInput<'_>,
+) -> Result<AssumedSession, AwsError> {
+    const CALL: &str = "sts:AssumeRole";
+    let mut req = clients
+        .sts
+        .assume_role()
+        .role_arn(input.role_arn)
+        .role_session_name(input.session_name)
+        .duration_seconds(i32::try_from(input.duration_secs).unwrap_or(i32::MAX));
+    if let Some(si) = input.source_identity {
+        req = req.source_identity(si);
+    }
+    for t in input.tags {
+        let tag = Tag::builder()
+            .key(&t.key)
+            .value(&t.value)
+            .build()
+            .map_err(|_| AwsError::Incomplete {
+                call: CALL,
+                field: "Tags",
+            })?;
+        req = req.tags(tag);
+    }
+    if let Some(p) = input.policy {
+        req = req.policy(p);
+    }
+    for arn in input.policy_arns {
+        req = req.policy_arns(PolicyDescriptorType::builder().arn(arn).build());
+    }
+    if let Some(x) = input.external_id {
+        req = req.external_id(x);
+    }
+    let out = req.send().await.map_err(|e| AwsError::from_sdk(CALL, &e))?;
+    let creds = out.credentials().ok_or(AwsError::Incomplete {
+        call: CALL,
+        field: "Credentials",
+    })?;
+    let user = out.assumed_role_user().ok_or(AwsError::Incomplete {
+        call: CALL,
+        field: "AssumedRoleUser",
+    })?;
+    let exp = creds.expiration();
+    let expiration = DateTime::<Utc>::from_timestamp(exp.secs(), exp.subsec_nanos()).ok_or(
+        AwsError::Incomplete {
+            call: CALL,
+            field: "Expiration",
+        },
+    )?;
+    Ok(AssumedSession {
+        access_key_id: creds.access_key_id().to_string(),
+        secret_access_key: Secret::new(creds.secret_access_key()),
+        session_token: Secret::new(creds.session_token()),
+        expiration,
+        assumed_role_arn: user.arn().to_string(),
+        assumed_role_id: user.assumed_role_id().to_string(),
+    })
+}
+
+/// The inline policy's document, or `None` when the role has no such policy.
+pub(crate) async fn get_role_policy(
+    clients: &AwsClients,
+    role_name: &str,
+    policy_name: &str,
+) -> Result<Option<String>, AwsError> {
+    const CALL: &str = "iam:GetRolePolicy";
+    match clients
+        .iam
+        .get_role_policy()
+        .role_name(role_name)
+        .policy_name(policy_name)
+        .send()
+        .await
+    {
+        // IAM returns the document URL-encoded (RFC 3986).
+        Ok(out) => Ok(Some(percent_decode(out.policy_document()))),
+        Err(e) => {
+            let err = AwsError::from_sdk(CALL, &e);
+            if err.is_no_such_entity() {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+pub(crate) async fn put_role_policy(
+    clients: &AwsClients,
+    role_name: &str,
+    policy_name: &str,
+    document: &str,
+) -> Result<(), AwsError> {
+    const CALL: &str = "iam:PutRolePolicy";
+    clients
+        .iam
+        .put_role_policy()
+        .role_name(role_name)
+        .policy_name(policy_name)
+        .policy_document(document)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| AwsError::from_sdk(CALL, &e))
+}
+
+pub(crate) async fn delete_role_policy(
+    clients: &AwsClients,
+    role_name: &str,
+    policy_name: &str,
+) -> Result<(), AwsError> {
+    const CALL: &str = "iam:DeleteRolePolicy";
+    match clients
+        .iam
+        .delete_role_policy()
+        .role_name(role_name)
+        .policy_name(policy_name)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let err = AwsError::from_sdk(CALL, &e);
+            if err.is_no_such_entity() {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Decodes `%XX` escapes (IAM URL-encodes policy documents). A document that
+/// is already plain JSON passes through: `%` cannot start a JSON token.
+pub(crate) fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%7B%22a%22%3A1%7D"), r#"{"a":1}"#);
+        assert_eq!(percent_decode(r#"{"a":1}"#), r#"{"a":1}"#);
+        assert_eq!(percent_decode("%C3%A9"), "é");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

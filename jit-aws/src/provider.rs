@@ -1,0 +1,691 @@
+//! The [`Provider`] implementation: `sts:AssumeRole` grants.
+//!
+//! # Issue
+//!
+//! All limits are checked before any remote call, in this order, each with
+//! a typed error: the target ([`AwsTarget`]); the window (negative, empty,
+//! longer than [`Capabilities::max_duration`], not yet started, or less than
+//! STS's 15 minutes left); session name, `SourceIdentity` and session tags
+//! ([`crate::session`]). Then `iam:GetRole` (cached for
+//! [`AwsConfig::role_cache_ttl`]) gives the role's `MaxSessionDuration` and
+//! id; a longer window is clamped or refused ([`AwsConfig::over_role_max`])
+//! before `sts:AssumeRole` is called.
+//!
+//! `DurationSeconds` is the whole seconds left until the window's end, less
+//! [`CALL_ALLOWANCE`] (5 s) for the call's latency and clock skew, so the
+//! session does not outlive the window;
+//! the `Expiration` STS returns is recorded as the grant's end. When the
+//! broker's own identity is an assumed role, AWS caps chained sessions at one
+//! hour: [`Capabilities::max_duration`] then says 1 h, so the catalogue policy
+//! clamps requests to it and says so in the decision's reasons.
+//!
+//! The [`IssuedGrant`] names the session (`external_id` = `RoleSessionName`)
+//! and records the role ARN, role id, assumed-role ARN and id, and the
+//! access key id in `details`; never the secret key or session token.
+//!
+//! # Idempotency and `find`
+//!
+//! Issuing a grant again calls `AssumeRole` again with the same session name:
+//! both sessions carry the same `aws:userid`, so one revocation covers both.
+//! There is no STS API to list sessions, so `find` answers from an in-process
+//! record of what this provider minted. After a restart it returns `None`
+//! for sessions a crashed process minted; those credentials only ever lived
+//! in the crashed process (the broker returns nothing before recording it)
+//! and expire natively. An operator who wants them denied anyway can
+//! rebuild a revocable record with [`AwsProvider::reconstruct`]:
+//! revocation by session name works whether or not the session exists.
+//!
+//! # Revoke
+//!
+//! See [`crate::revoke`]: a deny on `aws:userid` = `ROLE_ID:session-name` in
+//! one inline policy on the role, plus [`AwsProvider::revoke_all_sessions`]
+//! for the role-wide `aws:TokenIssueTime` deny.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use chrono::{DateTime, TimeDelta, Utc};
+use jit_core::types::format_duration;
+use jit_core::{
+    Capabilities, Clock, Credentials, Entitlement, GrantId, GrantSpec, Issued, IssuedGrant,
+    Provider, RequestError, RevocationKind, SystemClock,
+};
+use serde_json::json;
+
+use crate::client::{self, AssumeRoleInput, AwsClients, RoleInfo};
+use crate::config::{AwsConfig, OverRoleMax, ROLE_CHAINING_MAX, STS_MIN_DURATION};
+use crate::error::{printable, AwsError};
+use crate::revoke::{Change, Revocations, Target, PRUNE_MARGIN};
+use crate::session;
+use crate::target::{AwsTarget, RoleArn};
+
+/// How far in the future a window may start: STS sessions start at the call.
+const START_SLACK: TimeDelta = TimeDelta::seconds(60);
+/// Taken off `DurationSeconds` for the time between reading our clock and
+/// STS reading its own (latency, queueing, skew): the session may end up to
+/// this much before the window, never after it.
+pub const CALL_ALLOWANCE: TimeDelta = TimeDelta::seconds(5);
+/// How long an in-process record is kept after its session expired.
+const LEDGER_RETENTION: TimeDelta = TimeDelta::hours(1);
+
+/// Builds an [`AwsProvider`].
+pub struct AwsProviderBuilder {
+    config: AwsConfig,
+    sdk: Option<SdkConfig>,
+    clients: Option<AwsClients>,
+    clock: Arc<dyn Clock>,
+}
+
+impl AwsProviderBuilder {
+    /// Uses this SDK configuration instead of loading the standard chain.
+    /// [`AwsConfig::endpoint_url`] still applies.
+    pub fn sdk_config(mut self, sdk: SdkConfig) -> Self {
+        self.sdk = Some(sdk);
+        self
+    }
+
+    /// Uses these clients as they are (custom interceptors, retry settings).
+    pub fn clients(mut self, clients: AwsClients) -> Self {
+        self.clients = Some(clients);
+        self
+    }
+
+    /// The clock for windows, caches and pruning (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the provider. Unless [`AwsConfig::role_chaining`] says, this
+    /// calls `sts:GetCallerIdentity` once to learn whether the broker's own
+    /// identity is an assumed role.
+    pub async fn build(self) -> jit_core::Result<AwsProvider> {
+        let name = self.config.name.clone();
+        self.build_inner()
+            .await
+            .map_err(|e| e.into_core(&name, "configure"))
+    }
+
+    async fn build_inner(self) -> Result<AwsProvider, AwsError> {
+        self.config.check()?;
+        let clients = match self.clients {
+            Some(c) => c,
+            None => {
+                let sdk = match self.sdk {
+                    Some(s) => s,
+                    None => client::load_sdk_config(&self.config).await,
+                };
+                clients_for(&sdk, self.config.endpoint_url.as_deref())
+            }
+        };
+        let chaining = match self.config.role_chaining {
+            Some(c) => c,
+            None => {
+                let arn = client::caller_arn(&clients).await?;
+                let chaining = is_assumed_role_arn(&arn);
+                tracing::info!(caller = %arn, chaining, "aws provider identity");
+                chaining
+            }
+        };
+        Ok(AwsProvider {
+            config: self.config,
+            clients,
+            clock: self.clock,
+            chaining,
+            roles: Mutex::new(HashMap::new()),
+            ledger: Mutex::new(HashMap::new()),
+            revocations: Revocations::default(),
+        })
+    }
+}
+
+fn clients_for(sdk: &SdkConfig, endpoint: Option<&str>) -> AwsClients {
+    match endpoint {
+        None => AwsClients::from_sdk_config(sdk),
+        Some(url) => AwsClients {
+            sts: aws_sdk_sts::Client::from_conf(
+                aws_sdk_sts::config::Builder::from(sdk)
+                    .endpoint_url(url)
+                    .build(),
+            ),
+            iam: aws_sdk_iam::Client::from_conf(
+                aws_sdk_iam::config::Builder::from(sdk)
+                    .endpoint_url(url)
+                    .build(),
+            ),
+        },
+    }
+}
+
+/// Whether a caller ARN is an assumed-role session (`arn:aws:sts::1:assumed-role/R/s`).
+pub fn is_assumed_role_arn(arn: &str) -> bool {
+    arn.split(':')
+        .nth(5)
+        .is_some_and(|r| r.starts_with("assumed-role/"))
+}
+
+#[derive(Debug, Clone)]
+struct CachedRole {
+    info: RoleInfo,
+    fetched_at: DateTime<Utc>,
+}
+
+/// Everything checked locally before the first call.
+struct Plan {
+    target: AwsTarget,
+    session_name: String,
+    source_identity: Option<String>,
+    tags: Vec<session::SessionTag>,
+    /// Seconds to ask for, before the role's maximum is applied.
+    duration_secs: u32,
+}
+
+/// AWS STS provider. See the [module docs](self).
+pub struct AwsProvider {
+    config: AwsConfig,
+    clients: AwsClients,
+    clock: Arc<dyn Clock>,
+    chaining: bool,
+    roles: Mutex<HashMap<String, CachedRole>>,
+    ledger: Mutex<HashMap<GrantId, IssuedGrant>>,
+    revocations: Revocations,
+}
+
+impl fmt::Debug for AwsProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsProvider")
+            .field("name", &self.config.name)
+            .field("role_chaining", &self.chaining)
+            .field("max_duration", &format_duration(self.max_duration()))
+            .field("revocation_policy", &self.config.revocation_policy_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain maps: a panic elsewhere cannot leave them half-updated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn human(d: TimeDelta) -> String {
+    d.to_std()
+        .map(format_duration)
+        .unwrap_or_else(|_| format!("{}s", d.num_seconds()))
+}
+
+impl AwsProvider {
+    /// A builder; the standard `aws-config` chain is loaded at `build` unless
+    /// an SDK configuration or clients are given.
+    pub fn builder(config: AwsConfig) -> AwsProviderBuilder {
+        AwsProviderBuilder {
+            config,
+            sdk: None,
+            clients: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// [`AwsConfig::from_env`] and the standard chain.
+    pub async fn from_env() -> jit_core::Result<Self> {
+        Self::builder(AwsConfig::from_env()?).build().await
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AwsConfig {
+        &self.config
+    }
+
+    /// Whether sessions are chained (the broker's identity is an assumed role).
+    pub fn role_chaining(&self) -> bool {
+        self.chaining
+    }
+
+    /// The STS and IAM clients (for the output adapters and tests).
+    pub fn clients(&self) -> &AwsClients {
+        &self.clients
+    }
+
+    fn max_duration(&self) -> Duration {
+        if self.chaining {
+            self.config.max_duration.min(ROLE_CHAINING_MAX)
+        } else {
+            self.config.max_duration
+        }
+    }
+
+    fn err(&self, operation: &'static str) -> impl Fn(AwsError) -> jit_core::Error + '_ {
+        move |e| e.into_core(&self.config.name, operation)
+    }
+
+    /// The local checks, in the documented order. No remote call.
+    fn plan(&self, spec: &GrantSpec) -> Result<Plan, AwsError> {
+        let target = AwsTarget::parse(&spec.entitlement.id, &spec.entitlement.target)?;
+        let now = self.clock.now();
+        let window = spec.duration();
+        if window < TimeDelta::zero() {
+            return Err(
+                RequestError::NegativeDuration(format!("{}s", window.num_seconds())).into(),
+            );
+        }
+        if window.is_zero() {
+            return Err(RequestError::ZeroDuration.into());
+        }
+        let max = self.max_duration();
+        if window > TimeDelta::seconds(max.as_secs() as i64) {
+            return Err(RequestError::DurationTooLong {
+                requested: human(window),
+                limit: format!(
+                    "{} for provider `{}`{}",
+                    format_duration(max),
+                    self.config.name,
+                    if self.chaining {
+                        " (role chaining: the broker's identity is an assumed role)"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+            .into());
+        }
+        if spec.starts_at > now + START_SLACK {
+            return Err(RequestError::NotYetStarted {
+                request: spec.request_id,
+                starts_at: spec.starts_at.to_rfc3339(),
+            }
+            .into());
+        }
+        // Whole seconds left, less the allowance for the call: the session
+        // must not outlive the window.
+        let left = (spec.ends_at - now).num_seconds() - CALL_ALLOWANCE.num_seconds();
+        if left < STS_MIN_DURATION.as_secs() as i64 {
+            return Err(RequestError::DurationTooShort {
+                requested: format!("{}s left of the window", left.max(0)),
+                minimum: format!(
+                    "{} (STS's minimum, counted from the AssumeRole call)",
+                    format_duration(STS_MIN_DURATION)
+                ),
+            }
+            .into());
+        }
+        let duration_secs = u32::try_from(left.min(max.as_secs() as i64)).unwrap_or(u32::MAX);
+
+        let session_name = session::session_name(spec)?;
+        let source_identity = self
+            .config
+            .source_identity
+            .then(|| session::source_identity(spec.subject.id.as_str()));
+        if let Some(si) = &source_identity {
+            if !session::is_valid_name(si) {
+                return Err(AwsError::Unrevocable(format!(
+                    "derived SourceIdentity `{}` is not valid",
+                    printable(si)
+                )));
+            }
+        }
+        let tags = if self.config.session_tags {
+            session::session_tags(spec, &target.session_tags)
+        } else {
+            Vec::new()
+        };
+        session::check_tags(&tags).map_err(|message| AwsError::Target {
+            entitlement: spec.entitlement.id.clone(),
+            field: "target.session_tags".into(),
+            message,
+        })?;
+        Ok(Plan {
+            target,
+            session_name,
+            source_identity,
+            tags,
+            duration_secs,
+        })
+    }
+
+    /// The role's id and maximum session, from the cache or `iam:GetRole`.
+    async fn role_info(&self, role: &RoleArn) -> Result<RoleInfo, AwsError> {
+        let now = self.clock.now();
+        let ttl = TimeDelta::seconds(self.config.role_cache_ttl.as_secs() as i64);
+        if let Some(c) = lock(&self.roles).get(role.as_str()) {
+            if now - c.fetched_at < ttl {
+                return Ok(c.info.clone());
+            }
+        }
+        let info = match client::get_role(&self.clients, role.name()).await {
+            Ok(i) => i,
+            Err(e) if e.is_no_such_entity() => {
+                return Err(AwsError::RoleNotFound(role.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        lock(&self.roles).insert(
+            role.as_str().to_string(),
+            CachedRole {
+                info: info.clone(),
+                fetched_at: now,
+            },
+        );
+        Ok(info)
+    }
+
+    async fn issue_inner(&self, spec: &GrantSpec) -> Result<Issued, AwsError> {
+        let plan = self.plan(spec)?;
+        let role = self.role_info(&plan.target.role).await?;
+        let mut role_max = role.max_session_secs;
+        if self.chaining {
+            role_max = role_max.min(ROLE_CHAINING_MAX.as_secs() as u32);
+        }
+        let mut duration_secs = plan.duration_secs;
+        let mut clamped = false;
+        if duration_secs > role_max {
+            match self.config.over_role_max {
+                OverRoleMax::Clamp => {
+                    duration_secs = role_max;
+                    clamped = true;
+                }
+                OverRoleMax::Refuse => {
+                    return Err(RequestError::DurationTooLong {
+                        requested: format_duration(Duration::from_secs(duration_secs.into())),
+                        limit: format!(
+                            "{} (MaxSessionDuration of role `{}`)",
+                            format_duration(Duration::from_secs(role_max.into())),
+                            plan.target.role
+                        ),
+                    }
+                    .into())
+                }
+            }
+        }
+        let session = client::assume_role(
+            &self.clients,
+            &AssumeRoleInput {
+                role_arn: plan.target.role.as_str(),
+                session_name: &plan.session_name,
+                duration_secs,
+                source_identity: plan.source_identity.as_deref(),
+                tags: &plan.tags,
+                policy: plan.target.session_policy.as_deref(),
+                policy_arns: &plan.target.policy_arns,
+                external_id: plan.target.external_id.as_deref(),
+            },
+        )
+        .await?;
+        let issued = IssuedGrant {
+            provider: self.config.name.clone(),
+            external_id: plan.session_name.clone(),
+            expires_at: session.expiration,
+            details: json!({
+                "role_arn": plan.target.role.as_str(),
+                "role_id": role.role_id,
+                "session_name": plan.session_name,
+                "assumed_role_arn": session.assumed_role_arn,
+                "assumed_role_id": session.assumed_role_id,
+                "access_key_id": session.access_key_id,
+                "source_identity": plan.source_identity,
+                "duration_secs": duration_secs,
+                "clamped_to_role_max": clamped,
+                "role_chaining": self.chaining,
+            }),
+        };
+        if clamped {
+            tracing::info!(grant = %spec.grant_id, role = %plan.target.role, duration_secs, "window clamped to the role's MaxSessionDuration");
+        }
+        tracing::debug!(
+            provider = %self.config.name,
+            grant = %spec.grant_id,
+            session = %plan.session_name,
+            access_key_id = %session.access_key_id,
+            expires_at = %session.expiration,
+            "aws session issued"
+        );
+        {
+            let now = self.clock.now();
+            let mut ledger = lock(&self.ledger);
+            ledger.retain(|_, g| g.expires_at + LEDGER_RETENTION >= now);
+            let keep = match ledger.get(&spec.grant_id) {
+                // A repeated issue: remember the latest expiry of either session.
+                Some(prev) if prev.expires_at > issued.expires_at => {
+                    let mut g = issued.clone();
+                    g.expires_at = prev.expires_at;
+                    g
+                }
+                _ => issued.clone(),
+            };
+            ledger.insert(spec.grant_id, keep);
+        }
+        Ok(Issued {
+            grant: issued,
+            credentials: Credentials::Aws {
+                access_key_id: session.access_key_id,
+                secret_access_key: session.secret_access_key,
+                session_token: session.session_token,
+                expires_at: session.expiration,
+            },
+        })
+    }
+
+    /// A revocable record for a spec, built from the derived session name and
+    /// the target's role alone (no remote call). Use it to deny a session an
+    /// interrupted process may have minted: revoking it works whether or not
+    /// the session exists. Its `expires_at` is the window's end.
+    pub fn reconstruct(&self, spec: &GrantSpec) -> jit_core::Result<IssuedGrant> {
+        let err = self.err("find");
+        let target =
+            AwsTarget::parse(&spec.entitlement.id, &spec.entitlement.target).map_err(&err)?;
+        let session_name = session::session_name(spec).map_err(&err)?;
+        Ok(IssuedGrant {
+            provider: self.config.name.clone(),
+            external_id: session_name.clone(),
+            expires_at: spec.ends_at,
+            details: json!({
+                "role_arn": target.role.as_str(),
+                "session_name": session_name,
+                "reconstructed": true,
+            }),
+        })
+    }
+
+    async fn revoke_inner(&self, issued: &IssuedGrant) -> Result<(), AwsError> {
+        let session_name = issued.external_id.as_str();
+        let grant = session_name
+            .strip_prefix("jit-")
+            .and_then(uuid_from_simple)
+            .filter(|_| session::is_valid_name(session_name));
+        let Some(grant) = grant else {
+            return Err(AwsError::Unrevocable(format!(
+                "`{}` is not a session name jit-aws derives (`jit-<32 hex>`)",
+                printable(session_name)
+            )));
+        };
+        let recorded = lock(&self.ledger).get(&grant).cloned();
+        let detail = |k: &str| {
+            issued
+                .details
+                .get(k)
+                .and_then(|v| v.as_str())
+                .or_else(|| {
+                    recorded
+                        .as_ref()
+                        .and_then(|r| r.details.get(k))
+                        .and_then(|v| v.as_str())
+                })
+                .map(str::to_string)
+        };
+        let Some(role_text) = detail("role_arn") else {
+            // Nothing minted by this process under that name, and no role on
+            // record: a record that never reached `issue` (the broker keeps
+            // the details of everything it issued), so nothing exists to deny.
+            tracing::warn!(provider = %self.config.name, session = session_name, "revoke: no role recorded for this session; nothing was issued under it");
+            return Ok(());
+        };
+        let role = RoleArn::parse(&role_text)
+            .map_err(|m| AwsError::Unrevocable(format!("recorded `role_arn` is invalid: {m}")))?;
+        let expires_at = recorded
+            .as_ref()
+            .map_or(issued.expires_at, |r| r.expires_at.max(issued.expires_at));
+        let now = self.clock.now();
+        if expires_at + TimeDelta::seconds(PRUNE_MARGIN.as_secs() as i64) < now {
+            tracing::debug!(
+                session = session_name,
+                "revoke: session already expired at aws"
+            );
+            return Ok(());
+        }
+        let role_id = match detail("role_id") {
+            Some(id) => id,
+            None => match self.role_info(&role).await {
+                Ok(info) => info.role_id,
+                Err(AwsError::RoleNotFound(_)) => {
+                    // A deleted role's sessions cannot be used any more.
+                    tracing::info!(role = %role, "revoke: role no longer exists");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let applied = self
+            .revocations
+            .apply(
+                &Target {
+                    clients: &self.clients,
+                    role_name: role.name(),
+                    policy_name: &self.config.revocation_policy_name,
+                    limit: self.config.revocation_policy_limit,
+                },
+                &Change::Session {
+                    userid: format!("{role_id}:{session_name}"),
+                    expires_at,
+                },
+                now,
+            )
+            .await?;
+        if !applied {
+            tracing::info!(role = %role, "revoke: role no longer exists");
+        }
+        tracing::debug!(provider = %self.config.name, session = session_name, role = %role, "aws session revoked");
+        Ok(())
+    }
+
+    /// Denies every session of the role issued before now: AWS's "revoke
+    /// active sessions" (a `DateLessThan aws:TokenIssueTime` deny in the
+    /// revocation policy). An explicit admin operation, never called by the
+    /// broker: it also ends sessions of other grants and of anyone else using
+    /// the role. New sessions are not affected. Returns the cutoff.
+    pub async fn revoke_all_sessions(&self, role: &RoleArn) -> jit_core::Result<DateTime<Utc>> {
+        // Whole seconds, rounded up: `aws:TokenIssueTime` has second precision.
+        let now = self.clock.now();
+        let cutoff = DateTime::<Utc>::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now);
+        let applied = self
+            .revocations
+            .apply(
+                &Target {
+                    clients: &self.clients,
+                    role_name: role.name(),
+                    policy_name: &self.config.revocation_policy_name,
+                    limit: self.config.revocation_policy_limit,
+                },
+                &Change::OlderThan(cutoff),
+                now,
+            )
+            .await
+            .map_err(self.err("revoke"))?;
+        if !applied {
+            return Err(
+                AwsError::RoleNotFound(role.to_string()).into_core(&self.config.name, "revoke")
+            );
+        }
+        tracing::warn!(provider = %self.config.name, role = %role, %cutoff, "all sessions of the role issued before the cutoff are denied");
+        Ok(cutoff)
+    }
+}
+
+fn uuid_from_simple(hex32: &str) -> Option<GrantId> {
+    if hex32.len() != 32
+        || !hex32
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    uuid::Uuid::parse_str(hex32).ok().map(GrantId)
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            native_expiry: true,
+            max_duration: self.max_duration(),
+            min_duration: self.config.min_window(),
+            revocation: RevocationKind::DenyPolicy {
+                propagation: self.config.propagation,
+            },
+        }
+    }
+
+    fn validate(&self, entitlement: &Entitlement) -> jit_core::Result<()> {
+        let err = self.err("validate");
+        AwsTarget::parse(&entitlement.id, &entitlement.target).map_err(&err)?;
+        let min = self.config.min_window();
+        if entitlement.max_duration.get() < min {
+            return Err(err(AwsError::Target {
+                entitlement: entitlement.id.clone(),
+                field: "max_duration".into(),
+                message: format!(
+                    "`{}` is below the shortest window provider `{}` can mint ({})",
+                    entitlement.max_duration,
+                    self.config.name,
+                    format_duration(min)
+                ),
+            }));
+        }
+        Ok(())
+    }
+
+    async fn issue(&self, spec: &GrantSpec) -> jit_core::Result<Issued> {
+        self.issue_inner(spec).await.map_err(self.err("issue"))
+    }
+
+    async fn revoke(&self, issued: &IssuedGrant) -> jit_core::Result<()> {
+        self.revoke_inner(issued).await.map_err(self.err("revoke"))
+    }
+
+    async fn find(&self, spec: &GrantSpec) -> jit_core::Result<Option<IssuedGrant>> {
+        Ok(lock(&self.ledger).get(&spec.grant_id).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn assumed_role_arns_are_recognised() {
+        assert!(is_assumed_role_arn(
+            "arn:aws:sts::123456789012:assumed-role/R/s"
+        ));
+        assert!(!is_assumed_role_arn("arn:aws:iam::123456789012:user/u"));
+        assert!(!is_assumed_role_arn("arn:aws:iam::123456789012:root"));
+        assert!(!is_assumed_role_arn("garbage"));
+    }
+
+    #[test]
+    fn grant_ids_from_session_names() {
+        let id = GrantId::new();
+        let name = jit_core::provider::external_name(id);
+        assert_eq!(
+            uuid_from_simple(name.strip_prefix("jit-").unwrap()),
+            Some(id)
+        );
+        assert_eq!(uuid_from_simple("xyz"), None);
+        assert_eq!(uuid_from_simple(&"A".repeat(32)), None);
+    }
+}

@@ -1,0 +1,514 @@
+//! Early revocation through one inline deny policy on the role.
+//!
+//! STS sessions cannot be deleted. What IAM can do is deny: an identity
+//! policy on the role is evaluated on every request its sessions make, so a
+//! `Deny *` whose condition matches one session ends that session's access
+//! (within IAM's propagation delay, typically seconds, documented as up to
+//! minutes) while the role's other sessions keep working.
+//!
+//! # The document
+//!
+//! jit-aws owns one inline policy per role (default name `jit-revocations`):
+//!
+//! ```json
+//! {"Version":"2012-10-17","Statement":[
+//!   {"Sid":"JitRevokedUntil1767225600","Effect":"Deny","Action":"*","Resource":"*",
+//!    "Condition":{"StringEquals":{"aws:userid":["AROAEXAMPLEROLEID1234:jit-0f5c...","..."]}}},
+//!   {"Sid":"JitRevokeOlderSessions","Effect":"Deny","Action":"*","Resource":"*",
+//!    "Condition":{"DateLessThan":{"aws:TokenIssueTime":"2026-01-01T00:00:00Z"}}}
+//! ]}
+//! ```
+//!
+//! - **Matching one session.** For a role session, `aws:userid` is
+//!   `ROLE_ID:RoleSessionName` (role id `AROA...` from `iam:GetRole`), and
+//!   the session name is derived from the grant id, so the condition matches
+//!   exactly the sessions minted for that grant and nothing else. It also
+//!   works for a grant whose session no longer or never existed.
+//! - **Pruning, and where the expiry lives.** Sessions are grouped into one
+//!   statement per hour of expiry; the `Sid` carries the end of that hour as
+//!   Unix seconds (`JitRevokedUntil<secs>`). Once that time (plus 5 minutes
+//!   of clock skew) has passed, every session in it has expired at AWS, and
+//!   the statement is dropped on the next write. The expiry is kept in the
+//!   `Sid` rather than as a `DateLessThan aws:TokenIssueTime` condition
+//!   because the `Sid` is never evaluated: the deny matches on `aws:userid`
+//!   alone, which keeps its meaning obvious to a reviewer and evaluable by
+//!   emulators that understand only `StringEquals`.
+//! - **Role-wide revocation** ([`crate::AwsProvider::revoke_all_sessions`]):
+//!   AWS's own "revoke active sessions" pattern, denying every session issued
+//!   before now; it is dropped once no session issued before it can still be
+//!   alive (12 hours, STS's longest session, plus the skew margin).
+//! - **Size.** IAM limits the aggregate inline policy size of a role to
+//!   10,240 non-whitespace characters. The document is written minified and
+//!   measured before every write; a revocation that would not fit fails with
+//!   a typed error instead of being dropped (the broker shows it as
+//!   `RevocationFailed` and retries; pruning frees room as sessions expire).
+//!   About 140 concurrent revocations per role fit.
+//! - **Other statements** in the document (added by a person) are kept.
+//!
+//! # Concurrency
+//!
+//! IAM has no conditional write for inline policies. Writes for one role are
+//! serialised by an in-process async mutex; the merged state this process
+//! has written is remembered and merged into what it reads (entries are only
+//! ever added, or dropped after expiry, so a union is always right, also
+//! against a stale read from IAM's eventual consistency); after each write
+//! the document is read back, and if another broker replica's write replaced
+//! it the merge-and-write is repeated (up to 5 times, then a retryable error).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::client::{self, AwsClients};
+use crate::error::AwsError;
+
+/// `Sid` prefix of a per-grant statement; the rest is the hour's end in Unix seconds.
+pub const SID_REVOKED_UNTIL: &str = "JitRevokedUntil";
+/// `Sid` of the role-wide statement.
+pub const SID_OLDER_SESSIONS: &str = "JitRevokeOlderSessions";
+/// Clock skew allowed before a statement is considered expired.
+pub const PRUNE_MARGIN: Duration = Duration::from_secs(300);
+/// Granularity of the expiry buckets.
+pub const BUCKET: i64 = 3600;
+/// Longest life of a session issued before a role-wide revocation.
+const LONGEST_SESSION: TimeDelta = TimeDelta::hours(12);
+const ATTEMPTS: usize = 5;
+
+/// The parsed revocation document.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RevocationDoc {
+    /// Hour end (Unix seconds) → `aws:userid` values revoked in that bucket.
+    pub buckets: BTreeMap<i64, BTreeSet<String>>,
+    /// Sessions issued before this instant are denied.
+    pub older_than: Option<DateTime<Utc>>,
+    /// Statements jit-aws did not write, kept as they are.
+    pub foreign: Vec<Value>,
+}
+
+fn bucket_of(expires_at: DateTime<Utc>) -> i64 {
+    let t = expires_at.timestamp();
+    // Round up so the bucket never ends before a session in it.
+    t.div_euclid(BUCKET) * BUCKET + if t.rem_euclid(BUCKET) == 0 { 0 } else { BUCKET }
+}
+
+fn margin() -> TimeDelta {
+    TimeDelta::seconds(PRUNE_MARGIN.as_secs() as i64)
+}
+
+impl RevocationDoc {
+    /// Parses a document; statements that are not jit-aws's are kept as foreign.
+    pub fn parse(text: &str) -> Result<Self, AwsError> {
+        let bad = |m: &str| AwsError::Rejected {
+            call: "iam:GetRolePolicy",
+            code: "UnreadableRevocationPolicy".into(),
+            message: Some(m.to_string()),
+        };
+        let v: Value = serde_json::from_str(text).map_err(|_| bad("the policy is not JSON"))?;
+        let statements = match v.get("Statement") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(o @ Value::Object(_)) => vec![o.clone()],
+            Some(_) => return Err(bad("`Statement` is neither a list nor an object")),
+        };
+        let mut doc = RevocationDoc::default();
+        for s in statements {
+            let sid = s.get("Sid").and_then(Value::as_str).unwrap_or_default();
+            if let Some(secs) = sid
+                .strip_prefix(SID_REVOKED_UNTIL)
+                .and_then(|n| n.parse::<i64>().ok())
+            {
+                let ids = s
+                    .pointer("/Condition/StringEquals/aws:userid")
+                    .map(|v| match v {
+                        Value::String(x) => vec![x.clone()],
+                        Value::Array(a) => a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect(),
+                        _ => Vec::new(),
+                    })
+                    .unwrap_or_default();
+                doc.buckets.entry(secs).or_default().extend(ids);
+            } else if sid == SID_OLDER_SESSIONS {
+                let at = s
+                    .pointer("/Condition/DateLessThan/aws:TokenIssueTime")
+                    .and_then(Value::as_str)
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                doc.older_than = doc.older_than.max(at);
+            } else {
+                doc.foreign.push(s);
+            }
+        }
+        Ok(doc)
+    }
+
+    /// The minified document.
+    pub fn render(&self) -> String {
+        let mut statements: Vec<Value> = self.foreign.clone();
+        for (until, ids) in &self.buckets {
+            if ids.is_empty() {
+                continue;
+            }
+            let ids: Vec<&String> = ids.iter().collect();
+            let cond = if ids.len() == 1 {
+                json!(ids[0])
+            } else {
+                json!(ids)
+            };
+            statements.push(json!({
+                "Sid": format!("{SID_REVOKED_UNTIL}{until}"),
+                "Effect": "Deny",
+                "Action": "*",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"aws:userid": cond}},
+            }));
+        }
+        if let Some(t) = self.older_than {
+            statements.push(json!({
+                "Sid": SID_OLDER_SESSIONS,
+                "Effect": "Deny",
+                "Action": "*",
+                "Resource": "*",
+                "Condition": {"DateLessThan": {"aws:TokenIssueTime": t.to_rfc3339_opts(SecondsFormat::Secs, true)}},
+            }));
+        }
+        let mut doc = Map::new();
+        doc.insert("Version".into(), json!("2012-10-17"));
+        doc.insert("Statement".into(), Value::Array(statements));
+        Value::Object(doc).to_string()
+    }
+
+    /// Whether nothing is left to deny.
+    pub fn is_empty(&self) -> bool {
+        self.foreign.is_empty()
+            && self.older_than.is_none()
+            && self.buckets.values().all(BTreeSet::is_empty)
+    }
+
+    /// The size IAM counts: characters that are not whitespace.
+    pub fn size(&self) -> usize {
+        self.render().chars().filter(|c| !c.is_whitespace()).count()
+    }
+
+    /// Whether the session is denied until at least `expires_at`.
+    pub fn covers(&self, userid: &str, expires_at: DateTime<Utc>) -> bool {
+        let need = bucket_of(expires_at);
+        self.buckets
+            .range(need..)
+            .any(|(_, ids)| ids.contains(userid))
+    }
+
+    /// Adds a session, denied until the end of its expiry's hour.
+    pub fn add(&mut self, userid: &str, expires_at: DateTime<Utc>) {
+        if !self.covers(userid, expires_at) {
+            self.buckets
+                .entry(bucket_of(expires_at))
+                .or_default()
+                .insert(userid.to_string());
+        }
+    }
+
+    /// Drops what can no longer match a live session.
+    pub fn prune(&mut self, now: DateTime<Utc>) {
+        let cutoff = (now - margin()).timestamp();
+        self.buckets
+            .retain(|until, ids| *until >= cutoff && !ids.is_empty());
+        if let Some(t) = self.older_than {
+            if t + LONGEST_SESSION + margin() < now {
+                self.older_than = None;
+            }
+        }
+    }
+
+    /// Everything in `other` added to `self` (union; the later role-wide time).
+    pub fn merge(&mut self, other: &RevocationDoc) {
+        for (until, ids) in &other.buckets {
+            self.buckets
+                .entry(*until)
+                .or_default()
+                .extend(ids.iter().cloned());
+        }
+        self.older_than = self.older_than.max(other.older_than);
+        for s in &other.foreign {
+            if !self.foreign.contains(s) {
+                self.foreign.push(s.clone());
+            }
+        }
+    }
+
+    /// Whether `self` contains everything `other` does (ignoring pruned parts).
+    fn includes(&self, other: &RevocationDoc) -> bool {
+        other.buckets.iter().all(|(until, ids)| {
+            ids.iter()
+                .all(|id| self.buckets.get(until).is_some_and(|s| s.contains(id)))
+        }) && (other.older_than.is_none() || self.older_than >= other.older_than)
+    }
+}
+
+/// One change to apply.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    /// Deny one session until its expiry.
+    Session {
+        userid: String,
+        expires_at: DateTime<Utc>,
+    },
+    /// Deny every session issued before the instant.
+    OlderThan(DateTime<Utc>),
+}
+
+/// Per-role locks and what this process has written.
+#[derive(Debug, Default)]
+pub(crate) struct Revocations {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    written: Mutex<HashMap<String, RevocationDoc>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain maps: a panic elsewhere cannot leave them half-updated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where and how to write.
+pub(crate) struct Target<'a> {
+    pub clients: &'a AwsClients,
+    pub role_name: &'a str,
+    pub policy_name: &'a str,
+    pub limit: usize,
+}
+
+impl Revocations {
+    fn role_lock(&self, role: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks)
+            .entry(role.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Applies a change with read-merge-write-verify. Returns `Ok(false)`
+    /// when the role no longer exists (its sessions cannot work either).
+    pub async fn apply(
+        &self,
+        t: &Target<'_>,
+        change: &Change,
+        now: DateTime<Utc>,
+    ) -> Result<bool, AwsError> {
+        let role_lock = self.role_lock(t.role_name);
+        let _guard = role_lock.lock().await;
+        let mut want = RevocationDoc::default();
+        match change {
+            Change::Session { userid, expires_at } => want.add(userid, *expires_at),
+            Change::OlderThan(at) => want.older_than = Some(*at),
+        }
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            let current = match client::get_role_policy(t.clients, t.role_name, t.policy_name).await
+            {
+                Ok(Some(text)) => RevocationDoc::parse(&text)?,
+                Ok(None) => RevocationDoc::default(),
+                Err(e) if e.is_no_such_entity() => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let mut next = current.clone();
+            if let Some(mine) = lock(&self.written).get(t.role_name) {
+                next.merge(mine);
+            }
+            next.merge(&want);
+            next.prune(now);
+            if attempt == 0 && next == current && current.includes(&want) {
+                // Already in force: idempotent, no write.
+                return Ok(true);
+            }
+            let size = next.size();
+            if size > t.limit {
+                return Err(AwsError::RevocationPolicyFull {
+                    role: t.role_name.to_string(),
+                    policy: t.policy_name.to_string(),
+                    size,
+                    limit: t.limit,
+                });
+            }
+            let written = if next.is_empty() {
+                client::delete_role_policy(t.clients, t.role_name, t.policy_name).await
+            } else {
+                client::put_role_policy(t.clients, t.role_name, t.policy_name, &next.render()).await
+            };
+            match written {
+                Ok(()) => {}
+                Err(e) if e.is_no_such_entity() => return Ok(false),
+                Err(AwsError::Rejected { code, .. }) if code == "LimitExceeded" => {
+                    return Err(AwsError::RevocationPolicyFull {
+                        role: t.role_name.to_string(),
+                        policy: t.policy_name.to_string(),
+                        size,
+                        limit: t.limit,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+            lock(&self.written).insert(t.role_name.to_string(), next.clone());
+            // Read back: another replica may have replaced the document in between.
+            let back = match client::get_role_policy(t.clients, t.role_name, t.policy_name).await? {
+                Some(text) => RevocationDoc::parse(&text)?,
+                None => RevocationDoc::default(),
+            };
+            let mut pruned_want = want.clone();
+            pruned_want.prune(now);
+            if back.includes(&pruned_want) {
+                return Ok(true);
+            }
+            tracing::warn!(
+                role = t.role_name,
+                attempt,
+                "revocation policy changed under us; merging again"
+            );
+        }
+        Err(AwsError::RevocationContended {
+            role: t.role_name.to_string(),
+            policy: t.policy_name.to_string(),
+            attempts: ATTEMPTS,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn buckets_round_up_to_the_hour() {
+        assert_eq!(
+            bucket_of(t("2026-01-01T00:00:00Z")),
+            t("2026-01-01T00:00:00Z").timestamp()
+        );
+        assert_eq!(
+            bucket_of(t("2026-01-01T00:00:01Z")),
+            t("2026-01-01T01:00:00Z").timestamp()
+        );
+        assert_eq!(
+            bucket_of(t("2026-01-01T00:59:59Z")),
+            t("2026-01-01T01:00:00Z").timestamp()
+        );
+    }
+
+    #[test]
+    fn render_parse_round_trip_and_foreign_statements_survive() {
+        let mut d = RevocationDoc::default();
+        d.add("AROA1:jit-a", t("2026-01-01T00:10:00Z"));
+        d.add("AROA1:jit-b", t("2026-01-01T00:20:00Z"));
+        d.add("AROA1:jit-c", t("2026-01-01T05:00:00Z"));
+        d.older_than = Some(t("2026-01-01T00:00:00Z"));
+        d.foreign
+            .push(json!({"Sid": "Human", "Effect": "Deny", "Action": "s3:*", "Resource": "*"}));
+        let text = d.render();
+        assert!(!text.contains(' '), "{text}");
+        let back = RevocationDoc::parse(&text).unwrap();
+        assert_eq!(back, d);
+        assert_eq!(back.buckets.len(), 2);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let first = &v["Statement"][1];
+        assert_eq!(
+            first["Sid"],
+            format!("JitRevokedUntil{}", t("2026-01-01T01:00:00Z").timestamp())
+        );
+        assert_eq!(first["Effect"], "Deny");
+        assert_eq!(
+            first["Condition"]["StringEquals"]["aws:userid"],
+            json!(["AROA1:jit-a", "AROA1:jit-b"])
+        );
+        // A single entry is a plain string, which every evaluator understands.
+        assert_eq!(
+            v["Statement"][2]["Condition"]["StringEquals"]["aws:userid"],
+            json!("AROA1:jit-c")
+        );
+        assert_eq!(
+            v["Statement"][3]["Condition"]["DateLessThan"]["aws:TokenIssueTime"],
+            "2026-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn add_is_idempotent_and_covers_later_buckets() {
+        let mut d = RevocationDoc::default();
+        d.add("A:x", t("2026-01-01T03:00:00Z"));
+        let once = d.clone();
+        d.add("A:x", t("2026-01-01T03:00:00Z"));
+        d.add("A:x", t("2026-01-01T02:00:00Z"));
+        assert_eq!(d, once);
+        assert!(d.covers("A:x", t("2026-01-01T01:00:00Z")));
+        assert!(!d.covers("A:x", t("2026-01-01T04:00:00Z")));
+        assert!(!d.covers("A:y", t("2026-01-01T01:00:00Z")));
+    }
+
+    #[test]
+    fn prune_drops_only_what_has_expired() {
+        let mut d = RevocationDoc::default();
+        d.add("A:old", t("2026-01-01T00:30:00Z"));
+        d.add("A:new", t("2026-01-01T02:30:00Z"));
+        d.older_than = Some(t("2026-01-01T00:00:00Z"));
+        // 01:00 bucket + 5 min margin: kept at 01:04, dropped at 01:06.
+        d.prune(t("2026-01-01T01:04:00Z"));
+        assert!(d.covers("A:old", t("2026-01-01T00:30:00Z")));
+        d.prune(t("2026-01-01T01:06:00Z"));
+        assert!(!d.covers("A:old", t("2026-01-01T00:30:00Z")));
+        assert!(d.covers("A:new", t("2026-01-01T02:30:00Z")));
+        assert!(d.older_than.is_some());
+        d.prune(t("2026-01-01T12:06:00Z"));
+        assert!(d.older_than.is_none());
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn merge_is_a_union() {
+        let mut a = RevocationDoc::default();
+        a.add("A:1", t("2026-01-01T00:30:00Z"));
+        let mut b = RevocationDoc::default();
+        b.add("A:2", t("2026-01-01T00:30:00Z"));
+        b.older_than = Some(t("2026-01-01T00:00:00Z"));
+        a.merge(&b);
+        assert!(a.includes(&b));
+        assert!(a.covers("A:1", t("2026-01-01T00:30:00Z")));
+    }
+
+    #[test]
+    fn about_140_sessions_fit_the_iam_limit() {
+        let mut d = RevocationDoc::default();
+        let base = t("2026-01-01T00:00:00Z");
+        let mut n = 0;
+        loop {
+            let mut next = d.clone();
+            // Spread over 12 hourly buckets: the worst realistic overhead.
+            next.add(
+                &format!("AROA{:017}:jit-{:032x}", 0, n),
+                base + TimeDelta::minutes(5 * (n % 144) as i64),
+            );
+            if next.size() > 10_240 {
+                break;
+            }
+            d = next;
+            n += 1;
+        }
+        assert!(n >= 140, "only {n} fit");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_reset() {
+        assert!(RevocationDoc::parse("not json").is_err());
+        assert!(RevocationDoc::parse(r#"{"Statement": 3}"#).is_err());
+        assert!(RevocationDoc::parse(r#"{"Version":"2012-10-17"}"#)
+            .unwrap()
+            .is_empty());
+    }
+}

@@ -1,0 +1,165 @@
+//! The `aws-config` credentials provider backed by a real broker running
+//! jit-aws against moto. (The lifecycle secret scan is in `secrets_moto.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::provider::ProvideCredentials;
+use common::*;
+use jit_aws::{AwsConfig, AwsProvider, BrokerCredentialsProvider};
+use jit_core::{AccessRequest, Broker, CataloguePolicy, ListFilter, MemoryStore, Principal, State};
+
+fn catalogue(role_arn: &str) -> CataloguePolicy {
+    CataloguePolicy::from_toml_str(&format!(
+        r#"
+        [admins]
+        groups = ["secops"]
+
+        [[entitlements]]
+        id = "aws-auto"
+        provider = "aws"
+        max_duration = "1h"
+        target = {{ role_arn = "{role_arn}", session_tags = {{ team = "payments" }} }}
+        [entitlements.eligible]
+        groups = ["oncall"]
+        [entitlements.auto_approve]
+        groups = ["oncall"]
+
+        [[entitlements]]
+        id = "aws-approved"
+        provider = "aws"
+        max_duration = "1h"
+        target = {{ role_arn = "{role_arn}" }}
+        [entitlements.eligible]
+        groups = ["oncall"]
+        [entitlements.approval]
+        groups = ["leads"]
+        "#
+    ))
+    .unwrap()
+}
+
+async fn broker(auto_issue: bool) -> (Broker, String) {
+    let sdk = moto_sdk().await;
+    let (role_arn, _) = create_role(&sdk, 3600, &open_trust()).await;
+    let provider = AwsProvider::builder(AwsConfig::default().with_role_chaining(false))
+        .sdk_config(sdk)
+        .build()
+        .await
+        .unwrap();
+    let broker = Broker::builder(Arc::new(MemoryStore::new()), Arc::new(catalogue(&role_arn)))
+        .provider(Arc::new(provider))
+        .auto_issue(auto_issue)
+        .build()
+        .unwrap();
+    (broker, role_arn)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_clients_run_on_jit_credentials_and_renew_them() {
+    let (broker, role_arn) = broker(true).await;
+    let alice = Principal::new("alice@example.com")
+        .unwrap()
+        .with_group("oncall");
+    let request = AccessRequest::new("aws-auto", "20m".parse().unwrap(), "service traffic");
+    let provider = BrokerCredentialsProvider::new(broker.clone(), alice.clone(), request.clone());
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(jit_aws::client::http_client())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(moto_url())
+        .credentials_provider(provider)
+        .load()
+        .await;
+    let me = aws_sdk_sts::Client::new(&sdk)
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap();
+    let role_name = role_arn.rsplit('/').next().unwrap();
+    let arn = me.arn().unwrap();
+    assert!(
+        arn.starts_with(&format!(
+            "arn:aws:sts::{ACCOUNT}:assumed-role/{role_name}/jit-"
+        )),
+        "{arn}"
+    );
+    let requests = broker.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let grant = requests[0].grant.as_ref().unwrap();
+    assert!(
+        arn.ends_with(&jit_core::provider::external_name(grant.id)),
+        "{arn}"
+    );
+
+    // Cached: a second call makes no new request.
+    let direct = BrokerCredentialsProvider::new(broker.clone(), alice.clone(), request.clone());
+    let first = direct.provide_credentials().await.unwrap();
+    let again = direct.provide_credentials().await.unwrap();
+    assert_eq!(first.access_key_id(), again.access_key_id());
+    assert_eq!(broker.list(&ListFilter::default()).await.unwrap().len(), 2);
+
+    // Renewed when within `refresh_before` of expiry: a new, audited request.
+    let eager = BrokerCredentialsProvider::new(broker.clone(), alice, request)
+        .refresh_before(Duration::from_secs(3600));
+    let a = eager.provide_credentials().await.unwrap();
+    let b = eager.provide_credentials().await.unwrap();
+    assert_ne!(a.access_key_id(), b.access_key_id());
+    assert_eq!(broker.list(&ListFilter::default()).await.unwrap().len(), 4);
+    assert!(format!("{eager:?}").contains("aws-auto"));
+    assert!(!format!("{a:?}").contains(a.secret_access_key()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_approval_then_issue_as_the_requester() {
+    let (broker, _) = broker(false).await;
+    let alice = Principal::new("alice@example.com")
+        .unwrap()
+        .with_group("oncall");
+    let lead = Principal::new("lena").unwrap().with_group("leads");
+    let provider = BrokerCredentialsProvider::new(
+        broker.clone(),
+        alice,
+        AccessRequest::new("aws-approved", "20m".parse().unwrap(), "needs a lead"),
+    );
+    let err = provider.provide_credentials().await.unwrap_err();
+    assert!(
+        error_chain(&err).contains("waiting for approval"),
+        "{err:?}"
+    );
+    let pending = broker.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].state, State::Pending);
+    broker.approve(&lead, pending[0].id, "ok").await.unwrap();
+    let creds = provider.provide_credentials().await.unwrap();
+    assert!(creds.access_key_id().starts_with("ASIA") || !creds.access_key_id().is_empty());
+    assert_eq!(provider.current_request().await, Some(pending[0].id));
+    assert_eq!(
+        broker.get(pending[0].id).await.unwrap().state,
+        State::Active
+    );
+
+    // Not eligible: a denial, reported as a credentials error.
+    let mallory = Principal::new("mallory").unwrap();
+    let denied = BrokerCredentialsProvider::new(
+        broker,
+        mallory,
+        AccessRequest::new("aws-auto", "20m".parse().unwrap(), "x"),
+    );
+    let err = denied.provide_credentials().await.unwrap_err();
+    assert!(error_chain(&err).contains("denied"), "{err:?}");
+}
+
+/// The error and its sources, joined (the credentials error wraps ours).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,328 @@
+//! Shared test tooling: a real moto server, SDK configurations pointing at
+//! it, role fixtures, a call-counting interceptor and an endpoint that must
+//! never be contacted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sts::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_sts::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use jit_aws::AwsClients;
+use jit_core::testing::provider::AccessProbe;
+use jit_core::{Credentials, Entitlement, GrantDuration, IssuedGrant};
+
+pub const ACCOUNT: &str = "123456789012";
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `scripts/moto.sh start` with a state directory and returns the URL.
+/// Panics (fails the test) when moto cannot be started: never a skip.
+fn start_moto(state: Option<&str>) -> String {
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace().join("scripts/moto.sh")).arg("start");
+    if let Some(s) = state {
+        cmd.env("JIT_MOTO_STATE", workspace().join(s));
+    }
+    let out = cmd.output().expect("cannot run scripts/moto.sh");
+    assert!(
+        out.status.success(),
+        "scripts/moto.sh start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = workspace().join(state.unwrap_or("target/moto"));
+    let port = std::fs::read_to_string(dir.join("port")).expect("moto port file missing");
+    format!("http://127.0.0.1:{}", port.trim())
+}
+
+/// The shared moto server: `JIT_TEST_MOTO_URL` (set by `scripts/test.sh`),
+/// else one started (or reused) through `scripts/moto.sh`.
+pub fn moto_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("JIT_TEST_MOTO_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => start_moto(None),
+    })
+    .clone()
+}
+
+/// A private moto server (for auth mode, which is server-wide), stopped on drop.
+pub struct PrivateMoto {
+    pub url: String,
+    state: String,
+}
+
+impl PrivateMoto {
+    pub fn start(name: &str) -> Self {
+        let state = format!("target/moto-{name}");
+        // A previous run that panicked may have left one behind.
+        let _ = Command::new("bash")
+            .arg(workspace().join("scripts/moto.sh"))
+            .arg("stop")
+            .env("JIT_MOTO_STATE", workspace().join(&state))
+            .status();
+        let url = start_moto(Some(&state));
+        Self { url, state }
+    }
+}
+
+impl Drop for PrivateMoto {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(workspace().join("scripts/moto.sh"))
+            .arg("stop")
+            .env("JIT_MOTO_STATE", workspace().join(&self.state))
+            .status();
+    }
+}
+
+/// An SDK configuration for moto with static credentials.
+pub async fn sdk(url: &str, key: &str, secret: &str, token: Option<&str>) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(jit_aws::client::http_client())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(url)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            key,
+            secret,
+            token.map(str::to_string),
+            None,
+            "test",
+        ))
+        .load()
+        .await
+}
+
+/// Moto with its default (unchecked) credentials.
+pub async fn moto_sdk() -> SdkConfig {
+    sdk(&moto_url(), "AKIATESTBROKER000000", "broker-secret", None).await
+}
+
+/// A trust policy anyone in the account may use.
+pub fn open_trust() -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
+            "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]}],
+    })
+    .to_string()
+}
+
+/// A role with a unique name; returns its ARN and id.
+pub async fn create_role(sdk: &SdkConfig, max_session: i32, trust: &str) -> (String, String) {
+    let iam = aws_sdk_iam::Client::new(sdk);
+    let name = format!("jit-test-{}", uuid::Uuid::new_v4().simple());
+    let out = iam
+        .create_role()
+        .role_name(&name)
+        .assume_role_policy_document(trust)
+        .max_session_duration(max_session)
+        .send()
+        .await
+        .expect("create_role");
+    let role = out.role().unwrap();
+    (role.arn().to_string(), role.role_id().to_string())
+}
+
+pub fn entitlement(id: &str, target: serde_json::Value, max: Duration) -> Entitlement {
+    Entitlement {
+        id: id.into(),
+        description: String::new(),
+        provider: "aws".into(),
+        target,
+        max_duration: GrantDuration::new(max).unwrap(),
+    }
+}
+
+/// The inline revocation policy of a role, decoded.
+pub async fn revocation_policy(
+    sdk: &SdkConfig,
+    role_arn: &str,
+    name: &str,
+) -> Option<serde_json::Value> {
+    let iam = aws_sdk_iam::Client::new(sdk);
+    let role_name = role_arn.rsplit('/').next().unwrap();
+    match iam
+        .get_role_policy()
+        .role_name(role_name)
+        .policy_name(name)
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let text = percent_decode(out.policy_document());
+            Some(serde_json::from_str(&text).unwrap())
+        }
+        Err(e) => {
+            let svc = e.into_service_error();
+            assert!(svc.is_no_such_entity_exception(), "{svc:?}");
+            None
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The `aws:userid` values the revocation policy denies, per statement.
+pub fn denied_userids(doc: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in doc["Statement"].as_array().unwrap() {
+        if s["Effect"] != "Deny" {
+            continue;
+        }
+        match &s["Condition"]["StringEquals"]["aws:userid"] {
+            serde_json::Value::String(x) => out.push(x.clone()),
+            serde_json::Value::Array(a) => {
+                out.extend(a.iter().map(|v| v.as_str().unwrap().to_string()))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Counts SDK operations by name (`AssumeRole`, `GetRole`, ...).
+#[derive(Debug, Default, Clone)]
+pub struct CallCounter(pub Arc<Mutex<BTreeMap<String, usize>>>);
+
+impl CallCounter {
+    pub fn get(&self, op: &str) -> usize {
+        self.0.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> usize {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+impl Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "CallCounter"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _ctx: &BeforeSerializationInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let op = cfg
+            .load::<Metadata>()
+            .map(|m| m.name().to_string())
+            .unwrap_or_else(|| "?".into());
+        *self.0.lock().unwrap().entry(op).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// STS and IAM clients with a call counter on both.
+pub fn counted_clients(sdk: &SdkConfig) -> (AwsClients, CallCounter) {
+    let counter = CallCounter::default();
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let iam = aws_sdk_iam::Client::from_conf(
+        aws_sdk_iam::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    (AwsClients { sts, iam }, counter)
+}
+
+/// A TCP endpoint that counts connections and answers none: any SDK call
+/// made against it is a test failure (checked with [`Tripwire::contacts`]).
+pub struct Tripwire {
+    pub url: String,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Tripwire {
+    pub fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                h.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        Self { url, hits }
+    }
+
+    pub fn contacts(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Works when `sts:GetCallerIdentity` with the credentials answers with the
+/// grant's assumed-role ARN and `ROLE_ID:session-name` user id. Moto answers
+/// unknown keys with a default identity, which does not match.
+pub struct StsProbe {
+    pub url: String,
+}
+
+#[async_trait]
+impl AccessProbe for StsProbe {
+    async fn works(&self, credentials: &Credentials, issued: &IssuedGrant) -> bool {
+        let Credentials::Aws {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            ..
+        } = credentials
+        else {
+            return false;
+        };
+        let sdk = sdk(
+            &self.url,
+            access_key_id,
+            secret_access_key.expose(),
+            Some(session_token.expose()),
+        )
+        .await;
+        let Ok(me) = aws_sdk_sts::Client::new(&sdk)
+            .get_caller_identity()
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let want_arn = issued.details["assumed_role_arn"].as_str();
+        let want_id = format!(
+            "{}:{}",
+            issued.details["role_id"].as_str().unwrap_or_default(),
+            issued.external_id
+        );
+        me.arn() == want_arn && me.user_id() == Some(want_id.as_str())
+    }
+}
