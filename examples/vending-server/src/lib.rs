@@ -41,7 +41,9 @@ use crate::metrics::{Measured, Metrics};
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
     // One place chooses the backend from the URL: `sqlite://...` (the default),
     // `postgres://...` for several server replicas on one database, `memory:`.
-    jit_core::store::connect(url).await.map_err(|e| e.to_string())
+    jit_core::store::connect(url)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
