@@ -59,7 +59,7 @@ start() {
   local port pid
   port="$(free_port)"
   # setsid: the server outlives this script but not a `stop`; its own group.
-  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$STATE/log" 2>&1 </dev/null &
+  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$STATE/log" 2>&1 </dev/null 9>&- &
   pid=$!
   echo "$pid" >"$STATE/pid"
   echo "$port" >"$STATE/port"
@@ -101,6 +101,12 @@ env_line() {
   running || { log "not running; use: bash scripts/moto.sh start"; exit 1; }
   echo "export JIT_TEST_MOTO_URL=http://127.0.0.1:$(cat "$STATE/port")"
 }
+
+# One caller at a time: two test binaries (or a developer and a test run)
+# starting the same server must not both install or both spawn.
+mkdir -p "$PWD/target"
+exec 9>"$PWD/target/.moto.lock"
+flock 9
 
 case "${1:-}" in
   install) install ;;
