@@ -9,6 +9,29 @@
 //! token = "eyJ..."
 //! ```
 //!
+//! # Credentials for other programs
+//!
+//! `jit exec ENTITLEMENT --for 1h --reason "..." -- CMD ARGS` runs `CMD` with
+//! the credentials in its environment only, reusing an active grant of yours
+//! with at least a minute left: `JIT_ACCESS_TOKEN` and
+//! `JIT_ACCESS_TOKEN_EXPIRES_AT` for token grants; `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
+//! `AWS_CREDENTIAL_EXPIRATION` for AWS grants (with `AWS_PROFILE` removed,
+//! so a profile cannot shadow them). `JIT_TOKEN` is never passed on.
+//!
+//! For AWS tools that refresh credentials themselves, name the CLI as the
+//! profile's credential process in `~/.aws/config`:
+//!
+//! ```ini
+//! [profile prod-readonly]
+//! credential_process = jit credential-process prod-readonly --for 1h --reason "on-call: INC-1234"
+//! ```
+//!
+//! It prints the `credential_process` JSON (version 1) of an active grant of
+//! yours with at least 15 minutes left (`--min-remaining`; SDKs refresh at
+//! 15 minutes and refuse less than 10), or of a new one, waiting for
+//! approval when the policy wants it. Nothing else goes to stdout.
+//!
 //! # Exit codes
 //!
 //! | code | meaning |
@@ -163,6 +186,32 @@ enum Cmd {
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Print AWS `credential_process` JSON for an entitlement, reusing an
+    /// active grant of yours with enough time left, else requesting one
+    /// (and waiting for approval). For `~/.aws/config`:
+    /// `credential_process = jit credential-process prod-readonly --for 1h --reason "..."`
+    #[command(name = "credential-process")]
+    CredentialProcess {
+        /// Entitlement id (an AWS entitlement).
+        entitlement: String,
+        /// How long, if a new grant is needed.
+        #[arg(long = "for")]
+        duration: String,
+        /// Justification, if a new grant is needed.
+        #[arg(long)]
+        reason: String,
+        /// Ticket reference.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Longest wait for approval.
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+        /// Reuse a grant only with at least this long left. AWS SDKs refresh
+        /// `credential_process` credentials 15 minutes before they expire
+        /// and refuse ones with less than 10 minutes left.
+        #[arg(long, default_value = "15m")]
+        min_remaining: String,
     },
     /// The audit log.
     Audit {
@@ -454,32 +503,51 @@ fn submit_body(entitlement: &str, duration: &str, reason: &str, ticket: &Option<
     b
 }
 
-/// An active grant of mine for the entitlement with at least a minute left,
-/// else a new request (waited for).
-async fn grant_for_exec(
-    c: &Client,
-    entitlement: &str,
-    duration: &str,
-    reason: &str,
-    ticket: &Option<String>,
+/// What `exec` and `credential-process` need: an entitlement, and the
+/// request to make when no active grant can be reused.
+struct Want<'a> {
+    entitlement: &'a str,
+    duration: &'a str,
+    reason: &'a str,
+    ticket: &'a Option<String>,
     timeout: Duration,
-) -> Res<(String, Value)> {
+    /// Reuse an active grant only with at least this long left.
+    min_remaining: Duration,
+}
+
+/// An active grant of mine for the entitlement with at least
+/// `min_remaining` left (the one ending last), else a new request (waited for).
+async fn grant_for(c: &Client, w: &Want<'_>) -> Res<(String, Value)> {
+    let Want {
+        entitlement,
+        duration,
+        reason,
+        ticket,
+        timeout,
+        min_remaining,
+    } = *w;
     let mine = c
         .get(&format!(
             "/v1/requests?scope=mine&state=active&entitlement={entitlement}"
         ))
         .await?;
-    let soon = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
-    for r in mine["requests"].as_array().into_iter().flatten() {
-        let ok = r["grant"]["ends_at"]
-            .as_str()
-            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
-            .is_some_and(|e| e > soon);
-        if ok {
-            let id = s(r, "id").to_string();
-            let creds = c.get(&format!("/v1/requests/{id}/credentials")).await?;
-            return Ok((id, creds["credentials"].clone()));
-        }
+    let soon = chrono::Utc::now()
+        + chrono::TimeDelta::from_std(min_remaining).unwrap_or(chrono::TimeDelta::MAX);
+    let reusable = mine["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let ends = r["grant"]["ends_at"]
+                .as_str()
+                .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())?;
+            (ends > soon).then_some((ends, r))
+        })
+        .max_by_key(|(ends, _)| *ends);
+    if let Some((_, r)) = reusable {
+        let id = s(r, "id").to_string();
+        let creds = c.get(&format!("/v1/requests/{id}/credentials")).await?;
+        return Ok((id, creds["credentials"].clone()));
     }
     let out = c
         .post(
@@ -495,6 +563,62 @@ async fn grant_for_exec(
     final_code(&done["request"])?;
     let creds = c.get(&format!("/v1/requests/{id}/credentials")).await?;
     Ok((id, creds["credentials"].clone()))
+}
+
+/// The server's `kind = "aws"` credentials, checked field by field.
+struct AwsCreds<'a> {
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    session_token: &'a str,
+    expiration: &'a str,
+}
+
+fn aws_creds(creds: &Value) -> Res<AwsCreds<'_>> {
+    if creds["kind"] != "aws" {
+        return Err(Fail::new(
+            1,
+            format!(
+                "the entitlement's credentials are of kind `{}`, not `aws`",
+                s(creds, "kind")
+            ),
+        ));
+    }
+    let field = |k: &str| {
+        creds[k]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| Fail::new(1, format!("the server's aws credentials lack `{k}`")))
+    };
+    Ok(AwsCreds {
+        access_key_id: field("access_key_id")?,
+        secret_access_key: field("secret_access_key")?,
+        session_token: field("session_token")?,
+        expiration: field("expires_at")?,
+    })
+}
+
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
+/// `AWS_CREDENTIAL_EXPIRATION`, as every AWS SDK and the CLI read them.
+fn aws_env(creds: &Value) -> Res<[(&'static str, &str); 4]> {
+    let a = aws_creds(creds)?;
+    Ok([
+        ("AWS_ACCESS_KEY_ID", a.access_key_id),
+        ("AWS_SECRET_ACCESS_KEY", a.secret_access_key),
+        ("AWS_SESSION_TOKEN", a.session_token),
+        ("AWS_CREDENTIAL_EXPIRATION", a.expiration),
+    ])
+}
+
+/// The `credential_process` protocol, version 1.
+fn credential_process_json(creds: &Value) -> Res<Value> {
+    let a = aws_creds(creds)?;
+    Ok(json!({
+        "Version": 1,
+        "AccessKeyId": a.access_key_id,
+        "SecretAccessKey": a.secret_access_key,
+        "SessionToken": a.session_token,
+        "Expiration": a.expiration,
+    }))
 }
 
 fn exec(id: &str, creds: &Value, command: &[String]) -> Res<u8> {
@@ -513,6 +637,17 @@ fn exec(id: &str, creds: &Value, command: &[String]) -> Res<u8> {
         }
         "assignment" => {
             cmd.env("JIT_ACCESS_EXPIRES_AT", s(creds, "expires_at"));
+        }
+        "aws" => {
+            // A profile named in the environment would win over these in
+            // some SDKs (botocore drops its environment provider when a
+            // profile is set explicitly), so the child gets neither.
+            for k in ["AWS_PROFILE", "AWS_DEFAULT_PROFILE"] {
+                cmd.env_remove(k);
+            }
+            for (k, v) in aws_env(creds)? {
+                cmd.env(k, v);
+            }
         }
         other => {
             return Err(Fail::new(
@@ -678,10 +813,36 @@ async fn run(cli: Cli) -> Res<u8> {
             timeout,
             command,
         } => {
-            let timeout = parse_wait(&timeout)?;
-            let (id, creds) =
-                grant_for_exec(&c, &entitlement, &duration, &reason, &ticket, timeout).await?;
+            let want = Want {
+                entitlement: &entitlement,
+                duration: &duration,
+                reason: &reason,
+                ticket: &ticket,
+                timeout: parse_wait(&timeout)?,
+                min_remaining: Duration::from_secs(60),
+            };
+            let (id, creds) = grant_for(&c, &want).await?;
             return exec(&id, &creds, &command);
+        }
+        Cmd::CredentialProcess {
+            entitlement,
+            duration,
+            reason,
+            ticket,
+            timeout,
+            min_remaining,
+        } => {
+            let want = Want {
+                entitlement: &entitlement,
+                duration: &duration,
+                reason: &reason,
+                ticket: &ticket,
+                timeout: parse_wait(&timeout)?,
+                min_remaining: parse_wait(&min_remaining)?,
+            };
+            let (_, creds) = grant_for(&c, &want).await?;
+            // stdout carries this one line and nothing else: the SDK parses it.
+            println!("{}", credential_process_json(&creds)?);
         }
         Cmd::Audit {
             cmd: AuditCmd::Verify,
@@ -752,6 +913,41 @@ mod tests {
         for bad in ["", "10", "5x", "m"] {
             assert_eq!(parse_wait(bad).unwrap_err().code, 2, "{bad}");
         }
+    }
+
+    #[test]
+    fn aws_credentials_become_credential_process_json_and_env() {
+        let creds = json!({
+            "kind": "aws", "access_key_id": "ASIAEXAMPLE", "secret_access_key": "sk",
+            "session_token": "st", "expires_at": "2026-11-29T12:00:00Z",
+        });
+        assert_eq!(
+            credential_process_json(&creds).unwrap(),
+            json!({"Version": 1, "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "sk",
+                   "SessionToken": "st", "Expiration": "2026-11-29T12:00:00Z"})
+        );
+        let env = aws_env(&creds).unwrap();
+        assert_eq!(env[0], ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE"));
+        assert_eq!(
+            env[3],
+            ("AWS_CREDENTIAL_EXPIRATION", "2026-11-29T12:00:00Z")
+        );
+
+        let token = json!({"kind": "local_token", "token": "t", "expires_at": "x"});
+        let err = credential_process_json(&token).unwrap_err();
+        assert!(
+            err.message.contains("kind `local_token`, not `aws`"),
+            "{}",
+            err.message
+        );
+        let mut partial = creds.clone();
+        partial["session_token"] = json!("");
+        let err = aws_env(&partial).unwrap_err();
+        assert!(
+            err.message.contains("lack `session_token`"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ fn bench(c: &mut Criterion) {
             issuer: None,
             key_file: None,
             max_duration: None,
+            ..Default::default()
         },
     );
     let config = Config {

@@ -25,6 +25,14 @@
 //! key_file = "local-key.pem"              # JIT_LOCAL_KEY_FILE; created (0600) if missing
 //! max_duration = "8h"
 //!
+//! [providers.aws]                         # STS AssumeRole through jit-aws
+//! kind = "aws"
+//! region = "eu-west-1"                    # JIT_AWS_REGION; every JIT_AWS_* variable wins over its key
+//! role_chaining = "detect"                # JIT_AWS_ROLE_CHAINING: true, false or detect
+//! max_duration = "4h"                     # JIT_AWS_MAX_DURATION
+//! # endpoint_url, issue_margin, role_cache_ttl, over_role_max, revocation_policy,
+//! # revocation_policy_limit, propagation, source_identity, session_tags: see ProviderConfig
+//!
 //! [limits]
 //! max_body_bytes = 65536
 //!
@@ -48,7 +56,8 @@ pub struct Config {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Store URL: `sqlite://path.db` (PostgreSQL once `jit_core::store::connect` exists).
+    /// Store URL: `sqlite://path.db` (the default), `postgres://...` for
+    /// several replicas on one database, or `memory:` (nothing kept).
     #[serde(default = "default_store")]
     pub store_url: String,
     /// Catalogue file path (relative to the config file).
@@ -115,21 +124,131 @@ fn default_refresh() -> u64 {
     30
 }
 
-/// `[providers.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[providers.NAME]`: the table name is the provider name entitlements
+/// select (`provider = "NAME"`).
+///
+/// `kind = "local"` takes `issuer`, `key_file` and `max_duration`.
+/// `kind = "aws"` takes `max_duration` and the AWS settings below, each the
+/// same as a `JIT_AWS_*` variable of [`jit_aws::config`] (which wins when
+/// set); the server's own AWS identity comes from the standard chain
+/// (environment, profile, web identity, ECS, IMDS).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// Only `local` for now (AWS comes with jit-aws).
+    /// `local` (signed tokens, no cloud) or `aws` (STS `AssumeRole`).
     pub kind: String,
-    /// Token issuer name.
+    /// Token issuer name (`local`).
     #[serde(default)]
     pub issuer: Option<String>,
-    /// Ed25519 PKCS#8 PEM key file; generated if missing.
+    /// Ed25519 PKCS#8 PEM key file; generated if missing (`local`).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
-    /// Longest token, e.g. `8h`.
+    /// Longest grant, e.g. `8h`.
     #[serde(default)]
     pub max_duration: Option<String>,
+    /// Region for STS and IAM (`aws`; `JIT_AWS_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// One endpoint for STS and IAM: a VPC endpoint, a test server (`aws`; `JIT_AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// `true`, `false` or `detect`: whether the server's identity is an
+    /// assumed role, which caps sessions at 1 h (`aws`; `JIT_AWS_ROLE_CHAINING`).
+    #[serde(default)]
+    pub role_chaining: Option<String>,
+    /// Room between fixing a window and calling STS, e.g. `1m` (`aws`; `JIT_AWS_ISSUE_MARGIN`).
+    #[serde(default)]
+    pub issue_margin: Option<String>,
+    /// How long a role's `MaxSessionDuration` is cached (`aws`; `JIT_AWS_ROLE_CACHE_TTL`).
+    #[serde(default)]
+    pub role_cache_ttl: Option<String>,
+    /// `clamp` or `refuse` windows longer than the role allows (`aws`; `JIT_AWS_OVER_ROLE_MAX`).
+    #[serde(default)]
+    pub over_role_max: Option<String>,
+    /// Inline role policy holding revocations (`aws`; `JIT_AWS_REVOCATION_POLICY`).
+    #[serde(default)]
+    pub revocation_policy: Option<String>,
+    /// Largest revocation policy in characters (`aws`; `JIT_AWS_REVOCATION_POLICY_LIMIT`).
+    #[serde(default)]
+    pub revocation_policy_limit: Option<u64>,
+    /// Advertised time for a revocation to take effect (`aws`; `JIT_AWS_PROPAGATION`).
+    #[serde(default)]
+    pub propagation: Option<String>,
+    /// Set `SourceIdentity` to the requester (`aws`; `JIT_AWS_SOURCE_IDENTITY`).
+    #[serde(default)]
+    pub source_identity: Option<bool>,
+    /// Pass session tags (`aws`; `JIT_AWS_SESSION_TAGS`).
+    #[serde(default)]
+    pub session_tags: Option<bool>,
+}
+
+impl ProviderConfig {
+    /// The settings given for `kind = "aws"`, as the `JIT_AWS_*` variables they mirror.
+    pub fn aws_settings(&self) -> BTreeMap<&'static str, String> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                m.insert(k, v);
+            }
+        };
+        put("JIT_AWS_MAX_DURATION", self.max_duration.clone());
+        put("JIT_AWS_REGION", self.region.clone());
+        put("JIT_AWS_ENDPOINT_URL", self.endpoint_url.clone());
+        put("JIT_AWS_ROLE_CHAINING", self.role_chaining.clone());
+        put("JIT_AWS_ISSUE_MARGIN", self.issue_margin.clone());
+        put("JIT_AWS_ROLE_CACHE_TTL", self.role_cache_ttl.clone());
+        put("JIT_AWS_OVER_ROLE_MAX", self.over_role_max.clone());
+        put("JIT_AWS_REVOCATION_POLICY", self.revocation_policy.clone());
+        put(
+            "JIT_AWS_REVOCATION_POLICY_LIMIT",
+            self.revocation_policy_limit.map(|n| n.to_string()),
+        );
+        put("JIT_AWS_PROPAGATION", self.propagation.clone());
+        put(
+            "JIT_AWS_SOURCE_IDENTITY",
+            self.source_identity.map(|b| b.to_string()),
+        );
+        put(
+            "JIT_AWS_SESSION_TAGS",
+            self.session_tags.map(|b| b.to_string()),
+        );
+        m
+    }
+
+    /// Refuses keys that do not belong to the provider's kind, so a typo'd
+    /// kind or a misplaced key is an error, not a silently ignored setting.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        let local_only = [
+            ("issuer", self.issuer.is_some()),
+            ("key_file", self.key_file.is_some()),
+        ];
+        let aws_keys = self.aws_settings();
+        let misplaced: Vec<String> = match self.kind.as_str() {
+            "local" => aws_keys
+                .keys()
+                .filter(|k| **k != "JIT_AWS_MAX_DURATION")
+                .map(|k| k.trim_start_matches("JIT_AWS_").to_ascii_lowercase())
+                .collect(),
+            "aws" => local_only
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(k, _)| k.to_string())
+                .collect(),
+            other => {
+                return Err(format!(
+                    "provider `{name}`: kind `{other}` is not supported (use `local` or `aws`)"
+                ))
+            }
+        };
+        match misplaced.as_slice() {
+            [] => Ok(()),
+            keys => Err(format!(
+                "provider `{name}`: `{}` do not apply to kind `{}`",
+                keys.join("`, `"),
+                self.kind
+            )),
+        }
+    }
 }
 
 /// `[limits]`.
@@ -259,5 +378,58 @@ mod tests {
 
         let err = Config::from_toml_str(&format!("{MIN}\n[limits]\nmax_body = 1\n")).unwrap_err();
         assert!(err.contains("unknown field `max_body`"), "{err}");
+    }
+
+    #[test]
+    fn aws_providers_mirror_jit_aws_variables_and_misplaced_keys_are_refused() {
+        let c = Config::from_toml_str(&format!(
+            "{MIN}\n[providers.prod]\nkind = \"aws\"\nregion = \"eu-west-1\"\nrole_chaining = \"false\"\nmax_duration = \"4h\"\nsession_tags = false\nrevocation_policy_limit = 4096\n"
+        ))
+        .unwrap();
+        let prod = &c.providers["prod"];
+        prod.check("prod").unwrap();
+        let s = prod.aws_settings();
+        assert_eq!(s["JIT_AWS_REGION"], "eu-west-1");
+        assert_eq!(s["JIT_AWS_ROLE_CHAINING"], "false");
+        assert_eq!(s["JIT_AWS_MAX_DURATION"], "4h");
+        assert_eq!(s["JIT_AWS_SESSION_TAGS"], "false");
+        assert_eq!(s["JIT_AWS_REVOCATION_POLICY_LIMIT"], "4096");
+        assert_eq!(s.len(), 5);
+        // jit-aws parses exactly these names.
+        let aws = jit_aws::AwsConfig::from_lookup(|k| s.get(k).cloned()).unwrap();
+        assert_eq!(aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(aws.role_chaining, Some(false));
+        assert!(!aws.session_tags);
+        assert_eq!(aws.revocation_policy_limit, 4096);
+        c.providers["local"].check("local").unwrap();
+
+        let local_with_region = ProviderConfig {
+            kind: "local".into(),
+            region: Some("eu-west-1".into()),
+            ..Default::default()
+        };
+        let err = local_with_region.check("l").unwrap_err();
+        assert!(
+            err.contains("`region` do not apply to kind `local`"),
+            "{err}"
+        );
+        let aws_with_key = ProviderConfig {
+            kind: "aws".into(),
+            key_file: Some("k.pem".into()),
+            ..Default::default()
+        };
+        let err = aws_with_key.check("a").unwrap_err();
+        assert!(
+            err.contains("`key_file` do not apply to kind `aws`"),
+            "{err}"
+        );
+        let gcp = ProviderConfig {
+            kind: "gcp".into(),
+            ..Default::default()
+        };
+        assert!(gcp
+            .check("g")
+            .unwrap_err()
+            .contains("kind `gcp` is not supported"));
     }
 }

@@ -23,6 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use jit_aws::{AwsConfig, AwsProvider};
 use jit_core::local::LocalProvider;
 use jit_core::{Broker, CataloguePolicy, Provider, Reaper, Store};
 use jsonwebtoken::Algorithm;
@@ -34,16 +35,34 @@ use crate::auth::{AuthSettings, Authenticator, JwksSource};
 use crate::config::Config;
 use crate::metrics::{Measured, Metrics};
 
-/// Opens the store named by a URL.
-///
-/// SQLite today; PostgreSQL URLs go through `jit_core::store::connect` once
-/// it exists (this is the one place to switch over).
+/// Opens the store named by a URL: `sqlite://...` (the default),
+/// `postgres://...` for several server replicas on one database, `memory:`.
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
-    // One place chooses the backend from the URL: `sqlite://...` (the default),
-    // `postgres://...` for several server replicas on one database, `memory:`.
     jit_core::store::connect(url)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Builds a jit-aws provider named `name`: the table's settings, each
+/// overridden by its `JIT_AWS_*` variable; the AWS identity from the
+/// standard chain. With `role_chaining = "detect"` (the default) this calls
+/// `sts:GetCallerIdentity` once, so a server without AWS credentials fails
+/// at start, not at the first request.
+async fn aws_provider(name: &str, pc: &config::ProviderConfig) -> Result<AwsProvider, String> {
+    let settings = pc.aws_settings();
+    let lookup = |k: &str| {
+        if k == "JIT_AWS_PROVIDER_NAME" {
+            return None; // the table name is the provider name
+        }
+        std::env::var(k).ok().or_else(|| settings.get(k).cloned())
+    };
+    let config = AwsConfig::from_lookup(lookup)
+        .map_err(|e| format!("provider `{name}`: {e}"))?
+        .with_name(name);
+    AwsProvider::builder(config)
+        .build()
+        .await
+        .map_err(|e| format!("provider `{name}`: {e}"))
 }
 
 fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
@@ -86,8 +105,10 @@ impl Server {
         let store = open_store(&config.store_url).await?;
         let mut builder = Broker::builder(store, Arc::new(policy));
         for (name, pc) in &config.providers {
+            pc.check(name)?;
             let provider: Arc<dyn Provider> = match pc.kind.as_str() {
-                "local" => {
+                "aws" => Arc::new(aws_provider(name, pc).await?),
+                _ => {
                     let key = demo::load_or_generate_key(pc.key_file.as_deref())?;
                     let mut b = LocalProvider::builder(key)
                         .name(name.clone())
@@ -98,11 +119,6 @@ impl Server {
                         b = b.max_duration(d);
                     }
                     Arc::new(b.build())
-                }
-                other => {
-                    return Err(format!(
-                        "provider `{name}`: kind `{other}` is not supported (use `local`)"
-                    ))
                 }
             };
             builder = builder.provider(Arc::new(Measured::new(provider, metrics.clone())));

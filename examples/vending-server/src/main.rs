@@ -71,6 +71,7 @@ async fn run(args: Args) -> Result<(), String> {
                 issuer: Some("jit-demo".into()),
                 key_file: Some(dir.join("local-provider-key.pem")),
                 max_duration: None,
+                ..Default::default()
             },
         );
         let mut c = Config {
