@@ -3,7 +3,6 @@
 //! and `iam:DeleteRolePolicy`. Each SDK error is classified here by its AWS
 //! error code, never by its message.
 
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
 use chrono::{DateTime, Utc};
@@ -28,17 +27,27 @@ pub fn http_client() -> aws_sdk_sts::config::SharedHttpClient {
 /// Loads the standard `aws-config` chain (credentials, region, endpoint
 /// variables) with jit-aws's HTTP client and the configuration's region and
 /// endpoint overrides.
+///
+/// Without a configured region the loader's own chain looks for one
+/// (`AWS_REGION`, the profile, IMDS); it is built from the loader's provider
+/// configuration, so it uses the same HTTP client. (A region chain built
+/// apart from the loader would carry no HTTP client, and the SDK panics
+/// when such a chain constructs its IMDS client.)
 pub async fn load_sdk_config(config: &AwsConfig) -> SdkConfig {
-    let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
-        .or_default_provider()
-        .or_else(Region::from_static(FALLBACK_REGION));
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http_client())
-        .region(region);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
     if let Some(url) = &config.endpoint_url {
         loader = loader.endpoint_url(url.clone());
     }
-    loader.load().await
+    let sdk = loader.load().await;
+    if sdk.region().is_some() {
+        return sdk;
+    }
+    sdk.into_builder()
+        .region(Region::from_static(FALLBACK_REGION))
+        .build()
 }
 
 /// The STS and IAM clients jit-aws uses.
@@ -292,6 +301,21 @@ pub(crate) fn percent_decode(s: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    // Regression: the standard chain used to be assembled from a region
+    // chain without an HTTP client, which panics as soon as it is built, so
+    // every provider built from the environment (the vending server, the
+    // Lambda function) died at start.
+    #[tokio::test]
+    async fn the_standard_chain_loads_with_and_without_a_region() {
+        let sdk = load_sdk_config(&AwsConfig::default().with_region("eu-west-3")).await;
+        assert_eq!(sdk.region().map(|r| r.as_ref()), Some("eu-west-3"));
+        let sdk =
+            load_sdk_config(&AwsConfig::default().with_endpoint_url("http://127.0.0.1:9")).await;
+        // Whatever the environment says, or the fallback: never none.
+        assert!(sdk.region().is_some());
+        assert!(sdk.http_client().is_some());
+    }
 
     #[test]
     fn percent_decoding() {

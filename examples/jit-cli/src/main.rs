@@ -546,8 +546,13 @@ async fn grant_for(c: &Client, w: &Want<'_>) -> Res<(String, Value)> {
         .max_by_key(|(ends, _)| *ends);
     if let Some((_, r)) = reusable {
         let id = s(r, "id").to_string();
-        let creds = c.get(&format!("/v1/requests/{id}/credentials")).await?;
-        return Ok((id, creds["credentials"].clone()));
+        match c.get(&format!("/v1/requests/{id}/credentials")).await {
+            Ok(creds) => return Ok((id, creds["credentials"].clone())),
+            // Revoked or expired meanwhile, or too little time left for the
+            // provider to mint again (AWS: 15 minutes): ask anew.
+            Err(f) if f.code == 1 => {}
+            Err(f) => return Err(f),
+        }
     }
     let out = c
         .post(
