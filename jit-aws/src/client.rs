@@ -275,7 +275,8 @@ pub(crate) async fn delete_role_policy(
 
 /// Decodes `%XX` escapes (IAM URL-encodes policy documents). A document that
 /// is already plain JSON passes through: `%` cannot start a JSON token.
-pub(crate) fn percent_decode(s: &str) -> String {
+/// Public for tools that read role policies themselves.
+pub fn percent_decode(s: &str) -> String {
     if !s.contains('%') {
         return s.to_string();
     }

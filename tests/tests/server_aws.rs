@@ -383,7 +383,7 @@ async fn aws_grants_through_credential_process_exec_and_revoke() {
         .send()
         .await
         .unwrap();
-    let doc = percent_decode(policy.policy_document());
+    let doc = jit_aws::client::percent_decode(policy.policy_document());
     let session_name = arn.rsplit('/').next().unwrap();
     assert!(doc.contains(&format!(":{session_name}")), "{doc}");
     // The fresh grant's session is not denied.
@@ -428,23 +428,4 @@ async fn arn_of(key: &str, secret: &str, token: &str) -> String {
         .await
         .unwrap();
     who.arn().unwrap().to_string()
-}
-
-/// IAM returns policy documents URL-encoded.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
 }

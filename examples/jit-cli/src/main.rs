@@ -169,20 +169,8 @@ enum Cmd {
     },
     /// Run a command with an entitlement's credentials in its environment only.
     Exec {
-        /// Entitlement id.
-        entitlement: String,
-        /// How long, if a new grant is needed.
-        #[arg(long = "for")]
-        duration: String,
-        /// Justification, if a new grant is needed.
-        #[arg(long)]
-        reason: String,
-        /// Ticket reference.
-        #[arg(long)]
-        ticket: Option<String>,
-        /// Longest wait for approval.
-        #[arg(long, default_value = "15m")]
-        timeout: String,
+        #[command(flatten)]
+        want: WantArgs,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -193,20 +181,8 @@ enum Cmd {
     /// `credential_process = jit credential-process prod-readonly --for 1h --reason "..."`
     #[command(name = "credential-process")]
     CredentialProcess {
-        /// Entitlement id (an AWS entitlement).
-        entitlement: String,
-        /// How long, if a new grant is needed.
-        #[arg(long = "for")]
-        duration: String,
-        /// Justification, if a new grant is needed.
-        #[arg(long)]
-        reason: String,
-        /// Ticket reference.
-        #[arg(long)]
-        ticket: Option<String>,
-        /// Longest wait for approval.
-        #[arg(long, default_value = "15m")]
-        timeout: String,
+        #[command(flatten)]
+        want: WantArgs,
         /// Reuse a grant only with at least this long left. AWS SDKs refresh
         /// `credential_process` credentials 15 minutes before they expire
         /// and refuse ones with less than 10 minutes left.
@@ -220,6 +196,26 @@ enum Cmd {
     },
     /// Who the server thinks you are.
     Whoami,
+}
+
+/// What `exec` and `credential-process` ask for when no active grant of
+/// the caller's can be reused.
+#[derive(Debug, clap::Args)]
+struct WantArgs {
+    /// Entitlement id.
+    entitlement: String,
+    /// How long, if a new grant is needed.
+    #[arg(long = "for")]
+    duration: String,
+    /// Justification, if a new grant is needed.
+    #[arg(long)]
+    reason: String,
+    /// Ticket reference.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Longest wait for approval.
+    #[arg(long, default_value = "15m")]
+    timeout: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -503,29 +499,17 @@ fn submit_body(entitlement: &str, duration: &str, reason: &str, ticket: &Option<
     b
 }
 
-/// What `exec` and `credential-process` need: an entitlement, and the
-/// request to make when no active grant can be reused.
-struct Want<'a> {
-    entitlement: &'a str,
-    duration: &'a str,
-    reason: &'a str,
-    ticket: &'a Option<String>,
-    timeout: Duration,
-    /// Reuse an active grant only with at least this long left.
-    min_remaining: Duration,
-}
-
 /// An active grant of mine for the entitlement with at least
 /// `min_remaining` left (the one ending last), else a new request (waited for).
-async fn grant_for(c: &Client, w: &Want<'_>) -> Res<(String, Value)> {
-    let Want {
+async fn grant_for(c: &Client, w: &WantArgs, min_remaining: Duration) -> Res<(String, Value)> {
+    let WantArgs {
         entitlement,
         duration,
         reason,
         ticket,
         timeout,
-        min_remaining,
-    } = *w;
+    } = w;
+    let timeout = parse_wait(timeout)?;
     let mine = c
         .get(&format!(
             "/v1/requests?scope=mine&state=active&entitlement={entitlement}"
@@ -810,42 +794,15 @@ async fn run(cli: Cli) -> Res<u8> {
             let v = c.get(&format!("/v1/requests/{id}/credentials")).await?;
             println!("{:#}", v["credentials"]);
         }
-        Cmd::Exec {
-            entitlement,
-            duration,
-            reason,
-            ticket,
-            timeout,
-            command,
-        } => {
-            let want = Want {
-                entitlement: &entitlement,
-                duration: &duration,
-                reason: &reason,
-                ticket: &ticket,
-                timeout: parse_wait(&timeout)?,
-                min_remaining: Duration::from_secs(60),
-            };
-            let (id, creds) = grant_for(&c, &want).await?;
+        Cmd::Exec { want, command } => {
+            let (id, creds) = grant_for(&c, &want, Duration::from_secs(60)).await?;
             return exec(&id, &creds, &command);
         }
         Cmd::CredentialProcess {
-            entitlement,
-            duration,
-            reason,
-            ticket,
-            timeout,
+            want,
             min_remaining,
         } => {
-            let want = Want {
-                entitlement: &entitlement,
-                duration: &duration,
-                reason: &reason,
-                ticket: &ticket,
-                timeout: parse_wait(&timeout)?,
-                min_remaining: parse_wait(&min_remaining)?,
-            };
-            let (_, creds) = grant_for(&c, &want).await?;
+            let (_, creds) = grant_for(&c, &want, parse_wait(&min_remaining)?).await?;
             // stdout carries this one line and nothing else: the SDK parses it.
             println!("{}", credential_process_json(&creds)?);
         }
@@ -962,7 +919,10 @@ mod tests {
         ])
         .unwrap();
         match cli.cmd {
-            Cmd::Exec { command, .. } => assert_eq!(command, ["env", "-0"]),
+            Cmd::Exec { command, want } => {
+                assert_eq!(command, ["env", "-0"]);
+                assert_eq!(want.entitlement, "demo-api");
+            }
             other => panic!("{other:?}"),
         }
         // Two scopes at once is a usage error.

@@ -161,7 +161,7 @@ pub async fn revocation_policy(
         .await
     {
         Ok(out) => {
-            let text = percent_decode(out.policy_document());
+            let text = jit_aws::client::percent_decode(out.policy_document());
             Some(serde_json::from_str(&text).unwrap())
         }
         Err(e) => {
@@ -170,24 +170,6 @@ pub async fn revocation_policy(
             None
         }
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
 }
 
 /// The `aws:userid` values the revocation policy denies, per statement.
