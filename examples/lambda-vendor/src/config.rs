@@ -171,7 +171,7 @@ impl Config {
             store_url: get("JIT_STORE_URL").unwrap_or_else(|| DEFAULT_STORE_URL.into()),
             claims,
             over_max,
-            aws: AwsConfig::from_lookup(&get)?,
+            aws: AwsConfig::from_lookup(get)?,
         })
     }
 }
