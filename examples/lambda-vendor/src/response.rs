@@ -1,0 +1,198 @@
+//! API Gateway proxy responses: `{statusCode, headers, body, isBase64Encoded}`,
+//! understood by REST APIs, HTTP APIs (both payload versions) and function URLs.
+//!
+//! Errors have the vending server's shape:
+//! `{"error": {"code": "denied", "message": "...", "details": {...}}}`.
+//!
+//! | status | code | when |
+//! | --- | --- | --- |
+//! | 200 | | issued: `{"status": "active", ..., "credentials": {credential_process JSON}}` |
+//! | 202 | | waiting for approval: `{"status": "pending", "request_id": ..., "approvers": ..., "quorum": ...}` |
+//! | 400 | `invalid_request` | malformed body, unknown field, bad duration, unknown entitlement, justification or ticket rules |
+//! | 401 | `unauthorized` | no identity from an authorizer |
+//! | 403 | `denied` | the policy denied (details: `reasons`, `request_id`) |
+//! | 409 | `conflict` | a concurrent change; retry |
+//! | 413 | `payload_too_large` | body over 64 KiB |
+//! | 429 | `throttled` | AWS throttled the broker (`Retry-After` when known) |
+//! | 500 | `audit_failed` | the audit record could not be written: nothing is returned, anything minted was revoked |
+//! | 500 | `internal` | store or configuration failure (logged, not shown) |
+//! | 502 | `provider_rejected` | STS or IAM refused (role missing, trust policy, limits) |
+//! | 503 | `unavailable` | AWS or the database could not be reached |
+//!
+//! Every response carries `Cache-Control: no-store`.
+
+use jit_core::Error;
+use serde_json::{json, Value};
+
+use crate::event::EventError;
+
+/// A response before it is turned into the proxy JSON.
+#[derive(Clone, PartialEq)]
+pub struct ApiResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+// The body may hold credentials: never print it.
+impl std::fmt::Debug for ApiResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiResponse")
+            .field("status", &self.status)
+            .field("error_code", &self.error_code())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiResponse {
+    /// A success (or pending) answer.
+    pub fn ok(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            body,
+            retry_after: None,
+        }
+    }
+
+    /// An error answer.
+    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self::ok(
+            status,
+            json!({ "error": { "code": code, "message": message.into() } }),
+        )
+    }
+
+    /// Adds `error.details`.
+    pub fn with_details(mut self, details: Value) -> Self {
+        if let Some(e) = self.body.get_mut("error") {
+            e["details"] = details;
+        }
+        self
+    }
+
+    /// The error code, when this is an error.
+    pub fn error_code(&self) -> Option<&str> {
+        self.body
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_str)
+    }
+
+    /// The API Gateway proxy response.
+    pub fn into_proxy(self) -> Value {
+        let mut headers = json!({
+            "content-type": "application/json",
+            "cache-control": "no-store",
+        });
+        if let Some(s) = self.retry_after {
+            headers["retry-after"] = json!(s.to_string());
+        }
+        json!({
+            "statusCode": self.status,
+            "headers": headers,
+            "isBase64Encoded": false,
+            "body": self.body.to_string(),
+        })
+    }
+}
+
+impl From<EventError> for ApiResponse {
+    fn from(e: EventError) -> Self {
+        match e {
+            EventError::Unauthenticated(m) => Self::error(401, "unauthorized", m),
+            EventError::BadRequest(m) => Self::error(400, "invalid_request", m),
+            EventError::TooLarge(_) => Self::error(413, "payload_too_large", e.to_string()),
+        }
+    }
+}
+
+impl From<Error> for ApiResponse {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidRequest(r) => Self::error(400, "invalid_request", r.to_string()),
+            Error::Denied { ref reasons } => Self::error(403, "denied", e.to_string())
+                .with_details(json!({ "reasons": reasons })),
+            Error::Forbidden { .. } => Self::error(403, "forbidden", e.to_string()),
+            Error::NotFound { .. } => Self::error(404, "not_found", e.to_string()),
+            Error::InvalidState { .. } | Error::Conflict { .. } => {
+                Self::error(409, "conflict", e.to_string())
+            }
+            Error::Throttled { retry_after, .. } => {
+                let mut r = Self::error(429, "throttled", e.to_string());
+                r.retry_after = retry_after.map(|d| d.as_secs().max(1));
+                r
+            }
+            Error::Unavailable { .. } => Self::error(503, "unavailable", e.to_string()),
+            Error::ProviderRejected { .. } => Self::error(502, "provider_rejected", e.to_string()),
+            Error::AuditFailed(ref m) => {
+                tracing::error!(error = %m, "audit failed; nothing was returned");
+                Self::error(
+                    500,
+                    "audit_failed",
+                    "the audit record could not be written, so no credentials were returned and anything minted was revoked",
+                )
+            }
+            other => {
+                // Store and configuration failures: log the cause, answer without internals.
+                tracing::error!(error = %other, "internal error");
+                Self::error(
+                    500,
+                    "internal",
+                    "internal error; the operation was not completed",
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn proxy_shape_and_error_mapping() {
+        let r: ApiResponse = Error::Throttled {
+            provider: "aws".into(),
+            operation: "issue",
+            retry_after: Some(Duration::from_secs(7)),
+        }
+        .into();
+        let p = r.into_proxy();
+        assert_eq!(p["statusCode"], 429);
+        assert_eq!(p["headers"]["retry-after"], "7");
+        assert_eq!(p["headers"]["cache-control"], "no-store");
+        let body: Value = serde_json::from_str(p["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "throttled");
+
+        for (e, status, code) in [
+            (
+                Error::Unavailable {
+                    what: "sts".into(),
+                    message: "timeout".into(),
+                },
+                503,
+                "unavailable",
+            ),
+            (Error::AuditFailed("disk".into()), 500, "audit_failed"),
+            (Error::Store("secret internals".into()), 500, "internal"),
+            (
+                Error::Denied {
+                    reasons: vec!["no".into()],
+                },
+                403,
+                "denied",
+            ),
+        ] {
+            let r = ApiResponse::from(e);
+            assert_eq!((r.status, r.error_code()), (status, Some(code)));
+            assert!(!r.body.to_string().contains("secret internals"));
+            assert!(!r.body.to_string().contains("disk"));
+        }
+    }
+}

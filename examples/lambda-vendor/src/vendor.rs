@@ -1,0 +1,333 @@
+//! The function's cold-start state ([`Vendor`]) and the per-invocation handler.
+
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use chrono::SecondsFormat;
+use jit_aws::{AwsConfig, AwsProvider};
+use jit_core::audit::StdoutSink;
+use jit_core::types::{format_duration, GrantDuration, Verdict};
+use jit_core::{
+    AccessRequest, AuditSink, Broker, CataloguePolicy, Error, IssueOutcome, Provider, RequestError,
+    State, Store,
+};
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{json, Value};
+
+use crate::config::{CatalogueSource, ClaimNames, Config, OverMax};
+use crate::event::{self, DurationField, Invocation};
+use crate::response::ApiResponse;
+
+/// The `source` recorded in every request's context.
+pub const SOURCE: &str = "lambda-vendor";
+
+/// Builds a [`Vendor`]. Everything left unset comes from the [`Config`]:
+/// the store from its URL, the provider from `JIT_AWS_*` and the standard
+/// AWS chain. The binary adds [`StdoutSink`]; tests add their own sinks.
+pub struct VendorBuilder {
+    config: Config,
+    sinks: Vec<Arc<dyn AuditSink>>,
+    provider: Option<Arc<dyn Provider>>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for VendorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VendorBuilder")
+            .field("store_url", &self.config.store_url)
+            .field("sinks", &self.sinks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VendorBuilder {
+    /// Copies every audit record to this sink (a failing sink fails the invocation).
+    pub fn audit_sink(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Uses this provider instead of building an [`AwsProvider`] from the configuration.
+    pub fn provider(mut self, provider: Arc<dyn Provider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// Uses this store instead of opening `JIT_STORE_URL`.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Parses the catalogue, opens the store, builds the AWS clients: the
+    /// cold-start work, done once per container.
+    pub async fn build(self) -> Result<Vendor, Error> {
+        let policy = match &self.config.catalogue {
+            CatalogueSource::Inline(text) => CataloguePolicy::from_toml_str(text)?,
+            CatalogueSource::File(path) => CataloguePolicy::from_file(path)?,
+        };
+        let store = match self.store {
+            Some(s) => s,
+            None => jit_core::store::connect(&self.config.store_url).await?,
+        };
+        if !store.is_shared() {
+            tracing::warn!(
+                store = %store_kind(&self.config.store_url),
+                "the store is private to this container: requests that need approval cannot be \
+                 approved elsewhere and are lost when the container is recycled; set JIT_STORE_URL \
+                 to the PostgreSQL database the vending server uses"
+            );
+        }
+        let provider: Arc<dyn Provider> = match self.provider {
+            Some(p) => p,
+            None => Arc::new(
+                AwsProvider::builder(self.config.aws.clone())
+                    .sdk_config(sdk_config(&self.config.aws).await)
+                    .build()
+                    .await?,
+            ),
+        };
+        let mut builder = Broker::builder(store, Arc::new(policy)).provider(provider);
+        for sink in self.sinks {
+            builder = builder.audit_sink(sink);
+        }
+        let broker = builder.build()?;
+        tracing::info!(
+            entitlements = broker.policy().entitlements().len(),
+            "lambda vendor ready"
+        );
+        Ok(Vendor {
+            broker,
+            claims: self.config.claims,
+            over_max: self.config.over_max,
+        })
+    }
+}
+
+/// The function's own AWS identity and region: the standard chain (in
+/// Lambda, the execution role's credentials and `AWS_REGION` from the
+/// environment), on jit-aws's rustls client.
+///
+/// Built here rather than by jit-aws's loader, whose region fallback builds
+/// the IMDS region provider without an HTTP client; with the SDK's default
+/// HTTPS client turned off that construction panics. Here the loader owns
+/// the HTTP client, so its whole chain (IMDS included) has one.
+pub async fn sdk_config(aws: &AwsConfig) -> SdkConfig {
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).http_client(jit_aws::client::http_client());
+    if let Some(region) = &aws.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_some() {
+        sdk
+    } else {
+        sdk.to_builder()
+            .region(Region::from_static(jit_aws::client::FALLBACK_REGION))
+            .build()
+    }
+}
+
+/// Only the scheme: a PostgreSQL URL may carry a password.
+fn store_kind(url: &str) -> &str {
+    url.split_once(':').map_or(url, |(scheme, _)| scheme)
+}
+
+/// The function's state, built once per container (see [`Vendor::builder`])
+/// and borrowed by every invocation.
+pub struct Vendor {
+    broker: Broker,
+    claims: ClaimNames,
+    over_max: OverMax,
+}
+
+impl std::fmt::Debug for Vendor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vendor")
+            .field("broker", &self.broker)
+            .field("claims", &self.claims)
+            .field("over_max", &self.over_max)
+            .finish()
+    }
+}
+
+impl Vendor {
+    /// Starts a builder from a configuration.
+    pub fn builder(config: Config) -> VendorBuilder {
+        VendorBuilder {
+            config,
+            sinks: Vec::new(),
+            provider: None,
+            store: None,
+        }
+    }
+
+    /// What the binary runs at cold start: configuration from the
+    /// environment, audit records to stdout (the function's log stream).
+    pub async fn from_env() -> Result<Self, Error> {
+        Self::builder(Config::from_env()?)
+            .audit_sink(Arc::new(StdoutSink))
+            .build()
+            .await
+    }
+
+    /// The broker (tests read records through it).
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Handles one invocation and returns the API Gateway proxy response.
+    /// Every outcome, including errors, is a response: the function itself
+    /// never fails an invocation.
+    pub async fn handle(&self, event: LambdaEvent<Value>) -> Value {
+        let (payload, context) = event.into_parts();
+        self.respond(&payload, &context).await.into_proxy()
+    }
+
+    /// Like [`Vendor::handle`], before the response becomes proxy JSON.
+    pub async fn respond(&self, payload: &Value, context: &Context) -> ApiResponse {
+        let inv = match event::parse(payload, &self.claims) {
+            Ok(inv) => inv,
+            Err(e) => {
+                tracing::info!(aws_request_id = %context.request_id, error = %e, "rejected event");
+                return e.into();
+            }
+        };
+        let principal = inv.principal.id.to_string();
+        let entitlement = inv.body.entitlement.clone();
+        let response = match self.submit(inv, context).await {
+            Ok(r) => r,
+            Err(e) => e.into(),
+        };
+        tracing::info!(
+            aws_request_id = %context.request_id,
+            principal = %principal,
+            entitlement = %entitlement,
+            status = response.status,
+            code = response.error_code().unwrap_or(""),
+            "invocation done"
+        );
+        response
+    }
+
+    async fn submit(&self, inv: Invocation, context: &Context) -> Result<ApiResponse, Error> {
+        let duration = match &inv.body.duration {
+            DurationField::Seconds(s) => GrantDuration::from_secs_i64(*s)?,
+            DurationField::Text(t) => t.parse::<GrantDuration>()?,
+        };
+        if self.over_max == OverMax::Refuse {
+            if let Some(ent) = self.broker.policy().entitlement(&inv.body.entitlement) {
+                if duration > ent.max_duration {
+                    return Err(RequestError::DurationTooLong {
+                        requested: duration.to_string(),
+                        limit: format!("{} for `{}`", ent.max_duration, ent.id),
+                    }
+                    .into());
+                }
+            }
+        }
+        let mut request =
+            AccessRequest::new(&inv.body.entitlement, duration, &inv.body.justification)
+                .with_context("source", SOURCE)
+                .with_context("auth", inv.auth.as_str());
+        if let Some(t) = inv.body.ticket.as_deref() {
+            request = request.with_ticket(t);
+        }
+        let facts = [
+            ("aws_request_id", Some(context.request_id.as_str())),
+            ("api_request_id", inv.api_request_id.as_deref()),
+            ("source_ip", inv.source_ip.as_deref()),
+            ("user_agent", inv.user_agent.as_deref()),
+        ];
+        for (key, value) in facts {
+            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                request = request.with_context(key, &clip(v, 512));
+            }
+        }
+        let out = self.broker.submit(&inv.principal, request).await?;
+        Ok(outcome(out))
+    }
+}
+
+/// At most `max` bytes, cut at a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The answer for what `submit` returned.
+fn outcome(out: IssueOutcome) -> ApiResponse {
+    let rec = &out.record;
+    match (rec.state, out.credentials.as_ref()) {
+        (State::Active, Some(c)) => {
+            let credentials = match jit_aws::output::credential_process_json(c).and_then(|s| {
+                serde_json::from_str::<Value>(s.expose())
+                    .map_err(|e| Error::Store(format!("credential_process json: {e}")))
+            }) {
+                Ok(v) => v,
+                Err(e) => return e.into(),
+            };
+            let grant = rec.grant.as_ref();
+            ApiResponse::ok(
+                200,
+                json!({
+                    "status": "active",
+                    "request_id": rec.id,
+                    "grant_id": grant.map(|g| g.id),
+                    "entitlement": rec.request.entitlement,
+                    "expires_at": grant.map(|g| rfc3339(g.ends_at)),
+                    "session_name": grant.and_then(|g| g.issued.as_ref()).map(|i| &i.external_id),
+                    "reasons": rec.decision.reasons,
+                    "credentials": credentials,
+                }),
+            )
+        }
+        (State::Pending, _) => {
+            let (approvers, quorum) = match &rec.decision.verdict {
+                Verdict::NeedsApproval { approvers, quorum } => (json!(approvers), json!(quorum)),
+                _ => (Value::Null, Value::Null),
+            };
+            ApiResponse::ok(
+                202,
+                json!({
+                    "status": "pending",
+                    "request_id": rec.id,
+                    "entitlement": rec.request.entitlement,
+                    "duration": format_duration(rec.request.duration.get()),
+                    "approvers": approvers,
+                    "quorum": quorum,
+                    "pending_until": rec.pending_until.map(rfc3339),
+                    "reasons": rec.decision.reasons,
+                    "message": "waiting for approval; an approver acts on the request in the vending server, where the requester then collects the credentials",
+                }),
+            )
+        }
+        (State::Denied, _) => {
+            let reasons = &rec.decision.reasons;
+            ApiResponse::error(
+                403,
+                "denied",
+                format!("denied by policy: {}", reasons.join("; ")),
+            )
+            .with_details(json!({ "reasons": reasons, "request_id": rec.id }))
+        }
+        (state, _) => {
+            tracing::error!(request = %rec.id, %state, "unexpected state after submit");
+            ApiResponse::error(
+                500,
+                "internal",
+                format!(
+                    "request `{}` ended in state `{state}` without credentials",
+                    rec.id
+                ),
+            )
+        }
+    }
+}

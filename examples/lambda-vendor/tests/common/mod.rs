@@ -1,0 +1,321 @@
+//! Shared test tooling. The moto helpers (`moto_url`, `sdk`, `create_role`,
+//! `open_trust`, the call counter) are a small copy of
+//! `jit-aws/tests/common/mod.rs`: test helpers are not part of jit-aws's API.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sts::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_sts::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use jit_aws::{AwsClients, AwsConfig, AwsProvider};
+use jit_core::audit::{AuditKind, AuditRecord, AuditSink};
+use lambda_runtime::{Context, LambdaEvent};
+use lambda_vendor::{Config, Vendor};
+use serde_json::Value;
+
+pub const ACCOUNT: &str = "123456789012";
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `JIT_TEST_MOTO_URL`, else a moto started (or reused) through
+/// `scripts/moto.sh`. Fails the test when moto cannot start: never a skip.
+pub fn moto_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("JIT_TEST_MOTO_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            let out = Command::new("bash")
+                .arg(workspace().join("scripts/moto.sh"))
+                .arg("start")
+                .output()
+                .expect("cannot run scripts/moto.sh");
+            assert!(
+                out.status.success(),
+                "scripts/moto.sh start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let port = std::fs::read_to_string(workspace().join("target/moto/port"))
+                .expect("moto port file missing");
+            format!("http://127.0.0.1:{}", port.trim())
+        }
+    })
+    .clone()
+}
+
+/// An SDK configuration for moto with static credentials.
+pub async fn sdk(url: &str, key: &str, secret: &str, token: Option<&str>) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(jit_aws::client::http_client())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(url)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            key,
+            secret,
+            token.map(str::to_string),
+            None,
+            "test",
+        ))
+        .load()
+        .await
+}
+
+/// Moto with the broker's (unchecked) credentials.
+pub async fn moto_sdk() -> SdkConfig {
+    sdk(&moto_url(), "AKIATESTBROKER000000", "broker-secret", None).await
+}
+
+/// A trust policy anyone in the account may use.
+pub fn open_trust() -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
+            "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]}],
+    })
+    .to_string()
+}
+
+/// A role with a unique name; returns its ARN.
+pub async fn create_role(sdk: &SdkConfig) -> String {
+    let iam = aws_sdk_iam::Client::new(sdk);
+    let name = format!("jit-lambda-{}", uuid::Uuid::new_v4().simple());
+    let out = iam
+        .create_role()
+        .role_name(&name)
+        .assume_role_policy_document(open_trust())
+        .max_session_duration(3600)
+        .send()
+        .await
+        .expect("create_role");
+    out.role().unwrap().arn().to_string()
+}
+
+/// The test catalogue: auto-approve for on-call, approval by leads for
+/// engineering, and an entitlement only secops may ask for.
+pub fn catalogue(role_arn: &str) -> String {
+    format!(
+        r#"
+        [[entitlements]]
+        id = "aws-auto"
+        provider = "aws"
+        max_duration = "1h"
+        target = {{ role_arn = "{role_arn}" }}
+        justification_pattern = "^(INC|CHG)-[0-9]+: .{{5,}}"
+        [entitlements.eligible]
+        groups = ["oncall", "engineering"]
+        [entitlements.approval]
+        groups = ["leads"]
+        [entitlements.auto_approve]
+        groups = ["oncall"]
+
+        [[entitlements]]
+        id = "aws-approval"
+        provider = "aws"
+        max_duration = "2h"
+        target = {{ role_arn = "{role_arn}" }}
+        require_ticket = true
+        ticket_pattern = "^(INC|CHG)-[0-9]+$"
+        [entitlements.eligible]
+        groups = ["engineering"]
+        [entitlements.approval]
+        groups = ["leads"]
+
+        [[entitlements]]
+        id = "aws-break-glass"
+        provider = "aws"
+        max_duration = "1h"
+        target = {{ role_arn = "{role_arn}" }}
+        [entitlements.eligible]
+        groups = ["secops"]
+        [entitlements.auto_approve]
+        "#
+    )
+}
+
+/// Audit records as the JSON lines `StdoutSink` writes; optionally fails on one kind.
+#[derive(Debug, Default)]
+pub struct LinesSink {
+    lines: Mutex<Vec<String>>,
+    fail_on: Option<AuditKind>,
+}
+
+impl LinesSink {
+    pub fn failing_on(kind: AuditKind) -> Self {
+        Self {
+            lines: Mutex::new(Vec::new()),
+            fail_on: Some(kind),
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+}
+
+#[async_trait]
+impl AuditSink for LinesSink {
+    async fn append(&self, record: &AuditRecord) -> jit_core::Result<()> {
+        if self.fail_on == Some(record.event.kind) {
+            return Err(jit_core::Error::AuditFailed(
+                "log stream unavailable".into(),
+            ));
+        }
+        self.lines.lock().unwrap().push(record.to_json_line());
+        Ok(())
+    }
+}
+
+/// Counts SDK operations by name (`AssumeRole`, `GetRole`, ...).
+#[derive(Debug, Default, Clone)]
+pub struct CallCounter(pub Arc<Mutex<BTreeMap<String, usize>>>);
+
+impl CallCounter {
+    pub fn get(&self, op: &str) -> usize {
+        self.0.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+}
+
+impl Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "CallCounter"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _ctx: &BeforeSerializationInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let op = cfg
+            .load::<Metadata>()
+            .map(|m| m.name().to_string())
+            .unwrap_or_else(|| "?".into());
+        *self.0.lock().unwrap().entry(op).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// STS and IAM clients for moto with a call counter on both.
+pub async fn counted_clients() -> (AwsClients, CallCounter) {
+    let sdk = moto_sdk().await;
+    let counter = CallCounter::default();
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::from(&sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let iam = aws_sdk_iam::Client::from_conf(
+        aws_sdk_iam::config::Builder::from(&sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    (AwsClients { sts, iam }, counter)
+}
+
+/// An AWS provider on moto. Role chaining is detected (one GetCallerIdentity):
+/// moto's default identity is a user, so sessions may last up to the role's maximum.
+pub async fn provider(clients: AwsClients) -> Arc<AwsProvider> {
+    Arc::new(
+        AwsProvider::builder(AwsConfig::default())
+            .clients(clients)
+            .build()
+            .await
+            .unwrap(),
+    )
+}
+
+/// A vendor on moto with a fresh role, its audit lines and its call counter.
+pub struct Fixture {
+    pub vendor: Vendor,
+    pub sink: Arc<LinesSink>,
+    pub calls: CallCounter,
+    pub role_arn: String,
+}
+
+pub async fn fixture_with(config: impl FnOnce(String) -> Config, sink: LinesSink) -> Fixture {
+    let role_arn = create_role(&moto_sdk().await).await;
+    let (clients, calls) = counted_clients().await;
+    let sink = Arc::new(sink);
+    let vendor = Vendor::builder(config(catalogue(&role_arn)))
+        .provider(provider(clients).await)
+        .audit_sink(sink.clone())
+        .build()
+        .await
+        .unwrap();
+    Fixture {
+        vendor,
+        sink,
+        calls,
+        role_arn,
+    }
+}
+
+pub async fn fixture() -> Fixture {
+    fixture_with(Config::with_catalogue, LinesSink::default()).await
+}
+
+/// A fixture event from `tests/events/`.
+pub fn event(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/events")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The event with another JSON body.
+pub fn with_body(mut event: Value, body: Value) -> Value {
+    event["body"] = Value::String(body.to_string());
+    event["isBase64Encoded"] = Value::Bool(false);
+    event
+}
+
+/// A Lambda context as the runtime would pass it.
+pub fn context() -> Context {
+    let mut c = Context::default();
+    c.request_id = uuid::Uuid::new_v4().to_string();
+    c.invoked_function_arn =
+        format!("arn:aws:lambda:us-east-1:{ACCOUNT}:function:jit-lambda-vendor");
+    c
+}
+
+/// Invokes the handler as the runtime does; returns status and parsed body.
+pub async fn invoke(vendor: &Vendor, event: Value) -> (u16, Value) {
+    let proxy = vendor.handle(LambdaEvent::new(event, context())).await;
+    assert_eq!(proxy["headers"]["content-type"], "application/json");
+    assert_eq!(proxy["headers"]["cache-control"], "no-store");
+    assert_eq!(proxy["isBase64Encoded"], false);
+    let status = proxy["statusCode"].as_u64().unwrap() as u16;
+    let body = serde_json::from_str(proxy["body"].as_str().unwrap()).unwrap();
+    (status, body)
+}
+
+/// `sts:GetCallerIdentity` with credentials from a 200 body.
+pub async fn caller_arn(creds: &Value) -> String {
+    let sdk = sdk(
+        &moto_url(),
+        creds["AccessKeyId"].as_str().unwrap(),
+        creds["SecretAccessKey"].as_str().unwrap(),
+        Some(creds["SessionToken"].as_str().unwrap()),
+    )
+    .await;
+    aws_sdk_sts::Client::new(&sdk)
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string()
+}

@@ -1,0 +1,458 @@
+//! The handler invoked locally with real API Gateway events, minting through
+//! jit-aws against moto.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use jit_core::audit::{verify_jsonl, AuditKind, AuditRecord};
+use jit_core::{ListFilter, Principal, RequestId, State};
+use lambda_vendor::Config;
+use serde_json::{json, Value};
+
+fn request_id(body: &Value) -> RequestId {
+    body["request_id"].as_str().unwrap().parse().unwrap()
+}
+
+fn records(lines: &[String]) -> Vec<AuditRecord> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_approved_jwt_event_returns_credentials_that_work() {
+    let f = fixture().await;
+    let (status, body) = invoke(&f.vendor, event("http-api-v2-jwt.json")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "active");
+    assert_eq!(body["entitlement"], "aws-auto");
+    let creds = &body["credentials"];
+    assert_eq!(creds["Version"], 1);
+    assert_eq!(creds["Expiration"], body["expires_at"]);
+
+    // The credentials are the grant's session: its name derives from the grant id.
+    let grant_id: jit_core::GrantId = body["grant_id"].as_str().unwrap().parse().unwrap();
+    let session = jit_core::provider::external_name(grant_id);
+    assert_eq!(body["session_name"], session.as_str());
+    let role_name = f.role_arn.rsplit('/').next().unwrap();
+    assert_eq!(
+        caller_arn(creds).await,
+        format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role_name}/{session}")
+    );
+
+    // 30 minutes asked, at most 30 minutes given.
+    let expires: DateTime<Utc> = body["expires_at"].as_str().unwrap().parse().unwrap();
+    let left = expires - Utc::now();
+    assert!(
+        left <= chrono::TimeDelta::minutes(30) && left > chrono::TimeDelta::minutes(28),
+        "{left}"
+    );
+
+    let rec = f.vendor.broker().get(request_id(&body)).await.unwrap();
+    assert_eq!(rec.state, State::Active);
+    assert_eq!(rec.requester.id.as_str(), "alice@example.com");
+    assert!(rec.requester.in_group("oncall") && rec.requester.in_group("engineering"));
+    let ctx = &rec.request.context;
+    assert_eq!(ctx["source"], "lambda-vendor");
+    assert_eq!(ctx["auth"], "jwt");
+    assert_eq!(ctx["api_request_id"], "Zk3aPgWvoAMEV6Q=");
+    assert_eq!(ctx["source_ip"], "203.0.113.10");
+    assert_eq!(ctx["user_agent"], "jit-cli/0.1.0");
+    assert!(!ctx["aws_request_id"].is_empty());
+
+    // The audit lines: requested, decided, approved, issued; a valid chain.
+    let lines = f.sink.lines();
+    let kinds: Vec<AuditKind> = records(&lines).iter().map(|r| r.event.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            AuditKind::Requested,
+            AuditKind::Decided,
+            AuditKind::Approved,
+            AuditKind::Issued
+        ]
+    );
+    let summary = verify_jsonl(lines.join("\n").as_bytes()).unwrap();
+    assert_eq!(summary.records, 4);
+    let issued = &records(&lines)[3].event.details;
+    assert_eq!(issued["external_id"], session.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lambda_authorizer_events_http_and_rest() {
+    let f = fixture().await;
+
+    // HTTP API, Lambda authorizer context, groups as a JSON array, base64 body.
+    let (status, body) = invoke(&f.vendor, event("http-api-v2-lambda-authorizer.json")).await;
+    assert_eq!(status, 200, "{body}");
+    let rec = f.vendor.broker().get(request_id(&body)).await.unwrap();
+    assert_eq!(rec.requester.id.as_str(), "bob@example.com");
+    assert_eq!(rec.request.context["auth"], "lambda_authorizer");
+    assert_eq!(rec.request.justification, "INC-43: rotate the keys");
+    assert_eq!(rec.request.duration.as_secs(), 1800);
+
+    // REST API, Lambda authorizer: principalId, groups as JSON text, seconds.
+    let (status, body) = invoke(&f.vendor, event("rest-api-lambda-authorizer.json")).await;
+    assert_eq!(status, 200, "{body}");
+    let rec = f.vendor.broker().get(request_id(&body)).await.unwrap();
+    assert_eq!(rec.requester.id.as_str(), "dave@example.com");
+    assert!(rec.requester.in_group("oncall"));
+    assert_eq!(rec.request.context["source_ip"], "192.0.2.45");
+    assert_ne!(
+        caller_arn(&body["credentials"]).await,
+        "",
+        "credentials from a REST event work too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn needing_approval_is_202_with_a_stored_pending_request() {
+    let f = fixture_with(
+        |cat| {
+            let mut c = Config::with_catalogue(cat);
+            c.claims.id = "email".into();
+            c.claims.groups = "cognito:groups".into();
+            c
+        },
+        LinesSink::default(),
+    )
+    .await;
+    let (status, body) = invoke(&f.vendor, event("rest-api-cognito.json")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "pending");
+    assert!(body.get("credentials").is_none());
+    assert_eq!(body["approvers"]["groups"], json!(["leads"]));
+    assert_eq!(body["quorum"], 1);
+    assert!(body["pending_until"].is_string());
+    let id = request_id(&body);
+    let rec = f.vendor.broker().get(id).await.unwrap();
+    assert_eq!(rec.state, State::Pending);
+    assert_eq!(rec.requester.id.as_str(), "carol@example.com");
+    assert_eq!(rec.request.ticket.as_deref(), Some("CHG-7"));
+    assert_eq!(rec.request.context["auth"], "claims");
+
+    // Whoever shares the store approves it; the grant is then issued there.
+    let lead = Principal::new("lena").unwrap().with_group("leads");
+    let out = f.vendor.broker().approve(&lead, id, "ok").await.unwrap();
+    assert_eq!(out.record.state, State::Active);
+
+    // Eligible but not on call: the auto-approve rule fails, approval is needed.
+    let mut ev = event("http-api-v2-jwt.json");
+    ev["requestContext"]["authorizer"]["jwt"]["claims"]["groups"] = json!("[engineering]");
+    let f = fixture().await;
+    let (status, body) = invoke(&f.vendor, ev).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r.as_str().unwrap().contains("oncall")));
+    let lines = f.sink.lines();
+    assert_eq!(
+        verify_jsonl(lines.join("\n").as_bytes()).unwrap().records,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_eligible_is_403_with_reasons_and_a_denied_record() {
+    let f = fixture().await;
+    let ev = with_body(
+        event("http-api-v2-jwt.json"),
+        json!({"entitlement": "aws-break-glass", "duration": "20m", "justification": "curious"}),
+    );
+    let (status, body) = invoke(&f.vendor, ev).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "denied");
+    let reasons = body["error"]["details"]["reasons"].as_array().unwrap();
+    assert!(
+        reasons[0].as_str().unwrap().contains("not eligible"),
+        "{reasons:?}"
+    );
+    let rec = f
+        .vendor
+        .broker()
+        .get(
+            body["error"]["details"]["request_id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.state, State::Denied);
+    assert_eq!(f.calls.get("AssumeRole"), 0);
+    let kinds: Vec<AuditKind> = records(&f.sink.lines())
+        .iter()
+        .map(|r| r.event.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [AuditKind::Requested, AuditKind::Decided, AuditKind::Denied]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_authorizer_identity_is_401_and_records_nothing() {
+    let f = fixture().await;
+    let mut no_sub = event("http-api-v2-jwt.json");
+    no_sub["requestContext"]["authorizer"]["jwt"]["claims"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sub");
+    let mut array_sub = event("http-api-v2-jwt.json");
+    array_sub["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = json!(["a", "b"]);
+    for (name, ev) in [
+        (
+            "rest without authorizer",
+            event("rest-api-no-authorizer.json"),
+        ),
+        (
+            "direct invocation with an identity in the body",
+            json!({"entitlement": "aws-auto", "duration": "30m", "sub": "alice@example.com",
+                   "groups": ["oncall"]}),
+        ),
+        ("jwt without the id claim", no_sub),
+        ("id claim that is not a string", array_sub),
+    ] {
+        let (status, body) = invoke(&f.vendor, ev).await;
+        assert_eq!(status, 401, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{name}");
+    }
+    assert!(f
+        .vendor
+        .broker()
+        .list(&ListFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(f.sink.lines().is_empty());
+    assert_eq!(f.calls.get("AssumeRole"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_bodies_are_400_and_record_nothing() {
+    let f = fixture().await;
+    let jwt = event("http-api-v2-jwt.json");
+    let body = |v: Value| with_body(jwt.clone(), v);
+    let raw = |s: &str| {
+        let mut e = jwt.clone();
+        e["body"] = json!(s);
+        e
+    };
+    let just = "INC-42: look at the orders logs";
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("malformed json", raw("{\"entitlement\": "), "invalid JSON"),
+        ("no body", raw(""), "body is required"),
+        (
+            "unknown field",
+            body(
+                json!({"entitlement": "aws-auto", "duration": "30m", "justification": just,
+                        "role_arn": "arn:aws:iam::123456789012:role/Admin"}),
+            ),
+            "unknown field `role_arn`",
+        ),
+        (
+            "over the 7 day ceiling",
+            body(json!({"entitlement": "aws-auto", "duration": "8d", "justification": just})),
+            "exceeds the maximum",
+        ),
+        (
+            "below STS's minimum",
+            body(json!({"entitlement": "aws-auto", "duration": "10m", "justification": just})),
+            "below the minimum",
+        ),
+        (
+            "negative seconds",
+            body(json!({"entitlement": "aws-auto", "duration": -60, "justification": just})),
+            "negative",
+        ),
+        (
+            "not a duration",
+            body(json!({"entitlement": "aws-auto", "duration": "soon", "justification": just})),
+            "not valid",
+        ),
+        (
+            "unknown entitlement",
+            body(json!({"entitlement": "aws-root", "duration": "30m", "justification": just})),
+            "unknown entitlement",
+        ),
+        (
+            "justification pattern",
+            body(json!({"entitlement": "aws-auto", "duration": "30m", "justification": "because"})),
+            "does not match",
+        ),
+        (
+            "ticket required",
+            body(json!({"entitlement": "aws-approval", "duration": "30m", "justification": just})),
+            "ticket reference is required",
+        ),
+    ];
+    for (name, ev, expect) in cases {
+        let (status, body) = invoke(&f.vendor, ev).await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{name}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(expect), "{name}: {msg}");
+    }
+    let huge = body(json!({"entitlement": "aws-auto", "duration": "30m",
+                           "justification": "x".repeat(70_000)}));
+    let (status, body) = invoke(&f.vendor, huge).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "payload_too_large");
+
+    assert!(f
+        .vendor
+        .broker()
+        .list(&ListFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(f.sink.lines().is_empty());
+    assert_eq!(f.calls.get("AssumeRole"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_entitlement_maximum_is_clamped_or_refused() {
+    let two_hours = with_body(
+        event("http-api-v2-jwt.json"),
+        json!({"entitlement": "aws-auto", "duration": "2h",
+               "justification": "INC-42: a long investigation"}),
+    );
+
+    let f = fixture().await;
+    let (status, body) = invoke(&f.vendor, two_hours.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let expires: DateTime<Utc> = body["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(expires - Utc::now() <= chrono::TimeDelta::hours(1));
+    assert!(
+        body["reasons"].to_string().contains("clamped"),
+        "{}",
+        body["reasons"]
+    );
+
+    let f = fixture_with(
+        |cat| {
+            let mut c = Config::with_catalogue(cat);
+            c.over_max = lambda_vendor::OverMax::Refuse;
+            c
+        },
+        LinesSink::default(),
+    )
+    .await;
+    let (status, body) = invoke(&f.vendor, two_hours).await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("`2h` exceeds the maximum of 1h"), "{msg}");
+    assert!(f.sink.lines().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_failure_is_500_without_credentials_and_the_session_is_revoked() {
+    let f = fixture_with(
+        Config::with_catalogue,
+        LinesSink::failing_on(AuditKind::Issued),
+    )
+    .await;
+    let (status, body) = invoke(&f.vendor, event("http-api-v2-jwt.json")).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "audit_failed");
+    assert!(body.get("credentials").is_none());
+    assert!(!body.to_string().contains("SecretAccessKey"));
+    assert_eq!(f.calls.get("AssumeRole"), 1, "it was minted");
+
+    let recs = f
+        .vendor
+        .broker()
+        .list(&ListFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].state, State::Revoked, "{:?}", recs[0].note);
+    // The session is denied on the role (jit-aws's per-grant revocation).
+    assert!(f.calls.get("PutRolePolicy") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cold_start_work_happens_once_per_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalogue.toml");
+    let path_text = path.to_str().unwrap().to_string();
+    let f = fixture_with(
+        |cat| {
+            std::fs::write(&path, cat).unwrap();
+            let env: HashMap<&str, &str> = HashMap::from([
+                ("JIT_CATALOGUE_FILE", path_text.as_str()),
+                ("JIT_STORE_URL", "memory:"),
+            ]);
+            Config::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap()
+        },
+        LinesSink::default(),
+    )
+    .await;
+    // The catalogue was read at cold start: later invocations do not need the file.
+    std::fs::remove_file(&path).unwrap();
+    let built_with = f.calls.get("GetCallerIdentity");
+    assert_eq!(built_with, 1, "role-chaining detection at cold start");
+
+    for _ in 0..3 {
+        let (status, body) = invoke(&f.vendor, event("http-api-v2-jwt.json")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(f.calls.get("AssumeRole"), 3);
+    assert_eq!(
+        f.calls.get("GetCallerIdentity"),
+        1,
+        "no per-invocation setup"
+    );
+    assert_eq!(
+        f.calls.get("GetRole"),
+        1,
+        "role facts cached across invocations"
+    );
+    // One container, one chain: all invocations' lines verify together.
+    let lines = f.sink.lines();
+    assert_eq!(
+        verify_jsonl(lines.join("\n").as_bytes()).unwrap().records,
+        12
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_configuration_fails_the_cold_start_with_a_typed_error() {
+    let env: HashMap<&str, &str> = HashMap::from([("JIT_CATALOGUE_FILE", "/nonexistent/cat.toml")]);
+    let config = Config::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+    let (clients, _) = counted_clients().await;
+    let err = lambda_vendor::Vendor::builder(config)
+        .provider(provider(clients).await)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, jit_core::Error::Config(_)), "{err}");
+    assert!(err.to_string().contains("/nonexistent/cat.toml"), "{err}");
+
+    // An entitlement naming a provider the function does not have.
+    let config = Config::with_catalogue(
+        r#"
+        [[entitlements]]
+        id = "gcp-thing"
+        provider = "gcp"
+        max_duration = "1h"
+        [entitlements.eligible]
+        groups = ["x"]
+        "#,
+    );
+    let (clients, _) = counted_clients().await;
+    let err = lambda_vendor::Vendor::builder(config)
+        .provider(provider(clients).await)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("`gcp`"), "{err}");
+}
