@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
 use chrono::SecondsFormat;
-use jit_aws::{AwsConfig, AwsProvider};
+use jit_aws::AwsProvider;
 use jit_core::audit::StdoutSink;
 use jit_core::types::{format_duration, GrantDuration, Verdict};
 use jit_core::{
@@ -81,8 +80,9 @@ impl VendorBuilder {
         let provider: Arc<dyn Provider> = match self.provider {
             Some(p) => p,
             None => Arc::new(
+                // The function's own identity and region come from the
+                // standard chain: in Lambda, the execution role and AWS_REGION.
                 AwsProvider::builder(self.config.aws.clone())
-                    .sdk_config(sdk_config(&self.config.aws).await)
                     .build()
                     .await?,
             ),
@@ -101,30 +101,6 @@ impl VendorBuilder {
             claims: self.config.claims,
             over_max: self.config.over_max,
         })
-    }
-}
-
-/// The function's own AWS identity and region: the standard chain (in
-/// Lambda, the execution role's credentials and `AWS_REGION` from the
-/// environment), on jit-aws's rustls client.
-///
-/// Built here rather than by jit-aws's loader, whose region fallback builds
-/// the IMDS region provider without an HTTP client; with the SDK's default
-/// HTTPS client turned off that construction panics. Here the loader owns
-/// the HTTP client, so its whole chain (IMDS included) has one.
-pub async fn sdk_config(aws: &AwsConfig) -> SdkConfig {
-    let mut loader =
-        aws_config::defaults(BehaviorVersion::latest()).http_client(jit_aws::client::http_client());
-    if let Some(region) = &aws.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    let sdk = loader.load().await;
-    if sdk.region().is_some() {
-        sdk
-    } else {
-        sdk.to_builder()
-            .region(Region::from_static(jit_aws::client::FALLBACK_REGION))
-            .build()
     }
 }
 
