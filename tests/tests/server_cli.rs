@@ -543,3 +543,160 @@ async fn refusals_have_the_right_status_and_one_error_shape() {
         "{m}"
     );
 }
+
+/// A service that accepts local tokens: it verifies them offline with the
+/// provider's published keys and asks the server whether they are still
+/// active, which sees a revocation at once and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_and_provider_keys_follow_the_grant() {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let http = reqwest::Client::new();
+    let u = |s: &Server, p: &str| format!("{}{p}", s.url);
+
+    // Two auto-approved grants of demo-api for alice.
+    let mut grants = Vec::new();
+    for _ in 0..2 {
+        let (st, v) = call(
+            &http,
+            Method::POST,
+            &u(&server, "/v1/requests"),
+            Some(&server.alice),
+            Some(json!({"entitlement": "demo-api", "duration": "10m", "justification": "x"})),
+        )
+        .await;
+        assert_eq!(st, 201, "{v}");
+        grants.push((
+            v["request"]["id"].as_str().unwrap().to_string(),
+            v["credentials"]["token"].as_str().unwrap().to_string(),
+        ));
+    }
+    let (revoked_id, revoked_token) = grants[0].clone();
+    let (_, live_token) = grants[1].clone();
+
+    // The published key verifies the token offline.
+    let (st, jwks) = call(
+        &http,
+        Method::GET,
+        &u(&server, "/v1/providers/local/jwks.json"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{jwks}");
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwks["keys"][0].clone()).unwrap();
+    support::install_crypto();
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_audience(&["demo-api"]);
+    let claims = jsonwebtoken::decode::<Value>(
+        &live_token,
+        &DecodingKey::from_jwk(&jwk).unwrap(),
+        &validation,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "alice");
+    let (st, v) = call(
+        &http,
+        Method::GET,
+        &u(&server, "/v1/providers/nope/jwks.json"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((st, error_code(&v).as_str()), (404, "not_found"));
+
+    let introspect = |s: &Server, caller: Option<String>, body: Value| {
+        let http = http.clone();
+        let url = u(s, "/v1/introspect");
+        async move { call(&http, Method::POST, &url, caller.as_deref(), Some(body)).await }
+    };
+    // Active, with the claims a resource server needs, for any authenticated caller.
+    let (st, v) = introspect(
+        &server,
+        Some(server.bob.clone()),
+        json!({"token": revoked_token}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["sub"], "alice");
+    assert_eq!(v["aud"], "demo-api");
+    assert_eq!(v["scope"], "admin");
+    assert_eq!(v["request_id"], revoked_id.as_str());
+    // The form encoding of RFC 7662 works too.
+    let resp = http
+        .post(u(&server, "/v1/introspect"))
+        .bearer_auth(&server.bob)
+        .form(&[("token", live_token.as_str()), ("audience", "demo-api")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["active"], true);
+    // For another audience, tampered, or garbage: inactive, and nothing more.
+    // One signature byte changed (well inside the last segment).
+    let mut tampered = revoked_token.clone().into_bytes();
+    let i = tampered.len() - 20;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for body in [
+        json!({"token": revoked_token, "audience": "prod-db"}),
+        json!({"token": tampered}),
+        json!({"token": "not-a-token"}),
+    ] {
+        let (st, v) = introspect(&server, Some(server.bob.clone()), body).await;
+        assert_eq!((st, v), (200, json!({"active": false})));
+    }
+    // Callers must authenticate; unknown fields are refused.
+    let (st, v) = introspect(&server, None, json!({"token": live_token})).await;
+    assert_eq!((st, error_code(&v).as_str()), (401, "unauthorized"));
+    let (st, v) = introspect(
+        &server,
+        Some(server.bob.clone()),
+        json!({"token": live_token, "extra": 1}),
+    )
+    .await;
+    assert_eq!(
+        (st, error_code(&v).as_str()),
+        (400, "invalid_request"),
+        "{v}"
+    );
+
+    // Revoked: inactive at once, and still after a restart (the process's
+    // own revocation list is gone; the store is not).
+    let (st, _) = call(
+        &http,
+        Method::POST,
+        &u(&server, &format!("/v1/requests/{revoked_id}/revoke")),
+        Some(&server.alice),
+        Some(json!({"reason": "done"})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (_, v) = introspect(
+        &server,
+        Some(server.bob.clone()),
+        json!({"token": revoked_token}),
+    )
+    .await;
+    assert_eq!(v, json!({"active": false}));
+    server.kill();
+    server = Server::start(dir.path());
+    let (_, v) = introspect(
+        &server,
+        Some(server.bob.clone()),
+        json!({"token": revoked_token}),
+    )
+    .await;
+    assert_eq!(v, json!({"active": false}));
+    let (_, v) = introspect(
+        &server,
+        Some(server.bob.clone()),
+        json!({"token": live_token}),
+    )
+    .await;
+    assert_eq!(v["active"], true, "{v}");
+}

@@ -13,9 +13,25 @@
 //! | `GET /v1/requests/{id}/credentials` | requester only |
 //! | `GET /v1/audit` (JSON Lines), `GET /v1/audit/verify` | admins |
 //! | `GET /v1/entitlements`, `GET /v1/whoami` | anyone authenticated |
+//! | `POST /v1/introspect` | anyone authenticated (the services that accept local tokens) |
+//! | `GET /v1/providers/{name}/jwks.json` | anyone: the public keys of a local provider |
 //!
 //! A request the caller may not see answers exactly like a missing one.
+//!
+//! # Local tokens in other services
+//!
+//! A service that accepts the server's local tokens verifies them offline
+//! with the provider's public keys (`/v1/providers/{name}/jwks.json`, the
+//! `jit_core::local::Verifier` takes them), which catches forgery and expiry;
+//! early revocation needs the server. `POST /v1/introspect` answers in the
+//! shape of OAuth 2.0 token introspection (RFC 7662): `{"active": false}`
+//! for anything not valid now, else `active: true` with the token's claims.
+//! A token is active only while the grant it belongs to is `active` in the
+//! store, so a revocation counts at once, across restarts and across every
+//! replica on the same database. The body is JSON or a form,
+//! `token=...[&audience=...]`; with `audience` the token must be for it.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -26,6 +42,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use jit_core::local::{LocalClaims, LocalProvider, Verifier};
 use jit_core::{
     AccessRequest, Broker, Credentials, GrantDuration, IssueOutcome, ListFilter, Principal,
     RequestId, RequestRecord, State as LifecycleState, Verdict,
@@ -49,6 +66,31 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Served at `/.well-known/jwks.json` in demo mode.
     pub demo_jwks: Option<Value>,
+    /// The local providers, by name: their verifiers and public keys.
+    pub local: Arc<BTreeMap<String, LocalKeys>>,
+}
+
+/// What the server publishes about one local provider.
+#[derive(Clone, Debug)]
+pub struct LocalKeys {
+    /// Verifies the provider's tokens (signature, issuer, times, revocations in this process).
+    pub verifier: Verifier,
+    /// The provider's public keys as a JWKS.
+    pub jwks: Value,
+}
+
+impl LocalKeys {
+    /// The verifier and JWKS of a local provider.
+    pub fn of(provider: &LocalProvider) -> Self {
+        let key = provider.public_key();
+        Self {
+            verifier: provider.verifier(),
+            jwks: json!({ "keys": [{
+                "kty": "OKP", "crv": "Ed25519", "x": key.to_b64(), "kid": key.kid(),
+                "alg": "EdDSA", "use": "sig",
+            }]}),
+        }
+    }
 }
 
 /// The authenticated caller.
@@ -508,6 +550,110 @@ pub async fn jwks(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         .clone()
         .map(Json)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
+}
+
+/// `GET /v1/providers/{name}/jwks.json`: a local provider's public keys.
+pub async fn provider_jwks(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    state
+        .local
+        .get(&name)
+        .map(|k| Json(k.jwks.clone()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no local provider `{}`", name.escape_debug()),
+            )
+        })
+}
+
+/// `POST /v1/introspect` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectBody {
+    token: String,
+    #[serde(default)]
+    audience: Option<String>,
+    /// RFC 7662's hint; only `access_token` (or none) is meaningful here.
+    #[serde(default)]
+    token_type_hint: Option<String>,
+}
+
+/// The `aud` a token claims, read without trusting it: it only picks what
+/// the signature check then requires.
+fn claimed_audience(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v["aud"].as_str().map(str::to_string)
+}
+
+/// `POST /v1/introspect` (see the module docs). Never says why a token is
+/// inactive: that would help whoever is trying tokens.
+pub async fn introspect(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let body: IntrospectBody = if form {
+        axum::Form::<IntrospectBody>::from_request(req, &state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("invalid form body: {}", e.body_text())))?
+            .0
+    } else {
+        JsonBody::<IntrospectBody>::from_request(req, &state)
+            .await?
+            .0
+    };
+    let inactive = Json(json!({ "active": false }));
+    // RFC 7662 lets the server ignore the hint: there is one kind of token here.
+    let _ = body.token_type_hint;
+    let token = body.token.trim();
+    let Some(audience) = body.audience.clone().or_else(|| claimed_audience(token)) else {
+        return Ok(inactive);
+    };
+    let Some(claims): Option<LocalClaims> = state
+        .local
+        .values()
+        .find_map(|k| k.verifier.verify(token, &audience).ok())
+    else {
+        return Ok(inactive);
+    };
+    // The store has the last word: revoked, expired or replaced grants are
+    // inactive whatever this process's revocation list says.
+    let rec = match state.broker.get(claims.rid).await {
+        Ok(r) => r,
+        Err(jit_core::Error::NotFound { .. }) => return Ok(inactive),
+        Err(e) => return Err(e.into()),
+    };
+    if rec.state != LifecycleState::Active || rec.grant_id() != Some(claims.jti) {
+        return Ok(inactive);
+    }
+    Ok(Json(json!({
+        "active": true,
+        "token_type": "Bearer",
+        "iss": claims.iss,
+        "sub": claims.sub,
+        "aud": claims.aud,
+        "jti": claims.jti,
+        "scope": claims.scopes.join(" "),
+        "iat": claims.iat,
+        "nbf": claims.nbf,
+        "exp": claims.exp,
+        "request_id": claims.rid,
+        "entitlement": claims.ent,
+    })))
 }
 
 /// Unknown routes.

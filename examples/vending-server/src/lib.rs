@@ -104,6 +104,7 @@ impl Server {
         .map_err(|e| format!("catalogue: {e}"))?;
         let store = open_store(&config.store_url).await?;
         let mut builder = Broker::builder(store, Arc::new(policy));
+        let mut local_keys = std::collections::BTreeMap::new();
         for (name, pc) in &config.providers {
             pc.check(name)?;
             let provider: Arc<dyn Provider> = match pc.kind.as_str() {
@@ -118,7 +119,9 @@ impl Server {
                             .map_err(|e| format!("provider `{name}`: {e}"))?;
                         b = b.max_duration(d);
                     }
-                    Arc::new(b.build())
+                    let local = b.build();
+                    local_keys.insert(name.clone(), api::LocalKeys::of(&local));
+                    Arc::new(local)
                 }
             };
             builder = builder.provider(Arc::new(Measured::new(provider, metrics.clone())));
@@ -153,6 +156,7 @@ impl Server {
                 auth: Arc::new(auth),
                 metrics,
                 demo_jwks: demo.map(|d| d.jwks_json()),
+                local: Arc::new(local_keys),
             },
             config,
         })
@@ -221,6 +225,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/entitlements", get(entitlements))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/introspect", post(introspect))
+        .route("/v1/providers/{name}/jwks.json", get(provider_jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
