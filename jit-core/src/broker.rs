@@ -56,7 +56,7 @@ use crate::provider::{GrantSpec, Provider, RevocationKind};
 use crate::store::{Claim, ListFilter, Store};
 use crate::types::{
     format_duration, AccessRequest, Approval, Decision, Entitlement, Grant, GrantDuration, GrantId,
-    Principal, RequestId, RequestRecord, Revocation, State, Verdict,
+    IssuedGrant, Principal, RequestId, RequestRecord, Revocation, State, Verdict,
 };
 
 /// Actor name used for steps the broker takes by itself.
@@ -1435,6 +1435,53 @@ impl Broker {
                 Ok(r) if matches!(r.state, State::Revoked | State::Expired) => n += 1,
                 Ok(_) | Err(Error::InvalidState { .. }) => {}
                 Err(e) => tracing::warn!(error = %e, "revocation retry failed"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Hands every provider the grants the store records as revoked (or
+    /// being revoked) whose end has not passed, so that revocation state a
+    /// provider keeps in memory survives a restart (see
+    /// [`Provider::restore_revocations`]). The reaper calls this on its
+    /// first tick; a host without a reaper calls it once at start. Looks at
+    /// the newest 10,000 such records, far more than can be live at once
+    /// for any realistic catalogue. Returns how many grants were handed over.
+    pub async fn restore_revocations(&self) -> Result<usize> {
+        let now = self.inner.clock.now();
+        let records = self
+            .inner
+            .store
+            .list(&ListFilter {
+                states: vec![State::Revoked, State::Revoking, State::RevocationFailed],
+                limit: 10_000,
+                ..ListFilter::default()
+            })
+            .await?;
+        let mut by_provider: HashMap<String, Vec<IssuedGrant>> = HashMap::new();
+        for rec in &records {
+            let Some(grant) = rec.grant.as_ref() else {
+                continue;
+            };
+            if let Some(issued) = grant.issued.as_ref().filter(|_| grant.ends_at > now) {
+                by_provider
+                    .entry(issued.provider.clone())
+                    .or_default()
+                    .push(issued.clone());
+            }
+        }
+        let mut n = 0;
+        for (name, grants) in by_provider {
+            match self.provider(&name) {
+                Ok(p) => {
+                    p.restore_revocations(&grants).await?;
+                    n += grants.len();
+                }
+                // A provider no longer configured cannot honour anything:
+                // its grants expire natively.
+                Err(e) => {
+                    tracing::warn!(provider = %name, error = %e, "cannot restore revocations")
+                }
             }
         }
         Ok(n)

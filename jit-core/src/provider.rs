@@ -125,4 +125,17 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 
     /// Finds what an `issue` for this spec left at the provider, for reconciliation after a crash.
     async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>>;
+
+    /// Re-applies early revocations after a start. The broker calls this
+    /// once per start ([`crate::Broker::restore_revocations`], the reaper's
+    /// first tick) with the grants its store records as revoked whose end
+    /// has not passed. A provider whose revocations live at the cloud (a
+    /// deny policy, a deleted assignment) keeps this default, which does
+    /// nothing; one whose revocation state lives in the process (the local
+    /// provider's list) re-adds them, so a restart cannot revive a revoked
+    /// token. Must be idempotent. Wrappers must forward it.
+    async fn restore_revocations(&self, revoked: &[IssuedGrant]) -> Result<()> {
+        let _ = revoked;
+        Ok(())
+    }
 }

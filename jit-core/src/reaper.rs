@@ -23,6 +23,8 @@ pub struct ReapReport {
     pub settled: usize,
     /// Revocations completed on retry.
     pub revoked: usize,
+    /// Revoked grants handed back to their providers at start.
+    pub restored: usize,
 }
 
 /// Background maintenance for a [`Broker`]. The host spawns [`Reaper::run`].
@@ -59,6 +61,11 @@ impl Reaper {
 
     /// One pass over all due work. The first call reconciles every `Issuing` grant.
     pub async fn tick(&mut self) -> Result<ReapReport> {
+        let restored = if self.started {
+            0
+        } else {
+            self.broker.restore_revocations().await?
+        };
         let reconciled = self.broker.reconcile(!self.started).await?;
         self.started = true;
         let expired = self.broker.expire_due(self.batch).await?;
@@ -69,6 +76,7 @@ impl Reaper {
             expired,
             settled,
             revoked,
+            restored,
         })
     }
 

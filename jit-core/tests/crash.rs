@@ -98,3 +98,79 @@ async fn store_failing_before_recording_then_restart_never_loses_the_grant() {
     assert!(provider.live().is_empty());
     assert!(e.broker.verify_audit().await.unwrap().is_ok());
 }
+
+/// The local provider keeps its revocation list in memory. A restarted broker
+/// hands the store's revoked grants back to it on the reaper's first tick, so
+/// a restart cannot revive a revoked token; grants that ended stay out.
+#[tokio::test]
+async fn a_restart_does_not_revive_a_revoked_local_token() {
+    use jit_core::local::{LocalKey, LocalProvider, Verifier};
+    use jit_core::{AccessRequest, Broker, CataloguePolicy, Credentials, Principal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jit.db");
+    let pem = LocalKey::generate().to_pkcs8_pem().unwrap();
+    let catalogue = r#"
+        [[entitlements]]
+        id = "api"
+        provider = "local"
+        max_duration = "1h"
+        target = { audience = "api" }
+        [entitlements.eligible]
+        ids = ["alice"]
+        [entitlements.auto_approve]
+    "#;
+    // One life of the process: a fresh provider (empty revocation list) on the same key and file.
+    let life = || async {
+        let provider = LocalProvider::new(LocalKey::from_pkcs8_pem(pem.expose()).unwrap(), "jit");
+        let verifier: Verifier = provider.verifier();
+        let broker = Broker::builder(
+            Arc::new(SqliteStore::open(&path).await.unwrap()),
+            Arc::new(CataloguePolicy::from_toml_str(catalogue).unwrap()),
+        )
+        .provider(Arc::new(provider))
+        .build()
+        .unwrap();
+        (broker, verifier)
+    };
+    let alice = Principal::new("alice").unwrap();
+    let token = |c: Option<Credentials>| match c {
+        Some(Credentials::LocalToken { token, .. }) => token.expose().to_string(),
+        other => panic!("{other:?}"),
+    };
+
+    let (broker, verifier) = life().await;
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let out = broker
+            .submit(
+                &alice,
+                AccessRequest::new("api", "30m".parse().unwrap(), "work"),
+            )
+            .await
+            .unwrap();
+        tokens.push((out.record.id, token(out.credentials)));
+    }
+    let (revoked_id, revoked) = tokens[0].clone();
+    let (_, live) = tokens[1].clone();
+    broker.revoke(&alice, revoked_id, "done").await.unwrap();
+    assert!(verifier.verify(&revoked, "api").is_err());
+    drop(broker);
+
+    // Second life: before the reaper's first tick the new list is empty (the
+    // gap this closes); after it, the revoked token is refused again.
+    let (broker, verifier) = life().await;
+    assert!(verifier.verify(&revoked, "api").is_ok());
+    let report = Reaper::new(broker.clone()).tick().await.unwrap();
+    assert_eq!(report.restored, 1);
+    assert!(verifier.verify(&revoked, "api").is_err());
+    assert!(verifier.verify(&live, "api").is_ok());
+    // Only the first tick restores.
+    assert_eq!(
+        Reaper::new(broker.clone()).tick().await.unwrap().restored,
+        1
+    );
+    let mut reaper = Reaper::new(broker.clone());
+    reaper.tick().await.unwrap();
+    assert_eq!(reaper.tick().await.unwrap().restored, 0);
+}

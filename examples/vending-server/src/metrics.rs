@@ -146,4 +146,8 @@ impl Provider for Measured {
     async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>> {
         self.inner.find(spec).await
     }
+
+    async fn restore_revocations(&self, revoked: &[IssuedGrant]) -> Result<()> {
+        self.inner.restore_revocations(revoked).await
+    }
 }

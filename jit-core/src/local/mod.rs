@@ -668,6 +668,16 @@ impl Provider for LocalProvider {
     async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>> {
         Ok(self.ledger().get(&spec.grant_id).map(|e| e.issued.clone()))
     }
+
+    async fn restore_revocations(&self, revoked: &[IssuedGrant]) -> Result<()> {
+        for issued in revoked.iter().filter(|i| i.provider == self.name) {
+            let grant = grant_id_of(&self.name, issued)?;
+            self.revocations
+                .revoke(&grant.to_string(), issued.expires_at);
+        }
+        self.revocations.prune(self.clock.now() - self.retention());
+        Ok(())
+    }
 }
 
 #[cfg(test)]

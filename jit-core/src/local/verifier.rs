@@ -15,11 +15,12 @@ use crate::error::TokenError;
 
 /// Revoked grant ids (`jti`), each kept until its token's expiry.
 ///
-/// Cloning shares the same list. It lives in memory: every process that
-/// verifies tokens must see the same list, so a multi-process deployment has
-/// to share it (for example by asking the broker, or by syncing it from the
-/// store). It is lost on restart; tokens still expire natively at their `exp`,
-/// so a lost list re-enables a revoked token only until its original end.
+/// Cloning shares the same list. It lives in memory, in the broker's
+/// process: a restarted broker refills it from its store on the reaper's
+/// first tick ([`crate::Broker::restore_revocations`]), so a restart does not
+/// revive a revoked token. Verifiers in other processes do not see it: they
+/// ask the broker instead (the vending server's `POST /v1/introspect`
+/// answers from the store, on every replica).
 #[derive(Clone, Default)]
 pub struct RevocationList(Arc<Mutex<HashMap<String, DateTime<Utc>>>>);
 
