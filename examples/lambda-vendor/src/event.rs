@@ -104,6 +104,24 @@ pub struct RequestBody {
     pub ticket: Option<String>,
 }
 
+/// What an invocation asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// A new request: `{"entitlement", "duration", "justification", "ticket"?}`.
+    Request(RequestBody),
+    /// The credentials of an earlier request of the caller's, once approved:
+    /// `{"request_id"}`.
+    Collect(CollectBody),
+}
+
+/// `{"request_id": "..."}`: collect what an earlier `202` promised.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectBody {
+    /// The id a `202` answer gave.
+    pub request_id: String,
+}
+
 /// A duration as text or whole seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -122,7 +140,7 @@ pub struct Invocation {
     /// Which authorizer.
     pub auth: AuthSource,
     /// What they ask for.
-    pub body: RequestBody,
+    pub body: Body,
     /// API Gateway's request id (`requestContext.requestId`).
     pub api_request_id: Option<String>,
     /// The client's address.
@@ -295,7 +313,7 @@ pub fn groups(v: &Value) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn body(event: &Value) -> Result<RequestBody, EventError> {
+fn body(event: &Value) -> Result<Body, EventError> {
     let raw = match event.get("body") {
         Some(Value::String(s)) if !s.trim().is_empty() => s,
         Some(Value::String(_)) | Some(Value::Null) | None => {
@@ -322,7 +340,17 @@ fn body(event: &Value) -> Result<RequestBody, EventError> {
     if bytes.len() > MAX_BODY_BYTES {
         return Err(EventError::TooLarge(bytes.len()));
     }
-    serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON body: {e}")))
+    let invalid = |e: serde_json::Error| bad(format!("invalid JSON body: {e}"));
+    let value: Value = serde_json::from_slice(&bytes).map_err(invalid)?;
+    if value.get("request_id").is_some() {
+        serde_json::from_value(value)
+            .map(Body::Collect)
+            .map_err(invalid)
+    } else {
+        serde_json::from_value(value)
+            .map(Body::Request)
+            .map_err(invalid)
+    }
 }
 
 #[cfg(test)]
@@ -376,7 +404,10 @@ mod tests {
         assert_eq!(inv.principal.id.as_str(), "bob");
         assert!(inv.principal.in_group("ops"));
         assert_eq!(inv.auth, AuthSource::LambdaAuthorizer);
-        assert_eq!(inv.body.duration, DurationField::Seconds(1800));
+        match inv.body {
+            Body::Request(b) => assert_eq!(b.duration, DurationField::Seconds(1800)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -390,7 +421,16 @@ mod tests {
         };
         let b64 = base64::engine::general_purpose::STANDARD
             .encode(r#"{"entitlement":"e","duration":"30m","justification":"j"}"#);
-        assert_eq!(with(json!(b64), true).unwrap().body.justification, "j");
+        match with(json!(b64), true).unwrap().body {
+            Body::Request(b) => assert_eq!(b.justification, "j"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            with(json!(r#"{"request_id":"r"}"#), false).unwrap().body,
+            Body::Collect(CollectBody {
+                request_id: "r".into()
+            })
+        );
         for (body, b64) in [
             (json!(null), false),
             (json!(""), false),

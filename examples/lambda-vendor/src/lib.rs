@@ -7,6 +7,6 @@ pub mod response;
 pub mod vendor;
 
 pub use config::{CatalogueSource, ClaimNames, Config, OverMax};
-pub use event::{AuthSource, EventError, Invocation, RequestBody};
+pub use event::{AuthSource, Body, CollectBody, EventError, Invocation, RequestBody};
 pub use response::ApiResponse;
 pub use vendor::{Vendor, VendorBuilder};

@@ -8,13 +8,13 @@ use jit_core::audit::StdoutSink;
 use jit_core::types::{format_duration, GrantDuration, Verdict};
 use jit_core::{
     AccessRequest, AuditSink, Broker, CataloguePolicy, Error, IssueOutcome, Provider, RequestError,
-    State, Store,
+    RequestId, State, Store,
 };
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{json, Value};
 
 use crate::config::{CatalogueSource, ClaimNames, Config, OverMax};
-use crate::event::{self, DurationField, Invocation};
+use crate::event::{self, Body, DurationField, Invocation, RequestBody};
 use crate::response::ApiResponse;
 
 /// The `source` recorded in every request's context.
@@ -170,11 +170,14 @@ impl Vendor {
             }
         };
         let principal = inv.principal.id.to_string();
-        let entitlement = inv.body.entitlement.clone();
-        let response = match self.submit(inv, context).await {
-            Ok(r) => r,
-            Err(e) => e.into(),
+        let (entitlement, result) = match inv.body.clone() {
+            Body::Request(body) => (
+                body.entitlement.clone(),
+                self.submit(inv, body, context).await,
+            ),
+            Body::Collect(c) => (String::new(), self.collect(&inv, &c.request_id).await),
         };
+        let response = result.unwrap_or_else(ApiResponse::from);
         tracing::info!(
             aws_request_id = %context.request_id,
             principal = %principal,
@@ -186,13 +189,68 @@ impl Vendor {
         response
     }
 
-    async fn submit(&self, inv: Invocation, context: &Context) -> Result<ApiResponse, Error> {
-        let duration = match &inv.body.duration {
+    /// `{"request_id"}`: the caller's own request, as it stands. Active:
+    /// its credentials, re-delivered (a fresh STS session with the grant's
+    /// session name and end; the delivery is audited). Still waiting: `202`
+    /// again. Anyone else's id answers like a missing one.
+    async fn collect(&self, inv: &Invocation, id: &str) -> Result<ApiResponse, Error> {
+        let not_found = || Error::NotFound {
+            kind: "request",
+            id: id.chars().take(64).collect(),
+        };
+        let rid: RequestId = id.trim().parse().map_err(|_| not_found())?;
+        let rec = match self.broker.get(rid).await {
+            Ok(r) if inv.principal.same_person(&r.requester) => r,
+            Ok(_) | Err(Error::NotFound { .. }) => return Err(not_found()),
+            Err(e) => return Err(e),
+        };
+        match rec.state {
+            State::Active => {
+                let credentials = self.broker.credentials(&inv.principal, rid).await?;
+                // Re-read: the delivery is recorded on the request.
+                let record = self.broker.get(rid).await.unwrap_or(rec);
+                Ok(outcome(IssueOutcome {
+                    record,
+                    credentials: Some(credentials),
+                }))
+            }
+            State::Pending | State::Denied => Ok(outcome(IssueOutcome {
+                record: rec,
+                credentials: None,
+            })),
+            State::Approved | State::Issuing => Ok(ApiResponse::ok(
+                202,
+                json!({
+                    "status": rec.state,
+                    "request_id": rec.id,
+                    "entitlement": rec.request.entitlement,
+                    "message": "approved; the credentials are being issued, ask again shortly",
+                }),
+            )),
+            other => Ok(ApiResponse::error(
+                409,
+                "invalid_state",
+                format!(
+                    "request `{}` is `{other}`: it has no credentials to deliver",
+                    rec.id
+                ),
+            )
+            .with_details(json!({ "request_id": rec.id, "state": other }))),
+        }
+    }
+
+    async fn submit(
+        &self,
+        inv: Invocation,
+        body: RequestBody,
+        context: &Context,
+    ) -> Result<ApiResponse, Error> {
+        let duration = match &body.duration {
             DurationField::Seconds(s) => GrantDuration::from_secs_i64(*s)?,
             DurationField::Text(t) => t.parse::<GrantDuration>()?,
         };
         if self.over_max == OverMax::Refuse {
-            if let Some(ent) = self.broker.policy().entitlement(&inv.body.entitlement) {
+            if let Some(ent) = self.broker.policy().entitlement(&body.entitlement) {
                 if duration > ent.max_duration {
                     return Err(RequestError::DurationTooLong {
                         requested: duration.to_string(),
@@ -202,11 +260,10 @@ impl Vendor {
                 }
             }
         }
-        let mut request =
-            AccessRequest::new(&inv.body.entitlement, duration, &inv.body.justification)
-                .with_context("source", SOURCE)
-                .with_context("auth", inv.auth.as_str());
-        if let Some(t) = inv.body.ticket.as_deref() {
+        let mut request = AccessRequest::new(&body.entitlement, duration, &body.justification)
+            .with_context("source", SOURCE)
+            .with_context("auth", inv.auth.as_str());
+        if let Some(t) = body.ticket.as_deref() {
             request = request.with_ticket(t);
         }
         let facts = [

@@ -136,10 +136,86 @@ async fn needing_approval_is_202_with_a_stored_pending_request() {
     assert_eq!(rec.request.ticket.as_deref(), Some("CHG-7"));
     assert_eq!(rec.request.context["auth"], "claims");
 
+    // Asking with the request id before anyone approved: still 202.
+    let collect = |rid: &str| with_body(event("rest-api-cognito.json"), json!({"request_id": rid}));
+    let (status, body) = invoke(&f.vendor, collect(&id.to_string())).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("pending")),
+        "{body}"
+    );
+
     // Whoever shares the store approves it; the grant is then issued there.
     let lead = Principal::new("lena").unwrap().with_group("leads");
     let out = f.vendor.broker().approve(&lead, id, "ok").await.unwrap();
     assert_eq!(out.record.state, State::Active);
+
+    // The requester collects the credentials through the function: the
+    // grant's own session, ending at the grant's end.
+    let (status, body) = invoke(&f.vendor, collect(&id.to_string())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "active");
+    let session = out
+        .record
+        .grant
+        .as_ref()
+        .unwrap()
+        .issued
+        .as_ref()
+        .unwrap()
+        .external_id
+        .clone();
+    let role_name = f.role_arn.rsplit('/').next().unwrap();
+    assert_eq!(
+        caller_arn(&body["credentials"]).await,
+        format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role_name}/{session}")
+    );
+    let ends = out.record.grant.as_ref().unwrap().ends_at;
+    let got: DateTime<Utc> = body["credentials"]["Expiration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        got <= ends && ends - got < chrono::TimeDelta::seconds(30),
+        "{got} vs {ends}"
+    );
+    // Someone else's id, and a malformed one, answer like a missing request.
+    let stranger = with_body(
+        event("http-api-v2-jwt.json"),
+        json!({"request_id": id.to_string()}),
+    );
+    let (status, body) = invoke(&f.vendor, stranger).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (status, _) = invoke(&f.vendor, collect("not-an-id")).await;
+    assert_eq!(status, 404);
+    // A collect body takes nothing else.
+    let mixed = with_body(
+        event("rest-api-cognito.json"),
+        json!({"request_id": id.to_string(), "entitlement": "x"}),
+    );
+    assert_eq!(invoke(&f.vendor, mixed).await.0, 400);
+    // Revoked: nothing to deliver.
+    f.vendor.broker().revoke(&lead, id, "done").await.unwrap();
+    let (status, body) = invoke(&f.vendor, collect(&id.to_string())).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("invalid_state")),
+        "{body}"
+    );
+    // Requested, decided, approved, issued, issued (redelivered), revoked: one chain.
+    let lines = f.sink.lines();
+    let kinds: Vec<AuditKind> = records(&lines).iter().map(|r| r.event.kind).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == AuditKind::Issued).count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(verify_jsonl(lines.join("\n").as_bytes()).is_ok());
 
     // Eligible but not on call: the auto-approve rule fails, approval is needed.
     let mut ev = event("http-api-v2-jwt.json");
