@@ -1426,9 +1426,35 @@ impl Broker {
     /// Retries revocations whose next attempt is due.
     pub async fn retry_revocations(&self, limit: usize) -> Result<usize> {
         let now = self.inner.clock.now();
-        let due = self
-            .claim_due(&[State::Revoking, State::RevocationFailed], now, limit)
-            .await?;
+        self.retry_revocations_due(&[State::Revoking, State::RevocationFailed], now, limit)
+            .await
+    }
+
+    /// At start: finishes revocations a crash interrupted (`Revoking`, whose
+    /// first attempt was given the reconcile grace) at once instead of after
+    /// the grace. Only on a store this process has to itself: on a shared
+    /// store a `Revoking` record may be another replica's revocation in
+    /// flight, and waits for the grace as usual. The reaper calls this on
+    /// its first tick.
+    pub async fn resume_revocations(&self, limit: usize) -> Result<usize> {
+        if self.inner.store.is_shared() {
+            return Ok(0);
+        }
+        // Only what an earlier process left: a revocation this broker starts
+        // gets its first retry due after `started_at + grace` (equal only
+        // on a clock that has not moved since the broker was built).
+        let due_by = self.inner.started_at + delta(self.inner.reconcile_grace);
+        self.retry_revocations_due(&[State::Revoking], due_by, limit)
+            .await
+    }
+
+    async fn retry_revocations_due(
+        &self,
+        states: &[State],
+        due_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize> {
+        let due = self.claim_due(states, due_by, limit).await?;
         let mut n = 0;
         for rec in due.take(&self.inner.clock) {
             match self.attempt_revocation(rec.clone()).await {
@@ -1488,15 +1514,17 @@ impl Broker {
     }
 
     /// Settles grants left in `Issuing` by a crash: older than the grace
-    /// period, or all of them when `all` (at start). Found at the provider →
+    /// period, or, when `all` (at start), all those an earlier process left
+    /// (written before this broker was built). Found at the provider →
     /// revoked (the credentials never reached anyone); not found → `Failed`.
     /// On a store shared by several replicas `all` is ignored: a fresh
     /// `Issuing` grant may be another replica's issue in flight.
     pub async fn reconcile(&self, all: bool) -> Result<usize> {
         let now = self.inner.clock.now();
         let cutoff = if all && !self.inner.store.is_shared() {
-            // Everything: no record is stamped in the future by more than a day of clock skew.
-            now + TimeDelta::days(1)
+            // Everything an earlier process left (last written before this
+            // broker was built), and nothing this one may be issuing now.
+            self.inner.started_at
         } else {
             now - delta(self.inner.reconcile_grace)
         };

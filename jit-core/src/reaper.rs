@@ -4,7 +4,12 @@
 //! expiry is not native), times out pending requests, issues approved
 //! requests whose scheduled start has come, retries failed revocations, and
 //! settles grants a crash left in `Issuing`. The first tick after start
-//! reconciles every `Issuing` grant, since none can be in flight yet.
+//! also hands revoked grants back to providers that keep revocations in
+//! memory ([`Broker::restore_revocations`]), and, on a store this process
+//! has to itself, reconciles every `Issuing` grant and finishes every
+//! interrupted `Revoking` one at once ([`Broker::resume_revocations`]),
+//! since none can be in flight yet; on a shared store those wait for the
+//! reconcile grace, as another replica may be working on them.
 
 use std::future::Future;
 use std::time::Duration;
@@ -61,16 +66,19 @@ impl Reaper {
 
     /// One pass over all due work. The first call reconciles every `Issuing` grant.
     pub async fn tick(&mut self) -> Result<ReapReport> {
-        let restored = if self.started {
-            0
+        let (restored, resumed) = if self.started {
+            (0, 0)
         } else {
-            self.broker.restore_revocations().await?
+            (
+                self.broker.restore_revocations().await?,
+                self.broker.resume_revocations(self.batch).await?,
+            )
         };
         let reconciled = self.broker.reconcile(!self.started).await?;
         self.started = true;
         let expired = self.broker.expire_due(self.batch).await?;
         let settled = self.broker.settle_waiting(self.batch).await?;
-        let revoked = self.broker.retry_revocations(self.batch).await?;
+        let revoked = resumed + self.broker.retry_revocations(self.batch).await?;
         Ok(ReapReport {
             reconciled,
             expired,

@@ -174,3 +174,66 @@ async fn a_restart_does_not_revive_a_revoked_local_token() {
     reaper.tick().await.unwrap();
     assert_eq!(reaper.tick().await.unwrap().restored, 0);
 }
+
+/// A revocation the process died in the middle of (the `Revoking` record is
+/// written, the `Revoked` one never is) is finished on the first tick after a
+/// restart, without waiting for the reconcile grace: on a store the process
+/// has to itself nothing else can be working on it.
+#[tokio::test]
+async fn an_interrupted_revocation_is_finished_at_once_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jit.db");
+    let provider = Arc::new(TestProvider::new("test"));
+    let id;
+    {
+        let sqlite = Arc::new(SqliteStore::open(&path).await.unwrap());
+        let faulty = Arc::new(FaultyStore::new(sqlite));
+        let e = env_with(faulty.clone(), provider.clone());
+        let out = e
+            .broker
+            .submit(&user("alice"), req("dev-read", "10m"))
+            .await
+            .unwrap();
+        id = out.record.id;
+        assert_eq!(out.record.state, State::Active);
+        // The provider revokes, and the process dies before `Revoked` is written.
+        faulty.fail_updates_into(&[State::Revoked, State::RevocationFailed]);
+        assert!(e.broker.revoke(&user("alice"), id, "done").await.is_err());
+        assert_eq!(e.broker.get(id).await.unwrap().state, State::Revoking);
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let e = env_with(Arc::new(store), provider.clone());
+    let report = Reaper::new(e.broker.clone()).tick().await.unwrap();
+    assert_eq!(report.revoked, 1, "{report:?}");
+    assert_eq!(e.broker.get(id).await.unwrap().state, State::Revoked);
+    assert!(provider.live().is_empty());
+    assert!(e.broker.verify_audit().await.unwrap().is_ok());
+}
+
+/// The first tick settles what an earlier process left, never what this one
+/// is issuing right now: an `Issuing` grant written after the broker was
+/// built is in flight here and is left alone.
+#[tokio::test]
+async fn the_first_tick_leaves_this_process_in_flight_issues_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("jit.db")).await.unwrap();
+    let provider = Arc::new(TestProvider::new("test"));
+    let e = env_with(Arc::new(store), provider.clone());
+    e.clock.advance(chrono::TimeDelta::seconds(1));
+    provider.hang_after_mint(true);
+    let b = e.broker.clone();
+    let task = tokio::spawn(async move { b.submit(&user("alice"), req("dev-read", "10m")).await });
+    while provider.minted().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = Reaper::new(e.broker.clone()).tick().await.unwrap();
+    assert_eq!(report.reconciled, 0, "{report:?}");
+    let rec = &e.broker.list(&ListFilter::default()).await.unwrap()[0];
+    assert_eq!(rec.state, State::Issuing);
+    assert_eq!(
+        provider.live().len(),
+        1,
+        "not revoked under the issuer's feet"
+    );
+    task.abort();
+}
