@@ -42,7 +42,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use jit_core::local::{LocalClaims, LocalProvider, Verifier};
+use jit_core::local::{LocalClaims, LocalProvider, LocalPublicKey, Verifier};
 use jit_core::{
     AccessRequest, Broker, Credentials, GrantDuration, IssueOutcome, ListFilter, Principal,
     RequestId, RequestRecord, State as LifecycleState, Verdict,
@@ -79,17 +79,32 @@ pub struct LocalKeys {
     pub jwks: Value,
 }
 
+fn jwk(key: &LocalPublicKey) -> Value {
+    json!({
+        "kty": "OKP", "crv": "Ed25519", "x": key.to_b64(), "kid": key.kid(),
+        "alg": "EdDSA", "use": "sig",
+    })
+}
+
 impl LocalKeys {
     /// The verifier and JWKS of a local provider.
     pub fn of(provider: &LocalProvider) -> Self {
-        let key = provider.public_key();
         Self {
             verifier: provider.verifier(),
-            jwks: json!({ "keys": [{
-                "kty": "OKP", "crv": "Ed25519", "x": key.to_b64(), "kid": key.kid(),
-                "alg": "EdDSA", "use": "sig",
-            }]}),
+            jwks: json!({ "keys": [jwk(&provider.public_key())] }),
         }
+    }
+
+    /// Also accepts and publishes an earlier key (rotation); the signing
+    /// key stays first in the JWKS.
+    pub fn with_previous(mut self, key: LocalPublicKey) -> Self {
+        if let Some(keys) = self.jwks["keys"].as_array_mut() {
+            if !keys.iter().any(|k| k["kid"] == key.kid()) {
+                keys.push(jwk(&key));
+            }
+        }
+        self.verifier = self.verifier.with_key(key);
+        self
     }
 }
 

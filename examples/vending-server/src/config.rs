@@ -23,6 +23,7 @@
 //! kind = "local"
 //! issuer = "jit"
 //! key_file = "local-key.pem"              # JIT_LOCAL_KEY_FILE; created (0600) if missing
+//! previous_key_files = ["local-key-2026-10.pem"]  # rotation: still verified, never signing
 //! max_duration = "8h"
 //!
 //! [providers.aws]                         # STS AssumeRole through jit-aws
@@ -143,6 +144,12 @@ pub struct ProviderConfig {
     /// Ed25519 PKCS#8 PEM key file; generated if missing (`local`).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// Key rotation (`local`): earlier key files whose tokens are still
+    /// accepted (introspection, the published JWKS) but which sign nothing
+    /// new. Put the old `key_file` here and a new path in `key_file`; drop it
+    /// once the longest grant issued under it has ended.
+    #[serde(default)]
+    pub previous_key_files: Vec<PathBuf>,
     /// Longest grant, e.g. `8h`.
     #[serde(default)]
     pub max_duration: Option<String>,
@@ -221,6 +228,7 @@ impl ProviderConfig {
         let local_only = [
             ("issuer", self.issuer.is_some()),
             ("key_file", self.key_file.is_some()),
+            ("previous_key_files", !self.previous_key_files.is_empty()),
         ];
         let aws_keys = self.aws_settings();
         let misplaced: Vec<String> = match self.kind.as_str() {
@@ -303,6 +311,7 @@ impl Config {
             if let Some(p) = pc.key_file.as_mut() {
                 rel(p);
             }
+            pc.previous_key_files.iter_mut().for_each(rel);
         }
         Ok(c)
     }

@@ -24,7 +24,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use jit_aws::{AwsConfig, AwsProvider};
-use jit_core::local::LocalProvider;
+use jit_core::local::{LocalKey, LocalProvider};
 use jit_core::{Broker, CataloguePolicy, Provider, Reaper, Store};
 use jsonwebtoken::Algorithm;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -120,7 +120,16 @@ impl Server {
                         b = b.max_duration(d);
                     }
                     let local = b.build();
-                    local_keys.insert(name.clone(), api::LocalKeys::of(&local));
+                    let mut keys = api::LocalKeys::of(&local);
+                    for path in &pc.previous_key_files {
+                        let pem = std::fs::read_to_string(path).map_err(|e| {
+                            format!("provider `{name}`: cannot read `{}`: {e}", path.display())
+                        })?;
+                        let old = LocalKey::from_pkcs8_pem(&pem)
+                            .map_err(|e| format!("provider `{name}`: `{}`: {e}", path.display()))?;
+                        keys = keys.with_previous(old.public_key());
+                    }
+                    local_keys.insert(name.clone(), keys);
                     Arc::new(local)
                 }
             };
