@@ -822,3 +822,66 @@ async fn the_server_is_found() {
         .unwrap();
     assert!(!version.is_empty());
 }
+
+/// TLS comes from the URL as libpq reads it: with `sslmode=require` every
+/// pooled connection is encrypted (the server's own `pg_stat_ssl` says so),
+/// and `verify-full` refuses a server whose certificate is not trusted (the
+/// test server's is self-signed). A server without TLS makes `require` fail
+/// with a typed error instead of falling back to plain text.
+#[tokio::test]
+async fn tls_is_used_when_the_url_asks_for_it() {
+    let schema = TestSchema::new().await;
+    let url = schema.url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut admin = raw().await;
+    let offered: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let app = format!("jit_tls_{}", &schema.name()[9..]);
+    let require = format!("{url}{sep}sslmode=require&application_name={app}");
+    let opened = PostgresStore::builder(&require)
+        .schema(schema.name())
+        .max_connections(2)
+        .connect()
+        .await;
+    if offered != "on" {
+        let err = opened.unwrap_err();
+        assert!(
+            matches!(err, Error::Store(_) | Error::Unavailable { .. }),
+            "{err}"
+        );
+        schema.drop_schema().await;
+        return;
+    }
+    let store = opened.unwrap();
+    let now = Utc::now();
+    let rec = sample_record("alice", "dev-read", State::Pending, now);
+    store.insert(&rec, &[]).await.unwrap();
+    assert_eq!(store.get(rec.id).await.unwrap().unwrap().id, rec.id);
+    let (sessions, all_tls): (i64, Option<bool>) = sqlx::query_as(
+        "SELECT count(*), bool_and(s.ssl) FROM pg_stat_activity a
+         JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1",
+    )
+    .bind(&app)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(sessions >= 1, "the store's sessions are visible");
+    assert_eq!(all_tls, Some(true), "every session of the store is TLS");
+    store.close().await;
+
+    let strict = format!("{url}{sep}sslmode=verify-full");
+    let err = PostgresStore::builder(&strict)
+        .schema(schema.name())
+        .connect()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("certificate") || text.contains("Certificate"),
+        "{text}"
+    );
+    assert!(!text.contains("password="), "{text}");
+    schema.drop_schema().await;
+}

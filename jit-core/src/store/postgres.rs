@@ -66,9 +66,14 @@
 //!   schema if needed and pins `search_path` to it on every pooled
 //!   connection (a startup parameter, so no extra round trip), so several
 //!   deployments, or tests, share one database without seeing each other.
-//! - **No TLS in this build.** Connections are plain TCP (or whatever the
-//!   URL's `host` names); `sslmode=require` in the URL is refused. Run the
-//!   database on a trusted network or behind a TLS-terminating proxy.
+//! - **TLS from the URL, as libpq reads it.** Connections use rustls (on
+//!   ring, the TLS stack the rest of the workspace uses) with the Mozilla
+//!   root certificates. `sslmode=prefer` (the default) uses TLS when the
+//!   server offers it; `sslmode=require` insists on it; `sslmode=verify-full`
+//!   also checks the server's certificate and host name, against
+//!   `sslrootcert=/path/ca.pem` for a private CA (Amazon RDS and Cloud SQL
+//!   publish theirs). For a broker whose store holds who may do what, use
+//!   `verify-full` across any network you do not own.
 
 use std::fmt;
 use std::str::FromStr;
