@@ -690,3 +690,42 @@ async fn layer_admits_valid_tokens_only() {
     assert_unauthorized(s, &h, &b, &token);
     assert!(b.contains("expired"), "{b}");
 }
+
+/// Rotation: the new provider signs with its own key, and its verifier still
+/// accepts tokens signed with the previous key until that key is dropped.
+#[tokio::test]
+async fn a_previous_key_keeps_earlier_tokens_valid_and_signs_nothing() {
+    let f = fixture();
+    let (old_spec, old_issued) = issue(&f, 10).await;
+    let old_token = token_of(&old_issued);
+    let old_key = f.provider.public_key();
+
+    let rotated = LocalProvider::builder(LocalKey::generate())
+        .clock(Arc::new(f.clock.clone()))
+        .previous_key(old_key.clone())
+        .previous_key(old_key.clone())
+        .build();
+    let kids: Vec<String> = rotated
+        .public_keys()
+        .iter()
+        .map(|k| k.kid().to_string())
+        .collect();
+    assert_eq!(
+        kids,
+        [rotated.public_key().kid(), old_key.kid()],
+        "signing key first, no duplicates"
+    );
+    let audience = AUDIENCE;
+    let claims = rotated.verifier().verify(&old_token, audience).unwrap();
+    assert_eq!(claims.jti, old_spec.grant_id);
+
+    // New tokens carry the new key id.
+    let spec = conformance::spec(&f.h, TimeDelta::minutes(10));
+    let new_token = token_of(&rotated.issue(&spec).await.unwrap());
+    let header = jsonwebtoken::decode_header(&new_token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(rotated.public_key().kid()));
+
+    // Without the previous key, the old token is refused.
+    let finished = LocalProvider::builder(LocalKey::generate()).build();
+    assert!(finished.verifier().verify(&old_token, audience).is_err());
+}

@@ -87,24 +87,14 @@ fn jwk(key: &LocalPublicKey) -> Value {
 }
 
 impl LocalKeys {
-    /// The verifier and JWKS of a local provider.
+    /// The verifier and JWKS (the signing key first, then earlier keys
+    /// still accepted) of a local provider.
     pub fn of(provider: &LocalProvider) -> Self {
+        let keys: Vec<Value> = provider.public_keys().iter().map(jwk).collect();
         Self {
             verifier: provider.verifier(),
-            jwks: json!({ "keys": [jwk(&provider.public_key())] }),
+            jwks: json!({ "keys": keys }),
         }
-    }
-
-    /// Also accepts and publishes an earlier key (rotation); the signing
-    /// key stays first in the JWKS.
-    pub fn with_previous(mut self, key: LocalPublicKey) -> Self {
-        if let Some(keys) = self.jwks["keys"].as_array_mut() {
-            if !keys.iter().any(|k| k["kid"] == key.kid()) {
-                keys.push(jwk(&key));
-            }
-        }
-        self.verifier = self.verifier.with_key(key);
-        self
     }
 }
 

@@ -119,17 +119,16 @@ impl Server {
                             .map_err(|e| format!("provider `{name}`: {e}"))?;
                         b = b.max_duration(d);
                     }
-                    let local = b.build();
-                    let mut keys = api::LocalKeys::of(&local);
                     for path in &pc.previous_key_files {
                         let pem = std::fs::read_to_string(path).map_err(|e| {
                             format!("provider `{name}`: cannot read `{}`: {e}", path.display())
                         })?;
                         let old = LocalKey::from_pkcs8_pem(&pem)
                             .map_err(|e| format!("provider `{name}`: `{}`: {e}", path.display()))?;
-                        keys = keys.with_previous(old.public_key());
+                        b = b.previous_key(old.public_key());
                     }
-                    local_keys.insert(name.clone(), keys);
+                    let local = b.build();
+                    local_keys.insert(name.clone(), api::LocalKeys::of(&local));
                     Arc::new(local)
                 }
             };

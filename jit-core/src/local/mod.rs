@@ -370,6 +370,8 @@ pub struct LocalProvider {
     max_duration: Duration,
     clock: Arc<dyn Clock>,
     revocations: RevocationList,
+    /// Earlier keys still accepted (rotation); never used to sign.
+    previous: Vec<LocalPublicKey>,
     ledger: Mutex<HashMap<GrantId, LedgerEntry>>,
 }
 
@@ -379,6 +381,10 @@ impl fmt::Debug for LocalProvider {
             .field("name", &self.name)
             .field("issuer", &self.issuer)
             .field("kid", &self.key.kid())
+            .field(
+                "previous_kids",
+                &self.previous.iter().map(|k| k.kid()).collect::<Vec<_>>(),
+            )
             .field("max_duration", &format_duration(self.max_duration))
             .field("revocations", &self.revocations.len())
             .finish_non_exhaustive()
@@ -393,6 +399,7 @@ pub struct LocalProviderBuilder {
     max_duration: Duration,
     clock: Arc<dyn Clock>,
     revocations: RevocationList,
+    previous: Vec<LocalPublicKey>,
 }
 
 impl LocalProviderBuilder {
@@ -427,6 +434,18 @@ impl LocalProviderBuilder {
         self
     }
 
+    /// Key rotation: tokens signed with this earlier key stay valid for
+    /// [`LocalProvider::verifier`] (and are listed by
+    /// [`LocalProvider::public_keys`]), while every new token is signed with
+    /// the builder's key. Drop it once the longest grant issued under it has
+    /// ended.
+    pub fn previous_key(mut self, key: LocalPublicKey) -> Self {
+        if key != self.key.public_key() && !self.previous.contains(&key) {
+            self.previous.push(key);
+        }
+        self
+    }
+
     /// The provider.
     pub fn build(self) -> LocalProvider {
         let max_duration = self
@@ -441,6 +460,7 @@ impl LocalProviderBuilder {
             max_duration,
             clock: self.clock,
             revocations: self.revocations,
+            previous: self.previous,
             ledger: Mutex::new(HashMap::new()),
         }
     }
@@ -457,6 +477,7 @@ impl LocalProvider {
             max_duration: DEFAULT_MAX_DURATION,
             clock: Arc::new(SystemClock),
             revocations: RevocationList::new(),
+            previous: Vec::new(),
         }
     }
 
@@ -475,20 +496,31 @@ impl LocalProvider {
         self.key.public_key()
     }
 
+    /// Every key the provider's tokens may be signed with: the signing key
+    /// first, then the earlier ones still accepted (rotation).
+    pub fn public_keys(&self) -> Vec<LocalPublicKey> {
+        std::iter::once(self.public_key())
+            .chain(self.previous.iter().cloned())
+            .collect()
+    }
+
     /// The revocation list this provider writes to.
     pub fn revocations(&self) -> &RevocationList {
         &self.revocations
     }
 
-    /// A verifier for this provider's tokens: same key, issuer, revocation
-    /// list and clock, no leeway.
+    /// A verifier for this provider's tokens: same keys (the earlier ones
+    /// too), issuer, revocation list and clock, no leeway.
     pub fn verifier(&self) -> Verifier {
-        Verifier::new(
-            self.public_key(),
-            self.issuer.clone(),
-            self.revocations.clone(),
+        self.previous.iter().fold(
+            Verifier::new(
+                self.public_key(),
+                self.issuer.clone(),
+                self.revocations.clone(),
+            )
+            .with_clock(self.clock.clone()),
+            |v, k| v.with_key(k.clone()),
         )
-        .with_clock(self.clock.clone())
     }
 
     fn ledger(&self) -> MutexGuard<'_, HashMap<GrantId, LedgerEntry>> {
