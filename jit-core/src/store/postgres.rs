@@ -84,7 +84,7 @@ use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
-use super::{check_versions, redact_url, Claim, ListFilter, Store};
+use super::{check_versions, redact_url, sql, Claim, ListFilter, Store};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
 use crate::types::{canonical_identity, RequestId, RequestRecord, State};
@@ -418,14 +418,10 @@ fn db_error(op: &str, e: sqlx::Error) -> Error {
     }
 }
 
-/// Fixed-width RFC 3339 UTC text, so that text order ("C" collation) is time order.
+const ENGINE: &str = "postgres";
+
 fn timestamp(t: DateTime<Utc>) -> Result<String> {
-    if !(0..=9999).contains(&t.year()) {
-        return Err(Error::Store(format!(
-            "timestamp `{t}` is outside the years 0000 to 9999 that the postgres store can order"
-        )));
-    }
-    Ok(t.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    sql::timestamp(t, ENGINE)
 }
 
 /// A query bound: times past the year 9999 compare after every stored time.
@@ -441,60 +437,25 @@ fn bound(t: DateTime<Utc>) -> String {
 }
 
 fn to_i64(v: u64, what: &str) -> Result<i64> {
-    i64::try_from(v)
-        .map_err(|_| Error::Store(format!("{what} {v} does not fit the postgres store")))
-}
-
-fn limit_i64(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
+    sql::to_i64(v, what, ENGINE)
 }
 
 fn state_names(states: &[State]) -> Vec<String> {
     states.iter().map(|s| s.as_str().to_string()).collect()
 }
 
-/// The columns of one `requests` row (the lease columns are never written here).
-struct Columns {
-    id: String,
-    version: i64,
-    state: &'static str,
-    requester: String,
-    entitlement: String,
-    created_at: String,
-    due_at: Option<String>,
-    body: String,
-}
-
-impl Columns {
-    fn of(r: &RequestRecord) -> Result<Self> {
-        Ok(Self {
-            id: r.id.to_string(),
-            version: to_i64(r.version, "version")?,
-            state: r.state.as_str(),
-            requester: r.requester.id.canonical(),
-            entitlement: r.request.entitlement.clone(),
-            created_at: timestamp(r.created_at)?,
-            due_at: r.due_at().map(timestamp).transpose()?,
-            body: serde_json::to_string(r)
-                .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?,
-        })
-    }
-}
-
 fn decode_record(row: &PgRow) -> Result<RequestRecord> {
     let body: String = row
         .try_get("body")
         .map_err(|e| db_error("read request", e))?;
-    serde_json::from_str(&body)
-        .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
+    sql::decode_record(&body)
 }
 
 fn decode_audit(row: &PgRow) -> Result<AuditRecord> {
     let body: String = row
         .try_get("body")
         .map_err(|e| db_error("read audit record", e))?;
-    serde_json::from_str(&body)
-        .map_err(|e| Error::Store(format!("stored audit record is not valid: {e}")))
+    sql::decode_audit(&body)
 }
 
 /// Chains `events` after the head, holding the head row's lock until the
@@ -508,27 +469,16 @@ async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<Vec
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| db_error("lock the audit head", e))?;
-    let Some((seq, mut prev)) = head else {
+    let Some((seq, hash)) = head else {
         return Err(Error::Store(
             "the audit head row is missing: the schema was altered outside jit-core".into(),
         ));
     };
-    let mut seq = u64::try_from(seq)
-        .map_err(|_| Error::Store(format!("stored audit seq {seq} is negative")))?;
-    let mut out = Vec::with_capacity(events.len());
-    let (mut seqs, mut hashes, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
-    for e in events {
-        seq += 1;
-        let r = e.clone().chain(seq, &prev);
-        bodies.push(
-            serde_json::to_string(&r)
-                .map_err(|e| Error::Store(format!("cannot encode audit record {seq}: {e}")))?,
-        );
-        seqs.push(to_i64(seq, "audit seq")?);
-        hashes.push(r.hash.clone());
-        prev = r.hash.clone();
-        out.push(r);
-    }
+    let chained = sql::chain(events, seq, &hash, ENGINE)?;
+    let Some((seq, prev)) = chained.head() else {
+        return Ok(Vec::new());
+    };
+    let hashes: Vec<&str> = chained.records.iter().map(|r| r.hash.as_str()).collect();
     // One round trip: the rows and the new head together.
     let moved = sqlx::query(
         "WITH appended AS (
@@ -537,11 +487,11 @@ async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<Vec
         )
         UPDATE audit_head SET seq = $4, hash = $5 WHERE id = 1",
     )
-    .bind(&seqs)
+    .bind(&chained.seqs)
     .bind(&hashes)
-    .bind(&bodies)
-    .bind(to_i64(seq, "audit seq")?)
-    .bind(&prev)
+    .bind(&chained.bodies)
+    .bind(seq)
+    .bind(prev)
     .execute(&mut *conn)
     .await
     .map_err(|e| db_error("append audit records", e))?
@@ -549,7 +499,7 @@ async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<Vec
     if moved != 1 {
         return Err(Error::Store("the audit head did not move".into()));
     }
-    Ok(out)
+    Ok(chained.records)
 }
 
 async fn insert_in(
@@ -557,7 +507,7 @@ async fn insert_in(
     record: &RequestRecord,
     events: &[AuditEvent],
 ) -> Result<Vec<AuditRecord>> {
-    let c = Columns::of(record)?;
+    let c = sql::Columns::of(record, ENGINE)?;
     let inserted = sqlx::query(
         "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, body)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -576,10 +526,7 @@ async fn insert_in(
     .map_err(|e| db_error("insert request", e))?
     .rows_affected();
     if inserted == 0 {
-        return Err(Error::Conflict {
-            request: record.id,
-            expected: 0,
-        });
+        return Err(sql::insert_conflict(record));
     }
     append_in(conn, events).await
 }
@@ -590,7 +537,7 @@ async fn update_in(
     record: &RequestRecord,
     events: &[AuditEvent],
 ) -> Result<Vec<AuditRecord>> {
-    let c = Columns::of(record)?;
+    let c = sql::Columns::of(record, ENGINE)?;
     let id = c.id.clone();
     let updated = sqlx::query(
         "UPDATE requests
@@ -618,14 +565,7 @@ async fn update_in(
             .await
             .map_err(|e| db_error("read request", e))?
             .is_some();
-        return Err(if exists {
-            Error::Conflict {
-                request: record.id,
-                expected: expected_version,
-            }
-        } else {
-            Error::request_not_found(record.id)
-        });
+        return Err(sql::missed_update(record, expected_version, exists));
     }
     append_in(conn, events).await
 }
@@ -683,7 +623,7 @@ impl Store for PostgresStore {
             q.push(" AND entitlement = ").push_bind(entitlement.clone());
         }
         q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
-            .push_bind(limit_i64(filter.effective_limit()));
+            .push_bind(sql::limit_i64(filter.effective_limit()));
         q.build()
             .fetch_all(&self.pool)
             .await
@@ -710,7 +650,7 @@ impl Store for PostgresStore {
         )
         .bind(state_names(states))
         .bind(bound(now))
-        .bind(limit_i64(limit))
+        .bind(sql::limit_i64(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error("read due requests", e))?
@@ -725,7 +665,7 @@ impl Store for PostgresStore {
         }
         sqlx::query("SELECT body FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2")
             .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
-            .bind(limit_i64(limit))
+            .bind(sql::limit_i64(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("read audit records", e))?
@@ -774,7 +714,7 @@ impl Store for PostgresStore {
         .bind(bound(due_by))
         .bind(timestamp(claim.now)?)
         .bind(&claim.owner)
-        .bind(limit_i64(limit))
+        .bind(sql::limit_i64(limit))
         .bind(timestamp(until)?)
         .fetch_all(&self.pool)
         .await

@@ -43,14 +43,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use super::{check_versions, ListFilter, Store};
+use super::{check_versions, sql, ListFilter, Store};
 use crate::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{canonical_identity, RequestId, RequestRecord, State};
@@ -325,66 +325,28 @@ fn db_error(op: &str, e: sqlx::Error) -> Error {
     }
 }
 
-/// Fixed-width RFC 3339 UTC text, so that text order is time order.
+const ENGINE: &str = "sqlite";
+
 fn timestamp(t: DateTime<Utc>) -> Result<String> {
-    if !(0..=9999).contains(&t.year()) {
-        return Err(Error::Store(format!(
-            "timestamp `{t}` is outside the years 0000 to 9999 that the sqlite store can order"
-        )));
-    }
-    Ok(t.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    sql::timestamp(t, ENGINE)
 }
 
 fn to_i64(v: u64, what: &str) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::Store(format!("{what} {v} does not fit the sqlite store")))
-}
-
-fn limit_i64(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
-/// The columns of one `requests` row.
-struct Columns {
-    id: String,
-    version: i64,
-    state: &'static str,
-    requester: String,
-    entitlement: String,
-    created_at: String,
-    due_at: Option<String>,
-    body: String,
-}
-
-impl Columns {
-    fn of(r: &RequestRecord) -> Result<Self> {
-        Ok(Self {
-            id: r.id.to_string(),
-            version: to_i64(r.version, "version")?,
-            state: r.state.as_str(),
-            requester: r.requester.id.canonical(),
-            entitlement: r.request.entitlement.clone(),
-            created_at: timestamp(r.created_at)?,
-            due_at: r.due_at().map(timestamp).transpose()?,
-            body: serde_json::to_string(r)
-                .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?,
-        })
-    }
+    sql::to_i64(v, what, ENGINE)
 }
 
 fn decode_record(row: &sqlx::sqlite::SqliteRow) -> Result<RequestRecord> {
     let body: String = row
         .try_get("body")
         .map_err(|e| db_error("read request", e))?;
-    serde_json::from_str(&body)
-        .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
+    sql::decode_record(&body)
 }
 
 fn decode_audit(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord> {
     let body: String = row
         .try_get("body")
         .map_err(|e| db_error("read audit record", e))?;
-    serde_json::from_str(&body)
-        .map_err(|e| Error::Store(format!("stored audit record is not valid: {e}")))
+    sql::decode_audit(&body)
 }
 
 /// Chains `events` after the current head. Must run inside a write transaction.
@@ -397,31 +359,23 @@ async fn append_in(conn: &mut SqliteConnection, events: &[AuditEvent]) -> Result
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| db_error("read audit head", e))?;
-    let (mut seq, mut prev) = match head {
-        Some((seq, hash)) => (
-            u64::try_from(seq)
-                .map_err(|_| Error::Store(format!("stored audit seq {seq} is negative")))?,
-            hash,
-        ),
-        None => (0, GENESIS_HASH.to_string()),
-    };
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        seq += 1;
-        let r = e.clone().chain(seq, &prev);
-        let body = serde_json::to_string(&r)
-            .map_err(|e| Error::Store(format!("cannot encode audit record {seq}: {e}")))?;
+    let (seq, hash) = head.unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
+    let chained = sql::chain(events, seq, &hash, ENGINE)?;
+    for ((seq, r), body) in chained
+        .seqs
+        .iter()
+        .zip(&chained.records)
+        .zip(&chained.bodies)
+    {
         sqlx::query("INSERT INTO audit (seq, hash, body) VALUES (?, ?, ?)")
-            .bind(to_i64(seq, "audit seq")?)
+            .bind(seq)
             .bind(&r.hash)
             .bind(body)
             .execute(&mut *conn)
             .await
             .map_err(|e| db_error("append audit record", e))?;
-        prev = r.hash.clone();
-        out.push(r);
     }
-    Ok(out)
+    Ok(chained.records)
 }
 
 async fn insert_in(
@@ -429,7 +383,7 @@ async fn insert_in(
     record: &RequestRecord,
     events: &[AuditEvent],
 ) -> Result<Vec<AuditRecord>> {
-    let c = Columns::of(record)?;
+    let c = sql::Columns::of(record, ENGINE)?;
     let inserted = sqlx::query(
         "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, body)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -448,10 +402,7 @@ async fn insert_in(
     .map_err(|e| db_error("insert request", e))?
     .rows_affected();
     if inserted == 0 {
-        return Err(Error::Conflict {
-            request: record.id,
-            expected: 0,
-        });
+        return Err(sql::insert_conflict(record));
     }
     append_in(conn, events).await
 }
@@ -462,7 +413,7 @@ async fn update_in(
     record: &RequestRecord,
     events: &[AuditEvent],
 ) -> Result<Vec<AuditRecord>> {
-    let c = Columns::of(record)?;
+    let c = sql::Columns::of(record, ENGINE)?;
     let id = c.id.clone();
     let updated = sqlx::query(
         "UPDATE requests
@@ -489,14 +440,7 @@ async fn update_in(
             .await
             .map_err(|e| db_error("read request", e))?
             .is_some();
-        return Err(if exists {
-            Error::Conflict {
-                request: record.id,
-                expected: expected_version,
-            }
-        } else {
-            Error::request_not_found(record.id)
-        });
+        return Err(sql::missed_update(record, expected_version, exists));
     }
     append_in(conn, events).await
 }
@@ -557,7 +501,7 @@ impl Store for SqliteStore {
             q.push(" AND entitlement = ").push_bind(entitlement.clone());
         }
         q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
-            .push_bind(limit_i64(filter.effective_limit()));
+            .push_bind(sql::limit_i64(filter.effective_limit()));
         q.build()
             .fetch_all(&self.pool)
             .await
@@ -584,7 +528,7 @@ impl Store for SqliteStore {
         q.push(") AND due_at IS NOT NULL AND due_at <= ")
             .push_bind(timestamp(now)?)
             .push(" ORDER BY due_at, seq LIMIT ")
-            .push_bind(limit_i64(limit));
+            .push_bind(sql::limit_i64(limit));
         q.build()
             .fetch_all(&self.pool)
             .await
@@ -600,7 +544,7 @@ impl Store for SqliteStore {
         }
         sqlx::query("SELECT body FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
             .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
-            .bind(limit_i64(limit))
+            .bind(sql::limit_i64(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("read audit records", e))?

@@ -1,0 +1,143 @@
+//! What the SQL stores share, whatever the engine: the `requests` columns a
+//! record maps to, timestamp text that orders like time, decoding stored
+//! JSON, chaining audit events after a head, and the errors a missed write
+//! means. The SQL itself, and how each engine locks the audit head, stay in
+//! [`super::sqlite`] and [`super::postgres`].
+
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::error::{Error, Result};
+use crate::types::RequestRecord;
+
+/// Fixed-width RFC 3339 UTC text, so that text order is time order (in
+/// PostgreSQL under the "C" collation the columns use).
+pub(crate) fn timestamp(t: DateTime<Utc>, engine: &str) -> Result<String> {
+    if !(0..=9999).contains(&t.year()) {
+        return Err(Error::Store(format!(
+            "timestamp `{t}` is outside the years 0000 to 9999 that the {engine} store can order"
+        )));
+    }
+    Ok(t.to_rfc3339_opts(SecondsFormat::Nanos, true))
+}
+
+/// A count or version as the engines' `BIGINT`.
+pub(crate) fn to_i64(v: u64, what: &str, engine: &str) -> Result<i64> {
+    i64::try_from(v)
+        .map_err(|_| Error::Store(format!("{what} {v} does not fit the {engine} store")))
+}
+
+/// A `LIMIT`: anything larger than `i64::MAX` is no limit.
+pub(crate) fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The columns of one `requests` row (PostgreSQL's lease columns are never
+/// written from a record).
+pub(crate) struct Columns {
+    pub(crate) id: String,
+    pub(crate) version: i64,
+    pub(crate) state: &'static str,
+    pub(crate) requester: String,
+    pub(crate) entitlement: String,
+    pub(crate) created_at: String,
+    pub(crate) due_at: Option<String>,
+    pub(crate) body: String,
+}
+
+impl Columns {
+    pub(crate) fn of(r: &RequestRecord, engine: &str) -> Result<Self> {
+        Ok(Self {
+            id: r.id.to_string(),
+            version: to_i64(r.version, "version", engine)?,
+            state: r.state.as_str(),
+            requester: r.requester.id.canonical(),
+            entitlement: r.request.entitlement.clone(),
+            created_at: timestamp(r.created_at, engine)?,
+            due_at: r.due_at().map(|t| timestamp(t, engine)).transpose()?,
+            body: serde_json::to_string(r)
+                .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?,
+        })
+    }
+}
+
+/// A stored request body.
+pub(crate) fn decode_record(body: &str) -> Result<RequestRecord> {
+    serde_json::from_str(body)
+        .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
+}
+
+/// A stored audit record body.
+pub(crate) fn decode_audit(body: &str) -> Result<AuditRecord> {
+    serde_json::from_str(body)
+        .map_err(|e| Error::Store(format!("stored audit record is not valid: {e}")))
+}
+
+/// Audit events chained after a head, ready to store.
+pub(crate) struct Chained {
+    /// The records, in order.
+    pub(crate) records: Vec<AuditRecord>,
+    /// Each record's JSON body.
+    pub(crate) bodies: Vec<String>,
+    /// Each record's `seq`, as the engines store it.
+    pub(crate) seqs: Vec<i64>,
+}
+
+impl Chained {
+    /// The new head: the last record's `seq` and hash.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn head(&self) -> Option<(i64, &str)> {
+        Some((*self.seqs.last()?, self.records.last()?.hash.as_str()))
+    }
+}
+
+/// Chains `events` after the head `(seq, hash)` read from the store (`seq`
+/// 0 and the genesis hash for an empty chain).
+pub(crate) fn chain(
+    events: &[AuditEvent],
+    head_seq: i64,
+    head_hash: &str,
+    engine: &str,
+) -> Result<Chained> {
+    let mut seq = u64::try_from(head_seq)
+        .map_err(|_| Error::Store(format!("stored audit seq {head_seq} is negative")))?;
+    let mut prev = head_hash.to_string();
+    let mut out = Chained {
+        records: Vec::with_capacity(events.len()),
+        bodies: Vec::with_capacity(events.len()),
+        seqs: Vec::with_capacity(events.len()),
+    };
+    for e in events {
+        seq += 1;
+        let r = e.clone().chain(seq, &prev);
+        out.bodies.push(
+            serde_json::to_string(&r)
+                .map_err(|e| Error::Store(format!("cannot encode audit record {seq}: {e}")))?,
+        );
+        out.seqs.push(to_i64(seq, "audit seq", engine)?);
+        prev.clone_from(&r.hash);
+        out.records.push(r);
+    }
+    Ok(out)
+}
+
+/// What an `INSERT .. ON CONFLICT DO NOTHING` that inserted nothing means.
+pub(crate) fn insert_conflict(record: &RequestRecord) -> Error {
+    Error::Conflict {
+        request: record.id,
+        expected: 0,
+    }
+}
+
+/// What a compare-and-set `UPDATE` that changed nothing means: the version
+/// moved (a conflict), or there is no such request.
+pub(crate) fn missed_update(record: &RequestRecord, expected_version: u64, exists: bool) -> Error {
+    if exists {
+        Error::Conflict {
+            request: record.id,
+            expected: expected_version,
+        }
+    } else {
+        Error::request_not_found(record.id)
+    }
+}
