@@ -192,6 +192,7 @@ fn jit(server: &AwsServer, token: &str, args: &[&str], cwd: &Path) -> Output {
         .env("JIT_SERVER", &server.url)
         .env("JIT_TOKEN", token)
         .env("JIT_CONFIG", "/nonexistent/jit.toml")
+        .env("JIT_CACHE_DIR", cwd.join("cache"))
         // A profile in the caller's environment must not reach the child.
         .env("AWS_PROFILE", "should-not-leak")
         .output()
@@ -253,10 +254,30 @@ async fn aws_grants_through_credential_process_exec_and_revoke() {
         "{arn}"
     );
 
-    // Called again (as an SDK does on every refresh): the same grant, so the
-    // same session (one revocation covers both) and the same end; STS never
-    // hands out a secret twice, so the keys are fresh ones for that window.
-    let again: Value = serde_json::from_str(&ok(&jit(&server, &alice, &cp, cwd))).unwrap();
+    // Called again, as AWS tools do for every command: the cached answer,
+    // once the server says its grant is still active. Nothing new is minted.
+    let cached: Value = serde_json::from_str(&ok(&jit(&server, &alice, &cp, cwd))).unwrap();
+    assert_eq!(cached, doc);
+    let cache_dir = cwd.join("cache");
+    let files: Vec<_> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&files[0]), 0o600);
+        assert_eq!(mode(&cache_dir), 0o700);
+    }
+
+    // Without the cache: the same grant re-delivered, so the same session
+    // (one revocation covers both) and the same end; STS never hands out a
+    // secret twice, so the keys are fresh ones for that window.
+    let mut uncached = cp.to_vec();
+    uncached.push("--no-cache");
+    let again: Value = serde_json::from_str(&ok(&jit(&server, &alice, &uncached, cwd))).unwrap();
+    assert_ne!(again["AccessKeyId"], key.as_str());
     let arn_again = arn_of(
         again["AccessKeyId"].as_str().unwrap(),
         again["SecretAccessKey"].as_str().unwrap(),
@@ -418,6 +439,32 @@ async fn aws_grants_through_credential_process_exec_and_revoke() {
         assert!(!log.contains(s), "a secret is in the server log");
         assert!(!export.contains(s), "a secret is in the audit log");
     }
+
+    // The cached grant (the fresh one) is revoked: the cache is not used
+    // again, and a new grant is made.
+    let fresh_id = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .find(|id| *id != first_id)
+        .unwrap()
+        .to_string();
+    ok(&jit(
+        &server,
+        &alice,
+        &["revoke", &fresh_id, "--reason", "done"],
+        cwd,
+    ));
+    let after: Value = serde_json::from_str(&ok(&jit(&server, &alice, &cp, cwd))).unwrap();
+    assert_ne!(after["AccessKeyId"], fresh["AccessKeyId"]);
+    assert_ne!(
+        arn_of(
+            after["AccessKeyId"].as_str().unwrap(),
+            after["SecretAccessKey"].as_str().unwrap(),
+            after["SessionToken"].as_str().unwrap()
+        )
+        .await,
+        arn
+    );
 }
 
 /// Who these credentials are, says STS (moto).

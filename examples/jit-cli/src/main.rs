@@ -32,6 +32,14 @@
 //! 15 minutes and refuse less than 10), or of a new one, waiting for
 //! approval when the policy wants it. Nothing else goes to stdout.
 //!
+//! The AWS CLI runs the process for every command, so the answer is cached
+//! (like the CLI's own `~/.aws/cli/cache`): one 0600 file per server,
+//! identity and entitlement under `$JIT_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/jit`, else `~/.cache/jit`. A cached answer is used only
+//! while it has `--min-remaining` left and the server says its grant is still
+//! active (one read; nothing is minted or audited), so a revoked grant is
+//! never handed out again. `--no-cache` skips it.
+//!
 //! # Exit codes
 //!
 //! | code | meaning |
@@ -188,6 +196,9 @@ enum Cmd {
         /// and refuse ones with less than 10 minutes left.
         #[arg(long, default_value = "15m")]
         min_remaining: String,
+        /// Do not read or write the local cache (see the crate docs).
+        #[arg(long)]
+        no_cache: bool,
     },
     /// The audit log.
     Audit {
@@ -222,6 +233,134 @@ struct WantArgs {
 enum AuditCmd {
     /// Verify the hash chain (admins).
     Verify,
+}
+
+/// `credential-process`'s cache: AWS tools run the process for every
+/// command, and each fresh answer would mint an STS session (and an audit
+/// record) for the same grant. A cached answer is used while it has at least
+/// `--min-remaining` left and the server still says its grant is active (one
+/// read, nothing minted), so a revoked grant is never handed out again.
+///
+/// One file per server, identity and entitlement under `$JIT_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/jit`, else `~/.cache/jit`; the directory is 0700 and the
+/// files 0600, like the AWS CLI's own `~/.aws/cli/cache`. Any problem with the
+/// cache only means it is not used.
+mod cache {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use base64::Engine as _;
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    use super::Client;
+
+    pub struct Cache {
+        path: PathBuf,
+    }
+
+    fn dir() -> Option<PathBuf> {
+        if let Some(d) = std::env::var_os("JIT_CACHE_DIR") {
+            return Some(d.into());
+        }
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("jit"))
+    }
+
+    /// Who the token says its holder is (unverified: it only names a cache
+    /// file of the holder's own), else the token's digest.
+    fn identity(token: &str) -> String {
+        let claims = token
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        match claims {
+            Some(c) if c["sub"].is_string() => format!("{}|{}", c["iss"], c["sub"]),
+            _ => hex(&Sha256::digest(token.as_bytes())),
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    impl Cache {
+        pub fn for_grant(server: &str, token: &str, entitlement: &str) -> Option<Self> {
+            let key = format!("{server}\n{}\n{entitlement}", identity(token));
+            let name = hex(&Sha256::digest(key.as_bytes())[..16]);
+            Some(Self {
+                path: dir()?.join(format!("{name}.json")),
+            })
+        }
+
+        /// The cached answer, if it has `min_remaining` left and its grant is active.
+        pub async fn fresh(&self, client: &Client, min_remaining: Duration) -> Option<Value> {
+            let text = std::fs::read_to_string(&self.path).ok()?;
+            let entry: Value = serde_json::from_str(&text).ok()?;
+            let id = entry["request_id"].as_str()?;
+            let doc = entry["credential_process"].clone();
+            let ends = chrono::DateTime::parse_from_rfc3339(doc["Expiration"].as_str()?).ok()?;
+            let soon = chrono::Utc::now() + chrono::TimeDelta::from_std(min_remaining).ok()?;
+            let active = ends > soon
+                && client
+                    .get(&format!("/v1/requests/{id}"))
+                    .await
+                    .is_ok_and(|v| v["request"]["state"] == "active");
+            if active {
+                Some(doc)
+            } else {
+                let _ = std::fs::remove_file(&self.path);
+                None
+            }
+        }
+
+        /// Writes the answer: a private file, renamed into place.
+        pub fn store(&self, request_id: &str, doc: &Value) {
+            let Some(dir) = self.path.parent() else {
+                return;
+            };
+            let entry = json!({ "request_id": request_id, "credential_process": doc });
+            let tmp = self
+                .path
+                .with_extension(format!("tmp{}", std::process::id()));
+            let written = create_private_dir(dir)
+                .and_then(|()| write_private(&tmp, entry.to_string().as_bytes()))
+                .and_then(|()| std::fs::rename(&tmp, &self.path));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+    }
+
+    fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        b.create(dir)
+    }
+
+    fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        o.open(path)?.write_all(bytes)
+    }
 }
 
 /// A failure with its exit code.
@@ -801,10 +940,29 @@ async fn run(cli: Cli) -> Res<u8> {
         Cmd::CredentialProcess {
             want,
             min_remaining,
+            no_cache,
         } => {
-            let (_, creds) = grant_for(&c, &want, parse_wait(&min_remaining)?).await?;
+            let min_remaining = parse_wait(&min_remaining)?;
+            let cache = (!no_cache)
+                .then(|| cache::Cache::for_grant(&c.base, &c.token, &want.entitlement))
+                .flatten();
+            let cached = match &cache {
+                Some(cache) => cache.fresh(&c, min_remaining).await,
+                None => None,
+            };
+            let doc = match cached {
+                Some(doc) => doc,
+                None => {
+                    let (id, creds) = grant_for(&c, &want, min_remaining).await?;
+                    let doc = credential_process_json(&creds)?;
+                    if let Some(cache) = &cache {
+                        cache.store(&id, &doc);
+                    }
+                    doc
+                }
+            };
             // stdout carries this one line and nothing else: the SDK parses it.
-            println!("{}", credential_process_json(&creds)?);
+            println!("{doc}");
         }
         Cmd::Audit {
             cmd: AuditCmd::Verify,
