@@ -361,6 +361,36 @@ mod cache {
         }
         o.open(path)?.write_all(bytes)
     }
+
+    #[cfg(test)]
+    mod tests {
+        #![allow(clippy::unwrap_used)]
+        use super::*;
+
+        fn token(claims: Value) -> String {
+            let b =
+                |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+            format!("{}.{}.sig", b(&json!({"alg": "EdDSA"})), b(&claims))
+        }
+
+        #[test]
+        fn one_file_per_server_identity_and_entitlement() {
+            let path = |server: &str, tok: &str, ent: &str| {
+                Cache::for_grant(server, tok, ent).map(|c| c.path)
+            };
+            let a1 = token(json!({"iss": "idp", "sub": "alice", "exp": 1}));
+            let a2 = token(json!({"iss": "idp", "sub": "alice", "exp": 2}));
+            let b = token(json!({"iss": "idp", "sub": "bob", "exp": 1}));
+            // A renewed token of the same person finds the same file.
+            assert_eq!(path("s", &a1, "e"), path("s", &a2, "e"));
+            assert_ne!(path("s", &a1, "e"), path("s", &b, "e"));
+            assert_ne!(path("s", &a1, "e"), path("s", &a1, "f"));
+            assert_ne!(path("s", &a1, "e"), path("t", &a1, "e"));
+            // An opaque token is keyed by its digest, never written out.
+            let opaque = path("s", "opaque-secret", "e").unwrap();
+            assert!(!opaque.to_string_lossy().contains("opaque-secret"));
+        }
+    }
 }
 
 /// A failure with its exit code.
