@@ -128,7 +128,8 @@ fn default_refresh() -> u64 {
 /// `[providers.NAME]`: the table name is the provider name entitlements
 /// select (`provider = "NAME"`).
 ///
-/// `kind = "local"` takes `issuer`, `key_file` and `max_duration`.
+/// `kind = "local"` takes `issuer`, `key_file`, `previous_key_files` and
+/// `max_duration`.
 /// `kind = "aws"` takes `max_duration` and the AWS settings below, each the
 /// same as a `JIT_AWS_*` variable of [`jit_aws::config`] (which wins when
 /// set); the server's own AWS identity comes from the standard chain
