@@ -4,59 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_credential_types::provider::ProvideCredentials;
 use common::*;
-use jit_aws::{AwsConfig, AwsProvider, BrokerCredentialsProvider};
-use jit_core::{AccessRequest, Broker, CataloguePolicy, ListFilter, MemoryStore, Principal, State};
-
-fn catalogue(role_arn: &str) -> CataloguePolicy {
-    CataloguePolicy::from_toml_str(&format!(
-        r#"
-        [admins]
-        groups = ["secops"]
-
-        [[entitlements]]
-        id = "aws-auto"
-        provider = "aws"
-        max_duration = "1h"
-        target = {{ role_arn = "{role_arn}", session_tags = {{ team = "payments" }} }}
-        [entitlements.eligible]
-        groups = ["oncall"]
-        [entitlements.auto_approve]
-        groups = ["oncall"]
-
-        [[entitlements]]
-        id = "aws-approved"
-        provider = "aws"
-        max_duration = "1h"
-        target = {{ role_arn = "{role_arn}" }}
-        [entitlements.eligible]
-        groups = ["oncall"]
-        [entitlements.approval]
-        groups = ["leads"]
-        "#
-    ))
-    .unwrap()
-}
-
-async fn broker(auto_issue: bool) -> (Broker, String) {
-    let sdk = moto_sdk().await;
-    let (role_arn, _) = create_role(&sdk, 3600, &open_trust()).await;
-    let provider = AwsProvider::builder(AwsConfig::default().with_role_chaining(false))
-        .sdk_config(sdk)
-        .build()
-        .await
-        .unwrap();
-    let broker = Broker::builder(Arc::new(MemoryStore::new()), Arc::new(catalogue(&role_arn)))
-        .provider(Arc::new(provider))
-        .auto_issue(auto_issue)
-        .build()
-        .unwrap();
-    (broker, role_arn)
-}
+use jit_aws::BrokerCredentialsProvider;
+use jit_core::{AccessRequest, ListFilter, Principal, State};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sdk_clients_run_on_jit_credentials_and_renew_them() {

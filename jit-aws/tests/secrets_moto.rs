@@ -13,56 +13,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use jit_aws::{AwsConfig, AwsProvider};
-use jit_core::{
-    AccessRequest, Broker, CataloguePolicy, Credentials, ListFilter, MemoryStore, Principal, State,
-};
-
-fn catalogue(role_arn: &str) -> CataloguePolicy {
-    CataloguePolicy::from_toml_str(&format!(
-        r#"
-        [admins]
-        groups = ["secops"]
-
-        [[entitlements]]
-        id = "aws-auto"
-        provider = "aws"
-        max_duration = "1h"
-        target = {{ role_arn = "{role_arn}", session_tags = {{ team = "payments" }} }}
-        [entitlements.eligible]
-        groups = ["oncall"]
-        [entitlements.auto_approve]
-        groups = ["oncall"]
-
-        [[entitlements]]
-        id = "aws-approved"
-        provider = "aws"
-        max_duration = "1h"
-        target = {{ role_arn = "{role_arn}" }}
-        [entitlements.eligible]
-        groups = ["oncall"]
-        [entitlements.approval]
-        groups = ["leads"]
-        "#
-    ))
-    .unwrap()
-}
-
-async fn broker(auto_issue: bool) -> (Broker, String) {
-    let sdk = moto_sdk().await;
-    let (role_arn, _) = create_role(&sdk, 3600, &open_trust()).await;
-    let provider = AwsProvider::builder(AwsConfig::default().with_role_chaining(false))
-        .sdk_config(sdk)
-        .build()
-        .await
-        .unwrap();
-    let broker = Broker::builder(Arc::new(MemoryStore::new()), Arc::new(catalogue(&role_arn)))
-        .provider(Arc::new(provider))
-        .auto_issue(auto_issue)
-        .build()
-        .unwrap();
-    (broker, role_arn)
-}
+use jit_core::{AccessRequest, Credentials, ListFilter, Principal, State};
 
 /// Collects every log line (all crates, all levels) written on this thread.
 #[derive(Clone, Default)]

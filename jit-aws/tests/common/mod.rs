@@ -308,3 +308,57 @@ impl AccessProbe for StsProbe {
         me.arn() == want_arn && me.user_id() == Some(want_id.as_str())
     }
 }
+
+/// The broker tests' catalogue: `aws-auto` (auto-approved for on-call, with
+/// a session tag) and `aws-approved` (leads approve).
+pub fn broker_catalogue(role_arn: &str) -> jit_core::CataloguePolicy {
+    jit_core::CataloguePolicy::from_toml_str(&format!(
+        r#"
+        [admins]
+        groups = ["secops"]
+
+        [[entitlements]]
+        id = "aws-auto"
+        provider = "aws"
+        max_duration = "1h"
+        target = {{ role_arn = "{role_arn}", session_tags = {{ team = "payments" }} }}
+        [entitlements.eligible]
+        groups = ["oncall"]
+        [entitlements.auto_approve]
+        groups = ["oncall"]
+
+        [[entitlements]]
+        id = "aws-approved"
+        provider = "aws"
+        max_duration = "1h"
+        target = {{ role_arn = "{role_arn}" }}
+        [entitlements.eligible]
+        groups = ["oncall"]
+        [entitlements.approval]
+        groups = ["leads"]
+        "#
+    ))
+    .unwrap()
+}
+
+/// A broker on a memory store with a jit-aws provider on moto and a fresh
+/// role; returns the broker and the role's ARN.
+pub async fn broker(auto_issue: bool) -> (jit_core::Broker, String) {
+    let sdk = moto_sdk().await;
+    let (role_arn, _) = create_role(&sdk, 3600, &open_trust()).await;
+    let provider =
+        jit_aws::AwsProvider::builder(jit_aws::AwsConfig::default().with_role_chaining(false))
+            .sdk_config(sdk)
+            .build()
+            .await
+            .unwrap();
+    let broker = jit_core::Broker::builder(
+        Arc::new(jit_core::MemoryStore::new()),
+        Arc::new(broker_catalogue(&role_arn)),
+    )
+    .provider(Arc::new(provider))
+    .auto_issue(auto_issue)
+    .build()
+    .unwrap();
+    (broker, role_arn)
+}
