@@ -76,6 +76,8 @@ pub mod provider;
 pub mod revoke;
 pub mod session;
 pub mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use client::AwsClients;
 pub use config::{AwsConfig, OverRoleMax};

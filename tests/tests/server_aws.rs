@@ -10,77 +10,25 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
+use jit_aws::testing::{moto_url, sdk as moto_sdk_with};
 use jit_core::local::LocalKey;
 use serde_json::Value;
 use support::bins;
 use vending_server::demo::DemoIssuer;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-/// `JIT_TEST_MOTO_URL` (set by `scripts/test.sh`), else a server started or
-/// reused through `scripts/moto.sh`; a failure to start fails the test.
-fn moto_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| match std::env::var("JIT_TEST_MOTO_URL") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            let out = Command::new("bash")
-                .arg(workspace().join("scripts/moto.sh"))
-                .arg("start")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "scripts/moto.sh start: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let port = std::fs::read_to_string(workspace().join("target/moto/port")).unwrap();
-            format!("http://127.0.0.1:{}", port.trim())
-        }
-    })
-    .clone()
-}
 
 /// The identity the server runs as (moto checks no signatures by default).
 const BROKER_KEY: &str = "AKIATESTVENDING00000";
 const BROKER_SECRET: &str = "vending-broker-secret";
 
 async fn sdk(key: &str, secret: &str, token: Option<&str>) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(jit_aws::client::http_client())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(moto_url())
-        .credentials_provider(aws_credential_types::Credentials::new(
-            key,
-            secret,
-            token.map(str::to_string),
-            None,
-            "test",
-        ))
-        .load()
-        .await
+    moto_sdk_with(&moto_url(), key, secret, token).await
 }
 
 async fn create_role(sdk: &SdkConfig) -> String {
-    let trust = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
-            "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]}],
-    });
-    let out = aws_sdk_iam::Client::new(sdk)
-        .create_role()
-        .role_name(format!("jit-e2e-{}", uuid::Uuid::new_v4().simple()))
-        .assume_role_policy_document(trust.to_string())
-        .max_session_duration(3600)
-        .send()
-        .await
-        .unwrap();
-    out.role().unwrap().arn().to_string()
+    let trust = jit_aws::testing::open_trust();
+    jit_aws::testing::create_role(sdk, 3600, &trust).await.0
 }
 
 /// A server run from a config file: OIDC keys from a JWKS file, the
@@ -469,10 +417,5 @@ async fn aws_grants_through_credential_process_exec_and_revoke() {
 
 /// Who these credentials are, says STS (moto).
 async fn arn_of(key: &str, secret: &str, token: &str) -> String {
-    let who = aws_sdk_sts::Client::new(&sdk(key, secret, Some(token)).await)
-        .get_caller_identity()
-        .send()
-        .await
-        .unwrap();
-    who.arn().unwrap().to_string()
+    jit_aws::testing::caller_arn_of(&moto_url(), key, secret, token).await
 }

@@ -1,18 +1,23 @@
-//! Shared test tooling: a real moto server, SDK configurations pointing at
-//! it, role fixtures, a call-counting interceptor and an endpoint that must
-//! never be contacted.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+//! Shared test tooling on top of `jit_aws::testing` (moto, SDK
+//! configurations, roles): a private moto server, a call-counting
+//! interceptor and an endpoint that must never be contacted.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    unused_imports
+)]
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use aws_sdk_sts::config::interceptors::BeforeSerializationInterceptorContextRef;
 use aws_sdk_sts::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -21,118 +26,28 @@ use jit_aws::AwsClients;
 use jit_core::testing::provider::AccessProbe;
 use jit_core::{Credentials, Entitlement, GrantDuration, IssuedGrant};
 
-pub const ACCOUNT: &str = "123456789012";
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Runs `scripts/moto.sh start` with a state directory and returns the URL.
-/// Panics (fails the test) when moto cannot be started: never a skip.
-fn start_moto(state: Option<&str>) -> String {
-    let mut cmd = Command::new("bash");
-    cmd.arg(workspace().join("scripts/moto.sh")).arg("start");
-    if let Some(s) = state {
-        cmd.env("JIT_MOTO_STATE", workspace().join(s));
-    }
-    let out = cmd.output().expect("cannot run scripts/moto.sh");
-    assert!(
-        out.status.success(),
-        "scripts/moto.sh start failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = workspace().join(state.unwrap_or("target/moto"));
-    let port = std::fs::read_to_string(dir.join("port")).expect("moto port file missing");
-    format!("http://127.0.0.1:{}", port.trim())
-}
-
-/// The shared moto server: `JIT_TEST_MOTO_URL` (set by `scripts/test.sh`),
-/// else one started (or reused) through `scripts/moto.sh`.
-pub fn moto_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| match std::env::var("JIT_TEST_MOTO_URL") {
-        Ok(u) if !u.is_empty() => u,
-        _ => start_moto(None),
-    })
-    .clone()
-}
+pub use jit_aws::testing::{create_role, moto_sdk, moto_url, open_trust, sdk, ACCOUNT};
 
 /// A private moto server (for auth mode, which is server-wide), stopped on drop.
 pub struct PrivateMoto {
     pub url: String,
-    state: String,
+    state: PathBuf,
 }
 
 impl PrivateMoto {
     pub fn start(name: &str) -> Self {
-        let state = format!("target/moto-{name}");
+        let state = PathBuf::from(format!("target/moto-{name}"));
         // A previous run that panicked may have left one behind.
-        let _ = Command::new("bash")
-            .arg(workspace().join("scripts/moto.sh"))
-            .arg("stop")
-            .env("JIT_MOTO_STATE", workspace().join(&state))
-            .status();
-        let url = start_moto(Some(&state));
+        jit_aws::testing::stop_moto(&state);
+        let url = jit_aws::testing::start_moto(Some(&state));
         Self { url, state }
     }
 }
 
 impl Drop for PrivateMoto {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(workspace().join("scripts/moto.sh"))
-            .arg("stop")
-            .env("JIT_MOTO_STATE", workspace().join(&self.state))
-            .status();
+        jit_aws::testing::stop_moto(&self.state);
     }
-}
-
-/// An SDK configuration for moto with static credentials.
-pub async fn sdk(url: &str, key: &str, secret: &str, token: Option<&str>) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(jit_aws::client::http_client())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(aws_credential_types::Credentials::new(
-            key,
-            secret,
-            token.map(str::to_string),
-            None,
-            "test",
-        ))
-        .load()
-        .await
-}
-
-/// Moto with its default (unchecked) credentials.
-pub async fn moto_sdk() -> SdkConfig {
-    sdk(&moto_url(), "AKIATESTBROKER000000", "broker-secret", None).await
-}
-
-/// A trust policy anyone in the account may use.
-pub fn open_trust() -> String {
-    serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
-            "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]}],
-    })
-    .to_string()
-}
-
-/// A role with a unique name; returns its ARN and id.
-pub async fn create_role(sdk: &SdkConfig, max_session: i32, trust: &str) -> (String, String) {
-    let iam = aws_sdk_iam::Client::new(sdk);
-    let name = format!("jit-test-{}", uuid::Uuid::new_v4().simple());
-    let out = iam
-        .create_role()
-        .role_name(&name)
-        .assume_role_policy_document(trust)
-        .max_session_duration(max_session)
-        .send()
-        .await
-        .expect("create_role");
-    let role = out.role().unwrap();
-    (role.arn().to_string(), role.role_id().to_string())
 }
 
 pub fn entitlement(id: &str, target: serde_json::Value, max: Duration) -> Entitlement {

@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use aws_sdk_sts::config::interceptors::BeforeSerializationInterceptorContextRef;
 use aws_sdk_sts::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -20,82 +19,14 @@ use lambda_runtime::{Context, LambdaEvent};
 use lambda_vendor::{Config, Vendor};
 use serde_json::Value;
 
-pub const ACCOUNT: &str = "123456789012";
+pub use jit_aws::testing::{moto_sdk, moto_url, open_trust, sdk, ACCOUNT};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `JIT_TEST_MOTO_URL`, else a moto started (or reused) through
-/// `scripts/moto.sh`. Fails the test when moto cannot start: never a skip.
-pub fn moto_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| match std::env::var("JIT_TEST_MOTO_URL") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            let out = Command::new("bash")
-                .arg(workspace().join("scripts/moto.sh"))
-                .arg("start")
-                .output()
-                .expect("cannot run scripts/moto.sh");
-            assert!(
-                out.status.success(),
-                "scripts/moto.sh start failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let port = std::fs::read_to_string(workspace().join("target/moto/port"))
-                .expect("moto port file missing");
-            format!("http://127.0.0.1:{}", port.trim())
-        }
-    })
-    .clone()
-}
-
-/// An SDK configuration for moto with static credentials.
-pub async fn sdk(url: &str, key: &str, secret: &str, token: Option<&str>) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(jit_aws::client::http_client())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(aws_credential_types::Credentials::new(
-            key,
-            secret,
-            token.map(str::to_string),
-            None,
-            "test",
-        ))
-        .load()
-        .await
-}
-
-/// Moto with the broker's (unchecked) credentials.
-pub async fn moto_sdk() -> SdkConfig {
-    sdk(&moto_url(), "AKIATESTBROKER000000", "broker-secret", None).await
-}
-
-/// A trust policy anyone in the account may use.
-pub fn open_trust() -> String {
-    serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
-            "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]}],
-    })
-    .to_string()
-}
-
-/// A role with a unique name; returns its ARN.
+/// A role with a unique name, a one-hour maximum and an open trust policy;
+/// returns its ARN.
 pub async fn create_role(sdk: &SdkConfig) -> String {
-    let iam = aws_sdk_iam::Client::new(sdk);
-    let name = format!("jit-lambda-{}", uuid::Uuid::new_v4().simple());
-    let out = iam
-        .create_role()
-        .role_name(&name)
-        .assume_role_policy_document(open_trust())
-        .max_session_duration(3600)
-        .send()
+    jit_aws::testing::create_role(sdk, 3600, &open_trust())
         .await
-        .expect("create_role");
-    out.role().unwrap().arn().to_string()
+        .0
 }
 
 /// The test catalogue: auto-approve for on-call, approval by leads for
