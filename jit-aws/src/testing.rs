@@ -9,11 +9,18 @@
 //! failing the test, when neither works: tests against AWS never skip.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sts::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_sts::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+
+use crate::AwsClients;
 
 /// The account moto answers as.
 pub const ACCOUNT: &str = "123456789012";
@@ -121,4 +128,56 @@ pub async fn caller_arn_of(url: &str, key: &str, secret: &str, token: &str) -> S
         .await
         .expect("get_caller_identity");
     out.arn().expect("no arn").to_string()
+}
+
+/// Counts SDK operations by name (`AssumeRole`, `GetRole`, ...).
+#[derive(Debug, Default, Clone)]
+pub struct CallCounter(pub Arc<Mutex<BTreeMap<String, usize>>>);
+
+impl CallCounter {
+    /// Calls of one operation.
+    pub fn get(&self, op: &str) -> usize {
+        self.0.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+
+    /// Calls of every operation.
+    pub fn total(&self) -> usize {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+impl Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "CallCounter"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _ctx: &BeforeSerializationInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let op = cfg
+            .load::<Metadata>()
+            .map(|m| m.name().to_string())
+            .unwrap_or_else(|| "?".into());
+        *self.0.lock().unwrap().entry(op).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// STS and IAM clients for `sdk` with a call counter on both.
+pub fn counted_clients(sdk: &SdkConfig) -> (AwsClients, CallCounter) {
+    let counter = CallCounter::default();
+    let sts = aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let iam = aws_sdk_iam::Client::from_conf(
+        aws_sdk_iam::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    (AwsClients { sts, iam }, counter)
 }

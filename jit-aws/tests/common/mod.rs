@@ -1,32 +1,23 @@
 //! Shared test tooling on top of `jit_aws::testing` (moto, SDK
-//! configurations, roles): a private moto server, a call-counting
-//! interceptor and an endpoint that must never be contacted.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    dead_code,
-    unused_imports
-)]
+//! configurations, roles, call counting): a private moto server and an
+//! endpoint that must never be contacted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
-use aws_sdk_sts::config::interceptors::BeforeSerializationInterceptorContextRef;
-use aws_sdk_sts::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use jit_aws::AwsClients;
 use jit_core::testing::provider::AccessProbe;
 use jit_core::{Credentials, Entitlement, GrantDuration, IssuedGrant};
 
-pub use jit_aws::testing::{create_role, moto_sdk, moto_url, open_trust, sdk, ACCOUNT};
+#[allow(unused_imports)] // each test binary uses its own part
+pub use jit_aws::testing::{
+    counted_clients, create_role, moto_sdk, moto_url, open_trust, sdk, CallCounter, ACCOUNT,
+};
 
 /// A private moto server (for auth mode, which is server-wide), stopped on drop.
 pub struct PrivateMoto {
@@ -103,55 +94,6 @@ pub fn denied_userids(doc: &serde_json::Value) -> Vec<String> {
         }
     }
     out
-}
-
-/// Counts SDK operations by name (`AssumeRole`, `GetRole`, ...).
-#[derive(Debug, Default, Clone)]
-pub struct CallCounter(pub Arc<Mutex<BTreeMap<String, usize>>>);
-
-impl CallCounter {
-    pub fn get(&self, op: &str) -> usize {
-        self.0.lock().unwrap().get(op).copied().unwrap_or(0)
-    }
-    pub fn total(&self) -> usize {
-        self.0.lock().unwrap().values().sum()
-    }
-}
-
-impl Intercept for CallCounter {
-    fn name(&self) -> &'static str {
-        "CallCounter"
-    }
-
-    fn read_before_serialization(
-        &self,
-        _ctx: &BeforeSerializationInterceptorContextRef<'_>,
-        _rc: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let op = cfg
-            .load::<Metadata>()
-            .map(|m| m.name().to_string())
-            .unwrap_or_else(|| "?".into());
-        *self.0.lock().unwrap().entry(op).or_default() += 1;
-        Ok(())
-    }
-}
-
-/// STS and IAM clients with a call counter on both.
-pub fn counted_clients(sdk: &SdkConfig) -> (AwsClients, CallCounter) {
-    let counter = CallCounter::default();
-    let sts = aws_sdk_sts::Client::from_conf(
-        aws_sdk_sts::config::Builder::from(sdk)
-            .interceptor(counter.clone())
-            .build(),
-    );
-    let iam = aws_sdk_iam::Client::from_conf(
-        aws_sdk_iam::config::Builder::from(sdk)
-            .interceptor(counter.clone())
-            .build(),
-    );
-    (AwsClients { sts, iam }, counter)
 }
 
 /// A TCP endpoint that counts connections and answers none: any SDK call

@@ -3,16 +3,11 @@
 //! `jit-aws/tests/common/mod.rs`: test helpers are not part of jit-aws's API.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
-use aws_sdk_sts::config::interceptors::BeforeSerializationInterceptorContextRef;
-use aws_sdk_sts::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use jit_aws::{AwsClients, AwsConfig, AwsProvider};
 use jit_core::audit::{AuditKind, AuditRecord, AuditSink};
 use lambda_runtime::{Context, LambdaEvent};
@@ -108,51 +103,11 @@ impl AuditSink for LinesSink {
     }
 }
 
-/// Counts SDK operations by name (`AssumeRole`, `GetRole`, ...).
-#[derive(Debug, Default, Clone)]
-pub struct CallCounter(pub Arc<Mutex<BTreeMap<String, usize>>>);
-
-impl CallCounter {
-    pub fn get(&self, op: &str) -> usize {
-        self.0.lock().unwrap().get(op).copied().unwrap_or(0)
-    }
-}
-
-impl Intercept for CallCounter {
-    fn name(&self) -> &'static str {
-        "CallCounter"
-    }
-
-    fn read_before_serialization(
-        &self,
-        _ctx: &BeforeSerializationInterceptorContextRef<'_>,
-        _rc: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let op = cfg
-            .load::<Metadata>()
-            .map(|m| m.name().to_string())
-            .unwrap_or_else(|| "?".into());
-        *self.0.lock().unwrap().entry(op).or_default() += 1;
-        Ok(())
-    }
-}
+pub use jit_aws::testing::CallCounter;
 
 /// STS and IAM clients for moto with a call counter on both.
 pub async fn counted_clients() -> (AwsClients, CallCounter) {
-    let sdk = moto_sdk().await;
-    let counter = CallCounter::default();
-    let sts = aws_sdk_sts::Client::from_conf(
-        aws_sdk_sts::config::Builder::from(&sdk)
-            .interceptor(counter.clone())
-            .build(),
-    );
-    let iam = aws_sdk_iam::Client::from_conf(
-        aws_sdk_iam::config::Builder::from(&sdk)
-            .interceptor(counter.clone())
-            .build(),
-    );
-    (AwsClients { sts, iam }, counter)
+    jit_aws::testing::counted_clients(&moto_sdk().await)
 }
 
 /// An AWS provider on moto. Role chaining is detected (one GetCallerIdentity):
