@@ -206,11 +206,11 @@ impl Vendor {
         };
         match rec.state {
             State::Active => {
+                // The delivery changes nothing the answer shows, so the
+                // record read above serves.
                 let credentials = self.broker.credentials(&inv.principal, rid).await?;
-                // Re-read: the delivery is recorded on the request.
-                let record = self.broker.get(rid).await.unwrap_or(rec);
                 Ok(outcome(IssueOutcome {
-                    record,
+                    record: rec,
                     credentials: Some(credentials),
                 }))
             }

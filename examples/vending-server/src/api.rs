@@ -79,7 +79,8 @@ pub struct LocalKeys {
     pub jwks: Value,
 }
 
-fn jwk(key: &LocalPublicKey) -> Value {
+/// The public JWK of an Ed25519 key (local providers, the demo issuer).
+pub fn jwk(key: &LocalPublicKey) -> Value {
     json!({
         "kty": "OKP", "crv": "Ed25519", "x": key.to_b64(), "kid": key.kid(),
         "alg": "EdDSA", "use": "sig",

@@ -98,10 +98,7 @@ impl DemoIssuer {
 
     /// The public JWKS.
     pub fn jwks_json(&self) -> Value {
-        json!({ "keys": [{
-            "kty": "OKP", "crv": "Ed25519", "x": self.key.public_key_b64(),
-            "kid": self.key.kid(), "alg": "EdDSA", "use": "sig",
-        }]})
+        json!({ "keys": [crate::api::jwk(&self.key.public_key())] })
     }
 
     /// The JWKS as a typed set.
