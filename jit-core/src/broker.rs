@@ -9,8 +9,13 @@
 //! # Rules kept on every path
 //!
 //! 1. A requester never counts toward their own quorum: not directly, not
-//!    through a group, an alias or a case/compatibility variant of their id
-//!    ([`Principal::same_person`]). Each person counts once.
+//!    through a group, an alias, or a case, compatibility, invisible-character
+//!    or confusable variant of their id ([`Principal::may_be_same_person`]).
+//!    Each person counts once. Those widened comparisons only ever *refuse*:
+//!    who owns a request, who may read it, collect its credentials, cancel,
+//!    issue, extend or revoke it is decided on the exact subject id
+//!    ([`Principal::is`]), and approver and admin sets name exact ids and
+//!    groups.
 //! 2. A grant ends at `min(requested, entitlement max, provider max)`; the
 //!    provider's returned expiry is recorded as the truth.
 //! 3. Transitions are compare-and-set on the record's version.
@@ -53,6 +58,7 @@ use crate::credentials::Credentials;
 use crate::error::{ConfigError, Error, RequestError, Result};
 use crate::policy::{Policy, PolicyContext};
 use crate::provider::{GrantSpec, Provider, RevocationKind};
+use crate::standing::Standing;
 use crate::store::{Claim, ListFilter, Store};
 use crate::types::{
     format_duration, AccessRequest, Approval, Decision, Entitlement, Grant, GrantDuration, GrantId,
@@ -631,7 +637,7 @@ impl Broker {
                     Verdict::NeedsApproval { approvers, quorum } => (approvers, *quorum),
                     _ => return Err(invalid_state("approve", rec)),
                 };
-                if approver.same_person(&rec.requester) {
+                if approver.may_be_same_person(&rec.requester) {
                     return Err(forbidden(
                         approver,
                         "approve",
@@ -650,7 +656,7 @@ impl Broker {
                 if rec
                     .approvals
                     .iter()
-                    .any(|a| a.approver.same_person(approver))
+                    .any(|a| a.approver.may_be_same_person(approver))
                 {
                     return Err(forbidden(
                         approver,
@@ -706,7 +712,7 @@ impl Broker {
                 if rec.state != State::Pending {
                     return Err(invalid_state("deny", rec));
                 }
-                if approver.same_person(&rec.requester) {
+                if approver.may_be_same_person(&rec.requester) {
                     return Err(forbidden(
                         approver,
                         "deny",
@@ -754,8 +760,7 @@ impl Broker {
                 if !matches!(rec.state, State::Pending | State::Approved) {
                     return Err(invalid_state("cancel", rec));
                 }
-                if !requester.same_person(&rec.requester) && !self.inner.policy.is_admin(requester)
-                {
+                if !Standing::of(self.inner.policy.as_ref(), requester, rec).may_manage() {
                     return Err(forbidden(
                         requester,
                         "cancel",
@@ -783,7 +788,7 @@ impl Broker {
     /// returned once; they are not stored.
     pub async fn issue(&self, actor: &Principal, id: RequestId) -> Result<IssueOutcome> {
         let rec = self.get(id).await?;
-        if !actor.same_person(&rec.requester) && !self.inner.policy.is_admin(actor) {
+        if !Standing::of(self.inner.policy.as_ref(), actor, &rec).may_manage() {
             return Err(forbidden(
                 actor,
                 "issue",
@@ -806,7 +811,7 @@ impl Broker {
     /// close to its end for the provider's minimum is [`Error::InvalidState`].
     pub async fn credentials(&self, requester: &Principal, id: RequestId) -> Result<Credentials> {
         let rec = self.get(id).await?;
-        if !requester.same_person(&rec.requester) {
+        if !Standing::of(self.inner.policy.as_ref(), requester, &rec).may_collect() {
             return Err(Error::request_not_found(id));
         }
         let issued = match (
@@ -1071,11 +1076,7 @@ impl Broker {
         let policy = self.inner.policy.clone();
         let who = actor.clone();
         let authorize = move |rec: &RequestRecord| {
-            let is_approver = match &rec.decision.verdict {
-                Verdict::NeedsApproval { approvers, .. } => approvers.contains(&who),
-                _ => false,
-            };
-            if who.same_person(&rec.requester) || is_approver || policy.is_admin(&who) {
+            if Standing::of(policy.as_ref(), &who, rec).may_revoke() {
                 Ok(())
             } else {
                 Err(forbidden(
@@ -1230,7 +1231,7 @@ impl Broker {
         justification: &str,
     ) -> Result<IssueOutcome> {
         let orig = self.get(id).await?;
-        if !requester.same_person(&orig.requester) {
+        if !Standing::of(self.inner.policy.as_ref(), requester, &orig).may_collect() {
             // Someone else's grant answers like a missing one.
             return Err(Error::request_not_found(id));
         }
@@ -1271,12 +1272,16 @@ impl Broker {
         let admin = self.inner.policy.is_admin(approver);
         Ok(pending
             .into_iter()
-            .filter(|r| !approver.same_person(&r.requester))
+            .filter(|r| !approver.may_be_same_person(&r.requester))
             .filter(|r| match &r.decision.verdict {
                 Verdict::NeedsApproval { approvers, .. } => admin || approvers.contains(approver),
                 _ => false,
             })
-            .filter(|r| !r.approvals.iter().any(|a| a.approver.same_person(approver)))
+            .filter(|r| {
+                !r.approvals
+                    .iter()
+                    .any(|a| a.approver.may_be_same_person(approver))
+            })
             .collect())
     }
 

@@ -10,6 +10,7 @@ pub mod local;
 pub mod policy;
 pub mod provider;
 pub mod reaper;
+pub mod standing;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -95,18 +95,45 @@ impl PrincipalId {
         &self.0
     }
 
-    /// The form used to compare identities: Unicode NFKC, then lowercase.
+    /// Whether this is exactly `other`: the comparison that grants.
     ///
-    /// Two ids that differ only in case or in compatibility forms (full-width
-    /// letters, ligatures) name the same person for the no-self-approval rule.
-    pub fn canonical(&self) -> String {
-        canonical_identity(&self.0)
+    /// Subjects are compared as the identity provider spells them (OIDC
+    /// `sub` is case-sensitive): `ALICE`, `ａｌｉｃｅ` and `alice` are three
+    /// different people for access.
+    pub fn is(&self, other: &PrincipalId) -> bool {
+        self.0 == other.0
     }
 }
 
-/// NFKC-normalised, lowercased form of an identity string.
-pub fn canonical_identity(s: &str) -> String {
-    s.nfkc().collect::<String>().to_lowercase()
+/// A comparison key under which two identity strings that a person could
+/// mistake for one another collide: for *refusing* only.
+///
+/// The string is NFKC-normalised, stripped of default-ignorable code points
+/// (zero-width spaces, soft hyphens, variation selectors, bidi controls),
+/// fully case-folded (`straße` and `STRASSE` fold alike) and reduced to its
+/// UTS #39 confusable skeleton (Cyrillic `а` and Latin `a`; `1` and `l`).
+/// [`Principal::may_be_same_person`] compares these keys to refuse a
+/// self-approval or a second vote by the same person under another spelling.
+///
+/// Never use it to *give* anything (ownership, visibility, eligibility,
+/// approver or admin rights): two different people can share a key (`bob1`
+/// and `bobl`), which is harmless when it only refuses, and an attacker can
+/// choose a spelling that collides with someone else's, which would be fatal
+/// if it granted.
+pub fn identity_skeleton(s: &str) -> String {
+    let folded = fold(s);
+    let skeleton: String = unicode_security::skeleton(&folded).collect();
+    // Prototypes may be upper case or compatibility forms: fold once more so
+    // the key is stable under a second application.
+    fold(&skeleton)
+}
+
+fn fold(s: &str) -> String {
+    let ignorable =
+        icu_properties::CodePointSetData::new::<icu_properties::props::DefaultIgnorableCodePoint>();
+    let visible: String = s.nfkc().filter(|c| !ignorable.contains(*c)).collect();
+    let folded = icu_casemap::CaseMapper::new().fold_string(&visible);
+    folded.nfkc().filter(|c| !ignorable.contains(*c)).collect()
 }
 
 fn truncate_for_display(s: &str) -> String {
@@ -154,7 +181,10 @@ pub struct Principal {
     /// Group memberships.
     #[serde(default)]
     pub groups: BTreeSet<String>,
-    /// Other ids that name the same person (email, UPN, employee number).
+    /// Other names of the same person (email, UPN, employee number), as the
+    /// identity provider asserts them. They only ever take away: they widen
+    /// [`Principal::may_be_same_person`] to refuse a self-approval or a second
+    /// vote, and never make anyone an owner, approver, admin or eligible.
     #[serde(default)]
     pub aliases: BTreeSet<String>,
     /// Free-form attributes (department, on-call flag, ...).
@@ -192,24 +222,31 @@ impl Principal {
         self
     }
 
-    /// Canonical forms of the id and every alias.
-    pub fn identities(&self) -> BTreeSet<String> {
-        std::iter::once(self.id.canonical())
-            .chain(self.aliases.iter().map(|a| canonical_identity(a)))
+    /// Whether this principal is exactly the subject `id`: the comparison
+    /// that grants ownership, visibility and credential delivery.
+    pub fn is(&self, id: &PrincipalId) -> bool {
+        self.id.is(id)
+    }
+
+    /// The [`identity_skeleton`]s of the id and every alias.
+    pub fn identity_keys(&self) -> BTreeSet<String> {
+        std::iter::once(identity_skeleton(self.id.as_str()))
+            .chain(self.aliases.iter().map(|a| identity_skeleton(a)))
             .collect()
     }
 
-    /// Whether two principals are (or claim to be) the same person: any
-    /// canonical id or alias in common.
-    pub fn same_person(&self, other: &Principal) -> bool {
-        let mine = self.identities();
-        other.identities().iter().any(|i| mine.contains(i))
+    /// Whether two principals could be the same person: their ids or aliases
+    /// share an [`identity_skeleton`]. For refusing only (a self-approval, a
+    /// second vote); it never grants anything, see [`Principal::is`].
+    pub fn may_be_same_person(&self, other: &Principal) -> bool {
+        let mine = self.identity_keys();
+        other.identity_keys().iter().any(|k| mine.contains(k))
     }
 
-    /// Whether the principal is in the group, compared case-insensitively.
+    /// Whether the principal is in the group, spelled exactly as the identity
+    /// provider spells it (groups grant, so they are not folded).
     pub fn in_group(&self, group: &str) -> bool {
-        let g = canonical_identity(group);
-        self.groups.iter().any(|x| canonical_identity(x) == g)
+        self.groups.contains(group)
     }
 }
 
@@ -547,10 +584,10 @@ pub struct ApproverSet {
 }
 
 impl ApproverSet {
-    /// Whether the principal is named by id/alias or through a group.
+    /// Whether the principal is named by its exact subject id or through one
+    /// of its groups (aliases never make an approver).
     pub fn contains(&self, p: &Principal) -> bool {
-        let ids: BTreeSet<String> = self.ids.iter().map(|i| canonical_identity(i)).collect();
-        p.identities().iter().any(|i| ids.contains(i)) || self.groups.iter().any(|g| p.in_group(g))
+        self.ids.contains(p.id.as_str()) || p.groups.iter().any(|g| self.groups.contains(g))
     }
 
     /// Whether no one is named.
@@ -871,18 +908,65 @@ mod tests {
     }
 
     #[test]
-    fn same_person_sees_case_alias_and_compat_forms() {
-        let alice = Principal::new("Alice")
+    fn only_the_exact_subject_is_the_principal() {
+        let alice = Principal::new("alice").unwrap();
+        assert!(alice.is(&PrincipalId::new("alice").unwrap()));
+        for other in [
+            "ALICE",
+            "ａｌｉｃｅ",
+            "alice\u{200b}",
+            "ali\u{ad}ce",
+            "Alice",
+        ] {
+            assert!(!alice.is(&PrincipalId::new(other).unwrap()), "{other:?}");
+        }
+        let mallory = Principal::new("mallory")
+            .unwrap()
+            .with_alias("alice")
+            .with_group("Leads");
+        let set = ApproverSet {
+            ids: ["alice".to_string()].into(),
+            groups: ["leads".to_string()].into(),
+        };
+        assert!(!set.contains(&mallory), "aliases and group case never give");
+        assert!(!mallory.in_group("leads"));
+    }
+
+    #[test]
+    fn may_be_same_person_sees_folded_invisible_and_confusable_forms() {
+        let alice = Principal::new("alice")
             .unwrap()
             .with_alias("alice@example.com");
-        assert!(alice.same_person(&Principal::new("alice").unwrap()));
-        assert!(alice.same_person(&Principal::new("ＡＬＩＣＥ").unwrap()));
-        assert!(alice.same_person(
-            &Principal::new("bob")
-                .unwrap()
-                .with_alias("ALICE@example.com")
-        ));
-        assert!(!alice.same_person(&Principal::new("bob").unwrap()));
+        for other in [
+            "alice",
+            "ALICE",
+            "ａｌｉｃｅ",
+            "alice\u{200b}",
+            "ali\u{ad}ce",
+            "\u{2060}alice",
+            "аlice", // Cyrillic a
+            "ALICE@EXAMPLE.COM",
+        ] {
+            let p = Principal::new(other).unwrap();
+            assert!(alice.may_be_same_person(&p), "{other:?}");
+            assert!(p.may_be_same_person(&alice), "{other:?} (symmetric)");
+        }
+        let strasse = Principal::new("straße").unwrap();
+        assert!(strasse.may_be_same_person(&Principal::new("STRASSE").unwrap()));
+        assert!(Principal::new("bob")
+            .unwrap()
+            .with_alias("Alice")
+            .may_be_same_person(&alice));
+        assert!(!alice.may_be_same_person(&Principal::new("bob").unwrap()));
+        assert!(!alice.may_be_same_person(&Principal::new("alicia").unwrap()));
+    }
+
+    #[test]
+    fn identity_skeleton_is_stable() {
+        for s in ["straße", "ＡＬＩＣＥ", "ａ\u{200b}ｌ", "ǅ", "ﬃ", "İstanbul"] {
+            let once = identity_skeleton(s);
+            assert_eq!(identity_skeleton(&once), once, "{s:?}");
+        }
     }
 
     #[test]

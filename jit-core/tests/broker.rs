@@ -75,6 +75,9 @@ async fn quorum_counts_distinct_people_never_the_requester() {
         lead("ALICE"),
         lead("mallory").with_alias("Alice@Example.com"),
         lead("ａｌｉｃｅ"),
+        lead("alice\u{200b}"),
+        lead("ali\u{ad}ce"),
+        lead("\u{430}lice"), // Cyrillic a: a confusable skeleton
     ] {
         let err = e.broker.approve(&p, id, "").await.unwrap_err();
         assert!(matches!(err, Error::Forbidden { .. }), "{p:?}: {err}");
@@ -86,13 +89,77 @@ async fn quorum_counts_distinct_people_never_the_requester() {
     let one = e.broker.approve(&lead("carol"), id, "ok").await.unwrap();
     assert_eq!(one.record.state, State::Pending);
     // The same person again, by another spelling.
-    let err = e.broker.approve(&lead("CAROL"), id, "").await.unwrap_err();
-    assert!(matches!(err, Error::Forbidden { ref reason, .. } if reason.contains("already")));
+    for again in [
+        lead("CAROL"),
+        lead("car\u{200b}ol"),
+        lead("x").with_alias("carol"),
+    ] {
+        let err = e.broker.approve(&again, id, "").await.unwrap_err();
+        assert!(matches!(err, Error::Forbidden { ref reason, .. } if reason.contains("already")));
+    }
 
     let two = e.broker.approve(&lead("dave"), id, "ok").await.unwrap();
     assert_eq!(two.record.state, State::Active);
     assert!(two.credentials.is_some());
     assert_eq!(two.record.approvals.len(), 2);
+}
+
+/// Aliases and folded forms only take away: someone carrying the
+/// requester's id as an alias, or a case variant of it, gains nothing of
+/// theirs (cancel, issue, extend, revoke, collect), and `straße` cannot
+/// approve for `STRASSE`.
+#[tokio::test]
+async fn aliases_and_variants_never_act_for_the_requester() {
+    let e = env();
+    let alice = user("alice");
+    let pending = e
+        .broker
+        .submit(&alice, req("prod-read", "2h"))
+        .await
+        .unwrap();
+    let pid = pending.record.id;
+    let intruders = [
+        user("mallory").with_alias("alice"),
+        user("ALICE"),
+        user("ａｌｉｃｅ"),
+    ];
+    for p in &intruders {
+        let err = e.broker.cancel(p, pid, "mine").await.unwrap_err();
+        assert!(matches!(err, Error::Forbidden { .. }), "{:?}: {err}", p.id);
+        let listed = e
+            .broker
+            .list(&ListFilter {
+                requester: Some(p.id.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(listed.is_empty(), "{:?} listed alice's requests", p.id);
+    }
+    e.broker.approve(&lead("carol"), pid, "ok").await.unwrap();
+    let active = e.broker.approve(&lead("dave"), pid, "ok").await.unwrap();
+    assert_eq!(active.record.state, State::Active);
+    for p in &intruders {
+        let err = e.broker.revoke(p, pid, "mine").await.unwrap_err();
+        assert!(matches!(err, Error::Forbidden { .. }), "{:?}: {err}", p.id);
+        let err = e
+            .broker
+            .extend(p, pid, "1h".parse().unwrap(), "more")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{:?}: {err}", p.id);
+    }
+    assert_eq!(e.broker.get(pid).await.unwrap().state, State::Active);
+
+    // Full case folding: `STRASSE` may be `straße`.
+    let s = user("straße");
+    let out = e.broker.submit(&s, req("prod-read", "2h")).await.unwrap();
+    let err = e
+        .broker
+        .approve(&lead("STRASSE"), out.record.id, "")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Forbidden { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -725,8 +792,18 @@ async fn credentials_are_redelivered_to_the_requester_only_while_active() {
         let err = e.broker.credentials(&p, id).await.unwrap_err();
         assert!(matches!(err, Error::NotFound { .. }), "{err}");
     }
-    // A case variant of the requester is the requester.
-    assert!(e.broker.credentials(&user("ALICE"), id).await.is_ok());
+    // A case, width or invisible-character variant of the requester's
+    // subject, or someone carrying it as an alias, is someone else (OIDC
+    // `sub` is case-sensitive): they are told the request does not exist.
+    for p in [
+        user("ALICE"),
+        user("ａｌｉｃｅ"),
+        user("alice\u{200b}"),
+        user("mallory").with_alias("alice"),
+    ] {
+        let err = e.broker.credentials(&p, id).await.unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{:?}: {err}", p.id);
+    }
 
     // Not once the grant is over.
     e.broker.revoke(&alice, id, "done").await.unwrap();

@@ -527,29 +527,65 @@ fn entitlement_not_in_catalogue_is_an_error() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn eligible_by_id_in_any_case() {
-    let bob = Principal::new("BOB").unwrap();
+fn eligible_by_exact_id_only() {
+    let bob = Principal::new("bob").unwrap();
     let d = eval(&policy(), &bob, &req("prod-db-read", "30m", JUST)).unwrap();
     assert!(!d.is_deny(), "{d:?}");
     assert!(d.reasons[0].contains("by id"), "{:?}", d.reasons);
+    // OIDC subjects are case-sensitive: a variant of `bob` is someone else.
+    for other in ["BOB", "Bob", "ｂｏｂ", "bob\u{200b}"] {
+        let p = Principal::new(other).unwrap();
+        let d = eval(&policy(), &p, &req("prod-db-read", "30m", JUST)).unwrap();
+        assert!(d.is_deny(), "{other:?} was eligible as bob: {d:?}");
+    }
 }
 
 #[test]
-fn eligible_by_alias() {
-    let b = Principal::new("u-123").unwrap().with_alias("Bob");
+fn aliases_never_make_anyone_eligible() {
+    // A token can carry any `email` or `preferred_username`: an alias naming
+    // an eligible id gives nothing.
+    let b = Principal::new("u-123").unwrap().with_alias("bob");
     let d = eval(&policy(), &b, &req("prod-db-read", "30m", JUST)).unwrap();
-    assert!(!d.is_deny(), "{d:?}");
+    assert!(d.is_deny(), "{d:?}");
 }
 
 #[test]
-fn eligible_by_group_case_variant() {
-    let e = Principal::new("erin").unwrap().with_group("Engineering");
+fn eligible_by_group_spelled_exactly() {
+    let e = Principal::new("erin").unwrap().with_group("engineering");
     let d = eval(&policy(), &e, &req("prod-db-read", "30m", JUST)).unwrap();
     assert!(!d.is_deny(), "{d:?}");
     assert_eq!(
         d.reasons[0],
-        "`erin` is eligible for `prod-db-read` through group `Engineering`"
+        "`erin` is eligible for `prod-db-read` through group `engineering`"
     );
+    let e = Principal::new("erin").unwrap().with_group("Engineering");
+    let d = eval(&policy(), &e, &req("prod-db-read", "30m", JUST)).unwrap();
+    assert!(
+        d.is_deny(),
+        "a group in another case is another group: {d:?}"
+    );
+}
+
+#[test]
+fn approver_sets_name_exact_ids_and_groups() {
+    let d = eval(
+        &policy(),
+        &Principal::new("erin").unwrap().with_group("engineering"),
+        &req("prod-db-read", "30m", JUST),
+    )
+    .unwrap();
+    let Verdict::NeedsApproval { approvers, .. } = &d.verdict else {
+        panic!("{d:?}")
+    };
+    assert!(approvers.contains(&Principal::new("carol").unwrap()));
+    assert!(approvers.contains(&Principal::new("x").unwrap().with_group("sre-leads")));
+    for p in [
+        Principal::new("CAROL").unwrap(),
+        Principal::new("mallory").unwrap().with_alias("carol"),
+        Principal::new("mallory").unwrap().with_group("SRE-Leads"),
+    ] {
+        assert!(!approvers.contains(&p), "{p:?} is not an approver");
+    }
 }
 
 #[test]
@@ -628,7 +664,7 @@ fn provider_max_below_a_second_denies() {
 fn oncall_bob() -> Principal {
     Principal::new("bob")
         .unwrap()
-        .with_group("OnCall")
+        .with_group("oncall")
         .with_attribute("oncall", "true")
 }
 
@@ -642,7 +678,7 @@ fn auto_approve_when_all_conditions_hold() {
         joined.contains("duration `15m` is within the auto-approve limit of `15m`"),
         "{joined}"
     );
-    assert!(joined.contains("group `OnCall`"), "{joined}");
+    assert!(joined.contains("group `oncall`"), "{joined}");
     assert!(joined.contains("attribute `oncall` is `true`"), "{joined}");
 }
 
@@ -753,11 +789,14 @@ fn empty_auto_approve_approves_every_eligible_request() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn admins_by_id_alias_and_group() {
+fn admins_by_exact_id_and_group_never_by_alias() {
     let p = policy();
-    assert!(p.is_admin(&Principal::new("Alice").unwrap()));
-    assert!(p.is_admin(&Principal::new("u-1").unwrap().with_alias("alice")));
-    assert!(p.is_admin(&Principal::new("zed").unwrap().with_group("SecOps")));
+    assert!(p.is_admin(&Principal::new("alice").unwrap()));
+    assert!(p.is_admin(&Principal::new("zed").unwrap().with_group("secops")));
+    // `preferred_username = alice` in mallory's token makes nobody an admin.
+    assert!(!p.is_admin(&Principal::new("u-1").unwrap().with_alias("alice")));
+    assert!(!p.is_admin(&Principal::new("Alice").unwrap()));
+    assert!(!p.is_admin(&Principal::new("zed").unwrap().with_group("SecOps")));
     assert!(!p.is_admin(&Principal::new("bob").unwrap().with_group("engineering")));
     let none = CataloguePolicy::from_toml_str(&one("", "")).unwrap();
     assert!(!none.is_admin(&Principal::new("alice").unwrap()));

@@ -115,6 +115,58 @@ async fn sqlite_migrations_are_idempotent() {
     assert_eq!(rows, SCHEMA_VERSION);
 }
 
+/// Schema version 1 stored the requester folded (`Alice` as `alice`), so a
+/// case variant listed someone else's requests. Migration 2 takes the exact
+/// subject back from each record.
+#[tokio::test]
+async fn sqlite_migration_2_restores_exact_requesters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jit.db");
+    let r = sample_record("Alice", "db-admin", State::Pending, Utc::now());
+    // A database exactly as version 1 wrote it (its schema is frozen).
+    let mut conn = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    for sql in [
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+        "INSERT INTO schema_migrations VALUES (1, 'then')",
+        "CREATE TABLE requests (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+            version INTEGER NOT NULL CHECK (version > 0), state TEXT NOT NULL,
+            requester TEXT NOT NULL, entitlement TEXT NOT NULL, created_at TEXT NOT NULL,
+            due_at TEXT, body TEXT NOT NULL) STRICT",
+        "CREATE INDEX requests_state_due ON requests (state, due_at)",
+        "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
+        "CREATE INDEX requests_created ON requests (created_at)",
+        "CREATE TABLE audit (seq INTEGER PRIMARY KEY CHECK (seq > 0), hash TEXT NOT NULL,
+            body TEXT NOT NULL) STRICT",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, body)
+         VALUES (?, 1, 'pending', 'alice', 'db-admin', ?, ?)",
+    )
+    .bind(r.id.to_string())
+    .bind(r.created_at.to_rfc3339())
+    .bind(serde_json::to_string(&r).unwrap())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let by = |who: &str| jit_core::ListFilter {
+        requester: Some(who.into()),
+        ..Default::default()
+    };
+    assert!(store.list(&by("alice")).await.unwrap().is_empty());
+    assert_eq!(store.list(&by("Alice")).await.unwrap(), vec![r]);
+}
+
 #[tokio::test]
 async fn sqlite_refuses_a_newer_schema() {
     let dir = tempfile::tempdir().unwrap();

@@ -39,8 +39,13 @@
 //!
 //! Every table rejects keys it does not know, with the line of the key, so a
 //! typo such as `approvers` for `ids` fails loudly instead of silently
-//! loosening or tightening a rule. Ids and groups compare in canonical form
-//! (Unicode NFKC, lowercase), like everywhere else in the crate. Patterns are
+//! loosening or tightening a rule. Ids and groups grant, so they match the
+//! principal's subject id and groups exactly as the identity provider spells
+//! them (OIDC `sub` is case-sensitive): `Alice` in a catalogue does not name
+//! the subject `alice`, and a principal's aliases never match. Only the
+//! refusals widen: the requester never approves their own request under any
+//! spelling, and a quorum counts distinct people
+//! ([`identity_skeleton`](crate::types::identity_skeleton)). Patterns are
 //! unanchored unless they use `^` and `$`.
 //!
 //! An entitlement with neither `approval` nor `auto_approve` is valid but
@@ -111,7 +116,7 @@ use serde::Deserialize;
 use super::{Policy, PolicyContext};
 use crate::error::{ConfigError, RequestError};
 use crate::types::{
-    canonical_identity, parse_duration, validate_entitlement_id, AccessRequest, ApproverSet,
+    identity_skeleton, parse_duration, validate_entitlement_id, AccessRequest, ApproverSet,
     Decision, Entitlement, GrantDuration, Principal, PrincipalId, Verdict,
 };
 
@@ -231,7 +236,7 @@ impl Default for Settings {
     }
 }
 
-/// Ids and groups as written, plus their canonical forms for O(1) membership.
+/// Ids and groups as written, plus hash sets for O(1) exact membership.
 #[derive(Debug, Clone, Default)]
 struct PrincipalSet {
     as_written: ApproverSet,
@@ -242,8 +247,8 @@ struct PrincipalSet {
 impl PrincipalSet {
     fn new(ids: Vec<String>, groups: Vec<String>) -> Self {
         Self {
-            ids: ids.iter().map(|i| canonical_identity(i)).collect(),
-            groups: groups.iter().map(|g| canonical_identity(g)).collect(),
+            ids: ids.iter().cloned().collect(),
+            groups: groups.iter().cloned().collect(),
             as_written: ApproverSet {
                 ids: ids.into_iter().collect(),
                 groups: groups.into_iter().collect(),
@@ -251,9 +256,10 @@ impl PrincipalSet {
         }
     }
 
-    /// Why the principal matches, if it does: by id (or alias), or through one of its groups.
-    fn matches<'p>(&self, identities: &BTreeSet<String>, p: &'p Principal) -> Option<Match<'p>> {
-        if identities.iter().any(|i| self.ids.contains(i)) {
+    /// Why the principal matches, if it does: by its exact subject id, or
+    /// through one of its groups (never by an alias).
+    fn matches<'p>(&self, p: &'p Principal) -> Option<Match<'p>> {
+        if self.ids.contains(p.id.as_str()) {
             return Some(Match::Id);
         }
         self.group_of(p).map(Match::Group)
@@ -263,7 +269,7 @@ impl PrincipalSet {
     fn group_of<'p>(&self, p: &'p Principal) -> Option<&'p str> {
         p.groups
             .iter()
-            .find(|g| self.groups.contains(&canonical_identity(g)))
+            .find(|g| self.groups.contains(g.as_str()))
             .map(String::as_str)
     }
 }
@@ -574,8 +580,9 @@ fn compile_approval(id: &str, a: RawApproval) -> Result<ApprovalRule, ConfigErro
         })?;
     check_names(id, "approval.", &a.ids, &a.groups)?;
     if a.groups.is_empty() {
-        // Each person counts once, also when listed twice in different case.
-        let distinct: HashSet<String> = a.ids.iter().map(|i| canonical_identity(i)).collect();
+        // Each person counts once, also when listed twice under spellings that
+        // could be one person: counting them as one can only refuse a catalogue.
+        let distinct: HashSet<String> = a.ids.iter().map(|i| identity_skeleton(i)).collect();
         if (distinct.len() as u64) < u64::from(quorum) {
             return Err(ConfigError::UnreachableQuorum {
                 entitlement: id.to_string(),
@@ -798,8 +805,7 @@ impl Policy for CataloguePolicy {
         };
 
         // 2. Eligibility.
-        let identities = requester.identities();
-        let eligible_reason = match rule.eligible.matches(&identities, requester) {
+        let eligible_reason = match rule.eligible.matches(requester) {
             Some(Match::Id) => format!("`{}` is eligible for `{id}` by id", requester.id),
             Some(Match::Group(g)) => {
                 format!(
@@ -882,8 +888,7 @@ impl Policy for CataloguePolicy {
     }
 
     fn is_admin(&self, principal: &Principal) -> bool {
-        let identities = principal.identities();
-        self.admins.matches(&identities, principal).is_some()
+        self.admins.matches(principal).is_some()
     }
 
     fn pending_ttl(&self) -> Duration {

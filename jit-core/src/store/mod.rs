@@ -52,7 +52,8 @@ pub use sqlite::SqliteStore;
 /// What to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
-    /// Only requests by this principal (compared in canonical form).
+    /// Only requests by exactly this subject id (`ALICE` is not `alice`:
+    /// ownership is never folded, see [`Principal::is`](crate::Principal::is)).
     pub requester: Option<String>,
     /// Only requests in these states (any state when empty).
     pub states: Vec<State>,
@@ -67,7 +68,7 @@ impl ListFilter {
     pub fn matches(&self, r: &RequestRecord) -> bool {
         self.requester
             .as_ref()
-            .is_none_or(|q| crate::types::canonical_identity(q) == r.requester.id.canonical())
+            .is_none_or(|q| q == r.requester.id.as_str())
             && (self.states.is_empty() || self.states.contains(&r.state))
             && self
                 .entitlement

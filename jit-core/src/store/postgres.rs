@@ -87,10 +87,10 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use super::{check_versions, redact_url, sql, Claim, ListFilter, Store};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
-use crate::types::{canonical_identity, RequestId, RequestRecord, State};
+use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Connections per store unless set: a replica's writers, readers and reaper.
 const DEFAULT_POOL_SIZE: u32 = 10;
@@ -106,11 +106,12 @@ struct Migration {
 }
 
 /// Every migration, ascending by version. Never edit a released entry: add one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        // `seq` is the insertion order (`list` and `due` tie-break).
-        r#"CREATE TABLE requests (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            // `seq` is the insertion order (`list` and `due` tie-break).
+            r#"CREATE TABLE requests (
             seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             id TEXT NOT NULL UNIQUE,
             version BIGINT NOT NULL CHECK (version > 0),
@@ -123,24 +124,34 @@ const MIGRATIONS: &[Migration] = &[Migration {
             lease_until TEXT COLLATE "C",
             body TEXT NOT NULL
         )"#,
-        "CREATE INDEX requests_state_due ON requests (state, due_at) WHERE due_at IS NOT NULL",
-        "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
-        "CREATE INDEX requests_created ON requests (created_at)",
-        "CREATE TABLE audit (
+            "CREATE INDEX requests_state_due ON requests (state, due_at) WHERE due_at IS NOT NULL",
+            "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
+            "CREATE INDEX requests_created ON requests (created_at)",
+            "CREATE TABLE audit (
             seq BIGINT PRIMARY KEY CHECK (seq > 0),
             hash TEXT NOT NULL,
             body TEXT NOT NULL
         )",
-        // The chain head: the one row every append locks (see the module docs).
-        "CREATE TABLE audit_head (
+            // The chain head: the one row every append locks (see the module docs).
+            "CREATE TABLE audit_head (
             id SMALLINT PRIMARY KEY CHECK (id = 1),
             seq BIGINT NOT NULL CHECK (seq >= 0),
             hash TEXT NOT NULL
         )",
-        // `GENESIS_HASH`: 64 zeros (a unit test keeps them equal).
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, repeat('0', 64))",
-    ],
-}];
+            // `GENESIS_HASH`: 64 zeros (a unit test keeps them equal).
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, repeat('0', 64))",
+        ],
+    },
+    Migration {
+        version: 2,
+        statements: &[
+            // Version 1 stored the requester folded (NFKC, lowercase), so `ALICE`
+            // listed `alice`'s requests. Ownership is the exact subject id: take it
+            // back from the record itself.
+            "UPDATE requests SET requester = (body::jsonb -> 'requester' ->> 'id')",
+        ],
+    },
+];
 
 /// [`Store`] on a PostgreSQL database, shared by any number of broker replicas.
 ///
@@ -611,8 +622,7 @@ impl Store for PostgresStore {
         // plan that can use its index (a catch-all `$1 IS NULL OR ..` could not).
         let mut q = QueryBuilder::<Postgres>::new("SELECT body FROM requests WHERE TRUE");
         if let Some(requester) = &filter.requester {
-            q.push(" AND requester = ")
-                .push_bind(canonical_identity(requester));
+            q.push(" AND requester = ").push_bind(requester.clone());
         }
         if !filter.states.is_empty() {
             q.push(" AND state = ANY(")

@@ -51,7 +51,7 @@ impl Columns {
             id: r.id.to_string(),
             version: to_i64(r.version, "version", engine)?,
             state: r.state.as_str(),
-            requester: r.requester.id.canonical(),
+            requester: r.requester.id.as_str().to_string(),
             entitlement: r.request.entitlement.clone(),
             created_at: timestamp(r.created_at, engine)?,
             due_at: r.due_at().map(|t| timestamp(t, engine)).transpose()?,

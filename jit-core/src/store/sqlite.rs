@@ -24,7 +24,7 @@
 //!   record and audit events alike.
 //! - **Records as JSON, plus query columns.** The full [`RequestRecord`] (and
 //!   [`AuditRecord`]) is stored as JSON, so reads return exactly what was
-//!   written; the columns `state`, `requester` (canonical form),
+//!   written; the columns `state`, `requester` (the exact subject id),
 //!   `entitlement`, `created_at` and `due_at` ([`RequestRecord::due_at`]) are
 //!   recomputed on every write and exist only to filter and sort. Timestamps
 //!   are RFC 3339 UTC text with nine fractional digits and `Z`, so text order
@@ -53,10 +53,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use super::{check_versions, sql, ListFilter, Store};
 use crate::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
-use crate::types::{canonical_identity, RequestId, RequestRecord, State};
+use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,12 +72,13 @@ struct Migration {
 }
 
 /// Every migration, ascending by version. Never edit a released entry: add one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        // `seq` is the insertion order (`list` tie-break); an explicit
-        // INTEGER PRIMARY KEY keeps it stable across VACUUM.
-        "CREATE TABLE requests (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            // `seq` is the insertion order (`list` tie-break); an explicit
+            // INTEGER PRIMARY KEY keeps it stable across VACUUM.
+            "CREATE TABLE requests (
             seq INTEGER PRIMARY KEY,
             id TEXT NOT NULL UNIQUE,
             version INTEGER NOT NULL CHECK (version > 0),
@@ -88,16 +89,26 @@ const MIGRATIONS: &[Migration] = &[Migration {
             due_at TEXT,
             body TEXT NOT NULL
         ) STRICT",
-        "CREATE INDEX requests_state_due ON requests (state, due_at)",
-        "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
-        "CREATE INDEX requests_created ON requests (created_at)",
-        "CREATE TABLE audit (
+            "CREATE INDEX requests_state_due ON requests (state, due_at)",
+            "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
+            "CREATE INDEX requests_created ON requests (created_at)",
+            "CREATE TABLE audit (
             seq INTEGER PRIMARY KEY CHECK (seq > 0),
             hash TEXT NOT NULL,
             body TEXT NOT NULL
         ) STRICT",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        statements: &[
+            // Version 1 stored the requester folded (NFKC, lowercase), so `ALICE`
+            // listed `alice`'s requests. Ownership is the exact subject id: take it
+            // back from the record itself.
+            "UPDATE requests SET requester = json_extract(body, '$.requester.id')",
+        ],
+    },
+];
 
 /// [`Store`] on a SQLite database file (or an in-memory database).
 ///
@@ -486,8 +497,7 @@ impl Store for SqliteStore {
     async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
         let mut q = QueryBuilder::<Sqlite>::new("SELECT body FROM requests WHERE 1 = 1");
         if let Some(requester) = &filter.requester {
-            q.push(" AND requester = ")
-                .push_bind(canonical_identity(requester));
+            q.push(" AND requester = ").push_bind(requester.clone());
         }
         if !filter.states.is_empty() {
             q.push(" AND state IN (");
