@@ -43,9 +43,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jit_core::local::{LocalClaims, LocalProvider, LocalPublicKey, Verifier};
+use jit_core::standing::Standing;
 use jit_core::{
     AccessRequest, Broker, Credentials, GrantDuration, IssueOutcome, ListFilter, Principal,
-    RequestId, RequestRecord, State as LifecycleState, Verdict,
+    RequestId, RequestRecord, State as LifecycleState,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -237,14 +238,10 @@ pub fn credentials_json(c: &Credentials) -> Value {
     }
 }
 
-fn is_approver(p: &Principal, r: &RequestRecord) -> bool {
-    matches!(&r.decision.verdict, Verdict::NeedsApproval { approvers, .. } if approvers.contains(p))
-        || r.approvals.iter().any(|a| a.approver.same_person(p))
-}
-
-/// Whether the caller may know the request exists.
+/// Whether the caller may know the request exists (decided in jit-core's
+/// [`Standing`], on the exact subject id: aliases never give access).
 fn visible(state: &AppState, p: &Principal, r: &RequestRecord) -> bool {
-    p.same_person(&r.requester) || is_approver(p, r) || state.broker.policy().is_admin(p)
+    Standing::of(state.broker.policy().as_ref(), p, r).may_see()
 }
 
 fn parse_id(id: &str) -> ApiResult<RequestId> {
@@ -267,7 +264,7 @@ async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<RequestRec
 fn outcome(p: &Principal, out: IssueOutcome) -> Value {
     let mut v = json!({ "request": out.record });
     if let Some(c) = out.credentials.as_ref() {
-        if p.same_person(&out.record.requester) {
+        if p.is(&out.record.requester.id) {
             v["credentials"] = credentials_json(c);
         }
     }

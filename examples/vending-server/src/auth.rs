@@ -30,17 +30,36 @@ pub enum JwksSource {
 }
 
 /// Which claims carry what.
+///
+/// Only the `id` claim makes someone who they are: it decides who owns a
+/// request, who may read it or collect its credentials, and who is named as
+/// an approver or admin. `aliases` are other names the identity provider
+/// asserts for the same person; they only ever *take away* (a requester
+/// cannot approve their own request under an alias, and one person cannot
+/// vote twice), so a token carrying `email = alice@...` or
+/// `preferred_username = alice` gains nothing of alice's.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimNames {
-    /// The principal id (default `sub`).
+    /// The principal id (default `sub`). `email` is refused here unless
+    /// [`ClaimNames::email_as_id`] opts in.
     pub id: String,
     /// Groups: an array of strings or one string (default `groups`).
     pub groups: String,
-    /// Other names of the same person (default `email`, `preferred_username`).
+    /// Other names of the same person (default `email`, `preferred_username`);
+    /// used only to refuse self-approvals and second votes.
     pub aliases: Vec<String>,
     /// Display name (default `name`).
     pub name: String,
+    /// Lets `id = "email"` identify people, and then only in tokens whose
+    /// `email_verified` claim is `true` (default `false`). An unverified
+    /// email is whatever the user typed into their profile.
+    pub email_as_id: bool,
+    /// Principal attributes filled from claims: attribute name → claim name
+    /// (for example `azure_object_id = "oid"`). A claim that is a string,
+    /// number or boolean becomes the attribute's text; a missing claim leaves
+    /// the attribute unset.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ClaimNames {
@@ -50,7 +69,33 @@ impl Default for ClaimNames {
             groups: "groups".into(),
             aliases: vec!["email".into(), "preferred_username".into()],
             name: "name".into(),
+            email_as_id: false,
+            attributes: Default::default(),
         }
+    }
+}
+
+impl ClaimNames {
+    /// Refuses settings that would let a user choose who they are.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == "email" && !self.email_as_id {
+            return Err(
+                "auth.claims: `id = \"email\"` needs `email_as_id = true`, and then only \
+                 tokens with `email_verified = true` are accepted; prefer `sub`"
+                    .into(),
+            );
+        }
+        if matches!(
+            self.id.as_str(),
+            "preferred_username" | "name" | "upn" | "unique_name"
+        ) {
+            return Err(format!(
+                "auth.claims: `id = \"{}\"` is a name users or admins can change; use `sub` \
+                 (or `oid` for Entra ID)",
+                self.id
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -314,7 +359,28 @@ impl Authenticator {
             .get(&names.id)
             .and_then(|v| v.as_str())
             .ok_or_else(|| AuthError::Invalid(format!("missing claim `{}`", names.id)))?;
+        if names.id == "email" {
+            // Only a verified email identifies anyone, and only where configured.
+            let verified = matches!(
+                claims.get("email_verified"),
+                Some(serde_json::Value::Bool(true))
+            ) || matches!(claims.get("email_verified"), Some(serde_json::Value::String(v)) if v == "true");
+            if !names.email_as_id || !verified {
+                return Err(AuthError::Invalid(
+                    "claim `email` is not verified (`email_verified` is not true)".into(),
+                ));
+            }
+        }
         let mut p = Principal::new(id).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        for (attribute, claim) in &names.attributes {
+            let text = match claims.get(claim) {
+                Some(serde_json::Value::String(v)) => v.clone(),
+                Some(serde_json::Value::Bool(v)) => v.to_string(),
+                Some(serde_json::Value::Number(v)) => v.to_string(),
+                _ => continue,
+            };
+            p = p.with_attribute(attribute, &text);
+        }
         match claims.get(&names.groups) {
             Some(serde_json::Value::Array(gs)) => {
                 for g in gs.iter().filter_map(|g| g.as_str()) {
@@ -406,6 +472,55 @@ mod tests {
             .authenticate(&b.token("bob", &[], 60).unwrap())
             .await
             .is_err());
+    }
+
+    #[test]
+    fn only_the_id_claim_identifies_and_email_needs_verification_and_opt_in() {
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let auth = Authenticator::new(settings(JwksSource::Static(JwkSet { keys: vec![] })));
+        let p = auth
+            .principal(&claims(serde_json::json!({
+                "sub": "mallory", "email": "alice@example.com", "preferred_username": "alice",
+                "oid": "00000000-0000-0000-0000-000000000001"
+            })))
+            .unwrap();
+        assert_eq!(p.id.as_str(), "mallory");
+        assert!(p.attributes.is_empty(), "no attribute mapping configured");
+
+        let mut s = settings(JwksSource::Static(JwkSet { keys: vec![] }));
+        s.claims.id = "email".into();
+        assert!(s.claims.validate().is_err(), "email as id needs the opt-in");
+        s.claims.email_as_id = true;
+        assert!(s.claims.validate().is_ok());
+        s.claims
+            .attributes
+            .insert("azure_object_id".into(), "oid".into());
+        let auth = Authenticator::new(s);
+        for unverified in [
+            serde_json::json!({"email": "alice@example.com"}),
+            serde_json::json!({"email": "alice@example.com", "email_verified": false}),
+            serde_json::json!({"email": "alice@example.com", "email_verified": "yes"}),
+        ] {
+            assert!(matches!(
+                auth.principal(&claims(unverified)),
+                Err(AuthError::Invalid(_))
+            ));
+        }
+        let p = auth
+            .principal(&claims(serde_json::json!({
+                "email": "alice@example.com", "email_verified": true, "oid": "o-1"
+            })))
+            .unwrap();
+        assert_eq!(p.id.as_str(), "alice@example.com");
+        assert_eq!(p.attributes["azure_object_id"], "o-1");
+
+        for changeable in ["preferred_username", "name", "upn"] {
+            let c = ClaimNames {
+                id: changeable.into(),
+                ..ClaimNames::default()
+            };
+            assert!(c.validate().is_err(), "{changeable}");
+        }
     }
 
     #[test]

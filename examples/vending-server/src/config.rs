@@ -16,8 +16,11 @@
 //! [auth.claims]
 //! id = "sub"
 //! groups = "groups"
-//! aliases = ["email", "preferred_username"]
+//! aliases = ["email", "preferred_username"] # only refuse (self-approval, second votes); never grant
 //! name = "name"
+//! email_as_id = false                     # `id = "email"` needs this, and `email_verified = true` tokens
+//! [auth.claims.attributes]                # principal attributes from claims
+//! azure_object_id = "oid"
 //!
 //! [providers.local]                       # the table name is the provider name
 //! kind = "local"

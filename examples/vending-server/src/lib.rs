@@ -143,6 +143,7 @@ impl Server {
             (None, None, Some(f)) => JwksSource::File(f.clone()),
             (None, None, None) => return Err("auth: set `jwks_url` or `jwks_file`".into()),
         };
+        a.claims.validate()?;
         let auth = Authenticator::new(AuthSettings {
             issuer: a.issuer.clone(),
             audience: a.audience.clone(),
