@@ -8,6 +8,7 @@
 //! | `JIT_CLAIM_ID` | claim (or authorizer context key) holding the caller's stable id | `sub` |
 //! | `JIT_CLAIM_GROUPS` | claim holding the caller's groups | `groups` |
 //! | `JIT_CLAIM_ATTRIBUTES` | comma-separated claims copied into principal attributes (for `auto_approve.attributes`) | none |
+//! | `JIT_IAM_PINNED_SESSION_ROLES` | comma-separated role ARNs whose trust policy pins the session name to the caller (`sts:RoleSessionName` = `${aws:username}`, or IAM Identity Center); their callers are told apart by session name. Every other assumed role is one identity: see [`crate::event`] | none |
 //! | `JIT_OVER_MAX_DURATION` | `clamp`: a duration above the entitlement's maximum is shortened (the reasons say so); `refuse`: it is a 400 | `clamp` |
 //! | `JIT_AWS_*` | the AWS provider: see [`jit_aws::config`] | |
 //!
@@ -60,6 +61,11 @@ pub struct ClaimNames {
     pub groups: String,
     /// Claims copied into [`jit_core::Principal::attributes`].
     pub attributes: Vec<String>,
+    /// Roles (`account id`, `role name`) whose trust policy pins the session
+    /// name, so an IAM caller in an assumed-role session of one of them is
+    /// identified by the session ARN; for every other role the caller is the
+    /// role, since whoever assumes it chooses the session name.
+    pub pinned_session_roles: Vec<(String, String)>,
 }
 
 impl Default for ClaimNames {
@@ -68,6 +74,7 @@ impl Default for ClaimNames {
             id: "sub".into(),
             groups: "groups".into(),
             attributes: Vec::new(),
+            pinned_session_roles: Vec::new(),
         }
     }
 }
@@ -152,6 +159,22 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
+            pinned_session_roles: match get("JIT_IAM_PINNED_SESSION_ROLES") {
+                None => Vec::new(),
+                Some(v) => v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|arn| {
+                        role_of_arn(arn).ok_or_else(|| {
+                            setting(
+                                "JIT_IAM_PINNED_SESSION_ROLES",
+                                format!("`{arn}` is not a role ARN (`arn:aws:iam::123456789012:role/NAME`)"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
         };
         let over_max = match get("JIT_OVER_MAX_DURATION")
             .map(|v| v.trim().to_ascii_lowercase())
@@ -174,6 +197,27 @@ impl Config {
             aws: AwsConfig::from_lookup(get)?,
         })
     }
+}
+
+/// The account and role name of an IAM role ARN (`arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`).
+fn role_of_arn(arn: &str) -> Option<(String, String)> {
+    let mut parts = arn.splitn(6, ':');
+    let (arn_, _partition, service, region, account, resource) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let name = resource.strip_prefix("role/")?.rsplit('/').next()?;
+    let ok = arn_ == "arn"
+        && service == "iam"
+        && region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty();
+    ok.then(|| (account.to_string(), name.to_string()))
 }
 
 #[cfg(test)]

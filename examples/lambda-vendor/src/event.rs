@@ -7,10 +7,10 @@
 //! | --- | --- | --- |
 //! | HTTP API, payload 2.0 (also Lambda function URLs) | JWT | `requestContext.authorizer.jwt.claims` |
 //! | HTTP API, payload 2.0 | Lambda | `requestContext.authorizer.lambda` (the authorizer's `context`) |
-//! | HTTP API 2.0 / function URL | IAM | `requestContext.authorizer.iam.userArn` (no groups) |
+//! | HTTP API 2.0 / function URL | IAM | `requestContext.authorizer.iam`: `cognitoIdentity.identityId`, else `userArn` (no groups; see below) |
 //! | REST API (payload 1.0) | Cognito user pool or JWT | `requestContext.authorizer.claims` |
 //! | REST API (payload 1.0) | Lambda (`TOKEN` or `REQUEST`) | `requestContext.authorizer`: the context keys, and `principalId` when the id claim is absent |
-//! | REST API (payload 1.0) | IAM | `requestContext.identity.userArn` (no groups) |
+//! | REST API (payload 1.0) | IAM | `requestContext.identity`: `cognitoIdentityId`, else `userArn` (no groups; see below) |
 //!
 //! The id is the claim named by [`ClaimNames::id`] (`sub`); groups come
 //! from [`ClaimNames::groups`] (`groups`). API Gateway hands array claims
@@ -19,6 +19,27 @@
 //! (`"[ops admins]"`), a JSON array inside a string (`"[\"ops\",\"admins\"]"`,
 //! as Lambda authorizers often return it, since REST authorizer context
 //! values must be scalars), or a comma-separated string (`"ops,admins"`).
+//!
+//! # IAM callers: an identity nobody else can claim
+//!
+//! With IAM authorization API Gateway reports the caller's ARN, and part of
+//! an assumed-role ARN is chosen by the caller: whoever may assume a role
+//! picks the session name (`arn:aws:sts::111122223333:assumed-role/ops/alice`
+//! can be presented by anyone who may assume `ops`). So:
+//!
+//! - **Cognito identity pools.** Every user of a pool arrives as the same
+//!   pool role. The caller is the pool identity
+//!   (`cognito-identity:<identity id>`), which Cognito assigns and nobody
+//!   chooses; unauthenticated (guest) identities are refused.
+//! - **Assumed roles.** The caller is the role
+//!   (`arn:aws:sts::<account>:assumed-role/<role>`), not the session: all
+//!   sessions of a role are one principal, so they see each other's requests
+//!   and credentials, exactly what anyone who may assume the role can reach
+//!   anyway. Only for roles listed in `JIT_IAM_PINNED_SESSION_ROLES`, whose
+//!   trust policy pins the session name to the person (a condition on
+//!   `sts:RoleSessionName` such as `${aws:username}`, or IAM Identity
+//!   Center's permission-set roles), is the full session ARN the caller.
+//! - **IAM users** (`arn:aws:iam::<account>:user/<name>`) are their ARN.
 //!
 //! An event without any of these is answered 401: a direct invocation
 //! (`aws lambda invoke`) carries no authorizer output. Anyone allowed to
@@ -207,30 +228,81 @@ fn identify(ctx: &Value, names: &ClaimNames) -> Result<(Principal, AuthSource), 
         if let Some(claims) = a.get("claims").and_then(Value::as_object) {
             return from_claims(claims, names, None).map(|p| (p, AuthSource::Claims));
         }
-        if let Some(arn) = a
-            .get("iam")
-            .and_then(|i| i.get("userArn"))
-            .and_then(Value::as_str)
-        {
-            return iam(arn);
+        if let Some(iam_ctx) = a.get("iam").filter(|i| i.is_object()) {
+            let cognito = iam_ctx.get("cognitoIdentity");
+            return iam(
+                IamCaller {
+                    cognito_id: cognito.and_then(|c| str_at(c, &["identityId"])),
+                    cognito_guest: cognito
+                        .and_then(|c| c.get("amr"))
+                        .and_then(Value::as_array)
+                        .is_some_and(|amr| amr.iter().any(|v| v == "unauthenticated")),
+                    user_arn: str_at(iam_ctx, &["userArn"]),
+                },
+                names,
+            );
         }
         // A REST API Lambda authorizer: its context keys sit beside `principalId`.
         if let Some(pid) = a.get("principalId").and_then(Value::as_str) {
             return from_claims(a, names, Some(pid)).map(|p| (p, AuthSource::LambdaAuthorizer));
         }
     }
-    if let Some(arn) = str_at(ctx, &["identity", "userArn"]) {
-        return iam(arn);
+    if let Some(identity) = ctx.get("identity").filter(|i| i.is_object()) {
+        let caller = IamCaller {
+            cognito_id: str_at(identity, &["cognitoIdentityId"]),
+            cognito_guest: str_at(identity, &["cognitoAuthenticationType"])
+                == Some("unauthenticated"),
+            user_arn: str_at(identity, &["userArn"]),
+        };
+        if caller.cognito_id.is_some() || caller.user_arn.is_some() {
+            return iam(caller, names);
+        }
     }
     Err(unauth(
         "no caller identity: the event carries no authorizer output (JWT, Lambda, Cognito or IAM)",
     ))
 }
 
-fn iam(arn: &str) -> Result<(Principal, AuthSource), EventError> {
-    Principal::new(arn)
+/// What an IAM-authorized event says about its caller.
+struct IamCaller<'a> {
+    cognito_id: Option<&'a str>,
+    cognito_guest: bool,
+    user_arn: Option<&'a str>,
+}
+
+/// The caller of an IAM-authorized event (see "IAM callers" in the module docs).
+fn iam(caller: IamCaller<'_>, names: &ClaimNames) -> Result<(Principal, AuthSource), EventError> {
+    let id = match (caller.cognito_id.filter(|s| !s.is_empty()), caller.user_arn) {
+        (Some(_), _) if caller.cognito_guest => {
+            return Err(unauth(
+                "unauthenticated Cognito identities (guests) cannot request access",
+            ))
+        }
+        (Some(identity), _) => format!("cognito-identity:{identity}"),
+        (None, Some(arn)) => iam_principal_id(arn, &names.pinned_session_roles),
+        (None, None) => return Err(unauth("the IAM authorizer output names no caller")),
+    };
+    Principal::new(&id)
         .map(|p| (p, AuthSource::Iam))
         .map_err(|e| unauth(format!("caller ARN is not a usable id: {e}")))
+}
+
+/// An assumed-role session ARN becomes its role, unless the role pins its
+/// session names; any other ARN is the caller as it is.
+fn iam_principal_id(arn: &str, pinned: &[(String, String)]) -> String {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    if let [_, _, "sts", _, account, resource] = parts[..] {
+        if let Some(rest) = resource.strip_prefix("assumed-role/") {
+            if let Some((role, _session)) = rest.split_once('/') {
+                let is_pinned = pinned.iter().any(|(a, r)| a == account && r == role);
+                if !is_pinned {
+                    let prefix = &arn[..arn.len() - resource.len()];
+                    return format!("{prefix}assumed-role/{role}");
+                }
+            }
+        }
+    }
+    arn.to_string()
 }
 
 fn from_claims(
@@ -257,6 +329,20 @@ fn from_claims(
             )))
         }
     };
+    if names.id == "email" {
+        // An email identifies someone only when the identity provider verified
+        // it; otherwise it is whatever the user typed into their profile.
+        let verified = match claims.get("email_verified") {
+            Some(Value::Bool(v)) => *v,
+            Some(Value::String(v)) => v == "true",
+            _ => false,
+        };
+        if !verified {
+            return Err(unauth(
+                "claim `email` names the caller but `email_verified` is not true",
+            ));
+        }
+    }
     let mut p = Principal::new(&id).map_err(|e| unauth(format!("caller id: {e}")))?;
     if let Some(v) = claims.get(&names.groups) {
         for g in groups(v).map_err(|m| unauth(format!("claim `{}`: {m}", names.groups)))? {
@@ -392,6 +478,56 @@ mod tests {
             parse(&json!({"sub": "alice"}), &ClaimNames::default()),
             Err(EventError::Unauthenticated(_))
         ));
+    }
+
+    #[test]
+    fn iam_session_names_never_identify_unless_the_role_pins_them() {
+        let pinned = vec![("123456789012".to_string(), "people".to_string())];
+        let id = |arn: &str| iam_principal_id(arn, &pinned);
+        assert_eq!(
+            id("arn:aws:sts::123456789012:assumed-role/ops/alice"),
+            "arn:aws:sts::123456789012:assumed-role/ops"
+        );
+        assert_eq!(
+            id("arn:aws-us-gov:sts::123456789012:assumed-role/ops/x/y"),
+            "arn:aws-us-gov:sts::123456789012:assumed-role/ops"
+        );
+        assert_eq!(
+            id("arn:aws:sts::123456789012:assumed-role/people/alice"),
+            "arn:aws:sts::123456789012:assumed-role/people/alice"
+        );
+        // The same role name in another account is not pinned.
+        assert_eq!(
+            id("arn:aws:sts::999999999999:assumed-role/people/alice"),
+            "arn:aws:sts::999999999999:assumed-role/people"
+        );
+        assert_eq!(
+            id("arn:aws:iam::123456789012:user/alice"),
+            "arn:aws:iam::123456789012:user/alice"
+        );
+    }
+
+    #[test]
+    fn an_unverified_email_is_not_an_identity() {
+        let names = ClaimNames {
+            id: "email".into(),
+            ..ClaimNames::default()
+        };
+        let ev = |verified: Value| {
+            json!({"requestContext": {"authorizer": {"jwt": {"claims": {
+                "sub": "u-1", "email": "alice@example.com", "email_verified": verified}}}},
+                "body": "{\"entitlement\":\"e\",\"duration\":60}"})
+        };
+        assert!(matches!(
+            parse(&ev(json!(false)), &names),
+            Err(EventError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            parse(&ev(Value::Null), &names),
+            Err(EventError::Unauthenticated(_))
+        ));
+        let inv = parse(&ev(json!("true")), &names).unwrap();
+        assert_eq!(inv.principal.id.as_str(), "alice@example.com");
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl Vendor {
         };
         let rid: RequestId = id.trim().parse().map_err(|_| not_found())?;
         let rec = match self.broker.get(rid).await {
-            Ok(r) if inv.principal.same_person(&r.requester) => r,
+            Ok(r) if inv.principal.is(&r.requester.id) => r,
             Ok(_) | Err(Error::NotFound { .. }) => return Err(not_found()),
             Err(e) => return Err(e),
         };

@@ -181,10 +181,17 @@ async fn needing_approval_is_202_with_a_stored_pending_request() {
         "{got} vs {ends}"
     );
     // Someone else's id, and a malformed one, answer like a missing request.
-    let stranger = with_body(
+    let mut stranger = with_body(
         event("http-api-v2-jwt.json"),
         json!({"request_id": id.to_string()}),
     );
+    let (status, body) = invoke(&f.vendor, stranger.clone()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "an unverified email names nobody: {body}"
+    );
+    stranger["requestContext"]["authorizer"]["jwt"]["claims"]["email_verified"] = json!("true");
     let (status, body) = invoke(&f.vendor, stranger).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -531,4 +538,135 @@ async fn bad_configuration_fails_the_cold_start_with_a_typed_error() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("`gcp`"), "{err}");
+}
+
+/// IAM-authorized callers (issue: one caller presenting another's id): every
+/// Cognito identity-pool user arrives as the same pool role, and the session
+/// name of an assumed role is whatever its assumer chose. The caller is the
+/// pool identity, or the role unless its trust policy pins session names.
+#[tokio::test(flavor = "multi_thread")]
+async fn iam_callers_cannot_claim_each_others_requests() {
+    const ALICE_POOL_ID: &str = "us-east-1:aaaaaaaa-1111-4222-8333-444444444444";
+    const MALLORY_POOL_ID: &str = "us-east-1:bbbbbbbb-5555-4666-8777-888888888888";
+    let f = fixture_with(
+        |cat| {
+            let role = cat
+                .split("role_arn = \"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap()
+                .to_string();
+            let mut c = Config::with_catalogue(format!(
+                r#"
+                [[entitlements]]
+                id = "aws-iam"
+                provider = "aws"
+                max_duration = "1h"
+                target = {{ role_arn = "{role}" }}
+                [entitlements.eligible]
+                ids = ["cognito-identity:{ALICE_POOL_ID}", "cognito-identity:{MALLORY_POOL_ID}",
+                       "arn:aws:sts::123456789012:assumed-role/people/alice",
+                       "arn:aws:sts::123456789012:assumed-role/people/mallory",
+                       "arn:aws:sts::123456789012:assumed-role/ops"]
+                [entitlements.approval]
+                groups = ["leads"]
+                "#
+            ));
+            c.claims.pinned_session_roles = vec![("123456789012".into(), "people".into())];
+            c
+        },
+        LinesSink::default(),
+    )
+    .await;
+    let lead = Principal::new("lena").unwrap().with_group("leads");
+    let collect = |mut ev: Value, rid: RequestId| {
+        ev = with_body(ev, json!({"request_id": rid.to_string()}));
+        ev
+    };
+
+    // Cognito identity pool: alice asks; the pool identity is the requester.
+    let alice_pool = event("rest-api-iam-cognito-pool.json");
+    let mut mallory_pool = alice_pool.clone();
+    mallory_pool["requestContext"]["identity"]["cognitoIdentityId"] = json!(MALLORY_POOL_ID);
+    let (status, body) = invoke(&f.vendor, alice_pool.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    let id = request_id(&body);
+    let rec = f.vendor.broker().get(id).await.unwrap();
+    assert_eq!(
+        rec.requester.id.as_str(),
+        format!("cognito-identity:{ALICE_POOL_ID}")
+    );
+    assert_eq!(rec.request.context["auth"], "iam");
+    f.vendor.broker().approve(&lead, id, "ok").await.unwrap();
+    // Mallory, same pool role and same userArn, tries alice's request id.
+    let (status, body) = invoke(&f.vendor, collect(mallory_pool.clone(), id)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "another pool identity must not collect alice's credentials: {body}"
+    );
+    assert!(body.get("credentials").is_none());
+    let (status, body) = invoke(&f.vendor, collect(alice_pool.clone(), id)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["credentials"]["SessionToken"].is_string());
+
+    // A guest (unauthenticated) pool identity gets nothing.
+    let mut guest = alice_pool.clone();
+    guest["requestContext"]["identity"]["cognitoAuthenticationType"] = json!("unauthenticated");
+    assert_eq!(invoke(&f.vendor, guest).await.0, 401);
+
+    // A role whose trust policy pins session names: sessions are people.
+    let alice_sts = event("http-api-v2-iam.json");
+    let mut mallory_sts = alice_sts.clone();
+    for key in ["userArn", "callerId", "userId"] {
+        let v = alice_sts["requestContext"]["authorizer"]["iam"][key]
+            .as_str()
+            .unwrap()
+            .replace("alice", "mallory");
+        mallory_sts["requestContext"]["authorizer"]["iam"][key] = json!(v);
+    }
+    let (status, body) = invoke(&f.vendor, alice_sts.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    let id = request_id(&body);
+    assert_eq!(
+        f.vendor
+            .broker()
+            .get(id)
+            .await
+            .unwrap()
+            .requester
+            .id
+            .as_str(),
+        "arn:aws:sts::123456789012:assumed-role/people/alice"
+    );
+    f.vendor.broker().approve(&lead, id, "ok").await.unwrap();
+    let (status, body) = invoke(&f.vendor, collect(mallory_sts, id)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    assert_eq!(
+        invoke(&f.vendor, collect(alice_sts.clone(), id)).await.0,
+        200
+    );
+
+    // Any other role: whoever may assume it picks the session name, so the
+    // caller is the role, whatever name a session presents.
+    let mut ops = alice_sts.clone();
+    ops["requestContext"]["authorizer"]["iam"]["userArn"] =
+        json!("arn:aws:sts::123456789012:assumed-role/ops/alice");
+    let (status, body) = invoke(&f.vendor, ops).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        f.vendor
+            .broker()
+            .get(request_id(&body))
+            .await
+            .unwrap()
+            .requester
+            .id
+            .as_str(),
+        "arn:aws:sts::123456789012:assumed-role/ops"
+    );
 }
