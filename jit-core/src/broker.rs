@@ -244,6 +244,7 @@ impl BrokerBuilder {
                     .unwrap_or_else(|| format!("broker-{}", uuid::Uuid::new_v4().simple())),
                 claim_lease: self.claim_lease,
                 started_at: self.clock.now(),
+                skipped: Default::default(),
             }),
         })
     }
@@ -262,6 +263,8 @@ struct Inner {
     claim_lease: Duration,
     /// When this broker was built: older `Approved` records were left by an earlier process.
     started_at: DateTime<Utc>,
+    /// Records the time-driven work skipped (see [`Broker::skipped_records`]).
+    skipped: std::sync::atomic::AtomicU64,
 }
 
 /// Work taken with [`Store::claim_due`], and until when this broker may start on it.
@@ -338,6 +341,17 @@ fn invalid_state(operation: &'static str, rec: &RequestRecord) -> Error {
     }
 }
 
+/// Whether an error says this replica cannot do a record's work at all (its
+/// entitlement or provider is not configured here), as opposed to a failure
+/// that a retry may fix. Such records are handed back to other replicas.
+fn cannot_handle(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::InvalidRequest(RequestError::UnknownEntitlement(_))
+            | Error::Config(ConfigError::UnknownProvider { .. })
+    )
+}
+
 impl Broker {
     /// Starts a builder.
     pub fn builder(store: Arc<dyn Store>, policy: Arc<dyn Policy>) -> BrokerBuilder {
@@ -390,6 +404,49 @@ impl Broker {
             None
         };
         Ok(Claimed { records, start_by })
+    }
+
+    /// Hands claimed records back (see [`Store::release_claims`]): those this
+    /// replica cannot handle (what a batch leaves unstarted stays claimed:
+    /// this replica renews the claim on its next tick). A failure to
+    /// release is only logged: the claims then lapse by themselves.
+    async fn release(&self, ids: Vec<RequestId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let claim = Claim {
+            owner: self.inner.replica_id.clone(),
+            now: self.inner.clock.now(),
+            lease: self.inner.claim_lease,
+        };
+        if let Err(e) = self.inner.store.release_claims(&ids, &claim).await {
+            tracing::warn!(error = %e, count = ids.len(), "could not hand back claimed records; their claims will lapse");
+        }
+    }
+
+    /// Logs and counts a record the time-driven work skipped; one bad record
+    /// never stops the work on the others (rule 9).
+    fn skipped(&self, rec: &RequestRecord, work: &'static str, e: &Error) {
+        self.inner
+            .skipped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            request = %rec.id,
+            entitlement = %rec.request.entitlement,
+            state = %rec.state,
+            work,
+            error = %e,
+            "skipped a record this replica cannot handle; handed to other replicas"
+        );
+    }
+
+    /// How many records the time-driven work skipped because this replica
+    /// could not handle them (an entitlement or provider not configured
+    /// here), since the broker was built. Hosts export it as a metric.
+    pub fn skipped_records(&self) -> u64 {
+        self.inner
+            .skipped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn provider(&self, name: &str) -> Result<&Arc<dyn Provider>> {
@@ -1312,6 +1369,7 @@ impl Broker {
         let now = self.inner.clock.now();
         let due = self.claim_due(&[State::Active], now, limit).await?;
         let mut n = 0;
+        let mut release = Vec::new();
         for rec in due.take(&self.inner.clock) {
             let native = rec
                 .grant
@@ -1340,11 +1398,16 @@ impl Broker {
                     n += 1;
                 }
                 Err(Error::InvalidState { .. }) => {} // someone else settled it first
+                Err(e) if cannot_handle(&e) => {
+                    self.skipped(rec, "expire", &e);
+                    release.push(rec.id);
+                }
                 Err(e) => {
                     tracing::warn!(request = %rec.id, error = %e, "expiry failed; will retry")
                 }
             }
         }
+        self.release(release).await;
         Ok(n)
     }
 
@@ -1379,6 +1442,7 @@ impl Broker {
             }
         }
         let approved = self.claim_due(&[State::Approved], now, limit).await?;
+        let mut release = Vec::new();
         for rec in approved.take(&self.inner.clock) {
             let over = rec.ends_at().is_some_and(|e| e <= now);
             let res = if over {
@@ -1402,8 +1466,13 @@ impl Broker {
                     .grant
                     .as_ref()
                     .is_some_and(|g| g.starts_at <= rec.updated_at);
+                // On a shared store an approval older than this broker may be
+                // another live replica's, issuing right now: only the grace
+                // tells a crashed issuer from a live one there.
+                let left_by_earlier_process =
+                    rec.updated_at < self.inner.started_at && !self.inner.store.is_shared();
                 if immediate
-                    && rec.updated_at >= self.inner.started_at
+                    && !left_by_earlier_process
                     && now - rec.updated_at < delta(self.inner.reconcile_grace)
                 {
                     continue;
@@ -1420,11 +1489,16 @@ impl Broker {
                     n += 1;
                 }
                 Err(Error::InvalidState { .. }) => {}
+                Err(e) if cannot_handle(&e) => {
+                    self.skipped(rec, "issue approved", &e);
+                    release.push(rec.id);
+                }
                 Err(e) => {
                     tracing::warn!(request = %rec.id, error = %e, "settling an approved request failed")
                 }
             }
         }
+        self.release(release).await;
         Ok(n)
     }
 
@@ -1535,9 +1609,20 @@ impl Broker {
         };
         let stuck = self.claim_due(&[State::Issuing], cutoff, 1000).await?;
         let mut n = 0;
+        let mut release = Vec::new();
         for rec in stuck.take(&self.inner.clock) {
-            let spec = self.spec(rec)?;
-            let provider = self.provider(&spec.entitlement.provider)?.clone();
+            let found_provider = self.spec(rec).and_then(|spec| {
+                let provider = self.provider(&spec.entitlement.provider)?.clone();
+                Ok((spec, provider))
+            });
+            let (spec, provider) = match found_provider {
+                Ok(x) => x,
+                Err(e) => {
+                    self.skipped(rec, "reconcile", &e);
+                    release.push(rec.id);
+                    continue;
+                }
+            };
             let found = match provider.find(&spec).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -1608,6 +1693,7 @@ impl Broker {
                 }
             }
         }
+        self.release(release).await;
         Ok(n)
     }
 }

@@ -30,6 +30,9 @@ pub struct ReapReport {
     pub revoked: usize,
     /// Revoked grants handed back to their providers at start.
     pub restored: usize,
+    /// Kinds of work that failed as a whole this tick (a store error, say);
+    /// each was logged, and the tick went on with the others.
+    pub failed: usize,
 }
 
 /// Background maintenance for a [`Broker`]. The host spawns [`Reaper::run`].
@@ -39,6 +42,7 @@ pub struct Reaper {
     interval: Duration,
     batch: usize,
     started: bool,
+    restored: bool,
 }
 
 impl Reaper {
@@ -49,6 +53,7 @@ impl Reaper {
             interval: Duration::from_secs(5),
             batch: 500,
             started: false,
+            restored: false,
         }
     }
 
@@ -66,26 +71,51 @@ impl Reaper {
 
     /// One pass over all due work. The first call reconciles every `Issuing` grant.
     pub async fn tick(&mut self) -> Result<ReapReport> {
-        let (restored, resumed) = if self.started {
-            (0, 0)
-        } else {
-            (
-                self.broker.restore_revocations().await?,
-                self.broker.resume_revocations(self.batch).await?,
-            )
+        let mut report = ReapReport::default();
+        // One kind of work failing never stops the others (rule 9): a store
+        // hiccup in reconciliation must not keep grants from expiring.
+        let mut count = |work: &'static str, result: Result<usize>| match result {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(work, error = %e, "reaper work failed; the tick goes on with the rest");
+                report.failed += 1;
+                0
+            }
         };
-        let reconciled = self.broker.reconcile(!self.started).await?;
+        let mut resumed = 0;
+        if !self.restored {
+            // Until it succeeds: a provider that keeps revocations in memory
+            // would otherwise honour revoked grants again after a restart.
+            match self.broker.restore_revocations().await {
+                Ok(n) => {
+                    self.restored = true;
+                    report.restored = n;
+                }
+                Err(e) => {
+                    count("restore revocations", Err(e));
+                }
+            }
+        }
+        if !self.started {
+            resumed = count(
+                "resume revocations",
+                self.broker.resume_revocations(self.batch).await,
+            );
+        }
+        let reconciled = count("reconcile", self.broker.reconcile(!self.started).await);
         self.started = true;
-        let expired = self.broker.expire_due(self.batch).await?;
-        let settled = self.broker.settle_waiting(self.batch).await?;
-        let revoked = resumed + self.broker.retry_revocations(self.batch).await?;
-        Ok(ReapReport {
-            reconciled,
-            expired,
-            settled,
-            revoked,
-            restored,
-        })
+        let expired = count("expire", self.broker.expire_due(self.batch).await);
+        let settled = count("settle", self.broker.settle_waiting(self.batch).await);
+        let revoked = resumed
+            + count(
+                "retry revocations",
+                self.broker.retry_revocations(self.batch).await,
+            );
+        report.reconciled = reconciled;
+        report.expired = expired;
+        report.settled = settled;
+        report.revoked = revoked;
+        Ok(report)
     }
 
     /// Ticks until `shutdown` completes. Errors are logged and retried next tick.

@@ -147,9 +147,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// - A claim is not a lock: it never blocks [`Store::update`], and
     ///   updates neither check nor clear it. It keeps other *reapers* away
     ///   while the owner works (including across the intermediate states
-    ///   of its work, such as `Revoking` during an expiry), and it is never
-    ///   released: it lapses. If the owner dies, the work is picked up by
-    ///   another replica once the lease lapses.
+    ///   of its work, such as `Revoking` during an expiry), and it lapses
+    ///   unless the owner hands it back with [`Store::release_claims`]. If
+    ///   the owner dies, the work is picked up by another replica once the
+    ///   lease lapses.
     /// - Lease times are compared with `claim.now`, the claimers' clocks:
     ///   replicas need clocks that agree to well within a lease.
     ///
@@ -164,6 +165,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<RequestRecord>> {
         let _ = claim;
         self.due(states, due_by, limit).await
+    }
+
+    /// Hands back claims `claim.owner` took but will not work on (a record
+    /// it cannot handle: an entitlement or provider this replica does not
+    /// know, a record it could not decode), so another replica can.
+    ///
+    /// # Contract
+    ///
+    /// - Each listed record still leased to `claim.owner` becomes claimable
+    ///   at once by every *other* owner; `claim.owner` itself does not get
+    ///   it back from [`Store::claim_due`] until `claim.now + claim.lease`,
+    ///   so a replica that cannot do a piece of work does not keep taking it
+    ///   ahead of replicas that can. Records leased to someone else are left
+    ///   alone.
+    /// - The default, right for single-process stores where claims are not
+    ///   recorded, does nothing.
+    async fn release_claims(&self, ids: &[RequestId], claim: &Claim) -> Result<()> {
+        let _ = (ids, claim);
+        Ok(())
     }
 
     /// Whether several broker processes may use this store at once (default

@@ -711,7 +711,9 @@ impl Store for PostgresStore {
             "WITH picked AS (
                 SELECT seq FROM requests
                 WHERE state = ANY($1) AND due_at IS NOT NULL AND due_at <= $2
-                  AND (lease_until IS NULL OR lease_until <= $3 OR lease_owner = $4)
+                  AND (lease_until IS NULL OR lease_until <= $3 OR lease_owner = $4
+                       -- handed back by another owner (`release_claims`)
+                       OR (lease_owner LIKE '!%' AND lease_owner <> '!' || $4))
                 ORDER BY due_at, seq
                 LIMIT $5
                 FOR UPDATE SKIP LOCKED
@@ -742,6 +744,29 @@ impl Store for PostgresStore {
             .collect::<Result<Vec<_>>>()?;
         claimed.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         Ok(claimed.into_iter().map(|(_, _, r)| r).collect())
+    }
+
+    async fn release_claims(&self, ids: &[RequestId], claim: &Claim) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let until = TimeDelta::from_std(claim.lease)
+            .ok()
+            .and_then(|lease| claim.now.checked_add_signed(lease))
+            .unwrap_or(claim.now);
+        // `!owner` until the lease's end: free for every other owner, not
+        // for this one (see the contract).
+        sqlx::query(
+            "UPDATE requests SET lease_owner = '!' || $2, lease_until = $3
+             WHERE id = ANY($1) AND lease_owner = $2",
+        )
+        .bind(ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .bind(&claim.owner)
+        .bind(timestamp(until)?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("release claims", e))?;
+        Ok(())
     }
 
     fn is_shared(&self) -> bool {

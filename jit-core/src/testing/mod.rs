@@ -315,6 +315,10 @@ impl Store for FaultyStore {
         self.inner.claim_due(states, due_by, limit, claim).await
     }
 
+    async fn release_claims(&self, ids: &[RequestId], claim: &Claim) -> Result<()> {
+        self.inner.release_claims(ids, claim).await
+    }
+
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }
