@@ -118,6 +118,73 @@ pub enum Error {
 }
 
 impl Error {
+    /// A stable, machine-readable name of the error's kind, the same in every
+    /// host (the vending server's and the Lambda function's error bodies):
+    ///
+    /// | code | kind | HTTP |
+    /// | --- | --- | --- |
+    /// | `invalid_request` | [`Error::InvalidRequest`] | 400 |
+    /// | `unauthorized` | [`Error::Token`] | 401 |
+    /// | `denied` | [`Error::Denied`] | 403 |
+    /// | `forbidden` | [`Error::Forbidden`] | 403 |
+    /// | `not_found` | [`Error::NotFound`] | 404 |
+    /// | `invalid_state` | [`Error::InvalidState`] | 409 |
+    /// | `conflict` | [`Error::Conflict`] | 409 |
+    /// | `throttled` | [`Error::Throttled`] | 429, with `Retry-After` when known |
+    /// | `audit_failed` | [`Error::AuditFailed`] | 500 |
+    /// | `invalid_configuration` | [`Error::Config`] (the host's own configuration) | 500 |
+    /// | `internal` | [`Error::Store`] | 500 |
+    /// | `provider_rejected` | [`Error::ProviderRejected`] | 502 |
+    /// | `unavailable` | [`Error::Unavailable`] | 503 |
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::Token(_) => "unauthorized",
+            Error::Denied { .. } => "denied",
+            Error::Forbidden { .. } => "forbidden",
+            Error::NotFound { .. } => "not_found",
+            Error::InvalidState { .. } => "invalid_state",
+            Error::Conflict { .. } => "conflict",
+            Error::Throttled { .. } => "throttled",
+            Error::AuditFailed(_) => "audit_failed",
+            Error::Config(_) => "invalid_configuration",
+            Error::Store(_) => "internal",
+            Error::ProviderRejected { .. } => "provider_rejected",
+            Error::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    /// The HTTP status that goes with [`Error::code`].
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::InvalidRequest(_) => 400,
+            Error::Token(_) => 401,
+            Error::Denied { .. } | Error::Forbidden { .. } => 403,
+            Error::NotFound { .. } => 404,
+            Error::InvalidState { .. } | Error::Conflict { .. } => 409,
+            Error::Throttled { .. } => 429,
+            Error::AuditFailed(_) | Error::Config(_) | Error::Store(_) => 500,
+            Error::ProviderRejected { .. } => 502,
+            Error::Unavailable { .. } => 503,
+        }
+    }
+
+    /// How long a caller should wait before retrying, when known (the
+    /// `Retry-After` of a 429), in whole seconds, at least 1.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::Throttled { retry_after, .. } => retry_after.map(|d| d.as_secs().max(1)),
+            _ => None,
+        }
+    }
+
+    /// Whether the message describes the host's own internals (store,
+    /// configuration, audit sink): hosts log it and answer with a generic
+    /// message instead of showing it to the caller.
+    pub fn is_internal(&self) -> bool {
+        self.http_status() == 500
+    }
+
     /// Shorthand for a not-found request.
     pub fn request_not_found(id: RequestId) -> Self {
         Error::NotFound {
