@@ -258,3 +258,59 @@ async fn sqlite_creates_its_files_for_the_owner_only() {
     let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
 }
+
+/// A store that implements only the required methods, so the trait's
+/// default `count_by_state` (which lists each state in full) is what runs.
+#[derive(Debug, Default)]
+struct RequiredOnly(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for RequiredOnly {
+    async fn insert(
+        &self,
+        record: &jit_core::RequestRecord,
+        events: &[AuditEvent],
+    ) -> jit_core::Result<Vec<jit_core::AuditRecord>> {
+        self.0.insert(record, events).await
+    }
+    async fn update(
+        &self,
+        expected_version: u64,
+        record: &jit_core::RequestRecord,
+        events: &[AuditEvent],
+    ) -> jit_core::Result<Vec<jit_core::AuditRecord>> {
+        self.0.update(expected_version, record, events).await
+    }
+    async fn get(
+        &self,
+        id: jit_core::RequestId,
+    ) -> jit_core::Result<Option<jit_core::RequestRecord>> {
+        self.0.get(id).await
+    }
+    async fn list(
+        &self,
+        filter: &jit_core::ListFilter,
+    ) -> jit_core::Result<Vec<jit_core::RequestRecord>> {
+        self.0.list(filter).await
+    }
+    async fn due(
+        &self,
+        states: &[State],
+        now: chrono::DateTime<Utc>,
+        limit: usize,
+    ) -> jit_core::Result<Vec<jit_core::RequestRecord>> {
+        self.0.due(states, now, limit).await
+    }
+    async fn audit(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> jit_core::Result<Vec<jit_core::AuditRecord>> {
+        self.0.audit(from_seq, limit).await
+    }
+}
+
+#[tokio::test]
+async fn the_default_count_by_state_counts_everything() {
+    conformance::check_count_by_state(&RequiredOnly::default()).await;
+}

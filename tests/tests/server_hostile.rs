@@ -212,6 +212,9 @@ impl Store for Counting {
         self.counts.fetch_add(1, Ordering::SeqCst);
         self.inner.count_by_state().await
     }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
 }
 
 /// 32 parallel scrapes while someone submits: one grouped count for all of
@@ -385,6 +388,45 @@ async fn a_queue_flood_neither_hides_a_real_request_nor_passes_the_pending_cap()
         .map(|r| r["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![real_id.as_str()]);
+}
+
+/// Parallel submits by one person cannot race past the pending cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_submits_cannot_race_past_the_pending_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = DemoIssuer::new(LocalKey::generate());
+    // SQLite: its reads really wait, so parallel submits interleave.
+    let db = format!("sqlite://{}", dir.path().join("jit.db").display());
+    let cfg = config(
+        dir.path(),
+        &issuer,
+        &db,
+        "[limits]\nmax_pending_per_requester = 5\nsubmits_per_minute = 0\n",
+    );
+    let s = serve(cfg, None).await;
+    let url = format!("{}/v1/requests", s.url);
+    let mallory = user(&issuer, "mallory", &["engineering"]);
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let (url, t) = (url.clone(), mallory.clone());
+            tokio::spawn(async move { post(&url, &t, ask("sandbox")).await.0 })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        19,
+        "{statuses:?}"
+    );
 }
 
 /// One subject submitting as fast as it can: a burst, then 429 with

@@ -464,6 +464,40 @@ mod tests {
     }
 
     #[test]
+    fn limits_metrics_and_introspection_sections() {
+        let c = Config::from_toml_str(MIN).unwrap();
+        assert_eq!(c.limits.max_pending_per_requester, 20);
+        assert_eq!(
+            (c.limits.submits_per_minute, c.limits.submit_burst),
+            (30, 10)
+        );
+        assert_eq!(c.metrics.listen, None);
+        assert_eq!(c.metrics.cache_secs, 5);
+        assert!(c.introspection.clients.is_empty());
+
+        let mut c = Config::from_toml_str(&format!(
+            "{MIN}\n[limits]\nmax_pending_per_requester = 3\nsubmits_per_minute = 0\n[metrics]\nlisten = \"127.0.0.1:9464\"\nbearer_token_file = \"t\"\n[introspection]\nclients = [\"svc\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.max_pending_per_requester, 3);
+        assert_eq!(c.limits.submits_per_minute, 0);
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(c.introspection.clients, ["svc"]);
+        c.apply_env(|k| match k {
+            "JIT_METRICS_LISTEN" => Some("0.0.0.0:9100".into()),
+            "JIT_METRICS_TOKEN_FILE" => Some("/run/secrets/metrics".into()),
+            _ => None,
+        });
+        assert_eq!(c.metrics.listen.as_deref(), Some("0.0.0.0:9100"));
+        assert_eq!(
+            c.metrics.bearer_token_file.as_deref(),
+            Some(Path::new("/run/secrets/metrics"))
+        );
+        let err = Config::from_toml_str(&format!("{MIN}\n[metrics]\ntoken = \"x\"\n")).unwrap_err();
+        assert!(err.contains("unknown field `token`"), "{err}");
+    }
+
+    #[test]
     fn aws_providers_mirror_jit_aws_variables_and_misplaced_keys_are_refused() {
         let c = Config::from_toml_str(&format!(
             "{MIN}\n[providers.prod]\nkind = \"aws\"\nregion = \"eu-west-1\"\nrole_chaining = \"false\"\nmax_duration = \"4h\"\nsession_tags = false\nrevocation_policy_limit = 4096\n"

@@ -52,8 +52,8 @@ impl IntoResponse for TooMany {
 pub struct SubmitLimits {
     rate: Option<DefaultKeyedRateLimiter<String>>,
     max_pending: usize,
-    /// One submit at a time per subject, so the pending cap is not raced
-    /// past by parallel submits (entries go when no submit holds them).
+    /// With a pending cap, one submit at a time per subject, so parallel
+    /// submits cannot race past the cap (entries go when no submit holds them).
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -121,6 +121,13 @@ impl SubmitLimits {
                 rate.retain_recent();
             }
         }
+        if self.max_pending == 0 {
+            return Ok(Admitted {
+                limits: self,
+                key,
+                lock: None,
+            });
+        }
         let lock = {
             let mut m = self
                 .in_flight
@@ -134,7 +141,7 @@ impl SubmitLimits {
             key,
             lock: Some(lock.lock_owned().await),
         };
-        if self.max_pending > 0 {
+        {
             let pending = broker
                 .list(&ListFilter {
                     requester: Some(p.id.to_string()),

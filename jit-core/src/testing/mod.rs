@@ -315,6 +315,10 @@ impl Store for FaultyStore {
         self.inner.claim_due(states, due_by, limit, claim).await
     }
 
+    async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
+        self.inner.count_by_state().await
+    }
+
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }
