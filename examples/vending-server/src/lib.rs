@@ -4,6 +4,18 @@
 //!
 //! Run `cargo run -p vending-server -- --demo` for a self-contained demo; see
 //! [`api`] for the routes and [`config`] for the configuration file.
+//!
+//! # Under hostile load
+//!
+//! - `/metrics` reads one grouped count from the store at most every
+//!   `[metrics] cache_secs`, shared by concurrent scrapes; `[metrics] listen`
+//!   moves it to a listener of its own, `bearer_token_file` puts it behind a
+//!   token (the server warns at start when neither is set).
+//! - New requests are limited per verified subject ([`limits`]): a pending
+//!   cap and a rate, both answered with `429 too_many_requests`.
+//! - Every answer but the public keys is `Cache-Control: no-store`.
+//! - A client's `x-request-id` is kept only if it is short and plain
+//!   ([`is_safe_request_id`]); otherwise a fresh UUID replaces it.
 
 pub mod api;
 pub mod auth;
