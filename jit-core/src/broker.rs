@@ -61,8 +61,9 @@ use crate::provider::{GrantSpec, Provider, RevocationKind};
 use crate::standing::Standing;
 use crate::store::{Claim, ListFilter, Store};
 use crate::types::{
-    format_duration, AccessRequest, Approval, Decision, Entitlement, Grant, GrantDuration, GrantId,
-    IssuedGrant, Principal, RequestId, RequestRecord, Revocation, State, Verdict,
+    check_text, format_duration, AccessRequest, Approval, Decision, Entitlement, Grant,
+    GrantDuration, GrantId, IssuedGrant, Principal, RequestId, RequestRecord, Revocation, State,
+    Verdict,
 };
 
 /// Actor name used for steps the broker takes by itself.
@@ -71,7 +72,6 @@ pub const SYSTEM_ACTOR: &str = "jit-broker";
 pub const REAPER_ACTOR: &str = "jit-reaper";
 
 const MAX_CAS_ATTEMPTS: usize = 64;
-const MAX_REASON_LEN: usize = 1024;
 
 /// How failed revocations are retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,14 +310,7 @@ fn check_reason(reason: &str) -> Result<()> {
     if reason.trim().is_empty() {
         return Err(RequestError::Reason("a reason is required".into()).into());
     }
-    let len = reason.chars().count();
-    if len > MAX_REASON_LEN {
-        return Err(RequestError::Reason(format!(
-            "{len} characters long; the maximum is {MAX_REASON_LEN}"
-        ))
-        .into());
-    }
-    Ok(())
+    Ok(check_text("reason", reason)?)
 }
 
 fn delta(d: Duration) -> TimeDelta {
@@ -684,6 +677,7 @@ impl Broker {
         id: RequestId,
         comment: &str,
     ) -> Result<IssueOutcome> {
+        check_text("comment", comment)?;
         let extends_end = self.extends_end(id).await?;
         let (rec, recs) = self
             .commit(id, |rec, now| {
@@ -812,6 +806,7 @@ impl Broker {
         id: RequestId,
         reason: &str,
     ) -> Result<RequestRecord> {
+        check_text("reason", reason)?;
         let (rec, recs) = self
             .commit(id, |rec, now| {
                 if !matches!(rec.state, State::Pending | State::Approved) {
@@ -1317,16 +1312,33 @@ impl Broker {
         self.inner.store.list(filter).await
     }
 
-    /// Pending requests the principal may approve (never their own).
+    /// Pending requests the principal may approve (never their own), newest
+    /// first, at most 1,000.
+    ///
+    /// The store is asked only for pending requests of the entitlements the
+    /// policy says this principal approves
+    /// ([`Policy::approvable_entitlements`]; every entitlement for admins),
+    /// so requests for entitlements they do not approve never take their
+    /// place under the limit.
     pub async fn awaiting_approval_by(&self, approver: &Principal) -> Result<Vec<RequestRecord>> {
+        let admin = self.inner.policy.is_admin(approver);
+        let entitlements = if admin {
+            Vec::new()
+        } else {
+            match self.inner.policy.approvable_entitlements(approver) {
+                Some(ids) if ids.is_empty() => return Ok(Vec::new()),
+                Some(ids) => ids,
+                None => Vec::new(),
+            }
+        };
         let pending = self
             .list(&ListFilter {
                 states: vec![State::Pending],
+                entitlements,
                 limit: 1000,
                 ..Default::default()
             })
             .await?;
-        let admin = self.inner.policy.is_admin(approver);
         Ok(pending
             .into_iter()
             .filter(|r| !approver.may_be_same_person(&r.requester))

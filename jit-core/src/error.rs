@@ -254,9 +254,12 @@ pub enum RequestError {
     /// No justification was given but one is required.
     #[error("a justification is required")]
     JustificationMissing,
-    /// The justification is too long.
-    #[error("justification is {len} characters long; the maximum is {limit}")]
-    JustificationTooLong {
+    /// A free-text field (justification, reason, comment) is longer than
+    /// [`MAX_TEXT_LEN`](crate::types::MAX_TEXT_LEN).
+    #[error("{field} is {len} characters long; the maximum is {limit}")]
+    TextTooLong {
+        /// The field, e.g. `justification`, `reason` or `comment`.
+        field: &'static str,
         /// Actual length.
         len: usize,
         /// Limit.

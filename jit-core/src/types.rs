@@ -13,10 +13,26 @@ use crate::error::RequestError;
 
 /// The absolute ceiling for any grant, whatever a catalogue says: seven days.
 pub const MAX_GRANT_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The longest justification accepted, in characters.
-pub const MAX_JUSTIFICATION_LEN: usize = 1024;
+/// The longest free text accepted in any field a person types (a
+/// justification, a reason to deny, revoke or cancel, an approval comment),
+/// in characters. One limit for every such field, checked by [`check_text`].
+pub const MAX_TEXT_LEN: usize = 1024;
 /// How far ahead a scheduled start may lie.
 pub const MAX_START_AHEAD: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The one rule for free text (see [`MAX_TEXT_LEN`]): at most that many
+/// characters. `field` names the field in the error.
+pub fn check_text(field: &'static str, text: &str) -> Result<(), RequestError> {
+    let len = text.chars().count();
+    if len > MAX_TEXT_LEN {
+        return Err(RequestError::TextTooLong {
+            field,
+            len,
+            limit: MAX_TEXT_LEN,
+        });
+    }
+    Ok(())
+}
 
 macro_rules! uuid_id {
     ($(#[$m:meta])* $name:ident, $prefix:literal) => {
@@ -524,13 +540,7 @@ impl AccessRequest {
     /// Checks the fields that do not depend on the catalogue.
     pub fn validate(&self, now: DateTime<Utc>) -> Result<(), RequestError> {
         validate_entitlement_id(&self.entitlement)?;
-        let len = self.justification.chars().count();
-        if len > MAX_JUSTIFICATION_LEN {
-            return Err(RequestError::JustificationTooLong {
-                len,
-                limit: MAX_JUSTIFICATION_LEN,
-            });
-        }
+        check_text("justification", &self.justification)?;
         if let Some(start) = self.start_at {
             // A minute of slack for clock skew between client and broker.
             if start < now - chrono::TimeDelta::seconds(60) {

@@ -597,7 +597,16 @@ async fn every_invalid_field_gets_its_own_typed_error_and_nothing_is_stored() {
         }),
         (
             AccessRequest::new("dev-read", d("10m"), &"x".repeat(2000)),
-            |e| matches!(e, RequestError::JustificationTooLong { limit: 1024, .. }),
+            |e| {
+                matches!(
+                    e,
+                    RequestError::TextTooLong {
+                        field: "justification",
+                        limit: 1024,
+                        ..
+                    }
+                )
+            },
         ),
         (
             req("dev-read", "10m").starting_at(now - TimeDelta::hours(1)),

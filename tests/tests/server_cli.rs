@@ -613,10 +613,21 @@ async fn introspection_and_provider_keys_follow_the_grant() {
         let url = u(s, "/v1/introspect");
         async move { call(&http, Method::POST, &url, caller.as_deref(), Some(body)).await }
     };
-    // Active, with the claims a resource server needs, for any authenticated caller.
+    // Active, with the claims a resource server needs, for the configured
+    // resource server; any other signed-in caller learns `active` alone.
     let (st, v) = introspect(
         &server,
         Some(server.bob.clone()),
+        json!({"token": revoked_token}),
+    )
+    .await;
+    assert_eq!((st, v), (200, json!({"active": true})));
+    let service = server
+        .token(Server::claims(vending_server::demo::RESOURCE_SERVER, &[]))
+        .await;
+    let (st, v) = introspect(
+        &server,
+        Some(service.clone()),
         json!({"token": revoked_token}),
     )
     .await;

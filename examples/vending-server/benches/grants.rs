@@ -69,6 +69,8 @@ fn bench(c: &mut Criterion) {
         providers,
         limits: Limits::default(),
         reaper: ReaperConfig { interval_secs: 60 },
+        metrics: Default::default(),
+        introspection: Default::default(),
     };
     let server_url = rt.block_on(async {
         let server = Server::build(config, Some(&issuer)).await.unwrap();

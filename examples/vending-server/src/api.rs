@@ -13,7 +13,8 @@
 //! | `GET /v1/requests/{id}/credentials` | requester only |
 //! | `GET /v1/audit` (JSON Lines), `GET /v1/audit/verify` | admins |
 //! | `GET /v1/entitlements`, `GET /v1/whoami` | anyone authenticated |
-//! | `POST /v1/introspect` | anyone authenticated (the services that accept local tokens) |
+//! | `POST /v1/introspect` | anyone authenticated; claims only for `[introspection] clients` and the token's subject |
+//! | `GET /metrics` | anyone, or a bearer (`[metrics] bearer_token_file`), or on `[metrics] listen` only |
 //! | `GET /v1/providers/{name}/jwks.json` | anyone: the public keys of a local provider |
 //!
 //! A request the caller may not see answers exactly like a missing one.
@@ -30,10 +31,27 @@
 //! store, so a revocation counts at once, across restarts and across every
 //! replica on the same database. The body is JSON or a form,
 //! `token=...[&audience=...]`; with `audience` the token must be for it.
+//! RFC 7662 expects the endpoint to know its callers: the claims go only to
+//! the resource servers named in `[introspection] clients` (by the exact
+//! subject of their bearer token) and to the token's own subject; any other
+//! signed-in caller gets `{"active": true}` or `{"active": false}` alone.
+//!
+//! # Limits
+//!
+//! Each verified subject may hold `[limits] max_pending_per_requester`
+//! pending requests and submit (new requests and extensions)
+//! `submits_per_minute` after a burst of `submit_burst`; past either the
+//! answer is `429` with code `too_many_requests` (and `Retry-After` for the
+//! rate). Every free-text field (justification, reasons, comments) takes at
+//! most [`jit_core::MAX_TEXT_LEN`] characters.
+//!
+//! Every answer carries `Cache-Control: no-store` (credentials and request
+//! records must not sit in a cache), except the public keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -54,6 +72,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{AuthError, Authenticator};
 use crate::error::{ApiError, ApiResult};
+use crate::limits::SubmitLimits;
 use crate::metrics::Metrics;
 
 /// Shared state of every handler.
@@ -69,6 +88,12 @@ pub struct AppState {
     pub demo_jwks: Option<Value>,
     /// The local providers, by name: their verifiers and public keys.
     pub local: Arc<BTreeMap<String, LocalKeys>>,
+    /// Per-principal limits on new requests.
+    pub limits: Arc<SubmitLimits>,
+    /// Subjects that may read token claims at `/v1/introspect`.
+    pub introspection_clients: Arc<BTreeSet<String>>,
+    /// How long `/metrics` reuses its store counts.
+    pub metrics_cache: Duration,
 }
 
 /// What the server publishes about one local provider.
@@ -277,6 +302,10 @@ pub async fn submit(
     Caller(p): Caller,
     JsonBody(b): JsonBody<SubmitBody>,
 ) -> ApiResult<Response> {
+    let _admitted = match state.limits.admit(&state.broker, &p).await {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
     let mut req = AccessRequest::new(&b.entitlement, duration(&b.duration)?, &b.justification)
         .with_context("source", "vending-server");
     if let Some(t) = b.ticket.as_deref() {
@@ -337,6 +366,7 @@ pub async fn list(
                     states,
                     entitlement: q.entitlement,
                     limit,
+                    ..ListFilter::default()
                 })
                 .await?
         }
@@ -361,6 +391,7 @@ pub async fn list(
                     states,
                     entitlement: q.entitlement,
                     limit,
+                    ..ListFilter::default()
                 })
                 .await?
         }
@@ -445,6 +476,10 @@ pub async fn extend(
     JsonBody(b): JsonBody<ExtendBody>,
 ) -> ApiResult<Response> {
     let r = load(&state, &p, &id).await?;
+    let _admitted = match state.limits.admit(&state.broker, &p).await {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
     let out = state
         .broker
         .extend(&p, r.id, duration(&b.duration)?, &b.justification)
@@ -542,16 +577,22 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render(state.broker.store().as_ref()).await;
+    let text = state
+        .metrics
+        .render(state.broker.store().as_ref(), state.metrics_cache)
+        .await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// Public keys may be cached (every other answer is `no-store`).
+const PUBLIC_CACHE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "public, max-age=300");
+
 /// `GET /.well-known/jwks.json` (demo mode only).
-pub async fn jwks(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn jwks(State(state): State<AppState>) -> ApiResult<Response> {
     state
         .demo_jwks
         .clone()
-        .map(Json)
+        .map(|v| ([PUBLIC_CACHE], Json(v)).into_response())
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
 }
 
@@ -559,11 +600,11 @@ pub async fn jwks(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 pub async fn provider_jwks(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     state
         .local
         .get(&name)
-        .map(|k| Json(k.jwks.clone()))
+        .map(|k| ([PUBLIC_CACHE], Json(k.jwks.clone())).into_response())
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -598,10 +639,12 @@ fn claimed_audience(token: &str) -> Option<String> {
 }
 
 /// `POST /v1/introspect` (see the module docs). Never says why a token is
-/// inactive: that would help whoever is trying tokens.
+/// inactive: that would help whoever is trying tokens. Only the configured
+/// resource servers (`[introspection] clients`) and the token's own subject
+/// read its claims; anyone else signed in learns `active` alone.
 pub async fn introspect(
     State(state): State<AppState>,
-    Caller(_): Caller,
+    Caller(caller): Caller,
     req: Request,
 ) -> ApiResult<Json<Value>> {
     let form = req
@@ -642,6 +685,10 @@ pub async fn introspect(
     };
     if rec.state != LifecycleState::Active || rec.grant_id() != Some(claims.jti) {
         return Ok(inactive);
+    }
+    let caller_id = caller.id.as_str();
+    if !state.introspection_clients.contains(caller_id) && caller_id != claims.sub {
+        return Ok(Json(json!({ "active": true })));
     }
     Ok(Json(json!({
         "active": true,

@@ -161,9 +161,31 @@ fn is_asymmetric(alg: Algorithm) -> bool {
     !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
-/// The algorithms a JWK may be used with, from its own type (and `alg` if set).
+/// Whether a JWK may verify signatures at all: RFC 7517 `use` (if present)
+/// must be `sig`, and `key_ops` (if present) must include `verify`. An
+/// encryption key published in the same set never verifies a token.
+fn verifies_signatures(jwk: &Jwk) -> bool {
+    use jsonwebtoken::jwk::{KeyOperations, PublicKeyUse};
+    let usable = jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_none_or(|u| *u == PublicKeyUse::Signature);
+    let ops = jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+    usable && ops
+}
+
+/// The algorithms a JWK may be used with, from its own type (and `alg` if
+/// set); none for a key that is not for verifying signatures.
 fn key_algorithms(jwk: &Jwk) -> Vec<Algorithm> {
     use Algorithm::*;
+    if !verifies_signatures(jwk) {
+        return vec![];
+    }
     let by_type = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
@@ -532,5 +554,40 @@ mod tests {
         ]}))
         .unwrap();
         assert!(parse_set(&set).is_empty());
+    }
+
+    /// A key published for encryption (`use: enc`), or whose `key_ops` do
+    /// not include `verify`, never verifies a token, even one signed with it.
+    #[tokio::test]
+    async fn keys_not_for_signatures_never_verify() {
+        let issuer = DemoIssuer::new(LocalKey::generate());
+        let token = issuer.token("mallory", &["secops"], 60).unwrap();
+        let with = |change: serde_json::Value| {
+            let mut set = issuer.jwks_json();
+            let key = &mut set["keys"][0];
+            key.as_object_mut().unwrap().remove("use");
+            for (k, v) in change.as_object().unwrap() {
+                key[k] = v.clone();
+            }
+            serde_json::from_value::<JwkSet>(set).unwrap()
+        };
+        for bad in [
+            serde_json::json!({ "use": "enc" }),
+            serde_json::json!({ "key_ops": ["encrypt", "sign"] }),
+            serde_json::json!({ "use": "sig", "key_ops": ["sign"] }),
+        ] {
+            let auth = Authenticator::new(settings(JwksSource::Static(with(bad.clone()))));
+            assert_eq!(auth.key_count(), 0, "{bad}");
+            assert!(auth.authenticate(&token).await.is_err(), "{bad}");
+        }
+        for good in [
+            serde_json::json!({}),
+            serde_json::json!({ "use": "sig" }),
+            serde_json::json!({ "key_ops": ["verify"] }),
+        ] {
+            let auth = Authenticator::new(settings(JwksSource::Static(with(good.clone()))));
+            let p = auth.authenticate(&token).await.unwrap();
+            assert_eq!(p.id.as_str(), "mallory", "{good}");
+        }
     }
 }

@@ -39,6 +39,20 @@
 //!
 //! [limits]
 //! max_body_bytes = 65536
+//! max_pending_per_requester = 20          # pending requests one principal may hold (429 past it)
+//! submits_per_minute = 30                 # per verified subject, new requests and extensions
+//! submit_burst = 10                       # how many of those may come at once
+//!
+//! [metrics]                               # `GET /metrics` (Prometheus text)
+//! listen = "127.0.0.1:9464"               # JIT_METRICS_LISTEN: serve it here only, not on `listen`
+//! bearer_token_file = "metrics-token"     # JIT_METRICS_TOKEN_FILE: require `Authorization: Bearer <its content>`
+//! cache_secs = 5                          # the request counts are read at most this often
+//!
+//! [introspection]
+//! # Subjects (exact `sub` of their tokens) of the resource servers that may
+//! # read a local token's claims at `POST /v1/introspect`. Anyone else who is
+//! # signed in learns only `{"active": true|false}`.
+//! clients = ["svc-payments"]
 //!
 //! [reaper]
 //! interval_secs = 5
@@ -81,6 +95,12 @@ pub struct Config {
     /// Reaper.
     #[serde(default)]
     pub reaper: ReaperConfig,
+    /// Where and for whom `/metrics` is served.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Who may read token claims through `/v1/introspect`.
+    #[serde(default)]
+    pub introspection: IntrospectionConfig,
 }
 
 fn default_listen() -> String {
@@ -269,14 +289,58 @@ impl ProviderConfig {
 pub struct Limits {
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// How many pending requests one principal may hold; a submit past it
+    /// is 429 until some are decided, cancelled or time out. 0: no limit.
+    pub max_pending_per_requester: usize,
+    /// Sustained rate of new requests (and extensions) per verified
+    /// subject, per minute; faster is 429 with `Retry-After`. 0: no limit.
+    pub submits_per_minute: u32,
+    /// How many submits one subject may make at once before the rate applies.
+    pub submit_burst: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 64 * 1024,
+            max_pending_per_requester: 20,
+            submits_per_minute: 30,
+            submit_burst: 10,
         }
     }
+}
+
+/// `[metrics]`: by default `/metrics` is served on the API listener to
+/// anyone; a separate `listen` address (open, for a scraper on an internal
+/// network) or a `bearer_token_file` (or both) keep it away from the API's
+/// callers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` on this address instead of the API's.
+    pub listen: Option<String>,
+    /// A file whose content (trimmed) scrapers must send as a bearer token.
+    pub bearer_token_file: Option<PathBuf>,
+    /// Seconds the request counts are cached between store reads.
+    pub cache_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            bearer_token_file: None,
+            cache_secs: 5,
+        }
+    }
+}
+
+/// `[introspection]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntrospectionConfig {
+    /// Exact subject ids of the resource servers that may read claims.
+    pub clients: Vec<String>,
 }
 
 /// `[reaper]`.
@@ -309,6 +373,9 @@ impl Config {
             rel(p);
         }
         if let Some(p) = c.auth.jwks_file.as_mut() {
+            rel(p);
+        }
+        if let Some(p) = c.metrics.bearer_token_file.as_mut() {
             rel(p);
         }
         for pc in c.providers.values_mut() {
@@ -351,6 +418,12 @@ impl Config {
             self.auth.jwks_file = Some(v.into());
             self.auth.jwks_url = None;
         }
+        if let Some(v) = get("JIT_METRICS_LISTEN") {
+            self.metrics.listen = Some(v);
+        }
+        if let Some(v) = get("JIT_METRICS_TOKEN_FILE") {
+            self.metrics.bearer_token_file = Some(v.into());
+        }
         if let Some(v) = get("JIT_LOCAL_KEY_FILE") {
             for p in self.providers.values_mut().filter(|p| p.kind == "local") {
                 p.key_file = Some(v.clone().into());
@@ -391,6 +464,40 @@ mod tests {
 
         let err = Config::from_toml_str(&format!("{MIN}\n[limits]\nmax_body = 1\n")).unwrap_err();
         assert!(err.contains("unknown field `max_body`"), "{err}");
+    }
+
+    #[test]
+    fn limits_metrics_and_introspection_sections() {
+        let c = Config::from_toml_str(MIN).unwrap();
+        assert_eq!(c.limits.max_pending_per_requester, 20);
+        assert_eq!(
+            (c.limits.submits_per_minute, c.limits.submit_burst),
+            (30, 10)
+        );
+        assert_eq!(c.metrics.listen, None);
+        assert_eq!(c.metrics.cache_secs, 5);
+        assert!(c.introspection.clients.is_empty());
+
+        let mut c = Config::from_toml_str(&format!(
+            "{MIN}\n[limits]\nmax_pending_per_requester = 3\nsubmits_per_minute = 0\n[metrics]\nlisten = \"127.0.0.1:9464\"\nbearer_token_file = \"t\"\n[introspection]\nclients = [\"svc\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.max_pending_per_requester, 3);
+        assert_eq!(c.limits.submits_per_minute, 0);
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(c.introspection.clients, ["svc"]);
+        c.apply_env(|k| match k {
+            "JIT_METRICS_LISTEN" => Some("0.0.0.0:9100".into()),
+            "JIT_METRICS_TOKEN_FILE" => Some("/run/secrets/metrics".into()),
+            _ => None,
+        });
+        assert_eq!(c.metrics.listen.as_deref(), Some("0.0.0.0:9100"));
+        assert_eq!(
+            c.metrics.bearer_token_file.as_deref(),
+            Some(Path::new("/run/secrets/metrics"))
+        );
+        let err = Config::from_toml_str(&format!("{MIN}\n[metrics]\ntoken = \"x\"\n")).unwrap_err();
+        assert!(err.contains("unknown field `token`"), "{err}");
     }
 
     #[test]

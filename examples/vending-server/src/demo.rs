@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 pub const ISSUER: &str = "jit-demo";
 /// Audience of demo tokens.
 pub const AUDIENCE: &str = "jit-vending";
+/// The demo's resource server: the one subject that reads token claims at
+/// `/v1/introspect` (`[introspection] clients`).
+pub const RESOURCE_SERVER: &str = "demo-service";
 
 /// The demo catalogue: `demo-api` is auto-approved up to 15 minutes, longer
 /// needs a lead; `prod-db` always needs a lead; `secops` members are admins.

@@ -4,12 +4,25 @@
 //!
 //! Run `cargo run -p vending-server -- --demo` for a self-contained demo; see
 //! [`api`] for the routes and [`config`] for the configuration file.
+//!
+//! # Under hostile load
+//!
+//! - `/metrics` reads one grouped count from the store at most every
+//!   `[metrics] cache_secs`, shared by concurrent scrapes; `[metrics] listen`
+//!   moves it to a listener of its own, `bearer_token_file` puts it behind a
+//!   token (the server warns at start when neither is set).
+//! - New requests are limited per verified subject ([`limits`]): a pending
+//!   cap and a rate, both answered with `429 too_many_requests`.
+//! - Every answer but the public keys is `Cache-Control: no-store`.
+//! - A client's `x-request-id` is kept only if it is short and plain
+//!   ([`is_safe_request_id`]); otherwise a fresh UUID replaces it.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 
 use std::future::Future;
@@ -18,8 +31,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::HeaderName;
+use axum::http::header::CACHE_CONTROL;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -28,11 +43,13 @@ use jit_core::local::{LocalKey, LocalProvider};
 use jit_core::{Broker, CataloguePolicy, Provider, Reaper, Store};
 use jsonwebtoken::Algorithm;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::api::AppState;
 use crate::auth::{AuthSettings, Authenticator, JwksSource};
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::metrics::{Measured, Metrics};
 
 /// Opens the store named by a URL: `sqlite://...` (the default),
@@ -82,6 +99,23 @@ fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
         .collect()
 }
 
+/// The bearer token scrapers send to `/metrics`. Never printed.
+struct MetricsToken(String);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(** redacted **)")
+    }
+}
+
+impl MetricsToken {
+    /// Compares in time independent of where the bytes differ.
+    fn matches(&self, given: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
 /// Everything the server needs, built from a [`Config`].
 #[derive(Debug)]
 pub struct Server {
@@ -89,20 +123,51 @@ pub struct Server {
     pub state: AppState,
     /// The config it was built from.
     pub config: Config,
+    metrics_token: Option<Arc<MetricsToken>>,
 }
 
 impl Server {
     /// Builds the broker, providers and authenticator. `demo` makes the
     /// server its own issuer with this JWKS.
     pub async fn build(config: Config, demo: Option<&demo::DemoIssuer>) -> Result<Self, String> {
+        let store = open_store(&config.store_url).await?;
+        Self::build_with_store(config, store, demo).await
+    }
+
+    /// Like [`Server::build`], on a store opened by the caller (`store_url`
+    /// is not read): a store wrapper, or one shared with other code.
+    pub async fn build_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        demo: Option<&demo::DemoIssuer>,
+    ) -> Result<Self, String> {
         let metrics = Metrics::new().map_err(|e| e.to_string())?;
+        let metrics_token = match &config.metrics.bearer_token_file {
+            Some(p) => {
+                let t = std::fs::read_to_string(p)
+                    .map_err(|e| format!("metrics: cannot read `{}`: {e}", p.display()))?;
+                let t = t.trim().to_string();
+                if t.len() < 16 {
+                    return Err(format!(
+                        "metrics: the token in `{}` is shorter than 16 characters",
+                        p.display()
+                    ));
+                }
+                Some(Arc::new(MetricsToken(t)))
+            }
+            None => None,
+        };
+        if config.metrics.listen.is_none() && metrics_token.is_none() {
+            tracing::warn!(
+                "/metrics is served to anyone on the API listener: set `[metrics] listen` or `bearer_token_file`"
+            );
+        }
         let policy = match (&config.catalogue, &config.catalogue_file) {
             (Some(text), _) => CataloguePolicy::from_toml_str(text),
             (None, Some(p)) => CataloguePolicy::from_file(p),
             (None, None) => return Err("set `catalogue_file` or `catalogue`".into()),
         }
         .map_err(|e| format!("catalogue: {e}"))?;
-        let store = open_store(&config.store_url).await?;
         let mut builder = Broker::builder(store, Arc::new(policy));
         let mut local_keys = std::collections::BTreeMap::new();
         for (name, pc) in &config.providers {
@@ -166,21 +231,80 @@ impl Server {
                 metrics,
                 demo_jwks: demo.map(|d| d.jwks_json()),
                 local: Arc::new(local_keys),
+                limits: Arc::new(limits::SubmitLimits::new(&config.limits)),
+                introspection_clients: Arc::new(
+                    config.introspection.clients.iter().cloned().collect(),
+                ),
+                metrics_cache: Duration::from_secs(config.metrics.cache_secs),
             },
+            metrics_token,
             config,
         })
     }
 
-    /// The router with every layer.
+    /// The API router with every layer; with `/metrics` unless `[metrics]
+    /// listen` moves it to [`Server::metrics_router`].
     pub fn router(&self) -> Router {
-        router(self.state.clone(), self.config.limits.max_body_bytes)
+        let api = router(self.state.clone(), self.config.limits.max_body_bytes);
+        if self.config.metrics.listen.is_some() {
+            api
+        } else {
+            api.merge(self.metrics_router())
+        }
+    }
+
+    /// `/metrics` alone, behind the bearer token when one is configured.
+    pub fn metrics_router(&self) -> Router {
+        let r = Router::new().route("/metrics", get(api::metrics));
+        let r = match self.metrics_token.clone() {
+            Some(token) => r.route_layer(middleware::from_fn(move |req: Request, next: Next| {
+                let token = token.clone();
+                async move {
+                    let given = req
+                        .headers()
+                        .get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "));
+                    if given.is_some_and(|g| token.matches(g.trim())) {
+                        next.run(req).await
+                    } else {
+                        ApiError::unauthorized("metrics need the configured bearer token")
+                            .into_response()
+                    }
+                }
+            })),
+            None => r,
+        };
+        r.layer(SetResponseHeaderLayer::overriding(
+            CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .with_state(self.state.clone())
     }
 
     /// Serves on `listener` until `shutdown`, with the reaper running beside
-    /// it; in-flight requests finish before this returns.
+    /// it; in-flight requests finish before this returns. With `[metrics]
+    /// listen`, `/metrics` is served there too.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let metrics = match &self.config.metrics.listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on `{addr}`: {e}"))
+            })?),
+            None => None,
+        };
+        self.serve_on(listener, metrics, shutdown).await
+    }
+
+    /// Like [`Server::serve`], with the metrics listener given (when
+    /// `[metrics] listen` is set; its address is not read again).
+    pub async fn serve_on(
+        self,
+        listener: tokio::net::TcpListener,
+        metrics: Option<tokio::net::TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -191,11 +315,33 @@ impl Server {
             let _ = rx.wait_for(|v| *v).await;
         }));
         let app = self.router();
+        let metrics_task = match metrics {
+            Some(l) if self.config.metrics.listen.is_some() => {
+                if let Ok(addr) = l.local_addr() {
+                    tracing::info!(%addr, "metrics listening");
+                }
+                let app = self.metrics_router();
+                let mut rx = stop_rx.clone();
+                Some(tokio::spawn(async move {
+                    axum::serve(l, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.wait_for(|v| *v).await;
+                        })
+                        .await
+                }))
+            }
+            _ => None,
+        };
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         let _ = stop_tx.send(true);
         let _ = reaper_task.await;
+        if let Some(t) = metrics_task {
+            if let Ok(Err(e)) = t.await {
+                tracing::warn!(error = %e, "metrics listener failed");
+            }
+        }
         res
     }
 }
@@ -238,7 +384,6 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/providers/{name}/jwks.json", get(provider_jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(jwks))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(fallback)
@@ -257,7 +402,41 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost: an id a client chose is kept only if it is short and
+        // plain, else replaced by a fresh one (it is echoed and logged).
+        .layer(middleware::map_request(drop_unsafe_request_id))
+        // Credentials and request records must never sit in a cache; the
+        // public key routes say otherwise themselves.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
         .with_state(state)
+}
+
+/// The longest client-chosen `x-request-id` kept.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Whether a client-chosen request id is kept as given: 1 to
+/// [`MAX_REQUEST_ID_LEN`] characters of `[A-Za-z0-9._:-]` (a UUID, a trace
+/// id), nothing that could forge a log line or fill it.
+pub fn is_safe_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+async fn drop_unsafe_request_id(mut req: Request) -> Request {
+    let headers = req.headers_mut();
+    let unsafe_id = headers.get_all("x-request-id").iter().count() > 1
+        || headers
+            .get("x-request-id")
+            .is_some_and(|v| !is_safe_request_id(v.as_bytes()));
+    if unsafe_id {
+        headers.remove("x-request-id");
+    }
+    req
 }
 
 /// Loads a config file and applies the environment.

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Parser;
-use vending_server::config::{AuthConfig, Config, Limits, ProviderConfig, ReaperConfig};
+use vending_server::config::{
+    AuthConfig, Config, IntrospectionConfig, Limits, ProviderConfig, ReaperConfig,
+};
 use vending_server::{demo, load_config, shutdown_signal, Server};
 
 /// The JIT vending server: an HTTP JSON API over the whole access lifecycle.
@@ -90,8 +92,17 @@ async fn run(args: Args) -> Result<(), String> {
                 claims: Default::default(),
             },
             providers,
-            limits: Limits::default(),
+            // One demo user drives load tests: no submit rate, the other limits as usual.
+            limits: Limits {
+                submits_per_minute: 0,
+                ..Limits::default()
+            },
             reaper: ReaperConfig { interval_secs: 2 },
+            metrics: Default::default(),
+            // The demo's resource server: `demo-service` tokens read claims.
+            introspection: IntrospectionConfig {
+                clients: vec![demo::RESOURCE_SERVER.into()],
+            },
         };
         c.apply_env(|k| std::env::var(k).ok().filter(|_| k == "JIT_LISTEN"));
         (c, Some(issuer))
@@ -123,6 +134,7 @@ fn print_demo(issuer: &demo::DemoIssuer, addr: &str) -> Result<(), String> {
     let alice = issuer.token("alice", &["engineering"], DAY)?;
     let bob = issuer.token("bob", &["engineering", "leads"], DAY)?;
     let admin = issuer.token("admin", &["secops"], DAY)?;
+    let service = issuer.token(demo::RESOURCE_SERVER, &[], DAY)?;
     println!(
         r#"
 JIT vending server, demo mode. Demo bearer tokens (valid 24h):
@@ -130,8 +142,10 @@ JIT vending server, demo mode. Demo bearer tokens (valid 24h):
   export ALICE={alice}
   export BOB={bob}
   export ADMIN={admin}
+  export SERVICE={service}
 
-alice (requester, group engineering), bob (approver, group leads), admin (group secops).
+alice (requester, group engineering), bob (approver, group leads), admin (group secops),
+{resource} (a resource server: reads token claims at /v1/introspect).
 
 Try it (or use the `jit` CLI: cargo run -p jit-cli -- --server http://{addr} --token "$ALICE" ...):
 
@@ -150,7 +164,8 @@ Try it (or use the `jit` CLI: cargo run -p jit-cli -- --server http://{addr} --t
   # the audit chain (admins)
   curl -s -H "Authorization: Bearer $ADMIN" http://{addr}/v1/audit/verify
   curl -s http://{addr}/metrics
-"#
+"#,
+        resource = demo::RESOURCE_SERVER,
     );
     Ok(())
 }

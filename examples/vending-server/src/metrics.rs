@@ -2,15 +2,15 @@
 //! counts revocation failures (it forwards every method, like any wrapper).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jit_core::{
-    Capabilities, Entitlement, GrantSpec, Issued, IssuedGrant, ListFilter, Provider, Result, State,
-    Store,
+    Capabilities, Entitlement, GrantSpec, Issued, IssuedGrant, Provider, Result, Store,
 };
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the server exports.
@@ -19,12 +19,16 @@ pub struct Metrics {
     registry: Registry,
     /// HTTP requests by route and status.
     pub http_requests: IntCounterVec,
-    /// Grants by state (set at scrape time).
+    /// Requests by state (read from the store at scrape time, cached).
     pub grants: IntGaugeVec,
     /// Provider issue latency.
     pub issue_seconds: HistogramVec,
     /// Provider revocation failures.
     pub revocation_failures: IntCounterVec,
+    /// Failed store reads for the state gauges.
+    pub store_errors: IntCounter,
+    /// When the state gauges were last read from the store.
+    counted_at: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -63,28 +67,46 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(grants.clone()))?;
         registry.register(Box::new(issue_seconds.clone()))?;
+        let store_errors = IntCounter::new(
+            "jit_metrics_store_errors_total",
+            "Failed store reads for the request gauges",
+        )?;
         registry.register(Box::new(revocation_failures.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
         Ok(Self {
             registry,
             http_requests,
             grants,
             issue_seconds,
             revocation_failures,
+            store_errors,
+            counted_at: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
-    /// Refreshes the state gauges from the store, then renders the text format.
-    pub async fn render(&self, store: &dyn Store) -> String {
-        for s in State::ALL {
-            let filter = ListFilter {
-                states: vec![s],
-                limit: 1_000_000,
-                ..Default::default()
-            };
-            if let Ok(rs) = store.list(&filter).await {
-                self.grants
-                    .with_label_values(&[s.as_str()])
-                    .set(rs.len() as i64);
+    /// Refreshes the state gauges from the store (at most once per
+    /// `cache`, with one grouped query; concurrent scrapes share it), then
+    /// renders the text format. If the store fails, the gauges keep their
+    /// last values and `jit_metrics_store_errors_total` counts the failure.
+    pub async fn render(&self, store: &dyn Store, cache: Duration) -> String {
+        {
+            // Held across the query: a burst of scrapes makes one store read.
+            let mut last = self.counted_at.lock().await;
+            if last.is_none_or(|t| t.elapsed() >= cache) {
+                match store.count_by_state().await {
+                    Ok(counts) => {
+                        for (s, n) in counts {
+                            self.grants
+                                .with_label_values(&[s.as_str()])
+                                .set(i64::try_from(n).unwrap_or(i64::MAX));
+                        }
+                        *last = Some(Instant::now());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics: cannot count requests by state");
+                        self.store_errors.inc();
+                    }
+                }
             }
         }
         let mut buf = Vec::new();

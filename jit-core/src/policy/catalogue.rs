@@ -894,4 +894,18 @@ impl Policy for CataloguePolicy {
     fn pending_ttl(&self) -> Duration {
         self.settings.pending_ttl
     }
+
+    fn approvable_entitlements(&self, principal: &Principal) -> Option<Vec<String>> {
+        Some(
+            self.rules
+                .iter()
+                .filter(|r| {
+                    r.approval
+                        .as_ref()
+                        .is_some_and(|a| a.approvers.contains(principal))
+                })
+                .map(|r| r.entitlement.id.clone())
+                .collect(),
+        )
+    }
 }

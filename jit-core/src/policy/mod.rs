@@ -45,6 +45,17 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// The entitlements whose requests `principal` may approve, if the
+    /// policy can tell: an approver's queue
+    /// ([`Broker::awaiting_approval_by`](crate::Broker::awaiting_approval_by))
+    /// asks the store for pending requests of exactly these, so a flood of
+    /// requests for other entitlements cannot push theirs out. `None` (the
+    /// default) means the policy cannot tell; the queue then reads pending
+    /// requests of every entitlement. Admins' queues ignore it.
+    fn approvable_entitlements(&self, _principal: &Principal) -> Option<Vec<String>> {
+        None
+    }
+
     /// How long a pending request waits for approvals before it times out.
     fn pending_ttl(&self) -> std::time::Duration {
         std::time::Duration::from_secs(24 * 3600)

@@ -130,6 +130,17 @@ impl Store for MemoryStore {
         Ok(v)
     }
 
+    async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
+        let g = self.lock()?;
+        let mut out: Vec<(State, u64)> = State::ALL.iter().map(|s| (*s, 0)).collect();
+        for r in g.records.values() {
+            if let Some((_, n)) = out.iter_mut().find(|(s, _)| *s == r.state) {
+                *n += 1;
+            }
+        }
+        Ok(out)
+    }
+
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         let g = self.lock()?;
         let start = from_seq.saturating_sub(1) as usize;

@@ -59,6 +59,10 @@ pub struct ListFilter {
     pub states: Vec<State>,
     /// Only requests for this entitlement.
     pub entitlement: Option<String>,
+    /// Only requests for one of these entitlements (any when empty). An
+    /// approver's queue asks for the entitlements that approver may act on,
+    /// so requests for other entitlements never crowd them out of `limit`.
+    pub entitlements: Vec<String>,
     /// At most this many, newest first (100 when zero).
     pub limit: usize,
 }
@@ -74,6 +78,7 @@ impl ListFilter {
                 .entitlement
                 .as_ref()
                 .is_none_or(|e| *e == r.request.entitlement)
+            && (self.entitlements.is_empty() || self.entitlements.contains(&r.request.entitlement))
     }
 
     /// The effective limit.
@@ -186,6 +191,31 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// How many records are in each state: every state of [`State::ALL`]
+    /// once, in that order, zero where there are none. For metrics and
+    /// dashboards, which call it often.
+    ///
+    /// # Contract
+    ///
+    /// Counts every record, with no limit. Stores answer it with one grouped
+    /// query on an index (the default, for stores without one, lists every
+    /// state in full and counts: correct, but reads every record).
+    async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
+        let mut out = Vec::with_capacity(State::ALL.len());
+        for s in State::ALL {
+            let n = self
+                .list(&ListFilter {
+                    states: vec![s],
+                    limit: usize::MAX,
+                    ..ListFilter::default()
+                })
+                .await?
+                .len();
+            out.push((s, n as u64));
+        }
+        Ok(out)
+    }
+
     /// Whether several broker processes may use this store at once (default
     /// false). The broker then never assumes that work in flight was left
     /// by a crash of its own: another replica may be doing it.
@@ -293,6 +323,21 @@ pub fn redact_url(url: &str) -> String {
             })
             .collect();
         out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// Counts by state name, as the SQL stores group them, in [`State::ALL`]
+/// order. A state name this build does not know (written by a newer one) is
+/// logged and left out (rule 9 of the design): it never hides the others.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn counts_from_rows(rows: Vec<(String, i64)>) -> Vec<(State, u64)> {
+    let mut out: Vec<(State, u64)> = State::ALL.iter().map(|s| (*s, 0)).collect();
+    for (name, n) in rows {
+        match out.iter_mut().find(|(s, _)| s.as_str() == name) {
+            Some((_, count)) => *count = u64::try_from(n).unwrap_or(0),
+            None => tracing::warn!(state = %name, count = n, "records in an unknown state"),
+        }
     }
     out
 }

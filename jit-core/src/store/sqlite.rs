@@ -56,7 +56,7 @@ use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,7 +108,35 @@ const MIGRATIONS: &[Migration] = &[
             "UPDATE requests SET requester = json_extract(body, '$.requester.id')",
         ],
     },
+    // Version 4: the approver queue (pending requests of a set of
+    // entitlements, newest first) and the metrics' count by state read this
+    // index instead of the whole table.
+    Migration {
+        version: 4,
+        statements: &[
+            "CREATE INDEX requests_state_entitlement_created ON requests (state, entitlement, created_at)",
+        ],
+    },
 ];
+
+/// Creates a missing database file readable by its owner only (0600 on
+/// Unix), before SQLite opens it: it holds every request and the audit
+/// chain. SQLite gives the `-wal` and `-shm` files it creates beside it the
+/// same mode. An existing file keeps its mode.
+fn create_private(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Store(format!(
+            "cannot create `{}`: {e}",
+            path.display()
+        ))),
+    }
+}
 
 /// [`Store`] on a SQLite database file (or an in-memory database).
 ///
@@ -141,6 +169,7 @@ impl SqliteStore {
     /// its schema up to date.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        create_private(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true);
@@ -178,6 +207,7 @@ impl SqliteStore {
         let mut options = SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::Store(format!("invalid sqlite url `{url}`: {e}")))?;
         if !memory && !has_param("mode", None) {
+            create_private(options.get_filename())?;
             options = options.create_if_missing(true);
         }
         Self::with_options(options, url.to_string(), memory, BUSY_TIMEOUT).await
@@ -510,6 +540,14 @@ impl Store for SqliteStore {
         if let Some(entitlement) = &filter.entitlement {
             q.push(" AND entitlement = ").push_bind(entitlement.clone());
         }
+        if !filter.entitlements.is_empty() {
+            q.push(" AND entitlement IN (");
+            let mut ents = q.separated(", ");
+            for e in &filter.entitlements {
+                ents.push_bind(e.clone());
+            }
+            q.push(")");
+        }
         q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
             .push_bind(sql::limit_i64(filter.effective_limit()));
         q.build()
@@ -519,6 +557,15 @@ impl Store for SqliteStore {
             .iter()
             .map(decode_record)
             .collect()
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM requests GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("count requests by state", e))?;
+        Ok(super::counts_from_rows(rows))
     }
 
     async fn due(

@@ -319,6 +319,10 @@ impl Store for FaultyStore {
         self.inner.release_claims(ids, claim).await
     }
 
+    async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
+        self.inner.count_by_state().await
+    }
+
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }

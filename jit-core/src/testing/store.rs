@@ -36,6 +36,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     check_audit_chain(&*store).await;
     check_audit_paging(&*store).await;
     check_list(&*store).await;
+    check_list_by_entitlements(&*store).await;
+    check_count_by_state(&*store).await;
     check_due(&*store).await;
     check_claims(&*store).await;
 }
@@ -649,6 +651,124 @@ pub async fn check_list(store: &dyn Store) {
         ..by(&alice)
     };
     assert_eq!(list(still_pending).await, vec![records[4].clone()]);
+}
+
+/// `list` with a set of entitlements: only requests for one of them, newest
+/// first, combined with the other filters; and the limit applies after the
+/// set, so many requests for another entitlement never push these out (the
+/// approver queue's flood).
+pub async fn check_list_by_entitlements(store: &dyn Store) {
+    let u = unique();
+    let (mine, other, third) = (
+        format!("queue-a-{u}"),
+        format!("queue-flood-{u}"),
+        format!("queue-c-{u}"),
+    );
+    let base = Utc::now();
+    let wanted = sample_record(&format!("alice-{u}"), &mine, State::Pending, base);
+    store.insert(&wanted, &[]).await.unwrap();
+    let also = sample_record(
+        &format!("carol-{u}"),
+        &third,
+        State::Pending,
+        base + TimeDelta::milliseconds(1),
+    );
+    store.insert(&also, &[]).await.unwrap();
+    let done = sample_record(
+        &format!("carol-{u}"),
+        &third,
+        State::Denied,
+        base + TimeDelta::milliseconds(2),
+    );
+    store.insert(&done, &[]).await.unwrap();
+    // Newer than both: a flood for an entitlement the queue does not ask for.
+    for i in 0..30 {
+        let r = sample_record(
+            &format!("mallory-{u}"),
+            &other,
+            State::Pending,
+            base + TimeDelta::milliseconds(10 + i),
+        );
+        store.insert(&r, &[]).await.unwrap();
+    }
+    let queue = ListFilter {
+        states: vec![State::Pending],
+        entitlements: vec![mine.clone(), third.clone()],
+        limit: 5,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        store.list(&queue).await.unwrap(),
+        vec![also.clone(), wanted.clone()],
+        "only pending requests of the listed entitlements, newest first"
+    );
+    let any_state = ListFilter {
+        states: Vec::new(),
+        ..queue.clone()
+    };
+    assert_eq!(
+        store.list(&any_state).await.unwrap(),
+        vec![done, also, wanted.clone()]
+    );
+    let one = ListFilter {
+        entitlements: vec![mine.clone()],
+        ..queue
+    };
+    assert_eq!(store.list(&one).await.unwrap(), vec![wanted]);
+}
+
+/// `count_by_state`: every state once, in [`State::ALL`] order, counting
+/// every record (no limit), following inserts and updates. Measured as the
+/// difference to the counts before, so other data in the store does not matter.
+pub async fn check_count_by_state(store: &dyn Store) {
+    let count = |counts: &[(State, u64)], s: State| {
+        counts
+            .iter()
+            .find(|(c, _)| *c == s)
+            .map(|(_, n)| *n)
+            .unwrap_or_else(|| panic!("count_by_state left out `{s}`"))
+    };
+    let before = store.count_by_state().await.unwrap();
+    assert_eq!(
+        before.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        State::ALL.to_vec(),
+        "every state once, in State::ALL order"
+    );
+    let u = unique();
+    let ent = format!("count-{u}");
+    let base = Utc::now();
+    // More than the 100 a zero-limit list would return: counts have no limit.
+    let mut first = None;
+    for i in 0..120 {
+        let r = sample_record(
+            &format!("counter-{u}"),
+            &ent,
+            State::Pending,
+            base + TimeDelta::milliseconds(i),
+        );
+        store.insert(&r, &[]).await.unwrap();
+        first.get_or_insert(r);
+    }
+    let active = sample_record(&format!("counter-{u}"), &ent, State::Active, base);
+    store.insert(&active, &[]).await.unwrap();
+    let mut cancelled = first.unwrap();
+    cancelled.version = 2;
+    cancelled.state = State::Cancelled;
+    store.update(1, &cancelled, &[]).await.unwrap();
+
+    let after = store.count_by_state().await.unwrap();
+    for s in State::ALL {
+        let expected = match s {
+            State::Pending => 119,
+            State::Active | State::Cancelled => 1,
+            _ => 0,
+        };
+        assert_eq!(
+            count(&after, s) - count(&before, s),
+            expected,
+            "count of `{s}`"
+        );
+    }
 }
 
 /// `due`: only the given states, only `due_at <= now` (inclusive), earliest
