@@ -79,6 +79,8 @@ impl Reaper {
         let expired = self.broker.expire_due(self.batch).await?;
         let settled = self.broker.settle_waiting(self.batch).await?;
         let revoked = resumed + self.broker.retry_revocations(self.batch).await?;
+        // Bounds how many of the newest audit records could be cut off unseen.
+        self.broker.checkpoint_audit().await?;
         Ok(ReapReport {
             reconciled,
             expired,
