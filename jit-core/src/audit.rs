@@ -368,6 +368,24 @@ pub enum ChainBreakReason {
     },
 }
 
+impl ChainBreakReason {
+    /// A stable snake_case name for the kind of break (for JSON answers and scripts).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChainBreakReason::HashMismatch => "hash_mismatch",
+            ChainBreakReason::BrokenLink => "broken_link",
+            ChainBreakReason::Sequence { .. } => "sequence",
+            ChainBreakReason::Malformed(_) => "malformed",
+            ChainBreakReason::MissingMac => "missing_mac",
+            ChainBreakReason::BadMac => "bad_mac",
+            ChainBreakReason::UnknownKey { .. } => "unknown_key",
+            ChainBreakReason::BadCheckpoint { .. } => "bad_checkpoint",
+            ChainBreakReason::CheckpointMismatch { .. } => "checkpoint_mismatch",
+            ChainBreakReason::Truncated { .. } => "truncated",
+        }
+    }
+}
+
 /// Summary of a verified chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSummary {

@@ -69,6 +69,7 @@ fn bench(c: &mut Criterion) {
         providers,
         limits: Limits::default(),
         reaper: ReaperConfig { interval_secs: 60 },
+        audit: Default::default(),
     };
     let server_url = rt.block_on(async {
         let server = Server::build(config, Some(&issuer)).await.unwrap();

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Parser;
-use vending_server::config::{AuthConfig, Config, Limits, ProviderConfig, ReaperConfig};
+use vending_server::config::{
+    AuditConfig, AuthConfig, Config, Limits, ProviderConfig, ReaperConfig,
+};
 use vending_server::{demo, load_config, shutdown_signal, Server};
 
 /// The JIT vending server: an HTTP JSON API over the whole access lifecycle.
@@ -92,6 +94,13 @@ async fn run(args: Args) -> Result<(), String> {
             providers,
             limits: Limits::default(),
             reaper: ReaperConfig { interval_secs: 2 },
+            // Sealed and checkpointed, as a production server should be.
+            audit: AuditConfig {
+                key_file: Some(dir.join("audit.key")),
+                checkpoint_file: Some(dir.join("audit-checkpoints.jsonl")),
+                checkpoint_every: 1,
+                ..Default::default()
+            },
         };
         c.apply_env(|k| std::env::var(k).ok().filter(|_| k == "JIT_LISTEN"));
         (c, Some(issuer))
