@@ -40,6 +40,17 @@
 //! active (one read; nothing is minted or audited), so a revoked grant is
 //! never handed out again. `--no-cache` skips it.
 //!
+//! # Verifying the audit chain
+//!
+//! `jit audit verify` asks the server (admins) and exits 1 naming the first
+//! broken record. `jit audit verify --file audit.jsonl --key-file audit.key
+//! --checkpoints audit-checkpoints.jsonl` checks an export (`GET /v1/audit`)
+//! here, without the server or a token: the seals with the audit key
+//! (repeat `--key-file` for keys rotated out) and the end of the chain
+//! against the server's signed checkpoints, so that records edited and
+//! re-hashed, or deleted from the end, by someone with database access are
+//! found. Keep the checkpoint file where that someone cannot rewrite it.
+//!
 //! # Exit codes
 //!
 //! | code | meaning |

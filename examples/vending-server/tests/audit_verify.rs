@@ -58,7 +58,7 @@ struct World {
     server: Server,
     admin: String,
     db: sqlx::SqlitePool,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn world() -> World {
@@ -84,7 +84,7 @@ async fn world() -> World {
         admin: issuer.token("admin", &["secops"], 600).unwrap(),
         server,
         db,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -195,4 +195,53 @@ async fn a_rehashed_record_fails_on_its_seal() {
         ),
         "{v}"
     );
+}
+
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_audit_key_is_created_private_and_its_bytes_never_reach_the_logs() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let w = world().await;
+    sqlx::query("DELETE FROM audit WHERE seq > 2")
+        .execute(&w.db)
+        .await
+        .unwrap();
+    let (_, v) = verify(&w).await;
+    assert_eq!(v["kind"], "truncated", "{v}");
+
+    let path = w.dir.path().join("audit.key");
+    let key = std::fs::read_to_string(&path).unwrap();
+    let key = key.trim();
+    assert_eq!(key.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("created a new audit key"), "{text}");
+    assert!(!text.contains(key) && !text.contains(&key[..16]), "{text}");
+    let shown = format!("{:?}", w.server.state);
+    assert!(!shown.contains(&key[..16]), "{shown}");
 }
