@@ -1,4 +1,6 @@
-//! The tamper-evident audit log: a SHA-256 hash chain.
+//! The tamper-evident audit log: a SHA-256 hash chain, sealed with a key
+//! kept outside the store and anchored by signed checkpoints kept outside
+//! it too.
 //!
 //! Every record carries the hash of the record before it (`prev_hash`) and its
 //! own hash over its canonical JSON form plus `prev_hash`. Editing a record
@@ -12,9 +14,73 @@
 //! commit; if one of them fails, the broker treats the operation as failed
 //! (fail-closed) and takes back anything it minted.
 //!
+//! # Who the chain protects against
+//!
+//! A hash chain alone is computed with public code: someone who can write
+//! the database can edit a record and recompute every later hash, or delete
+//! the last records, and the result verifies. Two things stop that
+//! attacker, and both live outside the database:
+//!
+//! - **The audit key** ([`AuditKey`], in an [`AuditKeyring`] given to
+//!   [`BrokerBuilder::audit_keyring`](crate::BrokerBuilder::audit_keyring)).
+//!   Each record is sealed as it joins the chain with an [`AuditMac`]:
+//!   HMAC-SHA256 over its `seq` and hash, under the current key, tagged with
+//!   the key's id. The hash covers `prev_hash`, so each seal covers the whole
+//!   chain before it. Without the key, a re-hashed record cannot get a valid
+//!   seal, and a stripped seal is itself a break ([`ChainBreakReason::MissingMac`]).
+//! - **Signed checkpoints** ([`AuditCheckpoint`]: the chain's length, its
+//!   head hash, the time, signed with the key), which the broker emits to
+//!   its sinks every [`BrokerBuilder::checkpoint_every`](crate::BrokerBuilder::checkpoint_every)
+//!   records and on every reaper tick, for heads it wrote itself (it never
+//!   signs what it only read back, so it cannot bless an edit). A store with
+//!   fewer records than a checkpoint names was truncated
+//!   ([`ChainBreakReason::Truncated`]); another hash at the checkpoint's
+//!   `seq` means it was rewritten ([`ChainBreakReason::CheckpointMismatch`]).
+//!   [`CheckpointFileSink`] keeps them in a file of their own; ship that
+//!   file (or the log stream) somewhere the database's administrators cannot
+//!   rewrite: append-only storage, a log service, another account.
+//!
+//! A per-record key is better than signing the head alone because it
+//! catches an edit at once, whatever the checkpoint interval; a checkpoint
+//! is needed as well because no per-record seal can tell a chain that ends
+//! at record 90 from one whose records 91 to 100 were deleted.
+//!
+//! What is detected:
+//!
+//! | tampering | hash chain only | with the key | with the key and checkpoints |
+//! | --- | --- | --- | --- |
+//! | edit, delete or reorder a record inside the chain | yes | yes | yes |
+//! | edit a record and recompute every later hash | no | yes (bad or missing seal) | yes |
+//! | delete the last records | no | no | yes, up to the latest checkpoint |
+//! | replace the database with an older copy | no | no | yes, up to the latest checkpoint |
+//!
+//! Records appended after the latest checkpoint can still be cut off
+//! unseen: the checkpoint interval bounds that window. Someone who holds
+//! the key can forge anything: it is as sensitive as the ability to mint.
+//!
+//! # What a verifier needs
+//!
+//! The records (from the store, or a JSON Lines export), the keyring (the
+//! seals are HMACs, so verifying needs the secret key itself: run the
+//! verification where the broker runs, or give a trusted auditor a copy)
+//! and the checkpoints; see [`ChainVerifier`]. Checkpoints are checked with
+//! the keyring when one is given; without one they are trusted as given.
+//! Records before [`ChainVerifier::sealed_from`] may be unsealed: a chain
+//! started before its key was configured.
+//!
+//! # Key rotation
+//!
+//! Make a new key current and keep each previous key in the keyring
+//! ([`AuditKeyring::with_previous`]) for as long as records or checkpoints
+//! it sealed must verify. New records are sealed with the current key only.
+//!
 //! No secret value ever enters a record: records are built by the broker from
 //! non-secret fields only, and [`Credentials`](crate::Credentials) has no
 //! `Serialize` implementation that could leak into `details`.
+
+mod key;
+
+pub use key::{AuditCheckpoint, AuditKey, AuditKeyring, AuditMac};
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -100,6 +166,35 @@ pub struct AuditEvent {
     /// Non-secret details (decision, reasons, expiry, provider ids).
     #[serde(default)]
     pub details: serde_json::Value,
+    /// The keyring that seals the record this event becomes (never stored).
+    #[serde(skip)]
+    seal: Sealer,
+}
+
+/// The keyring an event carries into [`AuditEvent::chain`].
+///
+/// The store assigns `seq` and `prev_hash` inside its own transaction, so
+/// the seal, which covers the hash, can only be computed there. Carrying the
+/// keyring on the event lets every store (and every wrapper around one)
+/// seal in that transaction without the [`Store`](crate::store::Store)
+/// trait changing, and no store ever holds the key on its own.
+#[derive(Clone, Default)]
+struct Sealer(Option<AuditKeyring>);
+
+impl PartialEq for Sealer {
+    /// How an event will be sealed is not part of what it says.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(k) => write!(f, "Sealer({})", k.current_id()),
+            None => f.write_str("Sealer(none)"),
+        }
+    }
 }
 
 impl AuditEvent {
@@ -119,7 +214,15 @@ impl AuditEvent {
             actor: actor.to_string(),
             state,
             details: serde_json::Value::Null,
+            seal: Sealer::default(),
         }
+    }
+
+    /// Seals the record this event becomes with `keyring`'s current key
+    /// when it joins the chain ([`AuditEvent::chain`]).
+    pub fn sealed_with(mut self, keyring: Option<&AuditKeyring>) -> Self {
+        self.seal = Sealer(keyring.cloned());
+        self
     }
 
     /// Sets the grant id.
@@ -134,15 +237,19 @@ impl AuditEvent {
         self
     }
 
-    /// Joins the chain after `prev_hash` as record number `seq`.
-    pub fn chain(self, seq: u64, prev_hash: &str) -> AuditRecord {
+    /// Joins the chain after `prev_hash` as record number `seq`, sealed if
+    /// the event carries a keyring ([`AuditEvent::sealed_with`]).
+    pub fn chain(mut self, seq: u64, prev_hash: &str) -> AuditRecord {
+        let keyring = std::mem::take(&mut self.seal).0;
         let mut r = AuditRecord {
             seq,
             event: self,
             prev_hash: prev_hash.to_string(),
             hash: String::new(),
+            mac: None,
         };
         r.hash = r.compute_hash();
+        r.mac = keyring.map(|k| k.seal(seq, &r.hash));
         r
     }
 }
@@ -159,6 +266,9 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// SHA-256 over `prev_hash` and this record's canonical JSON (hex).
     pub hash: String,
+    /// The seal over `seq` and `hash` under the audit key, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<AuditMac>,
 }
 
 impl AuditRecord {
@@ -221,9 +331,59 @@ pub enum ChainBreakReason {
         /// Found seq.
         found: u64,
     },
-    /// A line could not be parsed.
+    /// A line or stored row could not be parsed.
     #[error("not a valid record: {0}")]
     Malformed(String),
+    /// The record carries no seal where one is required.
+    #[error("carries no seal (MAC) where one is required (seal stripped)")]
+    MissingMac,
+    /// The seal does not match: the record was rewritten by someone without the key.
+    #[error("seal (MAC) does not match (rewritten without the audit key)")]
+    BadMac,
+    /// The seal or checkpoint names a key the keyring does not hold.
+    #[error("sealed with key `{key_id}`, which the keyring does not hold")]
+    UnknownKey {
+        /// The key id.
+        key_id: String,
+    },
+    /// A checkpoint's signature does not verify.
+    #[error("the checkpoint of seq {checkpoint} does not verify (forged)")]
+    BadCheckpoint {
+        /// The checkpoint's seq.
+        checkpoint: u64,
+    },
+    /// The record's hash is not the head a checkpoint recorded for its seq.
+    #[error("hash differs from the checkpoint of seq {checkpoint} (rewritten)")]
+    CheckpointMismatch {
+        /// The checkpoint's seq.
+        checkpoint: u64,
+    },
+    /// The chain ends before a checkpoint's head: records were deleted.
+    #[error("chain has {records} records but a checkpoint recorded {checkpoint} (truncated)")]
+    Truncated {
+        /// The highest checkpoint's seq.
+        checkpoint: u64,
+        /// Records found.
+        records: u64,
+    },
+}
+
+impl ChainBreakReason {
+    /// A stable snake_case name for the kind of break (for JSON answers and scripts).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChainBreakReason::HashMismatch => "hash_mismatch",
+            ChainBreakReason::BrokenLink => "broken_link",
+            ChainBreakReason::Sequence { .. } => "sequence",
+            ChainBreakReason::Malformed(_) => "malformed",
+            ChainBreakReason::MissingMac => "missing_mac",
+            ChainBreakReason::BadMac => "bad_mac",
+            ChainBreakReason::UnknownKey { .. } => "unknown_key",
+            ChainBreakReason::BadCheckpoint { .. } => "bad_checkpoint",
+            ChainBreakReason::CheckpointMismatch { .. } => "checkpoint_mismatch",
+            ChainBreakReason::Truncated { .. } => "truncated",
+        }
+    }
 }
 
 /// Summary of a verified chain.
@@ -233,41 +393,240 @@ pub struct ChainSummary {
     pub records: u64,
     /// Hash of the last record (the head), to compare with a value kept elsewhere.
     pub head: String,
+    /// Records whose seal was checked and matched (0 without a keyring).
+    pub sealed: u64,
+    /// The highest checkpoint the chain was checked against, if any.
+    pub checkpoint: Option<u64>,
 }
 
-/// Verifies a whole chain from its first record.
+/// One stored audit row as read back: a record, or a row that does not
+/// decode (which [`verify`] reports as broken instead of failing the read).
+// Nearly every entry is a record: boxing them all would cost more than the
+// rare small variant wastes.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuditEntry {
+    /// A decoded record.
+    Record(AuditRecord),
+    /// A row whose stored form is not a valid record.
+    Undecodable {
+        /// The row's `seq` as the store keeps it.
+        seq: u64,
+        /// Why it does not decode.
+        error: String,
+    },
+}
+
+impl AuditEntry {
+    /// The `seq` of the row.
+    pub fn seq(&self) -> u64 {
+        match self {
+            AuditEntry::Record(r) => r.seq,
+            AuditEntry::Undecodable { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Verifies a whole chain from its first record: hashes, links and
+/// sequence only ([`ChainVerifier`] also checks seals and checkpoints).
 pub fn verify<'a, I>(records: I) -> Result<ChainSummary, ChainBreak>
 where
     I: IntoIterator<Item = &'a AuditRecord>,
 {
-    let mut prev = GENESIS_HASH.to_string();
-    let mut count = 0u64;
-    for (position, r) in records.into_iter().enumerate() {
-        let expected_seq = position as u64 + 1;
-        let brk = |reason| ChainBreak {
-            position,
-            seq: r.seq,
-            reason,
-        };
-        if r.compute_hash() != r.hash {
-            return Err(brk(ChainBreakReason::HashMismatch));
-        }
-        if r.prev_hash != prev {
-            return Err(brk(ChainBreakReason::BrokenLink));
-        }
-        if r.seq != expected_seq {
-            return Err(brk(ChainBreakReason::Sequence {
-                expected: expected_seq,
-                found: r.seq,
-            }));
-        }
-        prev = r.hash.clone();
-        count += 1;
+    ChainVerifier::new().verify(records)
+}
+
+/// Verifies a chain against an audit keyring and checkpoints kept outside
+/// the store (see the [module docs](self) for what each detects).
+///
+/// ```
+/// # use jit_core::audit::{AuditKey, AuditKeyring, ChainVerifier};
+/// let keyring = AuditKeyring::new(AuditKey::generate());
+/// let verifier = ChainVerifier::new().keyring(keyring).checkpoints(vec![]);
+/// assert_eq!(verifier.verify(&[]).unwrap().records, 0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    keyring: Option<AuditKeyring>,
+    checkpoints: Vec<AuditCheckpoint>,
+    sealed_from: u64,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self::new()
     }
-    Ok(ChainSummary {
-        records: count,
-        head: prev,
-    })
+}
+
+impl ChainVerifier {
+    /// Checks hashes, links and sequence only.
+    pub fn new() -> Self {
+        Self {
+            keyring: None,
+            checkpoints: Vec::new(),
+            sealed_from: 1,
+        }
+    }
+
+    /// Also checks every seal; records from [`ChainVerifier::sealed_from`] on must carry one.
+    pub fn keyring(mut self, keyring: AuditKeyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// Also checks the chain against these checkpoints: each must verify
+    /// under the keyring (when one is given), the chain must reach each
+    /// one's `seq`, and its record there must have the checkpoint's head.
+    pub fn checkpoints(mut self, checkpoints: impl IntoIterator<Item = AuditCheckpoint>) -> Self {
+        self.checkpoints.extend(checkpoints);
+        self
+    }
+
+    /// Records before `seq` may be unsealed (default 1: every record must be
+    /// sealed): for a chain that began before its key was configured.
+    pub fn sealed_from(mut self, seq: u64) -> Self {
+        self.sealed_from = seq;
+        self
+    }
+
+    /// Verifies decoded records.
+    pub fn verify<'a, I>(&self, records: I) -> Result<ChainSummary, ChainBreak>
+    where
+        I: IntoIterator<Item = &'a AuditRecord>,
+    {
+        self.walk(records.into_iter().map(Ok))
+    }
+
+    /// Verifies stored rows; an undecodable row is a break at its position.
+    pub fn verify_entries<'a, I>(&self, entries: I) -> Result<ChainSummary, ChainBreak>
+    where
+        I: IntoIterator<Item = &'a AuditEntry>,
+    {
+        self.walk(entries.into_iter().map(|e| match e {
+            AuditEntry::Record(r) => Ok(r),
+            AuditEntry::Undecodable { seq, error } => Err((*seq, error.as_str())),
+        }))
+    }
+
+    /// Verifies a JSON Lines export. A line that does not parse is a break
+    /// at its position; checkpoint lines ([`AuditCheckpoint::to_json_line`],
+    /// as a log stream holds them) are skipped.
+    pub fn verify_jsonl<R: BufRead>(&self, input: R) -> Result<ChainSummary, ChainBreak> {
+        let mut entries = Vec::new();
+        for line in input.lines() {
+            let position = entries.len();
+            let line = line.map_err(|e| ChainBreak {
+                position,
+                seq: 0,
+                reason: ChainBreakReason::Malformed(e.to_string()),
+            })?;
+            if line.trim().is_empty() || AuditCheckpoint::from_json_line(&line).is_some() {
+                continue;
+            }
+            entries.push(match serde_json::from_str::<AuditRecord>(&line) {
+                Ok(r) => AuditEntry::Record(r),
+                Err(e) => AuditEntry::Undecodable {
+                    seq: 0,
+                    error: e.to_string(),
+                },
+            });
+        }
+        self.verify_entries(&entries)
+    }
+
+    fn walk<'a, I>(&self, entries: I) -> Result<ChainSummary, ChainBreak>
+    where
+        I: Iterator<Item = std::result::Result<&'a AuditRecord, (u64, &'a str)>>,
+    {
+        // Checkpoints first: a forged one must not be trusted for anything.
+        let mut anchors = std::collections::BTreeMap::new();
+        for cp in &self.checkpoints {
+            if let Some(k) = &self.keyring {
+                k.check_checkpoint(cp).map_err(|reason| ChainBreak {
+                    position: usize::try_from(cp.seq.saturating_sub(1)).unwrap_or(usize::MAX),
+                    seq: cp.seq,
+                    reason,
+                })?;
+            }
+            anchors
+                .entry(cp.seq)
+                .or_insert_with(Vec::new)
+                .push(cp.head.as_str());
+        }
+        let mut prev = GENESIS_HASH.to_string();
+        let mut count = 0u64;
+        let mut sealed = 0u64;
+        for (position, entry) in entries.enumerate() {
+            let expected_seq = position as u64 + 1;
+            let r = match entry {
+                Ok(r) => r,
+                Err((seq, error)) => {
+                    return Err(ChainBreak {
+                        position,
+                        seq,
+                        reason: ChainBreakReason::Malformed(error.to_string()),
+                    })
+                }
+            };
+            let brk = |reason| ChainBreak {
+                position,
+                seq: r.seq,
+                reason,
+            };
+            if r.compute_hash() != r.hash {
+                return Err(brk(ChainBreakReason::HashMismatch));
+            }
+            if r.prev_hash != prev {
+                return Err(brk(ChainBreakReason::BrokenLink));
+            }
+            if r.seq != expected_seq {
+                return Err(brk(ChainBreakReason::Sequence {
+                    expected: expected_seq,
+                    found: r.seq,
+                }));
+            }
+            if let Some(k) = &self.keyring {
+                match &r.mac {
+                    Some(mac) => {
+                        k.check(mac, r.seq, &r.hash).map_err(brk)?;
+                        sealed += 1;
+                    }
+                    None if r.seq >= self.sealed_from => {
+                        return Err(brk(ChainBreakReason::MissingMac))
+                    }
+                    None => {}
+                }
+            }
+            if let Some(heads) = anchors.get(&r.seq) {
+                if heads.iter().any(|h| *h != r.hash) {
+                    return Err(brk(ChainBreakReason::CheckpointMismatch {
+                        checkpoint: r.seq,
+                    }));
+                }
+            }
+            prev = r.hash.clone();
+            count += 1;
+        }
+        let checkpoint = anchors.keys().next_back().copied();
+        if let Some(last) = checkpoint {
+            if last > count {
+                return Err(ChainBreak {
+                    position: usize::try_from(count).unwrap_or(usize::MAX),
+                    seq: count + 1,
+                    reason: ChainBreakReason::Truncated {
+                        checkpoint: last,
+                        records: count,
+                    },
+                });
+            }
+        }
+        Ok(ChainSummary {
+            records: count,
+            head: prev,
+            sealed,
+            checkpoint,
+        })
+    }
 }
 
 /// Writes records as JSON Lines.
@@ -282,26 +641,31 @@ pub fn export_jsonl<'a, W: Write>(
     out.flush()
 }
 
-/// Verifies a JSON Lines export; a line that does not parse is a break at its position.
+/// Verifies a JSON Lines export; a line that does not parse is a break at
+/// its position (hashes, links and sequence only: see [`ChainVerifier::verify_jsonl`]).
 pub fn verify_jsonl<R: BufRead>(input: R) -> Result<ChainSummary, ChainBreak> {
-    let mut records = Vec::new();
-    for (position, line) in input.lines().enumerate() {
-        let line = line.map_err(|e| ChainBreak {
-            position,
-            seq: 0,
-            reason: ChainBreakReason::Malformed(e.to_string()),
-        })?;
-        if line.trim().is_empty() {
-            continue;
+    ChainVerifier::new().verify_jsonl(input)
+}
+
+/// Reads the checkpoints among JSON lines (a [`CheckpointFileSink`]'s file,
+/// or a log stream with other lines in between, which are skipped).
+pub fn read_checkpoints<R: BufRead>(input: R) -> std::io::Result<Vec<AuditCheckpoint>> {
+    let mut out = Vec::new();
+    for line in input.lines() {
+        if let Some(cp) = AuditCheckpoint::from_json_line(&line?) {
+            out.push(cp);
         }
-        let r: AuditRecord = serde_json::from_str(&line).map_err(|e| ChainBreak {
-            position,
-            seq: 0,
-            reason: ChainBreakReason::Malformed(e.to_string()),
-        })?;
-        records.push(r);
     }
-    verify(&records)
+    Ok(out)
+}
+
+/// Reads the checkpoints in a file (see [`read_checkpoints`]).
+pub fn read_checkpoint_file(path: impl AsRef<Path>) -> Result<Vec<AuditCheckpoint>> {
+    let path = path.as_ref();
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::AuditFailed(format!("cannot open `{}`: {e}", path.display())))?;
+    read_checkpoints(std::io::BufReader::new(file))
+        .map_err(|e| Error::AuditFailed(format!("cannot read `{}`: {e}", path.display())))
 }
 
 /// A copy of the chain kept outside the store. Appends are fail-closed.
@@ -309,35 +673,38 @@ pub fn verify_jsonl<R: BufRead>(input: R) -> Result<ChainSummary, ChainBreak> {
 pub trait AuditSink: Send + Sync + std::fmt::Debug {
     /// Appends one record; an error fails the operation that produced it.
     async fn append(&self, record: &AuditRecord) -> Result<()>;
+
+    /// Keeps a signed checkpoint of the chain's head; an error fails the
+    /// operation that produced it. The default ignores checkpoints (a sink
+    /// that keeps every record needs none).
+    async fn checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<()> {
+        let _ = checkpoint;
+        Ok(())
+    }
 }
 
-/// Appends records as JSON Lines to a file, flushing and syncing each one.
+/// A file opened for appending, each line synced before `append` returns.
 #[derive(Debug)]
-pub struct JsonlFileSink {
+struct AppendFile {
     path: PathBuf,
     file: Mutex<std::fs::File>,
 }
 
-impl JsonlFileSink {
-    /// Opens (or creates) the file for appending.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+impl AppendFile {
+    fn open(path: &Path) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)
+            .open(path)
             .map_err(|e| Error::AuditFailed(format!("cannot open `{}`: {e}", path.display())))?;
         Ok(Self {
-            path,
+            path: path.to_path_buf(),
             file: Mutex::new(file),
         })
     }
-}
 
-#[async_trait]
-impl AuditSink for JsonlFileSink {
-    async fn append(&self, record: &AuditRecord) -> Result<()> {
-        let line = format!("{}\n", record.to_json_line());
+    fn write_line(&self, line: &str) -> Result<()> {
+        let line = format!("{line}\n");
         let mut f = self
             .file
             .lock()
@@ -345,6 +712,56 @@ impl AuditSink for JsonlFileSink {
         f.write_all(line.as_bytes())
             .and_then(|_| f.sync_data())
             .map_err(|e| Error::AuditFailed(format!("`{}`: {e}", self.path.display())))
+    }
+}
+
+/// Appends records as JSON Lines to a file, flushing and syncing each one.
+#[derive(Debug)]
+pub struct JsonlFileSink {
+    file: AppendFile,
+}
+
+impl JsonlFileSink {
+    /// Opens (or creates) the file for appending.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self {
+            file: AppendFile::open(path.as_ref())?,
+        })
+    }
+}
+
+#[async_trait]
+impl AuditSink for JsonlFileSink {
+    async fn append(&self, record: &AuditRecord) -> Result<()> {
+        self.file.write_line(&record.to_json_line())
+    }
+}
+
+/// Appends signed checkpoints (only) as JSON Lines to a file, syncing each
+/// one: small enough to ship to storage the database's administrators
+/// cannot rewrite. Read it back with [`read_checkpoint_file`].
+#[derive(Debug)]
+pub struct CheckpointFileSink {
+    file: AppendFile,
+}
+
+impl CheckpointFileSink {
+    /// Opens (or creates) the file for appending.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self {
+            file: AppendFile::open(path.as_ref())?,
+        })
+    }
+}
+
+#[async_trait]
+impl AuditSink for CheckpointFileSink {
+    async fn append(&self, _record: &AuditRecord) -> Result<()> {
+        Ok(())
+    }
+
+    async fn checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<()> {
+        self.file.write_line(&checkpoint.to_json_line())
     }
 }
 
@@ -357,6 +774,13 @@ impl AuditSink for StdoutSink {
     async fn append(&self, record: &AuditRecord) -> Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", record.to_json_line())
+            .and_then(|_| out.flush())
+            .map_err(|e| Error::AuditFailed(format!("stdout: {e}")))
+    }
+
+    async fn checkpoint(&self, checkpoint: &AuditCheckpoint) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", checkpoint.to_json_line())
             .and_then(|_| out.flush())
             .map_err(|e| Error::AuditFailed(format!("stdout: {e}")))
     }
@@ -415,6 +839,249 @@ mod tests {
             c.swap(i, i + 1);
             assert_eq!(verify(&c).unwrap_err().position, i, "swap {i}");
         }
+    }
+
+    fn sealed_chain(n: usize, keyring: &AuditKeyring) -> Vec<AuditRecord> {
+        let mut prev = GENESIS_HASH.to_string();
+        let rid = RequestId::new();
+        (0..n)
+            .map(|i| {
+                let r = AuditEvent::new(
+                    Utc::now(),
+                    AuditKind::Requested,
+                    rid,
+                    &format!("user{i}"),
+                    State::Pending,
+                )
+                .sealed_with(Some(keyring))
+                .chain(i as u64 + 1, &prev);
+                prev = r.hash.clone();
+                r
+            })
+            .collect()
+    }
+
+    /// What an attacker without the key can do: edit record `i` and
+    /// recompute every hash from there on (with the public code).
+    fn rehash_from(c: &mut [AuditRecord], i: usize) {
+        c[i].event.actor = "mallory".into();
+        for j in i..c.len() {
+            if j > 0 {
+                c[j].prev_hash = c[j - 1].hash.clone();
+            }
+            c[j].hash = c[j].compute_hash();
+        }
+    }
+
+    #[test]
+    fn a_rehashed_chain_verifies_without_the_key_but_not_with_it() {
+        let k = AuditKeyring::new(AuditKey::generate());
+        let with_key = ChainVerifier::new().keyring(k.clone());
+        let good = sealed_chain(5, &k);
+        assert_eq!(with_key.verify(&good).unwrap().sealed, 5);
+        for i in 0..5 {
+            let mut c = good.clone();
+            rehash_from(&mut c, i);
+            // The hash chain alone cannot tell.
+            assert!(verify(&c).is_ok());
+            let b = with_key.verify(&c).unwrap_err();
+            assert_eq!((b.position, b.reason), (i, ChainBreakReason::BadMac));
+
+            // Stripping the seals does not help.
+            c.iter_mut().skip(i).for_each(|r| r.mac = None);
+            let b = with_key.verify(&c).unwrap_err();
+            assert_eq!((b.position, b.reason), (i, ChainBreakReason::MissingMac));
+        }
+        // Seals made by another key do not verify either.
+        let other = AuditKeyring::new(AuditKey::generate());
+        let b = ChainVerifier::new()
+            .keyring(other)
+            .verify(&good)
+            .unwrap_err();
+        assert!(
+            matches!(b.reason, ChainBreakReason::UnknownKey { .. }),
+            "{b}"
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_old_seals_verifiable_and_seals_with_the_current_key() {
+        let old = AuditKey::from_hex(&"11".repeat(32)).unwrap();
+        let old_id = old.id().to_string();
+        let old_ring = AuditKeyring::new(AuditKey::from_hex(&"11".repeat(32)).unwrap());
+        let mut c = sealed_chain(3, &old_ring);
+        let new_ring = AuditKeyring::new(AuditKey::generate()).with_previous(old);
+        let mut prev = c[2].hash.clone();
+        for seq in 4..=5 {
+            let r = AuditEvent::new(
+                Utc::now(),
+                AuditKind::Expired,
+                RequestId::new(),
+                "reaper",
+                State::Expired,
+            )
+            .sealed_with(Some(&new_ring))
+            .chain(seq, &prev);
+            assert_eq!(r.mac.as_ref().unwrap().key_id, new_ring.current_id());
+            prev = r.hash.clone();
+            c.push(r);
+        }
+        assert_eq!(c[0].mac.as_ref().unwrap().key_id, old_id);
+        let s = ChainVerifier::new()
+            .keyring(new_ring.clone())
+            .verify(&c)
+            .unwrap();
+        assert_eq!(s.sealed, 5);
+        // Without the old key, its records no longer verify, by name.
+        let only_new = AuditKeyring::new(AuditKey::from_hex(&"22".repeat(32)).unwrap());
+        let b = ChainVerifier::new()
+            .keyring(only_new)
+            .verify(&c)
+            .unwrap_err();
+        assert_eq!(
+            (b.position, b.reason),
+            (0, ChainBreakReason::UnknownKey { key_id: old_id })
+        );
+    }
+
+    #[test]
+    fn checkpoints_catch_truncation_and_rewrites_and_must_be_genuine() {
+        let k = AuditKeyring::new(AuditKey::generate());
+        let c = sealed_chain(6, &k);
+        let cp = k.checkpoint(6, &c[5].hash, Utc::now());
+        let v = ChainVerifier::new()
+            .keyring(k.clone())
+            .checkpoints([cp.clone()]);
+        assert_eq!(v.verify(&c).unwrap().checkpoint, Some(6));
+
+        // The last records deleted: every seal still matches, the checkpoint does not.
+        for keep in 0..6 {
+            let b = v.verify(&c[..keep]).unwrap_err();
+            assert_eq!(
+                (b.position, b.seq, b.reason),
+                (
+                    keep,
+                    keep as u64 + 1,
+                    ChainBreakReason::Truncated {
+                        checkpoint: 6,
+                        records: keep as u64
+                    }
+                )
+            );
+        }
+        // Without a keyring, a trusted checkpoint still catches a re-hash up to it.
+        let mut r = c.clone();
+        rehash_from(&mut r, 2);
+        let b = ChainVerifier::new()
+            .checkpoints([cp.clone()])
+            .verify(&r)
+            .unwrap_err();
+        assert_eq!(
+            (b.position, b.reason),
+            (5, ChainBreakReason::CheckpointMismatch { checkpoint: 6 })
+        );
+        // A checkpoint edited to match a rewritten chain is refused.
+        let mut forged = cp.clone();
+        forged.head = r[5].hash.clone();
+        let b = ChainVerifier::new()
+            .keyring(k.clone())
+            .checkpoints([forged])
+            .verify(&c)
+            .unwrap_err();
+        assert_eq!(b.reason, ChainBreakReason::BadCheckpoint { checkpoint: 6 });
+        // Checkpoint lines round-trip and are picked out of a mixed stream.
+        let mut text = Vec::new();
+        export_jsonl(&c, &mut text).unwrap();
+        text.extend(format!("{}\nnot json\n", cp.to_json_line()).as_bytes());
+        assert_eq!(read_checkpoints(&text[..]).unwrap(), vec![cp]);
+        assert_eq!(v.verify_jsonl(&text[..]).unwrap_err().position, 6);
+    }
+
+    #[test]
+    fn sealed_from_admits_an_unsealed_prefix_only() {
+        let k = AuditKeyring::new(AuditKey::generate());
+        let mut c = chain(2);
+        let mut prev = c[1].hash.clone();
+        for seq in 3..=4 {
+            let r = AuditEvent::new(
+                Utc::now(),
+                AuditKind::Requested,
+                RequestId::new(),
+                "x",
+                State::Pending,
+            )
+            .sealed_with(Some(&k))
+            .chain(seq, &prev);
+            prev = r.hash.clone();
+            c.push(r);
+        }
+        let strict = ChainVerifier::new().keyring(k.clone());
+        assert_eq!(
+            strict.verify(&c).unwrap_err().reason,
+            ChainBreakReason::MissingMac
+        );
+        let v = strict.sealed_from(3);
+        assert_eq!(v.verify(&c).unwrap().sealed, 2);
+        c[3].mac = None;
+        assert_eq!(v.verify(&c).unwrap_err().position, 3);
+    }
+
+    #[test]
+    fn undecodable_entries_are_breaks_named_by_seq() {
+        let c = chain(3);
+        let entries = vec![
+            AuditEntry::Record(c[0].clone()),
+            AuditEntry::Undecodable {
+                seq: 2,
+                error: "expected value at line 1 column 1".into(),
+            },
+            AuditEntry::Record(c[2].clone()),
+        ];
+        let b = ChainVerifier::new().verify_entries(&entries).unwrap_err();
+        assert_eq!((b.position, b.seq), (1, 2));
+        assert!(matches!(b.reason, ChainBreakReason::Malformed(_)), "{b}");
+    }
+
+    #[test]
+    fn key_bytes_never_show() {
+        let key = AuditKey::from_hex(&"ab".repeat(32)).unwrap();
+        let id = key.id().to_string();
+        assert_eq!(id.len(), 16);
+        let ring =
+            AuditKeyring::new(key).with_previous(AuditKey::from_hex(&"cd".repeat(32)).unwrap());
+        let event = AuditEvent::new(
+            Utc::now(),
+            AuditKind::Requested,
+            RequestId::new(),
+            "a",
+            State::Pending,
+        )
+        .sealed_with(Some(&ring));
+        let record = event.clone().chain(1, GENESIS_HASH);
+        let cp = ring.checkpoint(1, &record.hash, Utc::now());
+        for shown in [
+            format!("{ring:?}"),
+            format!("{:?}", AuditKey::from_hex(&"ab".repeat(32)).unwrap()),
+            format!("{event:?}"),
+            format!("{record:?}"),
+            record.to_json_line(),
+            cp.to_json_line(),
+            format!("{:?}", ChainVerifier::new().keyring(ring.clone())),
+        ] {
+            assert!(!shown.contains(&"ab".repeat(4)), "{shown}");
+            assert!(!shown.contains(&"cd".repeat(4)), "{shown}");
+        }
+        assert!(format!("{ring:?}").contains(&id));
+        // A bad key file's error does not quote it either.
+        let err = AuditKey::from_hex(&format!("{}zz", "ab".repeat(31))).unwrap_err();
+        assert!(!err.to_string().contains("abab"), "{err}");
+        assert_eq!(
+            AuditKey::from_hex(&"ab".repeat(32))
+                .unwrap()
+                .to_hex()
+                .as_str(),
+            "ab".repeat(32)
+        );
     }
 
     #[test]

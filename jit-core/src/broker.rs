@@ -52,7 +52,10 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
-use crate::audit::{self, AuditEvent, AuditKind, AuditRecord, AuditSink, ChainSummary};
+use crate::audit::{
+    self, AuditCheckpoint, AuditEvent, AuditKeyring, AuditKind, AuditRecord, AuditSink,
+    ChainSummary, ChainVerifier,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::Credentials;
 use crate::error::{ConfigError, Error, RequestError, Result};
@@ -129,6 +132,8 @@ pub struct BrokerBuilder {
     reconcile_grace: Duration,
     replica_id: Option<String>,
     claim_lease: Duration,
+    audit_keyring: Option<AuditKeyring>,
+    checkpoint_every: u64,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -154,6 +159,8 @@ impl BrokerBuilder {
             reconcile_grace: Duration::from_secs(120),
             replica_id: None,
             claim_lease: Duration::from_secs(60),
+            audit_keyring: None,
+            checkpoint_every: 100,
         }
     }
 
@@ -178,6 +185,25 @@ impl BrokerBuilder {
     /// Copies every audit record to this sink too; a failing sink fails the operation.
     pub fn audit_sink(mut self, sink: Arc<dyn AuditSink>) -> Self {
         self.sinks.push(sink);
+        self
+    }
+
+    /// Seals every audit record with the keyring's current key and signs
+    /// checkpoints with it (see [`crate::audit`]). Keep the key outside the
+    /// store: without it, someone who can write the database can rewrite the
+    /// chain unseen.
+    pub fn audit_keyring(mut self, keyring: AuditKeyring) -> Self {
+        self.audit_keyring = Some(keyring);
+        self
+    }
+
+    /// With an audit keyring, sends a signed checkpoint of the chain's head
+    /// to every sink once this broker has appended `records` records since
+    /// its last one (default 100; 1 is every commit), besides one on every
+    /// reaper tick ([`Broker::checkpoint_audit`]). Records after the latest
+    /// checkpoint could be cut off unseen: this bounds that window.
+    pub fn checkpoint_every(mut self, records: u64) -> Self {
+        self.checkpoint_every = records.max(1);
         self
     }
 
@@ -245,6 +271,9 @@ impl BrokerBuilder {
                 claim_lease: self.claim_lease,
                 started_at: self.clock.now(),
                 skipped: Default::default(),
+                audit_keyring: self.audit_keyring,
+                checkpoint_every: self.checkpoint_every,
+                checkpoints: std::sync::Mutex::new(CheckpointState::default()),
             }),
         })
     }
@@ -265,6 +294,16 @@ struct Inner {
     started_at: DateTime<Utc>,
     /// Records the time-driven work skipped (see [`Broker::skipped_records`]).
     skipped: std::sync::atomic::AtomicU64,
+    audit_keyring: Option<AuditKeyring>,
+    checkpoint_every: u64,
+    checkpoints: std::sync::Mutex<CheckpointState>,
+}
+
+/// The newest audit head this broker wrote, and the newest it checkpointed.
+#[derive(Debug, Default)]
+struct CheckpointState {
+    written: Option<(u64, String)>,
+    emitted: u64,
 }
 
 /// Work taken with [`Store::claim_due`], and until when this broker may start on it.
@@ -304,6 +343,13 @@ impl std::fmt::Debug for Broker {
 
 fn event(kind: AuditKind, rec: &RequestRecord, actor: &str, now: DateTime<Utc>) -> AuditEvent {
     AuditEvent::new(now, kind, rec.id, actor, rec.state).grant(rec.grant_id())
+}
+
+fn audit_failed(e: Error) -> Error {
+    match e {
+        Error::AuditFailed(m) => Error::AuditFailed(m),
+        other => Error::AuditFailed(other.to_string()),
+    }
 }
 
 fn check_reason(reason: &str) -> Result<()> {
@@ -458,17 +504,72 @@ impl Broker {
             .ok_or_else(|| RequestError::UnknownEntitlement(id.to_string()).into())
     }
 
-    /// Copies committed records to every sink; the first failure fails the call.
+    /// Events that the store will seal with the audit key, if there is one.
+    fn seal(&self, events: Vec<AuditEvent>) -> Vec<AuditEvent> {
+        match &self.inner.audit_keyring {
+            Some(k) => events.into_iter().map(|e| e.sealed_with(Some(k))).collect(),
+            None => events,
+        }
+    }
+
+    /// Copies committed records to every sink, then a checkpoint when one is
+    /// due; the first failure fails the call.
     async fn forward(&self, records: &[AuditRecord]) -> Result<()> {
         for sink in &self.inner.sinks {
             for r in records {
-                sink.append(r).await.map_err(|e| match e {
-                    Error::AuditFailed(m) => Error::AuditFailed(m),
-                    other => Error::AuditFailed(other.to_string()),
-                })?;
+                sink.append(r).await.map_err(audit_failed)?;
             }
         }
+        let due = {
+            let mut cp = self.lock_checkpoints()?;
+            if let Some(last) = records.iter().max_by_key(|r| r.seq) {
+                if cp.written.as_ref().is_none_or(|(seq, _)| *seq < last.seq) {
+                    cp.written = Some((last.seq, last.hash.clone()));
+                }
+            }
+            cp.written.as_ref().is_some_and(|(seq, _)| {
+                seq.saturating_sub(cp.emitted) >= self.inner.checkpoint_every
+            })
+        };
+        if due {
+            self.checkpoint_audit().await?;
+        }
         Ok(())
+    }
+
+    fn lock_checkpoints(&self) -> Result<std::sync::MutexGuard<'_, CheckpointState>> {
+        self.inner
+            .checkpoints
+            .lock()
+            .map_err(|_| Error::AuditFailed("checkpoint state lock poisoned".into()))
+    }
+
+    /// With an audit keyring, sends every sink a signed checkpoint of the
+    /// newest audit head this broker wrote, unless it was checkpointed
+    /// already; returns it. The reaper calls this every tick.
+    ///
+    /// Only heads this broker appended itself are signed, never heads read
+    /// back from the store: a checkpoint must not vouch for a chain someone
+    /// else may have rewritten.
+    pub async fn checkpoint_audit(&self) -> Result<Option<AuditCheckpoint>> {
+        let Some(keyring) = &self.inner.audit_keyring else {
+            return Ok(None);
+        };
+        let cp = {
+            let state = self.lock_checkpoints()?;
+            match &state.written {
+                Some((seq, head)) if *seq > state.emitted => {
+                    keyring.checkpoint(*seq, head, self.inner.clock.now())
+                }
+                _ => return Ok(None),
+            }
+        };
+        for sink in &self.inner.sinks {
+            sink.checkpoint(&cp).await.map_err(audit_failed)?;
+        }
+        let mut state = self.lock_checkpoints()?;
+        state.emitted = state.emitted.max(cp.seq);
+        Ok(Some(cp))
     }
 
     /// Reads, applies `f`, and writes with compare-and-set, re-reading on conflict.
@@ -487,7 +588,7 @@ impl Broker {
                 .ok_or_else(|| Error::request_not_found(id))?;
             let now = self.inner.clock.now();
             let mut next = current.clone();
-            let events = f(&mut next, now)?;
+            let events = self.seal(f(&mut next, now)?);
             next.version = current.version + 1;
             next.updated_at = now;
             match self
@@ -617,6 +718,7 @@ impl Broker {
             };
             e.grant_id = rec.grant_id();
         }
+        let events = self.seal(events);
         let recs = self.inner.store.insert(&rec, &events).await?;
         self.forward(&recs).await?;
         self.after_approval(rec, SYSTEM_ACTOR).await
@@ -1359,12 +1461,33 @@ impl Broker {
         crate::store::audit_all(self.inner.store.as_ref()).await
     }
 
-    /// Verifies the stored chain; `Ok(Err(break))` names the first broken record.
+    /// Verifies the stored chain, and every seal when the broker has an
+    /// audit keyring; `Ok(Err(break))` names the first broken record. A
+    /// stored row that does not decode is such a break, not an error. To
+    /// check against checkpoints too, use [`Broker::verify_audit_with`].
     pub async fn verify_audit(
         &self,
     ) -> Result<std::result::Result<ChainSummary, audit::ChainBreak>> {
-        let recs = self.audit_records().await?;
-        Ok(audit::verify(&recs))
+        self.verify_audit_with(&self.audit_verifier()).await
+    }
+
+    /// A verifier holding this broker's audit keyring, if any.
+    pub fn audit_verifier(&self) -> ChainVerifier {
+        match &self.inner.audit_keyring {
+            Some(k) => ChainVerifier::new().keyring(k.clone()),
+            None => ChainVerifier::new(),
+        }
+    }
+
+    /// Verifies the stored chain with `verifier` (a keyring, checkpoints);
+    /// `Ok(Err(break))` names the first broken record, an undecodable row
+    /// included. `Err` only when the store cannot be read.
+    pub async fn verify_audit_with(
+        &self,
+        verifier: &ChainVerifier,
+    ) -> Result<std::result::Result<ChainSummary, audit::ChainBreak>> {
+        let entries = crate::store::audit_entries_all(self.inner.store.as_ref()).await?;
+        Ok(verifier.verify_entries(&entries))
     }
 
     /// Writes the chain as JSON Lines.

@@ -2,8 +2,10 @@
 //!
 //! Each tick it expires grants at their end (revoking at the provider where
 //! expiry is not native), times out pending requests, issues approved
-//! requests whose scheduled start has come, retries failed revocations, and
-//! settles grants a crash left in `Issuing`. The first tick after start
+//! requests whose scheduled start has come, retries failed revocations,
+//! settles grants a crash left in `Issuing`, and (with an audit key) sends
+//! a signed checkpoint of the newest audit head this broker wrote
+//! ([`Broker::checkpoint_audit`]). The first tick after start
 //! also hands revoked grants back to providers that keep revocations in
 //! memory ([`Broker::restore_revocations`]), and, on a store this process
 //! has to itself, reconciles every `Issuing` grant and finishes every
@@ -111,6 +113,11 @@ impl Reaper {
                 "retry revocations",
                 self.broker.retry_revocations(self.batch).await,
             );
+        // Bounds how many of the newest audit records could be cut off unseen.
+        count(
+            "checkpoint audit",
+            self.broker.checkpoint_audit().await.map(|_| 0),
+        );
         report.reconciled = reconciled;
         report.expired = expired;
         report.settled = settled;

@@ -40,6 +40,17 @@
 //! active (one read; nothing is minted or audited), so a revoked grant is
 //! never handed out again. `--no-cache` skips it.
 //!
+//! # Verifying the audit chain
+//!
+//! `jit audit verify` asks the server (admins) and exits 1 naming the first
+//! broken record. `jit audit verify --file audit.jsonl --key-file audit.key
+//! --checkpoints audit-checkpoints.jsonl` checks an export (`GET /v1/audit`)
+//! here, without the server or a token: the seals with the audit key
+//! (repeat `--key-file` for keys rotated out) and the end of the chain
+//! against the server's signed checkpoints, so that records edited and
+//! re-hashed, or deleted from the end, by someone with database access are
+//! found. Keep the checkpoint file where that someone cannot rewrite it.
+//!
 //! # Exit codes
 //!
 //! | code | meaning |
@@ -231,8 +242,86 @@ struct WantArgs {
 
 #[derive(Debug, Subcommand)]
 enum AuditCmd {
-    /// Verify the hash chain (admins).
-    Verify,
+    /// Verify the audit chain: on the server (admins), or with `--file` an
+    /// export here, without the server (an auditor's copy).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// A JSON Lines export (`GET /v1/audit`, or a file sink) to verify here.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// An audit key file (64 hex digits) to check each record's seal;
+    /// repeat it for previous keys after a rotation.
+    #[arg(long = "key-file", requires = "file")]
+    key_files: Vec<PathBuf>,
+    /// Signed checkpoints (the server's checkpoint file), to catch records
+    /// deleted from the end.
+    #[arg(long, requires = "file")]
+    checkpoints: Option<PathBuf>,
+    /// Records before this seq may be unsealed (a chain older than its key).
+    #[arg(long, requires = "file")]
+    sealed_from: Option<u64>,
+}
+
+/// `jit audit verify --file`: the server's verifier, run on an export.
+fn verify_offline(file: &std::path::Path, args: &VerifyArgs) -> Res<Value> {
+    use jit_core::audit::{read_checkpoint_file, AuditKey, AuditKeyring, ChainVerifier};
+    let mut verifier = ChainVerifier::new();
+    let mut keys = args.key_files.iter();
+    if let Some(first) = keys.next() {
+        let key = |p: &PathBuf| AuditKey::from_file(p).map_err(|e| Fail::new(2, e.to_string()));
+        let mut ring = AuditKeyring::new(key(first)?);
+        for p in keys {
+            ring = ring.with_previous(key(p)?);
+        }
+        verifier = verifier.keyring(ring);
+    }
+    if let Some(p) = &args.checkpoints {
+        verifier =
+            verifier.checkpoints(read_checkpoint_file(p).map_err(|e| Fail::new(2, e.to_string()))?);
+    }
+    if let Some(seq) = args.sealed_from {
+        verifier = verifier.sealed_from(seq);
+    }
+    let input = std::fs::File::open(file)
+        .map_err(|e| Fail::new(2, format!("cannot open `{}`: {e}", file.display())))?;
+    Ok(
+        match verifier.verify_jsonl(std::io::BufReader::new(input)) {
+            Ok(s) => json!({
+                "ok": true, "records": s.records, "head": s.head, "sealed": s.sealed,
+                "checkpoint": s.checkpoint,
+            }),
+            Err(b) => json!({
+                "ok": false, "position": b.position, "seq": b.seq, "kind": b.reason.kind(),
+                "reason": b.reason.to_string(), "message": b.to_string(),
+            }),
+        },
+    )
+}
+
+/// Prints a verification answer (the server's or `verify_offline`'s); exit 1 when broken.
+fn print_verification(v: &Value, json: bool) -> u8 {
+    if json {
+        println!("{v}");
+    } else if v["ok"] == true {
+        let mut extra = String::new();
+        if let Some(n) = v["sealed"].as_u64().filter(|n| *n > 0) {
+            extra.push_str(&format!(", {n} sealed"));
+        }
+        if let Some(n) = v["checkpoint"].as_u64() {
+            extra.push_str(&format!(", checkpoint at seq {n}"));
+        }
+        println!(
+            "audit chain verified: {} records, head {}{extra}",
+            v["records"],
+            s(v, "head")
+        );
+    } else {
+        println!("audit chain BROKEN: {}", s(v, "message"));
+    }
+    u8::from(v["ok"] != true)
 }
 
 /// `credential-process`'s cache: AWS tools run the process for every
@@ -831,6 +920,14 @@ fn exec(id: &str, creds: &Value, command: &[String]) -> Res<u8> {
 }
 
 async fn run(cli: Cli) -> Res<u8> {
+    if let Cmd::Audit {
+        cmd: AuditCmd::Verify(args),
+    } = &cli.cmd
+    {
+        if let Some(file) = &args.file {
+            return Ok(print_verification(&verify_offline(file, args)?, cli.json));
+        }
+    }
     let file = file_config()?;
     let base = cli
         .server
@@ -995,21 +1092,10 @@ async fn run(cli: Cli) -> Res<u8> {
             println!("{doc}");
         }
         Cmd::Audit {
-            cmd: AuditCmd::Verify,
+            cmd: AuditCmd::Verify(_),
         } => {
             let v = c.get("/v1/audit/verify").await?;
-            if json {
-                println!("{v}");
-            } else if v["ok"] == true {
-                println!(
-                    "audit chain verified: {} records, head {}",
-                    v["records"],
-                    s(&v, "head")
-                );
-            } else {
-                println!("audit chain BROKEN: {}", s(&v, "message"));
-            }
-            if v["ok"] != true {
+            if print_verification(&v, json) != 0 {
                 return Ok(1);
             }
         }

@@ -71,6 +71,7 @@ fn bench(c: &mut Criterion) {
         reaper: ReaperConfig { interval_secs: 60 },
         metrics: Default::default(),
         introspection: Default::default(),
+        audit: Default::default(),
     };
     let server_url = rt.block_on(async {
         let server = Server::build(config, Some(&issuer)).await.unwrap();

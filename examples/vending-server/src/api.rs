@@ -94,6 +94,17 @@ pub struct AppState {
     pub introspection_clients: Arc<BTreeSet<String>>,
     /// How long `/metrics` reuses its store counts.
     pub metrics_cache: Duration,
+    /// How `GET /v1/audit/verify` checks the chain beyond the broker's keyring.
+    pub audit: AuditVerify,
+}
+
+/// What `GET /v1/audit/verify` reads besides the store.
+#[derive(Clone, Debug, Default)]
+pub struct AuditVerify {
+    /// Signed checkpoints (the file the broker appends them to).
+    pub checkpoint_file: Option<std::path::PathBuf>,
+    /// Records before this seq may be unsealed.
+    pub sealed_from: u64,
 }
 
 /// What the server publishes about one local provider.
@@ -521,19 +532,34 @@ pub async fn audit_export(State(state): State<AppState>, Caller(p): Caller) -> A
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
 }
 
-/// `GET /v1/audit/verify`.
+/// `GET /v1/audit/verify`: the stored chain, its seals (with an audit key)
+/// and the checkpoints (with a checkpoint file). A broken chain is a `200`
+/// answer with `"ok": false` naming the first broken record (`seq`) and
+/// the `kind` of break; a stored row that does not decode is such a break.
 pub async fn audit_verify(
     State(state): State<AppState>,
     Caller(p): Caller,
 ) -> ApiResult<Json<Value>> {
     require_admin(&state, &p)?;
-    Ok(Json(match state.broker.verify_audit().await? {
-        Ok(s) => json!({ "ok": true, "records": s.records, "head": s.head }),
-        Err(b) => json!({
-            "ok": false, "position": b.position, "seq": b.seq, "reason": b.reason.to_string(),
-            "message": b.to_string(),
-        }),
-    }))
+    let mut verifier = state
+        .broker
+        .audit_verifier()
+        .sealed_from(state.audit.sealed_from);
+    if let Some(path) = &state.audit.checkpoint_file {
+        verifier = verifier.checkpoints(jit_core::audit::read_checkpoint_file(path)?);
+    }
+    Ok(Json(
+        match state.broker.verify_audit_with(&verifier).await? {
+            Ok(s) => json!({
+                "ok": true, "records": s.records, "head": s.head, "sealed": s.sealed,
+                "checkpoint": s.checkpoint,
+            }),
+            Err(b) => json!({
+                "ok": false, "position": b.position, "seq": b.seq, "kind": b.reason.kind(),
+                "reason": b.reason.to_string(), "message": b.to_string(),
+            }),
+        },
+    ))
 }
 
 /// `GET /v1/entitlements`.

@@ -56,6 +56,13 @@
 //!
 //! [reaper]
 //! interval_secs = 5
+//!
+//! [audit]                                 # see jit_core::audit
+//! key_file = "audit.key"                  # JIT_AUDIT_KEY_FILE; 64 hex digits, created (0600) if missing
+//! previous_key_files = ["audit-2026-10.key"]  # rotation: their seals still verify, never sealing
+//! checkpoint_file = "audit-checkpoints.jsonl" # JIT_AUDIT_CHECKPOINT_FILE; ship it off this host
+//! checkpoint_every = 100                  # records between checkpoints (and one per reaper tick)
+//! sealed_from = 1                         # records before this seq may be unsealed (a chain older than its key)
 //! ```
 //!
 //! Unknown keys are errors, like in the catalogue.
@@ -101,6 +108,39 @@ pub struct Config {
     /// Who may read token claims through `/v1/introspect`.
     #[serde(default)]
     pub introspection: IntrospectionConfig,
+    /// The audit key and checkpoints.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the key that seals the audit chain and where signed
+/// checkpoints of its head go. Without a key the chain is a plain hash
+/// chain, which someone who can write the database can rewrite unseen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The current audit key (64 hexadecimal digits); created (0600) if missing.
+    pub key_file: Option<PathBuf>,
+    /// Earlier keys: records and checkpoints they sealed still verify.
+    pub previous_key_files: Vec<PathBuf>,
+    /// Signed checkpoints are appended here, and read back by `GET /v1/audit/verify`.
+    pub checkpoint_file: Option<PathBuf>,
+    /// Records between checkpoints (besides one per reaper tick).
+    pub checkpoint_every: u64,
+    /// Records before this seq may be unsealed: for a chain begun before its key.
+    pub sealed_from: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            previous_key_files: Vec::new(),
+            checkpoint_file: None,
+            checkpoint_every: 100,
+            sealed_from: 1,
+        }
+    }
 }
 
 fn default_listen() -> String {
@@ -384,6 +424,13 @@ impl Config {
             }
             pc.previous_key_files.iter_mut().for_each(rel);
         }
+        if let Some(p) = c.audit.key_file.as_mut() {
+            rel(p);
+        }
+        c.audit.previous_key_files.iter_mut().for_each(rel);
+        if let Some(p) = c.audit.checkpoint_file.as_mut() {
+            rel(p);
+        }
         Ok(c)
     }
 
@@ -423,6 +470,12 @@ impl Config {
         }
         if let Some(v) = get("JIT_METRICS_TOKEN_FILE") {
             self.metrics.bearer_token_file = Some(v.into());
+        }
+        if let Some(v) = get("JIT_AUDIT_KEY_FILE") {
+            self.audit.key_file = Some(v.into());
+        }
+        if let Some(v) = get("JIT_AUDIT_CHECKPOINT_FILE") {
+            self.audit.checkpoint_file = Some(v.into());
         }
         if let Some(v) = get("JIT_LOCAL_KEY_FILE") {
             for p in self.providers.values_mut().filter(|p| p.kind == "local") {
@@ -498,6 +551,30 @@ mod tests {
         );
         let err = Config::from_toml_str(&format!("{MIN}\n[metrics]\ntoken = \"x\"\n")).unwrap_err();
         assert!(err.contains("unknown field `token`"), "{err}");
+    }
+
+    #[test]
+    fn audit_keys_and_checkpoints_from_file_and_env() {
+        let mut c = Config::from_toml_str(&format!(
+            "{MIN}\n[audit]\nkey_file = \"a.key\"\nprevious_key_files = [\"old.key\"]\ncheckpoint_every = 7\n"
+        ))
+        .unwrap();
+        assert_eq!(c.audit.key_file.as_deref(), Some(Path::new("a.key")));
+        assert_eq!(c.audit.previous_key_files, vec![PathBuf::from("old.key")]);
+        assert_eq!((c.audit.checkpoint_every, c.audit.sealed_from), (7, 1));
+        c.apply_env(|k| match k {
+            "JIT_AUDIT_KEY_FILE" => Some("/k/audit.key".into()),
+            "JIT_AUDIT_CHECKPOINT_FILE" => Some("/cp.jsonl".into()),
+            _ => None,
+        });
+        assert_eq!(c.audit.key_file.as_deref(), Some(Path::new("/k/audit.key")));
+        assert_eq!(
+            c.audit.checkpoint_file.as_deref(),
+            Some(Path::new("/cp.jsonl"))
+        );
+        let err = Config::from_toml_str(&format!("{MIN}\n[audit]\nkey = \"x\"\n")).unwrap_err();
+        assert!(err.contains("unknown field `key`"), "{err}");
+        assert!(Config::from_toml_str(MIN).unwrap().audit.key_file.is_none());
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub fn load_or_generate_key(path: Option<&Path>) -> Result<LocalKey, String> {
     Ok(key)
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

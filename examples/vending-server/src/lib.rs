@@ -82,6 +82,41 @@ async fn aws_provider(name: &str, pc: &config::ProviderConfig) -> Result<AwsProv
         .map_err(|e| format!("provider `{name}`: {e}"))
 }
 
+/// Seals the audit chain with the configured key (created if missing) and
+/// sends signed checkpoints to the checkpoint file.
+fn audit_setup(
+    mut builder: jit_core::BrokerBuilder,
+    audit: &config::AuditConfig,
+) -> Result<jit_core::BrokerBuilder, String> {
+    use jit_core::audit::{AuditKey, AuditKeyring, CheckpointFileSink};
+    let Some(path) = &audit.key_file else {
+        if audit.checkpoint_file.is_some() || !audit.previous_key_files.is_empty() {
+            return Err("audit: checkpoints and previous keys need `key_file`".into());
+        }
+        return Ok(builder);
+    };
+    let current = if path.exists() {
+        AuditKey::from_file(path).map_err(|e| format!("audit: {e}"))?
+    } else {
+        let key = AuditKey::generate();
+        demo::write_private(path, &key.to_hex())?;
+        tracing::warn!(path = %path.display(), key_id = key.id(), "created a new audit key: back it up");
+        key
+    };
+    let mut keyring = AuditKeyring::new(current);
+    for p in &audit.previous_key_files {
+        keyring = keyring.with_previous(AuditKey::from_file(p).map_err(|e| format!("audit: {e}"))?);
+    }
+    builder = builder
+        .audit_keyring(keyring)
+        .checkpoint_every(audit.checkpoint_every);
+    if let Some(p) = &audit.checkpoint_file {
+        let sink = CheckpointFileSink::open(p).map_err(|e| format!("audit: {e}"))?;
+        builder = builder.audit_sink(Arc::new(sink));
+    }
+    Ok(builder)
+}
+
 fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
     names
         .iter()
@@ -199,6 +234,7 @@ impl Server {
             };
             builder = builder.provider(Arc::new(Measured::new(provider, metrics.clone())));
         }
+        builder = audit_setup(builder, &config.audit)?;
         let broker = builder.build().map_err(|e| e.to_string())?;
 
         let a = &config.auth;
@@ -236,6 +272,10 @@ impl Server {
                     config.introspection.clients.iter().cloned().collect(),
                 ),
                 metrics_cache: Duration::from_secs(config.metrics.cache_secs),
+                audit: api::AuditVerify {
+                    checkpoint_file: config.audit.checkpoint_file.clone(),
+                    sealed_from: config.audit.sealed_from,
+                },
             },
             metrics_token,
             config,

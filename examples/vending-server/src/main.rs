@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use vending_server::config::{
-    AuthConfig, Config, IntrospectionConfig, Limits, ProviderConfig, ReaperConfig,
+    AuditConfig, AuthConfig, Config, IntrospectionConfig, Limits, ProviderConfig, ReaperConfig,
 };
 use vending_server::{demo, load_config, shutdown_signal, Server};
 
@@ -102,6 +102,13 @@ async fn run(args: Args) -> Result<(), String> {
             // The demo's resource server: `demo-service` tokens read claims.
             introspection: IntrospectionConfig {
                 clients: vec![demo::RESOURCE_SERVER.into()],
+            },
+            // Sealed and checkpointed, as a production server should be.
+            audit: AuditConfig {
+                key_file: Some(dir.join("audit.key")),
+                checkpoint_file: Some(dir.join("audit-checkpoints.jsonl")),
+                checkpoint_every: 1,
+                ..Default::default()
             },
         };
         c.apply_env(|k| std::env::var(k).ok().filter(|_| k == "JIT_LISTEN"));

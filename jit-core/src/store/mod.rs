@@ -31,7 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::audit::{AuditEvent, AuditRecord};
+use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{ConfigError, Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
@@ -137,6 +137,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Audit records with `seq >= from_seq`, in order, at most `limit`.
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
+
+    /// Like [`Store::audit`], but a stored row that does not decode is
+    /// returned as [`AuditEntry::Undecodable`] instead of failing the whole
+    /// read, so that verification can name it. The default, right for
+    /// stores that cannot hold such a row, wraps [`Store::audit`]; wrappers
+    /// must forward it.
+    async fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .audit(from_seq, limit)
+            .await?
+            .into_iter()
+            .map(AuditEntry::Record)
+            .collect())
+    }
 
     /// Takes due work: like [`Store::due`] (records in `states` due at or
     /// before `due_by`, earliest first, at most `limit`), but on a store that
@@ -353,6 +367,23 @@ pub(crate) fn check_versions(expected_version: u64, record: &RequestRecord) -> R
         )));
     }
     Ok(())
+}
+
+/// Reads every stored audit row in pages, undecodable ones included (see
+/// [`Store::audit_entries`]). Pages follow the stored `seq`, so a gap
+/// left by a deleted row does not end the read early.
+pub async fn audit_entries_all(store: &dyn Store) -> Result<Vec<AuditEntry>> {
+    const PAGE: usize = 1000;
+    let mut out: Vec<AuditEntry> = Vec::new();
+    loop {
+        let from = out.last().map_or(1, |e| e.seq().saturating_add(1));
+        let page = store.audit_entries(from, PAGE).await?;
+        let done = page.len() < PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
 }
 
 /// Reads the whole chain in pages.

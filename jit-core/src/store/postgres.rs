@@ -85,7 +85,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
 use super::{check_versions, redact_url, sql, Claim, ListFilter, Store};
-use crate::audit::{AuditEvent, AuditRecord};
+use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
@@ -704,6 +704,29 @@ impl Store for PostgresStore {
             .map_err(|e| db_error("read audit records", e))?
             .iter()
             .map(decode_audit)
+            .collect()
+    }
+
+    async fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        sqlx::query("SELECT seq, body FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2")
+            .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
+            .bind(sql::limit_i64(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("read audit records", e))?
+            .iter()
+            .map(|row: &PgRow| {
+                let seq: i64 = row
+                    .try_get("seq")
+                    .map_err(|e| db_error("read audit record", e))?;
+                let body: String = row
+                    .try_get("body")
+                    .map_err(|e| db_error("read audit record", e))?;
+                Ok(sql::audit_entry(seq, &body))
+            })
             .collect()
     }
 

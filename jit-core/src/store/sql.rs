@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 
-use crate::audit::{AuditEvent, AuditRecord};
+use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
 use crate::types::RequestRecord;
 
@@ -71,6 +71,18 @@ pub(crate) fn decode_record(body: &str) -> Result<RequestRecord> {
 pub(crate) fn decode_audit(body: &str) -> Result<AuditRecord> {
     serde_json::from_str(body)
         .map_err(|e| Error::Store(format!("stored audit record is not valid: {e}")))
+}
+
+/// A stored audit row as an entry: a body that does not decode is named,
+/// not an error, so that one bad row cannot stop verification.
+pub(crate) fn audit_entry(seq: i64, body: &str) -> AuditEntry {
+    match decode_audit(body) {
+        Ok(r) => AuditEntry::Record(r),
+        Err(e) => AuditEntry::Undecodable {
+            seq: u64::try_from(seq).unwrap_or(0),
+            error: e.to_string(),
+        },
+    }
 }
 
 /// Audit events chained after a head, ready to store.

@@ -51,7 +51,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{check_versions, sql, ListFilter, Store};
-use crate::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
+use crate::audit::{AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
@@ -607,6 +607,29 @@ impl Store for SqliteStore {
             .map_err(|e| db_error("read audit records", e))?
             .iter()
             .map(decode_audit)
+            .collect()
+    }
+
+    async fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        sqlx::query("SELECT seq, body FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
+            .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
+            .bind(sql::limit_i64(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("read audit records", e))?
+            .iter()
+            .map(|row: &sqlx::sqlite::SqliteRow| {
+                let seq: i64 = row
+                    .try_get("seq")
+                    .map_err(|e| db_error("read audit record", e))?;
+                let body: String = row
+                    .try_get("body")
+                    .map_err(|e| db_error("read audit record", e))?;
+                Ok(sql::audit_entry(seq, &body))
+            })
             .collect()
     }
 }

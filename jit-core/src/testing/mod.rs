@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::audit::{AuditEvent, AuditRecord, AuditSink};
+use crate::audit::{AuditEntry, AuditEvent, AuditRecord, AuditSink};
 use crate::credentials::{Credentials, Secret};
 use crate::error::{Error, RequestError, Result};
 use crate::provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind};
@@ -303,6 +303,10 @@ impl Store for FaultyStore {
 
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         self.inner.audit(from_seq, limit).await
+    }
+
+    async fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.inner.audit_entries(from_seq, limit).await
     }
 
     async fn claim_due(

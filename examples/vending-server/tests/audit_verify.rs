@@ -1,0 +1,249 @@
+//! `GET /v1/audit/verify` on a server with an audit key and a checkpoint
+//! file, against an insider editing its SQLite database: an invalid row is
+//! a `200` naming that record (it used to be a `500`), deleting the last
+//! records is caught by the checkpoints, a re-hash by the seals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use jit_core::{AccessRequest, AuditRecord, Principal};
+use serde_json::Value;
+use tower::ServiceExt;
+use vending_server::config::{
+    AuditConfig, AuthConfig, Config, Limits, ProviderConfig, ReaperConfig,
+};
+use vending_server::{demo, Server};
+
+fn config(dir: &Path) -> Config {
+    let mut providers = BTreeMap::new();
+    providers.insert(
+        "local".to_string(),
+        ProviderConfig {
+            kind: "local".into(),
+            key_file: Some(dir.join("local.pem")),
+            ..Default::default()
+        },
+    );
+    Config {
+        listen: "127.0.0.1:0".into(),
+        store_url: format!("sqlite://{}", dir.join("jit.db").display()),
+        catalogue_file: None,
+        catalogue: Some(demo::CATALOGUE.into()),
+        auth: AuthConfig {
+            issuer: demo::ISSUER.into(),
+            audience: demo::AUDIENCE.into(),
+            jwks_url: None,
+            jwks_file: None,
+            algorithms: vec!["EdDSA".into()],
+            leeway_secs: 5,
+            refresh_min_interval_secs: 30,
+            claims: Default::default(),
+        },
+        providers,
+        limits: Limits::default(),
+        reaper: ReaperConfig::default(),
+        metrics: Default::default(),
+        introspection: Default::default(),
+        audit: AuditConfig {
+            key_file: Some(dir.join("audit.key")),
+            checkpoint_file: Some(dir.join("checkpoints.jsonl")),
+            checkpoint_every: 1,
+            ..Default::default()
+        },
+    }
+}
+
+struct World {
+    server: Server,
+    admin: String,
+    db: sqlx::SqlitePool,
+    dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    use jsonwebtoken::crypto::{rust_crypto, CryptoProvider};
+    let _ = CryptoProvider::install_default(&rust_crypto::DEFAULT_PROVIDER);
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = demo::DemoIssuer::new(demo::load_or_generate_key(None).unwrap());
+    let server = Server::build(config(dir.path()), Some(&issuer))
+        .await
+        .unwrap();
+    let broker = &server.state.broker;
+    let alice = Principal::new("alice").unwrap().with_group("engineering");
+    for _ in 0..3 {
+        let req = AccessRequest::new("demo-api", "10m".parse().unwrap(), "INC-1: checking");
+        let id = broker.submit(&alice, req).await.unwrap().record.id;
+        broker.revoke(&alice, id, "done").await.unwrap();
+    }
+    let db =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("jit.db").display()))
+            .await
+            .unwrap();
+    World {
+        admin: issuer.token("admin", &["secops"], 600).unwrap(),
+        server,
+        db,
+        dir,
+    }
+}
+
+async fn verify(w: &World) -> (StatusCode, Value) {
+    let resp = w
+        .server
+        .router()
+        .oneshot(
+            Request::get("/v1/audit/verify")
+                .header("authorization", format!("Bearer {}", w.admin))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn an_invalid_audit_row_is_named_not_a_500() {
+    let w = world().await;
+    let (status, v) = verify(&w).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["ok"], true, "{v}");
+    let n = v["records"].as_u64().unwrap();
+    assert_eq!(v["sealed"].as_u64(), Some(n), "{v}");
+    assert_eq!(v["checkpoint"].as_u64(), Some(n), "{v}");
+
+    sqlx::query("UPDATE audit SET body = '{\"seq\": 3, oops' WHERE seq = 3")
+        .execute(&w.db)
+        .await
+        .unwrap();
+    let (status, v) = verify(&w).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["ok"], &v["seq"], &v["kind"]),
+        (
+            &Value::Bool(false),
+            &Value::from(3),
+            &Value::from("malformed")
+        ),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_last_records_is_caught_by_the_checkpoint_file() {
+    let w = world().await;
+    let n = verify(&w).await.1["records"].as_u64().unwrap();
+    sqlx::query("DELETE FROM audit WHERE seq > ?")
+        .bind(n as i64 - 2)
+        .execute(&w.db)
+        .await
+        .unwrap();
+    let (status, v) = verify(&w).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (&v["ok"], &v["kind"], v["seq"].as_u64()),
+        (&Value::Bool(false), &Value::from("truncated"), Some(n - 1)),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_rehashed_record_fails_on_its_seal() {
+    let w = world().await;
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, body FROM audit ORDER BY seq")
+        .fetch_all(&w.db)
+        .await
+        .unwrap();
+    let mut chain: Vec<AuditRecord> = rows
+        .iter()
+        .map(|(_, b)| serde_json::from_str(b).unwrap())
+        .collect();
+    // Pretend the first revocation was by someone else, and re-hash from there.
+    let at = chain
+        .iter()
+        .position(|r| r.event.kind.as_str() == "revoked")
+        .unwrap();
+    chain[at].event.actor = "bob".into();
+    for i in at..chain.len() {
+        chain[i].prev_hash = chain[i - 1].hash.clone();
+        chain[i].hash = chain[i].compute_hash();
+        sqlx::query("UPDATE audit SET hash = ?, body = ? WHERE seq = ?")
+            .bind(&chain[i].hash)
+            .bind(serde_json::to_string(&chain[i]).unwrap())
+            .bind(rows[i].0)
+            .execute(&w.db)
+            .await
+            .unwrap();
+    }
+    assert!(
+        jit_core::audit::verify(&chain).is_ok(),
+        "a valid hash chain"
+    );
+    let (status, v) = verify(&w).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (&v["ok"], &v["kind"], v["seq"].as_u64()),
+        (
+            &Value::Bool(false),
+            &Value::from("bad_mac"),
+            Some(at as u64 + 1)
+        ),
+        "{v}"
+    );
+}
+
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_audit_key_is_created_private_and_its_bytes_never_reach_the_logs() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let w = world().await;
+    sqlx::query("DELETE FROM audit WHERE seq > 2")
+        .execute(&w.db)
+        .await
+        .unwrap();
+    let (_, v) = verify(&w).await;
+    assert_eq!(v["kind"], "truncated", "{v}");
+
+    let path = w.dir.path().join("audit.key");
+    let key = std::fs::read_to_string(&path).unwrap();
+    let key = key.trim();
+    assert_eq!(key.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("created a new audit key"), "{text}");
+    assert!(!text.contains(key) && !text.contains(&key[..16]), "{text}");
+    let shown = format!("{:?}", w.server.state);
+    assert!(!shown.contains(&key[..16]), "{shown}");
+}
