@@ -76,6 +76,11 @@ pub const BUCKET: i64 = 3600;
 /// Longest life of a session issued before a role-wide revocation.
 const LONGEST_SESSION: TimeDelta = TimeDelta::hours(12);
 const ATTEMPTS: usize = 5;
+/// How long what this process wrote is merged into what it reads: long
+/// enough to outlast IAM's eventual consistency (a read that does not yet
+/// show our own write), short enough that an operator's deliberate removal
+/// of a statement is not undone from memory later on.
+pub const CONSISTENCY_WINDOW: Duration = Duration::from_secs(120);
 
 /// The parsed revocation document.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -241,11 +246,55 @@ impl RevocationDoc {
         }
     }
 
+    /// The room the role-wide statement needs (with its separating comma).
+    /// Per-grant entries never use it, so the role-wide deny, the fallback
+    /// when per-grant room runs out, can always be written.
+    pub fn role_wide_room() -> usize {
+        // Every RFC 3339 second has the same length.
+        let with = RevocationDoc {
+            older_than: DateTime::<Utc>::from_timestamp(0, 0),
+            ..RevocationDoc::default()
+        };
+        with.size() - RevocationDoc::default().size() + 1
+    }
+
+    /// The size budget for this document under `limit`: the role-wide
+    /// statement's room is held back while it is absent.
+    pub fn budget(&self, limit: usize) -> usize {
+        if self.older_than.is_some() {
+            limit
+        } else {
+            limit.saturating_sub(Self::role_wide_room())
+        }
+    }
+
+    /// Shrinks the document to fit `budget` where that keeps its meaning
+    /// for every live session: all per-grant entries move into one
+    /// statement denied until the latest expiry among them. A session is
+    /// dead at AWS after its expiry, so denying its `aws:userid` longer
+    /// changes nothing; it only keeps the entry until the last of them can
+    /// be pruned. Call after [`RevocationDoc::prune`] (expired entries go
+    /// first). Does nothing when the document already fits.
+    pub fn compact(&mut self, budget: usize) {
+        if self.size() <= budget || self.buckets.len() < 2 {
+            return;
+        }
+        let Some(latest) = self.buckets.keys().next_back().copied() else {
+            return;
+        };
+        let mut all = BTreeSet::new();
+        for ids in std::mem::take(&mut self.buckets).into_values() {
+            all.extend(ids);
+        }
+        self.buckets.insert(latest, all);
+    }
+
     /// Whether `self` contains everything `other` does (ignoring pruned parts).
     fn includes(&self, other: &RevocationDoc) -> bool {
+        // An entry denied until a later hour (after compaction) counts.
         other.buckets.iter().all(|(until, ids)| {
             ids.iter()
-                .all(|id| self.buckets.get(until).is_some_and(|s| s.contains(id)))
+                .all(|id| self.buckets.range(until..).any(|(_, s)| s.contains(id)))
         }) && (other.older_than.is_none() || self.older_than >= other.older_than)
     }
 }
@@ -266,7 +315,8 @@ pub(crate) enum Change {
 #[derive(Debug, Default)]
 pub(crate) struct Revocations {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    written: Mutex<HashMap<String, RevocationDoc>>,
+    /// Per role: the document this process last wrote, and when.
+    written: Mutex<HashMap<String, (RevocationDoc, DateTime<Utc>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -283,6 +333,39 @@ pub(crate) struct Target<'a> {
 }
 
 impl Revocations {
+    /// Merges what this process wrote for the role into `next`, if it wrote
+    /// it within [`CONSISTENCY_WINDOW`] (IAM may not show it yet). Older
+    /// writes are not re-added: IAM has had time to show them, so their
+    /// absence is someone's removal (an operator editing the policy), which
+    /// is logged and respected instead of silently undone.
+    fn merge_recent_writes(
+        &self,
+        t: &Target<'_>,
+        current: &RevocationDoc,
+        next: &mut RevocationDoc,
+        now: DateTime<Utc>,
+    ) {
+        let mut written = lock(&self.written);
+        let Some((mine, at)) = written.get(t.role_name) else {
+            return;
+        };
+        let window = TimeDelta::seconds(CONSISTENCY_WINDOW.as_secs() as i64);
+        if now - *at < window {
+            next.merge(mine);
+            return;
+        }
+        let mut live = mine.clone();
+        live.prune(now);
+        if !current.includes(&live) {
+            tracing::warn!(
+                role = t.role_name,
+                policy = t.policy_name,
+                "statements this process wrote to the revocation policy were removed by someone else; not re-adding them"
+            );
+        }
+        written.remove(t.role_name);
+    }
+
     fn role_lock(&self, role: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.locks)
             .entry(role.to_string())
@@ -317,22 +400,26 @@ impl Revocations {
                 Err(e) => return Err(e),
             };
             let mut next = current.clone();
-            if let Some(mine) = lock(&self.written).get(t.role_name) {
-                next.merge(mine);
-            }
+            self.merge_recent_writes(t, &current, &mut next, now);
             next.merge(&want);
             next.prune(now);
+            let budget = match change {
+                Change::Session { .. } => next.budget(t.limit),
+                Change::OlderThan(_) => t.limit,
+            };
+            next.compact(budget);
             if attempt == 0 && next == current && current.includes(&want) {
                 // Already in force: idempotent, no write.
                 return Ok(true);
             }
             let size = next.size();
-            if size > t.limit {
+            if size > budget {
                 return Err(AwsError::RevocationPolicyFull {
                     role: t.role_name.to_string(),
                     policy: t.policy_name.to_string(),
                     size,
                     limit: t.limit,
+                    reserved: t.limit - budget,
                 });
             }
             let written = if next.is_empty() {
@@ -349,11 +436,12 @@ impl Revocations {
                         policy: t.policy_name.to_string(),
                         size,
                         limit: t.limit,
+                        reserved: t.limit - budget,
                     })
                 }
                 Err(e) => return Err(e),
             }
-            lock(&self.written).insert(t.role_name.to_string(), next.clone());
+            lock(&self.written).insert(t.role_name.to_string(), (next.clone(), now));
             // Read back: another replica may have replaced the document in between.
             let back = match client::get_role_policy(t.clients, t.role_name, t.policy_name).await? {
                 Some(text) => RevocationDoc::parse(&text)?,
