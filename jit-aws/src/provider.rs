@@ -859,6 +859,32 @@ mod tests {
         assert!(!is_assumed_role_arn("garbage"));
     }
 
+    // Regression (issue 10 item 4): a broker on an EC2 instance profile was
+    // capped at one hour as if its sessions were chained.
+    #[test]
+    fn an_ec2_instance_profile_is_not_role_chaining() {
+        assert!(is_role_chaining_arn(
+            "arn:aws:sts::123456789012:assumed-role/Broker/deploy-bot"
+        ));
+        assert!(!is_role_chaining_arn(
+            "arn:aws:sts::123456789012:assumed-role/Ec2Broker/i-0123456789abcdef0"
+        ));
+        assert!(!is_role_chaining_arn(
+            "arn:aws:sts::123456789012:assumed-role/Ec2Broker/i-0123abcd"
+        ));
+        assert!(is_role_chaining_arn(
+            "arn:aws:sts::123456789012:assumed-role/R/i-not-an-instance"
+        ));
+        assert!(!is_role_chaining_arn("arn:aws:iam::123456789012:user/u"));
+    }
+
+    #[test]
+    fn regions_map_to_partitions() {
+        assert_eq!(partition_of_region("eu-west-1"), "aws");
+        assert_eq!(partition_of_region("cn-north-1"), "aws-cn");
+        assert_eq!(partition_of_region("us-gov-west-1"), "aws-us-gov");
+    }
+
     #[test]
     fn grant_ids_from_session_names() {
         let id = GrantId::new();

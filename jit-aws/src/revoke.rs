@@ -591,6 +591,54 @@ mod tests {
         assert!(n >= 140, "only {n} fit");
     }
 
+    // Regression (issue 10 item 3): per-grant entries could fill the whole
+    // limit, after which the role-wide deny did not fit either.
+    #[test]
+    fn a_list_filled_to_its_budget_still_takes_the_role_wide_statement() {
+        let limit = 2_000;
+        let base = t("2026-01-01T00:00:00Z");
+        let mut d = RevocationDoc::default();
+        for n in 0.. {
+            let mut next = d.clone();
+            next.add(
+                &format!("AROA{:017}:jit-{:032x}", 0, n),
+                base + TimeDelta::minutes(50 * (n % 12) as i64),
+            );
+            next.compact(next.budget(limit));
+            if next.size() > next.budget(limit) {
+                break;
+            }
+            d = next;
+        }
+        assert!(d.size() <= limit - RevocationDoc::role_wide_room());
+        d.older_than = Some(base);
+        assert!(d.size() <= limit, "{} > {limit}", d.size());
+        // With the statement present, its room is no longer held back.
+        assert_eq!(d.budget(limit), limit);
+    }
+
+    #[test]
+    fn compaction_merges_buckets_into_the_latest_and_keeps_every_denial() {
+        let mut d = RevocationDoc::default();
+        let ids: Vec<String> = (0..6).map(|n| format!("AROA1:jit-{n}")).collect();
+        for (n, id) in ids.iter().enumerate() {
+            d.add(id, t("2026-01-01T00:30:00Z") + TimeDelta::hours(n as i64));
+        }
+        let before = d.size();
+        let wide = d.clone();
+        d.compact(before);
+        assert_eq!(d, wide, "a document that fits is left alone");
+        d.compact(before - 1);
+        assert_eq!(d.buckets.len(), 1);
+        assert!(d.size() < before);
+        assert!(d.includes(&wide));
+        for id in &ids {
+            assert!(d.covers(id, t("2026-01-01T05:30:00Z")));
+        }
+        let back = RevocationDoc::parse(&d.render()).unwrap();
+        assert_eq!(back, d);
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_reset() {
         assert!(RevocationDoc::parse("not json").is_err());

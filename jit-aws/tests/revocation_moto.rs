@@ -459,3 +459,100 @@ async fn the_broker_records_the_grants_a_role_wide_fallback_cut_off() {
         .all(|a| a.event.details["scope"] == role_arn.as_str()));
     assert!(broker.verify_audit().await.unwrap().is_ok());
 }
+
+// Regression (issue 10 item 4): a broker running on an EC2 instance
+// profile (an assumed-role session named after the instance) was treated
+// as role chaining and capped at one hour.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_on_an_ec2_instance_profile_is_not_capped_as_role_chaining() {
+    let home = moto_sdk().await;
+    let (instance_role, _) = create_role(&home, 3600, &open_trust()).await;
+    let out = aws_sdk_sts::Client::new(&home)
+        .assume_role()
+        .role_arn(&instance_role)
+        .role_session_name("i-0123456789abcdef0")
+        .send()
+        .await
+        .unwrap();
+    let c = out.credentials().unwrap();
+    let ec2 = sdk(
+        &moto_url(),
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token()),
+    )
+    .await;
+    let p = AwsProvider::builder(AwsConfig::default())
+        .sdk_config(ec2)
+        .build()
+        .await
+        .unwrap();
+    assert!(!p.role_chaining());
+    assert_eq!(
+        p.capabilities().max_duration,
+        Duration::from_secs(12 * 3600)
+    );
+
+    // Any other assumed-role identity still is.
+    let out = aws_sdk_sts::Client::new(&home)
+        .assume_role()
+        .role_arn(&instance_role)
+        .role_session_name("deploy-bot")
+        .send()
+        .await
+        .unwrap();
+    let c = out.credentials().unwrap();
+    let chained = sdk(
+        &moto_url(),
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token()),
+    )
+    .await;
+    let p = AwsProvider::builder(AwsConfig::default())
+        .sdk_config(chained)
+        .build()
+        .await
+        .unwrap();
+    assert!(p.role_chaining());
+}
+
+// Regression (issue 10 item 4): a role of another partition than the
+// region's passed the catalogue and failed at every AssumeRole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_of_another_partition_than_the_region_is_refused_at_load() {
+    let cn = moto_sdk()
+        .await
+        .into_builder()
+        .region(aws_config::Region::new("cn-north-1"))
+        .build();
+    let p = Arc::new(
+        AwsProvider::builder(
+            AwsConfig::default()
+                .with_role_chaining(false)
+                .with_account_id(ACCOUNT),
+        )
+        .sdk_config(cn)
+        .build()
+        .await
+        .unwrap(),
+    );
+    let h = harness(
+        p.clone(),
+        &format!("arn:aws:iam::{ACCOUNT}:role/Commercial"),
+        Arc::new(SystemClock),
+    );
+    match p.validate(&h.entitlement) {
+        Err(Error::Config(e)) => {
+            let m = e.to_string();
+            assert!(m.contains("partition `aws`") && m.contains("aws-cn"), "{m}");
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    let h = harness(
+        p.clone(),
+        &format!("arn:aws-cn:iam::{ACCOUNT}:role/China"),
+        Arc::new(SystemClock),
+    );
+    p.validate(&h.entitlement).unwrap();
+}
