@@ -39,7 +39,14 @@
 //!
 //! See [`crate::revoke`]: a deny on `aws:userid` = `ROLE_ID:session-name` in
 //! one inline policy on the role, plus [`AwsProvider::revoke_all_sessions`]
-//! for the role-wide `aws:TokenIssueTime` deny.
+//! for the role-wide `aws:TokenIssueTime` deny. When the per-grant list is
+//! full, [`Provider::revoke_reporting`] falls back to the role-wide deny and
+//! reports it; [`Provider::cut_off_by`] then says which other grants it cut
+//! off for certain: those of the same role whose session STS issued (its
+//! `Expiration` less its `DurationSeconds`) more than [`CALL_ALLOWANCE`]
+//! before the cutoff. A grant issued closer to it may or may not be
+//! denied, and is left recorded as live rather than recorded as revoked
+//! while it may still work.
 
 use std::collections::HashMap;
 use std::fmt;

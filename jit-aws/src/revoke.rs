@@ -20,10 +20,19 @@
 //! ```
 //!
 //! - **Matching one session.** For a role session, `aws:userid` is
-//!   `ROLE_ID:RoleSessionName` (role id `AROA...` from `iam:GetRole`), and
-//!   the session name is derived from the grant id, so the condition matches
-//!   exactly the sessions minted for that grant and nothing else. It also
-//!   works for a grant whose session no longer or never existed.
+//!   `ROLE_ID:RoleSessionName`, exactly the `AssumedRoleId` that
+//!   `AssumeRole` returns, which is what the deny names. The session name
+//!   is derived from the grant id, so the condition matches exactly the
+//!   sessions minted for that grant and nothing else. A record without it
+//!   (rebuilt from the spec) takes the role id from a fresh `iam:GetRole`,
+//!   never from the cache: a role deleted and recreated under the same name
+//!   has a new id. It also works for a grant whose session no longer or
+//!   never existed.
+//! - **The right role.** IAM's role APIs take a bare role name and act in
+//!   the caller's account; a role in another account is read and written
+//!   through that account's management role
+//!   ([`crate::AwsConfig::management_roles`]), and a role in an account with
+//!   none is refused when the catalogue loads.
 //! - **Pruning, and where the expiry lives.** Sessions are grouped into one
 //!   statement per hour of expiry; the `Sid` carries the end of that hour as
 //!   Unix seconds (`JitRevokedUntil<secs>`). Once that time (plus 5 minutes
@@ -39,21 +48,34 @@
 //!   alive (12 hours, STS's longest session, plus the skew margin).
 //! - **Size.** IAM limits the aggregate inline policy size of a role to
 //!   10,240 non-whitespace characters. The document is written minified and
-//!   measured before every write; a revocation that would not fit fails with
-//!   a typed error instead of being dropped (the broker shows it as
-//!   `RevocationFailed` and retries; pruning frees room as sessions expire).
-//!   About 140 concurrent revocations per role fit.
+//!   measured before every write. Per-grant entries never use the room of
+//!   the role-wide statement (`RevocationDoc::role_wide_room`), so that
+//!   one can always be written. When an entry does not fit, expired entries
+//!   are pruned first, then all entries are merged into one statement
+//!   denied until the latest expiry (`RevocationDoc::compact`: a session
+//!   is dead after its expiry, so denying it longer changes nothing). About
+//!   140 concurrent revocations per role fit.
+//! - **Full anyway.** [`jit_core::Provider::revoke_reporting`] (what the
+//!   broker calls) then falls back to the role-wide deny and reports it as
+//!   collateral: the broker records every other grant of the role that the
+//!   deny certainly cut off as revoked, with the reason, in the audit
+//!   trail. Plain [`jit_core::Provider::revoke`] fails instead (a typed
+//!   error; the broker would show `RevocationFailed` and retry), so other
+//!   grants are never cut off without a record.
 //! - **Other statements** in the document (added by a person) are kept.
 //!
 //! # Concurrency
 //!
 //! IAM has no conditional write for inline policies. Writes for one role are
-//! serialised by an in-process async mutex; the merged state this process
-//! has written is remembered and merged into what it reads (entries are only
-//! ever added, or dropped after expiry, so a union is always right, also
-//! against a stale read from IAM's eventual consistency); after each write
-//! the document is read back, and if another broker replica's write replaced
-//! it the merge-and-write is repeated (up to 5 times, then a retryable error).
+//! serialised by an in-process async mutex; every STS and IAM call has an
+//! operation timeout ([`crate::AwsConfig::call_timeout`]), so a stalled call
+//! cannot hold it for ever. What this process wrote is remembered and,
+//! for [`CONSISTENCY_WINDOW`] after the write, merged into what it reads
+//! (against a stale read from IAM's eventual consistency). After that, IAM
+//! is the truth: a statement someone removed (an operator editing the
+//! policy) is logged and not re-added from memory. After each write the
+//! document is read back, and if another broker replica's write replaced it
+//! the merge-and-write is repeated (up to 5 times, then a retryable error).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
