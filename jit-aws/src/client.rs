@@ -3,7 +3,11 @@
 //! and `iam:DeleteRolePolicy`. Each SDK error is classified here by its AWS
 //! error code, never by its message.
 
+use std::time::Duration;
+
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::{future, ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
 use chrono::{DateTime, Utc};
 use jit_core::Secret;
@@ -69,6 +73,125 @@ impl AwsClients {
     }
 }
 
+impl AwsClients {
+    /// The same clients with every call bounded by `timeout` (retries
+    /// included, the SDK's operation timeout), keeping their endpoint,
+    /// credentials, interceptors and other timeouts.
+    pub fn with_call_timeout(&self, timeout: Duration) -> Self {
+        let bound = |existing: Option<&TimeoutConfig>| {
+            existing
+                .map(TimeoutConfig::to_builder)
+                .unwrap_or_default()
+                .operation_timeout(timeout)
+                .build()
+        };
+        Self {
+            sts: aws_sdk_sts::Client::from_conf(
+                self.sts
+                    .config()
+                    .to_builder()
+                    .timeout_config(bound(self.sts.config().timeout_config()))
+                    .build(),
+            ),
+            iam: aws_sdk_iam::Client::from_conf(
+                self.iam
+                    .config()
+                    .to_builder()
+                    .timeout_config(bound(self.iam.config().timeout_config()))
+                    .build(),
+            ),
+        }
+    }
+
+    /// Clients whose IAM calls act in another account: the same
+    /// configuration, with the credentials of `role_arn` (that account's
+    /// management role) for IAM, assumed through this STS client and renewed
+    /// before they expire. STS stays the broker's own.
+    pub fn for_management_role(&self, role_arn: &str) -> Self {
+        let creds = ManagementCredentials {
+            sts: self.sts.clone(),
+            role_arn: role_arn.to_string(),
+        };
+        Self {
+            sts: self.sts.clone(),
+            iam: aws_sdk_iam::Client::from_conf(
+                self.iam
+                    .config()
+                    .to_builder()
+                    .credentials_provider(SharedCredentialsProvider::new(creds))
+                    .build(),
+            ),
+        }
+    }
+}
+
+/// Session name of the broker's management sessions in other accounts.
+pub const MANAGEMENT_SESSION_NAME: &str = "jit-broker-management";
+
+/// Credentials of a management role, from `sts:AssumeRole` with the broker's
+/// own identity; the SDK's identity cache renews them before expiry.
+#[derive(Debug)]
+struct ManagementCredentials {
+    sts: aws_sdk_sts::Client,
+    role_arn: String,
+}
+
+impl ManagementCredentials {
+    async fn assume(&self) -> aws_credential_types::provider::Result {
+        use aws_credential_types::provider::error::CredentialsError;
+        let out = self
+            .sts
+            .assume_role()
+            .role_arn(&self.role_arn)
+            .role_session_name(MANAGEMENT_SESSION_NAME)
+            .send()
+            .await
+            .map_err(|e| {
+                CredentialsError::provider_error(AwsError::from_sdk("sts:AssumeRole", &e))
+            })?;
+        let c = out.credentials().ok_or_else(|| {
+            CredentialsError::provider_error(AwsError::Incomplete {
+                call: "sts:AssumeRole",
+                field: "Credentials",
+            })
+        })?;
+        let exp = c.expiration();
+        let expiry = u64::try_from(exp.secs())
+            .ok()
+            .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s));
+        Ok(aws_credential_types::Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            expiry,
+            "jit-aws-management-role",
+        ))
+    }
+}
+
+impl ProvideCredentials for ManagementCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(self.assume())
+    }
+}
+
+/// Whether an SDK configuration signs with long-term (static) credentials,
+/// which nothing refreshes: an `ExpiredToken` is then final. Credentials
+/// without an expiry are static (access keys, also a session token given
+/// in the environment, which nothing renews either).
+pub(crate) async fn has_static_credentials(sdk: &SdkConfig) -> bool {
+    match sdk.credentials_provider() {
+        Some(p) => p
+            .provide_credentials()
+            .await
+            .is_ok_and(|c| c.expiry().is_none()),
+        None => false,
+    }
+}
+
 /// What `iam:GetRole` says about a role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RoleInfo {
@@ -102,7 +225,8 @@ pub(crate) struct AssumedSession {
     pub assumed_role_id: String,
 }
 
-pub(crate) async fn caller_arn(clients: &AwsClients) -> Result<String, AwsError> {
+/// The broker's own identity: its ARN and account.
+pub(crate) async fn caller_identity(clients: &AwsClients) -> Result<(String, String), AwsError> {
     const CALL: &str = "sts:GetCallerIdentity";
     let out = clients
         .sts
@@ -110,10 +234,18 @@ pub(crate) async fn caller_arn(clients: &AwsClients) -> Result<String, AwsError>
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(CALL, &e))?;
-    out.arn().map(str::to_string).ok_or(AwsError::Incomplete {
+    let arn = out.arn().map(str::to_string).ok_or(AwsError::Incomplete {
         call: CALL,
         field: "Arn",
-    })
+    })?;
+    let account = out
+        .account()
+        .map(str::to_string)
+        .ok_or(AwsError::Incomplete {
+            call: CALL,
+            field: "Account",
+        })?;
+    Ok((arn, account))
 }
 
 pub(crate) async fn get_role(clients: &AwsClients, role_name: &str) -> Result<RoleInfo, AwsError> {

@@ -22,7 +22,23 @@
 //! | `JIT_AWS_PROPAGATION` | [`AwsConfig::propagation`] | `5m` |
 //! | `JIT_AWS_SOURCE_IDENTITY` | [`AwsConfig::source_identity`] | `true` |
 //! | `JIT_AWS_SESSION_TAGS` | [`AwsConfig::session_tags`] | `true` |
+//! | `JIT_AWS_ACCOUNT_ID` | [`AwsConfig::account_id`] | detected with `sts:GetCallerIdentity` |
+//! | `JIT_AWS_MANAGEMENT_ROLES` | [`AwsConfig::management_roles`], as `ACCOUNT=ROLE_ARN,...` | none |
+//! | `JIT_AWS_CALL_TIMEOUT` | [`AwsConfig::call_timeout`] | `30s` |
+//!
+//! # Roles in other accounts
+//!
+//! `iam:GetRole`, `iam:PutRolePolicy` and `iam:DeleteRolePolicy` name a
+//! role by its name only and act in the caller's own account. To manage the
+//! revocation policy of a role in another account, the broker assumes that
+//! account's management role ([`AwsConfig::management_roles`]; it needs the
+//! four `iam:` actions on the target roles and must trust the broker). An
+//! entitlement whose role is in an account that is neither the broker's own
+//! nor has a management role is refused when the catalogue loads: its
+//! revocations would otherwise land on a same-named role in the broker's
+//! account.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jit_core::types::{format_duration, parse_duration, MAX_GRANT_DURATION};
@@ -87,6 +103,15 @@ pub struct AwsConfig {
     pub source_identity: bool,
     /// Whether to pass session tags (needs `sts:TagSession` in the role's trust policy).
     pub session_tags: bool,
+    /// The broker's own account (where its IAM calls act); `None` detects it
+    /// with `sts:GetCallerIdentity` when the provider is built.
+    pub account_id: Option<String>,
+    /// Per account (12 digits): the ARN of a role in that account the broker
+    /// assumes to read roles and write revocation policies there.
+    pub management_roles: BTreeMap<String, String>,
+    /// Longest time one STS or IAM call may take, retries included, so a
+    /// stalled call cannot hold a role's revocation lock for ever.
+    pub call_timeout: Duration,
 }
 
 impl Default for AwsConfig {
@@ -105,6 +130,9 @@ impl Default for AwsConfig {
             propagation: Duration::from_secs(300),
             source_identity: true,
             session_tags: true,
+            account_id: None,
+            management_roles: BTreeMap::new(),
+            call_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -201,6 +229,22 @@ impl AwsConfig {
         if let Some(b) = boolean("JIT_AWS_SESSION_TAGS")? {
             c.session_tags = b;
         }
+        c.account_id = get("JIT_AWS_ACCOUNT_ID").filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("JIT_AWS_MANAGEMENT_ROLES") {
+            for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let Some((account, arn)) = pair.split_once('=') else {
+                    return Err(setting(
+                        "JIT_AWS_MANAGEMENT_ROLES",
+                        format!("`{}` is not `ACCOUNT=ROLE_ARN`", printable(pair)),
+                    ));
+                };
+                c.management_roles
+                    .insert(account.trim().to_string(), arn.trim().to_string());
+            }
+        }
+        if let Some(d) = duration("JIT_AWS_CALL_TIMEOUT")? {
+            c.call_timeout = d;
+        }
         c.check()?;
         Ok(c)
     }
@@ -283,6 +327,29 @@ impl AwsConfig {
         self
     }
 
+    /// States the broker's own account, skipping detection.
+    pub fn with_account_id(mut self, account: impl Into<String>) -> Self {
+        self.account_id = Some(account.into());
+        self
+    }
+
+    /// Manages role policies in `account` through `role_arn` (see the module docs).
+    pub fn with_management_role(
+        mut self,
+        account: impl Into<String>,
+        role_arn: impl Into<String>,
+    ) -> Self {
+        self.management_roles
+            .insert(account.into(), role_arn.into());
+        self
+    }
+
+    /// Sets the longest time one STS or IAM call may take.
+    pub fn with_call_timeout(mut self, d: Duration) -> Self {
+        self.call_timeout = d;
+        self
+    }
+
     /// The shortest window accepted: STS's 15 minutes plus the issue margin.
     pub fn min_window(&self) -> Duration {
         STS_MIN_DURATION + self.issue_margin
@@ -343,6 +410,36 @@ impl AwsConfig {
                 format!("must be between 512 and {INLINE_ROLE_POLICY_LIMIT}"),
             ));
         }
+        let is_account = |a: &str| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit());
+        if let Some(a) = &self.account_id {
+            if !is_account(a) {
+                return Err(setting(
+                    "account_id",
+                    format!("`{}` is not 12 digits", printable(a)),
+                ));
+            }
+        }
+        for (account, arn) in &self.management_roles {
+            if !is_account(account) {
+                return Err(setting(
+                    "management_roles",
+                    format!("account `{}` is not 12 digits", printable(account)),
+                ));
+            }
+            let role = crate::target::RoleArn::parse(arn)
+                .map_err(|m| setting("management_roles", format!("role for `{account}`: {m}")))?;
+            if role.account() != account {
+                return Err(setting(
+                    "management_roles",
+                    format!("role `{}` is not in account `{account}`", printable(arn)),
+                ));
+            }
+        }
+        if self.call_timeout < Duration::from_secs(1)
+            || self.call_timeout > Duration::from_secs(300)
+        {
+            return Err(setting("call_timeout", "must be between 1s and 5m"));
+        }
         if let Some(url) = &self.endpoint_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(setting(
@@ -389,8 +486,21 @@ mod tests {
             ("JIT_AWS_PROPAGATION", "2m"),
             ("JIT_AWS_SOURCE_IDENTITY", "no"),
             ("JIT_AWS_SESSION_TAGS", "off"),
+            ("JIT_AWS_ACCOUNT_ID", "123456789012"),
+            (
+                "JIT_AWS_MANAGEMENT_ROLES",
+                "111111111111=arn:aws:iam::111111111111:role/JitManager, 222222222222=arn:aws:iam::222222222222:role/x/M",
+            ),
+            ("JIT_AWS_CALL_TIMEOUT", "10s"),
         ])
         .unwrap();
+        assert_eq!(c.account_id.as_deref(), Some("123456789012"));
+        assert_eq!(c.management_roles.len(), 2);
+        assert_eq!(
+            c.management_roles["222222222222"],
+            "arn:aws:iam::222222222222:role/x/M"
+        );
+        assert_eq!(c.call_timeout, Duration::from_secs(10));
         assert_eq!(c.name, "aws-prod");
         assert_eq!(c.region.as_deref(), Some("eu-west-1"));
         assert_eq!(c.max_duration, Duration::from_secs(4 * 3600));
@@ -420,6 +530,17 @@ mod tests {
             ("JIT_AWS_REVOCATION_POLICY_LIMIT", "many"),
             ("JIT_AWS_ENDPOINT_URL", "ftp://x"),
             ("JIT_AWS_ISSUE_MARGIN", "2h"),
+            ("JIT_AWS_ACCOUNT_ID", "12345"),
+            ("JIT_AWS_MANAGEMENT_ROLES", "111111111111"),
+            (
+                "JIT_AWS_MANAGEMENT_ROLES",
+                "1111=arn:aws:iam::111111111111:role/M",
+            ),
+            (
+                "JIT_AWS_MANAGEMENT_ROLES",
+                "111111111111=arn:aws:iam::222222222222:role/M",
+            ),
+            ("JIT_AWS_CALL_TIMEOUT", "0s"),
         ] {
             match from(&[(k, v)]) {
                 Err(jit_core::Error::Config(e)) => {

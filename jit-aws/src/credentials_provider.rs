@@ -22,7 +22,9 @@
 //! - Credentials are cached until [`BrokerCredentialsProvider::refresh_before`]
 //!   (default 2 minutes) before their expiry, then a **new request** is
 //!   submitted for the same entitlement: every renewal is decided by the
-//!   policy and audited like any other request.
+//!   policy and audited like any other request. The expiry handed to the
+//!   SDK is that renewal time, so the SDK's own identity cache (which asks
+//!   again only seconds before the expiry it is told) renews on time too.
 //! - An auto-approved request is issued in the same call. A request that
 //!   needs approval is remembered and polled (every
 //!   [`BrokerCredentialsProvider::poll_interval`]) for up to
@@ -119,6 +121,10 @@ impl BrokerCredentialsProvider {
         self.cache.lock().await.current.as_ref().map(|c| c.2)
     }
 
+    fn refresh_delta(&self) -> TimeDelta {
+        TimeDelta::from_std(self.refresh_before).unwrap_or(TimeDelta::MAX)
+    }
+
     fn convert(
         &self,
         c: &Credentials,
@@ -134,7 +140,14 @@ impl BrokerCredentialsProvider {
                     access_key_id,
                     secret_access_key.expose(),
                     Some(session_token.expose().to_string()),
-                    Some(SystemTime::from(*expires_at)),
+                    // The SDK's identity cache asks again only 5 to 10 s
+                    // before the expiry it is told: tell it the renewal
+                    // time, so `refresh_before` holds under the cache too.
+                    Some(SystemTime::from(
+                        expires_at
+                            .checked_sub_signed(self.refresh_delta())
+                            .unwrap_or(DateTime::UNIX_EPOCH),
+                    )),
                     PROVIDER_NAME,
                 ),
                 *expires_at,
@@ -166,9 +179,13 @@ impl BrokerCredentialsProvider {
     async fn fetch(&self) -> Result<aws_credential_types::Credentials, CredentialsError> {
         let mut cache = self.cache.lock().await;
         let clock = self.broker.clock().clone();
-        let before = TimeDelta::from_std(self.refresh_before).unwrap_or(TimeDelta::MAX);
+        let before = self.refresh_delta();
         if let Some((creds, expiry, _)) = &cache.current {
-            if clock.now() + before < *expiry {
+            if clock
+                .now()
+                .checked_add_signed(before)
+                .is_some_and(|t| t < *expiry)
+            {
                 return Ok(creds.clone());
             }
         }

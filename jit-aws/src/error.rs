@@ -32,17 +32,27 @@ pub(crate) enum AwsError {
     #[error("aws provider setting `{field}` is invalid: {message}")]
     Setting { field: String, message: String },
 
+    /// The role is in an account whose IAM the broker cannot act in.
+    #[error("role `{role}` is in account `{account}`, but provider's iam calls act in account `{own}`; configure a management role for `{account}` (`JIT_AWS_MANAGEMENT_ROLES`) or use a role in `{own}`")]
+    ForeignAccount {
+        role: String,
+        account: String,
+        own: String,
+    },
+
     /// The role named by an entitlement does not exist (or the broker may not see it).
     #[error("role `{0}` not found")]
     RoleNotFound(String),
 
     /// The revocation policy would exceed IAM's inline policy size limit.
-    #[error("revocation policy `{policy}` on role `{role}` would be {size} characters, over the limit of {limit}; wait for revoked sessions to expire (entries are pruned at their expiry) or use `revoke_all_sessions`")]
+    #[error("revocation policy `{policy}` on role `{role}` would be {size} characters, over the limit of {limit}{}; wait for revoked sessions to expire (entries are pruned at their expiry) or use `revoke_all_sessions`", if *reserved > 0 { format!(" ({reserved} of them kept for the role-wide deny)") } else { String::new() })]
     RevocationPolicyFull {
         role: String,
         policy: String,
         size: usize,
         limit: usize,
+        /// Room held back for the role-wide statement.
+        reserved: usize,
     },
 
     /// Another writer keeps replacing the revocation policy.
@@ -73,6 +83,12 @@ pub(crate) enum AwsError {
     /// the broker's own credentials need refreshing.
     #[error("{call}: {message}")]
     Unavailable { call: &'static str, message: String },
+
+    /// The broker's own credentials expired. Transient when they come from
+    /// a chain that refreshes them; final with static credentials
+    /// ([`AwsError::final_if_static`]).
+    #[error("{call}: the broker's aws credentials expired ({code}); they are refreshed on the next attempt")]
+    ExpiredCredentials { call: &'static str, code: String },
 
     /// The response lacked a field the API promises.
     #[error("{call}: response is missing `{field}`")]
@@ -113,6 +129,10 @@ impl AwsError {
             AwsError::Unavailable { call, message } => Error::Unavailable {
                 what: format!("aws {call} for provider `{provider}`"),
                 message,
+            },
+            AwsError::ExpiredCredentials { call, .. } => Error::Unavailable {
+                what: format!("aws {call} for provider `{provider}`"),
+                message: self.to_string(),
             },
             AwsError::RevocationContended { .. } => Error::Unavailable {
                 what: format!("aws iam for provider `{provider}`"),
@@ -183,6 +203,27 @@ impl AwsError {
         }
     }
 
+    /// With static credentials (nothing refreshes them) an expired token is
+    /// final: retrying would fail the same way until someone replaces them.
+    pub(crate) fn final_if_static(self, static_credentials: bool) -> Self {
+        match self {
+            AwsError::ExpiredCredentials { call, code } if static_credentials => AwsError::Rejected {
+                call,
+                code,
+                message: Some(
+                    "the broker's static aws credentials have expired and nothing refreshes them; replace them".into(),
+                ),
+            },
+            other => other,
+        }
+    }
+
+    /// Whether the error is STS's `ValidationError` (a parameter the role
+    /// does not allow, e.g. a duration over a lowered `MaxSessionDuration`).
+    pub(crate) fn is_validation_error(&self) -> bool {
+        matches!(self, AwsError::Rejected { code, .. } if code == "ValidationError")
+    }
+
     /// Whether the error is IAM's `NoSuchEntity`.
     pub(crate) fn is_no_such_entity(&self) -> bool {
         matches!(self, AwsError::Rejected { code, .. } if code == "NoSuchEntity")
@@ -191,18 +232,27 @@ impl AwsError {
 
 fn classify(call: &'static str, code: String, message: Option<String>) -> AwsError {
     match code.as_str() {
-        "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException"
-        | "RequestThrottled" | "SlowDown" | "PriorRequestNotComplete" => {
-            AwsError::Throttled { call }
-        }
-        // The broker's own credentials: refreshed by the SDK chain, so retrying helps.
-        "ExpiredToken" | "ExpiredTokenException" | "RequestExpired" => AwsError::Unavailable {
+        "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "TooManyRequestsException"
+        | "RequestThrottled"
+        | "SlowDown"
+        | "PriorRequestNotComplete" => AwsError::Throttled { call },
+        // The broker's own credentials: refreshed by the SDK chain, so retrying
+        // helps, unless they are static (see `final_if_static`).
+        "ExpiredToken" | "ExpiredTokenException" => AwsError::ExpiredCredentials { call, code },
+        // The request's signature is too old (clock skew, a stalled queue): retrying signs anew.
+        "RequestExpired" => AwsError::Unavailable {
             call,
             message: format!(
-                "the broker's aws credentials expired ({code}); they are refreshed on the next attempt"
+                "{code}: the request was signed too long before it arrived; check the clock"
             ),
         },
-        "ServiceFailure" | "ServiceUnavailable" | "InternalFailure" | "InternalError"
+        "ServiceFailure"
+        | "ServiceUnavailable"
+        | "InternalFailure"
+        | "InternalError"
         | "ConcurrentModification" => AwsError::Unavailable {
             call,
             message: match message {
@@ -309,6 +359,17 @@ mod tests {
         assert!(
             matches!(e.into_core(p, "issue"), Error::ProviderRejected { message, .. } if message.contains("not activated"))
         );
+        // Regression: an expired static key was reported as transient and
+        // retried for ever; only a refreshing chain makes a retry useful.
+        let e = classify("iam:GetRole", "ExpiredToken".into(), None);
+        assert!(e
+            .final_if_static(false)
+            .into_core(p, "issue")
+            .is_transient());
+        let e = classify("iam:GetRole", "ExpiredToken".into(), None);
+        let core = e.final_if_static(true).into_core(p, "issue");
+        assert!(!core.is_transient(), "{core}");
+        assert!(core.to_string().contains("static"), "{core}");
         let e = classify("iam:GetRole", "ServiceFailure".into(), None);
         assert!(e.into_core(p, "issue").is_transient());
         assert!(classify("iam:GetRole", "NoSuchEntity".into(), None).is_no_such_entity());

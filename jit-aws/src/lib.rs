@@ -40,7 +40,8 @@
 //! | --- | --- | --- |
 //! | validate an entitlement | nothing remote: role ARN shape, session policy size, tags, external id | [`target`] |
 //! | issue | `iam:GetRole` (cached) for the role's `MaxSessionDuration` and id, then `sts:AssumeRole` with a session name derived from the grant, `SourceIdentity` = the requester, session tags (grant, request, entitlement, requester, ticket) | [`provider`], [`session`] |
-//! | revoke one grant | a `Deny *` on `aws:userid` = `ROLE_ID:session-name` in the role's inline policy `jit-revocations`, pruned after the session's expiry | [`revoke`] |
+//! | revoke one grant | a `Deny *` on `aws:userid` = the session's `AssumedRoleId` (`ROLE_ID:session-name`) in the role's inline policy `jit-revocations`, pruned after the session's expiry; through the role account's management role when it is not the broker's | [`revoke`] |
+//! | revoke when the per-grant list is full | the role-wide deny below, reported to the broker, which records every other grant it cut off as revoked | [`revoke`] |
 //! | revoke all sessions of a role (admin) | a `Deny *` on `aws:TokenIssueTime` before now | [`AwsProvider::revoke_all_sessions`] |
 //! | hand credentials over | `credential_process` JSON, environment variables, a credentials-file profile | [`output`] |
 //! | use them from Rust | an `aws-config` credentials provider that requests and renews grants | [`BrokerCredentialsProvider`] |
@@ -56,7 +57,10 @@
 //! `sts:AssumeRole`, `sts:TagSession` and `sts:SetSourceIdentity` on the
 //! target roles (their trust policies must allow the broker, with the same
 //! three actions); `iam:GetRole`, `iam:GetRolePolicy`, `iam:PutRolePolicy`
-//! and `iam:DeleteRolePolicy` on the target roles.
+//! and `iam:DeleteRolePolicy` on the target roles, in the broker's own
+//! account directly and in any other account through that account's
+//! management role ([`config`]: `sts:AssumeRole` on it for the broker, the
+//! four `iam:` actions for it).
 //!
 //! # HTTP and TLS
 //!

@@ -39,7 +39,14 @@
 //!
 //! See [`crate::revoke`]: a deny on `aws:userid` = `ROLE_ID:session-name` in
 //! one inline policy on the role, plus [`AwsProvider::revoke_all_sessions`]
-//! for the role-wide `aws:TokenIssueTime` deny.
+//! for the role-wide `aws:TokenIssueTime` deny. When the per-grant list is
+//! full, [`Provider::revoke_reporting`] falls back to the role-wide deny and
+//! reports it; [`Provider::cut_off_by`] then says which other grants it cut
+//! off for certain: those of the same role whose session STS issued (its
+//! `Expiration` less its `DurationSeconds`) more than [`CALL_ALLOWANCE`]
+//! before the cutoff. A grant issued closer to it may or may not be
+//! denied, and is left recorded as live rather than recorded as revoked
+//! while it may still work.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -51,8 +58,8 @@ use aws_config::SdkConfig;
 use chrono::{DateTime, TimeDelta, Utc};
 use jit_core::types::format_duration;
 use jit_core::{
-    Capabilities, Clock, Credentials, Entitlement, GrantId, GrantSpec, Issued, IssuedGrant,
-    Provider, RequestError, RevocationKind, SystemClock,
+    Capabilities, Clock, Collateral, Credentials, Entitlement, GrantId, GrantSpec, Issued,
+    IssuedGrant, Provider, RequestError, RevocationKind, RevokeOutcome, SystemClock,
 };
 use serde_json::json;
 
@@ -61,7 +68,7 @@ use crate::config::{AwsConfig, OverRoleMax, ROLE_CHAINING_MAX, STS_MIN_DURATION}
 use crate::error::{printable, AwsError};
 use crate::revoke::{Change, Revocations, Target, PRUNE_MARGIN};
 use crate::session;
-use crate::target::{AwsTarget, RoleArn};
+use crate::target::{partition_of_region, AwsTarget, RoleArn};
 
 /// How far in the future a window may start: STS sessions start at the call.
 const START_SLACK: TimeDelta = TimeDelta::seconds(60);
@@ -112,28 +119,45 @@ impl AwsProviderBuilder {
 
     async fn build_inner(self) -> Result<AwsProvider, AwsError> {
         self.config.check()?;
-        let clients = match self.clients {
-            Some(c) => c,
+        // Clients given as they are: their credentials are theirs to refresh.
+        let (given, static_credentials) = match self.clients {
+            Some(c) => (c, false),
             None => {
                 let sdk = match self.sdk {
                     Some(s) => s,
                     None => client::load_sdk_config(&self.config).await,
                 };
-                clients_for(&sdk, self.config.endpoint_url.as_deref())
+                let fixed = client::has_static_credentials(&sdk).await;
+                (
+                    clients_for(&sdk, self.config.endpoint_url.as_deref()),
+                    fixed,
+                )
             }
         };
-        let chaining = match self.config.role_chaining {
-            Some(c) => c,
-            None => {
-                let arn = client::caller_arn(&clients).await?;
-                let chaining = is_assumed_role_arn(&arn);
+        // Every call bounded, so a stalled one cannot hold a role's lock.
+        let clients = given.with_call_timeout(self.config.call_timeout);
+        let (chaining, account) = match (self.config.role_chaining, &self.config.account_id) {
+            (Some(c), Some(a)) => (c, a.clone()),
+            (configured, account_id) => {
+                let (arn, account) = client::caller_identity(&clients).await?;
+                let chaining = configured.unwrap_or_else(|| is_role_chaining_arn(&arn));
                 tracing::info!(caller = %arn, chaining, "aws provider identity");
-                chaining
+                (chaining, account_id.clone().unwrap_or(account))
             }
         };
+        let management = self
+            .config
+            .management_roles
+            .iter()
+            .filter(|(a, _)| **a != account)
+            .map(|(a, arn)| (a.clone(), clients.for_management_role(arn)))
+            .collect();
         Ok(AwsProvider {
             config: self.config,
             clients,
+            management,
+            account,
+            static_credentials,
             clock: self.clock,
             chaining,
             roles: Mutex::new(HashMap::new()),
@@ -168,6 +192,21 @@ pub fn is_assumed_role_arn(arn: &str) -> bool {
         .is_some_and(|r| r.starts_with("assumed-role/"))
 }
 
+/// Whether sessions minted by this caller are chained (capped at one hour):
+/// an assumed-role session, except an EC2 instance profile's (its session
+/// name is the instance id, `i-` and 8 or 17 hex digits), which AWS does not
+/// count as role chaining.
+pub fn is_role_chaining_arn(arn: &str) -> bool {
+    if !is_assumed_role_arn(arn) {
+        return false;
+    }
+    let session = arn.rsplit('/').next().unwrap_or_default();
+    let instance = session.strip_prefix("i-").is_some_and(|h| {
+        (h.len() == 8 || h.len() == 17) && h.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    !instance
+}
+
 #[derive(Debug, Clone)]
 struct CachedRole {
     info: RoleInfo,
@@ -188,6 +227,12 @@ struct Plan {
 pub struct AwsProvider {
     config: AwsConfig,
     clients: AwsClients,
+    /// Per other account: clients whose IAM calls use its management role.
+    management: HashMap<String, AwsClients>,
+    /// The broker's own account, where `clients` act.
+    account: String,
+    /// Whether the broker signs with static keys (an expired token is final).
+    static_credentials: bool,
     clock: Arc<dyn Clock>,
     chaining: bool,
     roles: Mutex<HashMap<String, CachedRole>>,
@@ -199,6 +244,7 @@ impl fmt::Debug for AwsProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwsProvider")
             .field("name", &self.config.name)
+            .field("account", &self.account)
             .field("role_chaining", &self.chaining)
             .field("max_duration", &format_duration(self.max_duration()))
             .field("revocation_policy", &self.config.revocation_policy_name)
@@ -258,7 +304,37 @@ impl AwsProvider {
     }
 
     fn err(&self, operation: &'static str) -> impl Fn(AwsError) -> jit_core::Error + '_ {
-        move |e| e.into_core(&self.config.name, operation)
+        move |e| {
+            e.final_if_static(self.static_credentials)
+                .into_core(&self.config.name, operation)
+        }
+    }
+
+    /// The broker's own account (configured or detected).
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// The clients whose IAM calls act in the role's own account: the
+    /// broker's, or those of that account's management role. IAM's role APIs
+    /// take a bare role name and act in the caller's account, so any other
+    /// choice would read or write a same-named role elsewhere.
+    fn iam_for(&self, role: &RoleArn) -> Result<&AwsClients, AwsError> {
+        if role.account() == self.account {
+            return Ok(&self.clients);
+        }
+        self.management
+            .get(role.account())
+            .ok_or_else(|| AwsError::ForeignAccount {
+                role: role.to_string(),
+                account: role.account().to_string(),
+                own: self.account.clone(),
+            })
+    }
+
+    /// Forgets a role's cached facts (they may be stale).
+    fn forget_role(&self, role: &RoleArn) {
+        lock(&self.roles).remove(role.as_str());
     }
 
     /// The local checks, in the documented order. No remote call.
@@ -354,7 +430,13 @@ impl AwsProvider {
                 return Ok(c.info.clone());
             }
         }
-        let info = match client::get_role(&self.clients, role.name()).await {
+        self.fetch_role(role).await
+    }
+
+    /// `iam:GetRole` in the role's own account, refreshing the cache.
+    async fn fetch_role(&self, role: &RoleArn) -> Result<RoleInfo, AwsError> {
+        let now = self.clock.now();
+        let info = match client::get_role(self.iam_for(role)?, role.name()).await {
             Ok(i) => i,
             Err(e) if e.is_no_such_entity() => {
                 return Err(AwsError::RoleNotFound(role.to_string()))
@@ -373,6 +455,8 @@ impl AwsProvider {
 
     async fn issue_inner(&self, spec: &GrantSpec) -> Result<Issued, AwsError> {
         let plan = self.plan(spec)?;
+        // Refuse before minting what could not be revoked in the right account.
+        self.iam_for(&plan.target.role)?;
         let role = self.role_info(&plan.target.role).await?;
         let mut role_max = role.max_session_secs;
         if self.chaining {
@@ -412,14 +496,35 @@ impl AwsProvider {
                 external_id: plan.target.external_id.as_deref(),
             },
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            // The role changed under the cache (a lowered MaxSessionDuration):
+            // read it again next time instead of failing until the TTL ends.
+            if e.is_validation_error() {
+                self.forget_role(&plan.target.role);
+            }
+        })?;
+        // `AssumedRoleId` is exactly the session's `aws:userid`; its role id
+        // half is the truth, whatever the cache said (a role deleted and
+        // recreated under the same name has a new id).
+        let role_id = match session.assumed_role_id.split_once(':') {
+            Some((id, name)) if name == plan.session_name && !id.is_empty() => id.to_string(),
+            _ => {
+                tracing::warn!(role = %plan.target.role, assumed_role_id = %printable(&session.assumed_role_id), "AssumedRoleId is not `ROLE_ID:session-name`");
+                role.role_id.clone()
+            }
+        };
+        if role_id != role.role_id {
+            tracing::info!(role = %plan.target.role, cached = %role.role_id, actual = %role_id, "role id changed (role recreated); cache dropped");
+            self.forget_role(&plan.target.role);
+        }
         let issued = IssuedGrant {
             provider: self.config.name.clone(),
             external_id: plan.session_name.clone(),
             expires_at: session.expiration,
             details: json!({
                 "role_arn": plan.target.role.as_str(),
-                "role_id": role.role_id,
+                "role_id": role_id,
                 "session_name": plan.session_name,
                 "assumed_role_arn": session.assumed_role_arn,
                 "assumed_role_id": session.assumed_role_id,
@@ -488,7 +593,14 @@ impl AwsProvider {
         })
     }
 
-    async fn revoke_inner(&self, issued: &IssuedGrant) -> Result<(), AwsError> {
+    /// Revokes one grant's session. With `fall_back`, a full per-grant deny
+    /// list makes it deny every session of the role issued before now
+    /// instead, and the collateral is returned; without, that is an error.
+    async fn revoke_inner(
+        &self,
+        issued: &IssuedGrant,
+        fall_back: bool,
+    ) -> Result<Option<Collateral>, AwsError> {
         let session_name = issued.external_id.as_str();
         let grant = session_name
             .strip_prefix("jit-")
@@ -519,7 +631,7 @@ impl AwsProvider {
             // record: a record that never reached `issue` (the broker keeps
             // the details of everything it issued), so nothing exists to deny.
             tracing::warn!(provider = %self.config.name, session = session_name, "revoke: no role recorded for this session; nothing was issued under it");
-            return Ok(());
+            return Ok(None);
         };
         let role = RoleArn::parse(&role_text)
             .map_err(|m| AwsError::Unrevocable(format!("recorded `role_arn` is invalid: {m}")))?;
@@ -532,41 +644,66 @@ impl AwsProvider {
                 session = session_name,
                 "revoke: session already expired at aws"
             );
-            return Ok(());
+            return Ok(None);
         }
-        let role_id = match detail("role_id") {
+        let iam = self.iam_for(&role)?;
+        // The deny value: `AssumedRoleId` as STS returned it is exactly the
+        // session's `aws:userid`. Only a record without it (rebuilt from the
+        // spec) needs the role id, read fresh: a cached id may belong to a
+        // role since deleted and recreated under the same name.
+        let userid = match detail("assumed_role_id")
+            .filter(|id| id.split_once(':').is_some_and(|(_, n)| n == session_name))
+        {
             Some(id) => id,
-            None => match self.role_info(&role).await {
-                Ok(info) => info.role_id,
+            None => match self.fetch_role(&role).await {
+                Ok(info) => format!("{}:{session_name}", info.role_id),
                 Err(AwsError::RoleNotFound(_)) => {
                     // A deleted role's sessions cannot be used any more.
                     tracing::info!(role = %role, "revoke: role no longer exists");
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(e) => return Err(e),
             },
         };
-        let applied = self
+        let target = Target {
+            clients: iam,
+            role_name: role.name(),
+            policy_name: &self.config.revocation_policy_name,
+            limit: self.config.revocation_policy_limit,
+        };
+        let applied = match self
             .revocations
-            .apply(
-                &Target {
-                    clients: &self.clients,
-                    role_name: role.name(),
-                    policy_name: &self.config.revocation_policy_name,
-                    limit: self.config.revocation_policy_limit,
-                },
-                &Change::Session {
-                    userid: format!("{role_id}:{session_name}"),
-                    expires_at,
-                },
-                now,
-            )
-            .await?;
+            .apply(&target, &Change::Session { userid, expires_at }, now)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(full @ AwsError::RevocationPolicyFull { .. }) if fall_back => {
+                // Never lose a revocation: deny every session of the role
+                // issued until now (room for this statement is always
+                // reserved) and report what else that cut off.
+                let cutoff = role_wide_cutoff(now);
+                tracing::warn!(provider = %self.config.name, session = session_name, role = %role, %cutoff, error = %full, "per-grant revocation room exhausted; falling back to a role-wide deny");
+                let applied = self
+                    .revocations
+                    .apply(&target, &Change::OlderThan(cutoff), now)
+                    .await?;
+                if !applied {
+                    tracing::info!(role = %role, "revoke: role no longer exists");
+                    return Ok(None);
+                }
+                return Ok(Some(Collateral::new(
+                    role.as_str(),
+                    cutoff,
+                    full.to_string(),
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         if !applied {
             tracing::info!(role = %role, "revoke: role no longer exists");
         }
         tracing::debug!(provider = %self.config.name, session = session_name, role = %role, "aws session revoked");
-        Ok(())
+        Ok(None)
     }
 
     /// Denies every session of the role issued before now: AWS's "revoke
@@ -575,14 +712,13 @@ impl AwsProvider {
     /// broker: it also ends sessions of other grants and of anyone else using
     /// the role. New sessions are not affected. Returns the cutoff.
     pub async fn revoke_all_sessions(&self, role: &RoleArn) -> jit_core::Result<DateTime<Utc>> {
-        // Whole seconds, rounded up: `aws:TokenIssueTime` has second precision.
         let now = self.clock.now();
-        let cutoff = DateTime::<Utc>::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now);
+        let cutoff = role_wide_cutoff(now);
         let applied = self
             .revocations
             .apply(
                 &Target {
-                    clients: &self.clients,
+                    clients: self.iam_for(role).map_err(self.err("revoke"))?,
                     role_name: role.name(),
                     policy_name: &self.config.revocation_policy_name,
                     limit: self.config.revocation_policy_limit,
@@ -600,6 +736,19 @@ impl AwsProvider {
         tracing::warn!(provider = %self.config.name, role = %role, %cutoff, "all sessions of the role issued before the cutoff are denied");
         Ok(cutoff)
     }
+}
+
+/// The cutoff of a role-wide deny made now: whole seconds, rounded up
+/// (`aws:TokenIssueTime` has second precision).
+fn role_wide_cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now)
+}
+
+/// When STS issued a recorded session: its `Expiration` less its
+/// `DurationSeconds`, both as STS answered (not our clock).
+fn session_issued_at(issued: &IssuedGrant) -> Option<DateTime<Utc>> {
+    let secs = issued.details.get("duration_secs")?.as_i64()?;
+    Some(issued.expires_at - TimeDelta::seconds(secs))
 }
 
 fn uuid_from_simple(hex32: &str) -> Option<GrantId> {
@@ -632,7 +781,26 @@ impl Provider for AwsProvider {
 
     fn validate(&self, entitlement: &Entitlement) -> jit_core::Result<()> {
         let err = self.err("validate");
-        AwsTarget::parse(&entitlement.id, &entitlement.target).map_err(&err)?;
+        let target = AwsTarget::parse(&entitlement.id, &entitlement.target).map_err(&err)?;
+        let role = &target.role;
+        let role_field = |message: String| AwsError::Target {
+            entitlement: entitlement.id.clone(),
+            field: "target.role_arn".into(),
+            message,
+        };
+        if let Err(e) = self.iam_for(role) {
+            return Err(err(role_field(e.to_string())));
+        }
+        if let Some(region) = self.clients.sts.config().region() {
+            let expected = partition_of_region(region.as_ref());
+            if role.partition() != expected {
+                return Err(err(role_field(format!(
+                    "role `{role}` is in partition `{}`, but provider `{}` calls STS in region `{region}` of partition `{expected}`",
+                    role.partition(),
+                    self.config.name
+                ))));
+            }
+        }
         let min = self.config.min_window();
         if entitlement.max_duration.get() < min {
             return Err(err(AwsError::Target {
@@ -654,7 +822,28 @@ impl Provider for AwsProvider {
     }
 
     async fn revoke(&self, issued: &IssuedGrant) -> jit_core::Result<()> {
-        self.revoke_inner(issued).await.map_err(self.err("revoke"))
+        self.revoke_inner(issued, false)
+            .await
+            .map(|_| ())
+            .map_err(self.err("revoke"))
+    }
+
+    async fn revoke_reporting(&self, issued: &IssuedGrant) -> jit_core::Result<RevokeOutcome> {
+        match self.revoke_inner(issued, true).await {
+            Ok(Some(collateral)) => Ok(RevokeOutcome::with_collateral(collateral)),
+            Ok(None) => Ok(RevokeOutcome::exact()),
+            Err(e) => Err(self.err("revoke")(e)),
+        }
+    }
+
+    fn cut_off_by(&self, collateral: &Collateral, issued: &IssuedGrant) -> bool {
+        // Certain only when the session's own issue time (as STS reported
+        // it) is before the cutoff by more than the clock allowance.
+        issued.provider == self.config.name
+            && issued.details.get("role_arn").and_then(|v| v.as_str())
+                == Some(collateral.scope.as_str())
+            && session_issued_at(issued)
+                .is_some_and(|at| at + CALL_ALLOWANCE < collateral.issued_before)
     }
 
     async fn find(&self, spec: &GrantSpec) -> jit_core::Result<Option<IssuedGrant>> {
@@ -675,6 +864,32 @@ mod tests {
         assert!(!is_assumed_role_arn("arn:aws:iam::123456789012:user/u"));
         assert!(!is_assumed_role_arn("arn:aws:iam::123456789012:root"));
         assert!(!is_assumed_role_arn("garbage"));
+    }
+
+    // Regression (issue 10 item 4): a broker on an EC2 instance profile was
+    // capped at one hour as if its sessions were chained.
+    #[test]
+    fn an_ec2_instance_profile_is_not_role_chaining() {
+        assert!(is_role_chaining_arn(
+            "arn:aws:sts::123456789012:assumed-role/Broker/deploy-bot"
+        ));
+        assert!(!is_role_chaining_arn(
+            "arn:aws:sts::123456789012:assumed-role/Ec2Broker/i-0123456789abcdef0"
+        ));
+        assert!(!is_role_chaining_arn(
+            "arn:aws:sts::123456789012:assumed-role/Ec2Broker/i-0123abcd"
+        ));
+        assert!(is_role_chaining_arn(
+            "arn:aws:sts::123456789012:assumed-role/R/i-not-an-instance"
+        ));
+        assert!(!is_role_chaining_arn("arn:aws:iam::123456789012:user/u"));
+    }
+
+    #[test]
+    fn regions_map_to_partitions() {
+        assert_eq!(partition_of_region("eu-west-1"), "aws");
+        assert_eq!(partition_of_region("cn-north-1"), "aws-cn");
+        assert_eq!(partition_of_region("us-gov-west-1"), "aws-us-gov");
     }
 
     #[test]

@@ -20,10 +20,19 @@
 //! ```
 //!
 //! - **Matching one session.** For a role session, `aws:userid` is
-//!   `ROLE_ID:RoleSessionName` (role id `AROA...` from `iam:GetRole`), and
-//!   the session name is derived from the grant id, so the condition matches
-//!   exactly the sessions minted for that grant and nothing else. It also
-//!   works for a grant whose session no longer or never existed.
+//!   `ROLE_ID:RoleSessionName`, exactly the `AssumedRoleId` that
+//!   `AssumeRole` returns, which is what the deny names. The session name
+//!   is derived from the grant id, so the condition matches exactly the
+//!   sessions minted for that grant and nothing else. A record without it
+//!   (rebuilt from the spec) takes the role id from a fresh `iam:GetRole`,
+//!   never from the cache: a role deleted and recreated under the same name
+//!   has a new id. It also works for a grant whose session no longer or
+//!   never existed.
+//! - **The right role.** IAM's role APIs take a bare role name and act in
+//!   the caller's account; a role in another account is read and written
+//!   through that account's management role
+//!   ([`crate::AwsConfig::management_roles`]), and a role in an account with
+//!   none is refused when the catalogue loads.
 //! - **Pruning, and where the expiry lives.** Sessions are grouped into one
 //!   statement per hour of expiry; the `Sid` carries the end of that hour as
 //!   Unix seconds (`JitRevokedUntil<secs>`). Once that time (plus 5 minutes
@@ -39,21 +48,34 @@
 //!   alive (12 hours, STS's longest session, plus the skew margin).
 //! - **Size.** IAM limits the aggregate inline policy size of a role to
 //!   10,240 non-whitespace characters. The document is written minified and
-//!   measured before every write; a revocation that would not fit fails with
-//!   a typed error instead of being dropped (the broker shows it as
-//!   `RevocationFailed` and retries; pruning frees room as sessions expire).
-//!   About 140 concurrent revocations per role fit.
+//!   measured before every write. Per-grant entries never use the room of
+//!   the role-wide statement (`RevocationDoc::role_wide_room`), so that
+//!   one can always be written. When an entry does not fit, expired entries
+//!   are pruned first, then all entries are merged into one statement
+//!   denied until the latest expiry (`RevocationDoc::compact`: a session
+//!   is dead after its expiry, so denying it longer changes nothing). About
+//!   140 concurrent revocations per role fit.
+//! - **Full anyway.** [`jit_core::Provider::revoke_reporting`] (what the
+//!   broker calls) then falls back to the role-wide deny and reports it as
+//!   collateral: the broker records every other grant of the role that the
+//!   deny certainly cut off as revoked, with the reason, in the audit
+//!   trail. Plain [`jit_core::Provider::revoke`] fails instead (a typed
+//!   error; the broker would show `RevocationFailed` and retry), so other
+//!   grants are never cut off without a record.
 //! - **Other statements** in the document (added by a person) are kept.
 //!
 //! # Concurrency
 //!
 //! IAM has no conditional write for inline policies. Writes for one role are
-//! serialised by an in-process async mutex; the merged state this process
-//! has written is remembered and merged into what it reads (entries are only
-//! ever added, or dropped after expiry, so a union is always right, also
-//! against a stale read from IAM's eventual consistency); after each write
-//! the document is read back, and if another broker replica's write replaced
-//! it the merge-and-write is repeated (up to 5 times, then a retryable error).
+//! serialised by an in-process async mutex; every STS and IAM call has an
+//! operation timeout ([`crate::AwsConfig::call_timeout`]), so a stalled call
+//! cannot hold it for ever. What this process wrote is remembered and,
+//! for [`CONSISTENCY_WINDOW`] after the write, merged into what it reads
+//! (against a stale read from IAM's eventual consistency). After that, IAM
+//! is the truth: a statement someone removed (an operator editing the
+//! policy) is logged and not re-added from memory. After each write the
+//! document is read back, and if another broker replica's write replaced it
+//! the merge-and-write is repeated (up to 5 times, then a retryable error).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,6 +98,11 @@ pub const BUCKET: i64 = 3600;
 /// Longest life of a session issued before a role-wide revocation.
 const LONGEST_SESSION: TimeDelta = TimeDelta::hours(12);
 const ATTEMPTS: usize = 5;
+/// How long what this process wrote is merged into what it reads: long
+/// enough to outlast IAM's eventual consistency (a read that does not yet
+/// show our own write), short enough that an operator's deliberate removal
+/// of a statement is not undone from memory later on.
+pub const CONSISTENCY_WINDOW: Duration = Duration::from_secs(120);
 
 /// The parsed revocation document.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -241,11 +268,55 @@ impl RevocationDoc {
         }
     }
 
+    /// The room the role-wide statement needs (with its separating comma).
+    /// Per-grant entries never use it, so the role-wide deny, the fallback
+    /// when per-grant room runs out, can always be written.
+    pub fn role_wide_room() -> usize {
+        // Every RFC 3339 second has the same length.
+        let with = RevocationDoc {
+            older_than: DateTime::<Utc>::from_timestamp(0, 0),
+            ..RevocationDoc::default()
+        };
+        with.size() - RevocationDoc::default().size() + 1
+    }
+
+    /// The size budget for this document under `limit`: the role-wide
+    /// statement's room is held back while it is absent.
+    pub fn budget(&self, limit: usize) -> usize {
+        if self.older_than.is_some() {
+            limit
+        } else {
+            limit.saturating_sub(Self::role_wide_room())
+        }
+    }
+
+    /// Shrinks the document to fit `budget` where that keeps its meaning
+    /// for every live session: all per-grant entries move into one
+    /// statement denied until the latest expiry among them. A session is
+    /// dead at AWS after its expiry, so denying its `aws:userid` longer
+    /// changes nothing; it only keeps the entry until the last of them can
+    /// be pruned. Call after [`RevocationDoc::prune`] (expired entries go
+    /// first). Does nothing when the document already fits.
+    pub fn compact(&mut self, budget: usize) {
+        if self.size() <= budget || self.buckets.len() < 2 {
+            return;
+        }
+        let Some(latest) = self.buckets.keys().next_back().copied() else {
+            return;
+        };
+        let mut all = BTreeSet::new();
+        for ids in std::mem::take(&mut self.buckets).into_values() {
+            all.extend(ids);
+        }
+        self.buckets.insert(latest, all);
+    }
+
     /// Whether `self` contains everything `other` does (ignoring pruned parts).
     fn includes(&self, other: &RevocationDoc) -> bool {
+        // An entry denied until a later hour (after compaction) counts.
         other.buckets.iter().all(|(until, ids)| {
             ids.iter()
-                .all(|id| self.buckets.get(until).is_some_and(|s| s.contains(id)))
+                .all(|id| self.buckets.range(until..).any(|(_, s)| s.contains(id)))
         }) && (other.older_than.is_none() || self.older_than >= other.older_than)
     }
 }
@@ -266,7 +337,8 @@ pub(crate) enum Change {
 #[derive(Debug, Default)]
 pub(crate) struct Revocations {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    written: Mutex<HashMap<String, RevocationDoc>>,
+    /// Per role: the document this process last wrote, and when.
+    written: Mutex<HashMap<String, (RevocationDoc, DateTime<Utc>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -283,6 +355,39 @@ pub(crate) struct Target<'a> {
 }
 
 impl Revocations {
+    /// Merges what this process wrote for the role into `next`, if it wrote
+    /// it within [`CONSISTENCY_WINDOW`] (IAM may not show it yet). Older
+    /// writes are not re-added: IAM has had time to show them, so their
+    /// absence is someone's removal (an operator editing the policy), which
+    /// is logged and respected instead of silently undone.
+    fn merge_recent_writes(
+        &self,
+        t: &Target<'_>,
+        current: &RevocationDoc,
+        next: &mut RevocationDoc,
+        now: DateTime<Utc>,
+    ) {
+        let mut written = lock(&self.written);
+        let Some((mine, at)) = written.get(t.role_name) else {
+            return;
+        };
+        let window = TimeDelta::seconds(CONSISTENCY_WINDOW.as_secs() as i64);
+        if now - *at < window {
+            next.merge(mine);
+            return;
+        }
+        let mut live = mine.clone();
+        live.prune(now);
+        if !current.includes(&live) {
+            tracing::warn!(
+                role = t.role_name,
+                policy = t.policy_name,
+                "statements this process wrote to the revocation policy were removed by someone else; not re-adding them"
+            );
+        }
+        written.remove(t.role_name);
+    }
+
     fn role_lock(&self, role: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.locks)
             .entry(role.to_string())
@@ -317,22 +422,26 @@ impl Revocations {
                 Err(e) => return Err(e),
             };
             let mut next = current.clone();
-            if let Some(mine) = lock(&self.written).get(t.role_name) {
-                next.merge(mine);
-            }
+            self.merge_recent_writes(t, &current, &mut next, now);
             next.merge(&want);
             next.prune(now);
+            let budget = match change {
+                Change::Session { .. } => next.budget(t.limit),
+                Change::OlderThan(_) => t.limit,
+            };
+            next.compact(budget);
             if attempt == 0 && next == current && current.includes(&want) {
                 // Already in force: idempotent, no write.
                 return Ok(true);
             }
             let size = next.size();
-            if size > t.limit {
+            if size > budget {
                 return Err(AwsError::RevocationPolicyFull {
                     role: t.role_name.to_string(),
                     policy: t.policy_name.to_string(),
                     size,
                     limit: t.limit,
+                    reserved: t.limit - budget,
                 });
             }
             let written = if next.is_empty() {
@@ -349,11 +458,12 @@ impl Revocations {
                         policy: t.policy_name.to_string(),
                         size,
                         limit: t.limit,
+                        reserved: t.limit - budget,
                     })
                 }
                 Err(e) => return Err(e),
             }
-            lock(&self.written).insert(t.role_name.to_string(), next.clone());
+            lock(&self.written).insert(t.role_name.to_string(), (next.clone(), now));
             // Read back: another replica may have replaced the document in between.
             let back = match client::get_role_policy(t.clients, t.role_name, t.policy_name).await? {
                 Some(text) => RevocationDoc::parse(&text)?,
@@ -501,6 +611,54 @@ mod tests {
             n += 1;
         }
         assert!(n >= 140, "only {n} fit");
+    }
+
+    // Regression (issue 10 item 3): per-grant entries could fill the whole
+    // limit, after which the role-wide deny did not fit either.
+    #[test]
+    fn a_list_filled_to_its_budget_still_takes_the_role_wide_statement() {
+        let limit = 2_000;
+        let base = t("2026-01-01T00:00:00Z");
+        let mut d = RevocationDoc::default();
+        for n in 0.. {
+            let mut next = d.clone();
+            next.add(
+                &format!("AROA{:017}:jit-{:032x}", 0, n),
+                base + TimeDelta::minutes(50 * (n % 12) as i64),
+            );
+            next.compact(next.budget(limit));
+            if next.size() > next.budget(limit) {
+                break;
+            }
+            d = next;
+        }
+        assert!(d.size() <= limit - RevocationDoc::role_wide_room());
+        d.older_than = Some(base);
+        assert!(d.size() <= limit, "{} > {limit}", d.size());
+        // With the statement present, its room is no longer held back.
+        assert_eq!(d.budget(limit), limit);
+    }
+
+    #[test]
+    fn compaction_merges_buckets_into_the_latest_and_keeps_every_denial() {
+        let mut d = RevocationDoc::default();
+        let ids: Vec<String> = (0..6).map(|n| format!("AROA1:jit-{n}")).collect();
+        for (n, id) in ids.iter().enumerate() {
+            d.add(id, t("2026-01-01T00:30:00Z") + TimeDelta::hours(n as i64));
+        }
+        let before = d.size();
+        let wide = d.clone();
+        d.compact(before);
+        assert_eq!(d, wide, "a document that fits is left alone");
+        d.compact(before - 1);
+        assert_eq!(d.buckets.len(), 1);
+        assert!(d.size() < before);
+        assert!(d.includes(&wide));
+        for id in &ids {
+            assert!(d.covers(id, t("2026-01-01T05:30:00Z")));
+        }
+        let back = RevocationDoc::parse(&d.render()).unwrap();
+        assert_eq!(back, d);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! | --- | --- |
 //! | `role_arn` | `arn:{aws,aws-cn,aws-us-gov}:iam::<12 digits>:role/<path/>name`, name `[\w+=,.@-]` 1..=64, path `/`-delimited printable ASCII, ≤ 512 |
 //! | `session_policy` | a JSON object; minified it is at most 2,048 characters of `\t \n \r` and U+0020..=U+00FF |
-//! | `policy_arns` | at most 10 IAM policy ARNs in the role's partition; their text plus the session policy at most 2,048 characters |
+//! | `policy_arns` | at most 10 IAM policy ARNs in the role's partition, AWS managed or in the role's account; their text plus the session policy at most 2,048 characters |
 //! | `external_id` | 2..=1224 characters of `[\w+=,.@:/-]` |
 //! | `session_tags` | string values; together with jit-aws's own 5 tags at most 50; keys and values as in [`crate::session`]; not one of the `jit:` keys |
 //! | anything else | an error naming the key |
@@ -40,6 +40,19 @@ use crate::session::{self, SessionTag, MAX_SESSION_TAGS, RESERVED_TAG_KEYS};
 
 /// Partitions a role ARN may name.
 pub const PARTITIONS: [&str; 3] = ["aws", "aws-cn", "aws-us-gov"];
+
+/// The partition a region belongs to (`cn-*`: `aws-cn`, `us-gov-*`:
+/// `aws-us-gov`, else `aws`): STS and IAM in one partition cannot act on a
+/// role in another.
+pub fn partition_of_region(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
 /// Longest inline session policy (and policy ARNs), plaintext characters.
 pub const MAX_SESSION_POLICY_LEN: usize = 2048;
 /// Most managed session policy ARNs.
@@ -264,7 +277,8 @@ impl AwsTarget {
                     let Some(s) = v.as_str() else {
                         return Err(invalid("policy_arns", "must be a list of strings".into()));
                     };
-                    check_policy_arn(s, role.partition()).map_err(|m| invalid("policy_arns", m))?;
+                    check_policy_arn(s, role.partition(), role.account())
+                        .map_err(|m| invalid("policy_arns", m))?;
                     arns.push(s.to_string());
                 }
                 arns
@@ -387,7 +401,7 @@ fn minify_policy(v: &Value) -> Result<String, String> {
     Ok(text)
 }
 
-fn check_policy_arn(s: &str, partition: &str) -> Result<(), String> {
+fn check_policy_arn(s: &str, partition: &str, role_account: &str) -> Result<(), String> {
     let shape = format!(
         "`arn:{partition}:iam::aws:policy/Name` or `arn:{partition}:iam::<12 digits>:policy/Name`"
     );
@@ -416,14 +430,22 @@ fn check_policy_arn(s: &str, partition: &str) -> Result<(), String> {
         }
         _ => false,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    if !ok {
+        return Err(format!(
             "`{}` is not a policy ARN: use {shape}",
             printable(s)
-        ))
+        ));
     }
+    // STS accepts only managed session policies of the role's own account
+    // (or AWS managed ones); any other is refused at the first AssumeRole.
+    let account = s.split(':').nth(4).unwrap_or_default();
+    if account != "aws" && account != role_account {
+        return Err(format!(
+            "`{}` is in account `{account}`, but session policies must be AWS managed or in the role's account `{role_account}`",
+            printable(s)
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -549,6 +571,12 @@ mod tests {
                 .contains("not a policy ARN")
         );
         assert!(err(json!({"role_arn": role, "policy_arns": "x"})).contains("list of strings"));
+        // Regression: a customer managed policy of another account passed
+        // the catalogue and failed at every AssumeRole.
+        assert!(err(
+            json!({"role_arn": role, "policy_arns": ["arn:aws:iam::210987654321:policy/P"]})
+        )
+        .contains("in the role's account `123456789012`"));
         let big = format!("arn:aws:iam::aws:policy/{}", "p".repeat(1000));
         assert!(
             err(json!({"role_arn": role, "policy_arns": [big, big.clone(), big.clone()]}))

@@ -116,3 +116,62 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+// Regression (issue 10 item 4): the SDK's identity cache kept the
+// credentials until 5 to 10 seconds before their real expiry and only then
+// asked the provider again, so `refresh_before` never took effect in an SDK
+// client and a renewal that needed approval failed right at expiry.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_identity_cache_renews_refresh_before_ahead_of_expiry() {
+    let (broker, _) = broker(true).await;
+    let alice = Principal::new("alice@example.com")
+        .unwrap()
+        .with_group("oncall");
+    let request = AccessRequest::new("aws-auto", "20m".parse().unwrap(), "service traffic");
+    // 20-minute grants renewed 19m57s ahead: due three seconds after issue.
+    let provider = BrokerCredentialsProvider::new(broker.clone(), alice, request)
+        .refresh_before(Duration::from_secs(19 * 60 + 57));
+    let direct = provider.provide_credentials().await.unwrap();
+    let grant_end = broker.list(&ListFilter::default()).await.unwrap()[0]
+        .ends_at()
+        .unwrap();
+    let told = chrono::DateTime::<chrono::Utc>::from(direct.expiry().unwrap());
+    assert_eq!(
+        told,
+        grant_end - chrono::TimeDelta::seconds(19 * 60 + 57),
+        "the sdk is told the renewal time, not the real expiry"
+    );
+
+    let provider = BrokerCredentialsProvider::new(
+        broker.clone(),
+        Principal::new("bob@example.com")
+            .unwrap()
+            .with_group("oncall"),
+        AccessRequest::new("aws-auto", "20m".parse().unwrap(), "service traffic"),
+    )
+    .refresh_before(Duration::from_secs(19 * 60 + 57));
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(jit_aws::client::http_client())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(moto_url())
+        .credentials_provider(provider)
+        .load()
+        .await;
+    let sts = aws_sdk_sts::Client::new(&sdk);
+    let first = sts.get_caller_identity().send().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let second = sts.get_caller_identity().send().await.unwrap();
+    assert_ne!(
+        first.arn(),
+        second.arn(),
+        "the sdk kept the first grant past its renewal time"
+    );
+    let bobs = broker
+        .list(&ListFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.requester.id.as_str() == "bob@example.com")
+        .count();
+    assert_eq!(bobs, 2);
+}

@@ -27,12 +27,16 @@ struct Setup {
 async fn setup() -> Setup {
     let tripwire = Tripwire::new();
     let sdk = common::sdk(&tripwire.url, "AKIATRIPWIRE", "never-sent", None).await;
-    // Chaining stated, so building the provider makes no call either.
-    let provider = AwsProvider::builder(AwsConfig::default().with_role_chaining(false))
-        .sdk_config(sdk)
-        .build()
-        .await
-        .unwrap();
+    // Chaining and account stated, so building the provider makes no call either.
+    let provider = AwsProvider::builder(
+        AwsConfig::default()
+            .with_role_chaining(false)
+            .with_account_id("123456789012"),
+    )
+    .sdk_config(sdk)
+    .build()
+    .await
+    .unwrap();
     let h = ProviderHarness {
         provider: Arc::new(provider),
         entitlement: entitlement(

@@ -449,7 +449,8 @@ async fn a_full_revocation_policy_is_a_typed_error_before_the_write() {
         }
         assert!(revoked < 20, "the limit was never reached");
     };
-    assert!(revoked >= 5, "only {revoked} fit in 600 characters");
+    // About 140 characters of the 600 are kept for the role-wide deny.
+    assert!(revoked >= 4, "only {revoked} fit in 600 characters");
     match &err {
         Error::ProviderRejected {
             operation: "revoke",

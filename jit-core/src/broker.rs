@@ -60,7 +60,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::credentials::Credentials;
 use crate::error::{ConfigError, Error, RequestError, Result};
 use crate::policy::{Policy, PolicyContext};
-use crate::provider::{GrantSpec, Provider, RevocationKind};
+use crate::provider::{Collateral, GrantSpec, Provider, RevocationKind};
 use crate::standing::Standing;
 use crate::store::{Claim, ListFilter, Store};
 use crate::types::{
@@ -1319,7 +1319,17 @@ impl Broker {
                 Error::Store(format!("request `{}` has nothing issued to revoke", rec.id))
             })?;
         let provider = self.provider(&issued.provider)?.clone();
-        let result = provider.revoke(&issued).await;
+        let result = match provider.revoke_reporting(&issued).await {
+            Ok(outcome) => {
+                if let Some(collateral) = &outcome.collateral {
+                    // Before this record's own commit: the other grants are
+                    // cut off at the provider whatever happens to this one.
+                    self.record_collateral(&provider, &rec, collateral).await;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         let retry = self.inner.retry.clone();
         let (next, recs) = self
             .commit(rec.id, |r, now| {
@@ -1372,6 +1382,110 @@ impl Broker {
             .await?;
         self.forward(&recs).await?;
         Ok(next)
+    }
+
+    /// Records every other live grant of `provider` that a coarse revocation
+    /// of `origin` cut off ([`Provider::cut_off_by`]) as `Revoked`, each
+    /// with its own audit record naming the grant whose revocation caused
+    /// it, and warns like a failed revocation does (rule 8: the collateral
+    /// of a coarse revocation is recorded, never silently lost). A record
+    /// that cannot be updated is logged and skipped (rule 9); it stays in its
+    /// state and its own revocation, if any, goes on.
+    async fn record_collateral(
+        &self,
+        provider: &Arc<dyn Provider>,
+        origin: &RequestRecord,
+        collateral: &Collateral,
+    ) {
+        let origin_grant = origin
+            .grant_id()
+            .map_or_else(|| origin.id.to_string(), |g| g.to_string());
+        let reason = format!("collateral of role-wide revocation of grant {origin_grant}");
+        let actor = origin
+            .revocation
+            .as_ref()
+            .map_or(REAPER_ACTOR.to_string(), |rv| rv.by.clone());
+        tracing::warn!(
+            provider = provider.name(),
+            request = %origin.id,
+            grant = %origin_grant,
+            scope = %collateral.scope,
+            issued_before = %collateral.issued_before,
+            cause = %collateral.cause,
+            "revocation fell back to a role-wide deny; recording the other grants it cut off"
+        );
+        let live = [State::Active, State::Revoking, State::RevocationFailed];
+        let records = match self
+            .inner
+            .store
+            .list(&ListFilter {
+                states: live.to_vec(),
+                limit: 10_000,
+                ..ListFilter::default()
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, scope = %collateral.scope, "cannot list the grants a role-wide revocation cut off; they stay recorded as live");
+                return;
+            }
+        };
+        for rec in records {
+            let cut = rec.id != origin.id
+                && rec
+                    .grant
+                    .as_ref()
+                    .and_then(|g| g.issued.as_ref())
+                    .is_some_and(|i| {
+                        i.provider == provider.name() && provider.cut_off_by(collateral, i)
+                    });
+            if !cut {
+                continue;
+            }
+            let committed = self
+                .commit(rec.id, |r, now| {
+                    if !live.contains(&r.state) {
+                        return Err(invalid_state("record collateral revocation", r));
+                    }
+                    let previous = r.state;
+                    r.state = State::Revoked;
+                    r.note = Some(reason.clone());
+                    r.revocation = Some(Revocation {
+                        by: actor.clone(),
+                        reason: reason.clone(),
+                        expiry: false,
+                        attempts: r.revocation.as_ref().map_or(0, |rv| rv.attempts),
+                        last_error: None,
+                        next_attempt_at: now,
+                    });
+                    Ok(vec![event(AuditKind::Revoked, r, &actor, now).details(
+                        json!({
+                            "reason": reason,
+                            "by": actor,
+                            "collateral_of": origin_grant,
+                            "collateral_of_request": origin.id.to_string(),
+                            "scope": collateral.scope,
+                            "issued_before": collateral.issued_before.to_rfc3339(),
+                            "cause": collateral.cause,
+                            "previous_state": previous.as_str(),
+                        }),
+                    )])
+                })
+                .await;
+            match committed {
+                Ok((_, recs)) => {
+                    tracing::warn!(request = %rec.id, collateral_of = %origin_grant, scope = %collateral.scope, "grant revoked as collateral of a role-wide revocation");
+                    if let Err(e) = self.forward(&recs).await {
+                        tracing::error!(request = %rec.id, error = %e, "audit sink failed for a collateral revocation");
+                    }
+                }
+                Err(Error::InvalidState { .. }) => {}
+                Err(e) => {
+                    tracing::error!(request = %rec.id, error = %e, scope = %collateral.scope, "cannot record a grant cut off by a role-wide revocation")
+                }
+            }
+        }
     }
 
     /// Asks for more time on an active grant: a new request linked to it,

@@ -22,7 +22,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use credentials::{Credentials, Secret};
 pub use error::{ConfigError, Error, RequestError, Result, TokenError};
 pub use policy::{CataloguePolicy, Policy, PolicyContext};
-pub use provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind};
+pub use provider::{
+    Capabilities, Collateral, GrantSpec, Issued, Provider, RevocationKind, RevokeOutcome,
+};
 pub use reaper::Reaper;
 pub use store::{ListFilter, MemoryStore, Store};
 pub use types::*;

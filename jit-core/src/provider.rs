@@ -105,6 +105,58 @@ pub struct Issued {
     pub credentials: Credentials,
 }
 
+/// A coarse revocation that also cut off other sessions: every session of
+/// `scope` issued before `issued_before` (AWS's role-wide
+/// `aws:TokenIssueTime` deny). The broker records each other grant it cut
+/// off as revoked (see [`Provider::revoke_reporting`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Collateral {
+    /// What was revoked as a whole, in the provider's own terms (a role ARN).
+    pub scope: String,
+    /// Sessions of `scope` issued before this instant no longer work.
+    pub issued_before: DateTime<Utc>,
+    /// Why the revocation could not stay per grant, for the audit trail.
+    pub cause: String,
+}
+
+impl Collateral {
+    /// Every session of `scope` issued before `issued_before` was cut off, because of `cause`.
+    pub fn new(
+        scope: impl Into<String>,
+        issued_before: DateTime<Utc>,
+        cause: impl Into<String>,
+    ) -> Self {
+        Self {
+            scope: scope.into(),
+            issued_before,
+            cause: cause.into(),
+        }
+    }
+}
+
+/// What a successful [`Provider::revoke_reporting`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RevokeOutcome {
+    /// Set when the revocation also cut off other grants' sessions.
+    pub collateral: Option<Collateral>,
+}
+
+impl RevokeOutcome {
+    /// Only the grant asked for was revoked.
+    pub fn exact() -> Self {
+        Self::default()
+    }
+
+    /// The grant was revoked together with everything `collateral` names.
+    pub fn with_collateral(collateral: Collateral) -> Self {
+        Self {
+            collateral: Some(collateral),
+        }
+    }
+}
+
 /// A cloud (or local) access issuer. Object safe: use it as `Arc<dyn Provider>`.
 #[async_trait]
 pub trait Provider: Send + Sync + std::fmt::Debug {
@@ -122,6 +174,28 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 
     /// Takes the access away. Idempotent; an error means it may still work.
     async fn revoke(&self, issued: &IssuedGrant) -> Result<()>;
+
+    /// Takes the access away like [`Provider::revoke`], and may fall back to a
+    /// coarser revocation when the exact one cannot be made (AWS: a full
+    /// per-grant deny list), reporting what else it cut off. The broker calls
+    /// this; it then records every other grant of this provider for which
+    /// [`Provider::cut_off_by`] is true as revoked, with its own audit
+    /// record. The default calls `revoke` and reports no collateral, so a
+    /// provider that can only revoke exactly need not implement it, and
+    /// `revoke` itself never cuts off other grants silently (it fails
+    /// instead). Wrappers must forward it.
+    async fn revoke_reporting(&self, issued: &IssuedGrant) -> Result<RevokeOutcome> {
+        self.revoke(issued).await.map(|()| RevokeOutcome::exact())
+    }
+
+    /// Whether a coarse revocation this provider reported has cut off this
+    /// grant's access for certain. False when in doubt: a grant is never
+    /// recorded as revoked unless its access has ended. Wrappers must
+    /// forward it.
+    fn cut_off_by(&self, collateral: &Collateral, issued: &IssuedGrant) -> bool {
+        let _ = (collateral, issued);
+        false
+    }
 
     /// Finds what an `issue` for this spec left at the provider, for reconciliation after a crash.
     async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>>;

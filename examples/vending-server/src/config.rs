@@ -35,7 +35,10 @@
 //! role_chaining = "detect"                # JIT_AWS_ROLE_CHAINING: true, false or detect
 //! max_duration = "4h"                     # JIT_AWS_MAX_DURATION
 //! # endpoint_url, issue_margin, role_cache_ttl, over_role_max, revocation_policy,
-//! # revocation_policy_limit, propagation, source_identity, session_tags: see ProviderConfig
+//! # revocation_policy_limit, propagation, source_identity, session_tags,
+//! # account_id, call_timeout: see ProviderConfig
+//! # roles in other accounts: the role the server assumes to manage them
+//! # management_roles = { "111111111111" = "arn:aws:iam::111111111111:role/JitManager" }
 //!
 //! [limits]
 //! max_body_bytes = 65536
@@ -251,6 +254,17 @@ pub struct ProviderConfig {
     /// Pass session tags (`aws`; `JIT_AWS_SESSION_TAGS`).
     #[serde(default)]
     pub session_tags: Option<bool>,
+    /// The server's own account, skipping detection (`aws`; `JIT_AWS_ACCOUNT_ID`).
+    #[serde(default)]
+    pub account_id: Option<String>,
+    /// Per other account, the role the server assumes to manage role
+    /// policies there, e.g. `{ "111111111111" = "arn:aws:iam::111111111111:role/JitManager" }`
+    /// (`aws`; `JIT_AWS_MANAGEMENT_ROLES` as `ACCOUNT=ARN,...`).
+    #[serde(default)]
+    pub management_roles: BTreeMap<String, String>,
+    /// Longest time one STS or IAM call may take, e.g. `30s` (`aws`; `JIT_AWS_CALL_TIMEOUT`).
+    #[serde(default)]
+    pub call_timeout: Option<String>,
 }
 
 impl ProviderConfig {
@@ -283,6 +297,18 @@ impl ProviderConfig {
             "JIT_AWS_SESSION_TAGS",
             self.session_tags.map(|b| b.to_string()),
         );
+        put("JIT_AWS_ACCOUNT_ID", self.account_id.clone());
+        put(
+            "JIT_AWS_MANAGEMENT_ROLES",
+            (!self.management_roles.is_empty()).then(|| {
+                self.management_roles
+                    .iter()
+                    .map(|(account, arn)| format!("{account}={arn}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+        );
+        put("JIT_AWS_CALL_TIMEOUT", self.call_timeout.clone());
         m
     }
 
@@ -599,6 +625,21 @@ mod tests {
         assert!(!aws.session_tags);
         assert_eq!(aws.revocation_policy_limit, 4096);
         c.providers["local"].check("local").unwrap();
+
+        // Roles in other accounts: the management roles reach jit-aws.
+        let c = Config::from_toml_str(&format!(
+            "{MIN}\n[providers.multi]\nkind = \"aws\"\naccount_id = \"123456789012\"\ncall_timeout = \"10s\"\n[providers.multi.management_roles]\n111111111111 = \"arn:aws:iam::111111111111:role/JitManager\"\n222222222222 = \"arn:aws:iam::222222222222:role/JitManager\"\n"
+        ))
+        .unwrap();
+        let s = c.providers["multi"].aws_settings();
+        let aws = jit_aws::AwsConfig::from_lookup(|k| s.get(k).cloned()).unwrap();
+        assert_eq!(aws.account_id.as_deref(), Some("123456789012"));
+        assert_eq!(aws.management_roles.len(), 2);
+        assert_eq!(
+            aws.management_roles["222222222222"],
+            "arn:aws:iam::222222222222:role/JitManager"
+        );
+        assert_eq!(aws.call_timeout, std::time::Duration::from_secs(10));
 
         let local_with_region = ProviderConfig {
             kind: "local".into(),

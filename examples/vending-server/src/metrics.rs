@@ -165,11 +165,97 @@ impl Provider for Measured {
         out
     }
 
+    // Forwarded, or a provider's coarse fallback (AWS's role-wide deny when
+    // its per-grant list is full) would never be used behind this wrapper.
+    async fn revoke_reporting(&self, issued: &IssuedGrant) -> Result<jit_core::RevokeOutcome> {
+        let out = self.inner.revoke_reporting(issued).await;
+        if out.is_err() {
+            self.metrics
+                .revocation_failures
+                .with_label_values(&[self.inner.name()])
+                .inc();
+        }
+        out
+    }
+
+    fn cut_off_by(&self, collateral: &jit_core::Collateral, issued: &IssuedGrant) -> bool {
+        self.inner.cut_off_by(collateral, issued)
+    }
+
     async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>> {
         self.inner.find(spec).await
     }
 
     async fn restore_revocations(&self, revoked: &[IssuedGrant]) -> Result<()> {
         self.inner.restore_revocations(revoked).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use jit_core::{Collateral, RevocationKind, RevokeOutcome};
+
+    /// Revokes only coarsely: every revocation reports collateral.
+    #[derive(Debug)]
+    struct Coarse;
+
+    #[async_trait]
+    impl Provider for Coarse {
+        fn name(&self) -> &str {
+            "coarse"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                native_expiry: true,
+                max_duration: std::time::Duration::from_secs(3600),
+                min_duration: std::time::Duration::from_secs(1),
+                revocation: RevocationKind::Immediate,
+            }
+        }
+        fn validate(&self, _: &Entitlement) -> Result<()> {
+            Ok(())
+        }
+        async fn issue(&self, _: &GrantSpec) -> Result<Issued> {
+            Err(jit_core::Error::Store("not used".into()))
+        }
+        async fn revoke(&self, _: &IssuedGrant) -> Result<()> {
+            Err(jit_core::Error::Store("only coarse revocation".into()))
+        }
+        async fn revoke_reporting(&self, _: &IssuedGrant) -> Result<RevokeOutcome> {
+            Ok(RevokeOutcome::with_collateral(Collateral::new(
+                "role",
+                chrono::Utc::now(),
+                "full",
+            )))
+        }
+        fn cut_off_by(&self, _: &Collateral, _: &IssuedGrant) -> bool {
+            true
+        }
+        async fn find(&self, _: &GrantSpec) -> Result<Option<IssuedGrant>> {
+            Ok(None)
+        }
+    }
+
+    // Regression: the wrapper did not forward `revoke_reporting` and
+    // `cut_off_by`, so behind it the broker never got a provider's coarse
+    // fallback (AWS's role-wide deny) nor its collateral.
+    #[tokio::test]
+    async fn coarse_revocations_pass_through_the_metrics_wrapper() {
+        let m = Measured::new(Arc::new(Coarse), Metrics::new().unwrap());
+        let g = IssuedGrant {
+            provider: "coarse".into(),
+            external_id: "x".into(),
+            expires_at: chrono::Utc::now(),
+            details: serde_json::Value::Null,
+        };
+        let c = m
+            .revoke_reporting(&g)
+            .await
+            .unwrap()
+            .collateral
+            .expect("collateral lost in the wrapper");
+        assert!(m.cut_off_by(&c, &g));
     }
 }
