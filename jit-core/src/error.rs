@@ -395,3 +395,66 @@ pub enum TokenError {
     #[error("token is not valid for `{0}`")]
     WrongAudience(String),
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses_are_one_table() {
+        let id = RequestId::new();
+        let cases: Vec<(Error, &str, u16)> = vec![
+            (RequestError::ZeroDuration.into(), "invalid_request", 400),
+            (TokenError::Expired.into(), "unauthorized", 401),
+            (Error::Denied { reasons: vec![] }, "denied", 403),
+            (Error::request_not_found(id), "not_found", 404),
+            (
+                Error::InvalidState {
+                    operation: "approve",
+                    request: id,
+                    state: State::Active,
+                },
+                "invalid_state",
+                409,
+            ),
+            (
+                Error::Conflict {
+                    request: id,
+                    expected: 1,
+                },
+                "conflict",
+                409,
+            ),
+            (
+                Error::Throttled {
+                    provider: "aws".into(),
+                    operation: "issue",
+                    retry_after: Some(Duration::from_millis(1500)),
+                },
+                "throttled",
+                429,
+            ),
+            (Error::AuditFailed("x".into()), "audit_failed", 500),
+            (Error::Store("x".into()), "internal", 500),
+            (
+                Error::Unavailable {
+                    what: "sts".into(),
+                    message: "down".into(),
+                },
+                "unavailable",
+                503,
+            ),
+        ];
+        for (e, code, status) in cases {
+            assert_eq!((e.code(), e.http_status()), (code, status), "{e}");
+            assert_eq!(e.is_internal(), status == 500, "{e}");
+        }
+        let throttled = Error::Throttled {
+            provider: "aws".into(),
+            operation: "issue",
+            retry_after: Some(Duration::from_millis(200)),
+        };
+        assert_eq!(throttled.retry_after_secs(), Some(1), "at least one second");
+    }
+}

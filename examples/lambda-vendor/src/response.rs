@@ -110,41 +110,28 @@ impl From<EventError> for ApiResponse {
 }
 
 impl From<Error> for ApiResponse {
+    /// Code and status come from jit-core ([`Error::code`],
+    /// [`Error::http_status`]), the same as the vending server's; internals
+    /// (store, configuration, audit sink) are logged and answered without
+    /// details.
     fn from(e: Error) -> Self {
-        match e {
-            Error::InvalidRequest(r) => Self::error(400, "invalid_request", r.to_string()),
-            Error::Denied { ref reasons } => Self::error(403, "denied", e.to_string())
-                .with_details(json!({ "reasons": reasons })),
-            Error::Forbidden { .. } => Self::error(403, "forbidden", e.to_string()),
-            Error::NotFound { .. } => Self::error(404, "not_found", e.to_string()),
-            Error::InvalidState { .. } | Error::Conflict { .. } => {
-                Self::error(409, "conflict", e.to_string())
-            }
-            Error::Throttled { retry_after, .. } => {
-                let mut r = Self::error(429, "throttled", e.to_string());
-                r.retry_after = retry_after.map(|d| d.as_secs().max(1));
-                r
-            }
-            Error::Unavailable { .. } => Self::error(503, "unavailable", e.to_string()),
-            Error::ProviderRejected { .. } => Self::error(502, "provider_rejected", e.to_string()),
-            Error::AuditFailed(ref m) => {
+        let message = match &e {
+            Error::AuditFailed(m) => {
                 tracing::error!(error = %m, "audit failed; nothing was returned");
-                Self::error(
-                    500,
-                    "audit_failed",
-                    "the audit record could not be written, so no credentials were returned and anything minted was revoked",
-                )
+                "the audit record could not be written, so no credentials were returned and anything minted was revoked".to_string()
             }
-            other => {
-                // Store and configuration failures: log the cause, answer without internals.
-                tracing::error!(error = %other, "internal error");
-                Self::error(
-                    500,
-                    "internal",
-                    "internal error; the operation was not completed",
-                )
+            other if other.is_internal() => {
+                tracing::error!(error = %other, code = other.code(), "internal error");
+                "internal error; the operation was not completed".to_string()
             }
+            other => other.to_string(),
+        };
+        let mut r = Self::error(e.http_status(), e.code(), message);
+        r.retry_after = e.retry_after_secs();
+        if let Error::Denied { reasons } = &e {
+            r = r.with_details(json!({ "reasons": reasons }));
         }
+        r
     }
 }
 

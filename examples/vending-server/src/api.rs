@@ -603,6 +603,10 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .skipped_records
+        .set(i64::try_from(state.broker.skipped_records()).unwrap_or(i64::MAX));
     let text = state
         .metrics
         .render(state.broker.store().as_ref(), state.metrics_cache)

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra data (reasons of a deny).
     pub details: Option<serde_json::Value>,
+    /// Seconds for `Retry-After` (a throttled provider).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
     }
 
@@ -63,35 +66,30 @@ impl ApiError {
 }
 
 impl From<Error> for ApiError {
+    /// Code and status come from jit-core ([`Error::code`],
+    /// [`Error::http_status`]), the same in every host; internals (store,
+    /// configuration, audit sink) are logged and answered without details.
     fn from(e: Error) -> Self {
-        use StatusCode as S;
-        match e {
-            Error::InvalidRequest(r) => Self::new(S::BAD_REQUEST, "invalid_request", r.to_string()),
-            Error::Config(c) => Self::new(S::BAD_REQUEST, "invalid_configuration", c.to_string()),
-            Error::Denied { ref reasons } => Self::new(S::FORBIDDEN, "denied", e.to_string())
-                .with_details(json!({ "reasons": reasons })),
-            Error::Forbidden { .. } => Self::new(S::FORBIDDEN, "forbidden", e.to_string()),
-            Error::NotFound { .. } => Self::new(S::NOT_FOUND, "not_found", e.to_string()),
-            Error::InvalidState { .. } => Self::new(S::CONFLICT, "invalid_state", e.to_string()),
-            Error::Conflict { .. } => Self::new(S::CONFLICT, "conflict", e.to_string()),
-            Error::Throttled { .. } => Self::new(S::TOO_MANY_REQUESTS, "throttled", e.to_string()),
-            Error::Unavailable { .. } => {
-                Self::new(S::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = match &e {
+            Error::AuditFailed(m) => {
+                tracing::error!(error = %m, "audit failed; nothing was returned");
+                "the audit record could not be written, so the operation was not completed and anything minted was revoked".to_string()
             }
-            Error::ProviderRejected { .. } => {
-                Self::new(S::BAD_GATEWAY, "provider_rejected", e.to_string())
+            other if other.is_internal() => {
+                tracing::error!(error = %other, code = other.code(), "internal error");
+                "internal error; the operation was not completed".to_string()
             }
-            Error::Token(t) => Self::new(S::UNAUTHORIZED, "unauthorized", t.to_string()),
-            other => {
-                // Store and audit failures: log the cause, answer without internals.
-                tracing::error!(error = %other, "internal error");
-                Self::new(
-                    S::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; the operation was not completed",
-                )
-            }
+            Error::Token(t) => t.to_string(),
+            other => other.to_string(),
+        };
+        let mut api = Self::new(status, e.code(), message);
+        api.retry_after = e.retry_after_secs();
+        if let Error::Denied { reasons } = &e {
+            api = api.with_details(json!({ "reasons": reasons }));
         }
+        api
     }
 }
 
@@ -101,7 +99,12 @@ impl IntoResponse for ApiError {
         if let Some(d) = self.details {
             err["details"] = d;
         }
-        (self.status, Json(json!({ "error": err }))).into_response()
+        let mut resp = (self.status, Json(json!({ "error": err }))).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 

@@ -9,8 +9,8 @@ use jit_core::{
     Capabilities, Entitlement, GrantSpec, Issued, IssuedGrant, Provider, Result, Store,
 };
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the server exports.
@@ -27,6 +27,9 @@ pub struct Metrics {
     pub revocation_failures: IntCounterVec,
     /// Failed store reads for the state gauges.
     pub store_errors: IntCounter,
+    /// Records the reaper skipped since start because this replica does not
+    /// know their entitlement or provider ([`jit_core::Broker::skipped_records`]).
+    pub skipped_records: IntGauge,
     /// When the state gauges were last read from the store.
     counted_at: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
@@ -73,6 +76,11 @@ impl Metrics {
         )?;
         registry.register(Box::new(revocation_failures.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
+        let skipped_records = IntGauge::new(
+            "jit_reaper_skipped_records",
+            "Records the reaper skipped since start: their entitlement or provider is not configured on this replica",
+        )?;
+        registry.register(Box::new(skipped_records.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -80,6 +88,7 @@ impl Metrics {
             issue_seconds,
             revocation_failures,
             store_errors,
+            skipped_records,
             counted_at: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
