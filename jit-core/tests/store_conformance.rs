@@ -112,7 +112,9 @@ async fn sqlite_migrations_are_idempotent() {
         .fetch_one(&mut raw(&path).await)
         .await
         .unwrap();
-    assert_eq!(rows, SCHEMA_VERSION);
+    // One row per migration this build knows: versions 1 and 5 (2 to 4
+    // come from other branches and are renumbered when they merge).
+    assert_eq!(rows, 2);
 }
 
 #[tokio::test]

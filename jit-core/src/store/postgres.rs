@@ -84,13 +84,13 @@ use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
-use super::{check_versions, redact_url, sql, Claim, ListFilter, Store};
+use super::{check_versions, lease_until, redact_url, sql, Claim, ListFilter, Store};
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
 use crate::types::{canonical_identity, RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Connections per store unless set: a replica's writers, readers and reaper.
 const DEFAULT_POOL_SIZE: u32 = 10;
@@ -106,11 +106,12 @@ struct Migration {
 }
 
 /// Every migration, ascending by version. Never edit a released entry: add one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        // `seq` is the insertion order (`list` and `due` tie-break).
-        r#"CREATE TABLE requests (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            // `seq` is the insertion order (`list` and `due` tie-break).
+            r#"CREATE TABLE requests (
             seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             id TEXT NOT NULL UNIQUE,
             version BIGINT NOT NULL CHECK (version > 0),
@@ -123,24 +124,37 @@ const MIGRATIONS: &[Migration] = &[Migration {
             lease_until TEXT COLLATE "C",
             body TEXT NOT NULL
         )"#,
-        "CREATE INDEX requests_state_due ON requests (state, due_at) WHERE due_at IS NOT NULL",
-        "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
-        "CREATE INDEX requests_created ON requests (created_at)",
-        "CREATE TABLE audit (
+            "CREATE INDEX requests_state_due ON requests (state, due_at) WHERE due_at IS NOT NULL",
+            "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
+            "CREATE INDEX requests_created ON requests (created_at)",
+            "CREATE TABLE audit (
             seq BIGINT PRIMARY KEY CHECK (seq > 0),
             hash TEXT NOT NULL,
             body TEXT NOT NULL
         )",
-        // The chain head: the one row every append locks (see the module docs).
-        "CREATE TABLE audit_head (
+            // The chain head: the one row every append locks (see the module docs).
+            "CREATE TABLE audit_head (
             id SMALLINT PRIMARY KEY CHECK (id = 1),
             seq BIGINT NOT NULL CHECK (seq >= 0),
             hash TEXT NOT NULL
         )",
-        // `GENESIS_HASH`: 64 zeros (a unit test keeps them equal).
-        "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, repeat('0', 64))",
-    ],
-}];
+            // `GENESIS_HASH`: 64 zeros (a unit test keeps them equal).
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, repeat('0', 64))",
+        ],
+    },
+    // Versions 2 to 4 belong to other changes; gaps are allowed.
+    Migration {
+        version: 5,
+        statements: &[
+            // Named leases ([`Store::try_acquire_lease`]): one row per key held.
+            r#"CREATE TABLE leases (
+            key TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until TEXT COLLATE "C" NOT NULL
+        )"#,
+        ],
+    },
+];
 
 /// [`Store`] on a PostgreSQL database, shared by any number of broker replicas.
 ///
@@ -736,6 +750,66 @@ impl Store for PostgresStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    /// One upsert. Two replicas inserting the same key at once: one inserts,
+    /// the other waits for its row lock and then evaluates the `WHERE` on
+    /// the row the first wrote, so at most one of them gets it.
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = timestamp(lease_until(now, ttl)?)?;
+        let changed = sqlx::query(
+            "INSERT INTO leases (key, holder, until) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+             WHERE leases.holder = EXCLUDED.holder OR leases.until <= $4",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(until)
+        .bind(bound(now))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("acquire lease", e))?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = timestamp(lease_until(now, ttl)?)?;
+        let changed = sqlx::query(
+            "UPDATE leases SET until = $1 WHERE key = $2 AND holder = $3 AND until > $4",
+        )
+        .bind(until)
+        .bind(key)
+        .bind(holder)
+        .bind(bound(now))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("renew lease", e))?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<bool> {
+        let changed = sqlx::query("DELETE FROM leases WHERE key = $1 AND holder = $2")
+            .bind(key)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("release lease", e))?
+            .rows_affected();
+        Ok(changed == 1)
     }
 }
 

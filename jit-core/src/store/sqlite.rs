@@ -50,13 +50,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use super::{check_versions, sql, ListFilter, Store};
+use super::{check_versions, lease_until, sql, ListFilter, Store};
 use crate::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{canonical_identity, RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,12 +72,13 @@ struct Migration {
 }
 
 /// Every migration, ascending by version. Never edit a released entry: add one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        // `seq` is the insertion order (`list` tie-break); an explicit
-        // INTEGER PRIMARY KEY keeps it stable across VACUUM.
-        "CREATE TABLE requests (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            // `seq` is the insertion order (`list` tie-break); an explicit
+            // INTEGER PRIMARY KEY keeps it stable across VACUUM.
+            "CREATE TABLE requests (
             seq INTEGER PRIMARY KEY,
             id TEXT NOT NULL UNIQUE,
             version INTEGER NOT NULL CHECK (version > 0),
@@ -88,16 +89,29 @@ const MIGRATIONS: &[Migration] = &[Migration {
             due_at TEXT,
             body TEXT NOT NULL
         ) STRICT",
-        "CREATE INDEX requests_state_due ON requests (state, due_at)",
-        "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
-        "CREATE INDEX requests_created ON requests (created_at)",
-        "CREATE TABLE audit (
+            "CREATE INDEX requests_state_due ON requests (state, due_at)",
+            "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
+            "CREATE INDEX requests_created ON requests (created_at)",
+            "CREATE TABLE audit (
             seq INTEGER PRIMARY KEY CHECK (seq > 0),
             hash TEXT NOT NULL,
             body TEXT NOT NULL
         ) STRICT",
-    ],
-}];
+        ],
+    },
+    // Versions 2 to 4 belong to other changes; gaps are allowed.
+    Migration {
+        version: 5,
+        statements: &[
+            // Named leases ([`Store::try_acquire_lease`]): one row per key held.
+            "CREATE TABLE leases (
+            key TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until TEXT NOT NULL
+        ) STRICT",
+        ],
+    },
+];
 
 /// [`Store`] on a SQLite database file (or an in-memory database).
 ///
@@ -551,6 +565,68 @@ impl Store for SqliteStore {
             .iter()
             .map(decode_audit)
             .collect()
+    }
+
+    /// One upsert: inserts the row, or takes it over when it is this
+    /// holder's or has lapsed; a row held by someone else is left alone
+    /// (no row changed).
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = timestamp(lease_until(now, ttl)?)?;
+        let _writer = self.write.lock().await;
+        let changed = sqlx::query(
+            "INSERT INTO leases (key, holder, until) VALUES (?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, until = excluded.until
+             WHERE leases.holder = excluded.holder OR leases.until <= ?",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(until)
+        .bind(timestamp(now)?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("acquire lease", e))?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = timestamp(lease_until(now, ttl)?)?;
+        let _writer = self.write.lock().await;
+        let changed =
+            sqlx::query("UPDATE leases SET until = ? WHERE key = ? AND holder = ? AND until > ?")
+                .bind(until)
+                .bind(key)
+                .bind(holder)
+                .bind(timestamp(now)?)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error("renew lease", e))?
+                .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<bool> {
+        let _writer = self.write.lock().await;
+        let changed = sqlx::query("DELETE FROM leases WHERE key = ? AND holder = ?")
+            .bind(key)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("release lease", e))?
+            .rows_affected();
+        Ok(changed == 1)
     }
 }
 
