@@ -147,6 +147,10 @@ impl Provider for Measured {
         self.inner.find(spec).await
     }
 
+    async fn record_by_name(&self, spec: &GrantSpec) -> Result<IssuedGrant> {
+        self.inner.record_by_name(spec).await
+    }
+
     async fn restore_revocations(&self, revoked: &[IssuedGrant]) -> Result<()> {
         self.inner.restore_revocations(revoked).await
     }
