@@ -334,3 +334,80 @@ async fn a_crash_after_assume_role_is_revoked_by_name_after_a_restart() {
     assert_eq!(last.event.details["outcome"], "not found, revoked by name");
     assert!(broker.verify_audit().await.unwrap().is_ok());
 }
+
+/// The lease is per role and taken before anything is read or written: a
+/// role whose lease another process holds is not written, the revocation
+/// fails with a retryable error, and it goes through once the lease is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_role_leased_by_another_process_is_not_written() {
+    let sdk = moto_sdk().await;
+    let (role_arn, role_id) = create_role(&sdk, 3600, &open_trust()).await;
+    let store: Arc<dyn Store> = Arc::new(jit_core::MemoryStore::new());
+    let key = format!("aws:revocations:{role_arn}");
+    assert!(store
+        .try_acquire_lease(
+            &key,
+            "another-process",
+            Duration::from_secs(60),
+            chrono::Utc::now()
+        )
+        .await
+        .unwrap());
+    let provider = aws_provider(false)
+        .await
+        .lease_store(store.clone())
+        .lease_options(jit_core::lease::LeaseOptions {
+            wait: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let clock = jit_core::ManualClock::starting_now();
+    let broker = Broker::builder(store.clone(), Arc::new(broker_catalogue(&role_arn)))
+        .provider(Arc::new(provider))
+        .clock(Arc::new(clock.clone()))
+        .auto_issue(true)
+        .build()
+        .unwrap();
+    let who = oncall(7);
+    let out = broker
+        .submit(
+            &who,
+            AccessRequest::new("aws-auto", "20m".parse().unwrap(), "incident"),
+        )
+        .await
+        .unwrap();
+    let rec = broker
+        .revoke(&who, out.record.id, "incident over")
+        .await
+        .unwrap();
+    assert_ne!(
+        rec.state,
+        State::Revoked,
+        "not revoked while leased elsewhere"
+    );
+    let err = rec.revocation.as_ref().unwrap().last_error.clone().unwrap();
+    assert!(err.contains(&format!("lease `{key}`")), "{err}");
+    assert!(
+        revocation_policy(&sdk, &role_arn, "jit-revocations")
+            .await
+            .is_none(),
+        "nothing written"
+    );
+
+    assert!(store.release_lease(&key, "another-process").await.unwrap());
+    clock.advance(chrono::TimeDelta::minutes(5)); // the retry is due
+    assert_eq!(broker.retry_revocations(10).await.unwrap(), 1);
+    assert_eq!(broker.get(rec.id).await.unwrap().state, State::Revoked);
+    let policy = revocation_policy(&sdk, &role_arn, "jit-revocations")
+        .await
+        .unwrap();
+    assert_eq!(
+        denied_userids(&policy),
+        vec![format!(
+            "{role_id}:{}",
+            rec.grant.unwrap().issued.unwrap().external_id
+        )]
+    );
+}
