@@ -96,6 +96,10 @@ pub(crate) enum AwsError {
         call: &'static str,
         field: &'static str,
     },
+
+    /// A jit-core call failed (the revocation lease in the shared store).
+    #[error(transparent)]
+    Core(#[from] Error),
 }
 
 impl AwsError {
@@ -112,6 +116,7 @@ impl AwsError {
                 message,
             }),
             AwsError::Request(e) => Error::InvalidRequest(e),
+            AwsError::Core(e) => e,
             AwsError::Setting { field, message } => Error::Config(ConfigError::InvalidField {
                 entitlement: "settings".into(),
                 field,

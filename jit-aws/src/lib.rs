@@ -49,7 +49,18 @@
 //! Capabilities: native expiry; at most 12 hours (1 hour when the broker's
 //! identity is itself an assumed role, and never more than the role's
 //! `MaxSessionDuration`); at least 15 minutes plus an issue margin;
-//! revocation by deny policy, effective within minutes.
+//! revocation by deny policy, effective within minutes; revocation by the
+//! derived session name alone, so a session minted by a process that
+//! crashed before recording it is still denied after a restart.
+//!
+//! # Several processes
+//!
+//! When more than one process may revoke grants of the same role (server
+//! replicas, a Lambda function), give the provider the shared store with
+//! [`AwsProviderBuilder::lease_store`]: writes of a role's revocation
+//! policy then take a lease in it, since IAM has no conditional write for
+//! inline policies. Without one, only the writers of this process are
+//! serialised.
 //!
 //! # Permissions the broker needs
 //!

@@ -29,11 +29,12 @@
 //! both sessions carry the same `aws:userid`, so one revocation covers both.
 //! There is no STS API to list sessions, so `find` answers from an in-process
 //! record of what this provider minted. After a restart it returns `None`
-//! for sessions a crashed process minted; those credentials only ever lived
-//! in the crashed process (the broker returns nothing before recording it)
-//! and expire natively. An operator who wants them denied anyway can
-//! rebuild a revocable record with [`AwsProvider::reconstruct`]:
-//! revocation by session name works whether or not the session exists.
+//! for sessions a crashed process minted. Not finding them is no proof that
+//! nothing was minted, so the provider says
+//! [`Capabilities::revoke_by_name`]: the broker's reconciler then asks
+//! [`Provider::record_by_name`] ([`AwsProvider::reconstruct`]) for a record
+//! built from the derived session name and the target's role, and revokes
+//! it. Revocation by session name works whether or not the session exists.
 //!
 //! # Revoke
 //!
@@ -56,17 +57,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use chrono::{DateTime, TimeDelta, Utc};
+use jit_core::lease::LeaseOptions;
 use jit_core::types::format_duration;
 use jit_core::{
     Capabilities, Clock, Collateral, Credentials, Entitlement, GrantId, GrantSpec, Issued,
-    IssuedGrant, Provider, RequestError, RevocationKind, RevokeOutcome, SystemClock,
+    IssuedGrant, Provider, RequestError, RevocationKind, RevokeOutcome, Store, SystemClock,
 };
 use serde_json::json;
 
 use crate::client::{self, AssumeRoleInput, AwsClients, RoleInfo};
 use crate::config::{AwsConfig, OverRoleMax, ROLE_CHAINING_MAX, STS_MIN_DURATION};
 use crate::error::{printable, AwsError};
-use crate::revoke::{Change, Revocations, Target, PRUNE_MARGIN};
+use crate::revoke::{Change, LeaseConfig, Revocations, Target, PRUNE_MARGIN};
 use crate::session;
 use crate::target::{partition_of_region, AwsTarget, RoleArn};
 
@@ -85,6 +87,10 @@ pub struct AwsProviderBuilder {
     sdk: Option<SdkConfig>,
     clients: Option<AwsClients>,
     clock: Arc<dyn Clock>,
+    lease_store: Option<Arc<dyn Store>>,
+    lease_options: LeaseOptions,
+    #[cfg(feature = "testing")]
+    write_delay: Option<Duration>,
 }
 
 impl AwsProviderBuilder {
@@ -104,6 +110,32 @@ impl AwsProviderBuilder {
     /// The clock for windows, caches and pruning (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Serialises revocation-policy writes across processes with leases in
+    /// this store (the broker's own store, shared by every replica and the
+    /// Lambda function): required whenever more than one process may revoke
+    /// grants of the same role. Without it, only this process's writers are
+    /// serialised (see [`crate::revoke`]).
+    pub fn lease_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.lease_store = Some(store);
+        self
+    }
+
+    /// How long a revocation lease lasts and how long to wait for one
+    /// (default [`LeaseOptions::default`]).
+    pub fn lease_options(mut self, options: LeaseOptions) -> Self {
+        self.lease_options = options;
+        self
+    }
+
+    /// Test-only fault injection (feature `testing`): a random pause of up to
+    /// `max` between reading the revocation policy and writing it, to widen
+    /// the window in which concurrent writers can overwrite each other.
+    #[cfg(feature = "testing")]
+    pub fn revocation_write_delay(mut self, max: Duration) -> Self {
+        self.write_delay = Some(max);
         self
     }
 
@@ -145,6 +177,7 @@ impl AwsProviderBuilder {
                 (chaining, account_id.clone().unwrap_or(account))
             }
         };
+        let holder = jit_core::lease::holder_id(&format!("aws-{}", self.config.name));
         let management = self
             .config
             .management_roles
@@ -158,11 +191,21 @@ impl AwsProviderBuilder {
             management,
             account,
             static_credentials,
-            clock: self.clock,
+            clock: self.clock.clone(),
             chaining,
             roles: Mutex::new(HashMap::new()),
             ledger: Mutex::new(HashMap::new()),
-            revocations: Revocations::default(),
+            revocations: Revocations {
+                lease: self.lease_store.map(|store| LeaseConfig {
+                    store,
+                    clock: self.clock.clone(),
+                    holder: holder.clone(),
+                    options: self.lease_options,
+                }),
+                #[cfg(feature = "testing")]
+                write_delay: self.write_delay,
+                ..Revocations::default()
+            },
         })
     }
 }
@@ -272,6 +315,10 @@ impl AwsProvider {
             sdk: None,
             clients: None,
             clock: Arc::new(SystemClock),
+            lease_store: None,
+            lease_options: LeaseOptions::default(),
+            #[cfg(feature = "testing")]
+            write_delay: None,
         }
     }
 
@@ -667,6 +714,7 @@ impl AwsProvider {
         };
         let target = Target {
             clients: iam,
+            role_arn: role.as_str(),
             role_name: role.name(),
             policy_name: &self.config.revocation_policy_name,
             limit: self.config.revocation_policy_limit,
@@ -719,6 +767,7 @@ impl AwsProvider {
             .apply(
                 &Target {
                     clients: self.iam_for(role).map_err(self.err("revoke"))?,
+                    role_arn: role.as_str(),
                     role_name: role.name(),
                     policy_name: &self.config.revocation_policy_name,
                     limit: self.config.revocation_policy_limit,
@@ -776,6 +825,8 @@ impl Provider for AwsProvider {
             revocation: RevocationKind::DenyPolicy {
                 propagation: self.config.propagation,
             },
+            // The deny names the session, which derives from the grant.
+            revoke_by_name: true,
         }
     }
 
@@ -848,6 +899,12 @@ impl Provider for AwsProvider {
 
     async fn find(&self, spec: &GrantSpec) -> jit_core::Result<Option<IssuedGrant>> {
         Ok(lock(&self.ledger).get(&spec.grant_id).cloned())
+    }
+
+    /// [`AwsProvider::reconstruct`]: revoking it denies the derived session
+    /// name on the role, whether or not a session exists.
+    async fn record_by_name(&self, spec: &GrantSpec) -> jit_core::Result<IssuedGrant> {
+        self.reconstruct(spec)
     }
 }
 

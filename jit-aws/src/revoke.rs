@@ -66,22 +66,42 @@
 //!
 //! # Concurrency
 //!
-//! IAM has no conditional write for inline policies. Writes for one role are
-//! serialised by an in-process async mutex; every STS and IAM call has an
-//! operation timeout ([`crate::AwsConfig::call_timeout`]), so a stalled call
-//! cannot hold it for ever. What this process wrote is remembered and,
-//! for [`CONSISTENCY_WINDOW`] after the write, merged into what it reads
-//! (against a stale read from IAM's eventual consistency). After that, IAM
-//! is the truth: a statement someone removed (an operator editing the
-//! policy) is logged and not re-added from memory. After each write the
-//! document is read back, and if another broker replica's write replaced it
-//! the merge-and-write is repeated (up to 5 times, then a retryable error).
+//! IAM has no conditional write for inline policies: two processes that
+//! read the document, add an entry and write it back can erase each
+//! other's entry. So:
+//!
+//! - **Across processes** (broker replicas, the Lambda function's
+//!   fail-closed revoke), with a lease store configured
+//!   ([`crate::AwsProviderBuilder::lease_store`]), the whole
+//!   read-merge-write-verify of one role runs under the lease
+//!   `aws:revocations:<role arn>` in the shared store
+//!   ([`jit_core::lease`]): one writer per role at a time. The lease is
+//!   confirmed (renewed) between the read and each write, so a writer
+//!   whose lease lapsed (a long pause) stops instead of overwriting the
+//!   next holder's document; a lease that cannot be had within its wait is
+//!   a retryable error, and the broker retries the revocation.
+//! - **Without a lease store** only this process is serialised: this is
+//!   safe for a single broker process only.
+//! - **Within a process**, writes for one role are also serialised by an
+//!   async mutex (so one process's tasks queue in memory, not on the lease);
+//!   every STS and IAM call has an operation timeout
+//!   ([`crate::AwsConfig::call_timeout`]), so a stalled call cannot hold it
+//!   (or the lease) for ever.
+//! - What this process wrote is remembered and, for [`CONSISTENCY_WINDOW`]
+//!   after the write, merged into what it reads (against a stale read from
+//!   IAM's eventual consistency). After that, IAM is the truth: a statement
+//!   someone removed (an operator editing the policy) is logged and not
+//!   re-added from memory. After each write the document is read back, and
+//!   if another writer (one without the lease) replaced it, the
+//!   merge-and-write is repeated (up to 5 times, then a retryable error).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use jit_core::lease::{Lease, LeaseOptions};
+use jit_core::{Clock, Store};
 use serde_json::{json, Map, Value};
 
 use crate::client::{self, AwsClients};
@@ -333,12 +353,33 @@ pub(crate) enum Change {
     OlderThan(DateTime<Utc>),
 }
 
+/// The shared store whose leases serialise writers across processes.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseConfig {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// This provider's holder id, unique per process.
+    pub holder: String,
+    pub options: LeaseOptions,
+}
+
+/// The lease key of a role's revocation policy.
+pub(crate) fn lease_key(role_arn: &str) -> String {
+    format!("aws:revocations:{role_arn}")
+}
+
 /// Per-role locks and what this process has written.
 #[derive(Debug, Default)]
 pub(crate) struct Revocations {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per role: the document this process last wrote, and when.
-    written: Mutex<HashMap<String, (RevocationDoc, DateTime<Utc>)>>,
+    pub written: Mutex<HashMap<String, (RevocationDoc, DateTime<Utc>)>>,
+    /// Cross-process writers: `None` is single-process only (see the module docs).
+    pub lease: Option<LeaseConfig>,
+    /// Test-only fault injection: a random pause of up to this long
+    /// between reading the document and writing it.
+    #[cfg(feature = "testing")]
+    pub write_delay: Option<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -349,6 +390,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Where and how to write.
 pub(crate) struct Target<'a> {
     pub clients: &'a AwsClients,
+    /// The role's ARN: names its lease.
+    pub role_arn: &'a str,
     pub role_name: &'a str,
     pub policy_name: &'a str,
     pub limit: usize,
@@ -395,16 +438,57 @@ impl Revocations {
             .clone()
     }
 
-    /// Applies a change with read-merge-write-verify. Returns `Ok(false)`
-    /// when the role no longer exists (its sessions cannot work either).
+    /// Applies a change with read-merge-write-verify, under the role's
+    /// lease when a lease store is configured (see the module docs).
+    /// Returns `Ok(false)` when the role no longer exists (its sessions
+    /// cannot work either).
     pub async fn apply(
         &self,
         t: &Target<'_>,
         change: &Change,
         now: DateTime<Utc>,
     ) -> Result<bool, AwsError> {
-        let role_lock = self.role_lock(t.role_name);
+        let role_lock = self.role_lock(t.role_arn);
         let _guard = role_lock.lock().await;
+        match &self.lease {
+            None => self.apply_held(t, change, now, None).await,
+            Some(l) => {
+                jit_core::lease::with_lease(
+                    l.store.clone(),
+                    l.clock.clone(),
+                    &lease_key(t.role_arn),
+                    &l.holder,
+                    &l.options,
+                    |lease| self.apply_held(t, change, now, Some(lease)),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Test-only: the injected pause between read and write.
+    async fn pause_before_write(&self) {
+        #[cfg(feature = "testing")]
+        if let Some(max) = self.write_delay {
+            let max = u64::try_from(max.as_micros()).unwrap_or(u64::MAX).max(1);
+            let r = u64::from_le_bytes(
+                uuid::Uuid::new_v4().as_bytes()[..8]
+                    .try_into()
+                    .unwrap_or_default(),
+            );
+            tokio::time::sleep(Duration::from_micros(r % max)).await;
+        }
+    }
+
+    /// The read-merge-write-verify, with this process's role lock (and the
+    /// lease, if any) held.
+    async fn apply_held(
+        &self,
+        t: &Target<'_>,
+        change: &Change,
+        now: DateTime<Utc>,
+        lease: Option<Lease>,
+    ) -> Result<bool, AwsError> {
         let mut want = RevocationDoc::default();
         match change {
             Change::Session { userid, expires_at } => want.add(userid, *expires_at),
@@ -443,6 +527,11 @@ impl Revocations {
                     limit: t.limit,
                     reserved: t.limit - budget,
                 });
+            }
+            self.pause_before_write().await;
+            if let Some(lease) = &lease {
+                // Still ours: nobody else has written since our read.
+                lease.confirm().await?;
             }
             let written = if next.is_empty() {
                 client::delete_role_policy(t.clients, t.role_name, t.policy_name).await

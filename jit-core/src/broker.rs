@@ -1844,7 +1844,10 @@ impl Broker {
     /// Settles grants left in `Issuing` by a crash: older than the grace
     /// period, or, when `all` (at start), all those an earlier process left
     /// (written before this broker was built). Found at the provider →
-    /// revoked (the credentials never reached anyone); not found → `Failed`.
+    /// revoked (the credentials never reached anyone); not found, but the
+    /// provider can revoke by derived name ([`Capabilities::revoke_by_name`](crate::Capabilities::revoke_by_name))
+    /// → revoked by name, since not finding is not proof that nothing was
+    /// minted; otherwise not found → `Failed`.
     /// On a store shared by several replicas `all` is ignored: a fresh
     /// `Issuing` grant may be another replica's issue in flight.
     pub async fn reconcile(&self, all: bool) -> Result<usize> {
@@ -1879,6 +1882,21 @@ impl Broker {
                     continue;
                 }
             };
+            // Not found is not "nothing minted" when the provider cannot see
+            // everything (STS lists no sessions): if it can revoke by the
+            // derived name, it does, whether or not anything exists.
+            let by_name = found.is_none() && provider.capabilities().revoke_by_name;
+            let found = if by_name {
+                match provider.record_by_name(&spec).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(request = %rec.id, error = %e, "reconcile: cannot build a record by name; will retry");
+                        continue;
+                    }
+                }
+            } else {
+                found
+            };
             let revoked = match &found {
                 Some(issued) => Some(provider.revoke(issued).await),
                 None => None,
@@ -1894,6 +1912,17 @@ impl Broker {
                             r.state = State::Failed;
                             r.note = Some("interrupted before anything was minted".into());
                             "nothing minted"
+                        }
+                        (Some(issued), Some(Ok(()))) if by_name => {
+                            if let Some(g) = r.grant.as_mut() {
+                                g.issued = Some(issued.clone());
+                            }
+                            r.state = State::Revoked;
+                            r.note = Some(
+                                "interrupted mid-issue and not found; whatever was minted under its name is revoked"
+                                    .into(),
+                            );
+                            "not found, revoked by name"
                         }
                         (Some(issued), Some(Ok(()))) => {
                             if let Some(g) = r.grant.as_mut() {
@@ -1915,19 +1944,28 @@ impl Broker {
                             r.state = State::Revoking;
                             r.revocation = Some(Revocation {
                                 by: REAPER_ACTOR.into(),
-                                reason: "minted during a crash and never delivered".into(),
+                                reason: if by_name {
+                                    "interrupted mid-issue and not found; revoking by name".into()
+                                } else {
+                                    "minted during a crash and never delivered".into()
+                                },
                                 expiry: false,
                                 attempts: 1,
                                 last_error: err,
                                 next_attempt_at: now + delta(retry.delay(1)),
                             });
-                            "minted, revocation pending"
+                            if by_name {
+                                "not found, revocation by name pending"
+                            } else {
+                                "minted, revocation pending"
+                            }
                         }
                     };
                     Ok(vec![event(AuditKind::Reconciled, r, REAPER_ACTOR, now)
                         .details(json!({
                             "outcome": outcome,
                             "external_id": found.as_ref().map(|f| f.external_id.clone()),
+                            "by_name": by_name,
                         }))])
                 })
                 .await;

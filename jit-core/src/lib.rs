@@ -6,6 +6,7 @@ pub mod broker;
 pub mod clock;
 pub mod credentials;
 pub mod error;
+pub mod lease;
 pub mod local;
 pub mod policy;
 pub mod provider;

@@ -55,6 +55,14 @@ pub struct Capabilities {
     pub min_duration: Duration,
     /// How early revocation works.
     pub revocation: RevocationKind,
+    /// Whether [`Provider::revoke`] works on a record rebuilt from the
+    /// grant's derived name alone ([`Provider::record_by_name`]), whether
+    /// or not anything was minted under that name (AWS: a deny on the
+    /// session name). The broker's reconciler then revokes a grant
+    /// interrupted mid-issue that [`Provider::find`] cannot see, instead of
+    /// assuming nothing was minted. False for providers that can find
+    /// everything they minted, or that need what `issue` returned to revoke.
+    pub revoke_by_name: bool,
 }
 
 /// Everything a provider needs to mint one grant.
@@ -199,6 +207,26 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 
     /// Finds what an `issue` for this spec left at the provider, for reconciliation after a crash.
     async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>>;
+
+    /// A revocable record for `spec` built from its derived name alone, no
+    /// matter whether anything was minted under it; revoking it must take
+    /// away whatever an interrupted [`Provider::issue`] for `spec` may have
+    /// minted (and succeed if nothing was). The broker calls it only when
+    /// [`Capabilities::revoke_by_name`] says so, for an `Issuing` grant
+    /// that [`Provider::find`] cannot see after a crash. The default
+    /// refuses with [`Error::ProviderRejected`](crate::Error::ProviderRejected).
+    /// Wrappers must forward it.
+    async fn record_by_name(&self, spec: &GrantSpec) -> Result<IssuedGrant> {
+        Err(crate::Error::ProviderRejected {
+            provider: self.name().to_string(),
+            operation: "revoke by name",
+            message: format!(
+                "provider `{}` cannot revoke grant `{}` by its derived name",
+                self.name(),
+                spec.grant_id
+            ),
+        })
+    }
 
     /// Re-applies early revocations after a start. The broker calls this
     /// once per start ([`crate::Broker::restore_revocations`], the reaper's

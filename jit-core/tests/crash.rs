@@ -237,3 +237,78 @@ async fn the_first_tick_leaves_this_process_in_flight_issues_alone() {
     );
     task.abort();
 }
+
+/// A provider that cannot list what it minted (STS) but can revoke by the
+/// derived name: after a crash mid-issue `find` sees nothing, and the
+/// reconciler revokes by name instead of recording that nothing was minted.
+#[tokio::test]
+async fn unfound_grants_are_revoked_by_name_when_the_provider_can() {
+    for by_name in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jit.db");
+        let provider = if by_name {
+            Arc::new(TestProvider::new("test").with_revoke_by_name())
+        } else {
+            Arc::new(TestProvider::new("test"))
+        };
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            let e = env_with(Arc::new(store), provider.clone());
+            provider.hang_after_mint(true);
+            let b = e.broker.clone();
+            let task =
+                tokio::spawn(async move { b.submit(&user("alice"), req("dev-read", "10m")).await });
+            while provider.minted().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            task.abort();
+            let _ = task.await;
+        }
+        provider.hang_after_mint(false);
+        // The restarted provider has forgotten what the crashed one minted.
+        provider.blind(true);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let e = env_with(Arc::new(store), provider.clone());
+        let report = Reaper::new(e.broker.clone()).tick().await.unwrap();
+        assert_eq!(report.reconciled, 1);
+        let rec = &e.broker.list(&ListFilter::default()).await.unwrap()[0];
+        let ext = &provider.minted()[0];
+        let audit = e.broker.audit_records().await.unwrap();
+        let reconciled = audit
+            .iter()
+            .rev()
+            .find(|r| r.event.request_id == rec.id && r.event.kind.as_str() == "reconciled")
+            .unwrap();
+        if by_name {
+            assert_eq!(rec.state, State::Revoked, "not `Failed` with nothing done");
+            assert!(
+                provider.is_revoked(ext),
+                "the session is denied by its name"
+            );
+            assert!(provider.live().is_empty());
+            assert_eq!(
+                rec.grant
+                    .as_ref()
+                    .unwrap()
+                    .issued
+                    .as_ref()
+                    .unwrap()
+                    .external_id,
+                *ext,
+                "the record names what was revoked"
+            );
+            assert_eq!(
+                reconciled.event.details["outcome"],
+                "not found, revoked by name"
+            );
+            assert_eq!(reconciled.event.details["by_name"], true);
+        } else {
+            // Without the capability the old answer stands (and is documented as such).
+            assert_eq!(rec.state, State::Failed);
+            assert!(!provider.is_revoked(ext));
+            assert_eq!(reconciled.event.details["outcome"], "nothing minted");
+        }
+        assert!(e.broker.verify_audit().await.unwrap().is_ok());
+    }
+}

@@ -64,6 +64,12 @@ async fn conformance_reconcile_after_crash() {
 }
 
 #[tokio::test]
+async fn conformance_revoke_by_name() {
+    let (h, _) = local_harness();
+    conformance::check_revoke_by_name(&h).await;
+}
+
+#[tokio::test]
 async fn conformance_secrets_absent() {
     let (h, _) = local_harness();
     conformance::check_secrets_absent(&h).await;

@@ -62,7 +62,16 @@ mod conforms {
         check_list,
         check_due,
         check_claims,
+        check_leases,
     );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn check_concurrent_lease_acquires() {
+        let schema = TestSchema::new().await;
+        let store: Arc<dyn Store> = Arc::new(schema.store().await);
+        conformance::check_concurrent_lease_acquires(store).await;
+        schema.drop_schema().await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn check_concurrent_updates() {
@@ -166,7 +175,13 @@ async fn schemas_are_isolated_and_tables_stay_in_their_schema() {
     .unwrap();
     assert_eq!(
         tables,
-        ["audit", "audit_head", "requests", "schema_migrations"]
+        [
+            "audit",
+            "audit_head",
+            "leases",
+            "requests",
+            "schema_migrations"
+        ]
     );
     a.close().await;
     b.close().await;

@@ -82,7 +82,10 @@ impl VendorBuilder {
             None => Arc::new(
                 // The function's own identity and region come from the
                 // standard chain: in Lambda, the execution role and AWS_REGION.
+                // Leases in the shared store keep the function's
+                // fail-closed revocations from overwriting the server's.
                 AwsProvider::builder(self.config.aws.clone())
+                    .lease_store(store.clone())
                     .build()
                     .await?,
             ),

@@ -64,8 +64,14 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
 /// overridden by its `JIT_AWS_*` variable; the AWS identity from the
 /// standard chain. With `role_chaining = "detect"` (the default) this calls
 /// `sts:GetCallerIdentity` once, so a server without AWS credentials fails
-/// at start, not at the first request.
-async fn aws_provider(name: &str, pc: &config::ProviderConfig) -> Result<AwsProvider, String> {
+/// at start, not at the first request. Revocation-policy writes take
+/// leases in the server's store, so replicas (and a Lambda function on the
+/// same store) never overwrite each other's revocations.
+async fn aws_provider(
+    name: &str,
+    pc: &config::ProviderConfig,
+    store: Arc<dyn Store>,
+) -> Result<AwsProvider, String> {
     let settings = pc.aws_settings();
     let lookup = |k: &str| {
         if k == "JIT_AWS_PROVIDER_NAME" {
@@ -77,6 +83,7 @@ async fn aws_provider(name: &str, pc: &config::ProviderConfig) -> Result<AwsProv
         .map_err(|e| format!("provider `{name}`: {e}"))?
         .with_name(name);
     AwsProvider::builder(config)
+        .lease_store(store)
         .build()
         .await
         .map_err(|e| format!("provider `{name}`: {e}"))
@@ -203,12 +210,12 @@ impl Server {
             (None, None) => return Err("set `catalogue_file` or `catalogue`".into()),
         }
         .map_err(|e| format!("catalogue: {e}"))?;
-        let mut builder = Broker::builder(store, Arc::new(policy));
+        let mut builder = Broker::builder(store.clone(), Arc::new(policy));
         let mut local_keys = std::collections::BTreeMap::new();
         for (name, pc) in &config.providers {
             pc.check(name)?;
             let provider: Arc<dyn Provider> = match pc.kind.as_str() {
-                "aws" => Arc::new(aws_provider(name, pc).await?),
+                "aws" => Arc::new(aws_provider(name, pc, store.clone()).await?),
                 _ => {
                     let key = demo::load_or_generate_key(pc.key_file.as_deref())?;
                     let mut b = LocalProvider::builder(key)

@@ -195,6 +195,10 @@ impl Provider for Measured {
         self.inner.find(spec).await
     }
 
+    async fn record_by_name(&self, spec: &GrantSpec) -> Result<IssuedGrant> {
+        self.inner.record_by_name(spec).await
+    }
+
     async fn restore_revocations(&self, revoked: &[IssuedGrant]) -> Result<()> {
         self.inner.restore_revocations(revoked).await
     }
@@ -221,6 +225,7 @@ mod tests {
                 max_duration: std::time::Duration::from_secs(3600),
                 min_duration: std::time::Duration::from_secs(1),
                 revocation: RevocationKind::Immediate,
+                revoke_by_name: false,
             }
         }
         fn validate(&self, _: &Entitlement) -> Result<()> {

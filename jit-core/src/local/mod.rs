@@ -616,6 +616,9 @@ impl Provider for LocalProvider {
             max_duration: self.max_duration,
             min_duration: Duration::from_secs(1),
             revocation: RevocationKind::Immediate,
+            // Its ledger is in the process: a token a crashed process
+            // signed is unknown to the next, and unrevocable by name.
+            revoke_by_name: false,
         }
     }
 

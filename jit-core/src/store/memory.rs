@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
-use super::{check_versions, ListFilter, Store};
+use super::{check_versions, lease_until, ListFilter, Store};
 use crate::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
@@ -16,6 +18,8 @@ struct Inner {
     records: HashMap<RequestId, RequestRecord>,
     order: Vec<RequestId>,
     audit: Vec<AuditRecord>,
+    /// Lease key -> (holder, end).
+    leases: HashMap<String, (String, DateTime<Utc>)>,
 }
 
 impl Inner {
@@ -145,5 +149,52 @@ impl Store for MemoryStore {
         let g = self.lock()?;
         let start = from_seq.saturating_sub(1) as usize;
         Ok(g.audit.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = lease_until(now, ttl)?;
+        let mut g = self.lock()?;
+        let free = g
+            .leases
+            .get(key)
+            .is_none_or(|(h, end)| h == holder || *end <= now);
+        if free {
+            g.leases
+                .insert(key.to_string(), (holder.to_string(), until));
+        }
+        Ok(free)
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = lease_until(now, ttl)?;
+        let mut g = self.lock()?;
+        match g.leases.get_mut(key) {
+            Some((h, end)) if h == holder && *end > now => {
+                *end = until;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<bool> {
+        let mut g = self.lock()?;
+        let held = g.leases.get(key).is_some_and(|(h, _)| h == holder);
+        if held {
+            g.leases.remove(key);
+        }
+        Ok(held)
     }
 }

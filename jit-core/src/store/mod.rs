@@ -236,6 +236,89 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn is_shared(&self) -> bool {
         false
     }
+
+    /// Takes the named lease `key` for `holder` until `now + ttl`, or
+    /// renews it if `holder` already holds it. Returns whether `holder`
+    /// holds it now; `false` changes nothing.
+    ///
+    /// Leases guard read-modify-writes of things outside the store that have
+    /// no compare-and-set of their own (an IAM inline policy): whoever holds
+    /// `aws:revocations:<role>` is the only writer of that role's policy.
+    /// Use them through [`crate::lease`], which waits, renews and releases.
+    ///
+    /// # Contract
+    ///
+    /// - **One holder at a time**, across every process sharing the store:
+    ///   the lease is free, lapsed (its end is at or before `now`) or held
+    ///   by `holder`, else the answer is `false`. Concurrent calls for one
+    ///   key never both get `true` for different holders.
+    /// - **It expires by time**, so a holder that died blocks the key for
+    ///   at most `ttl`. Nothing ever waits on a lease inside the store.
+    /// - **`holder` is unique** per process (or broker) and never reused
+    ///   by another ([`crate::lease::holder_id`] makes one).
+    /// - **Fencing is the holder's job.** A lease is not a lock on the
+    ///   thing it guards: a holder whose lease lapsed must learn it before
+    ///   it writes. It calls [`Store::renew_lease`] right before each
+    ///   guarded write, stops if that says `false`, and finishes the write
+    ///   well within `ttl` of the renewal.
+    /// - Times are the callers' clocks (`now`): processes sharing leases
+    ///   need clocks that agree to well within `ttl`.
+    ///
+    /// The default refuses with [`Error::Store`]: a store without leases
+    /// must not pretend to exclude anyone.
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let _ = (holder, ttl, now);
+        Err(no_leases(self, key))
+    }
+
+    /// Extends a lease `holder` holds without a break: succeeds only if it
+    /// has not lapsed at `now` (and so nobody else can have taken it since
+    /// it was acquired); its end moves to `now + ttl`. `false` means the
+    /// holder lost it and must not write (see the fencing rule of
+    /// [`Store::try_acquire_lease`]). Default: refused like acquiring.
+    async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let _ = (holder, ttl, now);
+        Err(no_leases(self, key))
+    }
+
+    /// Gives up a lease before it lapses. Returns whether `holder` held
+    /// it; another holder's lease is never released (`false`, nothing
+    /// changed). Default: refused like acquiring.
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<bool> {
+        let _ = holder;
+        Err(no_leases(self, key))
+    }
+}
+
+fn no_leases(store: &(impl Store + ?Sized), key: &str) -> Error {
+    Error::Store(format!(
+        "store {store:?} keeps no leases, so lease `{key}` cannot be taken: use a memory, sqlite or postgres store"
+    ))
+}
+
+/// A lease's end: `now + ttl`, or a store error when that is out of range.
+pub(crate) fn lease_until(now: DateTime<Utc>, ttl: Duration) -> Result<DateTime<Utc>> {
+    chrono::TimeDelta::from_std(ttl)
+        .ok()
+        .and_then(|ttl| now.checked_add_signed(ttl))
+        .ok_or_else(|| {
+            Error::Store(format!(
+                "lease of {}s from `{now}` is out of range",
+                ttl.as_secs()
+            ))
+        })
 }
 
 /// Opens the store that `url` names.

@@ -84,13 +84,13 @@ use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
-use super::{check_versions, redact_url, sql, Claim, ListFilter, Store};
+use super::{check_versions, lease_until, redact_url, sql, Claim, ListFilter, Store};
 use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Connections per store unless set: a replica's writers, readers and reaper.
 const DEFAULT_POOL_SIZE: u32 = 10;
@@ -151,6 +151,8 @@ const MIGRATIONS: &[Migration] = &[
             "UPDATE requests SET requester = (body::jsonb -> 'requester' ->> 'id')",
         ],
     },
+    // (Version 3 was never released: numbers were handed out to parallel
+    // changes, and gaps are allowed.)
     // Version 4: the approver queue (pending requests of a set of
     // entitlements, newest first) and the metrics' count by state read this
     // index instead of the whole table.
@@ -158,6 +160,17 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         statements: &[
             "CREATE INDEX requests_state_entitlement_created ON requests (state, entitlement, created_at)",
+        ],
+    },
+    Migration {
+        version: 5,
+        statements: &[
+            // Named leases ([`Store::try_acquire_lease`]): one row per key held.
+            r#"CREATE TABLE leases (
+            key TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until TEXT COLLATE "C" NOT NULL
+        )"#,
         ],
     },
 ];
@@ -817,6 +830,66 @@ impl Store for PostgresStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    /// One upsert. Two replicas inserting the same key at once: one inserts,
+    /// the other waits for its row lock and then evaluates the `WHERE` on
+    /// the row the first wrote, so at most one of them gets it.
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = timestamp(lease_until(now, ttl)?)?;
+        let changed = sqlx::query(
+            "INSERT INTO leases (key, holder, until) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+             WHERE leases.holder = EXCLUDED.holder OR leases.until <= $4",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(until)
+        .bind(bound(now))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("acquire lease", e))?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = timestamp(lease_until(now, ttl)?)?;
+        let changed = sqlx::query(
+            "UPDATE leases SET until = $1 WHERE key = $2 AND holder = $3 AND until > $4",
+        )
+        .bind(until)
+        .bind(key)
+        .bind(holder)
+        .bind(bound(now))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("renew lease", e))?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<bool> {
+        let changed = sqlx::query("DELETE FROM leases WHERE key = $1 AND holder = $2")
+            .bind(key)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("release lease", e))?
+            .rows_affected();
+        Ok(changed == 1)
     }
 }
 

@@ -50,13 +50,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use super::{check_versions, sql, ListFilter, Store};
+use super::{check_versions, lease_until, sql, ListFilter, Store};
 use crate::audit::{AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,6 +108,8 @@ const MIGRATIONS: &[Migration] = &[
             "UPDATE requests SET requester = json_extract(body, '$.requester.id')",
         ],
     },
+    // (Version 3 was never released: numbers were handed out to parallel
+    // changes, and gaps are allowed.)
     // Version 4: the approver queue (pending requests of a set of
     // entitlements, newest first) and the metrics' count by state read this
     // index instead of the whole table.
@@ -115,6 +117,17 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         statements: &[
             "CREATE INDEX requests_state_entitlement_created ON requests (state, entitlement, created_at)",
+        ],
+    },
+    Migration {
+        version: 5,
+        statements: &[
+            // Named leases ([`Store::try_acquire_lease`]): one row per key held.
+            "CREATE TABLE leases (
+            key TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until TEXT NOT NULL
+        ) STRICT",
         ],
     },
 ];
@@ -631,6 +644,68 @@ impl Store for SqliteStore {
                 Ok(sql::audit_entry(seq, &body))
             })
             .collect()
+    }
+
+    /// One upsert: inserts the row, or takes it over when it is this
+    /// holder's or has lapsed; a row held by someone else is left alone
+    /// (no row changed).
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = timestamp(lease_until(now, ttl)?)?;
+        let _writer = self.write.lock().await;
+        let changed = sqlx::query(
+            "INSERT INTO leases (key, holder, until) VALUES (?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, until = excluded.until
+             WHERE leases.holder = excluded.holder OR leases.until <= ?",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(until)
+        .bind(timestamp(now)?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("acquire lease", e))?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let until = timestamp(lease_until(now, ttl)?)?;
+        let _writer = self.write.lock().await;
+        let changed =
+            sqlx::query("UPDATE leases SET until = ? WHERE key = ? AND holder = ? AND until > ?")
+                .bind(until)
+                .bind(key)
+                .bind(holder)
+                .bind(timestamp(now)?)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error("renew lease", e))?
+                .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<bool> {
+        let _writer = self.write.lock().await;
+        let changed = sqlx::query("DELETE FROM leases WHERE key = ? AND holder = ?")
+            .bind(key)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("release lease", e))?
+            .rows_affected();
+        Ok(changed == 1)
     }
 }
 

@@ -43,6 +43,8 @@ pub struct TestProvider {
     fail_issue: AtomicBool,
     fail_revokes: AtomicU32,
     hang_after_mint: AtomicBool,
+    revoke_by_name: bool,
+    blind: AtomicBool,
 }
 
 impl TestProvider {
@@ -59,6 +61,8 @@ impl TestProvider {
             fail_issue: AtomicBool::new(false),
             fail_revokes: AtomicU32::new(0),
             hang_after_mint: AtomicBool::new(false),
+            revoke_by_name: false,
+            blind: AtomicBool::new(false),
         }
     }
 
@@ -78,6 +82,20 @@ impl TestProvider {
     pub fn with_max(mut self, max: Duration) -> Self {
         self.max = max;
         self
+    }
+
+    /// Says it can revoke by derived name ([`Capabilities::revoke_by_name`]):
+    /// [`Provider::record_by_name`] answers, and revoking its record
+    /// revokes whatever was minted under the name.
+    pub fn with_revoke_by_name(mut self) -> Self {
+        self.revoke_by_name = true;
+        self
+    }
+
+    /// Makes `find` see nothing (or see again), like STS, which cannot list
+    /// the sessions a crashed process minted.
+    pub fn blind(&self, yes: bool) {
+        self.blind.store(yes, Ordering::SeqCst);
     }
 
     /// Makes every issue fail with `ProviderRejected`.
@@ -152,6 +170,7 @@ impl Provider for TestProvider {
             max_duration: self.max,
             min_duration: Duration::from_secs(1),
             revocation: self.revocation,
+            revoke_by_name: self.revoke_by_name,
         }
     }
 
@@ -219,12 +238,31 @@ impl Provider for TestProvider {
     }
 
     async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>> {
+        if self.blind.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         Ok(self
             .minted
             .lock()
             .unwrap()
             .get(&spec.external_name())
             .map(|(g, _)| g.clone()))
+    }
+
+    async fn record_by_name(&self, spec: &GrantSpec) -> Result<IssuedGrant> {
+        if !self.revoke_by_name {
+            return Err(Error::ProviderRejected {
+                provider: self.name.clone(),
+                operation: "revoke by name",
+                message: "not supported".into(),
+            });
+        }
+        Ok(IssuedGrant {
+            provider: self.name.clone(),
+            external_id: spec.external_name(),
+            expires_at: spec.ends_at,
+            details: serde_json::json!({ "by_name": true }),
+        })
     }
 }
 
@@ -234,6 +272,7 @@ pub struct FaultyStore {
     inner: Arc<dyn Store>,
     fail_updates: AtomicBool,
     fail_updates_into: Mutex<Vec<State>>,
+    crash_on_updates_into: Mutex<Vec<State>>,
 }
 
 impl FaultyStore {
@@ -243,6 +282,7 @@ impl FaultyStore {
             inner,
             fail_updates: AtomicBool::new(false),
             fail_updates_into: Mutex::new(Vec::new()),
+            crash_on_updates_into: Mutex::new(Vec::new()),
         }
     }
 
@@ -254,6 +294,13 @@ impl FaultyStore {
     /// Makes updates that move a record into any of `states` fail.
     pub fn fail_updates_into(&self, states: &[State]) {
         *self.fail_updates_into.lock().unwrap() = states.to_vec();
+    }
+
+    /// Makes an update that moves a record into any of `states` abort the
+    /// whole process before anything is written: a crash at that point, for
+    /// tests that run the broker in a child process and restart it.
+    pub fn crash_on_updates_into(&self, states: &[State]) {
+        *self.crash_on_updates_into.lock().unwrap() = states.to_vec();
     }
 }
 
@@ -278,6 +325,18 @@ impl Store for FaultyStore {
             .lock()
             .unwrap()
             .contains(&record.state);
+        if self
+            .crash_on_updates_into
+            .lock()
+            .unwrap()
+            .contains(&record.state)
+        {
+            eprintln!(
+                "FaultyStore: crashing before request `{}` moves to `{}`",
+                record.id, record.state
+            );
+            std::process::abort();
+        }
         if self.fail_updates.load(Ordering::SeqCst) || into {
             return Err(Error::Store("injected store failure".into()));
         }
@@ -329,6 +388,30 @@ impl Store for FaultyStore {
 
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.inner.try_acquire_lease(key, holder, ttl, now).await
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.inner.renew_lease(key, holder, ttl, now).await
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<bool> {
+        self.inner.release_lease(key, holder).await
     }
 }
 

@@ -281,6 +281,54 @@ pub async fn check_reconcile_after_crash(h: &ProviderHarness) {
     }
 }
 
+/// [`Capabilities::revoke_by_name`] and [`Provider::record_by_name`] agree:
+/// without the capability the method refuses (a provider must not look
+/// able when it is not); with it, the record rebuilt from the derived name
+/// names what `issue` minted, revoking it succeeds (and takes the access
+/// away where revocation is immediate), and revoking the record of a grant
+/// that was never issued succeeds too.
+pub async fn check_revoke_by_name(h: &ProviderHarness) {
+    let caps = h.provider.capabilities();
+    let s = spec(h, usual_duration(&caps));
+    if !caps.revoke_by_name {
+        assert!(
+            h.provider.record_by_name(&s).await.is_err(),
+            "record_by_name answered without the revoke_by_name capability"
+        );
+        return;
+    }
+    let issued = h.provider.issue(&s).await.expect("issue failed");
+    let record = h
+        .provider
+        .record_by_name(&s)
+        .await
+        .expect("record_by_name failed");
+    assert_eq!(
+        record.external_id, issued.grant.external_id,
+        "the record by name names another grant"
+    );
+    h.provider
+        .revoke(&record)
+        .await
+        .expect("revoking the record by name failed");
+    if caps.revocation == RevocationKind::Immediate {
+        assert!(
+            !h.probe.works(&issued.credentials, &issued.grant).await,
+            "access still works after revoking by name"
+        );
+    }
+    let never = spec(h, usual_duration(&caps));
+    let record = h
+        .provider
+        .record_by_name(&never)
+        .await
+        .expect("record_by_name of a grant never issued failed");
+    h.provider
+        .revoke(&record)
+        .await
+        .expect("revoking by name a grant never issued failed");
+}
+
 /// Every secret value of issued credentials is absent from `Debug` of the
 /// credentials and the issued grant, from the serialized grant, and from the
 /// errors the provider returns.
@@ -351,6 +399,7 @@ pub async fn run_all(h: &ProviderHarness) {
     check_issue_idempotent(h).await;
     check_secrets_absent(h).await;
     check_reconcile_after_crash(h).await;
+    check_revoke_by_name(h).await;
     // A provider without early revocation (a GCP access token) is refused at
     // request time by the broker, so there is nothing to revoke here.
     if caps.revocation != RevocationKind::None {

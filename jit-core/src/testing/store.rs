@@ -40,6 +40,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     check_count_by_state(&*store).await;
     check_due(&*store).await;
     check_claims(&*store).await;
+    check_leases(&*store).await;
+    check_concurrent_lease_acquires(store.clone()).await;
 }
 
 /// A complete record for `requester` asking for `entitlement`, in `state`, at
@@ -1064,4 +1066,127 @@ pub async fn check_claims(store: &dyn Store) {
         "the holder still gets it, in its new state, and final records are never due"
     );
     let _ = later;
+}
+
+/// Named leases ([`Store::try_acquire_lease`]): one holder at a time, the
+/// holder renews (also by acquiring again), another holder gets the key
+/// only once the lease has lapsed (at its end, inclusive), a lapsed lease
+/// cannot be renewed, release by the wrong holder is refused and changes
+/// nothing, and keys are independent.
+pub async fn check_leases(store: &dyn Store) {
+    let key = format!("conformance:lease:{}", unique());
+    let other_key = format!("{key}:other");
+    let (a, b) = (
+        format!("holder-a-{}", unique()),
+        format!("holder-b-{}", unique()),
+    );
+    let ttl = std::time::Duration::from_secs(30);
+    let now = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let at = |secs: i64| now + TimeDelta::seconds(secs);
+
+    assert!(
+        store.try_acquire_lease(&key, &a, ttl, now).await.unwrap(),
+        "a free key is taken"
+    );
+    assert!(
+        !store.try_acquire_lease(&key, &b, ttl, at(1)).await.unwrap(),
+        "a held key is refused"
+    );
+    assert!(
+        store
+            .try_acquire_lease(&other_key, &b, ttl, at(1))
+            .await
+            .unwrap(),
+        "keys are independent"
+    );
+    assert!(
+        !store.release_lease(&key, &b).await.unwrap(),
+        "release by the wrong holder is refused"
+    );
+    assert!(
+        !store.try_acquire_lease(&key, &b, ttl, at(2)).await.unwrap(),
+        "a refused release leaves the lease with its holder"
+    );
+    assert!(
+        store
+            .try_acquire_lease(&key, &a, ttl, at(10))
+            .await
+            .unwrap(),
+        "the holder acquires again (renewing)"
+    );
+    assert!(
+        store.renew_lease(&key, &a, ttl, at(20)).await.unwrap(),
+        "the holder renews"
+    );
+    assert!(
+        !store.renew_lease(&key, &b, ttl, at(20)).await.unwrap(),
+        "only the holder renews"
+    );
+    // Renewed at 20 s: held until 50 s.
+    assert!(!store
+        .try_acquire_lease(&key, &b, ttl, at(49))
+        .await
+        .unwrap());
+    assert!(
+        !store.renew_lease(&key, &a, ttl, at(50)).await.unwrap(),
+        "a lapsed lease cannot be renewed: the holder must learn it lost the key"
+    );
+    assert!(
+        store
+            .try_acquire_lease(&key, &b, ttl, at(50))
+            .await
+            .unwrap(),
+        "a lapsed lease goes to another holder (at its end, inclusive)"
+    );
+    assert!(
+        !store.renew_lease(&key, &a, ttl, at(51)).await.unwrap(),
+        "the old holder has lost it"
+    );
+    assert!(!store.release_lease(&key, &a).await.unwrap());
+    assert!(
+        store.release_lease(&key, &b).await.unwrap(),
+        "the holder releases"
+    );
+    assert!(
+        !store.release_lease(&key, &b).await.unwrap(),
+        "released once"
+    );
+    assert!(
+        store
+            .try_acquire_lease(&key, &a, ttl, at(52))
+            .await
+            .unwrap(),
+        "a released key is free before its end"
+    );
+    assert!(store.release_lease(&key, &a).await.unwrap());
+    assert!(store.release_lease(&other_key, &b).await.unwrap());
+}
+
+/// Many holders racing for one free key at once: exactly one wins.
+pub async fn check_concurrent_lease_acquires(store: Arc<dyn Store>) {
+    let key = format!("conformance:race:{}", unique());
+    let now = Utc::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                store
+                    .try_acquire_lease(
+                        &key,
+                        &format!("racer-{i}"),
+                        std::time::Duration::from_secs(30),
+                        now,
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1, "one holder at a time");
 }
