@@ -45,7 +45,7 @@
 //! the subject `alice`, and a principal's aliases never match. Only the
 //! refusals widen: the requester never approves their own request under any
 //! spelling, and a quorum counts distinct people
-//! ([`identity_skeleton`](crate::types::identity_skeleton)). Patterns are
+//! ([`identity_skeleton`]). Patterns are
 //! unanchored unless they use `^` and `$`.
 //!
 //! An entitlement with neither `approval` nor `auto_approve` is valid but
