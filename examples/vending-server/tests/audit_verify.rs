@@ -17,6 +17,12 @@ use vending_server::config::{
 };
 use vending_server::{demo, Server};
 
+/// The tests of this file run one at a time: the log-capture test installs a
+/// thread-local subscriber, and tracing caches a callsite's interest
+/// globally, so a test hitting the same callsite on another thread at that
+/// moment (with no subscriber) could hide the line it looks for.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn config(dir: &Path) -> Config {
     let mut providers = BTreeMap::new();
     providers.insert(
@@ -64,6 +70,7 @@ struct World {
 }
 
 async fn world() -> World {
+    // (Callers hold `SERIAL`.)
     use jsonwebtoken::crypto::{rust_crypto, CryptoProvider};
     let _ = CryptoProvider::install_default(&rust_crypto::DEFAULT_PROVIDER);
     let dir = tempfile::tempdir().unwrap();
@@ -111,6 +118,7 @@ async fn verify(w: &World) -> (StatusCode, Value) {
 
 #[tokio::test]
 async fn an_invalid_audit_row_is_named_not_a_500() {
+    let _serial = SERIAL.lock().await;
     let w = world().await;
     let (status, v) = verify(&w).await;
     assert_eq!(status, StatusCode::OK);
@@ -138,6 +146,7 @@ async fn an_invalid_audit_row_is_named_not_a_500() {
 
 #[tokio::test]
 async fn deleting_the_last_records_is_caught_by_the_checkpoint_file() {
+    let _serial = SERIAL.lock().await;
     let w = world().await;
     let n = verify(&w).await.1["records"].as_u64().unwrap();
     sqlx::query("DELETE FROM audit WHERE seq > ?")
@@ -156,6 +165,7 @@ async fn deleting_the_last_records_is_caught_by_the_checkpoint_file() {
 
 #[tokio::test]
 async fn a_rehashed_record_fails_on_its_seal() {
+    let _serial = SERIAL.lock().await;
     let w = world().await;
     let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, body FROM audit ORDER BY seq")
         .fetch_all(&w.db)
@@ -214,6 +224,7 @@ impl std::io::Write for Logs {
 
 #[tokio::test]
 async fn the_audit_key_is_created_private_and_its_bytes_never_reach_the_logs() {
+    let _serial = SERIAL.lock().await;
     let logs = Logs::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
