@@ -484,13 +484,6 @@ fn decode_record(row: &PgRow) -> Result<RequestRecord> {
     sql::decode_record(&body)
 }
 
-fn decode_audit(row: &PgRow) -> Result<AuditRecord> {
-    let body: String = row
-        .try_get("body")
-        .map_err(|e| db_error("read audit record", e))?;
-    sql::decode_audit(&body)
-}
-
 /// Chains `events` after the head, holding the head row's lock until the
 /// transaction ends. Must run inside the transition's transaction.
 async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
@@ -706,18 +699,7 @@ impl Store for PostgresStore {
     }
 
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        sqlx::query("SELECT body FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2")
-            .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
-            .bind(sql::limit_i64(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error("read audit records", e))?
-            .iter()
-            .map(decode_audit)
-            .collect()
+        sql::audit_records(self.audit_entries(from_seq, limit).await?)
     }
 
     async fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>> {

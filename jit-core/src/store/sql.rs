@@ -85,6 +85,21 @@ pub(crate) fn audit_entry(seq: i64, body: &str) -> AuditEntry {
     }
 }
 
+/// The records of a page of audit entries, or the first undecodable row as
+/// an error: [`Store::audit`](super::Store::audit) of the SQL stores, read
+/// through their `audit_entries` so each engine has one audit query.
+pub(crate) fn audit_records(entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>> {
+    entries
+        .into_iter()
+        .map(|e| match e {
+            AuditEntry::Record(r) => Ok(r),
+            AuditEntry::Undecodable { seq, error } => Err(Error::Store(format!(
+                "stored audit record {seq} is not valid: {error}"
+            ))),
+        })
+        .collect()
+}
+
 /// Audit events chained after a head, ready to store.
 pub(crate) struct Chained {
     /// The records, in order.

@@ -396,13 +396,6 @@ fn decode_record(row: &sqlx::sqlite::SqliteRow) -> Result<RequestRecord> {
     sql::decode_record(&body)
 }
 
-fn decode_audit(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord> {
-    let body: String = row
-        .try_get("body")
-        .map_err(|e| db_error("read audit record", e))?;
-    sql::decode_audit(&body)
-}
-
 /// Chains `events` after the current head. Must run inside a write transaction.
 async fn append_in(conn: &mut SqliteConnection, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
     if events.is_empty() {
@@ -609,18 +602,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        sqlx::query("SELECT body FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
-            .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
-            .bind(sql::limit_i64(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error("read audit records", e))?
-            .iter()
-            .map(decode_audit)
-            .collect()
+        sql::audit_records(self.audit_entries(from_seq, limit).await?)
     }
 
     async fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>> {
