@@ -18,6 +18,8 @@
 //!   remote call is made.
 //! - **No secrets in errors.** Errors and [`IssuedGrant`] never carry secret values.
 
+pub mod registry;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
