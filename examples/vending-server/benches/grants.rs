@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jit_core::local::LocalKey;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
-use vending_server::config::{AuthConfig, Config, Limits, ProviderConfig, ReaperConfig};
+use vending_server::config::{AuthConfig, Config, Limits, ProviderTable, ReaperConfig};
 use vending_server::demo::{self, DemoIssuer};
 use vending_server::Server;
 
@@ -41,16 +41,7 @@ fn bench(c: &mut Criterion) {
     let issuer = DemoIssuer::new(LocalKey::generate());
     let token = issuer.token("alice", &["engineering"], 24 * 3600).unwrap();
     let mut providers = BTreeMap::new();
-    providers.insert(
-        "local".to_string(),
-        ProviderConfig {
-            kind: "local".into(),
-            issuer: None,
-            key_file: None,
-            max_duration: None,
-            ..Default::default()
-        },
-    );
+    providers.insert("local".to_string(), ProviderTable::new("local"));
     let config = Config {
         listen: "127.0.0.1:0".into(),
         store_url: format!("sqlite://{}", dir.path().join("jit.db").display()),
@@ -72,6 +63,8 @@ fn bench(c: &mut Criterion) {
         metrics: Default::default(),
         introspection: Default::default(),
         audit: Default::default(),
+        base_dir: None,
+        ignore_provider_env: true,
     };
     let server_url = rt.block_on(async {
         let server = Server::build(config, Some(&issuer)).await.unwrap();

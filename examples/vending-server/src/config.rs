@@ -23,7 +23,7 @@
 //! azure_object_id = "oid"
 //!
 //! [providers.local]                       # the table name is the provider name
-//! kind = "local"
+//! kind = "local"                          # the factory; the other keys are its own
 //! issuer = "jit"
 //! key_file = "local-key.pem"              # JIT_LOCAL_KEY_FILE; created (0600) if missing
 //! previous_key_files = ["local-key-2026-10.pem"]  # rotation: still verified, never signing
@@ -36,7 +36,7 @@
 //! max_duration = "4h"                     # JIT_AWS_MAX_DURATION
 //! # endpoint_url, issue_margin, role_cache_ttl, over_role_max, revocation_policy,
 //! # revocation_policy_limit, propagation, source_identity, session_tags,
-//! # account_id, call_timeout: see ProviderConfig
+//! # account_id, call_timeout: see jit_aws::config::KEYS
 //! # roles in other accounts: the role the server assumes to manage them
 //! # management_roles = { "111111111111" = "arn:aws:iam::111111111111:role/JitManager" }
 //!
@@ -68,11 +68,14 @@
 //! sealed_from = 1                         # records before this seq may be unsealed (a chain older than its key)
 //! ```
 //!
-//! Unknown keys are errors, like in the catalogue.
+//! Unknown keys are errors, like in the catalogue: in a provider table, when
+//! the server starts (the table's factory knows its keys, see
+//! [`ProviderTable`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use jit_core::provider::registry::ProviderConfig;
 use serde::Deserialize;
 
 use crate::auth::ClaimNames;
@@ -98,7 +101,7 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Providers by name.
     #[serde(default)]
-    pub providers: BTreeMap<String, ProviderConfig>,
+    pub providers: BTreeMap<String, ProviderTable>,
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
@@ -114,6 +117,15 @@ pub struct Config {
     /// The audit key and checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Where relative paths in provider tables are resolved: the config
+    /// file's directory ([`Config::load`] sets it).
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+    /// Whether provider settings ignore their environment variables
+    /// (`JIT_AWS_*`, `JIT_LOCAL_KEY_FILE`): demo mode, which must not pick
+    /// up a production key file from the environment.
+    #[serde(skip)]
+    pub ignore_provider_env: bool,
 }
 
 /// `[audit]`: the key that seals the audit chain and where signed
@@ -192,160 +204,89 @@ fn default_refresh() -> u64 {
 }
 
 /// `[providers.NAME]`: the table name is the provider name entitlements
-/// select (`provider = "NAME"`).
+/// select (`provider = "NAME"`), `kind` picks the factory of the
+/// [`jit_core::provider::registry`] that builds it, and every other key is
+/// that factory's, passed on as a string map (scalars as their text, arrays
+/// comma-separated, inline tables as `KEY=VALUE` pairs joined by commas).
 ///
-/// `kind = "local"` takes `issuer`, `key_file`, `previous_key_files` and
-/// `max_duration`.
-/// `kind = "aws"` takes `max_duration` and the AWS settings below, each the
-/// same as a `JIT_AWS_*` variable of [`jit_aws::config`] (which wins when
-/// set); the server's own AWS identity comes from the standard chain
-/// (environment, profile, web identity, ECS, IMDS).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
-    /// `local` (signed tokens, no cloud) or `aws` (STS `AssumeRole`).
+/// The kinds this server registers ([`crate::provider_registry`]):
+///
+/// - `local` ([`jit_core::provider::registry::LocalFactory`]): `issuer`,
+///   `key_file` (`JIT_LOCAL_KEY_FILE`), `previous_key_files`, `max_duration`;
+/// - `aws` ([`jit_aws::factory`]): the keys of [`jit_aws::config::KEYS`],
+///   each the same as its `JIT_AWS_*` variable, which wins when set; the
+///   server's own AWS identity comes from the standard chain (environment,
+///   profile, web identity, ECS, IMDS).
+///
+/// An unknown kind or key is refused when the server starts, naming the
+/// table. Relative paths are resolved against the config file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderTable {
+    /// Which factory builds the provider (`local`, `aws`).
     pub kind: String,
-    /// Token issuer name (`local`).
-    #[serde(default)]
-    pub issuer: Option<String>,
-    /// Ed25519 PKCS#8 PEM key file; generated if missing (`local`).
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// Key rotation (`local`): earlier key files whose tokens are still
-    /// accepted (introspection, the published JWKS) but which sign nothing
-    /// new. Put the old `key_file` here and a new path in `key_file`; drop it
-    /// once the longest grant issued under it has ended.
-    #[serde(default)]
-    pub previous_key_files: Vec<PathBuf>,
-    /// Longest grant, e.g. `8h`.
-    #[serde(default)]
-    pub max_duration: Option<String>,
-    /// Region for STS and IAM (`aws`; `JIT_AWS_REGION`).
-    #[serde(default)]
-    pub region: Option<String>,
-    /// One endpoint for STS and IAM: a VPC endpoint, a test server (`aws`; `JIT_AWS_ENDPOINT_URL`).
-    #[serde(default)]
-    pub endpoint_url: Option<String>,
-    /// `true`, `false` or `detect`: whether the server's identity is an
-    /// assumed role, which caps sessions at 1 h (`aws`; `JIT_AWS_ROLE_CHAINING`).
-    #[serde(default)]
-    pub role_chaining: Option<String>,
-    /// Room between fixing a window and calling STS, e.g. `1m` (`aws`; `JIT_AWS_ISSUE_MARGIN`).
-    #[serde(default)]
-    pub issue_margin: Option<String>,
-    /// How long a role's `MaxSessionDuration` is cached (`aws`; `JIT_AWS_ROLE_CACHE_TTL`).
-    #[serde(default)]
-    pub role_cache_ttl: Option<String>,
-    /// `clamp` or `refuse` windows longer than the role allows (`aws`; `JIT_AWS_OVER_ROLE_MAX`).
-    #[serde(default)]
-    pub over_role_max: Option<String>,
-    /// Inline role policy holding revocations (`aws`; `JIT_AWS_REVOCATION_POLICY`).
-    #[serde(default)]
-    pub revocation_policy: Option<String>,
-    /// Largest revocation policy in characters (`aws`; `JIT_AWS_REVOCATION_POLICY_LIMIT`).
-    #[serde(default)]
-    pub revocation_policy_limit: Option<u64>,
-    /// Advertised time for a revocation to take effect (`aws`; `JIT_AWS_PROPAGATION`).
-    #[serde(default)]
-    pub propagation: Option<String>,
-    /// Set `SourceIdentity` to the requester (`aws`; `JIT_AWS_SOURCE_IDENTITY`).
-    #[serde(default)]
-    pub source_identity: Option<bool>,
-    /// Pass session tags (`aws`; `JIT_AWS_SESSION_TAGS`).
-    #[serde(default)]
-    pub session_tags: Option<bool>,
-    /// The server's own account, skipping detection (`aws`; `JIT_AWS_ACCOUNT_ID`).
-    #[serde(default)]
-    pub account_id: Option<String>,
-    /// Per other account, the role the server assumes to manage role
-    /// policies there, e.g. `{ "111111111111" = "arn:aws:iam::111111111111:role/JitManager" }`
-    /// (`aws`; `JIT_AWS_MANAGEMENT_ROLES` as `ACCOUNT=ARN,...`).
-    #[serde(default)]
-    pub management_roles: BTreeMap<String, String>,
-    /// Longest time one STS or IAM call may take, e.g. `30s` (`aws`; `JIT_AWS_CALL_TIMEOUT`).
-    #[serde(default)]
-    pub call_timeout: Option<String>,
+    /// Every other key of the table.
+    pub settings: ProviderConfig,
 }
 
-impl ProviderConfig {
-    /// The settings given for `kind = "aws"`, as the `JIT_AWS_*` variables they mirror.
-    pub fn aws_settings(&self) -> BTreeMap<&'static str, String> {
-        let mut m = BTreeMap::new();
-        let mut put = |k: &'static str, v: Option<String>| {
-            if let Some(v) = v {
-                m.insert(k, v);
-            }
-        };
-        put("JIT_AWS_MAX_DURATION", self.max_duration.clone());
-        put("JIT_AWS_REGION", self.region.clone());
-        put("JIT_AWS_ENDPOINT_URL", self.endpoint_url.clone());
-        put("JIT_AWS_ROLE_CHAINING", self.role_chaining.clone());
-        put("JIT_AWS_ISSUE_MARGIN", self.issue_margin.clone());
-        put("JIT_AWS_ROLE_CACHE_TTL", self.role_cache_ttl.clone());
-        put("JIT_AWS_OVER_ROLE_MAX", self.over_role_max.clone());
-        put("JIT_AWS_REVOCATION_POLICY", self.revocation_policy.clone());
-        put(
-            "JIT_AWS_REVOCATION_POLICY_LIMIT",
-            self.revocation_policy_limit.map(|n| n.to_string()),
-        );
-        put("JIT_AWS_PROPAGATION", self.propagation.clone());
-        put(
-            "JIT_AWS_SOURCE_IDENTITY",
-            self.source_identity.map(|b| b.to_string()),
-        );
-        put(
-            "JIT_AWS_SESSION_TAGS",
-            self.session_tags.map(|b| b.to_string()),
-        );
-        put("JIT_AWS_ACCOUNT_ID", self.account_id.clone());
-        put(
-            "JIT_AWS_MANAGEMENT_ROLES",
-            (!self.management_roles.is_empty()).then(|| {
-                self.management_roles
-                    .iter()
-                    .map(|(account, arn)| format!("{account}={arn}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            }),
-        );
-        put("JIT_AWS_CALL_TIMEOUT", self.call_timeout.clone());
-        m
+impl ProviderTable {
+    /// A table of `kind` with no other keys.
+    pub fn new(kind: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            settings: ProviderConfig::new(),
+        }
     }
 
-    /// Refuses keys that do not belong to the provider's kind, so a typo'd
-    /// kind or a misplaced key is an error, not a silently ignored setting.
-    pub fn check(&self, name: &str) -> Result<(), String> {
-        let local_only = [
-            ("issuer", self.issuer.is_some()),
-            ("key_file", self.key_file.is_some()),
-            ("previous_key_files", !self.previous_key_files.is_empty()),
-        ];
-        let aws_keys = self.aws_settings();
-        let misplaced: Vec<String> = match self.kind.as_str() {
-            "local" => aws_keys
-                .keys()
-                .filter(|k| **k != "JIT_AWS_MAX_DURATION")
-                .map(|k| k.trim_start_matches("JIT_AWS_").to_ascii_lowercase())
-                .collect(),
-            "aws" => local_only
-                .iter()
-                .filter(|(_, set)| *set)
-                .map(|(k, _)| k.to_string())
-                .collect(),
-            other => {
-                return Err(format!(
-                    "provider `{name}`: kind `{other}` is not supported (use `local` or `aws`)"
-                ))
-            }
-        };
-        match misplaced.as_slice() {
-            [] => Ok(()),
-            keys => Err(format!(
-                "provider `{name}`: `{}` do not apply to kind `{}`",
-                keys.join("`, `"),
-                self.kind
-            )),
+    /// Adds a key.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.insert(key, value);
+        self
+    }
+}
+
+/// A TOML value as the factories' string map takes it.
+fn setting_text(key: &str, v: &toml::Value) -> Result<String, String> {
+    use toml::Value as V;
+    let scalar = |v: &V| -> Option<String> {
+        match v {
+            V::String(s) => Some(s.clone()),
+            V::Integer(n) => Some(n.to_string()),
+            V::Float(f) => Some(f.to_string()),
+            V::Boolean(b) => Some(b.to_string()),
+            V::Datetime(d) => Some(d.to_string()),
+            V::Array(_) | V::Table(_) => None,
         }
+    };
+    let nested = || format!("`{key}`: nested arrays and tables are not supported");
+    Ok(match v {
+        V::Array(items) => items
+            .iter()
+            .map(|i| scalar(i).ok_or_else(nested))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(","),
+        V::Table(t) => t
+            .iter()
+            .map(|(k, i)| scalar(i).map(|i| format!("{k}={i}")).ok_or_else(nested))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(","),
+        other => scalar(other).ok_or_else(nested)?,
+    })
+}
+
+impl<'de> Deserialize<'de> for ProviderTable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(k)) => k,
+            Some(_) => return Err(D::Error::custom("`kind` must be a string")),
+            None => return Err(D::Error::missing_field("kind")),
+        };
+        let mut settings = ProviderConfig::new();
+        for (k, v) in &table {
+            settings.insert(k.clone(), setting_text(k, v).map_err(D::Error::custom)?);
+        }
+        Ok(Self { kind, settings })
     }
 }
 
@@ -444,12 +385,9 @@ impl Config {
         if let Some(p) = c.metrics.bearer_token_file.as_mut() {
             rel(p);
         }
-        for pc in c.providers.values_mut() {
-            if let Some(p) = pc.key_file.as_mut() {
-                rel(p);
-            }
-            pc.previous_key_files.iter_mut().for_each(rel);
-        }
+        // Provider tables are the factories' business: they resolve their
+        // own paths against this directory.
+        c.base_dir = Some(base.to_path_buf());
         if let Some(p) = c.audit.key_file.as_mut() {
             rel(p);
         }
@@ -502,11 +440,6 @@ impl Config {
         }
         if let Some(v) = get("JIT_AUDIT_CHECKPOINT_FILE") {
             self.audit.checkpoint_file = Some(v.into());
-        }
-        if let Some(v) = get("JIT_LOCAL_KEY_FILE") {
-            for p in self.providers.values_mut().filter(|p| p.kind == "local") {
-                p.key_file = Some(v.clone().into());
-            }
         }
     }
 }
@@ -604,70 +537,58 @@ mod tests {
     }
 
     #[test]
-    fn aws_providers_mirror_jit_aws_variables_and_misplaced_keys_are_refused() {
+    fn provider_tables_become_string_maps_for_their_factory() {
         let c = Config::from_toml_str(&format!(
-            "{MIN}\n[providers.prod]\nkind = \"aws\"\nregion = \"eu-west-1\"\nrole_chaining = \"false\"\nmax_duration = \"4h\"\nsession_tags = false\nrevocation_policy_limit = 4096\n"
+            "{MIN}\n[providers.prod]\nkind = \"aws\"\nregion = \"eu-west-1\"\nrole_chaining = \"false\"\nmax_duration = \"4h\"\nsession_tags = false\nrevocation_policy_limit = 4096\n[providers.prod.management_roles]\n111111111111 = \"arn:aws:iam::111111111111:role/JitManager\"\n222222222222 = \"arn:aws:iam::222222222222:role/JitManager\"\n[providers.tokens]\nkind = \"local\"\nprevious_key_files = [\"a.pem\", \"b.pem\"]\n"
         ))
         .unwrap();
         let prod = &c.providers["prod"];
-        prod.check("prod").unwrap();
-        let s = prod.aws_settings();
-        assert_eq!(s["JIT_AWS_REGION"], "eu-west-1");
-        assert_eq!(s["JIT_AWS_ROLE_CHAINING"], "false");
-        assert_eq!(s["JIT_AWS_MAX_DURATION"], "4h");
-        assert_eq!(s["JIT_AWS_SESSION_TAGS"], "false");
-        assert_eq!(s["JIT_AWS_REVOCATION_POLICY_LIMIT"], "4096");
-        assert_eq!(s.len(), 5);
-        // jit-aws parses exactly these names.
-        let aws = jit_aws::AwsConfig::from_lookup(|k| s.get(k).cloned()).unwrap();
+        assert_eq!(prod.kind, "aws");
+        let s = &prod.settings;
+        assert_eq!(s.get("region"), Some("eu-west-1"));
+        assert_eq!(s.get("session_tags"), Some("false"));
+        assert_eq!(s.get("revocation_policy_limit"), Some("4096"));
+        assert_eq!(
+            s.get("management_roles"),
+            Some("111111111111=arn:aws:iam::111111111111:role/JitManager,222222222222=arn:aws:iam::222222222222:role/JitManager")
+        );
+        assert!(!s.contains("kind"));
+        // jit-aws reads exactly these keys.
+        let aws = jit_aws::AwsConfig::from_provider_config("prod", s).unwrap();
         assert_eq!(aws.region.as_deref(), Some("eu-west-1"));
         assert_eq!(aws.role_chaining, Some(false));
         assert!(!aws.session_tags);
         assert_eq!(aws.revocation_policy_limit, 4096);
-        c.providers["local"].check("local").unwrap();
-
-        // Roles in other accounts: the management roles reach jit-aws.
-        let c = Config::from_toml_str(&format!(
-            "{MIN}\n[providers.multi]\nkind = \"aws\"\naccount_id = \"123456789012\"\ncall_timeout = \"10s\"\n[providers.multi.management_roles]\n111111111111 = \"arn:aws:iam::111111111111:role/JitManager\"\n222222222222 = \"arn:aws:iam::222222222222:role/JitManager\"\n"
-        ))
-        .unwrap();
-        let s = c.providers["multi"].aws_settings();
-        let aws = jit_aws::AwsConfig::from_lookup(|k| s.get(k).cloned()).unwrap();
-        assert_eq!(aws.account_id.as_deref(), Some("123456789012"));
         assert_eq!(aws.management_roles.len(), 2);
         assert_eq!(
-            aws.management_roles["222222222222"],
-            "arn:aws:iam::222222222222:role/JitManager"
+            c.providers["tokens"].settings.list("previous_key_files"),
+            ["a.pem", "b.pem"]
         );
-        assert_eq!(aws.call_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(c.providers["local"], ProviderTable::new("local"));
+    }
 
-        let local_with_region = ProviderConfig {
-            kind: "local".into(),
-            region: Some("eu-west-1".into()),
-            ..Default::default()
-        };
-        let err = local_with_region.check("l").unwrap_err();
-        assert!(
-            err.contains("`region` do not apply to kind `local`"),
-            "{err}"
-        );
-        let aws_with_key = ProviderConfig {
-            kind: "aws".into(),
-            key_file: Some("k.pem".into()),
-            ..Default::default()
-        };
-        let err = aws_with_key.check("a").unwrap_err();
-        assert!(
-            err.contains("`key_file` do not apply to kind `aws`"),
-            "{err}"
-        );
-        let gcp = ProviderConfig {
-            kind: "gcp".into(),
-            ..Default::default()
-        };
-        assert!(gcp
-            .check("g")
-            .unwrap_err()
-            .contains("kind `gcp` is not supported"));
+    #[test]
+    fn a_provider_table_needs_a_string_kind_and_flat_values() {
+        for (table, text) in [
+            ("[providers.p]\nregion = \"x\"\n", "missing field `kind`"),
+            ("[providers.p]\nkind = 1\n", "`kind` must be a string"),
+            (
+                "[providers.p]\nkind = \"aws\"\nx = [[1]]\n",
+                "`x`: nested arrays and tables are not supported",
+            ),
+        ] {
+            let err = Config::from_toml_str(&format!("{MIN}\n{table}")).unwrap_err();
+            assert!(err.contains(text), "{table}: {err}");
+        }
+    }
+
+    #[test]
+    fn load_records_the_directory_provider_paths_resolve_against() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, MIN).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.base_dir.as_deref(), Some(dir.path()));
+        assert!(Config::from_toml_str(MIN).unwrap().base_dir.is_none());
     }
 }

@@ -38,8 +38,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use jit_aws::{AwsConfig, AwsProvider};
-use jit_core::local::{LocalKey, LocalProvider};
+use jit_core::provider::registry::{FactoryContext, ProviderRegistry};
 use jit_core::{Broker, CataloguePolicy, Provider, Reaper, Store};
 use jsonwebtoken::Algorithm;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -60,33 +59,46 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Builds a jit-aws provider named `name`: the table's settings, each
-/// overridden by its `JIT_AWS_*` variable; the AWS identity from the
-/// standard chain. With `role_chaining = "detect"` (the default) this calls
-/// `sts:GetCallerIdentity` once, so a server without AWS credentials fails
-/// at start, not at the first request. Revocation-policy writes take
-/// leases in the server's store, so replicas (and a Lambda function on the
-/// same store) never overwrite each other's revocations.
-async fn aws_provider(
-    name: &str,
-    pc: &config::ProviderConfig,
+/// The provider kinds this server knows: `local` (jit-core) and `aws`
+/// (jit-aws). A build of the server with more clouds registers their
+/// factories here (or passes its own registry to
+/// [`Server::build_with_registry`]); the configuration gains no fields.
+pub fn provider_registry() -> ProviderRegistry {
+    ProviderRegistry::builtin().with(jit_aws::factory())
+}
+
+/// Builds every `[providers.NAME]` table through `registry`. The factories
+/// share the server's store (AWS revocation-policy writes take leases in
+/// it, so replicas and a Lambda function on the same store never overwrite
+/// each other's revocations), the config file's directory for relative
+/// paths and, unless the config says otherwise, the process environment
+/// (`JIT_AWS_*`, `JIT_LOCAL_KEY_FILE` win over their keys). A provider that
+/// cannot be built stops the start with an error naming its table.
+pub async fn build_providers(
+    config: &Config,
     store: Arc<dyn Store>,
-) -> Result<AwsProvider, String> {
-    let settings = pc.aws_settings();
-    let lookup = |k: &str| {
-        if k == "JIT_AWS_PROVIDER_NAME" {
-            return None; // the table name is the provider name
-        }
-        std::env::var(k).ok().or_else(|| settings.get(k).cloned())
-    };
-    let config = AwsConfig::from_lookup(lookup)
-        .map_err(|e| format!("provider `{name}`: {e}"))?
-        .with_name(name);
-    AwsProvider::builder(config)
-        .lease_store(store)
-        .build()
-        .await
-        .map_err(|e| format!("provider `{name}`: {e}"))
+    registry: &ProviderRegistry,
+) -> Result<(Vec<Arc<dyn Provider>>, FactoryContext), String> {
+    let mut ctx = FactoryContext::new().with_store(store);
+    if let Some(dir) = &config.base_dir {
+        ctx = ctx.with_base_dir(dir);
+    }
+    if !config.ignore_provider_env {
+        ctx = ctx.with_process_env();
+    }
+    let mut providers = Vec::new();
+    for (name, table) in &config.providers {
+        let provider = registry
+            .build(name, &table.kind, &table.settings, &ctx)
+            .await
+            .map_err(|e| match e {
+                // These name the table already.
+                jit_core::Error::Config(jit_core::ConfigError::Provider(_)) => e.to_string(),
+                e => format!("provider `{name}` (kind `{}`): {e}", table.kind),
+            })?;
+        providers.push(provider);
+    }
+    Ok((providers, ctx))
 }
 
 /// Seals the audit chain with the configured key (created if missing) and
@@ -183,6 +195,17 @@ impl Server {
         store: Arc<dyn Store>,
         demo: Option<&demo::DemoIssuer>,
     ) -> Result<Self, String> {
+        Self::build_with_registry(config, store, demo, &provider_registry()).await
+    }
+
+    /// Like [`Server::build_with_store`], with the provider kinds of
+    /// `registry` instead of [`provider_registry`]'s.
+    pub async fn build_with_registry(
+        config: Config,
+        store: Arc<dyn Store>,
+        demo: Option<&demo::DemoIssuer>,
+        registry: &ProviderRegistry,
+    ) -> Result<Self, String> {
         let metrics = Metrics::new().map_err(|e| e.to_string())?;
         let metrics_token = match &config.metrics.bearer_token_file {
             Some(p) => {
@@ -211,36 +234,16 @@ impl Server {
         }
         .map_err(|e| format!("catalogue: {e}"))?;
         let mut builder = Broker::builder(store.clone(), Arc::new(policy));
-        let mut local_keys = std::collections::BTreeMap::new();
-        for (name, pc) in &config.providers {
-            pc.check(name)?;
-            let provider: Arc<dyn Provider> = match pc.kind.as_str() {
-                "aws" => Arc::new(aws_provider(name, pc, store.clone()).await?),
-                _ => {
-                    let key = demo::load_or_generate_key(pc.key_file.as_deref())?;
-                    let mut b = LocalProvider::builder(key)
-                        .name(name.clone())
-                        .issuer(pc.issuer.clone().unwrap_or_else(|| "jit".into()));
-                    if let Some(d) = &pc.max_duration {
-                        let d = jit_core::types::parse_duration(d)
-                            .map_err(|e| format!("provider `{name}`: {e}"))?;
-                        b = b.max_duration(d);
-                    }
-                    for path in &pc.previous_key_files {
-                        let pem = std::fs::read_to_string(path).map_err(|e| {
-                            format!("provider `{name}`: cannot read `{}`: {e}", path.display())
-                        })?;
-                        let old = LocalKey::from_pkcs8_pem(&pem)
-                            .map_err(|e| format!("provider `{name}`: `{}`: {e}", path.display()))?;
-                        b = b.previous_key(old.public_key());
-                    }
-                    let local = b.build();
-                    local_keys.insert(name.clone(), api::LocalKeys::of(&local));
-                    Arc::new(local)
-                }
-            };
+        let (providers, ctx) = build_providers(&config, store.clone(), registry).await?;
+        for provider in providers {
             builder = builder.provider(Arc::new(Measured::new(provider, metrics.clone())));
         }
+        let local_keys: std::collections::BTreeMap<_, _> = ctx
+            .local_providers()
+            .all()
+            .into_iter()
+            .map(|(name, p)| (name, api::LocalKeys::of(&p)))
+            .collect();
         builder = audit_setup(builder, &config.audit)?;
         let broker = builder.build().map_err(|e| e.to_string())?;
 
@@ -514,4 +517,142 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use async_trait::async_trait;
+    use jit_core::provider::registry::{ConfigKey, LocalFactory, ProviderConfig, ProviderFactory};
+    use jit_core::MemoryStore;
+
+    use super::*;
+
+    const MIN: &str = r#"
+        catalogue = ""
+        [auth]
+        issuer = "https://id"
+        audience = "jit"
+        jwks_url = "https://id/jwks"
+    "#;
+
+    fn config(providers: &str) -> Config {
+        let mut c = Config::from_toml_str(&format!("{MIN}\n{providers}")).unwrap();
+        c.ignore_provider_env = true;
+        c
+    }
+
+    async fn build(c: &Config, registry: &ProviderRegistry) -> Result<Vec<String>, String> {
+        build_providers(c, Arc::new(MemoryStore::new()), registry)
+            .await
+            .map(|(ps, _)| ps.iter().map(|p| p.name().to_string()).collect())
+    }
+
+    #[tokio::test]
+    async fn unknown_kinds_and_keys_stop_the_start_naming_the_table() {
+        let err = build(
+            &config("[providers.cloud]\nkind = \"gcp\"\n"),
+            &provider_registry(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains(
+                "provider `cloud`: kind `gcp` is not supported; known kinds: `aws`, `local`"
+            ),
+            "{err}"
+        );
+        let err = build(
+            &config("[providers.tokens]\nkind = \"local\"\nregion = \"eu-west-1\"\n"),
+            &provider_registry(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains("provider `tokens` (kind `local`): unknown key `region`; known keys: `issuer`, `key_file`, `previous_key_files`, `max_duration`"),
+            "{err}"
+        );
+        let err = build(
+            &config("[providers.prod]\nkind = \"aws\"\nkey_file = \"k.pem\"\n"),
+            &provider_registry(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains("provider `prod` (kind `aws`): unknown key `key_file`"),
+            "{err}"
+        );
+        let err = build(
+            &config("[providers.prod]\nkind = \"aws\"\nmax_duration = \"13h\"\n"),
+            &provider_registry(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains("provider `prod`: `max_duration` is invalid"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn local_tables_are_built_and_published_with_paths_from_the_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(
+            "[providers.tokens]\nkind = \"local\"\nkey_file = \"tokens.pem\"\nissuer = \"acme\"\nmax_duration = \"2h\"\n[providers.local]\nkind = \"local\"\n",
+        );
+        c.base_dir = Some(dir.path().to_path_buf());
+        let (providers, ctx) =
+            build_providers(&c, Arc::new(MemoryStore::new()), &provider_registry())
+                .await
+                .unwrap();
+        let names: Vec<&str> = providers.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["local", "tokens"]);
+        assert!(dir.path().join("tokens.pem").exists());
+        let tokens = ctx.local_providers().get("tokens").unwrap();
+        assert_eq!(tokens.issuer(), "acme");
+        assert_eq!(
+            providers[1].capabilities().max_duration,
+            Duration::from_secs(7200)
+        );
+        assert_eq!(ctx.local_providers().get("local").unwrap().issuer(), "jit");
+    }
+
+    /// Another cloud: one registered factory, no server change.
+    struct Other;
+
+    #[async_trait]
+    impl ProviderFactory for Other {
+        fn kind(&self) -> &str {
+            "other"
+        }
+        fn keys(&self) -> &[ConfigKey] {
+            const KEYS: &[ConfigKey] = &[ConfigKey::required("tenant", "the tenant")];
+            KEYS
+        }
+        async fn build(
+            &self,
+            name: &str,
+            config: &ProviderConfig,
+            ctx: &FactoryContext,
+        ) -> jit_core::Result<Arc<dyn Provider>> {
+            config.require("tenant")?;
+            LocalFactory.build(name, &ProviderConfig::new(), ctx).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_kind_is_a_registered_factory() {
+        let registry = provider_registry().with(Other);
+        let c = config("[providers.azure-prod]\nkind = \"other\"\ntenant = \"t1\"\n");
+        assert_eq!(build(&c, &registry).await.unwrap(), ["azure-prod"]);
+        let err = build(&config("[providers.o]\nkind = \"other\"\n"), &registry)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("provider `o` (kind `other`): `tenant` is required"),
+            "{err}"
+        );
+        // Without the factory, the same table is refused.
+        assert!(build(&c, &provider_registry()).await.is_err());
+    }
 }

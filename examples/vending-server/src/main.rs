@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use vending_server::config::{
-    AuditConfig, AuthConfig, Config, IntrospectionConfig, Limits, ProviderConfig, ReaperConfig,
+    AuditConfig, AuthConfig, Config, IntrospectionConfig, Limits, ProviderTable, ReaperConfig,
 };
 use vending_server::{demo, load_config, shutdown_signal, Server};
 
@@ -68,13 +68,10 @@ async fn run(args: Args) -> Result<(), String> {
         let mut providers = BTreeMap::new();
         providers.insert(
             "local".to_string(),
-            ProviderConfig {
-                kind: "local".into(),
-                issuer: Some("jit-demo".into()),
-                key_file: Some(dir.join("local-provider-key.pem")),
-                max_duration: None,
-                ..Default::default()
-            },
+            ProviderTable::new("local").with("issuer", "jit-demo").with(
+                "key_file",
+                dir.join("local-provider-key.pem").display().to_string(),
+            ),
         );
         let mut c = Config {
             listen: "127.0.0.1:8080".into(),
@@ -110,6 +107,9 @@ async fn run(args: Args) -> Result<(), String> {
                 checkpoint_every: 1,
                 ..Default::default()
             },
+            base_dir: Some(dir.clone()),
+            // The demo's own key files, whatever the environment says.
+            ignore_provider_env: true,
         };
         c.apply_env(|k| std::env::var(k).ok().filter(|_| k == "JIT_LISTEN"));
         (c, Some(issuer))

@@ -13,7 +13,7 @@ use jit_core::{AccessRequest, AuditRecord, Principal};
 use serde_json::Value;
 use tower::ServiceExt;
 use vending_server::config::{
-    AuditConfig, AuthConfig, Config, Limits, ProviderConfig, ReaperConfig,
+    AuditConfig, AuthConfig, Config, Limits, ProviderTable, ReaperConfig,
 };
 use vending_server::{demo, Server};
 
@@ -27,11 +27,7 @@ fn config(dir: &Path) -> Config {
     let mut providers = BTreeMap::new();
     providers.insert(
         "local".to_string(),
-        ProviderConfig {
-            kind: "local".into(),
-            key_file: Some(dir.join("local.pem")),
-            ..Default::default()
-        },
+        ProviderTable::new("local").with("key_file", dir.join("local.pem").display().to_string()),
     );
     Config {
         listen: "127.0.0.1:0".into(),
@@ -59,6 +55,8 @@ fn config(dir: &Path) -> Config {
             checkpoint_every: 1,
             ..Default::default()
         },
+        base_dir: None,
+        ignore_provider_env: true,
     }
 }
 
