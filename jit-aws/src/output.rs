@@ -14,7 +14,6 @@
 
 use chrono::SecondsFormat;
 use jit_core::{Credentials, Error, Secret};
-use serde_json::json;
 
 use crate::error::printable;
 
@@ -54,17 +53,18 @@ fn parts(c: &Credentials) -> Result<Parts<'_>, Error> {
     }
 }
 
-/// The `credential_process` JSON (version 1), one line.
+/// The `credential_process` JSON (version 1), one line: jit-core's
+/// [`CredentialProcess`](jit_core::wire::CredentialProcess), the one
+/// definition the Lambda function and the `jit` CLI print too.
 pub fn credential_process_json(c: &Credentials) -> Result<Secret, Error> {
-    let p = parts(c)?;
-    let doc = json!({
-        "Version": 1,
-        "AccessKeyId": p.access_key_id,
-        "SecretAccessKey": p.secret_access_key.expose(),
-        "SessionToken": p.session_token.expose(),
-        "Expiration": p.expiration,
-    });
-    Ok(Secret::new(doc.to_string()))
+    parts(c)?;
+    jit_core::wire::CredentialProcess::from_credentials(c)
+        .map(|doc| doc.to_json())
+        .ok_or_else(|| Error::ProviderRejected {
+            provider: "aws".into(),
+            operation: "output",
+            message: "these are not aws credentials".into(),
+        })
 }
 
 /// The environment variables an AWS SDK or CLI reads, as name/value pairs.

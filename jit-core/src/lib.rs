@@ -16,6 +16,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
+pub mod wire;
 
 pub use audit::{AuditEvent, AuditKind, AuditRecord, AuditSink};
 pub use broker::{Broker, BrokerBuilder, IssueOutcome};

@@ -68,7 +68,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Parser, Subcommand};
-use serde_json::{json, Value};
+use jit_core::wire::{
+    self, AuditVerification, CredentialProcess, CredentialsAnswer, CredentialsView, ErrorEnvelope,
+    ExtendBody, ReasonBody, RequestAnswer, RequestList, SubmitBody, WhoAmI,
+};
+use jit_core::{RequestRecord, State};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// Just-in-time access from the command line.
 #[derive(Debug, Parser)]
@@ -266,7 +272,7 @@ struct VerifyArgs {
 }
 
 /// `jit audit verify --file`: the server's verifier, run on an export.
-fn verify_offline(file: &std::path::Path, args: &VerifyArgs) -> Res<Value> {
+fn verify_offline(file: &std::path::Path, args: &VerifyArgs) -> Res<AuditVerification> {
     use jit_core::audit::{read_checkpoint_file, AuditKey, AuditKeyring, ChainVerifier};
     let mut verifier = ChainVerifier::new();
     let mut keys = args.key_files.iter();
@@ -287,41 +293,39 @@ fn verify_offline(file: &std::path::Path, args: &VerifyArgs) -> Res<Value> {
     }
     let input = std::fs::File::open(file)
         .map_err(|e| Fail::new(2, format!("cannot open `{}`: {e}", file.display())))?;
-    Ok(
-        match verifier.verify_jsonl(std::io::BufReader::new(input)) {
-            Ok(s) => json!({
-                "ok": true, "records": s.records, "head": s.head, "sealed": s.sealed,
-                "checkpoint": s.checkpoint,
-            }),
-            Err(b) => json!({
-                "ok": false, "position": b.position, "seq": b.seq, "kind": b.reason.kind(),
-                "reason": b.reason.to_string(), "message": b.to_string(),
-            }),
-        },
-    )
+    Ok(AuditVerification::of(
+        &verifier.verify_jsonl(std::io::BufReader::new(input)),
+    ))
 }
 
 /// Prints a verification answer (the server's or `verify_offline`'s); exit 1 when broken.
-fn print_verification(v: &Value, json: bool) -> u8 {
+fn print_verification(v: &AuditVerification, json: bool, quiet: bool) -> u8 {
     if json {
-        println!("{v}");
-    } else if v["ok"] == true {
-        let mut extra = String::new();
-        if let Some(n) = v["sealed"].as_u64().filter(|n| *n > 0) {
-            extra.push_str(&format!(", {n} sealed"));
+        println!("{}", wire::to_value(v));
+    } else if !quiet {
+        match v {
+            AuditVerification::Verified {
+                records,
+                head,
+                sealed,
+                checkpoint,
+                ..
+            } => {
+                let mut extra = String::new();
+                if *sealed > 0 {
+                    extra.push_str(&format!(", {sealed} sealed"));
+                }
+                if let Some(n) = checkpoint {
+                    extra.push_str(&format!(", checkpoint at seq {n}"));
+                }
+                println!("audit chain verified: {records} records, head {head}{extra}");
+            }
+            AuditVerification::Broken { message, .. } => {
+                println!("audit chain BROKEN: {message}");
+            }
         }
-        if let Some(n) = v["checkpoint"].as_u64() {
-            extra.push_str(&format!(", checkpoint at seq {n}"));
-        }
-        println!(
-            "audit chain verified: {} records, head {}{extra}",
-            v["records"],
-            s(v, "head")
-        );
-    } else {
-        println!("audit chain BROKEN: {}", s(v, "message"));
     }
-    u8::from(v["ok"] != true)
+    u8::from(!v.is_ok())
 }
 
 /// `credential-process`'s cache: AWS tools run the process for every
@@ -339,10 +343,19 @@ mod cache {
     use std::time::Duration;
 
     use base64::Engine as _;
-    use serde_json::{json, Value};
+    use jit_core::wire::{CredentialProcess, RequestAnswer};
+    use jit_core::{RequestId, State};
+    use serde_json::Value;
     use sha2::{Digest, Sha256};
 
     use super::Client;
+
+    /// What a cache file holds.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Entry {
+        credential_process: CredentialProcess,
+        request_id: RequestId,
+    }
 
     pub struct Cache {
         path: PathBuf,
@@ -390,20 +403,22 @@ mod cache {
         }
 
         /// The cached answer, if it has `min_remaining` left and its grant is active.
-        pub async fn fresh(&self, client: &Client, min_remaining: Duration) -> Option<Value> {
+        pub async fn fresh(
+            &self,
+            client: &Client,
+            min_remaining: Duration,
+        ) -> Option<CredentialProcess> {
             let text = std::fs::read_to_string(&self.path).ok()?;
-            let entry: Value = serde_json::from_str(&text).ok()?;
-            let id = entry["request_id"].as_str()?;
-            let doc = entry["credential_process"].clone();
-            let ends = chrono::DateTime::parse_from_rfc3339(doc["Expiration"].as_str()?).ok()?;
+            let entry: Entry = serde_json::from_str(&text).ok()?;
+            let ends = entry.credential_process.expires_at()?;
             let soon = chrono::Utc::now() + chrono::TimeDelta::from_std(min_remaining).ok()?;
             let active = ends > soon
                 && client
-                    .get(&format!("/v1/requests/{id}"))
+                    .get::<RequestAnswer>(&format!("/v1/requests/{}", entry.request_id))
                     .await
-                    .is_ok_and(|v| v["request"]["state"] == "active");
+                    .is_ok_and(|r| r.body.request.state == State::Active);
             if active {
-                Some(doc)
+                Some(entry.credential_process)
             } else {
                 let _ = std::fs::remove_file(&self.path);
                 None
@@ -411,11 +426,14 @@ mod cache {
         }
 
         /// Writes the answer: a private file, renamed into place.
-        pub fn store(&self, request_id: &str, doc: &Value) {
+        pub fn store(&self, request_id: RequestId, doc: &CredentialProcess) {
             let Some(dir) = self.path.parent() else {
                 return;
             };
-            let entry = json!({ "request_id": request_id, "credential_process": doc });
+            let entry = jit_core::wire::to_value(&Entry {
+                credential_process: doc.clone(),
+                request_id,
+            });
             let tmp = self
                 .path
                 .with_extension(format!("tmp{}", std::process::id()));
@@ -454,6 +472,8 @@ mod cache {
     #[cfg(test)]
     mod tests {
         #![allow(clippy::unwrap_used)]
+        use serde_json::json;
+
         use super::*;
 
         fn token(claims: Value) -> String {
@@ -565,8 +585,19 @@ struct Client {
     token: String,
 }
 
+/// A typed answer and the JSON it came from (printed as is by `--json`).
+struct Reply<T> {
+    body: T,
+    raw: Value,
+}
+
 impl Client {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Res<Value> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Res<Reply<T>> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -584,119 +615,112 @@ impl Client {
             .await
             .map_err(|e| Fail::new(1, format!("reading the answer: {e}")))?;
         if status.is_success() {
-            if text.trim().is_empty() {
-                return Ok(Value::Null);
-            }
-            return serde_json::from_str(&text)
-                .map_err(|e| Fail::new(1, format!("the server sent invalid JSON: {e}")));
+            let raw: Value = if text.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text)
+                    .map_err(|e| Fail::new(1, format!("the server sent invalid JSON: {e}")))?
+            };
+            let body = serde_json::from_value(raw.clone())
+                .map_err(|e| Fail::new(1, format!("the server sent an unexpected answer: {e}")))?;
+            return Ok(Reply { body, raw });
         }
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let msg = v["error"]["message"]
-            .as_str()
-            .map(str::to_string)
+        let envelope = serde_json::from_str::<ErrorEnvelope>(&text).ok();
+        let msg = envelope
+            .as_ref()
+            .map(|e| e.error.message.clone())
             .unwrap_or_else(|| format!("HTTP {status}"));
         let code = match status.as_u16() {
             401 => 5,
             403 => 3,
             _ => 1,
         };
-        let reasons = v["error"]["details"]["reasons"]
-            .as_array()
-            .map(|r| {
-                r.iter()
-                    .filter_map(|x| x.as_str())
-                    .map(|x| format!("\n  - {x}"))
-                    .collect::<String>()
-            })
-            .unwrap_or_default();
+        let reasons: String = envelope
+            .iter()
+            .flat_map(|e| e.reasons())
+            .map(|x| format!("\n  - {x}"))
+            .collect();
         Err(Fail::new(code, format!("{msg}{reasons}")))
     }
 
-    async fn get(&self, path: &str) -> Res<Value> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Res<Reply<T>> {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> Res<Value> {
-        self.call(reqwest::Method::POST, path, Some(body)).await
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Res<Reply<T>> {
+        self.call(reqwest::Method::POST, path, Some(wire::to_value(body)))
+            .await
     }
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("-")
-}
-
-fn ends(r: &Value) -> String {
-    r["grant"]["ends_at"]
-        .as_str()
-        .map(|e| e.chars().take(19).collect::<String>().replace('T', " "))
+fn ends(r: &RequestRecord) -> String {
+    r.grant
+        .as_ref()
+        .map(|g| g.ends_at.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_table(rows: &[Value]) {
+fn print_table(rows: &[RequestRecord]) {
     println!(
         "{:<36}  {:<18}  {:<20}  {:<16}  {:<8}  ENDS (UTC)",
         "ID", "STATE", "ENTITLEMENT", "REQUESTER", "FOR"
     );
     for r in rows {
-        let dur = r["request"]["duration"]
-            .as_str()
-            .map(str::to_string)
-            .or_else(|| r["request"]["duration"].as_i64().map(|n| format!("{n}s")))
-            .unwrap_or_default();
         println!(
             "{:<36}  {:<18}  {:<20}  {:<16}  {:<8}  {}",
-            s(r, "id"),
-            s(r, "state"),
-            s(&r["request"], "entitlement"),
-            s(&r["requester"], "id"),
-            dur,
+            r.id.to_string(),
+            r.state.to_string(),
+            r.request.entitlement,
+            r.requester.id.to_string(),
+            format!("{}s", r.request.duration.as_secs()),
             ends(r)
         );
     }
 }
 
-fn print_record(r: &Value) {
-    println!("request      {}", s(r, "id"));
-    println!("state        {}", s(r, "state"));
-    println!("entitlement  {}", s(&r["request"], "entitlement"));
-    println!("requester    {}", s(&r["requester"], "id"));
-    if let Some(reasons) = r["decision"]["reasons"].as_array() {
-        for x in reasons.iter().filter_map(|x| x.as_str()) {
-            println!("policy       {x}");
-        }
+fn print_record(r: &RequestRecord) {
+    println!("request      {}", r.id);
+    println!("state        {}", r.state);
+    println!("entitlement  {}", r.request.entitlement);
+    println!("requester    {}", r.requester.id);
+    for x in &r.decision.reasons {
+        println!("policy       {x}");
     }
-    for a in r["approvals"].as_array().into_iter().flatten() {
-        println!("approved by  {}", s(&a["approver"], "id"));
+    for a in &r.approvals {
+        println!("approved by  {}", a.approver.id);
     }
-    if r["grant"].is_object() {
+    if r.grant.is_some() {
         println!("grant ends   {} UTC", ends(r));
     }
-    if let Some(n) = r["note"].as_str() {
+    if let Some(n) = &r.note {
         println!("note         {n}");
     }
 }
 
-fn emit(json: bool, v: &Value) {
+fn emit(json: bool, reply: &Reply<RequestAnswer>) {
     if json {
-        println!("{v}");
-    } else if let Some(r) = v.get("request") {
+        println!("{}", reply.raw);
+    } else {
+        let r = &reply.body.request;
         print_record(r);
-        if v.get("credentials").is_some() {
+        if reply.body.credentials.is_some() {
             println!(
                 "credentials  issued; `jit credentials {}` prints them",
-                s(r, "id")
+                r.id
             );
         }
-    } else {
-        println!("{v:#}");
     }
 }
 
-const WAITING: [&str; 3] = ["pending", "approved", "issuing"];
+const WAITING: [State; 3] = [State::Pending, State::Approved, State::Issuing];
 
 /// Polls until the request leaves the waiting states; a spinner on a TTY,
 /// plain lines otherwise.
-async fn wait_for(c: &Client, id: &str, timeout: Duration) -> Res<Value> {
+async fn wait_for(c: &Client, id: &str, timeout: Duration) -> Res<Reply<RequestAnswer>> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let spinner = tty.then(|| {
@@ -706,9 +730,11 @@ async fn wait_for(c: &Client, id: &str, timeout: Duration) -> Res<Value> {
     });
     let mut last = String::new();
     let out = loop {
-        let v = c.get(&format!("/v1/requests/{id}")).await?;
-        let state = s(&v["request"], "state").to_string();
-        if !WAITING.contains(&state.as_str()) {
+        let v = c
+            .get::<RequestAnswer>(&format!("/v1/requests/{id}"))
+            .await?;
+        let state = v.body.request.state.to_string();
+        if !WAITING.contains(&v.body.request.state) {
             break Ok(v);
         }
         if state != last {
@@ -736,30 +762,39 @@ async fn wait_for(c: &Client, id: &str, timeout: Duration) -> Res<Value> {
     out
 }
 
-fn final_code(r: &Value) -> Res<()> {
-    match s(r, "state") {
-        "denied" => Err(Fail::new(3, format!("request {} was denied", s(r, "id")))),
-        "timed_out" => Err(Fail::new(4, format!("request {} timed out", s(r, "id")))),
-        "cancelled" | "failed" => Err(Fail::new(
-            1,
-            format!("request {} is {}", s(r, "id"), s(r, "state")),
-        )),
+fn final_code(r: &RequestRecord) -> Res<()> {
+    match r.state {
+        State::Denied => Err(Fail::new(3, format!("request {} was denied", r.id))),
+        State::TimedOut => Err(Fail::new(4, format!("request {} timed out", r.id))),
+        State::Cancelled | State::Failed => {
+            Err(Fail::new(1, format!("request {} is {}", r.id, r.state)))
+        }
         _ => Ok(()),
     }
 }
 
-fn submit_body(entitlement: &str, duration: &str, reason: &str, ticket: &Option<String>) -> Value {
-    let mut b =
-        json!({ "entitlement": entitlement, "duration": duration, "justification": reason });
-    if let Some(t) = ticket {
-        b["ticket"] = json!(t);
+fn submit_body(
+    entitlement: &str,
+    duration: &str,
+    reason: &str,
+    ticket: &Option<String>,
+) -> SubmitBody {
+    SubmitBody {
+        entitlement: entitlement.into(),
+        duration: duration.into(),
+        justification: reason.into(),
+        ticket: ticket.clone(),
+        start_at: None,
     }
-    b
 }
 
 /// An active grant of mine for the entitlement with at least
 /// `min_remaining` left (the one ending last), else a new request (waited for).
-async fn grant_for(c: &Client, w: &WantArgs, min_remaining: Duration) -> Res<(String, Value)> {
+async fn grant_for(
+    c: &Client,
+    w: &WantArgs,
+    min_remaining: Duration,
+) -> Res<(String, CredentialsView)> {
     let WantArgs {
         entitlement,
         duration,
@@ -769,27 +804,28 @@ async fn grant_for(c: &Client, w: &WantArgs, min_remaining: Duration) -> Res<(St
     } = w;
     let timeout = parse_wait(timeout)?;
     let mine = c
-        .get(&format!(
+        .get::<RequestList>(&format!(
             "/v1/requests?scope=mine&state=active&entitlement={entitlement}"
         ))
         .await?;
     let soon = chrono::Utc::now()
         + chrono::TimeDelta::from_std(min_remaining).unwrap_or(chrono::TimeDelta::MAX);
-    let reusable = mine["requests"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let reusable = mine
+        .body
+        .requests
+        .iter()
         .filter_map(|r| {
-            let ends = r["grant"]["ends_at"]
-                .as_str()
-                .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())?;
+            let ends = r.grant.as_ref()?.ends_at;
             (ends > soon).then_some((ends, r))
         })
         .max_by_key(|(ends, _)| *ends);
     if let Some((_, r)) = reusable {
-        let id = s(r, "id").to_string();
-        match c.get(&format!("/v1/requests/{id}/credentials")).await {
-            Ok(creds) => return Ok((id, creds["credentials"].clone())),
+        let id = r.id.to_string();
+        match c
+            .get::<CredentialsAnswer>(&format!("/v1/requests/{id}/credentials"))
+            .await
+        {
+            Ok(creds) => return Ok((id, creds.body.credentials)),
             // Revoked or expired meanwhile, or too little time left for the
             // provider to mint again (AWS: 15 minutes): ask anew.
             Err(f) if f.code == 1 => {}
@@ -797,78 +833,74 @@ async fn grant_for(c: &Client, w: &WantArgs, min_remaining: Duration) -> Res<(St
         }
     }
     let out = c
-        .post(
+        .post::<RequestAnswer>(
             "/v1/requests",
-            submit_body(entitlement, duration, reason, ticket),
+            &submit_body(entitlement, duration, reason, ticket),
         )
-        .await?;
-    let id = s(&out["request"], "id").to_string();
-    if let Some(cr) = out.get("credentials") {
-        return Ok((id, cr.clone()));
+        .await?
+        .body;
+    let id = out.request.id.to_string();
+    if let Some(cr) = out.credentials {
+        return Ok((id, cr));
     }
     let done = wait_for(c, &id, timeout).await?;
-    final_code(&done["request"])?;
-    let creds = c.get(&format!("/v1/requests/{id}/credentials")).await?;
-    Ok((id, creds["credentials"].clone()))
+    final_code(&done.body.request)?;
+    let creds = c
+        .get::<CredentialsAnswer>(&format!("/v1/requests/{id}/credentials"))
+        .await?;
+    Ok((id, creds.body.credentials))
 }
 
-/// The server's `kind = "aws"` credentials, checked field by field.
-struct AwsCreds<'a> {
-    access_key_id: &'a str,
-    secret_access_key: &'a str,
-    session_token: &'a str,
-    expiration: &'a str,
-}
-
-fn aws_creds(creds: &Value) -> Res<AwsCreds<'_>> {
-    if creds["kind"] != "aws" {
-        return Err(Fail::new(
-            1,
-            format!(
-                "the entitlement's credentials are of kind `{}`, not `aws`",
-                s(creds, "kind")
-            ),
-        ));
+/// The AWS credentials of a view, every part present.
+fn aws_creds(creds: &CredentialsView) -> Res<CredentialProcess> {
+    let doc = creds
+        .to_credentials()
+        .and_then(|c| CredentialProcess::from_credentials(&c))
+        .ok_or_else(|| {
+            Fail::new(
+                1,
+                format!(
+                    "the entitlement's credentials are of kind `{}`, not `aws`",
+                    creds.kind()
+                ),
+            )
+        })?;
+    for (k, v) in [
+        ("access_key_id", doc.access_key_id.as_str()),
+        ("secret_access_key", doc.secret_access_key.expose()),
+        ("session_token", doc.session_token.expose()),
+    ] {
+        if v.is_empty() {
+            return Err(Fail::new(
+                1,
+                format!("the server's aws credentials lack `{k}`"),
+            ));
+        }
     }
-    let field = |k: &str| {
-        creds[k]
-            .as_str()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| Fail::new(1, format!("the server's aws credentials lack `{k}`")))
-    };
-    Ok(AwsCreds {
-        access_key_id: field("access_key_id")?,
-        secret_access_key: field("secret_access_key")?,
-        session_token: field("session_token")?,
-        expiration: field("expires_at")?,
-    })
+    Ok(doc)
 }
 
 /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
 /// `AWS_CREDENTIAL_EXPIRATION`, as every AWS SDK and the CLI read them.
-fn aws_env(creds: &Value) -> Res<[(&'static str, &str); 4]> {
+fn aws_env(creds: &CredentialsView) -> Res<[(&'static str, String); 4]> {
     let a = aws_creds(creds)?;
     Ok([
-        ("AWS_ACCESS_KEY_ID", a.access_key_id),
-        ("AWS_SECRET_ACCESS_KEY", a.secret_access_key),
-        ("AWS_SESSION_TOKEN", a.session_token),
-        ("AWS_CREDENTIAL_EXPIRATION", a.expiration),
+        ("AWS_ACCESS_KEY_ID", a.access_key_id.clone()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            a.secret_access_key.expose().to_string(),
+        ),
+        ("AWS_SESSION_TOKEN", a.session_token.expose().to_string()),
+        ("AWS_CREDENTIAL_EXPIRATION", a.expiration.clone()),
     ])
 }
 
-/// The `credential_process` protocol, version 1.
-fn credential_process_json(creds: &Value) -> Res<Value> {
-    let a = aws_creds(creds)?;
-    Ok(json!({
-        "Version": 1,
-        "AccessKeyId": a.access_key_id,
-        "SecretAccessKey": a.secret_access_key,
-        "SessionToken": a.session_token,
-        "Expiration": a.expiration,
-    }))
+/// The `credential_process` protocol, version 1 (jit-core's one definition).
+fn credential_process_json(creds: &CredentialsView) -> Res<CredentialProcess> {
+    aws_creds(creds)
 }
 
-fn exec(id: &str, creds: &Value, command: &[String]) -> Res<u8> {
+fn exec(id: &str, creds: &CredentialsView, command: &[String]) -> Res<u8> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| Fail::new(2, "no command given"))?;
@@ -877,15 +909,20 @@ fn exec(id: &str, creds: &Value, command: &[String]) -> Res<u8> {
     // The caller's own OIDC token is not the child's business.
     cmd.env_remove("JIT_TOKEN");
     cmd.env("JIT_REQUEST_ID", id);
-    match s(creds, "kind") {
-        "local_token" | "access_token" => {
-            cmd.env("JIT_ACCESS_TOKEN", s(creds, "token"));
-            cmd.env("JIT_ACCESS_TOKEN_EXPIRES_AT", s(creds, "expires_at"));
+    // The RFC 3339 form the server sends.
+    let expires = |t: chrono::DateTime<chrono::Utc>| {
+        wire::to_value(&t).as_str().unwrap_or_default().to_string()
+    };
+    match creds {
+        CredentialsView::LocalToken { token, expires_at }
+        | CredentialsView::AccessToken { token, expires_at } => {
+            cmd.env("JIT_ACCESS_TOKEN", token.expose());
+            cmd.env("JIT_ACCESS_TOKEN_EXPIRES_AT", expires(*expires_at));
         }
-        "assignment" => {
-            cmd.env("JIT_ACCESS_EXPIRES_AT", s(creds, "expires_at"));
+        CredentialsView::Assignment { expires_at, .. } => {
+            cmd.env("JIT_ACCESS_EXPIRES_AT", expires(*expires_at));
         }
-        "aws" => {
+        CredentialsView::Aws { .. } => {
             // A profile named in the environment would win over these in
             // some SDKs (botocore drops its environment provider when a
             // profile is set explicitly), so the child gets neither.
@@ -899,7 +936,10 @@ fn exec(id: &str, creds: &Value, command: &[String]) -> Res<u8> {
         other => {
             return Err(Fail::new(
                 1,
-                format!("credentials of kind `{other}` cannot be put into an environment yet"),
+                format!(
+                    "credentials of kind `{}` cannot be put into an environment yet",
+                    other.kind()
+                ),
             ))
         }
     }
@@ -925,7 +965,11 @@ async fn run(cli: Cli) -> Res<u8> {
     } = &cli.cmd
     {
         if let Some(file) = &args.file {
-            return Ok(print_verification(&verify_offline(file, args)?, cli.json));
+            return Ok(print_verification(
+                &verify_offline(file, args)?,
+                cli.json,
+                false,
+            ));
         }
     }
     let file = file_config()?;
@@ -957,17 +1001,16 @@ async fn run(cli: Cli) -> Res<u8> {
         } => {
             let timeout = parse_wait(&timeout)?;
             let out = c
-                .post(
+                .post::<RequestAnswer>(
                     "/v1/requests",
-                    submit_body(&entitlement, &duration, &reason, &ticket),
+                    &submit_body(&entitlement, &duration, &reason, &ticket),
                 )
                 .await?;
-            let state = s(&out["request"], "state").to_string();
-            if wait && WAITING.contains(&state.as_str()) {
-                let id = s(&out["request"], "id").to_string();
+            if wait && WAITING.contains(&out.body.request.state) {
+                let id = out.body.request.id.to_string();
                 let done = wait_for(&c, &id, timeout).await?;
                 emit(json, &done);
-                final_code(&done["request"])?;
+                final_code(&done.body.request)?;
             } else {
                 emit(json, &out);
             }
@@ -980,7 +1023,7 @@ async fn run(cli: Cli) -> Res<u8> {
             };
             emit(json, &v);
             if wait {
-                final_code(&v["request"])?;
+                final_code(&v.body.request)?;
             }
         }
         Cmd::Ls {
@@ -1000,18 +1043,18 @@ async fn run(cli: Cli) -> Res<u8> {
             if let Some(st) = state {
                 path.push_str(&format!("&state={st}"));
             }
-            let v = c.get(&path).await?;
+            let v = c.get::<RequestList>(&path).await?;
             if json {
-                println!("{v}");
+                println!("{}", v.raw);
             } else {
-                print_table(v["requests"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+                print_table(&v.body.requests);
             }
         }
         Cmd::Approve { id, comment } => {
             let v = c
                 .post(
                     &format!("/v1/requests/{id}/approve"),
-                    json!({ "comment": comment.unwrap_or_default() }),
+                    &ReasonBody::comment(comment.unwrap_or_default()),
                 )
                 .await?;
             emit(json, &v);
@@ -1020,7 +1063,7 @@ async fn run(cli: Cli) -> Res<u8> {
             let v = c
                 .post(
                     &format!("/v1/requests/{id}/deny"),
-                    json!({ "reason": reason }),
+                    &ReasonBody::reason(reason),
                 )
                 .await?;
             emit(json, &v);
@@ -1029,7 +1072,7 @@ async fn run(cli: Cli) -> Res<u8> {
             let v = c
                 .post(
                     &format!("/v1/requests/{id}/cancel"),
-                    json!({ "reason": reason.unwrap_or_default() }),
+                    &ReasonBody::reason(reason.unwrap_or_default()),
                 )
                 .await?;
             emit(json, &v);
@@ -1038,7 +1081,7 @@ async fn run(cli: Cli) -> Res<u8> {
             let v = c
                 .post(
                     &format!("/v1/requests/{id}/revoke"),
-                    json!({ "reason": reason }),
+                    &ReasonBody::reason(reason),
                 )
                 .await?;
             emit(json, &v);
@@ -1051,14 +1094,19 @@ async fn run(cli: Cli) -> Res<u8> {
             let v = c
                 .post(
                     &format!("/v1/requests/{id}/extend"),
-                    json!({ "duration": duration, "justification": reason }),
+                    &ExtendBody {
+                        duration,
+                        justification: reason,
+                    },
                 )
                 .await?;
             emit(json, &v);
         }
         Cmd::Credentials { id } => {
-            let v = c.get(&format!("/v1/requests/{id}/credentials")).await?;
-            println!("{:#}", v["credentials"]);
+            let v = c
+                .get::<CredentialsAnswer>(&format!("/v1/requests/{id}/credentials"))
+                .await?;
+            println!("{:#}", v.raw["credentials"]);
         }
         Cmd::Exec { want, command } => {
             let (id, creds) = grant_for(&c, &want, Duration::from_secs(60)).await?;
@@ -1082,33 +1130,37 @@ async fn run(cli: Cli) -> Res<u8> {
                 None => {
                     let (id, creds) = grant_for(&c, &want, min_remaining).await?;
                     let doc = credential_process_json(&creds)?;
-                    if let Some(cache) = &cache {
-                        cache.store(&id, &doc);
+                    if let (Some(cache), Ok(id)) = (&cache, id.parse()) {
+                        cache.store(id, &doc);
                     }
                     doc
                 }
             };
             // stdout carries this one line and nothing else: the SDK parses it.
-            println!("{doc}");
+            println!("{}", doc.to_json().expose());
         }
         Cmd::Audit {
             cmd: AuditCmd::Verify(_),
         } => {
-            let v = c.get("/v1/audit/verify").await?;
-            if print_verification(&v, json) != 0 {
+            let v = c.get::<AuditVerification>("/v1/audit/verify").await?;
+            // `--json` prints the server's answer as it came.
+            if json {
+                println!("{}", v.raw);
+            }
+            if print_verification(&v.body, false, json) != 0 {
                 return Ok(1);
             }
         }
         Cmd::Whoami => {
-            let v = c.get("/v1/whoami").await?;
+            let v = c.get::<WhoAmI>("/v1/whoami").await?;
             if json {
-                println!("{v}");
+                println!("{}", v.raw);
             } else {
                 println!(
                     "{} (groups: {}){}",
-                    s(&v["principal"], "id"),
-                    v["principal"]["groups"],
-                    if v["admin"] == true { ", admin" } else { "" }
+                    v.body.principal.id,
+                    wire::to_value(&v.body.principal.groups),
+                    if v.body.admin { ", admin" } else { "" }
                 );
             }
         }
@@ -1151,39 +1203,60 @@ mod tests {
         }
     }
 
+    fn view(v: serde_json::Value) -> CredentialsView {
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn aws_credentials_become_credential_process_json_and_env() {
-        let creds = json!({
+        // What the server sends (`CredentialsView`), parsed as the CLI does.
+        let creds = view(serde_json::json!({
             "kind": "aws", "access_key_id": "ASIAEXAMPLE", "secret_access_key": "sk",
             "session_token": "st", "expires_at": "2026-11-29T12:00:00Z",
-        });
+        }));
+        let doc = credential_process_json(&creds).unwrap();
         assert_eq!(
-            credential_process_json(&creds).unwrap(),
-            json!({"Version": 1, "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "sk",
-                   "SessionToken": "st", "Expiration": "2026-11-29T12:00:00Z"})
+            doc.to_json().expose(),
+            r#"{"AccessKeyId":"ASIAEXAMPLE","Expiration":"2026-11-29T12:00:00Z","SecretAccessKey":"sk","SessionToken":"st","Version":1}"#
         );
         let env = aws_env(&creds).unwrap();
-        assert_eq!(env[0], ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE"));
+        assert_eq!(env[0], ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE".to_string()));
         assert_eq!(
             env[3],
-            ("AWS_CREDENTIAL_EXPIRATION", "2026-11-29T12:00:00Z")
+            (
+                "AWS_CREDENTIAL_EXPIRATION",
+                "2026-11-29T12:00:00Z".to_string()
+            )
         );
 
-        let token = json!({"kind": "local_token", "token": "t", "expires_at": "x"});
+        let token = view(serde_json::json!({"kind": "local_token", "token": "t",
+                                             "expires_at": "2026-11-29T12:00:00Z"}));
         let err = credential_process_json(&token).unwrap_err();
         assert!(
             err.message.contains("kind `local_token`, not `aws`"),
             "{}",
             err.message
         );
-        let mut partial = creds.clone();
-        partial["session_token"] = json!("");
+        let partial = view(serde_json::json!({
+            "kind": "aws", "access_key_id": "ASIAEXAMPLE", "secret_access_key": "sk",
+            "session_token": "", "expires_at": "2026-11-29T12:00:00Z",
+        }));
         let err = aws_env(&partial).unwrap_err();
         assert!(
             err.message.contains("lack `session_token`"),
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn error_envelopes_give_the_message_and_reasons() {
+        // The server's and the Lambda function's error shape (`ErrorEnvelope`).
+        let answer = serde_json::json!({"error": {"code": "denied", "message": "denied by policy: no",
+                                                  "details": {"reasons": ["no", "really"]}}});
+        let e: ErrorEnvelope = serde_json::from_value(answer).unwrap();
+        assert_eq!(e.reasons(), ["no", "really"]);
+        assert_eq!(e.error.code, "denied");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! API Gateway proxy responses: `{statusCode, headers, body, isBase64Encoded}`,
 //! understood by REST APIs, HTTP APIs (both payload versions) and function URLs.
 //!
-//! Errors have the vending server's shape:
+//! Errors have the vending server's shape, one definition in jit-core
+//! ([`jit_core::wire::ErrorEnvelope`]):
 //! `{"error": {"code": "denied", "message": "...", "details": {...}}}`.
 //!
 //! | status | code | when |
@@ -21,6 +22,7 @@
 //!
 //! Every response carries `Cache-Control: no-store`.
 
+use jit_core::wire::{self, ErrorDetails, ErrorEnvelope};
 use jit_core::Error;
 use serde_json::{json, Value};
 
@@ -59,16 +61,13 @@ impl ApiResponse {
 
     /// An error answer.
     pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
-        Self::ok(
-            status,
-            json!({ "error": { "code": code, "message": message.into() } }),
-        )
+        Self::ok(status, wire::to_value(&ErrorEnvelope::new(code, message)))
     }
 
     /// Adds `error.details`.
-    pub fn with_details(mut self, details: Value) -> Self {
+    pub fn with_details(mut self, details: ErrorDetails) -> Self {
         if let Some(e) = self.body.get_mut("error") {
-            e["details"] = details;
+            e["details"] = wire::to_value(&details);
         }
         self
     }
@@ -129,7 +128,7 @@ impl From<Error> for ApiResponse {
         let mut r = Self::error(e.http_status(), e.code(), message);
         r.retry_after = e.retry_after_secs();
         if let Error::Denied { reasons } = &e {
-            r = r.with_details(json!({ "reasons": reasons }));
+            r = r.with_details(ErrorDetails::reasons(reasons.clone()));
         }
         r
     }

@@ -6,6 +6,7 @@ use chrono::SecondsFormat;
 use jit_aws::AwsProvider;
 use jit_core::audit::StdoutSink;
 use jit_core::types::{format_duration, GrantDuration, Verdict};
+use jit_core::wire::{self, CredentialProcess, ErrorDetails};
 use jit_core::{
     AccessRequest, AuditSink, Broker, CataloguePolicy, Error, IssueOutcome, Provider, RequestError,
     RequestId, State, Store,
@@ -238,7 +239,11 @@ impl Vendor {
                     rec.id
                 ),
             )
-            .with_details(json!({ "request_id": rec.id, "state": other }))),
+            .with_details(
+                ErrorDetails::default()
+                    .with_request(rec.id)
+                    .with_state(other),
+            )),
         }
     }
 
@@ -303,13 +308,16 @@ fn outcome(out: IssueOutcome) -> ApiResponse {
     let rec = &out.record;
     match (rec.state, out.credentials.as_ref()) {
         (State::Active, Some(c)) => {
-            let credentials = match jit_aws::output::credential_process_json(c).and_then(|s| {
-                serde_json::from_str::<Value>(s.expose())
-                    .map_err(|e| Error::Store(format!("credential_process json: {e}")))
-            }) {
-                Ok(v) => v,
-                Err(e) => return e.into(),
+            // The one `credential_process` definition (jit-aws prints it too).
+            let Some(doc) = CredentialProcess::from_credentials(c) else {
+                return Error::ProviderRejected {
+                    provider: "aws".into(),
+                    operation: "output",
+                    message: "these are not aws credentials".into(),
+                }
+                .into();
             };
+            let credentials = wire::to_value(&doc);
             let grant = rec.grant.as_ref();
             ApiResponse::ok(
                 200,
@@ -352,7 +360,7 @@ fn outcome(out: IssueOutcome) -> ApiResponse {
                 "denied",
                 format!("denied by policy: {}", reasons.join("; ")),
             )
-            .with_details(json!({ "reasons": reasons, "request_id": rec.id }))
+            .with_details(ErrorDetails::reasons(reasons.clone()).with_request(rec.id))
         }
         (state, _) => {
             tracing::error!(request = %rec.id, %state, "unexpected state after submit");

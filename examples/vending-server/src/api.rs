@@ -62,6 +62,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jit_core::local::{LocalClaims, LocalProvider, LocalPublicKey, Verifier};
 use jit_core::standing::Standing;
+use jit_core::wire::{
+    self, AuditVerification, CredentialsAnswer, CredentialsView, EntitlementList,
+    EntitlementSummary, ErrorDetails, ExtendBody, ReasonBody, RequestAnswer, RequestList,
+    SubmitBody, WhoAmI,
+};
 use jit_core::{
     AccessRequest, Broker, Credentials, GrantDuration, IssueOutcome, ListFilter, Principal,
     RequestId, RequestRecord, State as LifecycleState,
@@ -196,37 +201,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// `POST /v1/requests`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitBody {
-    entitlement: String,
-    duration: String,
-    justification: String,
-    #[serde(default)]
-    ticket: Option<String>,
-    #[serde(default)]
-    start_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// Bodies with an optional comment or reason.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ReasonBody {
-    #[serde(default)]
-    comment: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-/// `POST /v1/requests/{id}/extend`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExtendBody {
-    duration: String,
-    justification: String,
-}
-
 /// `GET /v1/requests` query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,33 +219,9 @@ fn duration(s: &str) -> ApiResult<GrantDuration> {
     GrantDuration::from_str(s).map_err(|e| jit_core::Error::from(e).into())
 }
 
-/// The JSON of credentials, for their owner only. Never logged.
+/// The JSON of credentials ([`CredentialsView`]), for their owner only. Never logged.
 pub fn credentials_json(c: &Credentials) -> Value {
-    match c {
-        Credentials::LocalToken { token, expires_at } => json!({
-            "kind": "local_token", "token": token.expose(), "expires_at": expires_at,
-        }),
-        Credentials::Aws {
-            access_key_id,
-            secret_access_key,
-            session_token,
-            expires_at,
-        } => json!({
-            "kind": "aws", "access_key_id": access_key_id,
-            "secret_access_key": secret_access_key.expose(),
-            "session_token": session_token.expose(), "expires_at": expires_at,
-        }),
-        Credentials::AccessToken { token, expires_at } => json!({
-            "kind": "access_token", "token": token.expose(), "expires_at": expires_at,
-        }),
-        Credentials::Assignment {
-            description,
-            expires_at,
-        } => json!({
-            "kind": "assignment", "description": description, "expires_at": expires_at,
-        }),
-        other => json!({ "kind": "unsupported", "expires_at": other.expires_at() }),
-    }
+    wire::to_value(&CredentialsView::from(c))
 }
 
 /// Whether the caller may know the request exists (decided in jit-core's
@@ -298,13 +248,23 @@ async fn load(state: &AppState, p: &Principal, id: &str) -> ApiResult<RequestRec
 
 /// The body of an operation's answer; credentials only for the requester.
 fn outcome(p: &Principal, out: IssueOutcome) -> Value {
-    let mut v = json!({ "request": out.record });
-    if let Some(c) = out.credentials.as_ref() {
-        if p.is(&out.record.requester.id) {
-            v["credentials"] = credentials_json(c);
-        }
-    }
-    v
+    let credentials = out
+        .credentials
+        .as_ref()
+        .filter(|_| p.is(&out.record.requester.id))
+        .map(CredentialsView::from);
+    wire::to_value(&RequestAnswer {
+        request: out.record,
+        credentials,
+    })
+}
+
+/// `{"request": ...}` without credentials.
+fn record(r: RequestRecord) -> Json<Value> {
+    Json(wire::to_value(&RequestAnswer {
+        request: r,
+        credentials: None,
+    }))
 }
 
 /// `POST /v1/requests`.
@@ -333,7 +293,7 @@ pub async fn submit(
             "denied",
             format!("denied by policy: {}", reasons.join("; ")),
         )
-        .with_details(json!({ "reasons": reasons, "request_id": out.record.id })));
+        .with_details(ErrorDetails::reasons(reasons).with_request(out.record.id)));
     }
     Ok((StatusCode::CREATED, Json(outcome(&p, out))).into_response())
 }
@@ -345,7 +305,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let r = load(&state, &p, &id).await?;
-    Ok(Json(json!({ "request": r })))
+    Ok(record(r))
 }
 
 /// `GET /v1/requests`.
@@ -412,7 +372,7 @@ pub async fn list(
             )))
         }
     };
-    Ok(Json(json!({ "requests": records })))
+    Ok(Json(wire::to_value(&RequestList { requests: records })))
 }
 
 /// `POST /v1/requests/{id}/approve`.
@@ -438,7 +398,7 @@ pub async fn deny(
     let r = load(&state, &p, &id).await?;
     let reason = b.reason.or(b.comment).unwrap_or_default();
     let rec = state.broker.deny(&p, r.id, &reason).await?;
-    Ok(Json(json!({ "request": rec })))
+    Ok(record(rec))
 }
 
 /// `POST /v1/requests/{id}/cancel`.
@@ -451,7 +411,7 @@ pub async fn cancel(
     let r = load(&state, &p, &id).await?;
     let reason = b.reason.or(b.comment).unwrap_or_default();
     let rec = state.broker.cancel(&p, r.id, &reason).await?;
-    Ok(Json(json!({ "request": rec })))
+    Ok(record(rec))
 }
 
 /// `POST /v1/requests/{id}/revoke`.
@@ -464,7 +424,7 @@ pub async fn revoke(
     let r = load(&state, &p, &id).await?;
     let reason = b.reason.or(b.comment).unwrap_or_default();
     let rec = state.broker.revoke(&p, r.id, &reason).await?;
-    Ok(Json(json!({ "request": rec })))
+    Ok(record(rec))
 }
 
 /// `POST /v1/requests/{id}/issue`.
@@ -513,7 +473,9 @@ pub async fn credentials(
             jit_core::Error::NotFound { .. } => ApiError::request_not_found(&id),
             e => e.into(),
         })?;
-    Ok(Json(json!({ "credentials": credentials_json(&c) })))
+    Ok(Json(wire::to_value(&CredentialsAnswer {
+        credentials: CredentialsView::from(&c),
+    })))
 }
 
 fn require_admin(state: &AppState, p: &Principal) -> ApiResult<()> {
@@ -548,39 +510,34 @@ pub async fn audit_verify(
     if let Some(path) = &state.audit.checkpoint_file {
         verifier = verifier.checkpoints(jit_core::audit::read_checkpoint_file(path)?);
     }
-    Ok(Json(
-        match state.broker.verify_audit_with(&verifier).await? {
-            Ok(s) => json!({
-                "ok": true, "records": s.records, "head": s.head, "sealed": s.sealed,
-                "checkpoint": s.checkpoint,
-            }),
-            Err(b) => json!({
-                "ok": false, "position": b.position, "seq": b.seq, "kind": b.reason.kind(),
-                "reason": b.reason.to_string(), "message": b.to_string(),
-            }),
-        },
-    ))
+    let result = state.broker.verify_audit_with(&verifier).await?;
+    Ok(Json(wire::to_value(&AuditVerification::of(&result))))
 }
 
 /// `GET /v1/entitlements`.
 pub async fn entitlements(State(state): State<AppState>, Caller(_): Caller) -> Json<Value> {
-    let list: Vec<Value> = state
+    let entitlements = state
         .broker
         .policy()
         .entitlements()
         .into_iter()
-        .map(|e| {
-            json!({ "id": e.id, "description": e.description, "provider": e.provider,
-                    "max_duration": e.max_duration.to_string() })
+        .map(|e| EntitlementSummary {
+            id: e.id.clone(),
+            description: e.description.clone(),
+            provider: e.provider.clone(),
+            max_duration: e.max_duration.to_string(),
         })
         .collect();
-    Json(json!({ "entitlements": list }))
+    Json(wire::to_value(&EntitlementList { entitlements }))
 }
 
 /// `GET /v1/whoami`.
 pub async fn whoami(State(state): State<AppState>, Caller(p): Caller) -> Json<Value> {
     let admin = state.broker.policy().is_admin(&p);
-    Json(json!({ "principal": p, "admin": admin }))
+    Json(wire::to_value(&WhoAmI {
+        principal: p,
+        admin,
+    }))
 }
 
 /// `GET /healthz`.

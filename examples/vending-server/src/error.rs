@@ -1,11 +1,13 @@
 //! The one error body every route answers with:
-//! `{"error": {"code": "not_found", "message": "...", "details": ...}}`.
+//! `{"error": {"code": "not_found", "message": "...", "details": ...}}`
+//! ([`jit_core::wire::ErrorEnvelope`], the same in the Lambda function and
+//! read by the `jit` CLI).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use jit_core::wire::{self, ErrorDetails, ErrorEnvelope};
 use jit_core::Error;
-use serde_json::json;
 
 /// An HTTP error with a stable machine-readable code.
 #[derive(Debug)]
@@ -17,7 +19,7 @@ pub struct ApiError {
     /// Human-readable message (never internals, never secrets).
     pub message: String,
     /// Extra data (reasons of a deny).
-    pub details: Option<serde_json::Value>,
+    pub details: Option<ErrorDetails>,
     /// Seconds for `Retry-After` (a throttled provider).
     pub retry_after: Option<u64>,
 }
@@ -35,7 +37,7 @@ impl ApiError {
     }
 
     /// Adds details.
-    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+    pub fn with_details(mut self, details: ErrorDetails) -> Self {
         self.details = Some(details);
         self
     }
@@ -87,7 +89,7 @@ impl From<Error> for ApiError {
         let mut api = Self::new(status, e.code(), message);
         api.retry_after = e.retry_after_secs();
         if let Error::Denied { reasons } = &e {
-            api = api.with_details(json!({ "reasons": reasons }));
+            api = api.with_details(ErrorDetails::reasons(reasons.clone()));
         }
         api
     }
@@ -95,11 +97,11 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut err = json!({ "code": self.code, "message": self.message });
+        let mut envelope = ErrorEnvelope::new(self.code, self.message);
         if let Some(d) = self.details {
-            err["details"] = d;
+            envelope = envelope.with_details(d);
         }
-        let mut resp = (self.status, Json(json!({ "error": err }))).into_response();
+        let mut resp = (self.status, Json(wire::to_value(&envelope))).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());

@@ -1,0 +1,681 @@
+//! The JSON of the vending API, defined once for every host and client: the
+//! vending server writes it, the Lambda function writes the parts it shares
+//! (error envelope, `credential_process` document), the `jit` CLI reads it.
+//!
+//! Serde only, no HTTP: a client depends on jit-core with
+//! `default-features = false` and gets these types without a store.
+//!
+//! | type | JSON |
+//! | --- | --- |
+//! | [`RequestAnswer`] | `{"request": RequestRecord, "credentials"?: CredentialsView}`: one request, after any operation |
+//! | [`RequestList`] | `{"requests": [RequestRecord, ...]}`: `GET /v1/requests` (mine, the approvals queue, all) |
+//! | [`CredentialsAnswer`] | `{"credentials": CredentialsView}`: `GET /v1/requests/{id}/credentials` |
+//! | [`CredentialsView`] | `{"kind": "local_token" \| "aws" \| "access_token" \| "assignment" \| "unsupported", ...}` |
+//! | [`ErrorEnvelope`] | `{"error": {"code", "message", "details"?}}`: every error |
+//! | [`SubmitBody`], [`ReasonBody`], [`ExtendBody`] | request bodies |
+//! | [`WhoAmI`], [`EntitlementList`], [`AuditVerification`] | the other answers |
+//! | [`CredentialProcess`] | the AWS `credential_process` document, version 1 |
+//!
+//! # Bytes on the wire
+//!
+//! Hosts have always answered with `serde_json::Value`s, whose objects
+//! (without serde_json's `preserve_order`) list keys in sorted order. To
+//! keep every answer byte for byte as it was, hosts turn these types into a
+//! `Value` before writing them ([`to_value`]). [`CredentialProcess`] lists
+//! its fields in that order itself, so it can be written directly.
+//!
+//! # Secrets
+//!
+//! Secret fields are [`Secret`]s: `Debug` redacts them, and they reach JSON
+//! only through these types' `Serialize`, on their way to their owner.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::credentials::{Credentials, Secret};
+use crate::types::{Principal, RequestId, RequestRecord, State};
+
+/// `serde(with)` for [`Secret`] fields: written as the plain string.
+mod secret {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(s: &Secret, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.expose())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Secret, D::Error> {
+        String::deserialize(de).map(Secret::new)
+    }
+}
+
+/// A wire value as a `serde_json::Value`, whose objects list keys in sorted
+/// order: what hosts write (see the module docs).
+pub fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    // These types serialize to JSON infallibly (string keys, no maps with
+    // other keys); Null would only hide a bug, never a secret.
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// Credentials as their owner receives them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CredentialsView {
+    /// A signed local bearer token.
+    LocalToken {
+        /// The token.
+        #[serde(with = "secret")]
+        token: Secret,
+        /// Its expiry.
+        expires_at: DateTime<Utc>,
+    },
+    /// AWS temporary credentials.
+    Aws {
+        /// Access key id.
+        access_key_id: String,
+        /// Secret access key.
+        #[serde(with = "secret")]
+        secret_access_key: Secret,
+        /// Session token.
+        #[serde(with = "secret")]
+        session_token: Secret,
+        /// Expiry.
+        expires_at: DateTime<Utc>,
+    },
+    /// An OAuth access token (GCP `generateAccessToken`).
+    AccessToken {
+        /// The token.
+        #[serde(with = "secret")]
+        token: Secret,
+        /// Its expiry.
+        expires_at: DateTime<Utc>,
+    },
+    /// Access that uses the principal's own identity (an Azure assignment,
+    /// a GCP binding): nothing secret to hand over.
+    Assignment {
+        /// What was granted.
+        description: String,
+        /// When it ends.
+        expires_at: DateTime<Utc>,
+    },
+    /// A kind this version does not know how to hand over.
+    Unsupported {
+        /// When it ends.
+        expires_at: DateTime<Utc>,
+    },
+}
+
+impl From<&Credentials> for CredentialsView {
+    fn from(c: &Credentials) -> Self {
+        match c {
+            Credentials::LocalToken { token, expires_at } => Self::LocalToken {
+                token: token.clone(),
+                expires_at: *expires_at,
+            },
+            Credentials::Aws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                expires_at,
+            } => Self::Aws {
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.clone(),
+                session_token: session_token.clone(),
+                expires_at: *expires_at,
+            },
+            Credentials::AccessToken { token, expires_at } => Self::AccessToken {
+                token: token.clone(),
+                expires_at: *expires_at,
+            },
+            Credentials::Assignment {
+                description,
+                expires_at,
+            } => Self::Assignment {
+                description: description.clone(),
+                expires_at: *expires_at,
+            },
+        }
+    }
+}
+
+impl CredentialsView {
+    /// The `kind` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::LocalToken { .. } => "local_token",
+            Self::Aws { .. } => "aws",
+            Self::AccessToken { .. } => "access_token",
+            Self::Assignment { .. } => "assignment",
+            Self::Unsupported { .. } => "unsupported",
+        }
+    }
+
+    /// When the access ends.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        match self {
+            Self::LocalToken { expires_at, .. }
+            | Self::Aws { expires_at, .. }
+            | Self::AccessToken { expires_at, .. }
+            | Self::Assignment { expires_at, .. }
+            | Self::Unsupported { expires_at } => *expires_at,
+        }
+    }
+
+    /// The credentials again, for the outputs that take them (jit-aws's
+    /// `credential_process`, environment variables); `None` for `unsupported`.
+    pub fn to_credentials(&self) -> Option<Credentials> {
+        Some(match self.clone() {
+            Self::LocalToken { token, expires_at } => Credentials::LocalToken { token, expires_at },
+            Self::Aws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                expires_at,
+            } => Credentials::Aws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                expires_at,
+            },
+            Self::AccessToken { token, expires_at } => {
+                Credentials::AccessToken { token, expires_at }
+            }
+            Self::Assignment {
+                description,
+                expires_at,
+            } => Credentials::Assignment {
+                description,
+                expires_at,
+            },
+            Self::Unsupported { .. } => return None,
+        })
+    }
+}
+
+/// The AWS `credential_process` document, version 1. Fields in sorted
+/// order: written directly, it is byte for byte what the hosts wrote as a
+/// `serde_json::Value`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CredentialProcess {
+    /// Access key id.
+    #[serde(rename = "AccessKeyId")]
+    pub access_key_id: String,
+    /// Expiry, RFC 3339 in whole seconds (what SDKs parse).
+    #[serde(rename = "Expiration")]
+    pub expiration: String,
+    /// Secret access key.
+    #[serde(rename = "SecretAccessKey", with = "secret")]
+    pub secret_access_key: Secret,
+    /// Session token.
+    #[serde(rename = "SessionToken", with = "secret")]
+    pub session_token: Secret,
+    /// Always 1.
+    #[serde(rename = "Version")]
+    pub version: u8,
+}
+
+impl CredentialProcess {
+    /// The document for AWS credentials; `None` for any other kind.
+    pub fn from_credentials(c: &Credentials) -> Option<Self> {
+        match c {
+            Credentials::Aws {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                expires_at,
+            } => Some(Self {
+                access_key_id: access_key_id.clone(),
+                expiration: expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                secret_access_key: secret_access_key.clone(),
+                session_token: session_token.clone(),
+                version: 1,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The document as one line of JSON, secret.
+    pub fn to_json(&self) -> Secret {
+        Secret::new(serde_json::to_string(self).unwrap_or_default())
+    }
+
+    /// When the credentials expire, if `Expiration` parses.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&self.expiration)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+/// One request, the answer of `GET /v1/requests/{id}` and of every
+/// operation on it. `credentials` only for the requester, when the
+/// operation issued them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestAnswer {
+    /// The request as stored.
+    pub request: RequestRecord,
+    /// Credentials issued by this operation, for the requester only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsView>,
+}
+
+/// `GET /v1/requests`: the caller's requests, the approvals queue, or all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestList {
+    /// The requests, newest first.
+    pub requests: Vec<RequestRecord>,
+}
+
+/// `GET /v1/requests/{id}/credentials`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CredentialsAnswer {
+    /// The credentials, re-delivered.
+    pub credentials: CredentialsView,
+}
+
+/// Every error: `{"error": {"code", "message", "details"?}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+/// The body of an [`ErrorEnvelope`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code ([`crate::Error::code`], or a host's own
+    /// such as `payload_too_large`).
+    pub code: String,
+    /// Human-readable; never internals, never secrets.
+    pub message: String,
+    /// Extra data: a deny's reasons, the request and its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<ErrorDetails>,
+}
+
+/// `error.details`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ErrorDetails {
+    /// Why the policy denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<String>>,
+    /// The request concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+    /// The state it is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+}
+
+impl ErrorDetails {
+    /// A deny's reasons.
+    pub fn reasons(reasons: Vec<String>) -> Self {
+        Self {
+            reasons: Some(reasons),
+            ..Self::default()
+        }
+    }
+
+    /// Names the request.
+    pub fn with_request(mut self, id: RequestId) -> Self {
+        self.request_id = Some(id);
+        self
+    }
+
+    /// Names the request's state.
+    pub fn with_state(mut self, state: State) -> Self {
+        self.state = Some(state);
+        self
+    }
+}
+
+impl ErrorEnvelope {
+    /// An error without details.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorBody {
+                code: code.into(),
+                message: message.into(),
+                details: None,
+            },
+        }
+    }
+
+    /// Adds details.
+    pub fn with_details(mut self, details: ErrorDetails) -> Self {
+        self.error.details = Some(details);
+        self
+    }
+
+    /// The deny reasons, if any.
+    pub fn reasons(&self) -> &[String] {
+        self.error
+            .details
+            .as_ref()
+            .and_then(|d| d.reasons.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+/// `POST /v1/requests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    /// The entitlement id.
+    pub entitlement: String,
+    /// How long: `30m`, `1h30m`, `PT8H`.
+    pub duration: String,
+    /// Why.
+    pub justification: String,
+    /// Ticket reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// A scheduled start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/requests/{id}/approve|deny|cancel|revoke|issue`: an optional
+/// comment (approve) or reason (the others); each route takes either.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// An approver's comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl ReasonBody {
+    /// `{"comment": ...}`.
+    pub fn comment(text: impl Into<String>) -> Self {
+        Self {
+            comment: Some(text.into()),
+            reason: None,
+        }
+    }
+
+    /// `{"reason": ...}`.
+    pub fn reason(text: impl Into<String>) -> Self {
+        Self {
+            comment: None,
+            reason: Some(text.into()),
+        }
+    }
+}
+
+/// `POST /v1/requests/{id}/extend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    /// How much more.
+    pub duration: String,
+    /// Why.
+    pub justification: String,
+}
+
+/// `GET /v1/whoami`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// The caller as the server sees them.
+    pub principal: Principal,
+    /// Whether the catalogue makes them an admin.
+    pub admin: bool,
+}
+
+/// `GET /v1/entitlements`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitlementList {
+    /// The catalogue.
+    pub entitlements: Vec<EntitlementSummary>,
+}
+
+/// One entitlement of [`EntitlementList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitlementSummary {
+    /// Id.
+    pub id: String,
+    /// Description.
+    pub description: String,
+    /// The provider name.
+    pub provider: String,
+    /// The longest grant, e.g. `4h`.
+    pub max_duration: String,
+}
+
+/// `GET /v1/audit/verify`, and `jit audit verify --file`: the same
+/// verifier's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AuditVerification {
+    /// The chain holds (`"ok": true`).
+    Verified {
+        /// Always true.
+        ok: bool,
+        /// Records checked.
+        records: u64,
+        /// The head hash.
+        head: String,
+        /// Records whose seal matched.
+        sealed: u64,
+        /// The highest checkpoint checked against.
+        checkpoint: Option<u64>,
+    },
+    /// The chain is broken (`"ok": false`).
+    Broken {
+        /// Always false.
+        ok: bool,
+        /// 0-based position of the first broken record.
+        position: usize,
+        /// Its seq.
+        seq: u64,
+        /// The kind of break.
+        kind: String,
+        /// What is wrong there.
+        reason: String,
+        /// The whole finding, human-readable.
+        message: String,
+    },
+}
+
+impl AuditVerification {
+    /// The answer for a verifier's result.
+    pub fn of(result: &Result<crate::audit::ChainSummary, crate::audit::ChainBreak>) -> Self {
+        match result {
+            Ok(s) => Self::Verified {
+                ok: true,
+                records: s.records,
+                head: s.head.clone(),
+                sealed: s.sealed,
+                checkpoint: s.checkpoint,
+            },
+            Err(b) => Self::Broken {
+                ok: false,
+                position: b.position,
+                seq: b.seq,
+                kind: b.reason.kind().to_string(),
+                reason: b.reason.to_string(),
+                message: b.to_string(),
+            },
+        }
+    }
+
+    /// Whether the chain holds.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Verified { ok: true, .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use serde_json::json;
+
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn credentials_views_round_trip_and_keep_the_wire_shape() {
+        let aws = Credentials::Aws {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: Secret::new("sk"),
+            session_token: Secret::new("st"),
+            expires_at: t("2026-11-29T12:00:00Z"),
+        };
+        let view = CredentialsView::from(&aws);
+        let v = to_value(&view);
+        // The shape the server wrote with `json!` before these types.
+        assert_eq!(
+            v,
+            json!({"kind": "aws", "access_key_id": "ASIAEXAMPLE", "secret_access_key": "sk",
+                   "session_token": "st", "expires_at": "2026-11-29T12:00:00Z"})
+        );
+        assert_eq!(
+            v.to_string(),
+            r#"{"access_key_id":"ASIAEXAMPLE","expires_at":"2026-11-29T12:00:00Z","kind":"aws","secret_access_key":"sk","session_token":"st"}"#
+        );
+        let back: CredentialsView = serde_json::from_value(v).unwrap();
+        assert_eq!(back, view);
+        assert_eq!(back.to_credentials().unwrap(), aws);
+        assert!(!format!("{back:?}").contains("sk\""), "{back:?}");
+        assert!(!format!("{back:?}").contains("\"st\""), "{back:?}");
+
+        for (c, kind) in [
+            (
+                Credentials::LocalToken {
+                    token: Secret::new("tok"),
+                    expires_at: t("2026-11-29T12:00:00Z"),
+                },
+                "local_token",
+            ),
+            (
+                Credentials::AccessToken {
+                    token: Secret::new("ya29"),
+                    expires_at: t("2026-11-29T12:00:00Z"),
+                },
+                "access_token",
+            ),
+            (
+                Credentials::Assignment {
+                    description: "Reader on /subscriptions/x".into(),
+                    expires_at: t("2026-11-29T12:00:00Z"),
+                },
+                "assignment",
+            ),
+        ] {
+            let view = CredentialsView::from(&c);
+            assert_eq!(view.kind(), kind);
+            let v = to_value(&view);
+            assert_eq!(v["kind"], kind);
+            let back: CredentialsView = serde_json::from_value(v).unwrap();
+            assert_eq!(back.to_credentials().unwrap(), c);
+        }
+        let unknown: CredentialsView = serde_json::from_value(
+            json!({"kind": "unsupported", "expires_at": "2026-11-29T12:00:00Z"}),
+        )
+        .unwrap();
+        assert!(unknown.to_credentials().is_none());
+        assert!(serde_json::from_value::<CredentialsView>(json!({"kind": "magic"})).is_err());
+    }
+
+    #[test]
+    fn credential_process_is_version_1_in_sorted_order() {
+        let aws = Credentials::Aws {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: Secret::new("sk"),
+            session_token: Secret::new("st"),
+            expires_at: t("2026-11-29T12:00:00.250Z"),
+        };
+        let doc = CredentialProcess::from_credentials(&aws).unwrap();
+        let line = doc.to_json();
+        assert_eq!(
+            line.expose(),
+            r#"{"AccessKeyId":"ASIAEXAMPLE","Expiration":"2026-11-29T12:00:00Z","SecretAccessKey":"sk","SessionToken":"st","Version":1}"#
+        );
+        // The same bytes as a `Value` would give.
+        assert_eq!(line.expose(), to_value(&doc).to_string());
+        let back: CredentialProcess = serde_json::from_str(line.expose()).unwrap();
+        assert_eq!(back, doc);
+        assert_eq!(back.expires_at(), Some(t("2026-11-29T12:00:00Z")));
+        assert!(!format!("{doc:?}").contains("\"sk\""));
+        let token = Credentials::LocalToken {
+            token: Secret::new("x"),
+            expires_at: t("2026-11-29T12:00:00Z"),
+        };
+        assert!(CredentialProcess::from_credentials(&token).is_none());
+    }
+
+    #[test]
+    fn error_envelopes_keep_their_shape() {
+        let id = RequestId::new();
+        let e = ErrorEnvelope::new("denied", "denied by policy: no")
+            .with_details(ErrorDetails::reasons(vec!["no".into()]).with_request(id));
+        let v = to_value(&e);
+        assert_eq!(
+            v,
+            json!({"error": {"code": "denied", "message": "denied by policy: no",
+                             "details": {"reasons": ["no"], "request_id": id}}})
+        );
+        let back: ErrorEnvelope = serde_json::from_value(v).unwrap();
+        assert_eq!(back.reasons(), ["no"]);
+        let plain = to_value(&ErrorEnvelope::new("not_found", "x"));
+        assert_eq!(
+            plain,
+            json!({"error": {"code": "not_found", "message": "x"}})
+        );
+        let state = to_value(
+            &ErrorEnvelope::new("invalid_state", "x").with_details(
+                ErrorDetails::default()
+                    .with_request(id)
+                    .with_state(State::Expired),
+            ),
+        );
+        assert_eq!(state["error"]["details"]["state"], "expired");
+    }
+
+    #[test]
+    fn bodies_refuse_unknown_fields_and_skip_absent_ones() {
+        let b = SubmitBody {
+            entitlement: "e".into(),
+            duration: "1h".into(),
+            justification: "j".into(),
+            ticket: None,
+            start_at: None,
+        };
+        assert_eq!(
+            to_value(&b),
+            json!({"entitlement": "e", "duration": "1h", "justification": "j"})
+        );
+        assert!(serde_json::from_value::<SubmitBody>(
+            json!({"entitlement": "e", "duration": "1h", "justification": "j", "x": 1})
+        )
+        .is_err());
+        assert_eq!(to_value(&ReasonBody::comment("")), json!({"comment": ""}));
+        assert_eq!(
+            serde_json::from_value::<ReasonBody>(json!({})).unwrap(),
+            ReasonBody::default()
+        );
+    }
+
+    #[test]
+    fn audit_verifications_are_told_apart() {
+        let ok: AuditVerification = serde_json::from_value(
+            json!({"ok": true, "records": 3, "head": "ab", "sealed": 0, "checkpoint": null}),
+        )
+        .unwrap();
+        assert!(ok.is_ok());
+        let broken: AuditVerification = serde_json::from_value(json!({
+            "ok": false, "position": 1, "seq": 2, "kind": "hash_mismatch",
+            "reason": "r", "message": "m"
+        }))
+        .unwrap();
+        assert!(!broken.is_ok());
+        assert!(matches!(broken, AuditVerification::Broken { seq: 2, .. }));
+    }
+}
