@@ -54,6 +54,7 @@ enum RetryAfter {
 pub struct Fault {
     method: Option<String>,
     path: PathMatch,
+    skip: usize,
     times: usize,
     pub(crate) action: Action,
     pub(crate) status: u16,
@@ -68,6 +69,7 @@ impl Fault {
         Self {
             method: None,
             path: PathMatch::Any,
+            skip: 0,
             times: 1,
             action,
             status,
@@ -125,6 +127,13 @@ impl Fault {
     /// Applies to the next `n` matching requests (default 1), then never again.
     pub fn times(mut self, n: usize) -> Self {
         self.times = n;
+        self
+    }
+
+    /// Lets the first `n` matching requests through untouched, then applies
+    /// (the second `setIamPolicy` conflicts, not the first).
+    pub fn skip(mut self, n: usize) -> Self {
+        self.skip = n;
         self
     }
 
@@ -208,6 +217,7 @@ pub struct FaultHandle(Arc<Armed>);
 #[derive(Debug)]
 pub(crate) struct Armed {
     pub(crate) fault: Fault,
+    skip: AtomicUsize,
     remaining: AtomicUsize,
     fired: AtomicUsize,
 }
@@ -236,6 +246,7 @@ pub(crate) struct Faults(Mutex<Vec<Arc<Armed>>>);
 impl Faults {
     pub(crate) fn add(&self, fault: Fault) -> FaultHandle {
         let armed = Arc::new(Armed {
+            skip: AtomicUsize::new(fault.skip),
             remaining: AtomicUsize::new(fault.times),
             fired: AtomicUsize::new(0),
             fault,
@@ -259,11 +270,19 @@ impl Faults {
     pub(crate) fn take(&self, method: &str, path: &str) -> Option<Arc<Armed>> {
         let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // `disarm` does not take the lock: charge with a checked decrement.
+        let dec = |n: &AtomicUsize| {
+            n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        };
         let hit = all.iter().find(|a| {
-            a.fault.matches(method, path)
-                && a.remaining
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
+            if !a.fault.matches(method, path) || a.remaining.load(Ordering::SeqCst) == 0 {
+                return false;
+            }
+            // A request this rule lets through may still meet a later rule.
+            if dec(&a.skip) {
+                return false;
+            }
+            dec(&a.remaining)
         })?;
         hit.fired.fetch_add(1, Ordering::SeqCst);
         Some(hit.clone())

@@ -92,34 +92,50 @@
 //! # Making an SDK client trust the fake
 //!
 //! The fake's certificate chains to the test CA, which no system trusts.
-//! How a client is told depends on its HTTP stack:
+//! There are two ways in; which one a client needs depends on whether it
+//! lets you hand it an HTTP client. (Checked against azure_core 1.1,
+//! azure_identity 1.0, google-cloud-auth 1.19, all on reqwest 0.13 with
+//! rustls and `rustls-platform-verifier`; reqwest 0.12 as in this workspace.)
 //!
-//! - **A client you build** (reqwest 0.12 with any TLS feature):
-//!   `reqwest::ClientBuilder::add_root_certificate(reqwest::Certificate::from_pem(server.ca_pem().as_bytes())?)`.
-//!   This adds to, never replaces, the built-in roots.
-//! - **`azure_core` / `azure_identity`**: their pipelines take a transport:
-//!   build the reqwest client as above and pass it as
-//!   `ClientOptions { transport: Some(Transport::new(Arc::new(client))), .. }`
-//!   (azure_core implements its `HttpClient` for `reqwest::Client`), both to
-//!   the ARM client and to the credential's options (`client_options`); the
-//!   credential's authority host (`ClientOptions::cloud` or the
-//!   `AZURE_AUTHORITY_HOST` variable) is [`FakeServer::https_url`]. No
-//!   environment variable needed, nothing global.
-//! - **A client that builds its own reqwest client internally** (as
-//!   `google-cloud-auth` does for its token exchanges): what it trusts is
-//!   decided by its TLS backend. With `native-tls` (OpenSSL) or with rustls
-//!   and *native* roots (`rustls-native-certs`, also what
-//!   `rustls-platform-verifier` reads on Linux), the roots come from the
-//!   `SSL_CERT_FILE` variable: point it at [`TestCa::pem_path`] **before the
-//!   client is built**, and note it then replaces the system bundle for that
-//!   process. With rustls and the compiled-in `webpki-roots` only, nothing
-//!   outside the binary is trusted: such a client cannot reach an HTTPS fake
-//!   and must be given the token endpoint over [`FakeServer::http_url`] where
-//!   the SDK allows a plain-HTTP endpoint, or be replaced at the seam the
-//!   SDK offers (a custom credentials type, a token provider).
-//!   Setting a variable is process-wide: do it once (for example in a
-//!   `std::sync::Once`), with the same CA for every fake (the CA is one per
-//!   process for that reason).
+//! 1. **Give the SDK a reqwest client that trusts the CA** (preferred:
+//!    nothing global). Build it with
+//!    `reqwest::Certificate::from_pem(server.ca_pem().as_bytes())` added by
+//!    `ClientBuilder::add_root_certificate` (reqwest 0.12) or
+//!    `ClientBuilder::tls_certs_merge([cert])` (reqwest 0.13, where
+//!    `add_root_certificate` is deprecated); both add to the built-in or
+//!    platform roots. Use the reqwest **major version the SDK uses**: its
+//!    `HttpClient` impl is for that version's `reqwest::Client` only.
+//!    - `azure_core` / `azure_identity`: `azure_core` implements its
+//!      `HttpClient` for `reqwest::Client`; set
+//!      `ClientOptions { transport: Some(Transport::new(Arc::new(client))), .. }`
+//!      on the ARM client's options and on the credential's
+//!      (`ClientSecretCredentialOptions { client_options, .. }`). The token
+//!      endpoint is `{authority_host}/{tenant}/oauth2/v2.0/token`, with the
+//!      authority host from `ClientOptions::cloud =
+//!      Some(Arc::new(CloudConfiguration::Custom(..)))` with
+//!      `authority_host = server.https_url()` (or the `AZURE_AUTHORITY_HOST`
+//!      variable when `cloud` is `None`). azure_identity refuses an
+//!      authority host that is not `https`, so the token endpoint must be
+//!      served on [`FakeServer::https_url`].
+//! 2. **Point the process's root store at the CA** when the SDK builds its
+//!    own client (google-cloud-auth calls `reqwest::Client::new()` for its
+//!    token requests). reqwest 0.13's default rustls verifier, like
+//!    `native-tls`/OpenSSL and reqwest 0.12's `rustls-tls-native-roots`,
+//!    reads the platform roots through `rustls-native-certs`, which takes
+//!    the `SSL_CERT_FILE` variable **instead of** the system bundle: set it
+//!    to [`TestCa::pem_path`] before the SDK builds its client, once per
+//!    process (for example in a `std::sync::Once`; every fake chains to the
+//!    same per-process CA for this reason). reqwest 0.12's plain
+//!    `rustls-tls` (compiled-in webpki roots) ignores the variable.
+//!
+//! Often no TLS is needed at all: google-cloud-auth's service-account
+//! credentials sign their own JWT and call no token endpoint (the fake sees
+//! `Authorization: Bearer <JWT>` and can verify it with the test key's
+//! public half); its authorized-user credentials take
+//! `with_token_uri(..)` and its metadata-server client takes
+//! `GCE_METADATA_HOST` (plain `http://{host}`): both can be
+//! [`FakeServer::http_url`]. The API endpoints of clients you write
+//! yourself (ARM, Resource Manager, IAM Credentials) can be either.
 
 mod fault;
 mod record;
@@ -243,6 +259,7 @@ impl FakeServerBuilder {
             log: Mutex::new(Vec::new()),
             redaction: self.redaction,
             tls_failures: AtomicUsize::new(0),
+            next_seq: AtomicUsize::new(0),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -418,6 +435,7 @@ struct Shared {
     log: Mutex<Vec<RecordedRequest>>,
     redaction: Redaction,
     tls_failures: AtomicUsize,
+    next_seq: AtomicUsize,
 }
 
 /// Returned by the service to make hyper close the connection unanswered.
@@ -492,7 +510,7 @@ impl Shared {
             Err(_) => return Err(DropConnection),
         };
         let fault = self.faults.take(parts.method.as_str(), parts.uri.path());
-        self.record(scheme, &parts, &body, fault.is_some());
+        let seq = self.record(scheme, &parts, &body, fault.is_some());
         if let Some(armed) = fault {
             let fault = &armed.fault;
             if let Some(delay) = fault.delay {
@@ -500,15 +518,28 @@ impl Shared {
             }
             match fault.action {
                 Action::Drop => return Err(DropConnection),
-                Action::Respond => return Ok(self.fault_response(fault)),
+                Action::Respond => {
+                    let res = self.fault_response(fault);
+                    self.record_status(seq, res.status());
+                    return Ok(res);
+                }
                 Action::Pass => {}
             }
         }
         let mut req = Request::from_parts(parts, Body::from(body));
         req.extensions_mut().insert(self.ctx.clone());
-        match self.router.clone().oneshot(req).await {
-            Ok(res) => Ok(res),
+        let res = match self.router.clone().oneshot(req).await {
+            Ok(res) => res,
             Err(never) => match never {},
+        };
+        self.record_status(seq, res.status());
+        Ok(res)
+    }
+
+    fn record_status(&self, seq: usize, status: StatusCode) {
+        // Looked up by `seq`: the record may have been cleared meanwhile.
+        if let Some(r) = self.lock_log().iter_mut().rev().find(|r| r.seq == seq) {
+            r.status = Some(status.as_u16());
         }
     }
 
@@ -527,7 +558,14 @@ impl Shared {
         res
     }
 
-    fn record(&self, scheme: Scheme, parts: &http::request::Parts, body: &[u8], faulted: bool) {
+    /// Records a request; returns its `seq`.
+    fn record(
+        &self,
+        scheme: Scheme,
+        parts: &http::request::Parts,
+        body: &[u8],
+        faulted: bool,
+    ) -> usize {
         let headers: Vec<(String, String)> = parts
             .headers
             .iter()
@@ -544,7 +582,8 @@ impl Shared {
             .and_then(|v| v.to_str().ok());
         let body = self.redaction.body(content_type, body);
         let mut log = self.lock_log();
-        let seq = log.len();
+        // Under the lock, so `seq` follows the order of the record.
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         log.push(RecordedRequest {
             seq,
             at: self.ctx.now(),
@@ -555,7 +594,9 @@ impl Shared {
             headers,
             body,
             faulted,
+            status: None,
         });
+        seq
     }
 }
 

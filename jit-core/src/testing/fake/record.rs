@@ -47,7 +47,8 @@ pub enum Scheme {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RecordedRequest {
-    /// Arrival order on this server, from 0.
+    /// Arrival order on this server, from 0 (not reset by
+    /// `FakeServer::clear_requests`).
     pub seq: usize,
     /// The fake's clock when it arrived.
     pub at: DateTime<Utc>,
@@ -63,8 +64,12 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The body, redacted where it is a form or JSON.
     pub body: Vec<u8>,
-    /// Whether an injected fault answered it (the routes never saw it).
+    /// Whether an injected fault took it (the routes never saw it, unless
+    /// the fault only delayed it: [`Fault::pass_after`](super::Fault::pass_after)).
     pub faulted: bool,
+    /// The status answered; `None` while the answer is pending and when the
+    /// connection was dropped.
+    pub status: Option<u16>,
 }
 
 impl RecordedRequest {

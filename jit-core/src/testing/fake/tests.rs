@@ -146,6 +146,50 @@ async fn a_fault_fires_exactly_n_times_on_matching_requests_only() {
     assert_eq!(seen.len(), 10);
     assert_eq!(seen.iter().filter(|r| r.faulted).count(), 3);
     assert!(seen.iter().filter(|r| r.faulted).all(|r| r.method == "PUT"));
+    // The answered status is recorded with each request.
+    let recorded: Vec<_> = seen
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        recorded,
+        [Some(503), Some(503), Some(503), Some(200), Some(200)]
+    );
+}
+
+#[tokio::test]
+async fn a_skipping_fault_lets_the_first_requests_through() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let server = FakeServer::start(counting_routes(hits.clone())).unwrap();
+    let second = server.inject(Fault::respond(409).path("/x").skip(1).times(1));
+    let c = client();
+    let url = format!("{}/x", server.https_url());
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(c.put(&url).send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 409, 200]);
+    assert_eq!((second.fired(), second.remaining()), (1, 0));
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn sequence_numbers_survive_clearing_the_record() {
+    let server = FakeServer::start(Router::new()).unwrap();
+    let c = client();
+    let url = format!("{}/x", server.https_url());
+    c.get(&url).send().await.unwrap();
+    c.get(&url).send().await.unwrap();
+    assert_eq!(
+        server.requests().iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    server.clear_requests();
+    assert_eq!(server.request_count(), 0);
+    c.get(&url).send().await.unwrap();
+    let seen = server.requests();
+    assert_eq!((seen.len(), seen[0].seq, seen[0].status), (1, 2, Some(404)));
 }
 
 #[tokio::test]
@@ -245,6 +289,7 @@ async fn a_dropped_connection_gets_no_answer_and_the_next_request_does() {
     let seen = server.requests_to("POST", "/token");
     assert_eq!(seen.len(), 2);
     assert!(seen[0].faulted && !seen[1].faulted);
+    assert_eq!((seen[0].status, seen[1].status), (None, Some(200)));
 }
 
 #[tokio::test]
