@@ -13,6 +13,7 @@
 //! | [`ledger`] | the in-process ledger of what was issued (idempotency, `find`) |
 //! | [`retry`] | backoff with jitter and bounded retries (read-modify-write, throttling) |
 //! | [`http`] | an HTTP status and `Retry-After` to jit-core's error kinds |
+//! | [`registry`] | providers built from configuration: a factory per kind, fed a string map |
 //!
 //! Test scaffolding for providers (the conformance suite, a tripwire
 //! endpoint, a local HTTP fake harness) is in `jit_core::testing` (feature
@@ -22,6 +23,7 @@ pub mod capabilities;
 pub mod http;
 pub mod ledger;
 pub mod naming;
+pub mod registry;
 pub mod retry;
 pub mod window;
 
