@@ -181,4 +181,24 @@ mod tests {
             assert!(!r.body.to_string().contains("disk"));
         }
     }
+
+    #[test]
+    fn error_bodies_are_the_shared_envelope() {
+        let r = ApiResponse::from(Error::Denied {
+            reasons: vec!["no".into()],
+        })
+        .with_details(
+            ErrorDetails::reasons(vec!["no".into()]).with_request(jit_core::RequestId::new()),
+        );
+        let e: ErrorEnvelope = serde_json::from_value(r.body.clone()).unwrap();
+        assert_eq!(e.error.code, "denied");
+        assert_eq!(e.reasons(), ["no"]);
+        assert!(e.error.details.unwrap().request_id.is_some());
+        // The bytes as before: sorted keys.
+        let plain = ApiResponse::error(404, "not_found", "x");
+        assert_eq!(
+            plain.body.to_string(),
+            r#"{"error":{"code":"not_found","message":"x"}}"#
+        );
+    }
 }

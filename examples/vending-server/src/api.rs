@@ -706,3 +706,73 @@ pub async fn method_not_allowed() -> ApiError {
         "method not allowed on this route",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use jit_core::local::{LocalKey, LocalProvider};
+    use jit_core::{CataloguePolicy, MemoryStore};
+
+    use super::*;
+
+    /// What the server writes for an operation parses as the shared wire
+    /// type (what the `jit` CLI reads), and keeps its shape.
+    #[tokio::test]
+    async fn answers_round_trip_through_the_wire_types() {
+        let policy = CataloguePolicy::from_toml_str(crate::demo::CATALOGUE).unwrap();
+        let broker = Broker::builder(Arc::new(MemoryStore::new()), Arc::new(policy))
+            .provider(Arc::new(LocalProvider::new(LocalKey::generate(), "jit")))
+            .build()
+            .unwrap();
+        let alice = Principal::new("alice").unwrap().with_group("engineering");
+        let bob = Principal::new("bob").unwrap().with_group("leads");
+        let out = broker
+            .submit(
+                &alice,
+                AccessRequest::new("demo-api", "10m".parse().unwrap(), "try"),
+            )
+            .await
+            .unwrap();
+        let record = out.record.clone();
+
+        // The requester gets the credentials, anyone else the record alone.
+        let mine = outcome(&alice, out.clone());
+        assert_eq!(mine["credentials"]["kind"], "local_token");
+        let parsed: RequestAnswer = serde_json::from_value(mine.clone()).unwrap();
+        assert_eq!(parsed.request, record);
+        assert!(matches!(
+            parsed.credentials,
+            Some(CredentialsView::LocalToken { .. })
+        ));
+        // Written again, the same bytes: nothing is lost or reordered.
+        assert_eq!(wire::to_value(&parsed).to_string(), mine.to_string());
+        let theirs = outcome(&bob, out);
+        assert!(theirs.get("credentials").is_none());
+
+        let list = wire::to_value(&RequestList {
+            requests: vec![record.clone()],
+        });
+        let parsed: RequestList = serde_json::from_value(list).unwrap();
+        assert_eq!(parsed.requests, [record]);
+    }
+
+    #[tokio::test]
+    async fn errors_are_one_envelope() {
+        use axum::response::IntoResponse;
+        let resp = ApiError::from(jit_core::Error::Denied {
+            reasons: vec!["not on call".into()],
+        })
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let e: jit_core::wire::ErrorEnvelope = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e.error.code, "denied");
+        assert_eq!(e.reasons(), ["not on call"]);
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"error":{"code":"denied","details":{"reasons":["not on call"]},"message":"denied by policy: not on call"}}"#
+        );
+    }
+}
