@@ -1,0 +1,235 @@
+//! Credentials for other programs: an active grant of the caller's or a
+//! new one, in a child's environment or as `credential_process` JSON.
+
+use std::time::Duration;
+
+use jit_core::wire::{
+    self, CredentialProcess, CredentialsAnswer, CredentialsView, RequestAnswer, RequestList,
+};
+
+use crate::client::Client;
+use crate::commands::{final_code, parse_wait, submit_body, wait_for, WantArgs};
+use crate::{Fail, Res};
+
+/// An active grant of mine for the entitlement with at least
+/// `min_remaining` left (the one ending last), else a new request (waited for).
+pub(crate) async fn grant_for(
+    c: &Client,
+    w: &WantArgs,
+    min_remaining: Duration,
+) -> Res<(String, CredentialsView)> {
+    let WantArgs {
+        entitlement,
+        duration,
+        reason,
+        ticket,
+        timeout,
+    } = w;
+    let timeout = parse_wait(timeout)?;
+    let mine = c
+        .get::<RequestList>(&format!(
+            "/v1/requests?scope=mine&state=active&entitlement={entitlement}"
+        ))
+        .await?;
+    let soon = chrono::Utc::now()
+        + chrono::TimeDelta::from_std(min_remaining).unwrap_or(chrono::TimeDelta::MAX);
+    let reusable = mine
+        .body
+        .requests
+        .iter()
+        .filter_map(|r| {
+            let ends = r.grant.as_ref()?.ends_at;
+            (ends > soon).then_some((ends, r))
+        })
+        .max_by_key(|(ends, _)| *ends);
+    if let Some((_, r)) = reusable {
+        let id = r.id.to_string();
+        match c
+            .get::<CredentialsAnswer>(&format!("/v1/requests/{id}/credentials"))
+            .await
+        {
+            Ok(creds) => return Ok((id, creds.body.credentials)),
+            // Revoked or expired meanwhile, or too little time left for the
+            // provider to mint again (AWS: 15 minutes): ask anew.
+            Err(f) if f.code == 1 => {}
+            Err(f) => return Err(f),
+        }
+    }
+    let out = c
+        .post::<RequestAnswer>(
+            "/v1/requests",
+            &submit_body(entitlement, duration, reason, ticket),
+        )
+        .await?
+        .body;
+    let id = out.request.id.to_string();
+    if let Some(cr) = out.credentials {
+        return Ok((id, cr));
+    }
+    let done = wait_for(c, &id, timeout).await?;
+    final_code(&done.body.request)?;
+    let creds = c
+        .get::<CredentialsAnswer>(&format!("/v1/requests/{id}/credentials"))
+        .await?;
+    Ok((id, creds.body.credentials))
+}
+
+/// The AWS credentials of a view, every part present.
+pub(crate) fn aws_creds(creds: &CredentialsView) -> Res<CredentialProcess> {
+    let doc = creds
+        .to_credentials()
+        .and_then(|c| CredentialProcess::from_credentials(&c))
+        .ok_or_else(|| {
+            Fail::new(
+                1,
+                format!(
+                    "the entitlement's credentials are of kind `{}`, not `aws`",
+                    creds.kind()
+                ),
+            )
+        })?;
+    for (k, v) in [
+        ("access_key_id", doc.access_key_id.as_str()),
+        ("secret_access_key", doc.secret_access_key.expose()),
+        ("session_token", doc.session_token.expose()),
+    ] {
+        if v.is_empty() {
+            return Err(Fail::new(
+                1,
+                format!("the server's aws credentials lack `{k}`"),
+            ));
+        }
+    }
+    Ok(doc)
+}
+
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
+/// `AWS_CREDENTIAL_EXPIRATION`, as every AWS SDK and the CLI read them.
+pub(crate) fn aws_env(creds: &CredentialsView) -> Res<[(&'static str, String); 4]> {
+    let a = aws_creds(creds)?;
+    Ok([
+        ("AWS_ACCESS_KEY_ID", a.access_key_id.clone()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            a.secret_access_key.expose().to_string(),
+        ),
+        ("AWS_SESSION_TOKEN", a.session_token.expose().to_string()),
+        ("AWS_CREDENTIAL_EXPIRATION", a.expiration.clone()),
+    ])
+}
+
+/// The `credential_process` protocol, version 1 (jit-core's one definition).
+pub(crate) fn credential_process_json(creds: &CredentialsView) -> Res<CredentialProcess> {
+    aws_creds(creds)
+}
+
+pub(crate) fn exec(id: &str, creds: &CredentialsView, command: &[String]) -> Res<u8> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| Fail::new(2, "no command given"))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    // The caller's own OIDC token is not the child's business.
+    cmd.env_remove("JIT_TOKEN");
+    cmd.env("JIT_REQUEST_ID", id);
+    // The RFC 3339 form the server sends.
+    let expires = |t: chrono::DateTime<chrono::Utc>| {
+        wire::to_value(&t).as_str().unwrap_or_default().to_string()
+    };
+    match creds {
+        CredentialsView::LocalToken { token, expires_at }
+        | CredentialsView::AccessToken { token, expires_at } => {
+            cmd.env("JIT_ACCESS_TOKEN", token.expose());
+            cmd.env("JIT_ACCESS_TOKEN_EXPIRES_AT", expires(*expires_at));
+        }
+        CredentialsView::Assignment { expires_at, .. } => {
+            cmd.env("JIT_ACCESS_EXPIRES_AT", expires(*expires_at));
+        }
+        CredentialsView::Aws { .. } => {
+            // A profile named in the environment would win over these in
+            // some SDKs (botocore drops its environment provider when a
+            // profile is set explicitly), so the child gets neither.
+            for k in ["AWS_PROFILE", "AWS_DEFAULT_PROFILE"] {
+                cmd.env_remove(k);
+            }
+            for (k, v) in aws_env(creds)? {
+                cmd.env(k, v);
+            }
+        }
+        other => {
+            return Err(Fail::new(
+                1,
+                format!(
+                    "credentials of kind `{}` cannot be put into an environment yet",
+                    other.kind()
+                ),
+            ))
+        }
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| Fail::new(1, format!("cannot run `{program}`: {e}")))?;
+    if let Some(c) = status.code() {
+        return Ok(c.clamp(0, 255) as u8);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return Ok((128 + sig).clamp(0, 255) as u8);
+        }
+    }
+    Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn view(v: serde_json::Value) -> CredentialsView {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn aws_credentials_become_credential_process_json_and_env() {
+        // What the server sends (`CredentialsView`), parsed as the CLI does.
+        let creds = view(serde_json::json!({
+            "kind": "aws", "access_key_id": "ASIAEXAMPLE", "secret_access_key": "sk",
+            "session_token": "st", "expires_at": "2026-11-29T12:00:00Z",
+        }));
+        let doc = credential_process_json(&creds).unwrap();
+        assert_eq!(
+            doc.to_json().expose(),
+            r#"{"AccessKeyId":"ASIAEXAMPLE","Expiration":"2026-11-29T12:00:00Z","SecretAccessKey":"sk","SessionToken":"st","Version":1}"#
+        );
+        let env = aws_env(&creds).unwrap();
+        assert_eq!(env[0], ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE".to_string()));
+        assert_eq!(
+            env[3],
+            (
+                "AWS_CREDENTIAL_EXPIRATION",
+                "2026-11-29T12:00:00Z".to_string()
+            )
+        );
+
+        let token = view(serde_json::json!({"kind": "local_token", "token": "t",
+                                             "expires_at": "2026-11-29T12:00:00Z"}));
+        let err = credential_process_json(&token).unwrap_err();
+        assert!(
+            err.message.contains("kind `local_token`, not `aws`"),
+            "{}",
+            err.message
+        );
+        let partial = view(serde_json::json!({
+            "kind": "aws", "access_key_id": "ASIAEXAMPLE", "secret_access_key": "sk",
+            "session_token": "", "expires_at": "2026-11-29T12:00:00Z",
+        }));
+        let err = aws_env(&partial).unwrap_err();
+        assert!(
+            err.message.contains("lack `session_token`"),
+            "{}",
+            err.message
+        );
+    }
+}
