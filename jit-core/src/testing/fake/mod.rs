@@ -13,9 +13,10 @@
 //! - a record of every request with its secrets redacted
 //!   ([`FakeServer::requests`], [`RecordedRequest`]);
 //! - faults by rule ([`FakeServer::inject`], [`Fault`]): the next N requests
-//!   that match a method and path get a status and body (with an optional
-//!   `Retry-After`), arrive late, or lose their connection; the routes
-//!   never see a request a fault answered;
+//!   that match a method, a path and optionally any condition on the
+//!   request ([`Fault::when`]), after skipping M, get a status and body
+//!   (with an optional `Retry-After`), arrive late, or lose their
+//!   connection; the routes never see a request a fault answered;
 //! - one [`ManualClock`] shared by the test, the routes (through their
 //!   state or the [`FakeContext`] extension) and the `Retry-After` dates;
 //! - shutdown on drop: the listeners are closed and every connection ended
@@ -509,8 +510,10 @@ impl Shared {
             Ok(b) => b.to_bytes(),
             Err(_) => return Err(DropConnection),
         };
-        let fault = self.faults.take(parts.method.as_str(), parts.uri.path());
-        let seq = self.record(scheme, &parts, &body, fault.is_some());
+        let mut seen = self.redacted(scheme, &parts, &body);
+        let fault = self.faults.take(&seen);
+        seen.faulted = fault.is_some();
+        let seq = self.record(seen);
         if let Some(armed) = fault {
             let fault = &armed.fault;
             if let Some(delay) = fault.delay {
@@ -558,14 +561,13 @@ impl Shared {
         res
     }
 
-    /// Records a request; returns its `seq`.
-    fn record(
+    /// The request as it will be recorded (secrets out), not yet numbered.
+    fn redacted(
         &self,
         scheme: Scheme,
         parts: &http::request::Parts,
         body: &[u8],
-        faulted: bool,
-    ) -> usize {
+    ) -> RecordedRequest {
         let headers: Vec<(String, String)> = parts
             .headers
             .iter()
@@ -580,22 +582,27 @@ impl Shared {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let body = self.redaction.body(content_type, body);
-        let mut log = self.lock_log();
-        // Under the lock, so `seq` follows the order of the record.
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        log.push(RecordedRequest {
-            seq,
+        RecordedRequest {
+            seq: 0,
             at: self.ctx.now(),
             scheme,
             method: parts.method.as_str().to_string(),
             path: parts.uri.path().to_string(),
             query: parts.uri.query().map(str::to_string),
             headers,
-            body,
-            faulted,
+            body: self.redaction.body(content_type, body),
+            faulted: false,
             status: None,
-        });
+        }
+    }
+
+    /// Records a request; returns its `seq`.
+    fn record(&self, mut seen: RecordedRequest) -> usize {
+        let mut log = self.lock_log();
+        // Under the lock, so `seq` follows the order of the record.
+        seen.seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let seq = seen.seq;
+        log.push(seen);
         seq
     }
 }

@@ -175,6 +175,43 @@ async fn a_skipping_fault_lets_the_first_requests_through() {
 }
 
 #[tokio::test]
+async fn a_fault_can_match_on_the_body_and_query() {
+    let routes = Router::new().route("/req", put(|| async { "ok" }));
+    let server = FakeServer::start(routes).unwrap();
+    let removes = server.inject(
+        Fault::respond(400)
+            .method("PUT")
+            .when(|r| {
+                r.query_param("api-version").as_deref() == Some("2022-04-01")
+                    && r.body_json()
+                        .is_some_and(|b| b["properties"]["requestType"] == "AdminRemove")
+            })
+            .times(5),
+    );
+    let c = client();
+    let url = format!("{}/req", server.https_url());
+    let send = |kind: &'static str, version: &'static str| {
+        c.put(&url)
+            .query(&[("api-version", version)])
+            .json(&serde_json::json!({"properties": {"requestType": kind}}))
+            .send()
+    };
+    assert_eq!(
+        send("AdminAssign", "2022-04-01").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        send("AdminRemove", "2020-10-01").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        send("AdminRemove", "2022-04-01").await.unwrap().status(),
+        400
+    );
+    assert_eq!(removes.fired(), 1);
+}
+
+#[tokio::test]
 async fn sequence_numbers_survive_clearing_the_record() {
     let server = FakeServer::start(Router::new()).unwrap();
     let c = client();
