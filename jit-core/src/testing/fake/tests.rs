@@ -574,3 +574,43 @@ fn a_server_outlives_the_runtime_of_the_test_that_uses_it() {
     }
     assert_eq!(server.request_count(), 2);
 }
+
+#[tokio::test]
+async fn the_ca_file_alone_is_enough_to_trust_the_fake() {
+    // What a client reading `SSL_CERT_FILE` does: a root store holding only
+    // the certificates of that file (it replaces the system bundle).
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = FakeServer::start(counting_routes(Arc::new(AtomicUsize::new(0)))).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(test_ca().pem_path().unwrap()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    assert_eq!(roots.len(), 1);
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let addr = server
+        .https_url()
+        .trim_start_matches("https://")
+        .to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("routed"), "{answer}");
+}
