@@ -156,6 +156,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tower::ServiceExt;
 
+/// The axum the route tables are written with, so a provider crate's
+/// fakes use the same version without naming it in their manifests.
+pub use axum;
 pub use fault::{Fault, FaultHandle};
 pub use record::{RecordedRequest, Scheme, REDACTED, SECRET_FIELDS, SECRET_HEADERS};
 pub use tls::{test_ca, TestCa, SERVER_NAMES};
