@@ -13,6 +13,8 @@
 //! since none can be in flight yet; on a shared store those wait for the
 //! reconcile grace, as another replica may be working on them.
 
+mod due;
+
 use std::future::Future;
 use std::time::Duration;
 
