@@ -388,6 +388,38 @@ impl FromStr for GrantDuration {
     }
 }
 
+/// Every bound on one grant's length, applied in one place (design rule 2):
+/// a grant lasts `min(requested, entitlement max, policy max, provider max)`.
+///
+/// The broker builds one from the record and the provider at approval (the
+/// grant's window) and again at issue (the provider's limit may differ on
+/// the replica that issues); nothing else clamps a grant's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationLimits {
+    /// The entitlement's [`Entitlement::max_duration`].
+    pub entitlement: GrantDuration,
+    /// The policy decision's [`Decision::max_duration`].
+    pub policy: GrantDuration,
+    /// The provider's [`Capabilities::max_duration`](crate::Capabilities::max_duration).
+    pub provider: Duration,
+}
+
+impl DurationLimits {
+    /// The longest grant these limits allow, in whole seconds (rounded down,
+    /// so the provider's limit is never exceeded); `None` when the
+    /// provider's maximum is under one second, so nothing can be minted.
+    pub fn max(&self) -> Option<GrantDuration> {
+        let provider_secs = self.provider.as_secs().min(MAX_GRANT_DURATION.as_secs());
+        let provider = GrantDuration::new(Duration::from_secs(provider_secs)).ok()?;
+        Some(self.entitlement.min(self.policy).min(provider))
+    }
+
+    /// `requested`, cut to [`DurationLimits::max`].
+    pub fn clamp(&self, requested: GrantDuration) -> Option<GrantDuration> {
+        self.max().map(|max| requested.min(max))
+    }
+}
+
 /// Formats a duration compactly: `1h30m`, `45s`, `2d`.
 pub fn format_duration(d: Duration) -> String {
     let mut s = d.as_secs();
@@ -868,6 +900,45 @@ impl RequestRecord {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn d(s: &str) -> GrantDuration {
+        s.parse().unwrap()
+    }
+
+    fn limits(entitlement: &str, policy: &str, provider_secs: u64) -> DurationLimits {
+        DurationLimits {
+            entitlement: d(entitlement),
+            policy: d(policy),
+            provider: Duration::from_secs(provider_secs),
+        }
+    }
+
+    #[test]
+    fn each_limit_bounds_the_grant_when_it_is_the_smallest() {
+        // The request is the smallest: it stands.
+        assert_eq!(limits("4h", "4h", 4 * 3600).clamp(d("1h")), Some(d("1h")));
+        // The entitlement's maximum.
+        assert_eq!(limits("30m", "4h", 4 * 3600).clamp(d("2h")), Some(d("30m")));
+        // The policy's maximum.
+        assert_eq!(limits("4h", "20m", 4 * 3600).clamp(d("2h")), Some(d("20m")));
+        // The provider's maximum.
+        assert_eq!(limits("4h", "4h", 900).clamp(d("2h")), Some(d("15m")));
+        assert_eq!(limits("30m", "20m", 900).max(), Some(d("15m")));
+    }
+
+    #[test]
+    fn the_provider_limit_rounds_down_and_may_leave_nothing() {
+        let sub_second = DurationLimits {
+            provider: Duration::from_millis(1500),
+            ..limits("1h", "1h", 0)
+        };
+        assert_eq!(sub_second.clamp(d("1h")), Some(d("1s")));
+        assert_eq!(limits("1h", "1h", 0).max(), None);
+        assert_eq!(limits("1h", "1h", 0).clamp(d("1m")), None);
+        // A provider that allows more than any grant may last is no bound.
+        let huge = limits("7d", "7d", u64::MAX);
+        assert_eq!(huge.max(), Some(d("7d")));
+    }
 
     #[test]
     fn durations_parse_and_fail_typed() {

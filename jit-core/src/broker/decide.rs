@@ -102,7 +102,7 @@ impl Broker {
             Verdict::AutoApprove => {
                 rec.state = State::Approved;
                 rec.pending_until = None;
-                rec.grant = Some(self.window(&rec, now, extends.map(|(_, end)| end)));
+                rec.grant = Some(self.window(&rec, now, extends.map(|(_, end)| end))?);
                 events.push(
                     event(AuditKind::Approved, &rec, "policy", now)
                         .details(json!({ "auto": true, "reasons": decision.reasons })),
@@ -145,31 +145,28 @@ impl Broker {
     }
 
     /// The grant window at approval time: from the scheduled start (or now) for
-    /// the approved length. An extension ends at the extended grant's end plus
-    /// its length, and never more than the maximum from now.
+    /// the requested length cut to the grant's limits
+    /// ([`Broker::longest_grant`]). An extension ends at the extended
+    /// grant's end plus its length, and never more than the maximum from now.
     fn window(
         &self,
         rec: &RequestRecord,
         now: DateTime<Utc>,
         extends_end: Option<DateTime<Utc>>,
-    ) -> Grant {
-        let len = rec
-            .request
-            .duration
-            .min(rec.decision.max_duration)
-            .as_chrono();
-        let max = rec.decision.max_duration.as_chrono();
+    ) -> Result<Grant> {
+        let max = self.longest_grant(rec)?;
+        let len = rec.request.duration.min(max).as_chrono();
         let starts_at = rec.request.start_at.map_or(now, |s| s.max(now));
         let ends_at = match extends_end {
-            Some(end) => (end.max(now) + len).min(now + max),
+            Some(end) => (end.max(now) + len).min(now + max.as_chrono()),
             None => starts_at + len,
         };
-        Grant {
+        Ok(Grant {
             id: GrantId::new(),
             starts_at,
             ends_at,
             issued: None,
-        }
+        })
     }
 
     /// Records an approval. When the quorum of distinct approvers (never the
@@ -229,7 +226,7 @@ impl Broker {
                 if count >= quorum {
                     rec.state = State::Approved;
                     rec.pending_until = None;
-                    rec.grant = Some(self.window(rec, now, extends_end));
+                    rec.grant = Some(self.window(rec, now, extends_end)?);
                 }
                 Ok(vec![event(
                     AuditKind::Approved,

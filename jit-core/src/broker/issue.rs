@@ -98,12 +98,9 @@ impl Broker {
                     return Err(invalid_state("issue", rec));
                 }
                 let ent = self.entitlement(&rec.request.entitlement)?;
-                let caps = self.provider(&ent.provider)?.capabilities();
-                let max = rec
-                    .decision
-                    .max_duration
-                    .as_chrono()
-                    .min(delta(caps.max_duration));
+                // Again at issue: this replica's provider may allow less than
+                // the one the window was cut for.
+                let max = self.longest_grant(rec)?.as_chrono();
                 let is_extension = rec.extends.is_some();
                 if rec.grant.is_none() {
                     return Err(invalid_state("issue", rec));

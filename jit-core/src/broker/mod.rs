@@ -79,7 +79,7 @@ use crate::policy::Policy;
 use crate::provider::Provider;
 use crate::store::{ListFilter, Store};
 use crate::types::{
-    check_text, AccessRequest, Decision, Entitlement, GrantDuration, Principal, RequestId,
+    check_text, format_duration, DurationLimits, Entitlement, GrantDuration, Principal, RequestId,
     RequestRecord, State, Verdict,
 };
 
@@ -229,6 +229,31 @@ impl Broker {
             .policy
             .entitlement(id)
             .ok_or_else(|| RequestError::UnknownEntitlement(id.to_string()).into())
+    }
+
+    /// The bounds on `rec`'s grant (design rule 2): its entitlement's and
+    /// its decision's maximum, and its provider's as configured here.
+    pub(crate) fn duration_limits(&self, rec: &RequestRecord) -> Result<DurationLimits> {
+        let ent = self.entitlement(&rec.request.entitlement)?;
+        let provider = self.provider(&ent.provider)?;
+        Ok(DurationLimits {
+            entitlement: ent.max_duration,
+            policy: rec.decision.max_duration,
+            provider: provider.capabilities().max_duration,
+        })
+    }
+
+    /// The longest grant `rec` may have ([`DurationLimits::max`]); an error
+    /// when its provider cannot mint even one second.
+    pub(crate) fn longest_grant(&self, rec: &RequestRecord) -> Result<GrantDuration> {
+        let limits = self.duration_limits(rec)?;
+        limits.max().ok_or_else(|| {
+            RequestError::DurationTooLong {
+                requested: rec.request.duration.to_string(),
+                limit: format_duration(limits.provider),
+            }
+            .into()
+        })
     }
 
     /// Events that the store will seal with the audit key, if there is one.
@@ -441,9 +466,4 @@ impl Broker {
         let recs = self.audit_records().await?;
         audit::export_jsonl(&recs, out).map_err(|e| Error::AuditFailed(format!("export: {e}")))
     }
-}
-
-/// Decision helper for hosts and tests: the effective grant length of a decision.
-pub fn effective_duration(request: &AccessRequest, decision: &Decision) -> GrantDuration {
-    request.duration.min(decision.max_duration)
 }
