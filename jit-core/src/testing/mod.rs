@@ -21,6 +21,7 @@ use crate::provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind}
 use crate::store::{Claim, ListFilter, Store};
 use crate::types::{format_duration, Entitlement, IssuedGrant, RequestId, RequestRecord, State};
 
+pub mod policy;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod provider;
