@@ -180,12 +180,18 @@ impl Broker {
     pub async fn expire_due(&self, limit: usize) -> Result<usize> {
         let now = self.inner.clock.now();
         self.settle_due("expire", &[State::Active], now, limit, |rec| async move {
-            let native = rec
-                .grant
-                .as_ref()
-                .and_then(|g| g.issued.as_ref())
-                .and_then(|i| self.inner.providers.get(&i.provider))
-                .is_some_and(|p| p.capabilities().native_expiry);
+            // A provider not configured here is handed back before the
+            // record is touched: moved to `Revoking` here, it would wait out
+            // the reconcile grace before a replica that has the provider
+            // retried it.
+            let native = match rec.grant.as_ref().and_then(|g| g.issued.as_ref()) {
+                Some(issued) => {
+                    self.provider(&issued.provider)?
+                        .capabilities()
+                        .native_expiry
+                }
+                None => false,
+            };
             if !native {
                 self.revoke_inner(rec.id, REAPER_ACTOR, "grant window ended", true, |_| Ok(()))
                     .await?;
