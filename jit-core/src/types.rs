@@ -842,6 +842,13 @@ pub struct RequestRecord {
     pub request: AccessRequest,
     /// The policy's decision.
     pub decision: Decision,
+    /// The entitlement as the policy decided on it, kept so that the grant
+    /// is issued as approved and, once minted, delivered, reconciled,
+    /// revoked and expired without the catalogue still containing it (see
+    /// the README's rule for rolling catalogue changes). `None` in records
+    /// written before it was kept; the broker then reads the catalogue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entitlement: Option<Entitlement>,
     /// Approvals so far.
     #[serde(default)]
     pub approvals: Vec<Approval>,
@@ -900,6 +907,57 @@ impl RequestRecord {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A record as brokers stored it before they kept the entitlement: it
+    /// must still decode (every store keeps the record as this JSON).
+    const RECORD_WITHOUT_ENTITLEMENT: &str = r#"{
+        "id": "6f1c2a44-3b0e-4d8e-9a51-0d2f4a7b9c10",
+        "version": 3,
+        "state": "active",
+        "requester": { "id": "alice", "groups": ["eng"] },
+        "request": {
+            "entitlement": "dev-read",
+            "duration": 1800,
+            "justification": "INC-1",
+            "context": {}
+        },
+        "decision": { "verdict": "auto_approve", "max_duration": 3600, "reasons": [] },
+        "approvals": [],
+        "grant": {
+            "id": "0b7e8f0e-5d59-4a43-8c1c-3f0f2a9d6b11",
+            "starts_at": "2026-11-01T10:00:00Z",
+            "ends_at": "2026-11-01T10:30:00Z",
+            "issued": {
+                "provider": "local",
+                "external_id": "jit-0b7e8f0e5d594a438c1c3f0f2a9d6b11",
+                "expires_at": "2026-11-01T10:30:00Z"
+            }
+        },
+        "created_at": "2026-11-01T10:00:00Z",
+        "updated_at": "2026-11-01T10:00:01Z"
+    }"#;
+
+    #[test]
+    fn a_record_written_before_entitlements_were_kept_still_decodes() {
+        let rec: RequestRecord = serde_json::from_str(RECORD_WITHOUT_ENTITLEMENT).unwrap();
+        assert_eq!(rec.entitlement, None);
+        assert_eq!(rec.state, State::Active);
+        assert_eq!(rec.request.entitlement, "dev-read");
+        // Written back, it stays in the old shape until an entitlement is set.
+        let json = serde_json::to_value(&rec).unwrap();
+        assert!(json.get("entitlement").is_none(), "{json}");
+        let mut with = rec.clone();
+        with.entitlement = Some(Entitlement {
+            id: "dev-read".into(),
+            description: String::new(),
+            provider: "local".into(),
+            target: serde_json::json!({ "audience": "dev" }),
+            max_duration: "1h".parse().unwrap(),
+        });
+        let back: RequestRecord =
+            serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
+    }
 
     fn d(s: &str) -> GrantDuration {
         s.parse().unwrap()

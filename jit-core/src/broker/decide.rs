@@ -64,6 +64,7 @@ impl Broker {
             requester: requester.clone(),
             request: request.clone(),
             decision: decision.clone(),
+            entitlement: Some(ent.clone()),
             approvals: Vec::new(),
             grant: None,
             extends: extends.map(|(id, _)| id),

@@ -97,7 +97,12 @@ impl Broker {
                 if rec.state != State::Approved {
                     return Err(invalid_state("issue", rec));
                 }
-                let ent = self.entitlement(&rec.request.entitlement)?;
+                // A removed entitlement is not granted any more: a replica
+                // whose catalogue lacks it leaves the record to one that has
+                // it (the rolling-catalogue rule in the README). What is
+                // minted is what was approved, whichever replica issues it.
+                self.entitlement(&rec.request.entitlement)?;
+                let ent = self.approved_entitlement(rec)?;
                 // Again at issue: this replica's provider may allow less than
                 // the one the window was cut for.
                 let max = self.longest_grant(rec)?.as_chrono();
@@ -281,7 +286,7 @@ impl Broker {
             grant_id: g.id,
             request_id: rec.id,
             subject: rec.requester.clone(),
-            entitlement: self.entitlement(&rec.request.entitlement)?,
+            entitlement: self.approved_entitlement(rec)?,
             starts_at: g.starts_at,
             ends_at: g.ends_at,
             justification: rec.request.justification.clone(),

@@ -231,10 +231,19 @@ impl Broker {
             .ok_or_else(|| RequestError::UnknownEntitlement(id.to_string()).into())
     }
 
+    /// The entitlement `rec` was decided on: the copy stored with it, or,
+    /// for records written before copies were kept, the catalogue's entry.
+    pub(crate) fn approved_entitlement(&self, rec: &RequestRecord) -> Result<Entitlement> {
+        match &rec.entitlement {
+            Some(e) => Ok(e.clone()),
+            None => self.entitlement(&rec.request.entitlement),
+        }
+    }
+
     /// The bounds on `rec`'s grant (design rule 2): its entitlement's and
     /// its decision's maximum, and its provider's as configured here.
     pub(crate) fn duration_limits(&self, rec: &RequestRecord) -> Result<DurationLimits> {
-        let ent = self.entitlement(&rec.request.entitlement)?;
+        let ent = self.approved_entitlement(rec)?;
         let provider = self.provider(&ent.provider)?;
         Ok(DurationLimits {
             entitlement: ent.max_duration,
