@@ -349,7 +349,7 @@ impl Broker {
     /// Hands every provider the grants the store records as revoked (or
     /// being revoked) whose end has not passed, so that revocation state a
     /// provider keeps in memory survives a restart (see
-    /// [`Provider::restore_revocations`]). The reaper calls this on its
+    /// [`Provider::restore_revocations`](crate::Provider::restore_revocations)). The reaper calls this on its
     /// first tick; a host without a reaper calls it once at start. Looks at
     /// the newest 10,000 such records, far more than can be live at once
     /// for any realistic catalogue. Returns how many grants were handed over.

@@ -63,8 +63,8 @@ fn requests(policy: &dyn Policy, template: &AccessRequest) -> Vec<AccessRequest>
     out
 }
 
-/// For each requester, each entitlement and a few lengths (see
-/// [`requests`]): `evaluate` gives an equal answer when asked twice, and a
+/// For each requester, each entitlement and a few lengths (a minute, the
+/// entitlement's maximum, the longest any grant may be): `evaluate` gives an equal answer when asked twice, and a
 /// decision's `max_duration` is at most the entitlement's and the
 /// provider's maximum (`ctx.provider_max`, when it is at least a second).
 ///
