@@ -9,6 +9,7 @@ use crate::audit::{AuditKeyring, AuditSink};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{ConfigError, Error, Result};
 use crate::policy::Policy;
+use crate::provider::retry::Backoff;
 use crate::provider::Provider;
 use crate::store::Store;
 
@@ -37,13 +38,22 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Delay before the next attempt after `attempts` failures.
+    /// Delay before the next attempt after `attempts` failures: the
+    /// [`RetryPolicy::backoff`] schedule (`base` after the first failure,
+    /// doubling up to `cap`), then `slow_interval` once `fast_attempts`
+    /// have failed.
     pub fn delay(&self, attempts: u32) -> Duration {
         if attempts >= self.fast_attempts {
             return self.slow_interval;
         }
-        let exp = attempts.saturating_sub(1).min(30);
-        self.base.saturating_mul(1u32 << exp).min(self.cap)
+        self.backoff().delay(attempts.saturating_sub(1))
+    }
+
+    /// The fast attempts' schedule, the providers' backoff: doubling from
+    /// `base` to `cap`, without jitter (each record has its own next
+    /// attempt time, and replicas take due records one at a time).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.base, self.cap)
     }
 }
 
@@ -203,5 +213,27 @@ impl BrokerBuilder {
                 checkpoints: std::sync::Mutex::new(CheckpointState::default()),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_retries_double_to_the_cap_then_slow_down() {
+        let p = RetryPolicy {
+            base: Duration::from_secs(5),
+            cap: Duration::from_secs(30),
+            fast_attempts: 6,
+            slow_interval: Duration::from_secs(900),
+        };
+        let delays: Vec<u64> = (0..=7).map(|n| p.delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 5, 10, 20, 30, 30, 900, 900]);
+        let many = RetryPolicy {
+            fast_attempts: u32::MAX,
+            ..p
+        };
+        assert_eq!(many.delay(u32::MAX - 1), Duration::from_secs(30));
     }
 }
