@@ -144,3 +144,35 @@ async fn an_extension_never_ends_later_than_the_limit_from_now() {
     // entitlement's maximum) from now, not from the old end.
     assert_eq!(ext.record.ends_at().unwrap() - now, TimeDelta::hours(1));
 }
+
+#[test]
+fn a_grant_spec_states_its_length_as_a_grant_duration() {
+    let clock = ManualClock::starting_now();
+    let now = clock.now();
+    let spec = |len: TimeDelta| jit_core::GrantSpec {
+        grant_id: jit_core::GrantId::new(),
+        request_id: jit_core::RequestId::new(),
+        subject: user("alice"),
+        entitlement: CataloguePolicy::from_toml_str(CATALOGUE)
+            .unwrap()
+            .entitlement("dev-read")
+            .unwrap(),
+        starts_at: now,
+        ends_at: now + len,
+        justification: String::new(),
+        ticket: None,
+    };
+    assert_eq!(spec(TimeDelta::minutes(30)).duration(), Ok(dur("30m")));
+    assert_eq!(
+        spec(TimeDelta::zero()).duration(),
+        Err(RequestError::ZeroDuration)
+    );
+    assert!(matches!(
+        spec(TimeDelta::minutes(-1)).duration(),
+        Err(RequestError::NegativeDuration(_))
+    ));
+    assert!(matches!(
+        spec(TimeDelta::days(8)).duration(),
+        Err(RequestError::DurationTooLong { .. })
+    ));
+}

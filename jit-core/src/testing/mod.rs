@@ -188,10 +188,10 @@ impl Provider for TestProvider {
 
     async fn issue(&self, spec: &GrantSpec) -> Result<Issued> {
         self.issue_calls.fetch_add(1, Ordering::SeqCst);
-        let secs = spec.duration().num_seconds();
-        if secs <= 0 || secs as u64 > self.max.as_secs() {
+        let duration = spec.duration()?;
+        if duration.get() > self.max {
             return Err(RequestError::DurationTooLong {
-                requested: format!("{secs}s"),
+                requested: duration.to_string(),
                 limit: format_duration(self.max),
             }
             .into());
