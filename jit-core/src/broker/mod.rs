@@ -16,8 +16,9 @@
 //!    issue, extend or revoke it is decided on the exact subject id
 //!    ([`Principal::is`]), and approver and admin sets name exact ids and
 //!    groups.
-//! 2. A grant ends at `min(requested, entitlement max, provider max)`; the
-//!    provider's returned expiry is recorded as the truth.
+//! 2. A grant ends at `min(requested, entitlement max, policy max, provider
+//!    max)`, computed in one place ([`DurationLimits`]); the provider's
+//!    returned expiry is recorded as the truth.
 //! 3. Transitions are compare-and-set on the record's version.
 //! 4. The grant is recorded (`Issuing`, provider-side name derived from the
 //!    grant id) before the provider is called, and credentials are returned
