@@ -694,7 +694,9 @@ pub fn read_checkpoint_file(path: impl AsRef<Path>) -> Result<Vec<AuditCheckpoin
 /// - **`Ok` means kept.** `append` and [`AuditSink::checkpoint`] return `Ok`
 ///   only once the copy is as durable as the sink can make it (the JSON
 ///   Lines sinks sync the file): a sink that buffers and may lose what it
-///   acknowledged defeats fail-closed.
+///   acknowledged defeats fail-closed. `jit_core::testing::sink` (feature
+///   `testing`) checks this for sinks whose storage a test can read; the
+///   file sinks run it.
 /// - **Bounded time.** Appends run on the request path of every operation:
 ///   a sink must fail rather than hang (give network sinks a timeout).
 /// - Records never carry secret values, so a sink may write them anywhere

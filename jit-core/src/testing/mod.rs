@@ -31,6 +31,7 @@ pub mod policy;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod provider;
+pub mod sink;
 pub mod store;
 pub mod tripwire;
 
