@@ -11,6 +11,7 @@
 //! | `JIT_AZURE_AUTHORITY_HOST` (`authority_host`) | `https://login.microsoftonline.com` | Entra ID endpoint (sovereign clouds: `https://login.microsoftonline.us`, `https://login.chinacloudapi.cn`); https only |
 //! | `JIT_AZURE_ARM_ENDPOINT` (`arm_endpoint`) | `https://management.azure.com` | Azure Resource Manager; https only |
 //! | `JIT_AZURE_ARM_AUDIENCE` (`arm_audience`) | the ARM endpoint | token audience; the scope asked for is `<audience>/.default` |
+//! | `JIT_AZURE_CA_FILE` (`ca_file`) | none | PEM file of extra trusted roots for ARM and Entra (a private cloud's CA, a test fake's), beside the webpki roots |
 //! | `JIT_AZURE_PRINCIPAL_ATTRIBUTE` (`principal_attribute`) | `azure_object_id` | principal attribute holding the requester's Entra object id |
 //! | `JIT_AZURE_PRINCIPAL_TYPE_ATTRIBUTE` (`principal_type_attribute`) | `azure_principal_type` | principal attribute holding `User`, `Group` or `ServicePrincipal` |
 //! | `JIT_AZURE_PRINCIPAL_TYPE` (`principal_type`) | `User` | the type when the attribute is absent |
@@ -33,6 +34,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
+use jit_core::provider::registry::{ConfigKey, ProviderConfig};
 use jit_core::types::{format_duration, parse_duration};
 use jit_core::Secret;
 
@@ -175,6 +179,8 @@ pub struct AzureConfig {
     pub arm_endpoint: String,
     /// Token audience for ARM (default: the endpoint).
     pub arm_audience: Option<String>,
+    /// PEM file of extra trusted roots.
+    pub ca_file: Option<PathBuf>,
     /// Principal attribute with the Entra object id.
     pub principal_attribute: String,
     /// Principal attribute with the principal type.
@@ -215,6 +221,7 @@ impl Default for AzureConfig {
             authority_host: "https://login.microsoftonline.com".into(),
             arm_endpoint: "https://management.azure.com".into(),
             arm_audience: None,
+            ca_file: None,
             principal_attribute: "azure_object_id".into(),
             principal_type_attribute: "azure_principal_type".into(),
             principal_type: PrincipalType::User,
@@ -255,10 +262,12 @@ impl AzureConfig {
     ) -> jit_core::Result<Self> {
         let wrap = |e: AzureError| e.into_core("azure", "configure");
         for key in map.keys() {
-            if !KEYS.contains(&key.as_str()) {
+            // `kind` selects the factory in a host's table; it is no setting.
+            if key != "kind" && key != "provider_name" && !KEYS.iter().any(|k| k.name == key) {
+                let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
                 return Err(wrap(setting(
                     key,
-                    format!("unknown key; use one of {}", KEYS.join(", ")),
+                    format!("unknown key; use one of {}", names.join(", ")),
                 )));
             }
         }
@@ -268,6 +277,33 @@ impl AzureConfig {
                 map.get(&key).cloned()
             })
         })
+    }
+
+    /// From a host's `[providers.NAME]` table, as the registry hands it
+    /// over (variables already applied); the provider is named `name`.
+    /// Errors name the table key, and never quote a secret.
+    pub fn from_provider_config(name: &str, config: &ProviderConfig) -> jit_core::Result<Self> {
+        let lookup = |var: &str| {
+            KEYS.iter()
+                .find(|k| k.env == Some(var))
+                .and_then(|k| config.get(k.name))
+                .map(String::from)
+        };
+        let key_error = |e: AzureError| match e {
+            AzureError::Setting { field, message } => {
+                let key = field
+                    .strip_prefix(ENV_PREFIX)
+                    .map(str::to_ascii_lowercase)
+                    .unwrap_or(field);
+                config.invalid(&key, message)
+            }
+            other => other.into_core(name, "configure"),
+        };
+        let c = Self::from_lookup_inner(lookup)
+            .map_err(key_error)?
+            .with_name(name);
+        c.check().map_err(key_error)?;
+        Ok(c)
     }
 
     /// Like [`AzureConfig::from_env`], from any lookup (tests pass a map).
@@ -315,6 +351,7 @@ impl AzureConfig {
             c.arm_endpoint = v.trim().trim_end_matches('/').to_string();
         }
         c.arm_audience = var("ARM_AUDIENCE").map(|v| v.trim().trim_end_matches('/').to_string());
+        c.ca_file = var("CA_FILE").map(|v| PathBuf::from(v.trim()));
         if let Some(v) = var("PRINCIPAL_ATTRIBUTE") {
             c.principal_attribute = v.trim().to_string();
         }
@@ -573,36 +610,59 @@ impl AzureConfig {
     }
 }
 
+/// Keys of a `[providers.NAME]` table with `kind = "azure"` (and of
+/// [`AzureConfig::from_map`]), each the same setting as its `JIT_AZURE_*`
+/// variable, which wins. The provider name is the table's name.
+pub const KEYS: &[ConfigKey] = &[
+    ConfigKey::optional("mode", "`pim` (schedule requests that expire at Azure, default) or `assignments` (plain role assignments the reaper deletes)")
+        .env("JIT_AZURE_MODE"),
+    ConfigKey::optional("credential", "the broker's identity: `client_secret` (default), `workload_identity`, `managed_identity`, `azure_cli`")
+        .env("JIT_AZURE_CREDENTIAL"),
+    ConfigKey::optional("tenant_id", "the broker's tenant (required for `client_secret`)")
+        .env("JIT_AZURE_TENANT_ID"),
+    ConfigKey::optional("client_id", "the broker's application id; for `managed_identity`, a user-assigned identity's client id")
+        .env("JIT_AZURE_CLIENT_ID"),
+    ConfigKey::optional("client_secret", "the application's secret (required for `client_secret`)")
+        .secret()
+        .env("JIT_AZURE_CLIENT_SECRET"),
+    ConfigKey::optional("authority_host", "Entra ID endpoint, https (default `https://login.microsoftonline.com`)")
+        .env("JIT_AZURE_AUTHORITY_HOST"),
+    ConfigKey::optional("arm_endpoint", "Azure Resource Manager, https (default `https://management.azure.com`)")
+        .env("JIT_AZURE_ARM_ENDPOINT"),
+    ConfigKey::optional("arm_audience", "token audience, scope `<audience>/.default` (default: the ARM endpoint)")
+        .env("JIT_AZURE_ARM_AUDIENCE"),
+    ConfigKey::optional("ca_file", "PEM file of extra trusted roots for ARM and Entra (a private cloud's CA, a test fake's)")
+        .env("JIT_AZURE_CA_FILE"),
+    ConfigKey::optional("principal_attribute", "principal attribute with the Entra object id (default `azure_object_id`)")
+        .env("JIT_AZURE_PRINCIPAL_ATTRIBUTE"),
+    ConfigKey::optional("principal_type_attribute", "principal attribute with `User`, `Group` or `ServicePrincipal` (default `azure_principal_type`)")
+        .env("JIT_AZURE_PRINCIPAL_TYPE_ATTRIBUTE"),
+    ConfigKey::optional("principal_type", "principal type when the attribute is absent (default `User`)")
+        .env("JIT_AZURE_PRINCIPAL_TYPE"),
+    ConfigKey::optional("max_duration", "the longest grant (default `8h`, at most `24h`)")
+        .env("JIT_AZURE_MAX_DURATION"),
+    ConfigKey::optional("min_duration", "the shortest grant (default `5m`)")
+        .env("JIT_AZURE_MIN_DURATION"),
+    ConfigKey::optional("over_policy_max", "over the role management policy's maximum: `clamp` (default) or `refuse`")
+        .env("JIT_AZURE_OVER_POLICY_MAX"),
+    ConfigKey::optional("policy_cache_ttl", "how long a policy maximum is cached (default `10m`)")
+        .env("JIT_AZURE_POLICY_CACHE_TTL"),
+    ConfigKey::optional("provisioning_wait", "how long issue and revoke wait for a request to settle (default `30s`)")
+        .env("JIT_AZURE_PROVISIONING_WAIT"),
+    ConfigKey::optional("poll_interval", "pause between reads while waiting (default `1s`)")
+        .env("JIT_AZURE_POLL_INTERVAL"),
+    ConfigKey::optional("call_timeout", "longest one ARM call may take, retries included (default `30s`)")
+        .env("JIT_AZURE_CALL_TIMEOUT"),
+    ConfigKey::optional("max_retries", "retries of 408/429/5xx and connection failures (default `3`)")
+        .env("JIT_AZURE_MAX_RETRIES"),
+    ConfigKey::optional("propagation", "advertised time until a removal is enforced everywhere (default `5m`; `0s`: immediate)")
+        .env("JIT_AZURE_PROPAGATION"),
+    ConfigKey::optional("ticket_system", "`ticketInfo.ticketSystem` (default `jit`)")
+        .env("JIT_AZURE_TICKET_SYSTEM"),
+];
+
 /// Longest `ticketNumber` / `ticketSystem` sent.
 pub const MAX_TICKET_LEN: usize = 100;
-
-/// Keys [`AzureConfig::from_map`] accepts.
-pub const KEYS: [&str; 23] = [
-    "provider_name",
-    "mode",
-    "credential",
-    "tenant_id",
-    "client_id",
-    "client_secret",
-    "authority_host",
-    "arm_endpoint",
-    "arm_audience",
-    "principal_attribute",
-    "principal_type_attribute",
-    "principal_type",
-    "max_duration",
-    "min_duration",
-    "over_policy_max",
-    "policy_cache_ttl",
-    "provisioning_wait",
-    "poll_interval",
-    "call_timeout",
-    "max_retries",
-    "propagation",
-    "ticket_system",
-    // Accepted so a server section can say `kind = "azure"` beside the keys.
-    "kind",
-];
 
 #[cfg(test)]
 mod tests {

@@ -67,11 +67,13 @@
 pub mod client;
 pub mod config;
 mod error;
+pub mod factory;
 pub mod provider;
 pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{AzureConfig, CredentialKind, Mode, OverPolicyMax, PrincipalType};
+pub use factory::{factory, AzureFactory};
 pub use provider::{AzureProvider, AzureProviderBuilder};
 pub use target::{AzureTarget, Scope, ScopeKind};

@@ -146,8 +146,22 @@ impl AzureProviderBuilder {
             .map_err(|e| e.into_core(&name, "configure"))
     }
 
-    fn build_inner(self) -> Result<AzureProvider, AzureError> {
+    fn build_inner(mut self) -> Result<AzureProvider, AzureError> {
         self.config.check()?;
+        if let Some(path) = &self.config.ca_file {
+            let pem = std::fs::read_to_string(path).map_err(|e| AzureError::Setting {
+                field: "ca_file".into(),
+                message: format!("cannot read `{}`: {e}", path.display()),
+            })?;
+            let certs = client::pem_certificates(&pem);
+            if certs.is_empty() {
+                return Err(AzureError::Setting {
+                    field: "ca_file".into(),
+                    message: format!("`{}` holds no PEM certificate", path.display()),
+                });
+            }
+            self.extra_roots.extend(certs);
+        }
         let http = match self.http {
             Some(h) => h,
             None => client::https_client(&self.extra_roots).map_err(|m| AzureError::Setting {
