@@ -331,6 +331,14 @@ async fn arm_errors_are_typed() {
     }
     p.revoke(&first.grant).await.unwrap();
 
+    e.fake.state.forget_role(&reader_role());
+    match p.issue(&spec(&e.clock, 30)).await {
+        Err(Error::ProviderRejected { message, .. }) => {
+            assert!(message.contains("RoleDefinitionDoesNotExist"), "{message}")
+        }
+        other => panic!("expected RoleDefinitionDoesNotExist, got {other:?}"),
+    }
+
     e.fake.state.forget_principal(OBJECT_ID);
     match p.issue(&spec(&e.clock, 30)).await {
         Err(Error::ProviderRejected { message, .. }) => {
