@@ -8,7 +8,8 @@
 //! azure_core's exponential policy, honouring `Retry-After`
 //! (`x-ms-retry-after-ms`, `retry-after-ms`, `Retry-After`). A whole call,
 //! retries included, is bounded by [`AzureConfig::call_timeout`]; what is
-//! still failing after the last retry is mapped by [`AzureError`].
+//! still failing after the last retry is mapped to jit-core's error kinds
+//! (the crate's private error, classified by ARM error code).
 //!
 //! TLS is rustls on ring ([`https_client`]) with the webpki roots plus any
 //! roots the caller adds (a private cloud's CA, or a test fake's): the same

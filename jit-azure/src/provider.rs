@@ -39,7 +39,9 @@
 //! came from this grant's request, the grant is already gone (expired or
 //! removed) and revoke succeeds without a write (after cancelling a request
 //! still pending, so it cannot provision later). Otherwise an `AdminRemove`
-//! request named `derived_uuid(grant, "revoke")` is PUT, and revoke returns
+//! request named `derived_uuid(grant, "revoke")` is PUT (`revoke-1`,
+//! `revoke-2` when an earlier request under that name ended without
+//! removing the schedule), and revoke returns
 //! only once the schedule is gone; ARM's `RoleAssignmentDoesNotExist`
 //! counts as gone. ARM caches role assignments, so a removal may take a few
 //! minutes to be enforced everywhere: [`Capabilities::revocation`] says
@@ -85,6 +87,8 @@ use crate::target::AzureTarget;
 pub const CALL_ALLOWANCE: Duration = Duration::from_secs(5);
 /// How far in the future a window may start: assignments start at the call.
 const START_SLACK: Duration = Duration::from_secs(60);
+/// How many derived names a revocation may use (see the module docs).
+const REMOVE_NAMES: usize = 3;
 /// Longest justification sent (PIM's documented limit is 500 characters);
 /// longer ones are cut, the full text stays in the broker's audit trail.
 pub const MAX_JUSTIFICATION_LEN: usize = 500;
@@ -512,6 +516,28 @@ impl AzureProvider {
         name: &str,
         body: &Value,
     ) -> Result<Value, AzureError> {
+        match self.put_request_fresh(call, scope, name, body).await {
+            Ok((request, _)) => Ok(request),
+            // ARM may answer `RoleAssignmentExists` when the request under
+            // our name has already put its assignment in force.
+            Err(e) if e.code() == Some("RoleAssignmentExists") => {
+                match self.get_request(scope, name).await? {
+                    Some(existing) => Ok(existing),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Self::put_request`], also saying whether this call made the request.
+    async fn put_request_fresh(
+        &self,
+        call: &'static str,
+        scope: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<(Value, bool), AzureError> {
         match self
             .arm
             .send(
@@ -523,18 +549,10 @@ impl AzureProvider {
             )
             .await
         {
-            Ok(r) => Ok(r.body),
-            // The request under our derived name is the one to follow. ARM
-            // may also answer `RoleAssignmentExists` when that request's
-            // assignment is already in force.
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some("RoleAssignmentRequestExists" | "RoleAssignmentExists")
-                ) =>
-            {
+            Ok(r) => Ok((r.body, true)),
+            Err(e) if e.code() == Some("RoleAssignmentRequestExists") => {
                 match self.get_request(scope, name).await? {
-                    Some(existing) => Ok(existing),
+                    Some(existing) => Ok((existing, false)),
                     None => Err(e),
                 }
             }
@@ -978,45 +996,60 @@ impl AzureProvider {
             }
             return Ok(());
         }
-        let remove = naming::derived_uuid(grant, "revoke").to_string();
         let body = json!({"properties": {
             "principalId": principal,
             "roleDefinitionId": role,
             "requestType": "AdminRemove",
             "justification": cut(&format!("jit revoke of grant {}", grant.0), MAX_JUSTIFICATION_LEN),
         }});
-        match self
-            .put_request("put remove request", &scope, &remove, &body)
-            .await
-        {
-            Ok(request) => {
-                let status = status_of(&request);
-                if !matches!(status.as_str(), "Revoked") {
-                    match phase(&status) {
-                        Phase::Failed => {
-                            return Err(AzureError::Status {
-                                call: "revoke",
-                                name: remove,
-                                status,
-                                hint: None,
-                            })
-                        }
-                        Phase::NeedsApproval => {
-                            return Err(AzureError::Status {
-                                call: "revoke",
-                                name: remove,
-                                status,
-                                hint: Some(
-                                    "the pim policy requires approval to remove this assignment",
-                                ),
-                            })
-                        }
-                        Phase::Done | Phase::Wait => {}
-                    }
+        // Deterministic names, so a retry or a second broker finds the same
+        // request; a later name only when an earlier request under ours
+        // ended without removing the schedule (failed, or done while the
+        // schedule is still in force), so one bad request cannot block the
+        // revocation for good.
+        let mut remove = String::new();
+        for attempt in 0..REMOVE_NAMES {
+            let purpose = match attempt {
+                0 => "revoke".to_string(),
+                n => format!("revoke-{n}"),
+            };
+            remove = naming::derived_uuid(grant, &purpose).to_string();
+            let (request, fresh) = match self
+                .put_request_fresh("put remove request", &scope, &remove, &body)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if e.is_not_there() => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let status = status_of(&request);
+            let last = attempt + 1 == REMOVE_NAMES;
+            match phase(&status) {
+                Phase::NeedsApproval => {
+                    return Err(AzureError::Status {
+                        call: "revoke",
+                        name: remove,
+                        status,
+                        hint: Some("the pim policy requires approval to remove this assignment"),
+                    })
                 }
+                Phase::Failed if status != "Revoked" && last => {
+                    return Err(AzureError::Status {
+                        call: "revoke",
+                        name: remove,
+                        status,
+                        hint: None,
+                    });
+                }
+                // Failed: the next name.
+                Phase::Failed if status != "Revoked" => {}
+                Phase::Wait => break,
+                // Done (or `Revoked`): a new request is awaited below; an old
+                // one that is done while the schedule is still there did not
+                // remove it.
+                _ if fresh || last => break,
+                _ => {}
             }
-            Err(e) if e.is_not_there() => return Ok(()),
-            Err(e) => return Err(e),
         }
         // Done only when the schedule is gone: a removal that did not land
         // is an error, never a silent success.

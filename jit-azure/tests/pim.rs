@@ -226,6 +226,35 @@ async fn a_removal_that_did_not_land_is_an_error_never_a_silent_success() {
 }
 
 #[tokio::test]
+async fn a_failed_removal_request_does_not_block_the_next_name() {
+    let e = env();
+    let p = e.provider(|c| c);
+    let s = spec(&e.clock, 30);
+    let issued = p.issue(&s).await.unwrap();
+    let failed = e.fake.server.inject(
+        Fault::respond(201)
+            .method("PUT")
+            .path_contains("roleAssignmentScheduleRequests")
+            .json(serde_json::json!({"properties": {"status": "Failed"}})),
+    );
+    p.revoke(&issued.grant).await.unwrap();
+    assert_eq!(failed.fired(), 1);
+    assert_eq!(
+        e.fake
+            .state
+            .active_schedules(&scope(), OBJECT_ID, &reader_role()),
+        0
+    );
+    let second = jit_core::provider::naming::derived_uuid(s.grant_id, "revoke-1").to_string();
+    assert!(e
+        .fake
+        .server
+        .requests()
+        .iter()
+        .any(|r| r.method == "PUT" && r.path.ends_with(&second) && !r.faulted));
+}
+
+#[tokio::test]
 async fn find_after_a_crash_and_two_brokers_make_one_assignment() {
     let e = env();
     let a = Arc::new(e.provider(|c| c));
@@ -622,60 +651,4 @@ async fn assignments_mode_issues_and_deletes_plain_assignments() {
         .state
         .has_assignment(&scope(), &issued.grant.external_id));
     p.revoke(&found).await.unwrap();
-}
-
-/// Everything the provider (and azure_core, azure_identity under it) logs
-/// at any level while issuing, revoking and failing on a wrong secret.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn no_secret_or_token_reaches_the_logs() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // One thread, so every span and event of the client side lands here.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let e = env();
-        let p = e.provider(|c| c);
-        let issued = p.issue(&spec(&e.clock, 30)).await.unwrap();
-        p.revoke(&issued.grant).await.unwrap();
-        let mut bad = e.fake.config(Mode::Pim);
-        bad.client_secret = Some(Secret::new("another-wrong-secret-QQQ"));
-        let wrong = e.fake.provider(bad, e.clock.clone());
-        assert!(wrong.issue(&spec(&e.clock, 30)).await.is_err());
-    });
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-    // The pipeline's own request log is in the capture (headers included,
-    // the bearer token redacted by azure_core), so the check below sees it.
-    assert!(
-        logs.contains("authorization: REDACTED"),
-        "pipeline logs not captured"
-    );
-    assert!(
-        logs.contains("azure grant issued"),
-        "the capture saw nothing"
-    );
-    for secret in [CLIENT_SECRET, "another-wrong-secret-QQQ", "fake-token-"] {
-        assert!(!logs.contains(secret), "`{secret}` appears in the logs");
-    }
 }
