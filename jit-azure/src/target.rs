@@ -104,7 +104,7 @@ const KNOWN_KEYS: [&str; 5] = [
 ];
 
 /// What a scope is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum ScopeKind {
     /// `/providers/Microsoft.Management/managementGroups/<id>`.
@@ -121,7 +121,7 @@ pub enum ScopeKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
     id: String,
-    kind_index: u8,
+    kind: ScopeKind,
     subscription: Option<Uuid>,
 }
 
@@ -215,7 +215,7 @@ impl Scope {
         };
         Ok(Self {
             id: s.to_string(),
-            kind_index: kind as u8,
+            kind,
             subscription,
         })
     }
@@ -227,12 +227,7 @@ impl Scope {
 
     /// What the scope is.
     pub fn kind(&self) -> ScopeKind {
-        match self.kind_index {
-            0 => ScopeKind::ManagementGroup,
-            1 => ScopeKind::Subscription,
-            2 => ScopeKind::ResourceGroup,
-            _ => ScopeKind::Resource,
-        }
+        self.kind
     }
 
     /// The subscription the scope is in (none for a management group).
