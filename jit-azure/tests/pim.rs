@@ -283,6 +283,18 @@ async fn find_after_a_crash_and_two_brokers_make_one_assignment() {
             .active_schedules(&scope(), OBJECT_ID, &reader_role()),
         0
     );
+    // Two brokers revoking at once: both succeed, nothing is left.
+    let again = spec(&e.clock, 30);
+    let issued = a.issue(&again).await.unwrap();
+    let (x, y) = tokio::join!(a.revoke(&issued.grant), b.revoke(&issued.grant));
+    x.unwrap();
+    y.unwrap();
+    assert_eq!(
+        e.fake
+            .state
+            .active_schedules(&scope(), OBJECT_ID, &reader_role()),
+        0
+    );
     // Never issued: nothing found.
     assert!(c.find(&spec(&e.clock, 30)).await.unwrap().is_none());
 }
