@@ -111,3 +111,33 @@ async fn the_reaper_removes_a_plain_assignment_at_its_end() {
     assert_eq!(rec.state, State::Expired);
     assert!(broker.verify_audit().await.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn a_bad_target_is_refused_when_the_catalogue_loads() {
+    let clock = ManualClock::starting_now();
+    let fake = RunningFake::start(clock.clone());
+    let provider = Arc::new(fake.provider(fake.config(Mode::Pim), clock.clone()));
+    let policy = CataloguePolicy::from_toml_str(
+        r#"
+        [[entitlements]]
+        id = "bad"
+        provider = "azure"
+        max_duration = "1h"
+        target = { scope = "/subscriptions/not-a-guid", role = "Reader" }
+        [entitlements.eligible]
+        groups = ["oncall"]
+        "#,
+    )
+    .unwrap();
+    let err = Broker::builder(Arc::new(MemoryStore::new()), Arc::new(policy))
+        .provider(provider)
+        .build()
+        .err()
+        .expect("the catalogue was accepted");
+    let text = err.to_string();
+    assert!(
+        text.contains("target.scope") && text.contains("bad"),
+        "{text}"
+    );
+    assert_eq!(fake.server.request_count(), 0, "validation made a call");
+}
