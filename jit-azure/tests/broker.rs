@@ -129,11 +129,12 @@ async fn a_bad_target_is_refused_when_the_catalogue_loads() {
         "#,
     )
     .unwrap();
-    let err = Broker::builder(Arc::new(MemoryStore::new()), Arc::new(policy))
+    let Err(err) = Broker::builder(Arc::new(MemoryStore::new()), Arc::new(policy))
         .provider(provider)
         .build()
-        .err()
-        .expect("the catalogue was accepted");
+    else {
+        panic!("the catalogue was accepted");
+    };
     let text = err.to_string();
     assert!(
         text.contains("target.scope") && text.contains("bad"),
