@@ -18,6 +18,12 @@
 //! Test scaffolding for providers (the conformance suite, a tripwire
 //! endpoint, a local HTTP fake harness) is in `jit_core::testing` (feature
 //! `testing`).
+//!
+//! The local provider ([`crate::local`]) stays in jit-core, as object_store
+//! keeps `local` and `memory` in its core crate: it is the embedded default
+//! that needs no cloud, and its verifier and tower layer are what services
+//! in the same binary use. It goes through this kit like any other
+//! provider (window rules, names, ledger) and has a registry factory.
 
 pub mod capabilities;
 pub mod http;
