@@ -96,7 +96,10 @@
 //! There are two ways in; which one a client needs depends on whether it
 //! lets you hand it an HTTP client. (Checked against azure_core 1.1,
 //! azure_identity 1.0, google-cloud-auth 1.19, all on reqwest 0.13 with
-//! rustls and `rustls-platform-verifier`; reqwest 0.12 as in this workspace.)
+//! rustls and `rustls-platform-verifier`, by running each SDK's token
+//! request against a fake: `ClientSecretCredential` through way 1, and
+//! through way 2 without a transport; google-cloud-auth's authorized-user
+//! credentials through way 2. Without either, the handshake fails.)
 //!
 //! 1. **Give the SDK a reqwest client that trusts the CA** (preferred:
 //!    nothing global). Build it with
