@@ -10,6 +10,8 @@ mod error;
 pub mod member;
 pub mod provider;
 pub mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use client::GcpClients;
 pub use config::{CredentialSource, GcpConfig, Mode};

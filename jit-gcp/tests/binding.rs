@@ -1,0 +1,213 @@
+//! Binding mode against the fake, through the real clients and auth flow.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use chrono::TimeDelta;
+use common::*;
+use jit_core::testing::provider::{run_all, spec};
+use jit_core::{Error, Provider};
+use jit_gcp::Mode;
+
+#[tokio::test]
+async fn conformance_suite_in_binding_mode() {
+    let env = env();
+    let provider = env.provider(Mode::Binding).await;
+    let e = entitlement(provider.as_ref(), binding_target(), 8);
+    provider.validate(&e).unwrap();
+    let h = env.harness(provider, e);
+    run_all(&h).await;
+    env.assert_schema_clean();
+    assert!(env.fake.calls("setIamPolicy") > 0);
+}
+
+#[tokio::test]
+async fn revoke_removes_the_binding_at_the_provider() {
+    let env = env();
+    let provider = env.provider(Mode::Binding).await;
+    let e = entitlement(provider.as_ref(), binding_target(), 8);
+    let h = env.harness(provider.clone(), e);
+    let s = spec(&h, TimeDelta::hours(1));
+    let issued = provider.issue(&s).await.unwrap();
+    assert!(env.fake.holds(PROJECT, ROLE, MEMBER));
+    let title = issued.grant.external_id.clone();
+    assert!(env
+        .fake
+        .bindings(PROJECT)
+        .iter()
+        .any(|b| b["condition"]["title"] == title.as_str()));
+    provider.revoke(&issued.grant).await.unwrap();
+    // Fails if the binding silently stayed: nobody holds the role any more,
+    // and no binding carries the grant's title.
+    assert!(
+        !env.fake.holds(PROJECT, ROLE, MEMBER),
+        "the binding survived its revocation"
+    );
+    assert!(env
+        .fake
+        .bindings(PROJECT)
+        .iter()
+        .all(|b| b["condition"]["title"] != title.as_str()));
+    env.assert_schema_clean();
+}
+
+#[tokio::test]
+async fn a_concurrent_writer_loses_nothing_and_ours_lands() {
+    let env = env();
+    let provider = env.provider(Mode::Binding).await;
+    let e = entitlement(provider.as_ref(), binding_target(), 8);
+    let h = env.harness(provider.clone(), e);
+    let theirs = serde_json::json!({"role": "roles/viewer", "members": ["user:bob@example.com"]});
+    let t = theirs.clone();
+    // Another writer changes the policy between our read and our write.
+    env.fake
+        .interleave_before_next_set(PROJECT, move |b| b.push(t));
+    let s = spec(&h, TimeDelta::hours(1));
+    provider.issue(&s).await.unwrap();
+    assert_eq!(env.fake.conflicts(), 1, "the stale write was not refused");
+    assert_eq!(
+        env.fake.calls("getIamPolicy"),
+        2,
+        "the policy was not read again"
+    );
+    let stored = env.fake.bindings(PROJECT);
+    assert!(
+        stored.contains(&theirs),
+        "the other writer's binding was lost: {stored:?}"
+    );
+    assert!(
+        env.fake.holds(PROJECT, ROLE, MEMBER),
+        "our binding did not land"
+    );
+    env.assert_schema_clean();
+}
+
+#[tokio::test]
+async fn endless_contention_is_a_transient_error_after_bounded_retries() {
+    let env = env();
+    let provider = env
+        .provider_with(env.config(Mode::Binding).with_conflict_retries(3))
+        .await;
+    let e = entitlement(provider.as_ref(), binding_target(), 8);
+    let h = env.harness(provider.clone(), e);
+    for i in 0..5 {
+        env.fake.interleave_before_next_set(PROJECT, move |b| {
+            b.push(serde_json::json!({"role": "roles/viewer", "members": [format!("user:u{i}@example.com")]}))
+        });
+    }
+    let s = spec(&h, TimeDelta::hours(1));
+    let err = provider.issue(&s).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("3 times"), "{err}");
+    assert_eq!(env.fake.calls("setIamPolicy"), 3);
+    assert!(!env.fake.holds(PROJECT, ROLE, MEMBER));
+}
+
+#[tokio::test]
+async fn an_unconditional_holder_is_refused_before_writing() {
+    let env = env();
+    env.fake.put_bindings(
+        PROJECT,
+        vec![serde_json::json!({"role": ROLE, "members": [MEMBER]})],
+    );
+    let provider = env.provider(Mode::Binding).await;
+    let e = entitlement(provider.as_ref(), binding_target(), 8);
+    let h = env.harness(provider.clone(), e);
+    let err = provider
+        .issue(&spec(&h, TimeDelta::hours(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ProviderRejected { message, .. } if message.contains("without a condition")),
+        "{err}"
+    );
+    assert_eq!(env.fake.calls("setIamPolicy"), 0, "something was written");
+}
+
+#[tokio::test]
+async fn the_conditional_limit_per_role_and_member_is_refused_before_writing() {
+    let env = env();
+    let provider = env.provider(Mode::Binding).await;
+    let e = entitlement(provider.as_ref(), binding_target(), 8);
+    let h = env.harness(provider.clone(), e);
+    for _ in 0..20 {
+        provider
+            .issue(&spec(&h, TimeDelta::hours(1)))
+            .await
+            .unwrap();
+    }
+    let writes = env.fake.calls("setIamPolicy");
+    let err = provider
+        .issue(&spec(&h, TimeDelta::hours(1)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("limit is 20"), "{err}");
+    assert_eq!(
+        env.fake.calls("setIamPolicy"),
+        writes,
+        "the refused binding was written"
+    );
+    env.assert_schema_clean();
+}
+
+#[tokio::test]
+async fn reconciliation_finds_a_binding_written_before_a_crash() {
+    let env = env();
+    let first = env.provider(Mode::Binding).await;
+    let e = entitlement(first.as_ref(), binding_target(), 8);
+    let h = env.harness(first.clone(), e.clone());
+    let s = spec(&h, TimeDelta::hours(1));
+    let issued = first.issue(&s).await.unwrap();
+    drop(first); // the process dies before recording the grant
+    let second = env.provider(Mode::Binding).await;
+    let found = second
+        .find(&s)
+        .await
+        .unwrap()
+        .expect("binding not found after restart");
+    assert_eq!(found.external_id, issued.grant.external_id);
+    assert_eq!(found.expires_at, issued.grant.expires_at);
+    second.revoke(&found).await.unwrap();
+    assert!(!env.fake.holds(PROJECT, ROLE, MEMBER));
+    assert!(second.find(&s).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn pruning_leaves_unrelated_bindings_byte_identical() {
+    let env = env();
+    let unrelated = vec![
+        serde_json::json!({"role": "roles/viewer", "members": ["user:bob@example.com", "group:ops@example.com"]}),
+        serde_json::json!({"role": "roles/storage.objectViewer", "members": ["user:carol@example.com"],
+            "condition": {"title": "bucket a", "description": "theirs", "expression": "resource.name.startsWith(\"projects/_/buckets/a\")"}}),
+    ];
+    env.fake.put_bindings(PROJECT, unrelated.clone());
+    let provider = env.provider(Mode::Binding).await;
+    let e = entitlement(provider.as_ref(), binding_target(), 8);
+    let h = env.harness(provider.clone(), e);
+    provider
+        .issue(&spec(&h, TimeDelta::minutes(30)))
+        .await
+        .unwrap();
+    let live = provider
+        .issue(&spec(&h, TimeDelta::hours(3)))
+        .await
+        .unwrap();
+    env.clock.advance(TimeDelta::hours(1));
+    let pruned = provider
+        .prune_expired(&jit_gcp::Resource::parse(PROJECT).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(pruned.len(), 1);
+    let stored = env.fake.bindings(PROJECT);
+    assert_eq!(
+        serde_json::to_string(&stored[..2]).unwrap(),
+        serde_json::to_string(&unrelated).unwrap(),
+        "unrelated bindings changed"
+    );
+    assert_eq!(stored.len(), 3);
+    assert_eq!(
+        stored[2]["condition"]["title"],
+        live.grant.external_id.as_str()
+    );
+    env.assert_schema_clean();
+}
