@@ -156,3 +156,10 @@ pub fn binding_target() -> serde_json::Value {
 pub fn token_target() -> serde_json::Value {
     serde_json::json!({"service_account": SA})
 }
+
+impl Env {
+    pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
+        use jit_core::Clock;
+        self.clock.now()
+    }
+}
