@@ -41,6 +41,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use jit_core::provider::registry::{ConfigKey, ProviderConfig};
 use jit_core::types::{format_duration, parse_duration, MAX_GRANT_DURATION};
 
 use crate::error::{printable, AwsError};
@@ -53,6 +54,58 @@ pub const STS_MAX_DURATION: Duration = Duration::from_secs(12 * 3600);
 pub const ROLE_CHAINING_MAX: Duration = Duration::from_secs(3600);
 /// IAM's limit on the aggregate size of a role's inline policies.
 pub const INLINE_ROLE_POLICY_LIMIT: usize = 10_240;
+
+/// The keys of a `kind = "aws"` provider table ([`crate::factory`]): each
+/// sets the same as the `JIT_AWS_*` variable of the [module docs](self),
+/// which wins when set. `JIT_AWS_PROVIDER_NAME` has no key: the table name
+/// is the provider name.
+pub const KEYS: &[ConfigKey] = &[
+    ConfigKey::optional("region", "region for STS and IAM (default: the chain's, else `us-east-1`)")
+        .env("JIT_AWS_REGION"),
+    ConfigKey::optional("endpoint_url", "one endpoint for STS and IAM (a VPC endpoint, a test server)")
+        .env("JIT_AWS_ENDPOINT_URL"),
+    ConfigKey::optional("max_duration", "the longest grant (default `12h`)")
+        .env("JIT_AWS_MAX_DURATION"),
+    ConfigKey::optional("issue_margin", "room between fixing a window and calling STS (default `1m`)")
+        .env("JIT_AWS_ISSUE_MARGIN"),
+    ConfigKey::optional(
+        "role_chaining",
+        "`true`, `false` or `detect` whether the broker's identity is an assumed role (default `detect`)",
+    )
+    .env("JIT_AWS_ROLE_CHAINING"),
+    ConfigKey::optional("role_cache_ttl", "how long role facts are cached (default `5m`)")
+        .env("JIT_AWS_ROLE_CACHE_TTL"),
+    ConfigKey::optional(
+        "over_role_max",
+        "`clamp` or `refuse` windows longer than the role allows (default `clamp`)",
+    )
+    .env("JIT_AWS_OVER_ROLE_MAX"),
+    ConfigKey::optional(
+        "revocation_policy",
+        "inline role policy holding revocations (default `jit-revocations`)",
+    )
+    .env("JIT_AWS_REVOCATION_POLICY"),
+    ConfigKey::optional(
+        "revocation_policy_limit",
+        "largest revocation policy in characters (default 10240)",
+    )
+    .env("JIT_AWS_REVOCATION_POLICY_LIMIT"),
+    ConfigKey::optional("propagation", "advertised time for a revocation to take effect (default `5m`)")
+        .env("JIT_AWS_PROPAGATION"),
+    ConfigKey::optional("source_identity", "set `SourceIdentity` to the requester (default `true`)")
+        .env("JIT_AWS_SOURCE_IDENTITY"),
+    ConfigKey::optional("session_tags", "pass session tags (default `true`)")
+        .env("JIT_AWS_SESSION_TAGS"),
+    ConfigKey::optional("account_id", "the broker's own account (default: detected)")
+        .env("JIT_AWS_ACCOUNT_ID"),
+    ConfigKey::optional(
+        "management_roles",
+        "per other account, the role assumed to manage role policies there, as `ACCOUNT=ROLE_ARN,...`",
+    )
+    .env("JIT_AWS_MANAGEMENT_ROLES"),
+    ConfigKey::optional("call_timeout", "longest time one STS or IAM call may take (default `30s`)")
+        .env("JIT_AWS_CALL_TIMEOUT"),
+];
 
 /// What to do when a grant's window is longer than the role's `MaxSessionDuration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,6 +206,27 @@ impl AwsConfig {
     /// Like [`AwsConfig::from_env`], from any lookup (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> jit_core::Result<Self> {
         Self::from_lookup_inner(get).map_err(|e| e.into_core("aws", "configure"))
+    }
+
+    /// Reads a provider table's settings (see [`KEYS`]), with `name` as
+    /// the provider name. The [registry](jit_core::provider::registry) has
+    /// already applied the `JIT_AWS_*` variables; errors name the table's
+    /// key (and the variable when the value came from one).
+    pub fn from_provider_config(name: &str, config: &ProviderConfig) -> jit_core::Result<Self> {
+        let lookup = |var: &str| {
+            KEYS.iter()
+                .find(|k| k.env == Some(var))
+                .and_then(|k| config.get(k.name))
+                .map(String::from)
+        };
+        match Self::from_lookup_inner(lookup) {
+            Ok(c) => {
+                let c = c.with_name(name);
+                c.check().map_err(|e| key_error(config, e))?;
+                Ok(c)
+            }
+            Err(e) => Err(key_error(config, e)),
+        }
     }
 
     fn from_lookup_inner(get: impl Fn(&str) -> Option<String>) -> Result<Self, AwsError> {
@@ -449,6 +523,25 @@ impl AwsConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// A setting error worded with the table's key: parse errors name the
+/// `JIT_AWS_*` variable, [`AwsConfig::check`] the struct field.
+fn key_error(config: &ProviderConfig, e: AwsError) -> jit_core::Error {
+    match e {
+        AwsError::Setting { field, message } => {
+            let key = KEYS
+                .iter()
+                .find(|k| k.env == Some(field.as_str()))
+                .map(|k| k.name)
+                .unwrap_or(match field.as_str() {
+                    "revocation_policy_name" => "revocation_policy",
+                    other => other,
+                });
+            config.invalid(key, message)
+        }
+        other => other.into_core(config.provider(), "configure"),
     }
 }
 

@@ -45,6 +45,7 @@
 //! | revoke all sessions of a role (admin) | a `Deny *` on `aws:TokenIssueTime` before now | [`AwsProvider::revoke_all_sessions`] |
 //! | hand credentials over | `credential_process` JSON, environment variables, a credentials-file profile | [`output`] |
 //! | use them from Rust | an `aws-config` credentials provider that requests and renews grants | [`BrokerCredentialsProvider`] |
+//! | configure it as data | `[providers.NAME] kind = "aws"` tables through the provider registry | [`factory()`], [`config::KEYS`] |
 //!
 //! Capabilities: native expiry; at most 12 hours (1 hour when the broker's
 //! identity is itself an assumed role, and never more than the role's
@@ -86,6 +87,7 @@ pub mod client;
 pub mod config;
 pub mod credentials_provider;
 mod error;
+pub mod factory;
 pub mod output;
 pub mod provider;
 pub mod revoke;
@@ -97,5 +99,6 @@ pub mod testing;
 pub use client::AwsClients;
 pub use config::{AwsConfig, OverRoleMax};
 pub use credentials_provider::BrokerCredentialsProvider;
+pub use factory::{factory, AwsFactory};
 pub use provider::{AwsProvider, AwsProviderBuilder};
 pub use target::{AwsTarget, RoleArn};

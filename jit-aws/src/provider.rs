@@ -60,8 +60,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use jit_core::lease::LeaseOptions;
 use jit_core::types::format_duration;
 use jit_core::{
-    Capabilities, Clock, Collateral, Credentials, Entitlement, GrantId, GrantSpec, Issued,
-    IssuedGrant, Provider, RequestError, RevocationKind, RevokeOutcome, Store, SystemClock,
+    Capabilities, Clock, Collateral, Credentials, Entitlement, GrantSpec, Issued, IssuedGrant,
+    Provider, RequestError, RevocationKind, RevokeOutcome, Store, SystemClock,
 };
 use serde_json::json;
 
@@ -71,15 +71,18 @@ use crate::error::{printable, AwsError};
 use crate::revoke::{Change, LeaseConfig, Revocations, Target, PRUNE_MARGIN};
 use crate::session;
 use crate::target::{partition_of_region, AwsTarget, RoleArn};
+use jit_core::provider::ledger::Ledger;
+use jit_core::provider::naming;
+use jit_core::provider::window::WindowRules;
 
 /// How far in the future a window may start: STS sessions start at the call.
-const START_SLACK: TimeDelta = TimeDelta::seconds(60);
+const START_SLACK: Duration = Duration::from_secs(60);
 /// Taken off `DurationSeconds` for the time between reading our clock and
 /// STS reading its own (latency, queueing, skew): the session may end up to
 /// this much before the window, never after it.
 pub const CALL_ALLOWANCE: TimeDelta = TimeDelta::seconds(5);
 /// How long an in-process record is kept after its session expired.
-const LEDGER_RETENTION: TimeDelta = TimeDelta::hours(1);
+const LEDGER_RETENTION: Duration = Duration::from_secs(3600);
 
 /// Builds an [`AwsProvider`].
 pub struct AwsProviderBuilder {
@@ -194,7 +197,7 @@ impl AwsProviderBuilder {
             clock: self.clock.clone(),
             chaining,
             roles: Mutex::new(HashMap::new()),
-            ledger: Mutex::new(HashMap::new()),
+            ledger: Ledger::new(LEDGER_RETENTION),
             revocations: Revocations {
                 lease: self.lease_store.map(|store| LeaseConfig {
                     store,
@@ -279,7 +282,7 @@ pub struct AwsProvider {
     clock: Arc<dyn Clock>,
     chaining: bool,
     roles: Mutex<HashMap<String, CachedRole>>,
-    ledger: Mutex<HashMap<GrantId, IssuedGrant>>,
+    ledger: Ledger<IssuedGrant>,
     revocations: Revocations,
 }
 
@@ -298,12 +301,6 @@ impl fmt::Debug for AwsProvider {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain maps: a panic elsewhere cannot leave them half-updated.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn human(d: TimeDelta) -> String {
-    d.to_std()
-        .map(format_duration)
-        .unwrap_or_else(|_| format!("{}s", d.num_seconds()))
 }
 
 impl AwsProvider {
@@ -388,53 +385,22 @@ impl AwsProvider {
     fn plan(&self, spec: &GrantSpec) -> Result<Plan, AwsError> {
         let target = AwsTarget::parse(&spec.entitlement.id, &spec.entitlement.target)?;
         let now = self.clock.now();
-        let window = spec.duration();
-        if window < TimeDelta::zero() {
-            return Err(
-                RequestError::NegativeDuration(format!("{}s", window.num_seconds())).into(),
-            );
-        }
-        if window.is_zero() {
-            return Err(RequestError::ZeroDuration.into());
-        }
-        let max = self.max_duration();
-        if window > TimeDelta::seconds(max.as_secs() as i64) {
-            return Err(RequestError::DurationTooLong {
-                requested: human(window),
-                limit: format!(
-                    "{} for provider `{}`{}",
-                    format_duration(max),
-                    self.config.name,
-                    if self.chaining {
-                        " (role chaining: the broker's identity is an assumed role)"
-                    } else {
-                        ""
-                    }
-                ),
-            }
-            .into());
-        }
-        if spec.starts_at > now + START_SLACK {
-            return Err(RequestError::NotYetStarted {
-                request: spec.request_id,
-                starts_at: spec.starts_at.to_rfc3339(),
-            }
-            .into());
-        }
-        // Whole seconds left, less the allowance for the call: the session
-        // must not outlive the window.
-        let left = (spec.ends_at - now).num_seconds() - CALL_ALLOWANCE.num_seconds();
-        if left < STS_MIN_DURATION.as_secs() as i64 {
-            return Err(RequestError::DurationTooShort {
-                requested: format!("{}s left of the window", left.max(0)),
-                minimum: format!(
-                    "{} (STS's minimum, counted from the AssumeRole call)",
-                    format_duration(STS_MIN_DURATION)
-                ),
-            }
-            .into());
-        }
-        let duration_secs = u32::try_from(left.min(max.as_secs() as i64)).unwrap_or(u32::MAX);
+        // STS counts `DurationSeconds` from the call: the session must fit in
+        // what is left of the window, less the call's allowance, and STS's own
+        // minimum applies to that (the configured issue margin is for the
+        // broker's planning, in `min_duration`).
+        let caps = self.capabilities().with_min_duration(STS_MIN_DURATION);
+        let window = WindowRules::new(&self.config.name, &caps)
+            .start_slack(START_SLACK)
+            .call_allowance(CALL_ALLOWANCE.to_std().unwrap_or_default())
+            .limit_note(if self.chaining {
+                " (role chaining: the broker's identity is an assumed role)"
+            } else {
+                ""
+            })
+            .minimum_note(" (STS's minimum, counted from the AssumeRole call)")
+            .check(spec, now)?;
+        let duration_secs = u32::try_from(window.remaining.as_secs()).unwrap_or(u32::MAX);
 
         let session_name = session::session_name(spec)?;
         let source_identity = self
@@ -593,21 +559,16 @@ impl AwsProvider {
             expires_at = %session.expiration,
             "aws session issued"
         );
-        {
-            let now = self.clock.now();
-            let mut ledger = lock(&self.ledger);
-            ledger.retain(|_, g| g.expires_at + LEDGER_RETENTION >= now);
-            let keep = match ledger.get(&spec.grant_id) {
+        self.ledger
+            .update(spec.grant_id, self.clock.now(), |prev| match prev {
                 // A repeated issue: remember the latest expiry of either session.
                 Some(prev) if prev.expires_at > issued.expires_at => {
                     let mut g = issued.clone();
                     g.expires_at = prev.expires_at;
-                    g
+                    (g, prev.expires_at)
                 }
-                _ => issued.clone(),
-            };
-            ledger.insert(spec.grant_id, keep);
-        }
+                _ => (issued.clone(), issued.expires_at),
+            });
         Ok(Issued {
             grant: issued,
             credentials: Credentials::Aws {
@@ -649,9 +610,7 @@ impl AwsProvider {
         fall_back: bool,
     ) -> Result<Option<Collateral>, AwsError> {
         let session_name = issued.external_id.as_str();
-        let grant = session_name
-            .strip_prefix("jit-")
-            .and_then(uuid_from_simple)
+        let grant = naming::grant_id_from_name(session_name)
             .filter(|_| session::is_valid_name(session_name));
         let Some(grant) = grant else {
             return Err(AwsError::Unrevocable(format!(
@@ -659,7 +618,7 @@ impl AwsProvider {
                 printable(session_name)
             )));
         };
-        let recorded = lock(&self.ledger).get(&grant).cloned();
+        let recorded = self.ledger.get(grant);
         let detail = |k: &str| {
             issued
                 .details
@@ -800,17 +759,6 @@ fn session_issued_at(issued: &IssuedGrant) -> Option<DateTime<Utc>> {
     Some(issued.expires_at - TimeDelta::seconds(secs))
 }
 
-fn uuid_from_simple(hex32: &str) -> Option<GrantId> {
-    if hex32.len() != 32
-        || !hex32
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return None;
-    }
-    uuid::Uuid::parse_str(hex32).ok().map(GrantId)
-}
-
 #[async_trait]
 impl Provider for AwsProvider {
     fn name(&self) -> &str {
@@ -818,16 +766,15 @@ impl Provider for AwsProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            native_expiry: true,
-            max_duration: self.max_duration(),
-            min_duration: self.config.min_window(),
-            revocation: RevocationKind::DenyPolicy {
+        Capabilities::default()
+            .with_native_expiry(true)
+            .with_max_duration(self.max_duration())
+            .with_min_duration(self.config.min_window())
+            .with_revocation(RevocationKind::DenyPolicy {
                 propagation: self.config.propagation,
-            },
+            })
             // The deny names the session, which derives from the grant.
-            revoke_by_name: true,
-        }
+            .with_revoke_by_name(true)
     }
 
     fn validate(&self, entitlement: &Entitlement) -> jit_core::Result<()> {
@@ -898,7 +845,7 @@ impl Provider for AwsProvider {
     }
 
     async fn find(&self, spec: &GrantSpec) -> jit_core::Result<Option<IssuedGrant>> {
-        Ok(lock(&self.ledger).get(&spec.grant_id).cloned())
+        Ok(self.ledger.get(spec.grant_id))
     }
 
     /// [`AwsProvider::reconstruct`]: revoking it denies the derived session
@@ -951,13 +898,10 @@ mod tests {
 
     #[test]
     fn grant_ids_from_session_names() {
-        let id = GrantId::new();
+        let id = jit_core::GrantId::new();
         let name = jit_core::provider::external_name(id);
-        assert_eq!(
-            uuid_from_simple(name.strip_prefix("jit-").unwrap()),
-            Some(id)
-        );
-        assert_eq!(uuid_from_simple("xyz"), None);
-        assert_eq!(uuid_from_simple(&"A".repeat(32)), None);
+        assert!(session::is_valid_name(&name));
+        assert_eq!(naming::grant_id_from_name(&name), Some(id));
+        assert_eq!(naming::grant_id_from_name("jit-xyz"), None);
     }
 }

@@ -101,6 +101,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use jit_core::lease::{Lease, LeaseOptions};
+use jit_core::provider::retry::Backoff;
 use jit_core::{Clock, Store};
 use serde_json::{json, Map, Value};
 
@@ -118,6 +119,10 @@ pub const BUCKET: i64 = 3600;
 /// Longest life of a session issued before a role-wide revocation.
 const LONGEST_SESSION: TimeDelta = TimeDelta::hours(12);
 const ATTEMPTS: usize = 5;
+/// Between read-merge-write-verify rounds: 200, 400, 800, 1600 ms, jittered
+/// so that two processes that lost the same round do not collide again.
+const REWRITE_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(2)).with_jitter(true);
 /// How long what this process wrote is merged into what it reads: long
 /// enough to outlast IAM's eventual consistency (a read that does not yet
 /// show our own write), short enough that an operator's deliberate removal
@@ -496,7 +501,7 @@ impl Revocations {
         }
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                tokio::time::sleep(REWRITE_BACKOFF.delay(attempt as u32 - 1)).await;
             }
             let current = match client::get_role_policy(t.clients, t.role_name, t.policy_name).await
             {

@@ -1,6 +1,7 @@
 //! Every documented limit is refused with a typed error before any remote
 //! call. The provider's clients point at a [`Tripwire`]: an endpoint that
-//! counts connections and answers none, so a single call fails the test.
+//! counts connections and answers none, so a single call fails the test
+//! (on the assertions below, and when the tripwire is dropped).
 //! (moto itself accepts most of these values, so these tests are the only
 //! guard.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,6 +15,7 @@ use chrono::TimeDelta;
 use common::*;
 use jit_aws::{AwsConfig, AwsProvider};
 use jit_core::testing::provider::{spec, ProviderHarness};
+use jit_core::testing::tripwire::Tripwire;
 use jit_core::{ConfigError, Error, GrantSpec, IssuedGrant, Principal, RequestError, SystemClock};
 use serde_json::{json, Value};
 
@@ -26,7 +28,7 @@ struct Setup {
 
 async fn setup() -> Setup {
     let tripwire = Tripwire::new();
-    let sdk = common::sdk(&tripwire.url, "AKIATRIPWIRE", "never-sent", None).await;
+    let sdk = common::sdk(tripwire.url(), "AKIATRIPWIRE", "never-sent", None).await;
     // Chaining and account stated, so building the provider makes no call either.
     let provider = AwsProvider::builder(
         AwsConfig::default()
@@ -47,7 +49,7 @@ async fn setup() -> Setup {
         subject: Principal::new("limits@example.com").unwrap(),
         clock: Arc::new(SystemClock),
         probe: Arc::new(StsProbe {
-            url: tripwire.url.clone(),
+            url: tripwire.url().to_string(),
         }),
         advance: None,
     };
@@ -283,6 +285,7 @@ async fn hostile_requesters_and_tickets_are_sanitized_not_refused() {
     // values instead, so the refusal tests above are about targets and
     // windows only. The spec reaches the first remote call (the tripwire).
     let st = setup().await;
+    st.tripwire.expect_contacts();
     let mut s = spec(&st.h, TimeDelta::minutes(20));
     s.subject = Principal::new(&format!("aws:{}", "ü x".repeat(66))).unwrap();
     s.ticket = Some("INC#1; DROP TABLE".into());

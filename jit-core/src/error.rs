@@ -365,6 +365,9 @@ pub enum ConfigError {
         /// What to do instead.
         message: String,
     },
+    /// A `[providers.NAME]` table is invalid (see [`crate::provider::registry`]).
+    #[error(transparent)]
+    Provider(#[from] crate::provider::registry::ProviderConfigError),
     /// The file could not be read.
     #[error("cannot read `{path}`: {message}")]
     Io {

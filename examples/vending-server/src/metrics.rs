@@ -220,13 +220,10 @@ mod tests {
             "coarse"
         }
         fn capabilities(&self) -> Capabilities {
-            Capabilities {
-                native_expiry: true,
-                max_duration: std::time::Duration::from_secs(3600),
-                min_duration: std::time::Duration::from_secs(1),
-                revocation: RevocationKind::Immediate,
-                revoke_by_name: false,
-            }
+            Capabilities::default()
+                .with_native_expiry(true)
+                .with_max_duration(std::time::Duration::from_secs(3600))
+                .with_revocation(RevocationKind::Immediate)
         }
         fn validate(&self, _: &Entitlement) -> Result<()> {
             Ok(())

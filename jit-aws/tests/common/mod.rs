@@ -1,11 +1,10 @@
 //! Shared test tooling on top of `jit_aws::testing` (moto, SDK
-//! configurations, roles, call counting): a private moto server and an
-//! endpoint that must never be contacted.
+//! configurations, roles, call counting): a private moto server. (The
+//! endpoint that must never be contacted is jit-core's
+//! `testing::tripwire::Tripwire`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,33 +93,6 @@ pub fn denied_userids(doc: &serde_json::Value) -> Vec<String> {
         }
     }
     out
-}
-
-/// A TCP endpoint that counts connections and answers none: any SDK call
-/// made against it is a test failure (checked with [`Tripwire::contacts`]).
-pub struct Tripwire {
-    pub url: String,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Tripwire {
-    pub fn new() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let hits = Arc::new(AtomicUsize::new(0));
-        let h = hits.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                h.fetch_add(1, Ordering::SeqCst);
-                drop(stream);
-            }
-        });
-        Self { url, hits }
-    }
-
-    pub fn contacts(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
 }
 
 /// Works when `sts:GetCallerIdentity` with the credentials answers with the

@@ -43,9 +43,8 @@ mod verifier;
 pub use layer::{LocalTokenLayer, LocalTokenService, ResponseFuture};
 pub use verifier::{RevocationList, Verifier};
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -61,7 +60,9 @@ use sha2::{Digest, Sha256};
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::{Credentials, Secret};
 use crate::error::{ConfigError, Error, RequestError, Result};
-use crate::provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind};
+use crate::provider::ledger::Ledger;
+use crate::provider::window::WindowRules;
+use crate::provider::{naming, Capabilities, GrantSpec, Issued, Provider, RevocationKind};
 use crate::types::MAX_GRANT_DURATION;
 use crate::types::{format_duration, Entitlement, GrantId, IssuedGrant, RequestId};
 
@@ -372,7 +373,7 @@ pub struct LocalProvider {
     revocations: RevocationList,
     /// Earlier keys still accepted (rotation); never used to sign.
     previous: Vec<LocalPublicKey>,
-    ledger: Mutex<HashMap<GrantId, LedgerEntry>>,
+    ledger: Ledger<LedgerEntry>,
 }
 
 impl fmt::Debug for LocalProvider {
@@ -461,7 +462,7 @@ impl LocalProviderBuilder {
             clock: self.clock,
             revocations: self.revocations,
             previous: self.previous,
-            ledger: Mutex::new(HashMap::new()),
+            ledger: Ledger::new(REVOCATION_RETENTION),
         }
     }
 }
@@ -523,38 +524,12 @@ impl LocalProvider {
         )
     }
 
-    fn ledger(&self) -> MutexGuard<'_, HashMap<GrantId, LedgerEntry>> {
-        // The ledger holds plain data; a panic elsewhere cannot leave it half-written.
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn check_window(&self, spec: &GrantSpec) -> Result<(), RequestError> {
-        let d = spec.duration();
-        if d < TimeDelta::zero() {
-            return Err(RequestError::NegativeDuration(format!(
-                "{}s",
-                d.num_seconds()
-            )));
-        }
-        // Below one second the token's whole-second `nbf` and `exp` coincide.
-        if d < TimeDelta::seconds(1) {
-            return Err(RequestError::ZeroDuration);
-        }
-        let max = TimeDelta::seconds(self.max_duration.as_secs() as i64);
-        if d > max {
-            return Err(RequestError::DurationTooLong {
-                requested: d
-                    .to_std()
-                    .map(format_duration)
-                    .unwrap_or_else(|_| format!("{}s", d.num_seconds())),
-                limit: format!(
-                    "{} for provider `{}`",
-                    format_duration(self.max_duration),
-                    self.name
-                ),
-            });
-        }
-        Ok(())
+        // Tokens carry `nbf`, so a window may start later; whole-second
+        // `exp` is why the kit refuses windows under a second.
+        WindowRules::new(&self.name, &self.capabilities())
+            .check(spec, self.clock.now())
+            .map(|_| ())
     }
 
     fn sign(&self, claims: &LocalClaims) -> Result<Secret> {
@@ -585,15 +560,10 @@ fn grant_id_of(provider: &str, issued: &IssuedGrant) -> Result<GrantId> {
         .get("jti")
         .and_then(|v| v.as_str())
         .and_then(|s| uuid::Uuid::parse_str(s).ok());
-    let from_name = || {
-        issued
-            .external_id
-            .strip_prefix("jit-")
-            .and_then(|s| uuid::Uuid::parse_str(s).ok())
-    };
+    let from_name = || naming::grant_id_from_name(&issued.external_id);
     from_details
-        .or_else(from_name)
         .map(GrantId)
+        .or_else(from_name)
         .ok_or_else(|| Error::ProviderRejected {
             provider: provider.to_string(),
             operation: "revoke",
@@ -611,15 +581,12 @@ impl Provider for LocalProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            native_expiry: true,
-            max_duration: self.max_duration,
-            min_duration: Duration::from_secs(1),
-            revocation: RevocationKind::Immediate,
-            // Its ledger is in the process: a token a crashed process
-            // signed is unknown to the next, and unrevocable by name.
-            revoke_by_name: false,
-        }
+        // Its ledger is in the process: a token a crashed process signed is
+        // unknown to the next, and unrevocable by name (`revoke_by_name` false).
+        Capabilities::default()
+            .with_native_expiry(true)
+            .with_max_duration(self.max_duration)
+            .with_revocation(RevocationKind::Immediate)
     }
 
     fn validate(&self, entitlement: &Entitlement) -> Result<()> {
@@ -630,20 +597,17 @@ impl Provider for LocalProvider {
         self.check_window(spec)?;
         let target = LocalTarget::from_entitlement(&spec.entitlement)?;
         let now = self.clock.now();
-        let mut ledger = self.ledger();
-        let cutoff = now - self.retention();
-        ledger.retain(|_, e| e.issued.expires_at >= cutoff);
 
         // Re-issuing re-signs the recorded claims: Ed25519 is deterministic, so
         // the caller gets the very same token, and the ledger keeps one entry.
-        if let Some(entry) = ledger.get(&spec.grant_id) {
+        if let Some(entry) = self.ledger.get(spec.grant_id) {
             let token = self.sign(&entry.claims)?;
             return Ok(Issued {
-                grant: entry.issued.clone(),
                 credentials: Credentials::LocalToken {
                     token,
                     expires_at: entry.issued.expires_at,
                 },
+                grant: entry.issued,
             });
         }
 
@@ -673,18 +637,26 @@ impl Provider for LocalProvider {
             }),
         };
         let token = self.sign(&claims)?;
-        ledger.insert(
-            spec.grant_id,
-            LedgerEntry {
-                claims,
-                issued: issued.clone(),
-            },
-        );
-        drop(ledger);
+        // A concurrent issue of the same grant may have recorded first: keep
+        // its entry and hand out its token, so there is one token per grant.
+        let new = LedgerEntry { claims, issued };
+        let kept = self.ledger.update(spec.grant_id, now, |prev| match prev {
+            Some(p) => (p.clone(), p.issued.expires_at),
+            None => (new.clone(), expires_at),
+        });
+        let token = if kept.claims == new.claims {
+            token
+        } else {
+            self.sign(&kept.claims)?
+        };
+        let issued = kept.issued;
         tracing::debug!(provider = %self.name, grant = %spec.grant_id, "local token issued");
         Ok(Issued {
+            credentials: Credentials::LocalToken {
+                token,
+                expires_at: issued.expires_at,
+            },
             grant: issued,
-            credentials: Credentials::LocalToken { token, expires_at },
         })
     }
 
@@ -692,7 +664,7 @@ impl Provider for LocalProvider {
         let grant = grant_id_of(&self.name, issued)?;
         // Keep the entry at least as long as the real token lives, even if the
         // caller's record carries an earlier expiry.
-        let recorded = self.ledger().get(&grant).map(|e| e.issued.expires_at);
+        let recorded = self.ledger.expires_at(grant);
         let until = recorded.map_or(issued.expires_at, |r| r.max(issued.expires_at));
         self.revocations.revoke(&grant.to_string(), until);
         self.revocations.prune(self.clock.now() - self.retention());
@@ -701,7 +673,7 @@ impl Provider for LocalProvider {
     }
 
     async fn find(&self, spec: &GrantSpec) -> Result<Option<IssuedGrant>> {
-        Ok(self.ledger().get(&spec.grant_id).map(|e| e.issued.clone()))
+        Ok(self.ledger.get(spec.grant_id).map(|e| e.issued))
     }
 
     async fn restore_revocations(&self, revoked: &[IssuedGrant]) -> Result<()> {

@@ -1,69 +1,42 @@
-//! The provider trait: what a cloud (or the local token issuer) must do.
+//! Providers: the trait a cloud (or the local token issuer) implements,
+//! and the kit every provider builds on.
 //!
-//! # Contract
+//! The contract is in the [`Provider`] docs. What every provider needs
+//! beyond it lives here once, so that jit-aws, jit-azure, jit-gcp and the
+//! local provider do not each grow their own copy:
 //!
-//! - **Idempotent by grant id.** `issue` called twice with the same
-//!   [`GrantSpec::grant_id`] must not mint two independent accesses the
-//!   broker cannot find again: provider-side names derive from the grant id
-//!   ([`GrantSpec::external_name`]), so [`Provider::find`] can locate what an
-//!   interrupted `issue` left behind.
-//! - **`revoke` is idempotent.** Revoking something already revoked or already
-//!   expired succeeds. An error means the access may still work; the broker
-//!   retries with backoff and shows `RevocationFailed` until it succeeds.
-//! - **Native expiry.** When [`Capabilities::native_expiry`] is true, the access
-//!   stops working at the provider at [`IssuedGrant::expires_at`] even if the
-//!   broker is gone. Otherwise the broker's reaper revokes it at the end.
-//! - **Limits before calls.** A spec the provider cannot honour (duration over
-//!   its maximum, a malformed target) is refused with a typed error before any
-//!   remote call is made.
-//! - **No secrets in errors.** Errors and [`IssuedGrant`] never carry secret values.
+//! | module | what |
+//! | --- | --- |
+//! | [`capabilities`] | [`Capabilities`] and [`RevocationKind`]: what a provider can do, as data |
+//! | [`window`] | the window checks against the capabilities, before any call |
+//! | [`naming`] | grant id ↔ provider-side names, both ways (`jit-<hex>`, derived GUIDs) |
+//! | [`ledger`] | the in-process ledger of what was issued (idempotency, `find`) |
+//! | [`retry`] | backoff with jitter and bounded retries (read-modify-write, throttling) |
+//! | [`http`] | an HTTP status and `Retry-After` to jit-core's error kinds |
+//! | [`registry`] | providers built from configuration: a factory per kind, fed a string map |
+//!
+//! Test scaffolding for providers (the conformance suite, a tripwire
+//! endpoint, a local HTTP fake harness) is in `jit_core::testing` (feature
+//! `testing`).
 
-use std::time::Duration;
+pub mod capabilities;
+pub mod http;
+pub mod ledger;
+pub mod naming;
+pub mod registry;
+pub mod retry;
+pub mod window;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use capabilities::{Capabilities, RevocationKind};
+pub use naming::external_name;
+
 use crate::credentials::Credentials;
 use crate::error::Result;
 use crate::types::{Entitlement, GrantId, IssuedGrant, Principal, RequestId};
-
-/// How a provider takes access away before its natural end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RevocationKind {
-    /// Stops working at once (a revocation list checked on every use, a deleted assignment).
-    Immediate,
-    /// A deny policy that the cloud propagates within the given time.
-    DenyPolicy {
-        /// Typical worst-case propagation.
-        propagation: Duration,
-    },
-    /// Cannot be revoked early (a GCP access token): such requests are refused
-    /// when early revocation is required, never faked.
-    None,
-}
-
-/// What a provider can do, as data: the broker and the tests branch on this, never on names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capabilities {
-    /// Whether the access expires at the provider without the broker's help.
-    pub native_expiry: bool,
-    /// The longest grant the provider can mint.
-    pub max_duration: Duration,
-    /// The shortest grant the provider can mint (AWS: 15 minutes).
-    pub min_duration: Duration,
-    /// How early revocation works.
-    pub revocation: RevocationKind,
-    /// Whether [`Provider::revoke`] works on a record rebuilt from the
-    /// grant's derived name alone ([`Provider::record_by_name`]), whether
-    /// or not anything was minted under that name (AWS: a deny on the
-    /// session name). The broker's reconciler then revokes a grant
-    /// interrupted mid-issue that [`Provider::find`] cannot see, instead of
-    /// assuming nothing was minted. False for providers that can find
-    /// everything they minted, or that need what `issue` returned to revoke.
-    pub revoke_by_name: bool,
-}
 
 /// Everything a provider needs to mint one grant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,11 +70,6 @@ impl GrantSpec {
     pub fn duration(&self) -> chrono::TimeDelta {
         self.ends_at - self.starts_at
     }
-}
-
-/// The deterministic provider-side name of a grant.
-pub fn external_name(id: GrantId) -> String {
-    format!("jit-{}", id.0.simple())
 }
 
 /// The result of a successful issue.
@@ -166,6 +134,47 @@ impl RevokeOutcome {
 }
 
 /// A cloud (or local) access issuer. Object safe: use it as `Arc<dyn Provider>`.
+///
+/// # Contract
+///
+/// Every implementation (and every wrapper, which must forward every
+/// method, the provided ones too) keeps these promises; the conformance
+/// suite in `jit_core::testing::provider` checks them against what
+/// [`Provider::capabilities`] claims.
+///
+/// - **Limits before calls.** [`Provider::validate`] checks an
+///   entitlement's target when the catalogue loads, with no remote call.
+///   [`Provider::issue`] refuses a spec it cannot honour (a window outside
+///   [`Capabilities::min_duration`]..=[`Capabilities::max_duration`], a
+///   malformed target or subject) with a typed error before any remote
+///   call ([`window::WindowRules`] does the window part for everyone).
+/// - **Idempotent by grant id.** `issue` called twice with the same
+///   [`GrantSpec::grant_id`] (a retry, a reconciliation after a crash)
+///   never mints two accesses the broker cannot find again: every
+///   provider-side name derives from the grant id ([`naming`]), so
+///   [`Provider::find`] locates what an interrupted `issue` left behind,
+///   and a second `issue` finds or replaces the first's object instead of
+///   adding one.
+/// - **The returned expiry is the truth.** [`IssuedGrant::expires_at`] is
+///   what the provider itself will enforce (the cloud's answer, not the
+///   requested end) and is never later than [`GrantSpec::ends_at`].
+/// - **Native expiry.** When [`Capabilities::native_expiry`] is true the
+///   access stops working at the provider at `expires_at` even if the
+///   broker is gone. Otherwise the broker's reaper revokes it at the end.
+/// - **`revoke` is idempotent and honest.** Revoking something already
+///   revoked, expired or never minted succeeds. `Ok` means the access no
+///   longer works, or will not within [`RevocationKind::delay`]. An error
+///   means it may still work: the broker retries with backoff and shows
+///   `RevocationFailed` until it succeeds. A revocation that cuts off more
+///   than the grant goes through [`Provider::revoke_reporting`], never
+///   silently through `revoke`.
+/// - **Transient errors are marked.** Throttling and unreachable endpoints
+///   are [`Error::Throttled`](crate::Error::Throttled) (with the cloud's
+///   wait, see [`http`]) and [`Error::Unavailable`](crate::Error::Unavailable),
+///   so the broker can tell "try later" from "refused".
+/// - **No secrets in errors, logs or records.** Errors, log fields and
+///   [`IssuedGrant`] never carry secret values; only [`Issued::credentials`]
+///   does, in redacting types.
 #[async_trait]
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The name entitlements use to select this provider (`local`, `aws`, ...).

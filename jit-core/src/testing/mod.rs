@@ -4,6 +4,11 @@
 //! Checks are plain `pub async fn`s taking `&dyn Provider` / `&dyn Store`
 //! (through a harness where they need more): each implementation calls the
 //! ones its capabilities support.
+//!
+//! For providers that talk HTTP: [`tripwire::Tripwire`], an endpoint that
+//! fails the test if contacted, and [`fake`], a local HTTP/HTTPS server
+//! harness (routes, faults by rule, a record of requests, a shared manual
+//! clock) that the cloud fakes are built on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -21,10 +26,12 @@ use crate::provider::{Capabilities, GrantSpec, Issued, Provider, RevocationKind}
 use crate::store::{Claim, ListFilter, Store};
 use crate::types::{format_duration, Entitlement, IssuedGrant, RequestId, RequestRecord, State};
 
+pub mod fake;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod provider;
 pub mod store;
+pub mod tripwire;
 
 /// A provider double that records every call and fails on demand.
 ///
