@@ -35,7 +35,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use google_cloud_iam_v1::model::{Binding, Policy};
 use google_cloud_type::model::Expr;
-use jit_core::provider::external_name;
+use jit_core::provider::naming::external_name;
 use jit_core::GrantId;
 
 /// All principals in all bindings of one policy (each occurrence counts).

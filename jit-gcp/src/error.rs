@@ -202,7 +202,16 @@ impl GcpError {
 
 fn retry_after(err: &google_cloud_gax::error::Error) -> Option<Duration> {
     let value = err.http_headers()?.get("retry-after")?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    jit_core::provider::http::parse_retry_after(value, chrono::Utc::now())
+}
+
+impl jit_core::provider::retry::RetryAfter for GcpError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GcpError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 /// The canonical name of a status code, as Google's JSON envelope spells it.

@@ -48,12 +48,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use google_cloud_iam_v1::model::Policy;
+use jit_core::provider::ledger::Ledger;
+use jit_core::provider::retry::{retry_on, Backoff};
+use jit_core::provider::window::WindowRules;
 use jit_core::types::format_duration;
 use jit_core::{
-    Capabilities, Clock, Credentials, Entitlement, GrantId, GrantSpec, Issued, IssuedGrant,
-    Provider, RequestError, RevocationKind, SystemClock,
+    Capabilities, Clock, Credentials, Entitlement, GrantSpec, Issued, IssuedGrant, Provider,
+    RevocationKind, SystemClock,
 };
 use serde_json::json;
 
@@ -65,16 +68,20 @@ use crate::member::member_of;
 use crate::target::{GcpTarget, Resource};
 
 /// How far in the future a window may start: bindings and tokens start at the call.
-const START_SLACK: TimeDelta = TimeDelta::seconds(60);
+const START_SLACK: Duration = Duration::from_secs(60);
 /// Taken off a token's lifetime for the time between reading our clock and
 /// Google reading its own: the token may end up to this much before the
 /// window, never after it.
-pub const CALL_ALLOWANCE: TimeDelta = TimeDelta::seconds(5);
+pub const CALL_ALLOWANCE: Duration = Duration::from_secs(5);
 /// The shortest grant: a binding or token that ends within a minute of its
 /// call is not worth the write.
 pub const MIN_DURATION: Duration = Duration::from_secs(60);
 /// How long an in-process token record is kept after its expiry.
-const LEDGER_RETENTION: TimeDelta = TimeDelta::hours(1);
+const LEDGER_RETENTION: Duration = Duration::from_secs(3600);
+/// The backoff between read-modify-write attempts after an etag conflict:
+/// 50 ms doubling to 2 s, jittered so writers that collided spread out.
+const CONFLICT_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).with_jitter(true);
 
 /// Builds a [`GcpProvider`].
 pub struct GcpProviderBuilder {
@@ -111,7 +118,7 @@ impl GcpProviderBuilder {
             clients,
             clock: self.clock,
             writers: Mutex::new(HashMap::new()),
-            ledger: Mutex::new(HashMap::new()),
+            ledger: Ledger::new(LEDGER_RETENTION),
         })
     }
 }
@@ -124,7 +131,7 @@ pub struct GcpProvider {
     /// One async lock per resource: this process's writers take turns.
     writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Tokens minted by this process (token mode `find`).
-    ledger: Mutex<HashMap<GrantId, IssuedGrant>>,
+    ledger: Ledger<IssuedGrant>,
 }
 
 impl fmt::Debug for GcpProvider {
@@ -140,12 +147,6 @@ impl fmt::Debug for GcpProvider {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain maps: a panic elsewhere cannot leave them half-updated.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn human(d: TimeDelta) -> String {
-    d.to_std()
-        .map(format_duration)
-        .unwrap_or_else(|_| format!("{}s", d.num_seconds()))
 }
 
 /// Whole seconds, rounded down.
@@ -180,17 +181,6 @@ fn check_writable(resource: &Resource, policy: &Policy) -> Result<(), GcpError> 
         )));
     }
     Ok(())
-}
-
-/// A jittered exponential delay before attempt `attempt` (1-based) of a
-/// read-modify-write: 50 ms doubling up to 2 s, each drawn uniformly from
-/// half to all of it so writers that collided spread out.
-fn conflict_delay(attempt: u32) -> Duration {
-    let base = Duration::from_millis(50).saturating_mul(1 << attempt.min(6));
-    let base = base.min(Duration::from_secs(2));
-    let half = base / 2;
-    let jitter = uuid::Uuid::new_v4().as_u128() as u64 % (half.as_millis() as u64 + 1);
-    half + Duration::from_millis(jitter)
 }
 
 impl GcpProvider {
@@ -250,46 +240,16 @@ impl GcpProvider {
         }
     }
 
-    /// The window checks shared by both modes; returns the whole seconds left.
+    /// The window checks shared by both modes; returns the whole seconds
+    /// left of the window. A binding states its end as a timestamp and
+    /// needs no allowance for the call; a token's lifetime counts from
+    /// Google's clock, so token mode takes [`CALL_ALLOWANCE`] off this.
     fn window(&self, spec: &GrantSpec) -> Result<i64, GcpError> {
-        let now = self.clock.now();
-        let window = spec.duration();
-        if window < TimeDelta::zero() {
-            return Err(
-                RequestError::NegativeDuration(format!("{}s", window.num_seconds())).into(),
-            );
-        }
-        if window.is_zero() {
-            return Err(RequestError::ZeroDuration.into());
-        }
-        let max = self.config.max_grant();
-        if window > TimeDelta::seconds(max.as_secs() as i64) {
-            return Err(RequestError::DurationTooLong {
-                requested: human(window),
-                limit: format!(
-                    "{} for provider `{}`",
-                    format_duration(max),
-                    self.config.name
-                ),
-            }
-            .into());
-        }
-        if spec.starts_at > now + START_SLACK {
-            return Err(RequestError::NotYetStarted {
-                request: spec.request_id,
-                starts_at: spec.starts_at.to_rfc3339(),
-            }
-            .into());
-        }
-        let left = (spec.ends_at - now).num_seconds() - CALL_ALLOWANCE.num_seconds();
-        if left < MIN_DURATION.as_secs() as i64 {
-            return Err(RequestError::DurationTooShort {
-                requested: format!("{}s left of the window", left.max(0)),
-                minimum: format_duration(MIN_DURATION),
-            }
-            .into());
-        }
-        Ok(left.min(max.as_secs() as i64))
+        let caps = self.capabilities();
+        let window = WindowRules::new(&self.config.name, &caps)
+            .start_slack(START_SLACK)
+            .check(spec, self.clock.now())?;
+        Ok(window.remaining.as_secs() as i64)
     }
 
     /// One read-modify-write of `resource`'s policy: `edit` returns whether
@@ -298,35 +258,39 @@ impl GcpProvider {
     async fn read_modify_write<T>(
         &self,
         resource: &Resource,
-        mut edit: impl FnMut(&mut Policy) -> Result<(bool, T), GcpError>,
+        edit: impl FnMut(&mut Policy) -> Result<(bool, T), GcpError> + Send,
     ) -> Result<T, GcpError> {
         let writer = self.writer(resource);
         let _turn = writer.lock().await;
         let attempts = self.config.conflict_retries;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        // Called once per attempt, between the read and the write.
+        let edit = Mutex::new(edit);
+        let once = || async {
             let mut policy = self.clients.get_policy(resource).await?;
             check_writable(resource, &policy)?;
-            let (changed, out) = edit(&mut policy)?;
-            if !changed {
-                return Ok(out);
+            let (changed, out) = {
+                let mut edit = lock(&edit);
+                (*edit)(&mut policy)?
+            };
+            if changed {
+                policy.version = binding::POLICY_VERSION;
+                self.clients.set_policy(resource, policy).await?;
             }
-            policy.version = binding::POLICY_VERSION;
-            match self.clients.set_policy(resource, policy).await {
-                Ok(_) => return Ok(out),
-                Err(e) if e.is_etag_mismatch() && attempt < attempts => {
-                    tracing::debug!(resource = %resource, attempt, "iam policy changed between read and write; reading again");
-                    tokio::time::sleep(conflict_delay(attempt)).await;
-                }
-                Err(e) if e.is_etag_mismatch() => {
-                    return Err(GcpError::Contended {
-                        resource: resource.to_string(),
-                        attempts,
-                    })
-                }
-                Err(e) => return Err(e),
-            }
+            Ok(out)
+        };
+        match retry_on(
+            &CONFLICT_BACKOFF,
+            attempts,
+            GcpError::is_etag_mismatch,
+            once,
+        )
+        .await
+        {
+            Err(e) if e.is_etag_mismatch() => Err(GcpError::Contended {
+                resource: resource.to_string(),
+                attempts,
+            }),
+            other => other,
         }
     }
 
@@ -406,7 +370,7 @@ impl GcpProvider {
         scopes: Vec<String>,
         delegates: Vec<String>,
     ) -> Result<Issued, GcpError> {
-        let lifetime = self.window(spec)?;
+        let lifetime = self.window(spec)? - CALL_ALLOWANCE.as_secs() as i64;
         let token = self
             .clients
             .generate_access_token(&service_account, &scopes, &delegates, lifetime)
@@ -423,12 +387,12 @@ impl GcpProvider {
                 "lifetime_secs": lifetime,
             }),
         };
-        {
-            let now = self.clock.now();
-            let mut ledger = lock(&self.ledger);
-            ledger.retain(|_, g| g.expires_at + LEDGER_RETENTION >= now);
-            ledger.insert(spec.grant_id, issued.clone());
-        }
+        self.ledger.insert(
+            spec.grant_id,
+            issued.clone(),
+            issued.expires_at,
+            self.clock.now(),
+        );
         tracing::debug!(provider = %self.config.name, grant = %spec.grant_id, service_account = %service_account, expires_at = %token.expires_at, "gcp access token issued");
         Ok(Issued {
             grant: issued,
@@ -545,7 +509,7 @@ impl GcpProvider {
                     self.record(&resource, &b, end)
                 }))
             }
-            GcpTarget::Token { .. } => Ok(lock(&self.ledger).get(&spec.grant_id).cloned()),
+            GcpTarget::Token { .. } => Ok(self.ledger.get(spec.grant_id)),
         }
     }
 
@@ -576,27 +540,22 @@ impl Provider for GcpProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let common = Capabilities::default()
+            .with_native_expiry(true)
+            .with_min_duration(MIN_DURATION);
         match self.config.mode {
-            Mode::Binding => Capabilities {
-                native_expiry: true,
-                max_duration: self.config.max_duration,
-                min_duration: MIN_DURATION
-                    + Duration::from_secs(CALL_ALLOWANCE.num_seconds() as u64),
+            Mode::Binding => common
+                .with_max_duration(self.config.max_duration)
                 // Removing a binding takes effect within IAM's propagation time.
-                revocation: RevocationKind::DenyPolicy {
-                    propagation: self.config.propagation,
-                },
+                .with_revocation(RevocationKind::Propagates {
+                    within: self.config.propagation,
+                })
                 // Removal by the derived title works whether or not the binding exists.
-                revoke_by_name: true,
-            },
-            Mode::Token => Capabilities {
-                native_expiry: true,
-                max_duration: self.config.token_max_lifetime,
-                min_duration: MIN_DURATION
-                    + Duration::from_secs(CALL_ALLOWANCE.num_seconds() as u64),
-                revocation: RevocationKind::None,
-                revoke_by_name: false,
-            },
+                .with_revoke_by_name(true),
+            Mode::Token => common
+                .with_max_duration(self.config.token_max_lifetime)
+                .with_revocation(RevocationKind::None)
+                .with_revoke_by_name(false),
         }
     }
 
@@ -647,19 +606,9 @@ impl Provider for GcpProvider {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use google_cloud_iam_v1::model::Binding;
+    use jit_core::GrantId;
 
     use super::*;
-
-    #[test]
-    fn conflict_delays_are_jittered_and_bounded() {
-        for attempt in 1..12 {
-            let d = conflict_delay(attempt);
-            assert!(d <= Duration::from_secs(2), "{d:?}");
-            assert!(d >= Duration::from_millis(50), "{d:?}");
-        }
-        let draws: std::collections::BTreeSet<_> = (0..20).map(|_| conflict_delay(4)).collect();
-        assert!(draws.len() > 1, "no jitter: {draws:?}");
-    }
 
     #[test]
     fn policies_that_would_lose_conditions_are_never_written_back() {

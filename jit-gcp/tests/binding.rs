@@ -211,3 +211,72 @@ async fn pruning_leaves_unrelated_bindings_byte_identical() {
     );
     env.assert_schema_clean();
 }
+
+/// Refusals happen before any call: a provider pointed at a tripwire.
+#[tokio::test]
+async fn refusals_make_no_remote_call() {
+    use jit_core::testing::tripwire::Tripwire;
+    let env = env();
+    let tripwire = Tripwire::new();
+    let provider = env
+        .provider_with(env.config(Mode::Binding).with_endpoint_url(tripwire.url()))
+        .await;
+    let e = entitlement(provider.as_ref(), binding_target(), 8);
+    let h = env.harness(provider.clone(), e.clone());
+    // No member attribute.
+    let mut s = spec(&h, TimeDelta::hours(1));
+    s.subject = jit_core::Principal::new("sub-bob").unwrap();
+    let err = provider.issue(&s).await.unwrap_err();
+    assert!(err.to_string().contains("gcp_member"), "{err}");
+    // A public member.
+    s.subject = s.subject.with_attribute("gcp_member", "allUsers");
+    assert!(provider.issue(&s).await.is_err());
+    // A window over the maximum.
+    let long = spec(&h, TimeDelta::hours(13));
+    assert!(matches!(
+        provider.issue(&long).await.unwrap_err(),
+        Error::InvalidRequest(_)
+    ));
+    // A basic role.
+    let mut basic = spec(&h, TimeDelta::hours(1));
+    basic.entitlement.target = serde_json::json!({"resource": PROJECT, "role": "roles/owner"});
+    assert!(matches!(
+        provider.issue(&basic).await.unwrap_err(),
+        Error::Config(_)
+    ));
+    tripwire.assert_untouched();
+}
+
+/// The broker's credentials never show up in Debug output or errors.
+#[tokio::test]
+async fn secrets_stay_out_of_debug_and_errors() {
+    let env = env();
+    let provider = env.provider(Mode::Binding).await;
+    let shown = format!("{provider:?} {:?}", provider.config());
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    let key_body = &env.key.private_pem()[40..90];
+    assert!(!shown.contains(key_body));
+    // A request the fake refuses (a resource it does not know): the error
+    // names the call, never the bearer token or the key.
+    let e = entitlement(
+        provider.as_ref(),
+        serde_json::json!({"resource": "projects/unknown-5678", "role": ROLE}),
+        8,
+    );
+    let h = env.harness(provider.clone(), e);
+    let err = provider
+        .issue(&spec(&h, TimeDelta::hours(1)))
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("PERMISSION_DENIED"), "{text}");
+    assert!(!text.contains("Bearer") && !text.contains("eyJ"), "{text}");
+    assert!(!text.contains(key_body));
+    // What crossed the wire carried a bearer token, redacted in the record.
+    let recorded = env.server.requests();
+    assert!(!recorded.is_empty());
+    assert!(
+        recorded.iter().all(|r| !format!("{r:?}").contains("eyJ")),
+        "a token reached the request record"
+    );
+}

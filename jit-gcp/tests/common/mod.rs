@@ -1,4 +1,4 @@
-//! Shared setup: the fake behind a local server, a broker key registered
+//! Shared setup: the fake behind jit-core's fake-server harness, a broker key registered
 //! with it, and providers pointed at it through the real google-cloud-auth
 //! service-account flow.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use jit_core::testing::fake::FakeServer;
 use jit_core::testing::provider::ProviderHarness;
 use jit_core::{Entitlement, GrantDuration, ManualClock, Principal, Provider};
 use jit_gcp::testing::{router, FakeGcp, FakeProbe, TestKey};
@@ -22,40 +23,7 @@ pub struct Env {
     pub clock: ManualClock,
     pub key: TestKey,
     pub url: String,
-    server: Server,
-}
-
-struct Server(Option<tokio::sync::oneshot::Sender<()>>);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.0.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-/// Serves the fake's routes on 127.0.0.1 (temporary, until the harness lands).
-fn serve(fake: Arc<FakeGcp>) -> (String, Server) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            let _ = axum::serve(l, router(fake))
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
-    });
-    (url, Server(Some(tx)))
+    pub server: FakeServer,
 }
 
 pub fn env() -> Env {
@@ -68,7 +36,12 @@ pub fn env() -> Env {
     fake.add_service_account("hop@prod-1234.iam.gserviceaccount.com");
     let key = TestKey::generate(BROKER);
     fake.register_key(&key);
-    let (url, server) = serve(fake.clone());
+    let server = FakeServer::builder()
+        .clock(clock.clone())
+        .name("fake-gcp")
+        .start(router(fake.clone()))
+        .unwrap();
+    let url = server.http_url().to_string();
     Env {
         fake,
         clock,
