@@ -6,11 +6,11 @@
 //! revoked at all. Configure two providers (say `gcp` and `gcp-token`) to
 //! offer both.
 //!
-//! [`GcpConfig::from_env`] reads `JIT_GCP_*` variables; [`GcpConfig::from_map`]
-//! reads the same settings from a string map whose keys are the variable
-//! names without the prefix, in lower case (`max_duration`,
-//! `member_attribute`, ...), which is how a host's TOML table
-//! `[providers.NAME]` reaches it.
+//! [`GcpConfig::from_env`] reads `JIT_GCP_*` variables;
+//! [`GcpConfig::from_provider_config`] reads the same settings from a host's
+//! `[providers.NAME]` table (`kind = "gcp"`), whose keys ([`KEYS`]) are the
+//! variable names without the prefix, in lower case (`max_duration`,
+//! `member_attribute`, ...); a variable that is set wins over the table.
 //!
 //! | variable | setting | default |
 //! | --- | --- | --- |
@@ -40,10 +40,10 @@
 //! without it becomes `user:<email>`: an unverified email is whatever the
 //! user typed into a profile.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use jit_core::provider::registry::{ConfigKey, ProviderConfig};
 use jit_core::types::{format_duration, parse_duration, MAX_GRANT_DURATION};
 
 use crate::error::{printable, GcpError};
@@ -85,7 +85,7 @@ pub enum CredentialSource {
 }
 
 /// How jit-gcp behaves. Build with [`GcpConfig::default`] and the `with_*`
-/// methods, or read it with [`GcpConfig::from_env`] / [`GcpConfig::from_map`].
+/// methods, or read it with [`GcpConfig::from_env`] / [`GcpConfig::from_provider_config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcpConfig {
     /// The provider name entitlements select (`provider = "gcp"`).
@@ -154,25 +154,59 @@ fn setting(field: &str, message: impl Into<String>) -> GcpError {
     }
 }
 
-/// Every key [`GcpConfig::from_map`] knows (the variables without `JIT_GCP_`, lower case).
-pub const KEYS: [&str; 16] = [
-    "provider_name",
-    "mode",
-    "credentials",
-    "endpoint_url",
-    "resource_manager_endpoint",
-    "iam_endpoint",
-    "iam_credentials_endpoint",
-    "member_attribute",
-    "member_from_email",
-    "email_attribute",
-    "email_verified_attribute",
-    "max_duration",
-    "token_max_lifetime",
-    "propagation",
-    "conflict_retries",
-    "call_timeout",
+/// The keys of a `kind = "gcp"` provider table, each the same setting as
+/// its `JIT_GCP_*` variable (which wins when set). The provider's name is the
+/// table's name.
+pub const KEYS: &[ConfigKey] = &[
+    ConfigKey::optional("mode", "`binding` (conditional IAM bindings) or `token` (access tokens); default `binding`")
+        .env("JIT_GCP_MODE"),
+    ConfigKey::optional("credentials", "the broker's identity: `adc`, `metadata`, or a service-account key file path (default `adc`)")
+        .env("JIT_GCP_CREDENTIALS"),
+    ConfigKey::optional("endpoint_url", "one endpoint for all three APIs (a private endpoint, a test fake)")
+        .env("JIT_GCP_ENDPOINT_URL"),
+    ConfigKey::optional("resource_manager_endpoint", "Resource Manager v3 endpoint")
+        .env("JIT_GCP_RESOURCE_MANAGER_ENDPOINT"),
+    ConfigKey::optional("iam_endpoint", "IAM v1 endpoint").env("JIT_GCP_IAM_ENDPOINT"),
+    ConfigKey::optional("iam_credentials_endpoint", "IAM Credentials v1 endpoint")
+        .env("JIT_GCP_IAM_CREDENTIALS_ENDPOINT"),
+    ConfigKey::optional("member_attribute", "the principal attribute holding the IAM member (default `gcp_member`)")
+        .env("JIT_GCP_MEMBER_ATTRIBUTE"),
+    ConfigKey::optional("member_from_email", "let a verified email become `user:<email>` (default `false`)")
+        .env("JIT_GCP_MEMBER_FROM_EMAIL"),
+    ConfigKey::optional("email_attribute", "the principal attribute holding the email (default `email`)")
+        .env("JIT_GCP_EMAIL_ATTRIBUTE"),
+    ConfigKey::optional("email_verified_attribute", "the attribute that must be `true` (default `email_verified`)")
+        .env("JIT_GCP_EMAIL_VERIFIED_ATTRIBUTE"),
+    ConfigKey::optional("max_duration", "the longest binding (default `12h`)")
+        .env("JIT_GCP_MAX_DURATION"),
+    ConfigKey::optional("token_max_lifetime", "the longest access token (default `1h`, at most `12h`)")
+        .env("JIT_GCP_TOKEN_MAX_LIFETIME"),
+    ConfigKey::optional("propagation", "advertised time for a removed binding to stop working (default `7m`)")
+        .env("JIT_GCP_PROPAGATION"),
+    ConfigKey::optional("conflict_retries", "read-modify-write attempts on an etag conflict (default `5`)")
+        .env("JIT_GCP_CONFLICT_RETRIES"),
+    ConfigKey::optional("call_timeout", "the longest one API call may take (default `30s`)")
+        .env("JIT_GCP_CALL_TIMEOUT"),
 ];
+
+fn key_error(config: &ProviderConfig, e: GcpError) -> jit_core::Error {
+    match e {
+        GcpError::Setting { field, message } => {
+            let key = KEYS
+                .iter()
+                .find(|k| k.env == Some(field.as_str()) || k.name == field)
+                .map(|k| k.name)
+                .unwrap_or(match field.as_str() {
+                    "resource_manager_endpoint" | "iam_endpoint" | "iam_credentials_endpoint" => {
+                        "endpoint_url"
+                    }
+                    other => other,
+                });
+            config.invalid(key, message)
+        }
+        other => other.into_core(config.provider(), "configure"),
+    }
+}
 
 impl GcpConfig {
     /// Reads `JIT_GCP_*` variables (see the module docs) over the defaults.
@@ -180,35 +214,23 @@ impl GcpConfig {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
-    /// Reads a string map (keys as in [`KEYS`]; `name` is accepted for
-    /// `provider_name`), with `JIT_GCP_*` variables winning over it when
-    /// `env_wins` is set. Unknown keys are refused, so a typo is not silently
-    /// ignored.
-    pub fn from_map(map: &BTreeMap<String, String>, env_wins: bool) -> jit_core::Result<Self> {
-        if let Some(k) = map
-            .keys()
-            .find(|k| !KEYS.contains(&k.as_str()) && k.as_str() != "name" && k.as_str() != "kind")
-        {
-            return Err(setting(
-                &printable(k),
-                format!(
-                    "unknown key; expected one of {}",
-                    KEYS.map(|k| format!("`{k}`")).join(", ")
-                ),
-            )
-            .into_core("gcp", "configure"));
-        }
-        Self::from_lookup(|var| {
-            if env_wins {
-                if let Ok(v) = std::env::var(var) {
-                    return Some(v);
-                }
+    /// Reads a host's provider table (keys as in [`KEYS`]; the registry has
+    /// already refused unknown keys and applied the `JIT_GCP_*` variables).
+    pub fn from_provider_config(name: &str, config: &ProviderConfig) -> jit_core::Result<Self> {
+        let lookup = |var: &str| {
+            KEYS.iter()
+                .find(|k| k.env == Some(var))
+                .and_then(|k| config.get(k.name))
+                .map(String::from)
+        };
+        match Self::from_lookup_inner(lookup) {
+            Ok(c) => {
+                let c = c.with_name(name);
+                c.check().map_err(|e| key_error(config, e))?;
+                Ok(c)
             }
-            let key = var.strip_prefix("JIT_GCP_")?.to_ascii_lowercase();
-            map.get(&key)
-                .or_else(|| (key == "provider_name").then(|| map.get("name")).flatten())
-                .cloned()
-        })
+            Err(e) => Err(key_error(config, e)),
+        }
     }
 
     /// Like [`GcpConfig::from_env`], from any lookup (tests pass a map).
@@ -524,29 +546,41 @@ mod tests {
     }
 
     #[test]
-    fn a_map_reads_the_same_keys_and_refuses_unknown_ones() {
-        let map: BTreeMap<String, String> = [
-            ("kind", "gcp"),
-            ("name", "gcp-prod"),
-            ("mode", "binding"),
+    fn a_table_reads_like_the_variables_and_every_key_has_its_variable() {
+        for k in KEYS {
+            assert_eq!(
+                k.env.unwrap(),
+                format!("JIT_GCP_{}", k.name.to_ascii_uppercase()),
+                "{}",
+                k.name
+            );
+        }
+        let docs = include_str!("config.rs");
+        for line in docs.lines().filter(|l| l.starts_with("//! | `JIT_GCP_")) {
+            let var = line.split('`').nth(1).unwrap();
+            assert!(
+                var == "JIT_GCP_PROVIDER_NAME" || KEYS.iter().any(|k| k.env == Some(var)),
+                "{var} has no table key"
+            );
+        }
+        let table: ProviderConfig = [
+            ("mode", "token"),
             ("max_duration", "2h"),
+            ("token_max_lifetime", "30m"),
             ("endpoint_url", "http://127.0.0.1:1"),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let c = GcpConfig::from_map(&map, false).unwrap();
+        let c = GcpConfig::from_provider_config("gcp-prod", &table).unwrap();
         assert_eq!(c.name, "gcp-prod");
+        assert_eq!(c.mode, Mode::Token);
         assert_eq!(c.max_duration, Duration::from_secs(7200));
         assert_eq!(c.iam_endpoint, "http://127.0.0.1:1");
-        let mut bad = map.clone();
-        bad.insert("max_duraton".into(), "2h".into());
-        match GcpConfig::from_map(&bad, false) {
-            Err(jit_core::Error::Config(e)) => {
-                assert!(e.to_string().contains("max_duraton"), "{e}")
-            }
-            other => panic!("expected a config error, got {other:?}"),
-        }
+        let bad: ProviderConfig = [("token_max_lifetime", "13h")].into_iter().collect();
+        let e = GcpConfig::from_provider_config("gcp-prod", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token_max_lifetime"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod binding;
 pub mod client;
 pub mod config;
 mod error;
+pub mod factory;
 pub mod member;
 pub mod provider;
 pub mod target;
@@ -15,5 +16,6 @@ pub mod testing;
 
 pub use client::GcpClients;
 pub use config::{CredentialSource, GcpConfig, Mode};
+pub use factory::{factory, GcpFactory};
 pub use provider::{GcpProvider, GcpProviderBuilder};
 pub use target::{GcpTarget, Resource};
