@@ -15,7 +15,7 @@
 //! body the method does not define).
 //!
 //! The broker's identity comes from `google-cloud-auth`
-//! ([`credentials`]): Application Default Credentials, the metadata
+//! ([`credentials()`]): Application Default Credentials, the metadata
 //! server, or a service-account key file. TLS is rustls with ring's crypto
 //! provider, installed process-wide when the first client is built unless
 //! the application installed one.

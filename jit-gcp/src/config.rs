@@ -115,8 +115,9 @@ pub struct GcpConfig {
     /// policy allows up to 12 h for the service accounts concerned.
     pub token_max_lifetime: Duration,
     /// Advertised worst-case time for a removed binding to stop working.
-    /// Google: policy changes typically take effect within 2 minutes, and
-    /// in some cases 7 minutes or more.
+    /// Google: "changes to allow or deny policies typically propagate in 2
+    /// minutes, but could potentially take 7 minutes or longer"
+    /// (<https://cloud.google.com/iam/docs/access-change-propagation>).
     pub propagation: Duration,
     /// How many times one read-modify-write is tried when the policy's etag
     /// changes between read and write.
