@@ -280,3 +280,49 @@ async fn secrets_stay_out_of_debug_and_errors() {
         "a token reached the request record"
     );
 }
+
+/// Folders, organizations and service accounts' own policies go through
+/// their own clients and paths (IAM v1 takes the version as a query parameter).
+#[tokio::test]
+async fn every_resource_kind_round_trips_through_its_client() {
+    let env = env();
+    let provider = env.provider(Mode::Binding).await;
+    let sa_policy = format!("projects/-/serviceAccounts/{SA}");
+    for (resource, role) in [
+        ("folders/123456789012", "roles/resourcemanager.folderViewer"),
+        ("organizations/42", "organizations/42/roles/jitReader"),
+        (sa_policy.as_str(), "roles/iam.serviceAccountTokenCreator"),
+    ] {
+        let e = entitlement(
+            provider.as_ref(),
+            serde_json::json!({"resource": resource, "role": role}),
+            8,
+        );
+        provider.validate(&e).unwrap();
+        let h = env.harness(provider.clone(), e);
+        let s = spec(&h, TimeDelta::hours(1));
+        let issued = provider.issue(&s).await.unwrap();
+        assert!(env.fake.holds(resource, role, MEMBER), "{resource}");
+        assert_eq!(
+            provider.find(&s).await.unwrap().unwrap().external_id,
+            issued.grant.external_id
+        );
+        provider.revoke(&issued.grant).await.unwrap();
+        assert!(!env.fake.holds(resource, role, MEMBER), "{resource}");
+    }
+    let sa_reads = env
+        .server
+        .requests_to("POST", "/v1/projects/-/serviceAccounts/")
+        .into_iter()
+        .filter(|r| r.path.ends_with(":getIamPolicy"))
+        .collect::<Vec<_>>();
+    assert!(!sa_reads.is_empty());
+    for r in sa_reads {
+        assert_eq!(
+            r.query_param("options.requestedPolicyVersion").as_deref(),
+            Some("3"),
+            "a service-account policy was read without asking for version 3"
+        );
+    }
+    env.assert_schema_clean();
+}
