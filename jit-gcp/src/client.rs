@@ -333,5 +333,28 @@ impl GcpClients {
     }
 }
 
+impl GcpClients {
+    /// `getIamPolicy` of `resource` at version 3, as the provider reads it
+    /// (for tools and benchmarks; the provider's own edits go through its
+    /// read-modify-write loop).
+    pub async fn get_iam_policy(&self, resource: &Resource) -> jit_core::Result<Policy> {
+        self.get_policy(resource)
+            .await
+            .map_err(|e| e.into_core("gcp", "get policy"))
+    }
+
+    /// `setIamPolicy` of `resource`: refused without an etag or below
+    /// version 3, so it can never drop a policy's conditions.
+    pub async fn set_iam_policy(
+        &self,
+        resource: &Resource,
+        policy: Policy,
+    ) -> jit_core::Result<Policy> {
+        self.set_policy(resource, policy)
+            .await
+            .map_err(|e| e.into_core("gcp", "set policy"))
+    }
+}
+
 /// Shared, cheaply cloned clients.
 pub type SharedClients = Arc<GcpClients>;

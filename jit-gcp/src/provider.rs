@@ -204,6 +204,11 @@ impl GcpProvider {
         &self.config
     }
 
+    /// The clients (for tools and benchmarks).
+    pub fn clients(&self) -> &GcpClients {
+        &self.clients
+    }
+
     fn err(&self, operation: &'static str) -> impl Fn(GcpError) -> jit_core::Error + '_ {
         move |e| e.into_core(&self.config.name, operation)
     }
