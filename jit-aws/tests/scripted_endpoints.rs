@@ -6,14 +6,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::TimeDelta;
 use common::*;
 use jit_aws::{AwsConfig, AwsProvider};
+use jit_core::testing::fake::axum::extract::{Form, State};
+use jit_core::testing::fake::axum::http::StatusCode;
+use jit_core::testing::fake::axum::response::{IntoResponse, Response};
+use jit_core::testing::fake::axum::routing::post;
+use jit_core::testing::fake::axum::Router;
+use jit_core::testing::fake::{FakeServer, Fault};
 use jit_core::testing::provider::{spec, ProviderHarness};
 use jit_core::{IssuedGrant, Principal, Provider, SystemClock};
 use serde_json::json;
@@ -22,68 +26,39 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/Lowered";
 
 /// An endpoint answering `GetRole` with a 12-hour role and `AssumeRole`
 /// with STS's `ValidationError` (the role's maximum was lowered since);
-/// counts the actions it was asked for.
-fn scripted() -> (String, Arc<Mutex<BTreeMap<String, usize>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let s = s.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut len = 0;
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        reader.read_line(&mut h).unwrap();
-                        if h == "\r\n" || h.is_empty() {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    reader.read_exact(&mut body).unwrap();
-                    let body = String::from_utf8_lossy(&body).to_string();
-                    let action = body
-                        .split('&')
-                        .find_map(|kv| kv.strip_prefix("Action="))
-                        .unwrap_or("?")
-                        .to_string();
-                    *s.lock().unwrap().entry(action.clone()).or_default() += 1;
-                    let (status, xml) = match action.as_str() {
-                        "GetRole" => ("200 OK", format!(
-                            "<GetRoleResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><GetRoleResult><Role>\
-                             <Path>/</Path><RoleName>Lowered</RoleName><RoleId>AROALOWERED0000000001</RoleId>\
-                             <Arn>{ROLE}</Arn><CreateDate>2026-01-01T00:00:00Z</CreateDate>\
-                             <MaxSessionDuration>43200</MaxSessionDuration></Role></GetRoleResult>\
-                             <ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></GetRoleResponse>"
-                        )),
-                        _ => ("400 Bad Request", "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error>\
-                              <Type>Sender</Type><Code>ValidationError</Code>\
-                              <Message>The requested DurationSeconds exceeds the MaxSessionDuration set for this role.</Message>\
-                              </Error><RequestId>2</RequestId></ErrorResponse>".to_string()),
-                    };
-                    let resp = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{xml}",
-                        xml.len()
-                    );
-                    if stream.write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, seen)
+/// counts the actions it was asked for. A fake on jit-core's harness: the
+/// state is the count, the route table one POST (the query protocol).
+fn scripted() -> (FakeServer, Arc<Mutex<BTreeMap<String, usize>>>) {
+    type Seen = Arc<Mutex<BTreeMap<String, usize>>>;
+    async fn answer(
+        State(seen): State<Seen>,
+        Form(form): Form<BTreeMap<String, String>>,
+    ) -> Response {
+        let action = form.get("Action").cloned().unwrap_or_else(|| "?".into());
+        *seen.lock().unwrap().entry(action.clone()).or_default() += 1;
+        let (status, xml) = match action.as_str() {
+            "GetRole" => (StatusCode::OK, format!(
+                "<GetRoleResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><GetRoleResult><Role>\
+                 <Path>/</Path><RoleName>Lowered</RoleName><RoleId>AROALOWERED0000000001</RoleId>\
+                 <Arn>{ROLE}</Arn><CreateDate>2026-01-01T00:00:00Z</CreateDate>\
+                 <MaxSessionDuration>43200</MaxSessionDuration></Role></GetRoleResult>\
+                 <ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></GetRoleResponse>"
+            )),
+            _ => (StatusCode::BAD_REQUEST, "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error>\
+                  <Type>Sender</Type><Code>ValidationError</Code>\
+                  <Message>The requested DurationSeconds exceeds the MaxSessionDuration set for this role.</Message>\
+                  </Error><RequestId>2</RequestId></ErrorResponse>".to_string()),
+        };
+        (status, [("content-type", "text/xml")], xml).into_response()
+    }
+    let seen = Seen::default();
+    let server = FakeServer::start(
+        Router::new()
+            .route("/", post(answer))
+            .with_state(seen.clone()),
+    )
+    .unwrap();
+    (server, seen)
 }
 
 // Regression (issue 10 item 4): after `AssumeRole` said the role does not
@@ -91,7 +66,8 @@ fn scripted() -> (String, Arc<Mutex<BTreeMap<String, usize>>>) {
 // until the cache's TTL, so every issue failed the same way meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_validation_error_drops_the_cached_role() {
-    let (url, seen) = scripted();
+    let (server, seen) = scripted();
+    let url = server.http_url().to_string();
     let sdk = sdk(&url, "AKIASCRIPTED", "secret", None).await;
     let p = Arc::new(
         AwsProvider::builder(
@@ -130,18 +106,11 @@ async fn a_validation_error_drops_the_cached_role() {
     );
 }
 
-/// An endpoint that accepts connections and never answers.
-fn stalled() -> (String, Arc<Mutex<Vec<std::net::TcpStream>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h = held.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            h.lock().unwrap().push(stream);
-        }
-    });
-    (url, held)
+/// An endpoint that takes every request and never answers.
+fn stalled() -> FakeServer {
+    let server = FakeServer::start(Router::new()).unwrap();
+    server.inject(Fault::pass_after(Duration::from_secs(3600)).times(usize::MAX));
+    server
 }
 
 // Regression (issue 10 item 4): no call had an operation timeout, so one
@@ -149,8 +118,8 @@ fn stalled() -> (String, Arc<Mutex<Vec<std::net::TcpStream>>>) {
 // revocation of that role waited behind it, for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_call_times_out_and_releases_the_role() {
-    let (url, _held) = stalled();
-    let sdk = sdk(&url, "AKIASTALLED", "secret", None).await;
+    let server = stalled();
+    let sdk = sdk(server.http_url(), "AKIASTALLED", "secret", None).await;
     let p = AwsProvider::builder(
         AwsConfig::default()
             .with_role_chaining(false)

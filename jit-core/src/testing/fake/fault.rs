@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::RecordedRequest;
+
 /// Which requests a [`Fault`] applies to.
 #[derive(Debug, Clone)]
 enum PathMatch {
@@ -24,6 +26,16 @@ pub(crate) enum Action {
     Drop,
     /// Let the routes answer (after the delay).
     Pass,
+}
+
+/// A caller's extra condition on a request (see [`Fault::when`]).
+#[derive(Clone)]
+struct Predicate(Arc<dyn Fn(&RecordedRequest) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Predicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Predicate(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +66,7 @@ enum RetryAfter {
 pub struct Fault {
     method: Option<String>,
     path: PathMatch,
+    when: Option<Predicate>,
     skip: usize,
     times: usize,
     pub(crate) action: Action,
@@ -69,6 +82,7 @@ impl Fault {
         Self {
             method: None,
             path: PathMatch::Any,
+            when: None,
             skip: 0,
             times: 1,
             action,
@@ -121,6 +135,18 @@ impl Fault {
     /// Only requests whose path contains `part`.
     pub fn path_contains(mut self, part: &str) -> Self {
         self.path = PathMatch::Contains(part.to_string());
+        self
+    }
+
+    /// Only requests for which `predicate` holds, beyond method and path:
+    /// a header, a query parameter, a body field (the PIM request whose
+    /// `requestType` is `AdminRemove`). It sees the request as recorded,
+    /// so secret values are already redacted.
+    pub fn when(
+        mut self,
+        predicate: impl Fn(&RecordedRequest) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.when = Some(Predicate(Arc::new(predicate)));
         self
     }
 
@@ -181,20 +207,22 @@ impl Fault {
         self.headers.push((name.to_string(), value.to_string()));
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    fn matches(&self, req: &RecordedRequest) -> bool {
         if self
             .method
             .as_deref()
-            .is_some_and(|m| !m.eq_ignore_ascii_case(method))
+            .is_some_and(|m| !m.eq_ignore_ascii_case(&req.method))
         {
             return false;
         }
-        match &self.path {
+        let path = req.path.as_str();
+        let path_ok = match &self.path {
             PathMatch::Any => true,
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Contains(p) => path.contains(p.as_str()),
-        }
+        };
+        path_ok && self.when.as_ref().is_none_or(|w| (w.0)(req))
     }
 
     /// The `Retry-After` value at `now`, if any.
@@ -267,7 +295,7 @@ impl Faults {
 
     /// The first live rule that matches, charged one use. Under the lock, so
     /// concurrent requests never take more uses than were given.
-    pub(crate) fn take(&self, method: &str, path: &str) -> Option<Arc<Armed>> {
+    pub(crate) fn take(&self, req: &RecordedRequest) -> Option<Arc<Armed>> {
         let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // `disarm` does not take the lock: charge with a checked decrement.
         let dec = |n: &AtomicUsize| {
@@ -275,7 +303,7 @@ impl Faults {
                 .is_ok()
         };
         let hit = all.iter().find(|a| {
-            if !a.fault.matches(method, path) || a.remaining.load(Ordering::SeqCst) == 0 {
+            if a.remaining.load(Ordering::SeqCst) == 0 || !a.fault.matches(req) {
                 return false;
             }
             // A request this rule lets through may still meet a later rule.

@@ -13,9 +13,10 @@
 //! - a record of every request with its secrets redacted
 //!   ([`FakeServer::requests`], [`RecordedRequest`]);
 //! - faults by rule ([`FakeServer::inject`], [`Fault`]): the next N requests
-//!   that match a method and path get a status and body (with an optional
-//!   `Retry-After`), arrive late, or lose their connection; the routes
-//!   never see a request a fault answered;
+//!   that match a method, a path and optionally any condition on the
+//!   request ([`Fault::when`]), after skipping M, get a status and body
+//!   (with an optional `Retry-After`), arrive late, or lose their
+//!   connection; the routes never see a request a fault answered;
 //! - one [`ManualClock`] shared by the test, the routes (through their
 //!   state or the [`FakeContext`] extension) and the `Retry-After` dates;
 //! - shutdown on drop: the listeners are closed and every connection ended
@@ -95,7 +96,10 @@
 //! There are two ways in; which one a client needs depends on whether it
 //! lets you hand it an HTTP client. (Checked against azure_core 1.1,
 //! azure_identity 1.0, google-cloud-auth 1.19, all on reqwest 0.13 with
-//! rustls and `rustls-platform-verifier`; reqwest 0.12 as in this workspace.)
+//! rustls and `rustls-platform-verifier`, by running each SDK's token
+//! request against a fake: `ClientSecretCredential` through way 1, and
+//! through way 2 without a transport; google-cloud-auth's authorized-user
+//! credentials through way 2. Without either, the handshake fails.)
 //!
 //! 1. **Give the SDK a reqwest client that trusts the CA** (preferred:
 //!    nothing global). Build it with
@@ -155,6 +159,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tower::ServiceExt;
 
+/// The axum the route tables are written with, so a provider crate's
+/// fakes use the same version without naming it in their manifests.
+pub use axum;
 pub use fault::{Fault, FaultHandle};
 pub use record::{RecordedRequest, Scheme, REDACTED, SECRET_FIELDS, SECRET_HEADERS};
 pub use tls::{test_ca, TestCa, SERVER_NAMES};
@@ -509,8 +516,10 @@ impl Shared {
             Ok(b) => b.to_bytes(),
             Err(_) => return Err(DropConnection),
         };
-        let fault = self.faults.take(parts.method.as_str(), parts.uri.path());
-        let seq = self.record(scheme, &parts, &body, fault.is_some());
+        let mut seen = self.redacted(scheme, &parts, &body);
+        let fault = self.faults.take(&seen);
+        seen.faulted = fault.is_some();
+        let seq = self.record(seen);
         if let Some(armed) = fault {
             let fault = &armed.fault;
             if let Some(delay) = fault.delay {
@@ -558,14 +567,13 @@ impl Shared {
         res
     }
 
-    /// Records a request; returns its `seq`.
-    fn record(
+    /// The request as it will be recorded (secrets out), not yet numbered.
+    fn redacted(
         &self,
         scheme: Scheme,
         parts: &http::request::Parts,
         body: &[u8],
-        faulted: bool,
-    ) -> usize {
+    ) -> RecordedRequest {
         let headers: Vec<(String, String)> = parts
             .headers
             .iter()
@@ -580,22 +588,27 @@ impl Shared {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let body = self.redaction.body(content_type, body);
-        let mut log = self.lock_log();
-        // Under the lock, so `seq` follows the order of the record.
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        log.push(RecordedRequest {
-            seq,
+        RecordedRequest {
+            seq: 0,
             at: self.ctx.now(),
             scheme,
             method: parts.method.as_str().to_string(),
             path: parts.uri.path().to_string(),
             query: parts.uri.query().map(str::to_string),
             headers,
-            body,
-            faulted,
+            body: self.redaction.body(content_type, body),
+            faulted: false,
             status: None,
-        });
+        }
+    }
+
+    /// Records a request; returns its `seq`.
+    fn record(&self, mut seen: RecordedRequest) -> usize {
+        let mut log = self.lock_log();
+        // Under the lock, so `seq` follows the order of the record.
+        seen.seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let seq = seen.seq;
+        log.push(seen);
         seq
     }
 }

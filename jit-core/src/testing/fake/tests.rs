@@ -175,6 +175,43 @@ async fn a_skipping_fault_lets_the_first_requests_through() {
 }
 
 #[tokio::test]
+async fn a_fault_can_match_on_the_body_and_query() {
+    let routes = Router::new().route("/req", put(|| async { "ok" }));
+    let server = FakeServer::start(routes).unwrap();
+    let removes = server.inject(
+        Fault::respond(400)
+            .method("PUT")
+            .when(|r| {
+                r.query_param("api-version").as_deref() == Some("2022-04-01")
+                    && r.body_json()
+                        .is_some_and(|b| b["properties"]["requestType"] == "AdminRemove")
+            })
+            .times(5),
+    );
+    let c = client();
+    let url = format!("{}/req", server.https_url());
+    let send = |kind: &'static str, version: &'static str| {
+        c.put(&url)
+            .query(&[("api-version", version)])
+            .json(&serde_json::json!({"properties": {"requestType": kind}}))
+            .send()
+    };
+    assert_eq!(
+        send("AdminAssign", "2022-04-01").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        send("AdminRemove", "2020-10-01").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        send("AdminRemove", "2022-04-01").await.unwrap().status(),
+        400
+    );
+    assert_eq!(removes.fired(), 1);
+}
+
+#[tokio::test]
 async fn sequence_numbers_survive_clearing_the_record() {
     let server = FakeServer::start(Router::new()).unwrap();
     let c = client();
@@ -261,14 +298,21 @@ async fn retry_after_is_seconds_or_a_date_on_the_fake_clock() {
         second.headers()["retry-after"],
         "Sun, 29 Nov 2026 22:01:30 GMT"
     );
-    // The parser the providers use reads it back as 90 s from the clock.
-    let parsed =
-        chrono::DateTime::parse_from_rfc2822(second.headers()["retry-after"].to_str().unwrap())
-            .unwrap();
-    assert_eq!(
-        parsed.with_timezone(&Utc) - clock.now(),
-        chrono::TimeDelta::seconds(90)
+    // The kit's parser, which the providers use, reads both back against
+    // the fake's clock: what a provider under test would wait.
+    use crate::provider::http::{error_for_status, parse_retry_after};
+    let now = clock.now();
+    let value = second.headers()["retry-after"].to_str().unwrap();
+    assert_eq!(parse_retry_after(value, now), Some(Duration::from_secs(90)));
+    assert_eq!(parse_retry_after("17", now), Some(Duration::from_secs(17)));
+    let e = error_for_status(
+        "fake",
+        "get",
+        429,
+        parse_retry_after("17", now),
+        "slow down".into(),
     );
+    assert!(matches!(e, crate::Error::Throttled { .. }), "{e:?}");
 }
 
 #[tokio::test]
@@ -536,4 +580,44 @@ fn a_server_outlives_the_runtime_of_the_test_that_uses_it() {
         assert_eq!(status, 200);
     }
     assert_eq!(server.request_count(), 2);
+}
+
+#[tokio::test]
+async fn the_ca_file_alone_is_enough_to_trust_the_fake() {
+    // What a client reading `SSL_CERT_FILE` does: a root store holding only
+    // the certificates of that file (it replaces the system bundle).
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = FakeServer::start(counting_routes(Arc::new(AtomicUsize::new(0)))).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(test_ca().pem_path().unwrap()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    assert_eq!(roots.len(), 1);
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let addr = server
+        .https_url()
+        .trim_start_matches("https://")
+        .to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("routed"), "{answer}");
 }
