@@ -93,6 +93,7 @@ fn record(i: usize, n: usize, now: DateTime<Utc>) -> RequestRecord {
             max_duration: duration,
             reasons: vec!["auto-approved".into()],
         },
+        entitlement: None,
         approvals: vec![],
         grant: (state != State::Pending && state != State::Denied).then(|| Grant {
             id: GrantId::new(),

@@ -669,9 +669,42 @@ pub fn read_checkpoint_file(path: impl AsRef<Path>) -> Result<Vec<AuditCheckpoin
 }
 
 /// A copy of the chain kept outside the store. Appends are fail-closed.
+///
+/// # Contract
+///
+/// - **The store's chain is the record; a sink holds a copy.** The broker
+///   calls [`AuditSink::append`] after the store has committed the record
+///   together with the state change it describes (design rule 4), in `seq`
+///   order for each operation. By then the change has happened: a failing
+///   sink does not undo it, and the store's chain still holds the record.
+/// - **A failing sink fails the operation (fail-closed).** The caller gets
+///   [`Error::AuditFailed`] and no credentials: a grant just issued is
+///   revoked (and that is recorded too), a redelivery returns nothing.
+///   Other operations stay done (an approval stays approved, a revocation
+///   stays revoked) although their caller saw an error; retrying them sees
+///   the new state. In the reaper, that kind of due work stops for the tick
+///   (counted in [`ReapReport::failed`](crate::reaper::ReapReport::failed))
+///   and resumes on the next.
+/// - **Nothing re-sends a record a sink refused.** A sink's copy then has a
+///   gap, visible in its `seq` and `prev_hash` links; the complete chain is
+///   read from the store ([`Broker::export_audit`](crate::Broker::export_audit)).
+///   With several broker replicas each replica's sinks get the records that
+///   replica wrote, and concurrent operations may interleave, so a sink sees
+///   records out of `seq` order and must not assume otherwise.
+/// - **`Ok` means kept.** `append` and [`AuditSink::checkpoint`] return `Ok`
+///   only once the copy is as durable as the sink can make it (the JSON
+///   Lines sinks sync the file): a sink that buffers and may lose what it
+///   acknowledged defeats fail-closed. `jit_core::testing::sink` (feature
+///   `testing`) checks this for sinks whose storage a test can read; the
+///   file sinks run it.
+/// - **Bounded time.** Appends run on the request path of every operation:
+///   a sink must fail rather than hang (give network sinks a timeout).
+/// - Records never carry secret values, so a sink may write them anywhere
+///   its operators can read.
 #[async_trait]
 pub trait AuditSink: Send + Sync + std::fmt::Debug {
-    /// Appends one record; an error fails the operation that produced it.
+    /// Appends one record, already committed to the store; an error fails
+    /// the operation that produced it (see the trait's contract).
     async fn append(&self, record: &AuditRecord) -> Result<()>;
 
     /// Keeps a signed checkpoint of the chain's head; an error fails the

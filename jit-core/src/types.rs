@@ -388,6 +388,38 @@ impl FromStr for GrantDuration {
     }
 }
 
+/// Every bound on one grant's length, applied in one place (design rule 2):
+/// a grant lasts `min(requested, entitlement max, policy max, provider max)`.
+///
+/// The broker builds one from the record and the provider at approval (the
+/// grant's window) and again at issue (the provider's limit may differ on
+/// the replica that issues); nothing else clamps a grant's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationLimits {
+    /// The entitlement's [`Entitlement::max_duration`].
+    pub entitlement: GrantDuration,
+    /// The policy decision's [`Decision::max_duration`].
+    pub policy: GrantDuration,
+    /// The provider's [`Capabilities::max_duration`](crate::Capabilities::max_duration).
+    pub provider: Duration,
+}
+
+impl DurationLimits {
+    /// The longest grant these limits allow, in whole seconds (rounded down,
+    /// so the provider's limit is never exceeded); `None` when the
+    /// provider's maximum is under one second, so nothing can be minted.
+    pub fn max(&self) -> Option<GrantDuration> {
+        let provider_secs = self.provider.as_secs().min(MAX_GRANT_DURATION.as_secs());
+        let provider = GrantDuration::new(Duration::from_secs(provider_secs)).ok()?;
+        Some(self.entitlement.min(self.policy).min(provider))
+    }
+
+    /// `requested`, cut to [`DurationLimits::max`].
+    pub fn clamp(&self, requested: GrantDuration) -> Option<GrantDuration> {
+        self.max().map(|max| requested.min(max))
+    }
+}
+
 /// Formats a duration compactly: `1h30m`, `45s`, `2d`.
 pub fn format_duration(d: Duration) -> String {
     let mut s = d.as_secs();
@@ -810,6 +842,13 @@ pub struct RequestRecord {
     pub request: AccessRequest,
     /// The policy's decision.
     pub decision: Decision,
+    /// The entitlement as the policy decided on it, kept so that the grant
+    /// is issued as approved and, once minted, delivered, reconciled,
+    /// revoked and expired without the catalogue still containing it (see
+    /// the README's rule for rolling catalogue changes). `None` in records
+    /// written before it was kept; the broker then reads the catalogue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entitlement: Option<Entitlement>,
     /// Approvals so far.
     #[serde(default)]
     pub approvals: Vec<Approval>,
@@ -868,6 +907,96 @@ impl RequestRecord {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A record as brokers stored it before they kept the entitlement: it
+    /// must still decode (every store keeps the record as this JSON).
+    const RECORD_WITHOUT_ENTITLEMENT: &str = r#"{
+        "id": "6f1c2a44-3b0e-4d8e-9a51-0d2f4a7b9c10",
+        "version": 3,
+        "state": "active",
+        "requester": { "id": "alice", "groups": ["eng"] },
+        "request": {
+            "entitlement": "dev-read",
+            "duration": 1800,
+            "justification": "INC-1",
+            "context": {}
+        },
+        "decision": { "verdict": "auto_approve", "max_duration": 3600, "reasons": [] },
+        "approvals": [],
+        "grant": {
+            "id": "0b7e8f0e-5d59-4a43-8c1c-3f0f2a9d6b11",
+            "starts_at": "2026-11-01T10:00:00Z",
+            "ends_at": "2026-11-01T10:30:00Z",
+            "issued": {
+                "provider": "local",
+                "external_id": "jit-0b7e8f0e5d594a438c1c3f0f2a9d6b11",
+                "expires_at": "2026-11-01T10:30:00Z"
+            }
+        },
+        "created_at": "2026-11-01T10:00:00Z",
+        "updated_at": "2026-11-01T10:00:01Z"
+    }"#;
+
+    #[test]
+    fn a_record_written_before_entitlements_were_kept_still_decodes() {
+        let rec: RequestRecord = serde_json::from_str(RECORD_WITHOUT_ENTITLEMENT).unwrap();
+        assert_eq!(rec.entitlement, None);
+        assert_eq!(rec.state, State::Active);
+        assert_eq!(rec.request.entitlement, "dev-read");
+        // Written back, it stays in the old shape until an entitlement is set.
+        let json = serde_json::to_value(&rec).unwrap();
+        assert!(json.get("entitlement").is_none(), "{json}");
+        let mut with = rec.clone();
+        with.entitlement = Some(Entitlement {
+            id: "dev-read".into(),
+            description: String::new(),
+            provider: "local".into(),
+            target: serde_json::json!({ "audience": "dev" }),
+            max_duration: "1h".parse().unwrap(),
+        });
+        let back: RequestRecord =
+            serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
+    }
+
+    fn d(s: &str) -> GrantDuration {
+        s.parse().unwrap()
+    }
+
+    fn limits(entitlement: &str, policy: &str, provider_secs: u64) -> DurationLimits {
+        DurationLimits {
+            entitlement: d(entitlement),
+            policy: d(policy),
+            provider: Duration::from_secs(provider_secs),
+        }
+    }
+
+    #[test]
+    fn each_limit_bounds_the_grant_when_it_is_the_smallest() {
+        // The request is the smallest: it stands.
+        assert_eq!(limits("4h", "4h", 4 * 3600).clamp(d("1h")), Some(d("1h")));
+        // The entitlement's maximum.
+        assert_eq!(limits("30m", "4h", 4 * 3600).clamp(d("2h")), Some(d("30m")));
+        // The policy's maximum.
+        assert_eq!(limits("4h", "20m", 4 * 3600).clamp(d("2h")), Some(d("20m")));
+        // The provider's maximum.
+        assert_eq!(limits("4h", "4h", 900).clamp(d("2h")), Some(d("15m")));
+        assert_eq!(limits("30m", "20m", 900).max(), Some(d("15m")));
+    }
+
+    #[test]
+    fn the_provider_limit_rounds_down_and_may_leave_nothing() {
+        let sub_second = DurationLimits {
+            provider: Duration::from_millis(1500),
+            ..limits("1h", "1h", 0)
+        };
+        assert_eq!(sub_second.clamp(d("1h")), Some(d("1s")));
+        assert_eq!(limits("1h", "1h", 0).max(), None);
+        assert_eq!(limits("1h", "1h", 0).clamp(d("1m")), None);
+        // A provider that allows more than any grant may last is no bound.
+        let huge = limits("7d", "7d", u64::MAX);
+        assert_eq!(huge.max(), Some(d("7d")));
+    }
 
     #[test]
     fn durations_parse_and_fail_typed() {

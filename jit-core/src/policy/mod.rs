@@ -4,6 +4,48 @@
 //! reasons so that it is audited like any other outcome. Invalid input (a
 //! justification that misses the entitlement's pattern, a malformed ticket)
 //! is an error instead, and nothing is recorded for it.
+//!
+//! # Contract
+//!
+//! What the broker relies on from every [`Policy`]; the checks in
+//! `jit_core::testing::policy` (feature `testing`) test the parts that can
+//! be tested, and every built-in policy runs them.
+//!
+//! - **[`Policy::evaluate`] is pure and deterministic.** Its answer depends
+//!   only on its arguments: the same requester, request, entitlement and
+//!   context give an equal result every time. It reads no clock but
+//!   [`PolicyContext::now`], draws no random numbers, does no I/O and does
+//!   not block (it runs on the broker's async tasks). The broker calls it
+//!   once, at submit, and records the decision: approvals, issue and every
+//!   later step work from that recorded decision and never ask again, so a
+//!   policy that answered differently on a second call would make the audit
+//!   trail describe a decision that was never taken. Facts that change
+//!   (on-call rotas, risk scores) reach it through its arguments (the
+//!   requester's attributes, the request's context), fetched by the host
+//!   beforehand.
+//! - **Errors are for malformed input only.** `Err` means the request
+//!   itself is invalid (nothing is stored); every judgement about a valid
+//!   request, refusal included, is a [`Decision`] with reasons.
+//! - **A decision never promises more than its bounds.** Its
+//!   [`Decision::max_duration`] is at most the entitlement's
+//!   [`Entitlement::max_duration`] and [`PolicyContext::provider_max`]. The
+//!   broker clamps every grant to all of them anyway
+//!   ([`DurationLimits`](crate::DurationLimits), design rule 2), but the
+//!   decision is what is audited and shown to approvers.
+//! - **[`Policy::entitlement`] and [`Policy::entitlements`] agree.**
+//!   `entitlement(id)` is `Some(e)` exactly when `entitlements()` holds an
+//!   entry `e` with `e.id == id`, equal to it; ids are unique in the list;
+//!   both are stable for the life of the policy (a new catalogue is a new
+//!   policy and a new broker; see the README on rolling catalogue changes).
+//!   The broker validates providers against `entitlements()` at build and
+//!   looks entitlements up with `entitlement()` afterwards: if the two
+//!   disagreed, a request could reach an entitlement no provider checked.
+//! - **Who may act is decided on exact ids** (design rule 1):
+//!   [`Policy::is_admin`] and the approvers a decision names match the
+//!   exact subject id or a group, never an alias or a folded form.
+//!   [`Policy::approvable_entitlements`], when it answers, names every
+//!   entitlement whose requests the principal may approve, or their
+//!   approval queue misses requests they are asked to approve.
 
 use chrono::{DateTime, Utc};
 
@@ -25,13 +67,16 @@ pub struct PolicyContext {
 
 /// Decides access requests. Object safe: use it as `Arc<dyn Policy>`.
 pub trait Policy: Send + Sync + std::fmt::Debug {
-    /// Looks an entitlement up in the catalogue.
+    /// Looks an entitlement up in the catalogue; agrees with
+    /// [`Policy::entitlements`] (see the module's contract).
     fn entitlement(&self, id: &str) -> Option<Entitlement>;
 
-    /// Every entitlement, for listing and for validating providers at start.
+    /// Every entitlement, for listing and for validating providers at start;
+    /// ids are unique.
     fn entitlements(&self) -> Vec<Entitlement>;
 
-    /// Decides. Field-level problems are errors; everything else is a [`Decision`].
+    /// Decides. Field-level problems are errors; everything else is a
+    /// [`Decision`]. Pure and deterministic (see the module's contract).
     fn evaluate(
         &self,
         requester: &Principal,

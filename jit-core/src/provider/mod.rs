@@ -18,6 +18,12 @@
 //! Test scaffolding for providers (the conformance suite, a tripwire
 //! endpoint, a local HTTP fake harness) is in `jit_core::testing` (feature
 //! `testing`).
+//!
+//! The local provider ([`crate::local`]) stays in jit-core, as object_store
+//! keeps `local` and `memory` in its core crate: it is the embedded default
+//! that needs no cloud, and its verifier and tower layer are what services
+//! in the same binary use. It goes through this kit like any other
+//! provider (window rules, names, ledger) and has a registry factory.
 
 pub mod capabilities;
 pub mod http;
@@ -35,8 +41,8 @@ pub use capabilities::{Capabilities, RevocationKind};
 pub use naming::external_name;
 
 use crate::credentials::Credentials;
-use crate::error::Result;
-use crate::types::{Entitlement, GrantId, IssuedGrant, Principal, RequestId};
+use crate::error::{RequestError, Result};
+use crate::types::{Entitlement, GrantDuration, GrantId, IssuedGrant, Principal, RequestId};
 
 /// Everything a provider needs to mint one grant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,9 +72,13 @@ impl GrantSpec {
         external_name(self.grant_id)
     }
 
-    /// The requested window length.
-    pub fn duration(&self) -> chrono::TimeDelta {
-        self.ends_at - self.starts_at
+    /// The requested window length, in the type the request's duration has
+    /// had all along ([`GrantDuration`], already clamped by the broker to
+    /// `min(requested, entitlement max, policy max, provider max)`). An
+    /// empty or reversed window, or one longer than any grant may be, is
+    /// the typed error a provider refuses it with.
+    pub fn duration(&self) -> std::result::Result<GrantDuration, RequestError> {
+        GrantDuration::from_chrono(self.ends_at - self.starts_at)
     }
 }
 

@@ -110,6 +110,13 @@ impl<'a> WindowRules<'a> {
 
     /// Time kept between now and the window's end for the call itself, so
     /// an access counted from the cloud's clock cannot outlive the window.
+    ///
+    /// [`Capabilities::min_duration`] is checked against what is left
+    /// *after* the allowance, so a provider using one should advertise its
+    /// cloud's minimum plus the allowance (and any planning margin) as its
+    /// `min_duration`: the broker and the conformance suite then never ask
+    /// for a window the check refuses (jit-aws: STS's 15 minutes plus its
+    /// issue margin).
     pub fn call_allowance(mut self, allowance: Duration) -> Self {
         self.call_allowance = allowance;
         self

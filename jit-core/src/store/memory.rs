@@ -352,6 +352,7 @@ mod tests {
                 max_duration: GrantDuration::from_secs_i64(60).unwrap(),
                 reasons: vec![],
             },
+            entitlement: None,
             approvals: vec![],
             grant: None,
             extends: None,

@@ -27,9 +27,11 @@ use crate::store::{Claim, ListFilter, Store};
 use crate::types::{format_duration, Entitlement, IssuedGrant, RequestId, RequestRecord, State};
 
 pub mod fake;
+pub mod policy;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod provider;
+pub mod sink;
 pub mod store;
 pub mod tripwire;
 
@@ -187,10 +189,10 @@ impl Provider for TestProvider {
 
     async fn issue(&self, spec: &GrantSpec) -> Result<Issued> {
         self.issue_calls.fetch_add(1, Ordering::SeqCst);
-        let secs = spec.duration().num_seconds();
-        if secs <= 0 || secs as u64 > self.max.as_secs() {
+        let duration = spec.duration()?;
+        if duration.get() > self.max {
             return Err(RequestError::DurationTooLong {
-                requested: format!("{secs}s"),
+                requested: duration.to_string(),
                 limit: format_duration(self.max),
             }
             .into());

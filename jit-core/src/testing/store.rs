@@ -18,8 +18,8 @@ use crate::audit::{self, AuditEvent, AuditKind, AuditRecord, GENESIS_HASH};
 use crate::error::Error;
 use crate::store::{audit_all, Claim, ListFilter, Store};
 use crate::types::{
-    AccessRequest, Approval, ApproverSet, Decision, Grant, GrantDuration, GrantId, IssuedGrant,
-    Principal, RequestId, RequestRecord, Revocation, State, Verdict,
+    AccessRequest, Approval, ApproverSet, Decision, Entitlement, Grant, GrantDuration, GrantId,
+    IssuedGrant, Principal, RequestId, RequestRecord, Revocation, State, Verdict,
 };
 
 /// Runs every check below on one store, in order.
@@ -29,6 +29,7 @@ use crate::types::{
 pub async fn run_all(store: Arc<dyn Store>) {
     check_insert_get_roundtrip(&*store).await;
     check_every_state_roundtrips(&*store).await;
+    check_entitlement_copy_roundtrips(&*store).await;
     check_duplicate_insert(&*store).await;
     check_insert_requires_version_one(&*store).await;
     check_update_cas(&*store).await;
@@ -100,6 +101,9 @@ pub fn sample_record(
             max_duration: GrantDuration::from_secs_i64(3600).expect("1 hour is a valid duration"),
             reasons: vec![format!("entitlement `{entitlement}` needs one approval")],
         },
+        // As in records written before the broker kept a copy: the broker
+        // then reads the catalogue (tests of removed entitlements rely on it).
+        entitlement: None,
         approvals: if approved {
             vec![Approval {
                 approver: Principal::new("carol").expect("valid id").with_group("sre"),
@@ -215,6 +219,49 @@ pub async fn check_every_state_roundtrips(store: &dyn Store) {
         store.insert(&r, &[]).await.unwrap();
         assert_eq!(store.get(r.id).await.unwrap(), Some(r), "state {state}");
     }
+}
+
+/// The entitlement kept with a record (its target's JSON included) reads
+/// back equal after `insert` and after an `update`; a record without one
+/// (as older brokers wrote them) reads back without one.
+pub async fn check_entitlement_copy_roundtrips(store: &dyn Store) {
+    let mut r = sample_record(
+        &format!("kim-{}", unique()),
+        "db-admin",
+        State::Active,
+        Utc::now(),
+    );
+    r.entitlement = Some(Entitlement {
+        id: "db-admin".into(),
+        description: "Database admin — ünïcode".into(),
+        provider: "local".into(),
+        target: serde_json::json!({
+            "role": "arn:aws:iam::123456789012:role/db-admin",
+            "session_policy": { "Version": "2012-10-17", "Statement": [] },
+        }),
+        max_duration: GrantDuration::from_secs_i64(7200).expect("2 hours is a valid duration"),
+    });
+    store.insert(&r, &[]).await.unwrap();
+    assert_eq!(store.get(r.id).await.unwrap().as_ref(), Some(&r));
+    let mut next = r.clone();
+    next.version = 2;
+    next.state = State::Revoking;
+    store.update(1, &next, &[]).await.unwrap();
+    let read = store.get(r.id).await.unwrap().unwrap();
+    assert_eq!(
+        read.entitlement, r.entitlement,
+        "the copy must survive an update"
+    );
+
+    let old = sample_record(
+        &format!("kim-{}", unique()),
+        "db-admin",
+        State::Active,
+        Utc::now(),
+    );
+    assert_eq!(old.entitlement, None);
+    store.insert(&old, &[]).await.unwrap();
+    assert_eq!(store.get(old.id).await.unwrap().unwrap().entitlement, None);
 }
 
 /// Inserting an id twice is `Conflict { expected: 0 }`, keeps the first

@@ -12,6 +12,16 @@
 //! interrupted `Revoking` one at once ([`Broker::resume_revocations`]),
 //! since none can be in flight yet; on a shared store those wait for the
 //! reconcile grace, as another replica may be working on them.
+//!
+//! The work itself is the broker's ([`Broker::expire_due`],
+//! [`Broker::settle_waiting`], [`Broker::retry_revocations`],
+//! [`Broker::reconcile`]), written beside the reaper in `due.rs`: each kind
+//! claims its due records and settles them one by one through one loop,
+//! which logs, counts and skips a record that fails (rule 9) and hands what
+//! this replica cannot do back to the others
+//! ([`Broker::skipped_records`]).
+
+mod due;
 
 use std::future::Future;
 use std::time::Duration;
