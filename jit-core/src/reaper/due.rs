@@ -360,6 +360,7 @@ impl Broker {
             .store
             .list(&ListFilter {
                 states: vec![State::Revoked, State::Revoking, State::RevocationFailed],
+                ends_after: Some(now),
                 limit: 10_000,
                 ..ListFilter::default()
             })

@@ -1,6 +1,18 @@
 //! An in-memory store for tests and single-process demos. Nothing survives a restart.
+//!
+//! # Indexes
+//!
+//! Every operation runs under one mutex, so a scan of every record blocks
+//! every writer for its whole length. The store therefore keeps the same
+//! indexes the SQL stores have, updated in the same critical section as the
+//! record: by state and due time (the reaper's [`Store::due`]), by state and
+//! grant end (start-up's [`ListFilter::ends_after`]), by state (counts and
+//! state-filtered lists) and by exact requester id (a principal's list).
+//! Each is ordered by the insertion sequence, which is also the order
+//! [`Store::list`] returns (newest first), so a list reads its index
+//! backwards and stops at its limit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -13,10 +25,23 @@ use crate::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
+/// Insertion sequence: the position in [`Inner::order`].
+type Seq = usize;
+
 #[derive(Debug, Default)]
 struct Inner {
-    records: HashMap<RequestId, RequestRecord>,
+    /// Each record with its insertion sequence.
+    records: HashMap<RequestId, (Seq, RequestRecord)>,
+    /// Ids by insertion sequence.
     order: Vec<RequestId>,
+    /// `(state, due_at, seq)` of every record with a due time.
+    by_due: BTreeSet<(State, DateTime<Utc>, Seq)>,
+    /// `(state, ends_at, seq)` of every record with a grant.
+    by_end: BTreeSet<(State, DateTime<Utc>, Seq)>,
+    /// Insertion sequences by state.
+    by_state: HashMap<State, BTreeSet<Seq>>,
+    /// Insertion sequences by exact requester id.
+    by_requester: HashMap<String, BTreeSet<Seq>>,
     audit: Vec<AuditRecord>,
     /// Lease key -> (holder, end).
     leases: HashMap<String, (String, DateTime<Utc>)>,
@@ -36,6 +61,103 @@ impl Inner {
             out.push(r);
         }
         out
+    }
+
+    fn index(&mut self, seq: Seq, r: &RequestRecord) {
+        if let Some(due) = r.due_at() {
+            self.by_due.insert((r.state, due, seq));
+        }
+        if let Some(end) = r.ends_at() {
+            self.by_end.insert((r.state, end, seq));
+        }
+        self.by_state.entry(r.state).or_default().insert(seq);
+        self.by_requester
+            .entry(r.requester.id.as_str().to_string())
+            .or_default()
+            .insert(seq);
+    }
+
+    fn unindex(&mut self, seq: Seq, r: &RequestRecord) {
+        if let Some(due) = r.due_at() {
+            self.by_due.remove(&(r.state, due, seq));
+        }
+        if let Some(end) = r.ends_at() {
+            self.by_end.remove(&(r.state, end, seq));
+        }
+        if let Some(set) = self.by_state.get_mut(&r.state) {
+            set.remove(&seq);
+        }
+        let requester = r.requester.id.as_str();
+        if let Some(set) = self.by_requester.get_mut(requester) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.by_requester.remove(requester);
+            }
+        }
+    }
+
+    fn record(&self, seq: Seq) -> Option<&RequestRecord> {
+        self.order
+            .get(seq)
+            .and_then(|id| self.records.get(id))
+            .map(|(_, r)| r)
+    }
+
+    /// The insertion sequences `filter` may match, newest first: from the
+    /// narrowest index the filter allows, lazily, so a list stops reading
+    /// at its limit. Every candidate is still checked with
+    /// [`ListFilter::matches`].
+    fn candidates<'a>(&'a self, filter: &ListFilter) -> Box<dyn Iterator<Item = Seq> + 'a> {
+        if let Some(requester) = &filter.requester {
+            return match self.by_requester.get(requester) {
+                Some(set) => Box::new(set.iter().rev().copied()),
+                None => Box::new(std::iter::empty()),
+            };
+        }
+        if filter.states.is_empty() {
+            return Box::new((0..self.order.len()).rev());
+        }
+        let mut states = filter.states.clone();
+        states.sort_unstable();
+        states.dedup();
+        if let Some(after) = filter.ends_after {
+            // Bounded by the grants still running, whatever ended before.
+            let mut seqs: Vec<Seq> = states
+                .iter()
+                .flat_map(|s| {
+                    self.by_end
+                        .range((*s, after, Seq::MAX)..)
+                        .take_while(move |(state, _, _)| state == s)
+                        .map(|(_, _, seq)| *seq)
+                })
+                .collect();
+            seqs.sort_unstable_by(|a, b| b.cmp(a));
+            return Box::new(seqs.into_iter());
+        }
+        let sets: Vec<_> = states
+            .iter()
+            .filter_map(|s| self.by_state.get(s))
+            .map(|set| set.iter().rev().copied().peekable())
+            .collect();
+        Box::new(NewestFirst(sets))
+    }
+}
+
+/// Merges per-state sequences, each newest first, into one newest first
+/// (a record is in one state, so the inputs never share a sequence).
+struct NewestFirst<I: Iterator<Item = Seq>>(Vec<std::iter::Peekable<I>>);
+
+impl<I: Iterator<Item = Seq>> Iterator for NewestFirst<I> {
+    type Item = Seq;
+
+    fn next(&mut self) -> Option<Seq> {
+        let newest = self
+            .0
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, it)| it.peek().map(|seq| (*seq, i)))
+            .max()?;
+        self.0.get_mut(newest.1).and_then(Iterator::next)
     }
 }
 
@@ -73,8 +195,10 @@ impl Store for MemoryStore {
                 expected: 0,
             });
         }
-        g.records.insert(record.id, record.clone());
+        let seq = g.order.len();
+        g.records.insert(record.id, (seq, record.clone()));
         g.order.push(record.id);
+        g.index(seq, record);
         Ok(g.append(events))
     }
 
@@ -86,7 +210,7 @@ impl Store for MemoryStore {
     ) -> Result<Vec<AuditRecord>> {
         check_versions(expected_version, record)?;
         let mut g = self.lock()?;
-        let current = g
+        let (seq, current) = g
             .records
             .get(&record.id)
             .ok_or_else(|| Error::request_not_found(record.id))?;
@@ -96,20 +220,22 @@ impl Store for MemoryStore {
                 expected: expected_version,
             });
         }
-        g.records.insert(record.id, record.clone());
+        let seq = *seq;
+        if let Some((_, old)) = g.records.insert(record.id, (seq, record.clone())) {
+            g.unindex(seq, &old);
+        }
+        g.index(seq, record);
         Ok(g.append(events))
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
-        Ok(self.lock()?.records.get(&id).cloned())
+        Ok(self.lock()?.records.get(&id).map(|(_, r)| r.clone()))
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
         let g = self.lock()?;
-        Ok(g.order
-            .iter()
-            .rev()
-            .filter_map(|id| g.records.get(id))
+        Ok(g.candidates(filter)
+            .filter_map(|seq| g.record(seq))
             .filter(|r| filter.matches(r))
             .take(filter.effective_limit())
             .cloned()
@@ -123,26 +249,31 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<RequestRecord>> {
         let g = self.lock()?;
-        let mut v: Vec<_> = g
-            .records
-            .values()
-            .filter(|r| states.contains(&r.state) && r.due_at().is_some_and(|d| d <= now))
-            .cloned()
+        // The first `limit` due of each state hold the first `limit` of all.
+        let mut keys: Vec<(DateTime<Utc>, Seq)> = states
+            .iter()
+            .flat_map(|s| {
+                g.by_due
+                    .range((*s, DateTime::<Utc>::MIN_UTC, 0)..=(*s, now, Seq::MAX))
+                    .take(limit)
+                    .map(|(_, due, seq)| (*due, *seq))
+            })
             .collect();
-        v.sort_by_key(|r| r.due_at());
-        v.truncate(limit);
-        Ok(v)
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys
+            .into_iter()
+            .take(limit)
+            .filter_map(|(_, seq)| g.record(seq).cloned())
+            .collect())
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
         let g = self.lock()?;
-        let mut out: Vec<(State, u64)> = State::ALL.iter().map(|s| (*s, 0)).collect();
-        for r in g.records.values() {
-            if let Some((_, n)) = out.iter_mut().find(|(s, _)| *s == r.state) {
-                *n += 1;
-            }
-        }
-        Ok(out)
+        Ok(State::ALL
+            .iter()
+            .map(|s| (*s, g.by_state.get(s).map_or(0, |set| set.len() as u64)))
+            .collect())
     }
 
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
@@ -196,5 +327,126 @@ impl Store for MemoryStore {
             g.leases.remove(key);
         }
         Ok(held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::types::{
+        AccessRequest, Decision, Grant, GrantDuration, GrantId, Principal, Verdict,
+    };
+    use chrono::TimeDelta;
+
+    fn pending(who: &str, now: DateTime<Utc>) -> RequestRecord {
+        RequestRecord {
+            id: RequestId::new(),
+            version: 1,
+            state: State::Pending,
+            requester: Principal::new(who).unwrap(),
+            request: AccessRequest::new("db", GrantDuration::from_secs_i64(60).unwrap(), "x"),
+            decision: Decision {
+                verdict: Verdict::AutoApprove,
+                max_duration: GrantDuration::from_secs_i64(60).unwrap(),
+                reasons: vec![],
+            },
+            entitlement: None,
+            approvals: vec![],
+            grant: None,
+            extends: None,
+            revocation: None,
+            pending_until: Some(now),
+            note: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// A transition moves the record in every index: nothing answers from
+    /// where it was, everything from where it is.
+    #[tokio::test]
+    async fn updates_move_records_between_indexes() {
+        let store = MemoryStore::new();
+        let now = Utc::now();
+        let r = pending("alice", now - TimeDelta::minutes(1));
+        let other = pending("bob", now - TimeDelta::minutes(2));
+        store.insert(&r, &[]).await.unwrap();
+        store.insert(&other, &[]).await.unwrap();
+        let ids = |v: Vec<RequestRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.due(&[State::Pending], now, 10).await.unwrap()),
+            vec![other.id, r.id]
+        );
+
+        let mut active = r.clone();
+        active.version = 2;
+        active.state = State::Active;
+        active.requester = Principal::new("ALICE").unwrap();
+        active.grant = Some(Grant {
+            id: GrantId::new(),
+            starts_at: now,
+            ends_at: now + TimeDelta::minutes(5),
+            issued: None,
+        });
+        store.update(1, &active, &[]).await.unwrap();
+
+        assert_eq!(
+            ids(store.due(&[State::Pending], now, 10).await.unwrap()),
+            vec![other.id]
+        );
+        assert!(store
+            .due(&[State::Active], now, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            ids(store
+                .due(&[State::Active], now + TimeDelta::minutes(5), 10)
+                .await
+                .unwrap()),
+            vec![r.id]
+        );
+        let list = |requester: &str, states: Vec<State>| ListFilter {
+            requester: Some(requester.into()),
+            states,
+            ..ListFilter::default()
+        };
+        assert!(store.list(&list("alice", vec![])).await.unwrap().is_empty());
+        assert_eq!(
+            store.list(&list("ALICE", vec![])).await.unwrap(),
+            vec![active.clone()]
+        );
+        let by_state = |states: Vec<State>| ListFilter {
+            states,
+            ..ListFilter::default()
+        };
+        assert_eq!(
+            ids(store.list(&by_state(vec![State::Pending])).await.unwrap()),
+            vec![other.id]
+        );
+        assert_eq!(
+            ids(store
+                .list(&by_state(vec![State::Pending, State::Active]))
+                .await
+                .unwrap()),
+            vec![other.id, r.id],
+            "newest (last inserted) first across states"
+        );
+        let counts = store.count_by_state().await.unwrap();
+        let count = |s: State| counts.iter().find(|(c, _)| *c == s).unwrap().1;
+        assert_eq!((count(State::Pending), count(State::Active)), (1, 1));
+        let live = ListFilter {
+            states: vec![State::Active],
+            ends_after: Some(now),
+            ..ListFilter::default()
+        };
+        assert_eq!(ids(store.list(&live).await.unwrap()), vec![r.id]);
+        let later = ListFilter {
+            ends_after: Some(now + TimeDelta::minutes(5)),
+            ..live
+        };
+        assert!(store.list(&later).await.unwrap().is_empty());
     }
 }

@@ -63,6 +63,12 @@ pub struct ListFilter {
     /// approver's queue asks for the entitlements that approver may act on,
     /// so requests for other entitlements never crowd them out of `limit`.
     pub entitlements: Vec<String>,
+    /// Only requests with a grant whose end is after this time (records
+    /// without a grant never match). Start-up asks for the revoked grants
+    /// still running this way, so the read is bounded by what is live, not
+    /// by every grant ever revoked; the stores answer it from a
+    /// `(state, ends_at)` index.
+    pub ends_after: Option<DateTime<Utc>>,
     /// At most this many, newest first (100 when zero).
     pub limit: usize,
 }
@@ -79,6 +85,9 @@ impl ListFilter {
                 .as_ref()
                 .is_none_or(|e| *e == r.request.entitlement)
             && (self.entitlements.is_empty() || self.entitlements.contains(&r.request.entitlement))
+            && self
+                .ends_after
+                .is_none_or(|t| r.ends_at().is_some_and(|end| end > t))
     }
 
     /// The effective limit.

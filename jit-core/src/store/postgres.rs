@@ -90,7 +90,7 @@ use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Connections per store unless set: a replica's writers, readers and reaper.
 const DEFAULT_POOL_SIZE: u32 = 10;
@@ -171,6 +171,27 @@ const MIGRATIONS: &[Migration] = &[
             holder TEXT NOT NULL,
             until TEXT COLLATE "C" NOT NULL
         )"#,
+        ],
+    },
+    // Version 6: start-up's revoked grants that are still running
+    // (`ListFilter::ends_after`) read an index bounded by the grant's end
+    // instead of every revoked row ever stored. Existing rows get the column
+    // from their body: chrono writes 0, 3, 6 or 9 fractional digits, the
+    // column always has nine (see `sql::timestamp`), so text order stays
+    // time order.
+    Migration {
+        version: 6,
+        statements: &[
+            r#"ALTER TABLE requests ADD COLUMN ends_at TEXT COLLATE "C""#,
+            "UPDATE requests SET ends_at = (
+            SELECT CASE
+                WHEN t IS NULL THEN NULL
+                WHEN length(t) = 20 THEN substr(t, 1, 19) || '.000000000Z'
+                ELSE substr(t, 1, 19) || '.' || substr(substr(t, 21, length(t) - 21) || '000000000', 1, 9) || 'Z'
+            END
+            FROM (SELECT body::jsonb -> 'grant' ->> 'ends_at' AS t) AS g
+        )",
+            "CREATE INDEX requests_state_ends ON requests (state, ends_at) WHERE ends_at IS NOT NULL",
         ],
     },
 ];
@@ -535,8 +556,8 @@ async fn insert_in(
 ) -> Result<Vec<AuditRecord>> {
     let c = sql::Columns::of(record, ENGINE)?;
     let inserted = sqlx::query(
-        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(c.id)
@@ -546,6 +567,7 @@ async fn insert_in(
     .bind(c.entitlement)
     .bind(c.created_at)
     .bind(c.due_at)
+    .bind(c.ends_at)
     .bind(c.body)
     .execute(&mut *conn)
     .await
@@ -568,8 +590,8 @@ async fn update_in(
     let updated = sqlx::query(
         "UPDATE requests
          SET version = $1, state = $2, requester = $3, entitlement = $4, created_at = $5,
-             due_at = $6, body = $7
-         WHERE id = $8 AND version = $9",
+             due_at = $6, ends_at = $7, body = $8
+         WHERE id = $9 AND version = $10",
     )
     .bind(c.version)
     .bind(c.state)
@@ -577,6 +599,7 @@ async fn update_in(
     .bind(c.entitlement)
     .bind(c.created_at)
     .bind(c.due_at)
+    .bind(c.ends_at)
     .bind(c.body)
     .bind(c.id)
     .bind(to_i64(expected_version, "version")?)
@@ -651,6 +674,9 @@ impl Store for PostgresStore {
             q.push(" AND entitlement = ANY(")
                 .push_bind(filter.entitlements.clone())
                 .push(")");
+        }
+        if let Some(after) = filter.ends_after {
+            q.push(" AND ends_at > ").push_bind(timestamp(after)?);
         }
         q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
             .push_bind(sql::limit_i64(filter.effective_limit()));

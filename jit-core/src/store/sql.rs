@@ -42,6 +42,9 @@ pub(crate) struct Columns {
     pub(crate) entitlement: String,
     pub(crate) created_at: String,
     pub(crate) due_at: Option<String>,
+    /// The grant's end ([`RequestRecord::ends_at`]), for
+    /// [`ListFilter::ends_after`](super::ListFilter::ends_after).
+    pub(crate) ends_at: Option<String>,
     pub(crate) body: String,
 }
 
@@ -55,6 +58,7 @@ impl Columns {
             entitlement: r.request.entitlement.clone(),
             created_at: timestamp(r.created_at, engine)?,
             due_at: r.due_at().map(|t| timestamp(t, engine)).transpose()?,
+            ends_at: r.ends_at().map(|t| timestamp(t, engine)).transpose()?,
             body: serde_json::to_string(r)
                 .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?,
         })

@@ -56,7 +56,7 @@ use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -128,6 +128,27 @@ const MIGRATIONS: &[Migration] = &[
             holder TEXT NOT NULL,
             until TEXT NOT NULL
         ) STRICT",
+        ],
+    },
+    // Version 6: start-up's revoked grants that are still running
+    // (`ListFilter::ends_after`) read an index bounded by the grant's end
+    // instead of every revoked row ever stored. Existing rows get the column
+    // from their body: chrono writes 0, 3, 6 or 9 fractional digits, the
+    // column always has nine (see `sql::timestamp`), so text order stays
+    // time order.
+    Migration {
+        version: 6,
+        statements: &[
+            "ALTER TABLE requests ADD COLUMN ends_at TEXT",
+            "UPDATE requests SET ends_at = (
+            SELECT CASE
+                WHEN t IS NULL THEN NULL
+                WHEN length(t) = 20 THEN substr(t, 1, 19) || '.000000000Z'
+                ELSE substr(t, 1, 19) || '.' || substr(substr(t, 21, length(t) - 21) || '000000000', 1, 9) || 'Z'
+            END
+            FROM (SELECT json_extract(body, '$.grant.ends_at') AS t)
+        )",
+            "CREATE INDEX requests_state_ends ON requests (state, ends_at)",
         ],
     },
 ];
@@ -432,8 +453,8 @@ async fn insert_in(
 ) -> Result<Vec<AuditRecord>> {
     let c = sql::Columns::of(record, ENGINE)?;
     let inserted = sqlx::query(
-        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, body)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(c.id)
@@ -443,6 +464,7 @@ async fn insert_in(
     .bind(c.entitlement)
     .bind(c.created_at)
     .bind(c.due_at)
+    .bind(c.ends_at)
     .bind(c.body)
     .execute(&mut *conn)
     .await
@@ -464,7 +486,7 @@ async fn update_in(
     let id = c.id.clone();
     let updated = sqlx::query(
         "UPDATE requests
-         SET version = ?, state = ?, requester = ?, entitlement = ?, created_at = ?, due_at = ?, body = ?
+         SET version = ?, state = ?, requester = ?, entitlement = ?, created_at = ?, due_at = ?, ends_at = ?, body = ?
          WHERE id = ? AND version = ?",
     )
     .bind(c.version)
@@ -473,6 +495,7 @@ async fn update_in(
     .bind(c.entitlement)
     .bind(c.created_at)
     .bind(c.due_at)
+    .bind(c.ends_at)
     .bind(c.body)
     .bind(c.id)
     .bind(to_i64(expected_version, "version")?)
@@ -553,6 +576,9 @@ impl Store for SqliteStore {
                 ents.push_bind(e.clone());
             }
             q.push(")");
+        }
+        if let Some(after) = filter.ends_after {
+            q.push(" AND ends_at > ").push_bind(timestamp(after)?);
         }
         q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
             .push_bind(sql::limit_i64(filter.effective_limit()));
@@ -848,5 +874,59 @@ mod tests {
             .await
             .unwrap()
             .is_memory());
+    }
+
+    /// Rows written before version 6 get `ends_at` from their body, with
+    /// the nine fractional digits new writes have, whatever number of
+    /// digits chrono wrote there; rows without a grant stay NULL.
+    #[tokio::test]
+    async fn migration_6_fills_ends_at_from_the_body() {
+        use crate::types::{Grant, GrantId};
+        use chrono::Timelike;
+
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let base = Utc::now().with_nanosecond(0).unwrap();
+        let mut written = Vec::new();
+        for nanos in [0, 5_000_000, 123_456_000, 123_456_789] {
+            let mut r = record();
+            r.grant = Some(Grant {
+                id: GrantId::new(),
+                starts_at: base,
+                ends_at: base.with_nanosecond(nanos).unwrap(),
+                issued: None,
+            });
+            store.insert(&r, &[]).await.unwrap();
+            written.push(r);
+        }
+        let no_grant = record();
+        store.insert(&no_grant, &[]).await.unwrap();
+        // As a version 5 database would hold them.
+        sqlx::query("UPDATE requests SET ends_at = NULL")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let backfill = MIGRATIONS
+            .iter()
+            .find(|m| m.version == 6)
+            .unwrap()
+            .statements[1];
+        sqlx::query(backfill).execute(&store.pool).await.unwrap();
+        for r in &written {
+            let column: Option<String> =
+                sqlx::query_scalar("SELECT ends_at FROM requests WHERE id = ?")
+                    .bind(r.id.to_string())
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap();
+            let expected = timestamp(r.ends_at().unwrap()).unwrap();
+            assert_eq!(column.as_deref(), Some(expected.as_str()));
+        }
+        let column: Option<String> =
+            sqlx::query_scalar("SELECT ends_at FROM requests WHERE id = ?")
+                .bind(no_grant.id.to_string())
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(column, None);
     }
 }

@@ -40,6 +40,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     check_list_by_entitlements(&*store).await;
     check_count_by_state(&*store).await;
     check_due(&*store).await;
+    check_live_revocations(&*store).await;
     check_claims(&*store).await;
     check_leases(&*store).await;
     check_concurrent_lease_acquires(store.clone()).await;
@@ -953,6 +954,142 @@ pub async fn check_due(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// [`ListFilter::ends_after`]: the revoked grants still running, as start-up
+/// asks for them ([`crate::Broker::restore_revocations`]). A grant that ended
+/// at or before the bound is never returned, every one ending after it is
+/// (down to the nanosecond, so stored ends must order like time), records
+/// without a grant never match, and the other filters still apply.
+pub async fn check_live_revocations(store: &dyn Store) {
+    let now = Utc::now().with_nanosecond(123_456_789).unwrap();
+    let who = format!("mia-{}", unique());
+    let ending = |state: State, end: DateTime<Utc>| {
+        let mut r = sample_record(&who, "db-admin", state, now - TimeDelta::hours(1));
+        r.grant.as_mut().unwrap().ends_at = end;
+        r
+    };
+    let ended_long_ago = ending(State::Revoked, now - TimeDelta::days(30));
+    let ended_at_bound = ending(State::Revoked, now);
+    let ended_just_before = ending(State::Revoked, now - TimeDelta::nanoseconds(1));
+    let live_by_a_nanosecond = ending(State::Revoked, now + TimeDelta::nanoseconds(1));
+    // Whole seconds and milliseconds serialize with fewer fractional digits.
+    let live_whole_second = ending(
+        State::Revoked,
+        (now + TimeDelta::minutes(10)).with_nanosecond(0).unwrap(),
+    );
+    let live_millis = ending(
+        State::Revoked,
+        (now + TimeDelta::minutes(20))
+            .with_nanosecond(5_000_000)
+            .unwrap(),
+    );
+    let live_revoking = ending(State::Revoking, now + TimeDelta::minutes(5));
+    let live_failed = ending(State::RevocationFailed, now + TimeDelta::minutes(5));
+    let live_active = ending(State::Active, now + TimeDelta::minutes(5));
+    let no_grant = sample_record(&who, "db-admin", State::Pending, now);
+    assert!(no_grant.grant.is_none());
+    let all = [
+        &ended_long_ago,
+        &ended_at_bound,
+        &ended_just_before,
+        &live_by_a_nanosecond,
+        &live_whole_second,
+        &live_millis,
+        &live_revoking,
+        &live_failed,
+        &live_active,
+        &no_grant,
+    ];
+    for r in all {
+        store.insert(r, &[]).await.unwrap();
+    }
+    let revoked_states = vec![State::Revoked, State::Revoking, State::RevocationFailed];
+    let mut expected = vec![
+        live_by_a_nanosecond.id,
+        live_whole_second.id,
+        live_millis.id,
+        live_revoking.id,
+        live_failed.id,
+    ];
+    expected.sort();
+    let sorted_ids = |v: Vec<RequestRecord>| {
+        let mut ids: Vec<_> = v.into_iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
+    };
+
+    // As start-up asks: no requester, whatever else the store holds.
+    let found = store
+        .list(&ListFilter {
+            states: revoked_states.clone(),
+            ends_after: Some(now),
+            limit: usize::MAX,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    for r in &found {
+        assert!(
+            r.ends_at().is_some_and(|end| end > now),
+            "record `{}` ends at {:?}, not after {now}",
+            r.id,
+            r.ends_at()
+        );
+        assert!(revoked_states.contains(&r.state), "{:?}", r.state);
+    }
+    let ours: Vec<_> = found
+        .into_iter()
+        .filter(|r| r.requester.id.as_str() == who)
+        .collect();
+    assert_eq!(
+        sorted_ids(ours),
+        expected,
+        "every live revoked grant, no ended one"
+    );
+
+    // With the other filters.
+    let mine = |states: Vec<State>| ListFilter {
+        requester: Some(who.clone()),
+        states,
+        ends_after: Some(now),
+        limit: usize::MAX,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        sorted_ids(store.list(&mine(revoked_states.clone())).await.unwrap()),
+        expected
+    );
+    let mut running = expected.clone();
+    running.push(live_active.id);
+    running.sort();
+    assert_eq!(
+        sorted_ids(store.list(&mine(Vec::new())).await.unwrap()),
+        running,
+        "any state: the active grant too, never the record without a grant"
+    );
+    let everything = store
+        .list(&ListFilter {
+            requester: Some(who.clone()),
+            limit: usize::MAX,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        everything.len(),
+        all.len(),
+        "without the bound, all of them"
+    );
+    // The bound moves: a later one leaves out what ended before it.
+    let later = ListFilter {
+        ends_after: Some(now + TimeDelta::minutes(15)),
+        ..mine(revoked_states)
+    };
+    assert_eq!(
+        sorted_ids(store.list(&later).await.unwrap()),
+        vec![live_millis.id]
+    );
 }
 
 /// `claim_due` returns what `due` returns to its first claimer. On a store
