@@ -259,11 +259,41 @@ pub struct RequestAnswer {
     pub credentials: Option<CredentialsView>,
 }
 
+impl RequestAnswer {
+    /// The answer for a caller: the record as the API shows it
+    /// ([`caller_view`]) with the credentials, if any.
+    pub fn new(request: RequestRecord, credentials: Option<CredentialsView>) -> Self {
+        Self {
+            request: caller_view(request),
+            credentials,
+        }
+    }
+}
+
 /// `GET /v1/requests`: the caller's requests, the approvals queue, or all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestList {
     /// The requests, newest first.
     pub requests: Vec<RequestRecord>,
+}
+
+impl RequestList {
+    /// The list for a caller, each record as the API shows it ([`caller_view`]).
+    pub fn new(requests: impl IntoIterator<Item = RequestRecord>) -> Self {
+        Self {
+            requests: requests.into_iter().map(caller_view).collect(),
+        }
+    }
+}
+
+/// A record as the API shows it: without the stored copy of the
+/// entitlement ([`RequestRecord::entitlement`]), whose provider target
+/// (role ARNs, session policies, scopes) the API never shows requesters or
+/// approvers, as the entitlements listing does not either. The entitlement's
+/// id stays, in `request.entitlement`.
+pub fn caller_view(mut record: RequestRecord) -> RequestRecord {
+    record.entitlement = None;
+    record
 }
 
 /// `GET /v1/requests/{id}/credentials`.

@@ -253,18 +253,12 @@ fn outcome(p: &Principal, out: IssueOutcome) -> Value {
         .as_ref()
         .filter(|_| p.is(&out.record.requester.id))
         .map(CredentialsView::from);
-    wire::to_value(&RequestAnswer {
-        request: out.record,
-        credentials,
-    })
+    wire::to_value(&RequestAnswer::new(out.record, credentials))
 }
 
 /// `{"request": ...}` without credentials.
 fn record(r: RequestRecord) -> Json<Value> {
-    Json(wire::to_value(&RequestAnswer {
-        request: r,
-        credentials: None,
-    }))
+    Json(wire::to_value(&RequestAnswer::new(r, None)))
 }
 
 /// `POST /v1/requests`.
@@ -372,7 +366,7 @@ pub async fn list(
             )))
         }
     };
-    Ok(Json(wire::to_value(&RequestList { requests: records })))
+    Ok(Json(wire::to_value(&RequestList::new(records))))
 }
 
 /// `POST /v1/requests/{id}/approve`.
@@ -738,6 +732,11 @@ mod tests {
         // The requester gets the credentials, anyone else the record alone.
         let mine = outcome(&alice, out.clone());
         assert_eq!(mine["credentials"]["kind"], "local_token");
+        // The stored copy of the entitlement (its provider target) is not shown.
+        assert!(record.entitlement.is_some());
+        assert!(mine["request"].get("entitlement").is_none(), "{mine}");
+        assert_eq!(mine["request"]["request"]["entitlement"], "demo-api");
+        let record = jit_core::wire::caller_view(record);
         let parsed: RequestAnswer = serde_json::from_value(mine.clone()).unwrap();
         assert_eq!(parsed.request, record);
         assert!(matches!(
@@ -749,9 +748,7 @@ mod tests {
         let theirs = outcome(&bob, out);
         assert!(theirs.get("credentials").is_none());
 
-        let list = wire::to_value(&RequestList {
-            requests: vec![record.clone()],
-        });
+        let list = wire::to_value(&RequestList::new([record.clone()]));
         let parsed: RequestList = serde_json::from_value(list).unwrap();
         assert_eq!(parsed.requests, [record]);
     }

@@ -59,12 +59,16 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The provider kinds this server knows: `local` (jit-core) and `aws`
-/// (jit-aws). A build of the server with more clouds registers their
-/// factories here (or passes its own registry to
+/// The provider kinds this server knows: `local` (jit-core), `aws`
+/// (jit-aws), `azure` (jit-azure) and `gcp` (jit-gcp), each a factory fed
+/// its `[providers.NAME]` table as a string map. Another cloud registers its
+/// factory here (or a host passes its own registry to
 /// [`Server::build_with_registry`]); the configuration gains no fields.
 pub fn provider_registry() -> ProviderRegistry {
-    ProviderRegistry::builtin().with(jit_aws::factory())
+    ProviderRegistry::builtin()
+        .with(jit_aws::factory())
+        .with(jit_azure::factory())
+        .with(jit_gcp::factory())
 }
 
 /// Builds every `[providers.NAME]` table through `registry`. The factories
