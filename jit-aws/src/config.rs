@@ -55,7 +55,7 @@ pub const ROLE_CHAINING_MAX: Duration = Duration::from_secs(3600);
 /// IAM's limit on the aggregate size of a role's inline policies.
 pub const INLINE_ROLE_POLICY_LIMIT: usize = 10_240;
 
-/// The keys of a `kind = "aws"` provider table ([`crate::factory`]): each
+/// The keys of a `kind = "aws"` provider table ([`crate::factory()`]): each
 /// sets the same as the `JIT_AWS_*` variable of the [module docs](self),
 /// which wins when set. `JIT_AWS_PROVIDER_NAME` has no key: the table name
 /// is the provider name.

@@ -213,16 +213,20 @@ fn default_refresh() -> u64 {
 ///
 /// - `local` ([`jit_core::provider::registry::LocalFactory`]): `issuer`,
 ///   `key_file` (`JIT_LOCAL_KEY_FILE`), `previous_key_files`, `max_duration`;
-/// - `aws` ([`jit_aws::factory`]): the keys of [`jit_aws::config::KEYS`],
+/// - `aws` ([`jit_aws::factory()`]): the keys of [`jit_aws::config::KEYS`],
 ///   each the same as its `JIT_AWS_*` variable, which wins when set; the
 ///   server's own AWS identity comes from the standard chain (environment,
-///   profile, web identity, ECS, IMDS).
+///   profile, web identity, ECS, IMDS);
+/// - `azure` ([`jit_azure::factory()`]) and `gcp` ([`jit_gcp::factory()`]):
+///   the keys on their provider pages (`jit-azure/README.md`,
+///   `jit-gcp/README.md`), each the same as its `JIT_AZURE_*` / `JIT_GCP_*`
+///   variable.
 ///
 /// An unknown kind or key is refused when the server starts, naming the
 /// table. Relative paths are resolved against the config file's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderTable {
-    /// Which factory builds the provider (`local`, `aws`).
+    /// Which factory builds the provider (`local`, `aws`, `azure`, `gcp`).
     pub kind: String,
     /// Every other key of the table.
     pub settings: ProviderConfig,

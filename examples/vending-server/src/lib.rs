@@ -555,14 +555,14 @@ mod tests {
     #[tokio::test]
     async fn unknown_kinds_and_keys_stop_the_start_naming_the_table() {
         let err = build(
-            &config("[providers.cloud]\nkind = \"gcp\"\n"),
+            &config("[providers.cloud]\nkind = \"oracle\"\n"),
             &provider_registry(),
         )
         .await
         .unwrap_err();
         assert!(
             err.contains(
-                "provider `cloud`: kind `gcp` is not supported; known kinds: `aws`, `local`"
+                "provider `cloud`: kind `oracle` is not supported; known kinds: `aws`, `azure`, `gcp`, `local`"
             ),
             "{err}"
         );
