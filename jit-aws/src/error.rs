@@ -9,9 +9,9 @@ use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use jit_core::{ConfigError, Error, RequestError};
 
-/// Longest AWS message copied into an error; AWS messages are short, this
-/// only guards against a misbehaving endpoint.
-const MAX_MESSAGE: usize = 512;
+/// A wire message and user input in errors: bounded, printable (one
+/// definition for every provider).
+pub(crate) use jit_core::provider::text::{input as printable, message as clip};
 
 /// What went wrong inside jit-aws.
 #[derive(Debug, thiserror::Error)]
@@ -298,30 +298,6 @@ fn xml_element(text: &str, name: &str) -> Option<String> {
     (!v.is_empty() && v.len() <= 1024 && !v.contains('<')).then(|| v.to_string())
 }
 
-/// Keeps an AWS message printable and short.
-pub(crate) fn clip(s: &str) -> String {
-    let t: String = s
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_MESSAGE)
-        .collect();
-    if s.chars().count() > MAX_MESSAGE {
-        format!("{t}...")
-    } else {
-        t
-    }
-}
-
-/// A short, printable rendering of user input for messages.
-pub(crate) fn printable(s: &str) -> String {
-    let t: String = s.chars().filter(|c| !c.is_control()).take(64).collect();
-    if s.chars().count() > 64 {
-        format!("{t}...")
-    } else {
-        t
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -390,11 +366,5 @@ mod tests {
         );
         assert_eq!(xml_element(body, "Type"), None);
         assert_eq!(xml_element("<Code><x/></Code>", "Code"), None);
-    }
-
-    #[test]
-    fn clip_removes_control_characters_and_bounds_length() {
-        assert_eq!(clip("a\nb"), "ab");
-        assert_eq!(clip(&"x".repeat(600)).len(), MAX_MESSAGE + 3);
     }
 }

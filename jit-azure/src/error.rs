@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use jit_core::{ConfigError, Error, RequestError};
 
-/// Longest ARM message copied into an error; ARM messages are short, this
-/// only guards against a misbehaving endpoint.
-const MAX_MESSAGE: usize = 512;
+/// A wire message and user input in errors: bounded, printable (one
+/// definition for every provider).
+pub(crate) use jit_core::provider::text::{input as printable, message as clip};
 
 /// What went wrong inside jit-azure.
 #[derive(Debug, thiserror::Error)]
@@ -238,30 +238,6 @@ impl AzureError {
     }
 }
 
-/// Shortens a message from the wire and drops control characters.
-pub(crate) fn clip(s: &str) -> String {
-    let t: String = s
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_MESSAGE)
-        .collect();
-    if s.chars().count() > MAX_MESSAGE {
-        format!("{t}...")
-    } else {
-        t
-    }
-}
-
-/// User input shown in an error: no control characters, at most 64 of them.
-pub(crate) fn printable(s: &str) -> String {
-    let t: String = s.chars().filter(|c| !c.is_control()).take(64).collect();
-    if s.chars().count() > 64 {
-        format!("{t}...")
-    } else {
-        t
-    }
-}
-
 /// A setting error.
 pub(crate) fn setting(field: &str, message: impl Into<String>) -> AzureError {
     AzureError::Setting {
@@ -344,13 +320,5 @@ mod tests {
         assert!(e.is_not_there());
         assert!(arm(400, "RoleAssignmentDoesNotExist").is_not_there());
         assert!(!arm(400, "RoleAssignmentExists").is_not_there());
-    }
-
-    #[test]
-    fn messages_are_clipped_and_printable() {
-        let long = "x\u{7}".repeat(2000);
-        let c = clip(&long);
-        assert!(c.len() <= MAX_MESSAGE + 3 && !c.contains('\u{7}'));
-        assert_eq!(printable("a\nb"), "ab");
     }
 }

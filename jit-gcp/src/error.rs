@@ -11,9 +11,9 @@ use std::time::Duration;
 use google_cloud_gax::error::rpc::Code;
 use jit_core::{ConfigError, Error, RequestError};
 
-/// Longest Google message copied into an error; Google messages are short,
-/// this only guards against a misbehaving endpoint.
-const MAX_MESSAGE: usize = 512;
+/// A wire message and user input in errors: bounded, printable (one
+/// definition for every provider).
+pub(crate) use jit_core::provider::text::{input as printable, message as clip};
 
 /// What went wrong inside jit-gcp.
 #[derive(Debug, thiserror::Error)]
@@ -273,30 +273,6 @@ fn classify(
     }
 }
 
-/// Keeps a Google message printable and short.
-pub(crate) fn clip(s: &str) -> String {
-    let t: String = s
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_MESSAGE)
-        .collect();
-    if s.chars().count() > MAX_MESSAGE {
-        format!("{t}...")
-    } else {
-        t
-    }
-}
-
-/// A short, printable rendering of user input for messages.
-pub(crate) fn printable(s: &str) -> String {
-    let t: String = s.chars().filter(|c| !c.is_control()).take(96).collect();
-    if s.chars().count() > 96 {
-        format!("{t}...")
-    } else {
-        t
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -341,12 +317,5 @@ mod tests {
         }
         .into_core(p, "issue");
         assert!(e.is_transient(), "{e}");
-    }
-
-    #[test]
-    fn clip_removes_control_characters_and_bounds_length() {
-        assert_eq!(clip("a\nb"), "ab");
-        assert_eq!(clip(&"x".repeat(600)).len(), MAX_MESSAGE + 3);
-        assert_eq!(printable(&"y".repeat(100)).len(), 99);
     }
 }

@@ -61,6 +61,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::credentials::{Credentials, Secret};
 use crate::error::{ConfigError, Error, RequestError, Result};
 use crate::provider::ledger::Ledger;
+use crate::provider::text::input as printable;
 use crate::provider::window::WindowRules;
 use crate::provider::{naming, Capabilities, GrantSpec, Issued, Provider, RevocationKind};
 use crate::types::MAX_GRANT_DURATION;
@@ -345,11 +346,6 @@ impl LocalTarget {
 fn is_token_text(s: &str, max: usize) -> bool {
     let n = s.chars().count();
     n > 0 && n <= max && !s.chars().any(|c| c.is_control() || c.is_whitespace())
-}
-
-/// Keeps attacker- or typo-supplied keys short and printable in messages.
-fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 #[derive(Debug, Clone)]

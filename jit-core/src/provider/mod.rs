@@ -14,6 +14,7 @@
 //! | [`retry`] | backoff with jitter and bounded retries (read-modify-write, throttling) |
 //! | [`http`] | an HTTP status and `Retry-After` to jit-core's error kinds |
 //! | [`registry`] | providers built from configuration: a factory per kind, fed a string map |
+//! | [`text`] | a cloud's message or a user's input made fit for an error (bounded, no control characters) |
 //!
 //! Test scaffolding for providers (the conformance suite, a tripwire
 //! endpoint, a local HTTP fake harness) is in `jit_core::testing` (feature
@@ -31,6 +32,7 @@ pub mod ledger;
 pub mod naming;
 pub mod registry;
 pub mod retry;
+pub mod text;
 pub mod window;
 
 use async_trait::async_trait;
