@@ -389,10 +389,11 @@ impl AwsProvider {
         // what is left of the window, less the call's allowance, and STS's own
         // minimum applies to that (the configured issue margin is for the
         // broker's planning, in `min_duration`).
-        let caps = self.capabilities().with_min_duration(STS_MIN_DURATION);
+        let caps = self.capabilities();
         let window = WindowRules::new(&self.config.name, &caps)
             .start_slack(START_SLACK)
             .call_allowance(CALL_ALLOWANCE.to_std().unwrap_or_default())
+            .minimum(STS_MIN_DURATION)
             .limit_note(if self.chaining {
                 " (role chaining: the broker's identity is an assumed role)"
             } else {

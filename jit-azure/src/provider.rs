@@ -392,10 +392,10 @@ impl AzureProvider {
     /// The local checks. No remote call.
     fn plan(&self, spec: &GrantSpec) -> Result<Plan, AzureError> {
         let target = AzureTarget::parse(&spec.entitlement.id, &spec.entitlement.target)?;
-        // The minimum bounds what is left once the allowance is taken off,
-        // so the advertised minimum (which includes it) always passes.
-        let rules = self.caps().with_min_duration(self.config.min_duration);
-        let window = WindowRules::new(&self.config.name, &rules)
+        // The advertised minimum is the configured one plus the allowance;
+        // what is left once the allowance is off must reach the configured one.
+        let caps = self.caps();
+        let window = WindowRules::new(&self.config.name, &caps)
             .start_slack(START_SLACK)
             .call_allowance(CALL_ALLOWANCE)
             .check(spec, self.clock.now())?;

@@ -246,13 +246,14 @@ impl GcpProvider {
     }
 
     /// The window checks shared by both modes; returns the whole seconds
-    /// left of the window. A binding states its end as a timestamp and
-    /// needs no allowance for the call; a token's lifetime counts from
-    /// Google's clock, so token mode takes [`CALL_ALLOWANCE`] off this.
-    fn window(&self, spec: &GrantSpec) -> Result<i64, GcpError> {
+    /// left of the window, less `allowance`. A binding states its end as a
+    /// timestamp and needs no allowance for the call; a token's lifetime
+    /// counts from Google's clock, so token mode keeps [`CALL_ALLOWANCE`].
+    fn window(&self, spec: &GrantSpec, allowance: Duration) -> Result<i64, GcpError> {
         let caps = self.capabilities();
         let window = WindowRules::new(&self.config.name, &caps)
             .start_slack(START_SLACK)
+            .call_allowance(allowance)
             .check(spec, self.clock.now())?;
         Ok(window.remaining.as_secs() as i64)
     }
@@ -327,7 +328,7 @@ impl GcpProvider {
         role: String,
     ) -> Result<Issued, GcpError> {
         let member = member_of(&self.config, &spec.subject)?;
-        self.window(spec)?;
+        self.window(spec, Duration::ZERO)?;
         let end = floor_secs(spec.ends_at);
         let title = binding::title(spec.grant_id);
         let description =
@@ -375,7 +376,7 @@ impl GcpProvider {
         scopes: Vec<String>,
         delegates: Vec<String>,
     ) -> Result<Issued, GcpError> {
-        let lifetime = self.window(spec)? - CALL_ALLOWANCE.as_secs() as i64;
+        let lifetime = self.window(spec, CALL_ALLOWANCE)?;
         let token = self
             .clients
             .generate_access_token(&service_account, &scopes, &delegates, lifetime)

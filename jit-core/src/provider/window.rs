@@ -4,7 +4,8 @@
 //! [`RequestError`]s and the same wording, whatever the cloud: a negative
 //! or empty window, one longer than [`Capabilities::max_duration`], one that
 //! has not started yet (when the provider cannot mint ahead of time), and
-//! one with less than [`Capabilities::min_duration`] left. The broker has
+//! one with less than the cloud's minimum left once the time kept for the
+//! call is taken off ([`WindowRules::minimum`]). The broker has
 //! already clamped the window to the entitlement and policy (DESIGN rule 2);
 //! this is the provider's own bound, checked where the call is made.
 
@@ -82,6 +83,7 @@ pub struct WindowRules<'a> {
     caps: &'a Capabilities,
     start_slack: Option<Duration>,
     call_allowance: Duration,
+    minimum: Option<Duration>,
     limit_note: String,
     minimum_note: String,
 }
@@ -96,6 +98,7 @@ impl<'a> WindowRules<'a> {
             caps,
             start_slack: None,
             call_allowance: Duration::ZERO,
+            minimum: None,
             limit_note: String::new(),
             minimum_note: String::new(),
         }
@@ -111,14 +114,24 @@ impl<'a> WindowRules<'a> {
     /// Time kept between now and the window's end for the call itself, so
     /// an access counted from the cloud's clock cannot outlive the window.
     ///
-    /// [`Capabilities::min_duration`] is checked against what is left
-    /// *after* the allowance, so a provider using one should advertise its
-    /// cloud's minimum plus the allowance (and any planning margin) as its
-    /// `min_duration`: the broker and the conformance suite then never ask
-    /// for a window the check refuses (jit-aws: STS's 15 minutes plus its
-    /// issue margin).
+    /// A provider using one advertises its cloud's minimum plus the
+    /// allowance (and any planning margin) as [`Capabilities::min_duration`],
+    /// so the broker and the conformance suite never ask for a window the
+    /// check refuses; what is left *after* the allowance is checked against
+    /// [`minimum`](Self::minimum).
     pub fn call_allowance(mut self, allowance: Duration) -> Self {
         self.call_allowance = allowance;
+        self
+    }
+
+    /// The shortest lifetime the cloud accepts, checked against what is
+    /// left of the window once the call allowance is taken off. By default
+    /// [`Capabilities::min_duration`] less the allowance (what a provider
+    /// advertising "cloud minimum plus allowance" means); a provider whose
+    /// advertised minimum also holds a planning margin names the cloud's
+    /// own minimum here (jit-aws: STS's 15 minutes).
+    pub fn minimum(mut self, minimum: Duration) -> Self {
+        self.minimum = Some(minimum);
         self
     }
 
@@ -168,7 +181,9 @@ impl<'a> WindowRules<'a> {
             }
         }
         let left = (spec.ends_at - now).num_seconds() - delta(self.call_allowance).num_seconds();
-        let min = self.caps.min_duration;
+        let min = self
+            .minimum
+            .unwrap_or_else(|| self.caps.min_duration.saturating_sub(self.call_allowance));
         if left < min.as_secs().max(1) as i64 {
             return Err(RequestError::DurationTooShort {
                 requested: format!("{}s left of the window", left.max(0)),
@@ -240,6 +255,39 @@ mod tests {
             .unwrap();
         assert_eq!(w.remaining, Duration::from_secs(1795));
         assert_eq!(w.remaining_iso8601(), "PT29M55S");
+    }
+
+    #[test]
+    fn the_minimum_applies_to_what_is_left_after_the_allowance() {
+        let caps = caps(); // advertises 15 min
+        let base = grant_spec_for_docs();
+        let now = base.starts_at;
+        let short = |secs| {
+            let mut s = base.clone();
+            s.ends_at = now + TimeDelta::seconds(secs);
+            s
+        };
+        let allowance = WindowRules::new("p", &caps).call_allowance(Duration::from_secs(60));
+        // Default: the advertised minimum less the allowance (14 min) must be left.
+        assert_eq!(
+            allowance.check(&short(900), now).unwrap().remaining,
+            Duration::from_secs(840)
+        );
+        assert!(matches!(
+            allowance.check(&short(899), now),
+            Err(RequestError::DurationTooShort { .. })
+        ));
+        // A cloud minimum named apart from the advertised one (which holds a
+        // planning margin) is what the check uses.
+        let cloud = allowance.clone().minimum(Duration::from_secs(600));
+        assert_eq!(
+            cloud.check(&short(660), now).unwrap().remaining,
+            Duration::from_secs(600)
+        );
+        assert!(matches!(
+            cloud.check(&short(659), now),
+            Err(RequestError::DurationTooShort { .. })
+        ));
     }
 
     #[test]
