@@ -5,7 +5,8 @@
 //!   again, revoked, expired and reconciled from the stored entitlement;
 //! - not yet minted (`Approved`), it is issued only by a replica whose
 //!   catalogue still has the entitlement, and always as approved: a target
-//!   changed since does not change what the approvers approved.
+//!   changed since does not change what the approvers approved, and a
+//!   maximum shortened since cuts the window (a change only takes away).
 #![cfg(all(feature = "testing", feature = "sqlite", feature = "postgres"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -169,15 +170,31 @@ async fn grants_outlive_their_catalogue_entry(store: Arc<dyn Store>) {
     );
     assert!(after.skipped_records() >= 1);
 
-    // A replica whose catalogue has `dev-read` with another target issues
-    // it, with the target that was approved.
-    let changed = CATALOGUE.replace(r#"audience = "dev""#, r#"audience = "dev-v2""#);
-    assert_ne!(changed, CATALOGUE);
+    // A replica whose catalogue has `dev-read` with another target and a
+    // shorter maximum issues it with the target that was approved, cut to
+    // the new maximum (a tightened catalogue only takes away).
+    let changed = CATALOGUE
+        .replace(r#"audience = "dev""#, r#"audience = "dev-v2""#)
+        .replace(
+            "id = \"dev-read\"\nprovider = \"test\"\nmax_duration = \"1h\"",
+            "id = \"dev-read\"\nprovider = \"test\"\nmax_duration = \"5m\"",
+        )
+        .replace(
+            "[entitlements.auto_approve]\nmax_duration = \"30m\"",
+            "[entitlements.auto_approve]\nmax_duration = \"5m\"",
+        );
+    assert!(changed.contains("max_duration = \"5m\""), "{changed}");
     let current = broker(&store, &changed, &provider, &clock, "current");
     let report = Reaper::new(current.clone()).tick().await.unwrap();
     assert_eq!(report.failed, 0, "{report:?}");
     let rec = current.get(scheduled.id).await.unwrap();
     assert_eq!(rec.state, State::Active, "{:?}", rec.note);
+    let grant = rec.grant.as_ref().unwrap();
+    assert_eq!(
+        grant.ends_at - grant.starts_at,
+        TimeDelta::minutes(5),
+        "approved for 10m, issued under a 5m maximum"
+    );
     assert_eq!(
         provider.targets.lock().unwrap().last(),
         Some(&serde_json::json!({ "audience": "dev" }))

@@ -100,12 +100,17 @@ impl Broker {
                 // A removed entitlement is not granted any more: a replica
                 // whose catalogue lacks it leaves the record to one that has
                 // it (the rolling-catalogue rule in the README). What is
-                // minted is what was approved, whichever replica issues it.
-                self.entitlement(&rec.request.entitlement)?;
+                // minted is what was approved, whichever replica issues it,
+                // and a catalogue tightened since only ever takes away: its
+                // shorter maximum cuts the window, a longer one is ignored.
+                let current = self.entitlement(&rec.request.entitlement)?;
                 let ent = self.approved_entitlement(rec)?;
                 // Again at issue: this replica's provider may allow less than
                 // the one the window was cut for.
-                let max = self.longest_grant(rec)?.as_chrono();
+                let max = self
+                    .longest_grant(rec)?
+                    .as_chrono()
+                    .min(current.max_duration.as_chrono());
                 let is_extension = rec.extends.is_some();
                 if rec.grant.is_none() {
                     return Err(invalid_state("issue", rec));
