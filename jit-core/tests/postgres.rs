@@ -54,13 +54,17 @@ mod conforms {
     conformance!(
         check_insert_get_roundtrip,
         check_every_state_roundtrips,
+        check_entitlement_copy_roundtrips,
         check_duplicate_insert,
         check_insert_requires_version_one,
         check_update_cas,
         check_audit_chain,
         check_audit_paging,
         check_list,
+        check_list_by_entitlements,
+        check_count_by_state,
         check_due,
+        check_live_revocations,
         check_claims,
         check_leases,
     );
