@@ -107,6 +107,13 @@ impl AzureError {
                 message,
             }),
             AzureError::Request(e) => Error::InvalidRequest(e),
+            AzureError::Principal { principal, message } => {
+                Error::InvalidRequest(RequestError::NoCloudIdentity {
+                    principal,
+                    provider: provider.to_string(),
+                    message,
+                })
+            }
             AzureError::Setting { field, message } => Error::Config(ConfigError::InvalidField {
                 entitlement: "settings".into(),
                 field,

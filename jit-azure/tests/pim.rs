@@ -397,6 +397,15 @@ async fn principal_problems_are_refused_before_any_call() {
     s.subject = Principal::new("bob@example.com").unwrap();
     let err = p.issue(&s).await.unwrap_err();
     assert!(err.to_string().contains("azure_object_id"), "{err}");
+    // The requester's side to fix, not the cloud's: a 400, not a 502.
+    assert!(
+        matches!(
+            &err,
+            Error::InvalidRequest(jit_core::RequestError::NoCloudIdentity { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.http_status(), 400);
     s.subject = Principal::new("bob@example.com")
         .unwrap()
         .with_attribute("azure_object_id", "not-a-guid");

@@ -285,6 +285,19 @@ pub enum RequestError {
     /// A principal id is empty, too long or has control characters.
     #[error("principal id `{0}` is not valid: use 1 to 256 printable characters")]
     PrincipalId(String),
+    /// The requester has no identity the provider can grant to: the
+    /// principal attribute naming it (an Entra object id, a GCP member) is
+    /// missing or malformed. Refused before any call; the fix is on the
+    /// identity side (a token claim mapped to the attribute), not the cloud's.
+    #[error("principal `{principal}` has no usable identity for provider `{provider}`: {message}")]
+    NoCloudIdentity {
+        /// The requester (printable, shortened).
+        principal: String,
+        /// The provider.
+        provider: String,
+        /// What is missing or wrong, naming the attribute.
+        message: String,
+    },
     /// Context has too many or too long entries.
     #[error("request context is too large: {0}")]
     ContextTooLarge(String),

@@ -103,6 +103,13 @@ impl GcpError {
                 message,
             }),
             GcpError::Request(e) => Error::InvalidRequest(e),
+            GcpError::Member { principal, message } => {
+                Error::InvalidRequest(RequestError::NoCloudIdentity {
+                    principal,
+                    provider: provider.to_string(),
+                    message,
+                })
+            }
             GcpError::Setting { field, message } => Error::Config(ConfigError::InvalidField {
                 entitlement: "settings".into(),
                 field,

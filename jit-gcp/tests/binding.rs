@@ -228,6 +228,14 @@ async fn refusals_make_no_remote_call() {
     s.subject = jit_core::Principal::new("sub-bob").unwrap();
     let err = provider.issue(&s).await.unwrap_err();
     assert!(err.to_string().contains("gcp_member"), "{err}");
+    // The requester's side to fix, not the cloud's: a 400, not a 502.
+    assert!(
+        matches!(
+            &err,
+            jit_core::Error::InvalidRequest(jit_core::RequestError::NoCloudIdentity { .. })
+        ),
+        "{err:?}"
+    );
     // A public member.
     s.subject = s.subject.with_attribute("gcp_member", "allUsers");
     assert!(provider.issue(&s).await.is_err());
