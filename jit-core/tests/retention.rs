@@ -379,6 +379,34 @@ async fn an_unsigned_anchor_is_a_break_with_the_key() {
         .is_ok());
 }
 
+/// An edited record is never archived (and so never blessed by a signed
+/// anchor): the archiver refuses and prunes nothing.
+#[tokio::test]
+async fn a_chain_that_does_not_verify_is_not_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jit.db");
+    let w = world(Arc::new(SqliteStore::open(&path).await.unwrap()));
+    let id = finished(&w, "alice").await;
+    w.clock.advance(TimeDelta::hours(2));
+    let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit SET body = replace(body, '\"alice\"', '\"mallory\"') WHERE seq = 1")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let err = w
+        .broker
+        .archive_finished(w.clock.now(), out.path(), 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, jit_core::Error::AuditFailed(_)), "{err:?}");
+    assert!(w.store.get(id).await.unwrap().is_some());
+    assert_eq!(w.store.audit_anchor().await.unwrap(), None);
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
 /// Rows stored whole (as every store wrote them before the compact form)
 /// are read as they were and the compact rows after them link to them.
 #[tokio::test]
@@ -449,10 +477,112 @@ async fn records_stored_whole_before_the_compact_form_still_verify() {
     assert_eq!((brk.position, brk.seq), (4, 6), "{brk}");
 }
 
+/// The store's own checks, whatever the planner did: a live record, a
+/// record that changed since it was archived, a stale anchor or an anchor
+/// naming another hash are refused and nothing changes.
+async fn prune_refuses_what_was_not_archived(store: Arc<dyn Store>) {
+    use jit_core::audit::AuditAnchor;
+    use jit_core::store::Prune;
+    let w = world(store.clone());
+    let done = finished(&w, "alice").await;
+    let live = active(&w, "bob").await;
+    let chain = w.broker.audit_records().await.unwrap();
+    let at = |seq: u64| {
+        AuditAnchor::new(
+            seq,
+            &chain[seq as usize - 1].hash,
+            w.clock.now(),
+            Some(&w.keyring),
+        )
+    };
+    let version = |id| {
+        let store = store.clone();
+        async move { store.get(id).await.unwrap().unwrap().version }
+    };
+    let (dv, lv) = (version(done).await, version(live).await);
+    let refused = [
+        // A live record.
+        Prune {
+            after: 0,
+            anchor: at(9),
+            records: vec![(done, dv), (live, lv)],
+        },
+        // A record at another version than the one archived.
+        Prune {
+            after: 0,
+            anchor: at(5),
+            records: vec![(done, dv - 1)],
+        },
+        // Planned against another anchor.
+        Prune {
+            after: 3,
+            anchor: at(5),
+            records: vec![(done, dv)],
+        },
+        // An anchor whose hash is not the stored record's.
+        Prune {
+            after: 0,
+            anchor: AuditAnchor::new(5, GENESIS_HASH, w.clock.now(), None),
+            records: vec![(done, dv)],
+        },
+    ];
+    for p in &refused {
+        assert!(store.prune(p).await.is_err(), "{p:?}");
+        assert!(store.get(done).await.unwrap().is_some());
+        assert!(store.get(live).await.unwrap().is_some());
+        assert_eq!(store.audit_anchor().await.unwrap(), None);
+        assert_eq!(w.broker.audit_records().await.unwrap().len(), chain.len());
+    }
+    let err = store.prune(&refused[0]).await.unwrap_err();
+    assert!(
+        matches!(err, jit_core::Error::Conflict { request, .. } if request == live),
+        "{err:?}"
+    );
+    store
+        .prune(&Prune {
+            after: 0,
+            anchor: at(5),
+            records: vec![(done, dv)],
+        })
+        .await
+        .unwrap();
+    assert!(store.get(done).await.unwrap().is_none());
+    assert_eq!(w.broker.verify_audit().await.unwrap().unwrap().records, 4);
+}
+
+#[tokio::test]
+async fn memory_prune_refuses_what_was_not_archived() {
+    prune_refuses_what_was_not_archived(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn sqlite_prune_refuses_what_was_not_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    prune_refuses_what_was_not_archived(sqlite(dir.path()).await).await;
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
     use jit_core::testing::postgres::TestSchema;
+
+    #[tokio::test]
+    async fn postgres_archive_verifies_alone_and_the_hot_chain_from_its_anchor() {
+        let schema = TestSchema::new().await;
+        archive_then_verify_both_halves(Arc::new(schema.store().await)).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_nothing_live_is_pruned() {
+        let schema = TestSchema::new().await;
+        nothing_live_is_pruned(Arc::new(schema.store().await)).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_prune_refuses_what_was_not_archived() {
+        let schema = TestSchema::new().await;
+        prune_refuses_what_was_not_archived(Arc::new(schema.store().await)).await;
+    }
 
     /// Writers keep appending while two archivers race: at most one prune
     /// applies per anchor, the loser changes nothing, and the archives plus

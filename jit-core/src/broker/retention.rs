@@ -90,6 +90,11 @@ impl Broker {
     ///   as it was and at most a file whose content is still in the store;
     ///   running again archives the same records again (into a file of the
     ///   same name when nothing else became due, which it replaces).
+    /// - **Only a chain that verifies.** The records to archive are verified
+    ///   first (with the audit key when the broker has one, from the current
+    ///   anchor); a break fails the call with [`Error::AuditFailed`] and
+    ///   nothing is written or pruned, so an anchor is never signed over an
+    ///   edited chain.
     /// - **One prune at a time.** The store applies a prune only against
     ///   the anchor it was planned on; a concurrent run fails with
     ///   [`Error::Store`] and changes nothing, and can simply run again.
@@ -158,6 +163,18 @@ impl Broker {
             }
         }
 
+        // Another run pruned meanwhile: what was read may start past `from`.
+        let now_anchor = store
+            .audit_anchor()
+            .await?
+            .unwrap_or_else(AuditAnchor::genesis);
+        if now_anchor.seq != from.seq {
+            return Err(Error::Store(format!(
+                "the audit chain was pruned up to seq {} while this run read it (from seq {}): run it again",
+                now_anchor.seq, from.seq
+            )));
+        }
+
         // 2. The cut: the last point where every request seen so far has
         // all its records behind it.
         let mut cut = None;
@@ -190,6 +207,13 @@ impl Broker {
                 audit_records: 0,
             });
         };
+        // Never sign an anchor over a chain that does not verify: that would
+        // bless an edit (and the hot chain would verify from it).
+        if let Err(brk) = self.audit_verifier().anchor(from.clone()).verify(&kept) {
+            return Err(Error::AuditFailed(format!(
+                "not archiving: the stored chain does not verify: {brk}"
+            )));
+        }
         let to = AuditAnchor::new(to_seq, &to_hash, now, self.inner.audit_keyring.as_ref());
         let segment = ArchiveSegment {
             from: from.clone(),
