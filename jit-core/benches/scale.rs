@@ -1,10 +1,11 @@
-//! How store operations grow with the number of grants stored (issue #15).
+//! How store operations grow with the number of grants stored, and how
+//! many bytes a grant costs (issue #15).
 //!
 //! Fills a memory store and a SQLite store with 10,000 and 100,000 grants
-//! (and 1,000,000 when `JIT_SCALE_1M=1`: minutes of filling and gigabytes of
-//! memory, so CI never runs it) and prints, per store and size, the mean
-//! time of each operation **as a ratio to `get` in the same run**, plus
-//! bytes per grant:
+//! (and 1,000,000 when `JIT_SCALE_1M=1`: an hour or more of filling and
+//! gigabytes of memory, so CI never runs it) and prints, per store and size,
+//! the mean time of each operation **as a ratio to `get` in the same run**,
+//! plus bytes per grant:
 //!
 //! - `due`: the reaper's due-work query (every non-final state, limit 100);
 //! - `list/principal`: one requester's newest 100;
@@ -13,19 +14,29 @@
 //!   (`ListFilter::ends_after`);
 //! - `get`: one record by id (the unit).
 //!
+//! The fill runs whole lifecycles through a broker (local Ed25519 tokens,
+//! an audit key sealing every record, a manual clock spreading the grants
+//! over the last 90 days), so the store holds what a real one does: each
+//! record with its audit trail. Grant `i` is auto-approved, issued and
+//! revoked by its requester (five audit records); the newest 200 stay live:
+//! active (four records), revoked while their window runs, or pending an
+//! approval (three records). 1,000 requesters, 50 entitlements.
+//!
 //! Bytes per grant: SQLite, the database file after a WAL checkpoint
-//! divided by the grants (records and their indexes; the fill writes no
-//! audit events, so the audit trail is **not** included); memory, the growth
-//! of the process's resident set (`/proc/self/statm`) over the fill divided
-//! by the grants: records, indexes and allocator overhead, measured, not
+//! divided by the grants (records, audit trail and every index: at 100,000
+//! grants 99.8% of them are completed); memory, the growth of the process's
+//! resident set (`/proc/self/statm`) over the fill divided by the grants:
+//! records, audit trail, indexes and allocator overhead, measured, not
 //! computed (Linux only; `n/a` elsewhere).
 //!
 //! The SQLite file lives in `$JIT_SCALE_DIR` (default: `/dev/shm` when it
-//! exists, else the temp dir): a tmpfs makes the fill's 100,000 fsynced
-//! commits quick; the reads measured are page-cache reads either way.
+//! exists, else the temp dir): a tmpfs makes the fill's fsynced commits
+//! quick; the reads measured are page-cache reads either way.
 //!
 //! `cargo bench -p jit-core --bench scale`
 //! `JIT_SCALE_1M=1 cargo bench -p jit-core --bench scale`
+//! `JIT_SCALE_SIZES=10000 cargo bench -p jit-core --bench scale` (sizes of your choice;
+//! `JIT_SCALE_KEEP=1` keeps the SQLite file and prints where)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -38,15 +49,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use jit_core::audit::{AuditKey, AuditKeyring};
+use jit_core::local::{LocalKey, LocalProvider};
 use jit_core::store::SqliteStore;
 use jit_core::{
-    AccessRequest, Decision, Grant, GrantDuration, GrantId, ListFilter, MemoryStore, Principal,
-    RequestId, RequestRecord, Revocation, State, Store, Verdict,
+    AccessRequest, Broker, CataloguePolicy, ListFilter, ManualClock, MemoryStore, Principal,
+    RequestId, State, Store,
 };
 use sqlx::{ConnectOptions, Connection};
 
 /// Distinct requesters: each holds `grants / PRINCIPALS` records.
 const PRINCIPALS: usize = 1000;
+/// Entitlements requested (`ent-0` .. `ent-49`), all auto-approved.
+const ENTITLEMENTS: usize = 50;
+/// The newest grants that stay live.
+const LIVE: usize = 200;
 /// Repetitions of each operation (means are printed).
 const REPS: usize = 200;
 const NON_FINAL: [State; 6] = [
@@ -58,63 +75,56 @@ const NON_FINAL: [State; 6] = [
     State::RevocationFailed,
 ];
 
-/// Grant `i` of a history: mostly finished (expired, revoked), a few live
-/// (active, revoked but still running, pending), spread over `PRINCIPALS`
-/// requesters and the last 90 days.
-fn record(i: usize, n: usize, now: DateTime<Utc>) -> RequestRecord {
-    let age = TimeDelta::seconds((90 * 86_400 * (n - i) / n) as i64);
-    let created = now - age;
-    let live = i + 200 >= n;
-    let state = match (live, i % 10) {
-        (true, 0..=3) => State::Active,
-        (true, 4..=5) => State::Revoked,
-        (true, 6) => State::Pending,
-        (true, _) => State::Expired,
-        (false, 0..=2) => State::Revoked,
-        (false, 3) => State::Denied,
-        (false, _) => State::Expired,
-    };
-    let ends = if live {
-        now + TimeDelta::minutes(30)
-    } else {
-        created + TimeDelta::minutes(30)
-    };
-    let duration = GrantDuration::from_secs_i64(1800).unwrap();
-    RequestRecord {
-        id: RequestId::new(),
-        version: 1,
-        state,
-        requester: Principal::new(&format!("user-{}", i % PRINCIPALS))
-            .unwrap()
-            .with_group("engineering"),
-        request: AccessRequest::new(&format!("ent-{}", i % 50), duration, "investigate INC-1234"),
-        decision: Decision {
-            verdict: Verdict::AutoApprove,
-            max_duration: duration,
-            reasons: vec!["auto-approved".into()],
-        },
-        entitlement: None,
-        approvals: vec![],
-        grant: (state != State::Pending && state != State::Denied).then(|| Grant {
-            id: GrantId::new(),
-            starts_at: created,
-            ends_at: ends,
-            issued: None,
-        }),
-        extends: None,
-        revocation: (state == State::Revoked).then(|| Revocation {
-            by: "carol".into(),
-            reason: "done".into(),
-            expiry: false,
-            attempts: 0,
-            last_error: None,
-            next_attempt_at: created,
-        }),
-        pending_until: Some(now + TimeDelta::hours(1)),
-        note: None,
-        created_at: created,
-        updated_at: created,
+/// 50 auto-approved entitlements on the local provider, and one that needs a lead.
+fn catalogue() -> String {
+    let mut c = String::new();
+    for e in 0..ENTITLEMENTS {
+        c.push_str(&format!(
+            r#"
+[[entitlements]]
+id = "ent-{e}"
+provider = "local"
+max_duration = "1h"
+target = {{ audience = "svc-{e}" }}
+[entitlements.eligible]
+groups = ["engineering"]
+[entitlements.auto_approve]
+max_duration = "1h"
+"#
+        ));
     }
+    c.push_str(
+        r#"
+[[entitlements]]
+id = "prod-admin"
+provider = "local"
+max_duration = "1h"
+target = { audience = "prod" }
+[entitlements.eligible]
+groups = ["engineering"]
+[entitlements.approval]
+groups = ["leads"]
+quorum = 1
+"#,
+    );
+    c
+}
+
+fn broker(store: Arc<dyn Store>, clock: &ManualClock) -> Broker {
+    Broker::builder(
+        store,
+        Arc::new(CataloguePolicy::from_toml_str(&catalogue()).unwrap()),
+    )
+    .provider(Arc::new(
+        LocalProvider::builder(LocalKey::generate())
+            .issuer("scale")
+            .clock(Arc::new(clock.clone()))
+            .build(),
+    ))
+    .audit_keyring(AuditKeyring::new(AuditKey::generate()))
+    .clock(Arc::new(clock.clone()))
+    .build()
+    .unwrap()
 }
 
 fn resident_bytes() -> Option<u64> {
@@ -123,12 +133,48 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-async fn fill(store: &dyn Store, n: usize, now: DateTime<Utc>) -> Vec<RequestId> {
+/// Grant `i` of `n`: created `90 days * (n - i) / n` before `now`, or
+/// `n - i` seconds before for the newest (live) ones.
+async fn lifecycle(
+    b: &Broker,
+    clock: &ManualClock,
+    i: usize,
+    n: usize,
+    now: DateTime<Utc>,
+) -> RequestId {
+    let live = i + LIVE >= n;
+    // The history over 90 days; the live grants in the last minutes.
+    let age = if live {
+        n - i
+    } else {
+        90 * 86_400 * (n - i) / n
+    };
+    let created = now - TimeDelta::seconds(age as i64);
+    clock.set(created);
+    let who = Principal::new(&format!("user-{}@example.com", i % PRINCIPALS))
+        .unwrap()
+        .with_group("engineering");
+    let entitlement = if live && i % 10 == 6 {
+        "prod-admin".to_string()
+    } else {
+        format!("ent-{}", i % ENTITLEMENTS)
+    };
+    let req = AccessRequest::new(&entitlement, "30m".parse().unwrap(), "investigate INC-1234")
+        .with_ticket(&format!("INC-{}", 1000 + i % 9000));
+    let id = b.submit(&who, req).await.unwrap().record.id;
+    if !live || matches!(i % 10, 4 | 5) {
+        clock.set(created + TimeDelta::seconds(30));
+        b.revoke(&who, id, "done").await.unwrap();
+    }
+    id
+}
+
+async fn fill(store: Arc<dyn Store>, n: usize, now: DateTime<Utc>) -> Vec<RequestId> {
+    let clock = ManualClock::new(now);
+    let b = broker(store, &clock);
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let r = record(i, n, now);
-        store.insert(&r, &[]).await.unwrap();
-        ids.push(r.id);
+        ids.push(lifecycle(&b, &clock, i, n, now).await);
     }
     ids
 }
@@ -166,7 +212,7 @@ async fn measure(
     .await;
     let list = mean(|i| async move {
         let f = ListFilter {
-            requester: Some(format!("user-{}", i % PRINCIPALS)),
+            requester: Some(format!("user-{}@example.com", i % PRINCIPALS)),
             limit: 100,
             ..ListFilter::default()
         };
@@ -217,7 +263,7 @@ async fn run(n: usize) {
 
     let before = resident_bytes();
     let memory = Arc::new(MemoryStore::new());
-    let ids = fill(&*memory, n, now).await;
+    let ids = fill(memory.clone(), n, now).await;
     let grown = before
         .zip(resident_bytes())
         .map(|(b, a)| a.saturating_sub(b) as f64 / n as f64);
@@ -227,8 +273,8 @@ async fn run(n: usize) {
     let dir = tempfile::tempdir_in(sqlite_dir()).unwrap();
     let path = dir.path().join("scale.db");
     let url = format!("sqlite://{}", path.display());
-    let sqlite = SqliteStore::connect(&url).await.unwrap();
-    let ids = fill(&sqlite, n, now).await;
+    let sqlite = Arc::new(SqliteStore::connect(&url).await.unwrap());
+    let ids = fill(sqlite.clone(), n, now).await;
     sqlite.close().await;
     {
         let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
@@ -246,6 +292,10 @@ async fn run(n: usize) {
     let sqlite = SqliteStore::connect(&url).await.unwrap();
     measure("sqlite", &sqlite, &ids, now, Some(size as f64 / n as f64)).await;
     sqlite.close().await;
+    if std::env::var("JIT_SCALE_KEEP").is_ok_and(|v| v == "1") {
+        // To look inside with `sqlite3`.
+        println!("kept {}", dir.keep().join("scale.db").display());
+    }
 }
 
 fn main() {
@@ -260,6 +310,12 @@ fn main() {
     let mut sizes = vec![10_000, 100_000];
     if std::env::var("JIT_SCALE_1M").is_ok_and(|v| v == "1") {
         sizes.push(1_000_000);
+    }
+    if let Ok(list) = std::env::var("JIT_SCALE_SIZES") {
+        sizes = list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
     }
     println!("ratios are mean time per operation / mean time of `get`, same store, same run");
     for n in sizes {

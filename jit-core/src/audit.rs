@@ -74,6 +74,48 @@
 //! ([`AuditKeyring::with_previous`]) for as long as records or checkpoints
 //! it sealed must verify. New records are sealed with the current key only.
 //!
+//! # What an event holds
+//!
+//! Each event is self-describing for an auditor without repeating the
+//! request's record: who (`actor`), what (`kind`), which request and grant
+//! (`request_id`, `grant_id`), the state it left the request in (`state`),
+//! and in `details` the decision or outcome and the fields that step set
+//! or changed, never the ones it left as they were:
+//!
+//! | kind | `details` |
+//! | --- | --- |
+//! | `requested` | `entitlement`, `provider`, `duration_secs`, `justification`, and when given `start_at`, `ticket`, `context`, `groups`, `extends` |
+//! | `decided` | `decision` (verdict, approvers and quorum, maximum duration, reasons) |
+//! | `approved` | by policy: `auto`; by a person: `approvals`, `quorum`, `comment` |
+//! | `denied`, `cancelled`, `timed_out` | `reason` or `reasons` |
+//! | `issued` | `provider`, `external_id`, `starts_at`, `expires_at`, the provider's `details` |
+//! | `revoked`, `expired` | `reason`, `attempts` (and what a collateral revocation was a collateral of) |
+//!
+//! The reasons of an auto-approval are the decision's, in the `decided`
+//! event just before it; a `revoked` event's actor is the one who asked.
+//! Fields without a value are left out. Records written before this shape
+//! keep theirs: a record's hash covers what was stored.
+//!
+//! # Storage
+//!
+//! Stores keep each record compactly ([`AuditRecord::to_stored`]): the
+//! event and its seal as a JSON array, with `seq` and `hash` in columns of
+//! their own and `prev_hash` taken from the record before when read, since
+//! the chain already holds it. Records stored whole before that keep their
+//! form and are read as they are ([`AuditRecord::from_stored`]). Exports
+//! and sinks carry whole records.
+//!
+//! # Retention
+//!
+//! [`Broker::archive_finished`](crate::Broker::archive_finished) moves the
+//! oldest part of the chain, with the finished requests it describes, into
+//! an archive file and prunes it from the store. The store keeps an
+//! [`AuditAnchor`] (the last pruned record's `seq` and hash, signed with
+//! the audit key when there is one) and the chain it still holds starts
+//! there ([`ChainVerifier::anchor`]); each archive starts with an
+//! [`ArchiveSegment`] line naming the anchors at both of its ends, so it
+//! verifies on its own and the archives join up into the whole chain.
+//!
 //! No secret value ever enters a record: records are built by the broker from
 //! non-secret fields only, and [`Credentials`](crate::Credentials) has no
 //! `Serialize` implementation that could leak into `details`.
@@ -231,8 +273,20 @@ impl AuditEvent {
         self
     }
 
-    /// Sets details.
-    pub fn details(mut self, details: serde_json::Value) -> Self {
+    /// Sets details. Top-level fields without a value (`null`, `""`, `[]`,
+    /// `{}`) are left out: an event records what happened and what it
+    /// changed, not the fields it left empty (see "What an event holds" in
+    /// the module docs).
+    pub fn details(mut self, mut details: serde_json::Value) -> Self {
+        if let serde_json::Value::Object(map) = &mut details {
+            map.retain(|_, v| match v {
+                serde_json::Value::Null => false,
+                serde_json::Value::String(s) => !s.is_empty(),
+                serde_json::Value::Array(a) => !a.is_empty(),
+                serde_json::Value::Object(o) => !o.is_empty(),
+                _ => true,
+            });
+        }
         self.details = details;
         self
     }
@@ -299,6 +353,195 @@ impl AuditRecord {
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// The compact form a store keeps this record in: a JSON array of the
+    /// event's fields and the seal, `[at, kind, request_id, grant_id,
+    /// actor, state, details, mac]`, without `seq`, `hash` and `prev_hash`
+    /// (the store keeps `seq` and `hash` in columns of their own, and
+    /// `prev_hash` is the hash of the record before). See
+    /// [`AuditRecord::from_stored`].
+    pub fn to_stored(&self) -> String {
+        let e = &self.event;
+        let mac = self.mac.as_ref().map(|m| (&m.key_id, &m.tag));
+        serde_json::to_string(&(
+            &e.at,
+            e.kind,
+            &e.request_id,
+            &e.grant_id,
+            &e.actor,
+            e.state,
+            &e.details,
+            mac,
+        ))
+        .unwrap_or_default()
+    }
+
+    /// A record from its stored form: the compact array of
+    /// [`AuditRecord::to_stored`], completed with the `seq` and `hash` the
+    /// store keeps beside it and `prev_hash`, the hash of the stored record
+    /// before it (its anchor's, or [`GENESIS_HASH`], for the first); or a
+    /// whole record as JSON (the form written before the compact one),
+    /// taken as it is. Verification recomputes the hash from what this
+    /// returns, so a compact record whose predecessor was deleted or edited
+    /// no longer matches its hash.
+    pub fn from_stored(
+        seq: u64,
+        hash: &str,
+        prev_hash: &str,
+        body: &str,
+    ) -> std::result::Result<AuditRecord, String> {
+        type Compact = (
+            DateTime<Utc>,
+            AuditKind,
+            RequestId,
+            Option<GrantId>,
+            String,
+            State,
+            serde_json::Value,
+            Option<(String, String)>,
+        );
+        if !body.trim_start().starts_with('[') {
+            return serde_json::from_str(body).map_err(|e| e.to_string());
+        }
+        let (at, kind, request_id, grant_id, actor, state, details, mac): Compact =
+            serde_json::from_str(body).map_err(|e| e.to_string())?;
+        Ok(AuditRecord {
+            seq,
+            event: AuditEvent {
+                at,
+                kind,
+                request_id,
+                grant_id,
+                actor,
+                state,
+                details,
+                seal: Sealer::default(),
+            },
+            prev_hash: prev_hash.to_string(),
+            hash: hash.to_string(),
+            mac: mac.map(|(key_id, tag)| AuditMac { key_id, tag }),
+        })
+    }
+}
+
+/// Where the stored chain starts after finished records were archived and
+/// pruned ([`Broker::archive_finished`](crate::Broker::archive_finished)):
+/// the `seq` and hash of the last pruned record. The first record kept has
+/// `seq + 1` and links to `hash`; a verifier starts there
+/// ([`ChainVerifier::anchor`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    /// The `seq` of the last pruned record (0: nothing was pruned).
+    pub seq: u64,
+    /// Its hash: the `prev_hash` of record `seq + 1`.
+    pub hash: String,
+    /// When the cut was made.
+    pub at: DateTime<Utc>,
+    /// `(seq, hash)` signed with the audit key, when one was configured: a
+    /// checkpoint, so that someone who can write the store cannot move the
+    /// anchor (and with it, the start of the chain) unseen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<AuditCheckpoint>,
+}
+
+impl AuditAnchor {
+    /// The start of a chain that was never pruned.
+    pub fn genesis() -> Self {
+        Self {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+            at: DateTime::<Utc>::UNIX_EPOCH,
+            signed: None,
+        }
+    }
+
+    /// An anchor at record `seq` with hash `hash`, signed with `keyring`'s
+    /// current key when there is one.
+    pub fn new(seq: u64, hash: &str, at: DateTime<Utc>, keyring: Option<&AuditKeyring>) -> Self {
+        Self {
+            seq,
+            hash: hash.to_string(),
+            at,
+            signed: keyring.map(|k| k.checkpoint(seq, hash, at)),
+        }
+    }
+
+    /// Checks the signature against `keyring` (when there is one): a signed
+    /// anchor must verify and name this `seq` and hash; an unsigned one is
+    /// accepted only before `sealed_from` (a chain pruned before its key
+    /// was configured).
+    fn check(
+        &self,
+        keyring: Option<&AuditKeyring>,
+        sealed_from: u64,
+    ) -> std::result::Result<(), ChainBreakReason> {
+        let Some(k) = keyring else { return Ok(()) };
+        if self.seq == 0 && self.hash == GENESIS_HASH {
+            return Ok(());
+        }
+        match &self.signed {
+            Some(cp) => {
+                k.check_checkpoint(cp)?;
+                if cp.seq != self.seq || cp.head != self.hash {
+                    return Err(ChainBreakReason::BadAnchor);
+                }
+                Ok(())
+            }
+            None if self.seq < sealed_from => Ok(()),
+            None => Err(ChainBreakReason::BadAnchor),
+        }
+    }
+}
+
+/// The first line of an archive segment ([`Broker::archive_finished`](crate::Broker::archive_finished))
+/// or of an export of a pruned chain ([`Broker::export_audit`](crate::Broker::export_audit)):
+/// `{"segment": {...}}`. The audit records that follow run from
+/// `from.seq + 1` on; `from` is the anchor they link to. An archive also
+/// names `to`, the anchor the store kept after pruning them (its last
+/// record), so consecutive segments join up and a segment verifies on its
+/// own ([`ChainVerifier::verify_jsonl`]), cut-off tail included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveSegment {
+    /// Where the segment starts: the anchor before it.
+    pub from: AuditAnchor,
+    /// Where it ends: the last record's `seq` and hash (an archive's; an
+    /// export of the live chain has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<AuditAnchor>,
+    /// How many request records follow (as `{"record": ...}` lines).
+    #[serde(default)]
+    pub records: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SegmentLine {
+    segment: ArchiveSegment,
+}
+
+#[derive(Deserialize)]
+struct RecordLine {
+    #[allow(dead_code)]
+    record: serde::de::IgnoredAny,
+}
+
+impl ArchiveSegment {
+    /// One JSON line, `{"segment":{...}}`.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(&SegmentLine {
+            segment: self.clone(),
+        })
+        .unwrap_or_default()
+    }
+
+    /// Parses a line written by [`ArchiveSegment::to_json_line`]; `None` for any other line.
+    pub fn from_json_line(line: &str) -> Option<Self> {
+        if !line.trim_start().starts_with("{\"segment\"") {
+            return None;
+        }
+        serde_json::from_str::<SegmentLine>(line)
+            .ok()
+            .map(|l| l.segment)
+    }
 }
 
 /// Where a chain breaks.
@@ -358,6 +601,12 @@ pub enum ChainBreakReason {
         /// The checkpoint's seq.
         checkpoint: u64,
     },
+    /// The anchor the chain starts from (after a prune) is not signed
+    /// where a key is configured, or its signature names another record.
+    #[error(
+        "the anchor the chain starts from is unsigned or does not match its signature (moved)"
+    )]
+    BadAnchor,
     /// The chain ends before a checkpoint's head: records were deleted.
     #[error("chain has {records} records but a checkpoint recorded {checkpoint} (truncated)")]
     Truncated {
@@ -381,6 +630,7 @@ impl ChainBreakReason {
             ChainBreakReason::UnknownKey { .. } => "unknown_key",
             ChainBreakReason::BadCheckpoint { .. } => "bad_checkpoint",
             ChainBreakReason::CheckpointMismatch { .. } => "checkpoint_mismatch",
+            ChainBreakReason::BadAnchor => "bad_anchor",
             ChainBreakReason::Truncated { .. } => "truncated",
         }
     }
@@ -450,6 +700,8 @@ pub struct ChainVerifier {
     keyring: Option<AuditKeyring>,
     checkpoints: Vec<AuditCheckpoint>,
     sealed_from: u64,
+    anchor: Option<AuditAnchor>,
+    end: Option<AuditAnchor>,
 }
 
 impl Default for ChainVerifier {
@@ -465,7 +717,36 @@ impl ChainVerifier {
             keyring: None,
             checkpoints: Vec::new(),
             sealed_from: 1,
+            anchor: None,
+            end: None,
         }
+    }
+
+    /// Starts the chain at `anchor` instead of the genesis: the first
+    /// record must be `anchor.seq + 1` and link to `anchor.hash`. With a
+    /// keyring the anchor must carry a valid signature of that `seq` and
+    /// hash (unless it lies before [`ChainVerifier::sealed_from`]), else the
+    /// chain breaks at its first record with [`ChainBreakReason::BadAnchor`].
+    /// Checkpoints at or before the anchor concern pruned records and are
+    /// skipped, except one at the anchor's own `seq`, which must name its hash.
+    /// [`Broker::verify_audit`](crate::Broker::verify_audit) sets the
+    /// store's anchor itself.
+    pub fn anchor(mut self, anchor: AuditAnchor) -> Self {
+        self.anchor = Some(anchor);
+        self
+    }
+
+    /// The anchor set with [`ChainVerifier::anchor`], if any.
+    pub fn anchored_at(&self) -> Option<&AuditAnchor> {
+        self.anchor.as_ref()
+    }
+
+    /// Requires the chain to end exactly at `end` (its last record has
+    /// `end.seq` and `end.hash`), checked like an anchor: how an archive
+    /// segment's own end is verified.
+    fn end(mut self, end: AuditAnchor) -> Self {
+        self.end = Some(end);
+        self
     }
 
     /// Also checks every seal; records from [`ChainVerifier::sealed_from`] on must carry one.
@@ -510,9 +791,14 @@ impl ChainVerifier {
 
     /// Verifies a JSON Lines export. A line that does not parse is a break
     /// at its position; checkpoint lines ([`AuditCheckpoint::to_json_line`],
-    /// as a log stream holds them) are skipped.
+    /// as a log stream holds them) and the request records of an archive
+    /// (`{"record": ...}`) are skipped. An archive's segment line
+    /// ([`ArchiveSegment`]) anchors the chain at the segment's start and
+    /// requires it to end at the segment's end, so a segment verifies on
+    /// its own.
     pub fn verify_jsonl<R: BufRead>(&self, input: R) -> Result<ChainSummary, ChainBreak> {
         let mut entries = Vec::new();
+        let mut segment: Option<ArchiveSegment> = None;
         for line in input.lines() {
             let position = entries.len();
             let line = line.map_err(|e| ChainBreak {
@@ -520,8 +806,24 @@ impl ChainVerifier {
                 seq: 0,
                 reason: ChainBreakReason::Malformed(e.to_string()),
             })?;
-            if line.trim().is_empty() || AuditCheckpoint::from_json_line(&line).is_some() {
+            if line.trim().is_empty()
+                || AuditCheckpoint::from_json_line(&line).is_some()
+                || serde_json::from_str::<RecordLine>(&line).is_ok()
+            {
                 continue;
+            }
+            if let Some(seg) = ArchiveSegment::from_json_line(&line) {
+                if segment.is_none() && entries.is_empty() {
+                    segment = Some(seg);
+                    continue;
+                }
+                return Err(ChainBreak {
+                    position,
+                    seq: seg.from.seq + 1,
+                    reason: ChainBreakReason::Malformed(
+                        "a second segment line, or one after records".into(),
+                    ),
+                });
             }
             entries.push(match serde_json::from_str::<AuditRecord>(&line) {
                 Ok(r) => AuditEntry::Record(r),
@@ -531,13 +833,33 @@ impl ChainVerifier {
                 },
             });
         }
-        self.verify_entries(&entries)
+        match segment {
+            Some(seg) => {
+                let mut v = self.clone().anchor(seg.from);
+                if let Some(to) = seg.to {
+                    v = v.end(to);
+                }
+                v.verify_entries(&entries)
+            }
+            None => self.verify_entries(&entries),
+        }
     }
 
     fn walk<'a, I>(&self, entries: I) -> Result<ChainSummary, ChainBreak>
     where
         I: Iterator<Item = std::result::Result<&'a AuditRecord, (u64, &'a str)>>,
     {
+        let start = self.anchor.clone().unwrap_or_else(AuditAnchor::genesis);
+        let keyring = self.keyring.as_ref();
+        let at_start = |reason| ChainBreak {
+            position: 0,
+            seq: start.seq + 1,
+            reason,
+        };
+        start.check(keyring, self.sealed_from).map_err(at_start)?;
+        if let Some(end) = &self.end {
+            end.check(keyring, self.sealed_from).map_err(at_start)?;
+        }
         // Checkpoints first: a forged one must not be trusted for anything.
         let mut anchors = std::collections::BTreeMap::new();
         for cp in &self.checkpoints {
@@ -548,16 +870,34 @@ impl ChainVerifier {
                     reason,
                 })?;
             }
+            if cp.seq < start.seq {
+                // About records pruned before the anchor: not in this chain.
+                continue;
+            }
+            if cp.seq == start.seq {
+                if cp.head != start.hash {
+                    return Err(at_start(ChainBreakReason::CheckpointMismatch {
+                        checkpoint: cp.seq,
+                    }));
+                }
+                continue;
+            }
             anchors
                 .entry(cp.seq)
                 .or_insert_with(Vec::new)
                 .push(cp.head.as_str());
         }
-        let mut prev = GENESIS_HASH.to_string();
+        if let Some(end) = &self.end {
+            anchors
+                .entry(end.seq)
+                .or_insert_with(Vec::new)
+                .push(end.hash.as_str());
+        }
+        let mut prev = start.hash.clone();
         let mut count = 0u64;
         let mut sealed = 0u64;
         for (position, entry) in entries.enumerate() {
-            let expected_seq = position as u64 + 1;
+            let expected_seq = start.seq + position as u64 + 1;
             let r = match entry {
                 Ok(r) => r,
                 Err((seq, error)) => {
@@ -608,15 +948,28 @@ impl ChainVerifier {
             count += 1;
         }
         let checkpoint = anchors.keys().next_back().copied();
+        let last_seq = start.seq + count;
         if let Some(last) = checkpoint {
-            if last > count {
+            if last > last_seq {
                 return Err(ChainBreak {
                     position: usize::try_from(count).unwrap_or(usize::MAX),
-                    seq: count + 1,
+                    seq: last_seq + 1,
                     reason: ChainBreakReason::Truncated {
                         checkpoint: last,
-                        records: count,
+                        records: last_seq,
                     },
+                });
+            }
+        }
+        if let Some(end) = &self.end {
+            if last_seq > end.seq {
+                return Err(ChainBreak {
+                    position: usize::try_from(end.seq - start.seq).unwrap_or(usize::MAX),
+                    seq: end.seq + 1,
+                    reason: ChainBreakReason::Malformed(format!(
+                        "the segment ends at seq {} but holds more records",
+                        end.seq
+                    )),
                 });
             }
         }
@@ -1114,6 +1467,115 @@ mod tests {
                 .to_hex()
                 .as_str(),
             "ab".repeat(32)
+        );
+    }
+
+    #[test]
+    fn the_stored_form_round_trips_and_leaves_out_what_the_chain_holds() {
+        let k = AuditKeyring::new(AuditKey::generate());
+        let c = sealed_chain(3, &k);
+        for (i, r) in c.iter().enumerate() {
+            let body = r.to_stored();
+            assert!(
+                !body.contains(&r.hash) && !body.contains(&r.prev_hash),
+                "{body}"
+            );
+            let back = AuditRecord::from_stored(r.seq, &r.hash, &r.prev_hash, &body).unwrap();
+            assert_eq!(&back, r, "record {i}");
+            // A whole record (the form stored before) is taken as it is.
+            let whole = AuditRecord::from_stored(r.seq, "x", "y", &r.to_json_line()).unwrap();
+            assert_eq!(&whole, r);
+        }
+        // Another predecessor makes the record fail its own hash.
+        let moved =
+            AuditRecord::from_stored(2, &c[1].hash, GENESIS_HASH, &c[1].to_stored()).unwrap();
+        assert_ne!(moved.compute_hash(), moved.hash);
+        assert!(AuditRecord::from_stored(1, "h", "p", "[1, 2").is_err());
+    }
+
+    #[test]
+    fn details_leave_out_empty_fields() {
+        let e = AuditEvent::new(
+            Utc::now(),
+            AuditKind::Requested,
+            RequestId::new(),
+            "a",
+            State::Pending,
+        )
+        .details(serde_json::json!({
+            "a": null, "b": "", "c": [], "d": {}, "e": 0, "f": false, "g": "x"
+        }));
+        assert_eq!(
+            e.details,
+            serde_json::json!({ "e": 0, "f": false, "g": "x" })
+        );
+    }
+
+    #[test]
+    fn a_segment_verifies_on_its_own_between_its_anchors() {
+        let k = AuditKeyring::new(AuditKey::generate());
+        let c = sealed_chain(6, &k);
+        let from = AuditAnchor::new(2, &c[1].hash, Utc::now(), Some(&k));
+        let to = AuditAnchor::new(5, &c[4].hash, Utc::now(), Some(&k));
+        let segment = |to: Option<AuditAnchor>| {
+            let mut out = ArchiveSegment {
+                from: from.clone(),
+                to,
+                records: 0,
+            }
+            .to_json_line()
+            .into_bytes();
+            out.push(b'\n');
+            export_jsonl(&c[2..5], &mut out).unwrap();
+            out.extend(b"{\"record\": {\"id\": \"any\"}}\n");
+            out
+        };
+        let keyed = ChainVerifier::new().keyring(k.clone());
+        let s = keyed.verify_jsonl(&segment(Some(to.clone()))[..]).unwrap();
+        assert_eq!((s.records, s.head.as_str()), (3, c[4].hash.as_str()));
+        // Without its segment line it does not start at the genesis.
+        let mut bare = Vec::new();
+        export_jsonl(&c[2..5], &mut bare).unwrap();
+        assert_eq!(
+            keyed.verify_jsonl(&bare[..]).unwrap_err().reason,
+            ChainBreakReason::BrokenLink
+        );
+        // A cut-off tail fails against the segment's end.
+        let mut short = segment(Some(to.clone()));
+        let text = String::from_utf8(short.clone()).unwrap();
+        let keep: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("{\"seq\":5,"))
+            .collect();
+        short = keep.join("\n").into_bytes();
+        assert!(matches!(
+            keyed.verify_jsonl(&short[..]).unwrap_err().reason,
+            ChainBreakReason::Truncated { checkpoint: 5, .. }
+        ));
+        // With the key, an unsigned end (or start) is refused; without, trusted.
+        let unsigned = AuditAnchor { signed: None, ..to };
+        assert_eq!(
+            keyed
+                .verify_jsonl(&segment(Some(unsigned.clone()))[..])
+                .unwrap_err()
+                .reason,
+            ChainBreakReason::BadAnchor
+        );
+        assert!(ChainVerifier::new()
+            .verify_jsonl(&segment(Some(unsigned))[..])
+            .is_ok());
+        // A signature over another record does not pass for this one.
+        let mut moved = from.clone();
+        moved.seq = 1;
+        moved.hash = c[0].hash.clone();
+        assert_eq!(
+            keyed
+                .clone()
+                .anchor(moved)
+                .verify(&c[2..])
+                .unwrap_err()
+                .reason,
+            ChainBreakReason::BadAnchor
         );
     }
 

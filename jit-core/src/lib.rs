@@ -19,7 +19,7 @@ pub mod types;
 pub mod wire;
 
 pub use audit::{AuditEvent, AuditKind, AuditRecord, AuditSink};
-pub use broker::{Broker, BrokerBuilder, IssueOutcome};
+pub use broker::{ArchiveReport, Broker, BrokerBuilder, IssueOutcome};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credentials::{Credentials, Secret};
 pub use error::{ConfigError, Error, RequestError, Result, TokenError};

@@ -174,12 +174,12 @@ async fn truncation_is_caught_by_a_checkpoint(store: Arc<dyn Store>, table: &dyn
 
 /// Edits the `approved` record by `carol` to name another approver and
 /// recomputes every hash from there on; returns that record's position.
-async fn rehash_after_edit(table: &dyn AuditTable, strip_seals: bool) -> usize {
+async fn rehash_after_edit(table: &dyn AuditTable, store: &dyn Store, strip_seals: bool) -> usize {
     let rows = table.rows().await;
-    let mut chain: Vec<AuditRecord> = rows
-        .iter()
-        .map(|(_, body)| serde_json::from_str(body).unwrap())
-        .collect();
+    // Rows are stored compactly (without `prev_hash`): read the records
+    // through the store, and write each back whole, which stores accept too.
+    let mut chain: Vec<AuditRecord> = jit_core::store::audit_all(store).await.unwrap();
+    assert_eq!(chain.len(), rows.len());
     let at = chain
         .iter()
         .position(|r| r.event.kind.as_str() == "approved" && r.event.actor == "carol")
@@ -215,7 +215,7 @@ async fn rehash_is_caught_by_the_seals(
     let b = broker(store.clone(), Some(&k), &cps);
     let n = history(&b).await as u64;
 
-    let at = rehash_after_edit(table, strip_seals).await;
+    let at = rehash_after_edit(table, &*store, strip_seals).await;
 
     // Against the hash chain alone the rewrite passes: this is the attack.
     let unkeyed = broker(store, None, &cps);

@@ -181,6 +181,7 @@ async fn schemas_are_isolated_and_tables_stay_in_their_schema() {
         tables,
         [
             "audit",
+            "audit_anchor",
             "audit_head",
             "leases",
             "requests",

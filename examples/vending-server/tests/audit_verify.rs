@@ -165,14 +165,18 @@ async fn deleting_the_last_records_is_caught_by_the_checkpoint_file() {
 async fn a_rehashed_record_fails_on_its_seal() {
     let _serial = SERIAL.lock().await;
     let w = world().await;
-    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, body FROM audit ORDER BY seq")
-        .fetch_all(&w.db)
-        .await
-        .unwrap();
-    let mut chain: Vec<AuditRecord> = rows
-        .iter()
-        .map(|(_, b)| serde_json::from_str(b).unwrap())
-        .collect();
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT seq, hash, body FROM audit ORDER BY seq")
+            .fetch_all(&w.db)
+            .await
+            .unwrap();
+    // Rows are stored compactly: `prev_hash` is the row before's hash.
+    let mut prev = jit_core::audit::GENESIS_HASH.to_string();
+    let mut chain: Vec<AuditRecord> = Vec::new();
+    for (seq, hash, body) in &rows {
+        chain.push(AuditRecord::from_stored(*seq as u64, hash, &prev, body).unwrap());
+        prev.clone_from(hash);
+    }
     // Pretend the first revocation was by someone else, and re-hash from there.
     let at = chain
         .iter()

@@ -105,8 +105,9 @@ impl Broker {
                 rec.pending_until = None;
                 rec.grant = Some(self.window(&rec, now, extends.map(|(_, end)| end))?);
                 events.push(
+                    // The reasons are the decision's, in the event just before.
                     event(AuditKind::Approved, &rec, "policy", now)
-                        .details(json!({ "auto": true, "reasons": decision.reasons })),
+                        .details(json!({ "auto": true })),
                 );
             }
             Verdict::NeedsApproval { .. } => {}

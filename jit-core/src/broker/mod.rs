@@ -50,7 +50,8 @@
 //!
 //! One file per seam: `builder.rs` ([`BrokerBuilder`], [`RetryPolicy`]),
 //! `decide.rs` (submit, approve, deny, cancel, extend), `issue.rs` (mint,
-//! undo a mint that could not be recorded, deliver again) and `revoke.rs`.
+//! undo a mint that could not be recorded, deliver again), `revoke.rs` and
+//! `retention.rs` (archive finished requests and prune them).
 //! The time-driven work (expiry, timeouts, scheduled issue, revocation
 //! retries, reconciliation) lives with the [`Reaper`](crate::Reaper) in
 //! `reaper/`, where every kind of due work goes through one "settle each
@@ -59,9 +60,11 @@
 mod builder;
 mod decide;
 mod issue;
+mod retention;
 mod revoke;
 
 pub use builder::{BrokerBuilder, RetryPolicy};
+pub use retention::ArchiveReport;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -463,17 +466,49 @@ impl Broker {
     /// Verifies the stored chain with `verifier` (a keyring, checkpoints);
     /// `Ok(Err(break))` names the first broken record, an undecodable row
     /// included. `Err` only when the store cannot be read.
+    ///
+    /// A chain that was pruned ([`Broker::archive_finished`]) is verified
+    /// from the store's anchor ([`ChainVerifier::anchor`]) unless the
+    /// verifier names one itself.
     pub async fn verify_audit_with(
         &self,
         verifier: &ChainVerifier,
     ) -> Result<std::result::Result<ChainSummary, audit::ChainBreak>> {
-        let entries = crate::store::audit_entries_all(self.inner.store.as_ref()).await?;
-        Ok(verifier.verify_entries(&entries))
+        let store = self.inner.store.as_ref();
+        // A prune between reading the anchor and the records would look
+        // like a gap: read again until the anchor held still.
+        let mut attempts = 0;
+        let (anchor, entries) = loop {
+            let anchor = store.audit_anchor().await?;
+            let entries = crate::store::audit_entries_all(store).await?;
+            attempts += 1;
+            if attempts >= 3 || store.audit_anchor().await? == anchor {
+                break (anchor, entries);
+            }
+        };
+        Ok(match anchor {
+            Some(a) if verifier.anchored_at().is_none() => {
+                verifier.clone().anchor(a).verify_entries(&entries)
+            }
+            _ => verifier.verify_entries(&entries),
+        })
     }
 
-    /// Writes the chain as JSON Lines.
-    pub async fn export_audit<W: std::io::Write>(&self, out: W) -> Result<()> {
+    /// Writes the stored chain as JSON Lines. A pruned chain starts with an
+    /// [`audit::ArchiveSegment`] line naming its anchor, so the export
+    /// verifies on its own ([`ChainVerifier::verify_jsonl`]).
+    pub async fn export_audit<W: std::io::Write>(&self, mut out: W) -> Result<()> {
+        let fail = |e: std::io::Error| Error::AuditFailed(format!("export: {e}"));
+        let anchor = self.inner.store.audit_anchor().await?;
         let recs = self.audit_records().await?;
-        audit::export_jsonl(&recs, out).map_err(|e| Error::AuditFailed(format!("export: {e}")))
+        if let Some(from) = anchor {
+            let segment = audit::ArchiveSegment {
+                from,
+                to: None,
+                records: 0,
+            };
+            writeln!(out, "{}", segment.to_json_line()).map_err(fail)?;
+        }
+        audit::export_jsonl(&recs, out).map_err(fail)
     }
 }

@@ -148,9 +148,9 @@ impl Broker {
                         } else {
                             (State::Revoked, AuditKind::Revoked)
                         };
+                        // Who asked is the event's actor.
                         let details = json!({
                             "reason": rv.reason,
-                            "by": rv.by,
                             "attempts": rv.attempts + 1,
                         });
                         let by = rv.by.clone();
@@ -261,7 +261,6 @@ impl Broker {
                     Ok(vec![event(AuditKind::Revoked, r, &actor, now).details(
                         json!({
                             "reason": reason,
-                            "by": actor,
                             "collateral_of": origin_grant,
                             "collateral_of_request": origin.id.to_string(),
                             "scope": collateral.scope,

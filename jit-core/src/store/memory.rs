@@ -11,6 +11,14 @@
 //! Each is ordered by the insertion sequence, which is also the order
 //! [`Store::list`] returns (newest first), so a list reads its index
 //! backwards and stops at its limit.
+//!
+//! # Bytes
+//!
+//! Records are kept as their JSON and audit records in the compact form
+//! the SQL stores keep ([`AuditRecord::to_stored`]), decoded when read: a
+//! decoded record's strings, sets and JSON maps take several times the
+//! bytes of its text, and a store that may hold a million grants (the
+//! Lambda function's default) pays that for each.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -20,8 +28,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{check_versions, lease_until, ListFilter, Store};
-use crate::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
+use super::{check_versions, lease_until, ListFilter, Prune, Store};
+use crate::audit::{AuditAnchor, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
@@ -31,7 +39,7 @@ type Seq = usize;
 #[derive(Debug, Default)]
 struct Inner {
     /// Each record with its insertion sequence.
-    records: HashMap<RequestId, (Seq, RequestRecord)>,
+    records: HashMap<RequestId, Row>,
     /// Ids by insertion sequence.
     order: Vec<RequestId>,
     /// `(state, due_at, seq)` of every record with a due time.
@@ -42,25 +50,109 @@ struct Inner {
     by_state: HashMap<State, BTreeSet<Seq>>,
     /// Insertion sequences by exact requester id.
     by_requester: HashMap<String, BTreeSet<Seq>>,
-    audit: Vec<AuditRecord>,
+    /// The audit chain after `anchor`, record `anchor.seq + 1` first.
+    audit: Vec<Kept>,
+    /// Where the chain starts once it was pruned.
+    anchor: Option<AuditAnchor>,
     /// Lease key -> (holder, end).
     leases: HashMap<String, (String, DateTime<Utc>)>,
 }
 
+/// One request as the memory store keeps it: the record as JSON (about a
+/// kilobyte, where the decoded record's strings, sets and maps take
+/// several), with what a compare-and-set and a prune check beside it.
+#[derive(Debug)]
+struct Row {
+    seq: Seq,
+    version: u64,
+    state: State,
+    body: Box<str>,
+}
+
+impl Row {
+    fn of(seq: Seq, r: &RequestRecord) -> Result<Self> {
+        Ok(Self {
+            seq,
+            version: r.version,
+            state: r.state,
+            body: serde_json::to_string(r)
+                .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?
+                .into_boxed_str(),
+        })
+    }
+
+    fn decode(&self) -> Result<RequestRecord> {
+        serde_json::from_str(&self.body)
+            .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
+    }
+}
+
+/// One audit record as the memory store keeps it: the hash as bytes and
+/// the compact body of [`AuditRecord::to_stored`] (a few hundred bytes,
+/// where the decoded record, its `details` a tree of maps, takes several
+/// kilobytes of heap).
+#[derive(Debug)]
+struct Kept {
+    hash: [u8; 32],
+    body: Box<str>,
+}
+
 impl Inner {
+    /// The `seq` of the record before `audit[0]`.
+    fn base(&self) -> u64 {
+        self.anchor.as_ref().map_or(0, |a| a.seq)
+    }
+
+    fn head_hash(&self) -> String {
+        match (self.audit.last(), &self.anchor) {
+            (Some(k), _) => hex::encode(k.hash),
+            (None, Some(a)) => a.hash.clone(),
+            (None, None) => GENESIS_HASH.to_string(),
+        }
+    }
+
     fn append(&mut self, events: &[AuditEvent]) -> Vec<AuditRecord> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            let prev = self
-                .audit
-                .last()
-                .map(|r| r.hash.clone())
-                .unwrap_or_else(|| GENESIS_HASH.to_string());
-            let r = e.clone().chain(self.audit.len() as u64 + 1, &prev);
-            self.audit.push(r.clone());
+            let prev = self.head_hash();
+            let r = e
+                .clone()
+                .chain(self.base() + self.audit.len() as u64 + 1, &prev);
+            let mut hash = [0u8; 32];
+            // `compute_hash` writes 64 hexadecimal digits: this cannot fail.
+            let _ = hex::decode_to_slice(&r.hash, &mut hash);
+            self.audit.push(Kept {
+                hash,
+                body: r.to_stored().into_boxed_str(),
+            });
             out.push(r);
         }
         out
+    }
+
+    /// Records `from_seq..` (at most `limit`), decoded.
+    fn audit_from(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let base = self.base();
+        let start = usize::try_from(from_seq.saturating_sub(base + 1)).unwrap_or(usize::MAX);
+        let mut prev = match start.checked_sub(1).and_then(|i| self.audit.get(i)) {
+            Some(k) => hex::encode(k.hash),
+            None => self
+                .anchor
+                .as_ref()
+                .map_or_else(|| GENESIS_HASH.to_string(), |a| a.hash.clone()),
+        };
+        let mut out = Vec::new();
+        for (i, k) in self.audit.iter().enumerate().skip(start).take(limit) {
+            let hash = hex::encode(k.hash);
+            let seq = base + i as u64 + 1;
+            out.push(
+                AuditRecord::from_stored(seq, &hash, &prev, &k.body).map_err(|e| {
+                    Error::Store(format!("stored audit record {seq} is not valid: {e}"))
+                })?,
+            );
+            prev = hash;
+        }
+        Ok(out)
     }
 
     fn index(&mut self, seq: Seq, r: &RequestRecord) {
@@ -96,11 +188,11 @@ impl Inner {
         }
     }
 
-    fn record(&self, seq: Seq) -> Option<&RequestRecord> {
+    fn record(&self, seq: Seq) -> Option<Result<RequestRecord>> {
         self.order
             .get(seq)
             .and_then(|id| self.records.get(id))
-            .map(|(_, r)| r)
+            .map(Row::decode)
     }
 
     /// The insertion sequences `filter` may match, newest first: from the
@@ -196,7 +288,8 @@ impl Store for MemoryStore {
             });
         }
         let seq = g.order.len();
-        g.records.insert(record.id, (seq, record.clone()));
+        let row = Row::of(seq, record)?;
+        g.records.insert(record.id, row);
         g.order.push(record.id);
         g.index(seq, record);
         Ok(g.append(events))
@@ -210,7 +303,7 @@ impl Store for MemoryStore {
     ) -> Result<Vec<AuditRecord>> {
         check_versions(expected_version, record)?;
         let mut g = self.lock()?;
-        let (seq, current) = g
+        let current = g
             .records
             .get(&record.id)
             .ok_or_else(|| Error::request_not_found(record.id))?;
@@ -220,26 +313,32 @@ impl Store for MemoryStore {
                 expected: expected_version,
             });
         }
-        let seq = *seq;
-        if let Some((_, old)) = g.records.insert(record.id, (seq, record.clone())) {
-            g.unindex(seq, &old);
-        }
+        let old = current.decode()?;
+        let seq = current.seq;
+        let row = Row::of(seq, record)?;
+        g.records.insert(record.id, row);
+        g.unindex(seq, &old);
         g.index(seq, record);
         Ok(g.append(events))
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
-        Ok(self.lock()?.records.get(&id).map(|(_, r)| r.clone()))
+        self.lock()?.records.get(&id).map(Row::decode).transpose()
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
         let g = self.lock()?;
-        Ok(g.candidates(filter)
-            .filter_map(|seq| g.record(seq))
-            .filter(|r| filter.matches(r))
-            .take(filter.effective_limit())
-            .cloned()
-            .collect())
+        let mut out = Vec::new();
+        for r in g.candidates(filter).filter_map(|seq| g.record(seq)) {
+            if out.len() >= filter.effective_limit() {
+                break;
+            }
+            let r = r?;
+            if filter.matches(&r) {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     async fn due(
@@ -261,11 +360,10 @@ impl Store for MemoryStore {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        Ok(keys
-            .into_iter()
+        keys.into_iter()
             .take(limit)
-            .filter_map(|(_, seq)| g.record(seq).cloned())
-            .collect())
+            .filter_map(|(_, seq)| g.record(seq))
+            .collect()
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
@@ -277,9 +375,56 @@ impl Store for MemoryStore {
     }
 
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
-        let g = self.lock()?;
-        let start = from_seq.saturating_sub(1) as usize;
-        Ok(g.audit.iter().skip(start).take(limit).cloned().collect())
+        self.lock()?.audit_from(from_seq, limit)
+    }
+
+    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>> {
+        Ok(self.lock()?.anchor.clone())
+    }
+
+    async fn prune(&self, prune: &Prune) -> Result<()> {
+        let mut g = self.lock()?;
+        let base = g.base();
+        if base != prune.after {
+            return Err(Error::Store(format!(
+                "the audit chain was pruned up to seq {base} since this prune was planned (after seq {}): plan it again",
+                prune.after
+            )));
+        }
+        let cut = usize::try_from(prune.anchor.seq.saturating_sub(base)).unwrap_or(usize::MAX);
+        let matches = cut > 0
+            && prune.anchor.seq > base
+            && g.audit
+                .get(cut - 1)
+                .is_some_and(|k| hex::encode(k.hash) == prune.anchor.hash);
+        if !matches {
+            return Err(Error::Store(format!(
+                "audit record {} is not stored with the hash the prune's anchor names: plan it again",
+                prune.anchor.seq
+            )));
+        }
+        // Check (and decode) everything before changing anything.
+        let mut going = Vec::with_capacity(prune.records.len());
+        for (id, version) in &prune.records {
+            match g.records.get(id) {
+                Some(row) if row.version == *version && row.state.is_final() => {
+                    going.push((row.seq, row.decode()?));
+                }
+                _ => {
+                    return Err(Error::Conflict {
+                        request: *id,
+                        expected: *version,
+                    })
+                }
+            }
+        }
+        for (seq, r) in going {
+            g.records.remove(&r.id);
+            g.unindex(seq, &r);
+        }
+        g.audit.drain(..cut);
+        g.anchor = Some(prune.anchor.clone());
+        Ok(())
     }
 
     async fn try_acquire_lease(

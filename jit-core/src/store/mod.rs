@@ -12,6 +12,9 @@
 //! - The audit chain is a single chain: appends are serialized.
 //! - [`Store::due`] returns records in the given states whose
 //!   [`RequestRecord::due_at`] is at or before `now`, earliest first.
+//! - [`Store::prune`] removes archived finished records and the audit
+//!   chain's prefix in one transaction and keeps an anchor
+//!   ([`Store::audit_anchor`]) that the remaining chain links to.
 //! - [`Store::claim_due`] is how the broker takes time-driven work: on a
 //!   store shared by several broker replicas ([`Store::is_shared`]) each due
 //!   record goes to one replica at a time, under a lease that lapses if that
@@ -31,7 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
+use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{ConfigError, Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
@@ -98,6 +101,23 @@ impl ListFilter {
             self.limit
         }
     }
+}
+
+/// One retention cut, as [`Store::prune`] applies it: the finished records
+/// archived and the audit chain's prefix up to a new anchor. Built by
+/// [`Broker::archive_finished`](crate::Broker::archive_finished), which
+/// exports all of it before asking the store to prune.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prune {
+    /// The anchor's `seq` the plan was made against (0 before any prune):
+    /// a store holding another anchor refuses the prune.
+    pub after: u64,
+    /// The new anchor: the last audit record pruned (`seq` and hash),
+    /// signed when a key is configured. Every audit record up to its `seq`
+    /// is pruned.
+    pub anchor: AuditAnchor,
+    /// The records to delete, each with the version it was archived at.
+    pub records: Vec<(RequestId, u64)>,
 }
 
 /// Who takes due work with [`Store::claim_due`], and for how long.
@@ -237,6 +257,47 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             out.push((s, n as u64));
         }
         Ok(out)
+    }
+
+    /// The anchor the stored audit chain starts from: `None` until a
+    /// [`Store::prune`] cut the chain; then records before `anchor.seq + 1`
+    /// are gone (archived) and the first one kept links to `anchor.hash`.
+    /// Wrappers must forward it.
+    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>> {
+        Ok(None)
+    }
+
+    /// Deletes archived finished records and the audit chain up to a new
+    /// anchor, and stores that anchor, in one transaction.
+    ///
+    /// # Contract
+    ///
+    /// - **All or nothing.** Either every listed record and every audit
+    ///   record with `seq <= prune.anchor.seq` is gone and the anchor is
+    ///   stored, or nothing changed and the call fails.
+    /// - **Only what was archived.** Each listed record must still exist at
+    ///   the listed version and in a final state ([`State::is_final`]);
+    ///   otherwise the prune is refused ([`Error::Conflict`]). Nothing live
+    ///   is ever deleted, and a record that changed since it was exported is
+    ///   not lost.
+    /// - **Planned against the current anchor.** The stored anchor's `seq`
+    ///   must be `prune.after` (0 when none), and the stored record
+    ///   `prune.anchor.seq` must have `prune.anchor.hash`; otherwise the
+    ///   prune is refused ([`Error::Store`]). Two concurrent prunes never
+    ///   both apply; the loser changes nothing and can plan again.
+    /// - **The chain continues.** Appends after a prune keep numbering from
+    ///   the head, even when every record was pruned; [`Store::audit`] reads
+    ///   from the first record kept.
+    /// - Concurrent writers are not blocked for longer than the deletes take,
+    ///   and records they append (after the anchor) are never touched.
+    ///
+    /// The default refuses with [`Error::Store`]: a store that cannot prune
+    /// must not pretend to.
+    async fn prune(&self, prune: &Prune) -> Result<()> {
+        let _ = prune;
+        Err(Error::Store(format!(
+            "store {self:?} cannot prune: use a memory, sqlite or postgres store"
+        )))
     }
 
     /// Whether several broker processes may use this store at once (default
@@ -463,12 +524,14 @@ pub(crate) fn check_versions(expected_version: u64, record: &RequestRecord) -> R
 
 /// Reads every stored audit row in pages, undecodable ones included (see
 /// [`Store::audit_entries`]). Pages follow the stored `seq`, so a gap
-/// left by a deleted row does not end the read early.
+/// left by a deleted row does not end the read early; the read starts
+/// after the store's anchor ([`Store::audit_anchor`]).
 pub async fn audit_entries_all(store: &dyn Store) -> Result<Vec<AuditEntry>> {
     const PAGE: usize = 1000;
+    let first = store.audit_anchor().await?.map_or(1, |a| a.seq + 1);
     let mut out: Vec<AuditEntry> = Vec::new();
     loop {
-        let from = out.last().map_or(1, |e| e.seq().saturating_add(1));
+        let from = out.last().map_or(first, |e| e.seq().saturating_add(1));
         let page = store.audit_entries(from, PAGE).await?;
         let done = page.len() < PAGE;
         out.extend(page);
@@ -478,11 +541,14 @@ pub async fn audit_entries_all(store: &dyn Store) -> Result<Vec<AuditEntry>> {
     }
 }
 
-/// Reads the whole chain in pages.
+/// Reads the whole stored chain in pages (from the first record after the
+/// store's anchor, if it was pruned).
 pub async fn audit_all(store: &dyn Store) -> Result<Vec<AuditRecord>> {
-    let mut out = Vec::new();
+    let first = store.audit_anchor().await?.map_or(1, |a| a.seq + 1);
+    let mut out: Vec<AuditRecord> = Vec::new();
     loop {
-        let page = store.audit(out.len() as u64 + 1, 1000).await?;
+        let from = out.last().map_or(first, |r| r.seq.saturating_add(1));
+        let page = store.audit(from, 1000).await?;
         let done = page.len() < 1000;
         out.extend(page);
         if done {

@@ -56,7 +56,8 @@
 //!   once apply each migration exactly once, and refuses a schema written
 //!   by a newer version of this crate.
 //! - **Records as text JSON, plus query columns.** The [`RequestRecord`] and
-//!   [`AuditRecord`] bodies are stored as `TEXT`, byte for byte as written,
+//!   [`AuditRecord`] bodies (the latter in their compact form,
+//!   [`AuditRecord::to_stored`]) are stored as `TEXT`, byte for byte as written,
 //!   so audit hashes recompute exactly (`JSONB` would reorder keys and
 //!   reject `\u0000`). Timestamps in query columns are fixed-width RFC 3339
 //!   UTC text with nanoseconds under the `"C"` collation, so text order is
@@ -84,13 +85,13 @@ use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
-use super::{check_versions, lease_until, redact_url, sql, Claim, ListFilter, Store};
-use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
+use super::{check_versions, lease_until, redact_url, sql, Claim, ListFilter, Prune, Store};
+use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Connections per store unless set: a replica's writers, readers and reaper.
 const DEFAULT_POOL_SIZE: u32 = 10;
@@ -192,6 +193,22 @@ const MIGRATIONS: &[Migration] = &[
             FROM (SELECT body::jsonb -> 'grant' ->> 'ends_at' AS t) AS g
         )",
             "CREATE INDEX requests_state_ends ON requests (state, ends_at) WHERE ends_at IS NOT NULL",
+        ],
+    },
+    // Version 7: retention. The anchor the audit chain starts from once
+    // its prefix was archived and pruned (`Store::prune`): one row, seq 0
+    // (nothing pruned) until the first prune, locked by each prune so that
+    // two never both apply; `body` is the anchor as JSON.
+    Migration {
+        version: 7,
+        statements: &[
+            "CREATE TABLE audit_anchor (
+            id SMALLINT PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL CHECK (seq >= 0),
+            hash TEXT NOT NULL,
+            body TEXT
+        )",
+            "INSERT INTO audit_anchor (id, seq, hash, body) VALUES (1, 0, repeat('0', 64), NULL)",
         ],
     },
 ];
@@ -549,6 +566,78 @@ async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<Vec
     Ok(chained.records)
 }
 
+/// [`Store::prune`] inside a transaction (see its contract). The anchor
+/// row's lock makes concurrent prunes queue; appends never wait for it
+/// (they lock `audit_head`, and only rows after the anchor are theirs).
+async fn prune_in(conn: &mut PgConnection, prune: &Prune) -> Result<()> {
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM audit_anchor WHERE id = 1 FOR UPDATE")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| db_error("lock the audit anchor", e))?;
+    let current = u64::try_from(current.unwrap_or(0)).unwrap_or(0);
+    if current != prune.after {
+        return Err(sql::stale_prune(current, prune.after));
+    }
+    let at = to_i64(prune.anchor.seq, "audit seq")?;
+    let hash: Option<String> = sqlx::query_scalar("SELECT hash FROM audit WHERE seq = $1")
+        .bind(at)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| db_error("read audit record", e))?;
+    if hash.as_deref() != Some(prune.anchor.hash.as_str()) {
+        return Err(sql::anchor_mismatch(prune.anchor.seq));
+    }
+    let ids: Vec<String> = prune.records.iter().map(|(id, _)| id.to_string()).collect();
+    let versions = prune
+        .records
+        .iter()
+        .map(|(_, v)| to_i64(*v, "version"))
+        .collect::<Result<Vec<i64>>>()?;
+    let finals: Vec<String> = State::ALL
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| s.as_str().to_string())
+        .collect();
+    let deleted: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM requests r USING UNNEST($1::TEXT[], $2::BIGINT[]) AS p(id, version)
+         WHERE r.id = p.id AND r.version = p.version AND r.state = ANY($3)
+         RETURNING r.id",
+    )
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&finals)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| db_error("prune requests", e))?;
+    if deleted.len() != prune.records.len() {
+        let gone: std::collections::HashSet<&str> = deleted.iter().map(String::as_str).collect();
+        if let Some((id, version)) = prune
+            .records
+            .iter()
+            .find(|(id, _)| !gone.contains(id.to_string().as_str()))
+        {
+            return Err(Error::Conflict {
+                request: *id,
+                expected: *version,
+            });
+        }
+    }
+    sqlx::query("DELETE FROM audit WHERE seq <= $1")
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("prune audit records", e))?;
+    sqlx::query("UPDATE audit_anchor SET seq = $1, hash = $2, body = $3 WHERE id = 1")
+        .bind(at)
+        .bind(&prune.anchor.hash)
+        .bind(sql::encode_anchor(&prune.anchor)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("store audit anchor", e))?;
+    Ok(())
+}
+
 async fn insert_in(
     conn: &mut PgConnection,
     record: &RequestRecord,
@@ -732,23 +821,50 @@ impl Store for PostgresStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        sqlx::query("SELECT seq, body FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2")
-            .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
-            .bind(sql::limit_i64(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error("read audit records", e))?
-            .iter()
-            .map(|row: &PgRow| {
-                let seq: i64 = row
-                    .try_get("seq")
-                    .map_err(|e| db_error("read audit record", e))?;
-                let body: String = row
-                    .try_get("body")
-                    .map_err(|e| db_error("read audit record", e))?;
-                Ok(sql::audit_entry(seq, &body))
-            })
-            .collect()
+        // One statement, so one snapshot: the anchor and the rows from the
+        // one before `from_seq` (whose hash the first compact row links to).
+        let rows: Vec<(bool, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT TRUE, seq, hash, body FROM audit_anchor WHERE id = 1
+             UNION ALL
+             SELECT FALSE, seq, hash, body FROM
+                 (SELECT seq, hash, body FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2) AS page
+             ORDER BY 1 DESC, 2",
+        )
+        .bind(i64::try_from(from_seq.saturating_sub(1)).unwrap_or(i64::MAX))
+        .bind(sql::limit_i64(limit.saturating_add(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("read audit records", e))?;
+        let mut anchor = None;
+        let mut page = Vec::with_capacity(rows.len());
+        for (is_anchor, seq, hash, body) in rows {
+            match (is_anchor, body) {
+                (true, Some(body)) if seq > 0 => anchor = Some(sql::decode_anchor(&body)?),
+                (true, _) => {}
+                (false, body) => page.push((seq, hash, body.unwrap_or_default())),
+            }
+        }
+        let mut out = sql::audit_entries_from_rows(page, from_seq, anchor.as_ref());
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>> {
+        let row: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT seq, body FROM audit_anchor WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error("read audit anchor", e))?;
+        match row {
+            Some((seq, Some(body))) if seq > 0 => Ok(Some(sql::decode_anchor(&body)?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn prune(&self, prune: &Prune) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let result = prune_in(&mut tx, prune).await;
+        finish(tx, result, "prune").await
     }
 
     /// One statement (so one transaction): lock due rows that nobody else

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 
-use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
+use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::RequestRecord;
 
@@ -71,22 +71,53 @@ pub(crate) fn decode_record(body: &str) -> Result<RequestRecord> {
         .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
 }
 
-/// A stored audit record body.
-pub(crate) fn decode_audit(body: &str) -> Result<AuditRecord> {
-    serde_json::from_str(body)
-        .map_err(|e| Error::Store(format!("stored audit record is not valid: {e}")))
+/// The stored audit rows `(seq, hash, body)` read from `from - 1` on (in
+/// `seq` order) as entries from `from` on: each compact body gets the
+/// hash of the row before it as its `prev_hash` (see
+/// [`AuditRecord::from_stored`]); the first one, when the row before was
+/// not read, the anchor's hash (or the genesis hash at `seq` 1). A row
+/// whose predecessor is missing gets the genesis hash, so it no longer
+/// matches its own: the gap shows as a break. A body that does not decode
+/// is named, not an error, so that one bad row cannot stop verification.
+pub(crate) fn audit_entries_from_rows(
+    rows: Vec<(i64, String, String)>,
+    from: u64,
+    anchor: Option<&AuditAnchor>,
+) -> Vec<AuditEntry> {
+    let mut prev: Option<(u64, String)> = anchor.map(|a| (a.seq, a.hash.clone()));
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, hash, body) in rows {
+        let seq = u64::try_from(seq).unwrap_or(0);
+        let prev_hash = match &prev {
+            Some((p, h)) if *p + 1 == seq => h.clone(),
+            _ => GENESIS_HASH.to_string(),
+        };
+        if seq >= from {
+            out.push(
+                match AuditRecord::from_stored(seq, &hash, &prev_hash, &body) {
+                    Ok(r) => AuditEntry::Record(r),
+                    Err(e) => AuditEntry::Undecodable {
+                        seq,
+                        error: format!("stored audit record is not valid: {e}"),
+                    },
+                },
+            );
+        }
+        prev = Some((seq, hash));
+    }
+    out
 }
 
-/// A stored audit row as an entry: a body that does not decode is named,
-/// not an error, so that one bad row cannot stop verification.
-pub(crate) fn audit_entry(seq: i64, body: &str) -> AuditEntry {
-    match decode_audit(body) {
-        Ok(r) => AuditEntry::Record(r),
-        Err(e) => AuditEntry::Undecodable {
-            seq: u64::try_from(seq).unwrap_or(0),
-            error: e.to_string(),
-        },
-    }
+/// A stored anchor body.
+pub(crate) fn decode_anchor(body: &str) -> Result<AuditAnchor> {
+    serde_json::from_str(body)
+        .map_err(|e| Error::Store(format!("stored audit anchor is not valid: {e}")))
+}
+
+/// An anchor as stored.
+pub(crate) fn encode_anchor(anchor: &AuditAnchor) -> Result<String> {
+    serde_json::to_string(anchor)
+        .map_err(|e| Error::Store(format!("cannot encode audit anchor: {e}")))
 }
 
 /// The records of a page of audit entries, or the first undecodable row as
@@ -141,10 +172,7 @@ pub(crate) fn chain(
     for e in events {
         seq += 1;
         let r = e.clone().chain(seq, &prev);
-        out.bodies.push(
-            serde_json::to_string(&r)
-                .map_err(|e| Error::Store(format!("cannot encode audit record {seq}: {e}")))?,
-        );
+        out.bodies.push(r.to_stored());
         out.seqs.push(to_i64(seq, "audit seq", engine)?);
         prev.clone_from(&r.hash);
         out.records.push(r);
@@ -171,4 +199,18 @@ pub(crate) fn missed_update(record: &RequestRecord, expected_version: u64, exist
     } else {
         Error::request_not_found(record.id)
     }
+}
+
+/// A prune planned against another anchor than the one stored.
+pub(crate) fn stale_prune(current: u64, planned: u64) -> Error {
+    Error::Store(format!(
+        "the audit chain was pruned up to seq {current} since this prune was planned (after seq {planned}): plan it again"
+    ))
+}
+
+/// A prune whose anchor does not name a stored record with its hash.
+pub(crate) fn anchor_mismatch(seq: u64) -> Error {
+    Error::Store(format!(
+        "audit record {seq} is not stored with the hash the prune's anchor names: plan it again"
+    ))
 }

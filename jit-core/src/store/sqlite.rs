@@ -22,9 +22,11 @@
 //!   row changed means a lost race ([`Error::Conflict`]) or an unknown id
 //!   ([`Error::NotFound`]). Any failure rolls the whole transition back,
 //!   record and audit events alike.
-//! - **Records as JSON, plus query columns.** The full [`RequestRecord`] (and
-//!   [`AuditRecord`]) is stored as JSON, so reads return exactly what was
-//!   written; the columns `state`, `requester` (the exact subject id),
+//! - **Records as JSON, plus query columns.** The full [`RequestRecord`] is
+//!   stored as JSON, so reads return exactly what was written, and each
+//!   [`AuditRecord`] in its compact form ([`AuditRecord::to_stored`]: no
+//!   `seq`, `hash` or `prev_hash` in the body, which the `seq` and `hash`
+//!   columns and the row before already hold); the columns `state`, `requester` (the exact subject id),
 //!   `entitlement`, `created_at` and `due_at` ([`RequestRecord::due_at`]) are
 //!   recomputed on every write and exist only to filter and sort. Timestamps
 //!   are RFC 3339 UTC text with nine fractional digits and `Z`, so text order
@@ -50,13 +52,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use super::{check_versions, lease_until, sql, ListFilter, Store};
-use crate::audit::{AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
+use super::{check_versions, lease_until, sql, ListFilter, Prune, Store};
+use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,6 +151,21 @@ const MIGRATIONS: &[Migration] = &[
             FROM (SELECT json_extract(body, '$.grant.ends_at') AS t)
         )",
             "CREATE INDEX requests_state_ends ON requests (state, ends_at)",
+        ],
+    },
+    // Version 7: retention. The anchor the audit chain starts from once
+    // its prefix was archived and pruned (`Store::prune`): one row, seq 0
+    // (nothing pruned) until the first prune; `body` is the anchor as JSON.
+    Migration {
+        version: 7,
+        statements: &[
+            "CREATE TABLE audit_anchor (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL CHECK (seq >= 0),
+            hash TEXT NOT NULL,
+            body TEXT
+        ) STRICT",
+            "INSERT INTO audit_anchor (id, seq, hash, body) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000', NULL)",
         ],
     },
 ];
@@ -422,11 +439,15 @@ async fn append_in(conn: &mut SqliteConnection, events: &[AuditEvent]) -> Result
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| db_error("read audit head", e))?;
+    // The newest record, else (everything was pruned) the anchor.
+    let head: Option<(i64, String)> = sqlx::query_as(
+        "SELECT seq, hash FROM (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1)
+         UNION ALL SELECT seq, hash FROM audit_anchor WHERE id = 1
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| db_error("read audit head", e))?;
     let (seq, hash) = head.unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
     let chained = sql::chain(events, seq, &hash, ENGINE)?;
     for ((seq, r), body) in chained
@@ -444,6 +465,73 @@ async fn append_in(conn: &mut SqliteConnection, events: &[AuditEvent]) -> Result
             .map_err(|e| db_error("append audit record", e))?;
     }
     Ok(chained.records)
+}
+
+/// The stored anchor, `None` before the first prune.
+async fn anchor_in(conn: &mut SqliteConnection) -> Result<Option<AuditAnchor>> {
+    let row: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT seq, body FROM audit_anchor WHERE id = 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| db_error("read audit anchor", e))?;
+    match row {
+        Some((seq, Some(body))) if seq > 0 => Ok(Some(sql::decode_anchor(&body)?)),
+        _ => Ok(None),
+    }
+}
+
+/// [`Store::prune`] inside a write transaction (see its contract).
+async fn prune_in(conn: &mut SqliteConnection, prune: &Prune) -> Result<()> {
+    let current = anchor_in(conn).await?.map_or(0, |a| a.seq);
+    if current != prune.after {
+        return Err(sql::stale_prune(current, prune.after));
+    }
+    let at = to_i64(prune.anchor.seq, "audit seq")?;
+    let hash: Option<String> = sqlx::query_scalar("SELECT hash FROM audit WHERE seq = ?")
+        .bind(at)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| db_error("read audit record", e))?;
+    if hash.as_deref() != Some(prune.anchor.hash.as_str()) {
+        return Err(sql::anchor_mismatch(prune.anchor.seq));
+    }
+    for (id, version) in &prune.records {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM requests WHERE id = ");
+        q.push_bind(id.to_string())
+            .push(" AND version = ")
+            .push_bind(to_i64(*version, "version")?)
+            .push(" AND state IN (");
+        let mut states = q.separated(", ");
+        for s in State::ALL.iter().filter(|s| s.is_final()) {
+            states.push_bind(s.as_str());
+        }
+        q.push(")");
+        let deleted = q
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error("prune request", e))?
+            .rows_affected();
+        if deleted != 1 {
+            return Err(Error::Conflict {
+                request: *id,
+                expected: *version,
+            });
+        }
+    }
+    sqlx::query("DELETE FROM audit WHERE seq <= ?")
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("prune audit records", e))?;
+    sqlx::query("UPDATE audit_anchor SET seq = ?, hash = ?, body = ? WHERE id = 1")
+        .bind(at)
+        .bind(&prune.anchor.hash)
+        .bind(sql::encode_anchor(&prune.anchor)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("store audit anchor", e))?;
+    Ok(())
 }
 
 async fn insert_in(
@@ -635,23 +723,41 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        sqlx::query("SELECT seq, body FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
-            .bind(i64::try_from(from_seq).unwrap_or(i64::MAX))
-            .bind(sql::limit_i64(limit))
-            .fetch_all(&self.pool)
+        // One read: the anchor and the rows from the one before `from_seq`
+        // (whose hash the first compact row links to).
+        let mut conn = self
+            .pool
+            .begin()
             .await
-            .map_err(|e| db_error("read audit records", e))?
-            .iter()
-            .map(|row: &sqlx::sqlite::SqliteRow| {
-                let seq: i64 = row
-                    .try_get("seq")
-                    .map_err(|e| db_error("read audit record", e))?;
-                let body: String = row
-                    .try_get("body")
-                    .map_err(|e| db_error("read audit record", e))?;
-                Ok(sql::audit_entry(seq, &body))
-            })
-            .collect()
+            .map_err(|e| db_error("begin read", e))?;
+        let anchor = anchor_in(&mut conn).await?;
+        let rows: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT seq, hash, body FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
+                .bind(i64::try_from(from_seq.saturating_sub(1)).unwrap_or(i64::MAX))
+                .bind(sql::limit_i64(limit.saturating_add(1)))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| db_error("read audit records", e))?;
+        let _ = conn.rollback().await;
+        let mut out = sql::audit_entries_from_rows(rows, from_seq, anchor.as_ref());
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| db_error("read audit anchor", e))?;
+        anchor_in(&mut conn).await
+    }
+
+    async fn prune(&self, prune: &Prune) -> Result<()> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.begin_write().await?;
+        let result = prune_in(&mut tx, prune).await;
+        finish(tx, result, "prune").await
     }
 
     /// One upsert: inserts the row, or takes it over when it is this

@@ -282,6 +282,7 @@ pub struct FaultyStore {
     fail_updates: AtomicBool,
     fail_updates_into: Mutex<Vec<State>>,
     crash_on_updates_into: Mutex<Vec<State>>,
+    fail_prunes: AtomicBool,
 }
 
 impl FaultyStore {
@@ -292,7 +293,14 @@ impl FaultyStore {
             fail_updates: AtomicBool::new(false),
             fail_updates_into: Mutex::new(Vec::new()),
             crash_on_updates_into: Mutex::new(Vec::new()),
+            fail_prunes: AtomicBool::new(false),
         }
+    }
+
+    /// Makes every [`Store::prune`] fail before it changes anything: a
+    /// crash between writing an archive and pruning what it holds.
+    pub fn fail_prunes(&self, yes: bool) {
+        self.fail_prunes.store(yes, Ordering::SeqCst);
     }
 
     /// Makes every update fail.
@@ -393,6 +401,17 @@ impl Store for FaultyStore {
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
         self.inner.count_by_state().await
+    }
+
+    async fn audit_anchor(&self) -> Result<Option<crate::audit::AuditAnchor>> {
+        self.inner.audit_anchor().await
+    }
+
+    async fn prune(&self, prune: &crate::store::Prune) -> Result<()> {
+        if self.fail_prunes.load(Ordering::SeqCst) {
+            return Err(Error::Store("injected prune failure".into()));
+        }
+        self.inner.prune(prune).await
     }
 
     fn is_shared(&self) -> bool {
