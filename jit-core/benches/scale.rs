@@ -92,6 +92,7 @@ fn record(i: usize, n: usize, now: DateTime<Utc>) -> RequestRecord {
             verdict: Verdict::AutoApprove,
             max_duration: duration,
             reasons: vec!["auto-approved".into()],
+            risk: None,
         },
         entitlement: None,
         approvals: vec![],

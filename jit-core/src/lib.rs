@@ -11,6 +11,7 @@ pub mod local;
 pub mod policy;
 pub mod provider;
 pub mod reaper;
+pub mod risk;
 pub mod standing;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -28,6 +29,7 @@ pub use provider::{
     Capabilities, Collateral, GrantSpec, Issued, Provider, RevocationKind, RevokeOutcome,
 };
 pub use reaper::Reaper;
+pub use risk::{RiskAssessment, RiskAssessor};
 pub use store::{ListFilter, MemoryStore, Store};
 pub use types::*;
 

@@ -66,6 +66,12 @@
 //! checkpoint_file = "audit-checkpoints.jsonl" # JIT_AUDIT_CHECKPOINT_FILE; ship it off this host
 //! checkpoint_every = 100                  # records between checkpoints (and one per reaper tick)
 //! sealed_from = 1                         # records before this seq may be unsealed (a chain older than its key)
+//!
+//! [risk]                                  # risk review (jit_core::risk); none when absent
+//! assessor = "history"                    # JIT_RISK_ASSESSOR: `history` (built in) or `http`
+//! url = "https://risk.internal/score"     # JIT_RISK_URL: the `http` assessor's endpoint
+//! token_file = "risk-token"               # JIT_RISK_TOKEN_FILE: its bearer token (optional)
+//! timeout_ms = 2000                       # how long a submit waits; past it: human review
 //! ```
 //!
 //! Unknown keys are errors, like in the catalogue: in a provider table, when
@@ -117,6 +123,9 @@ pub struct Config {
     /// The audit key and checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Risk review of every submitted request.
+    #[serde(default)]
+    pub risk: RiskConfig,
     /// Where relative paths in provider tables are resolved: the config
     /// file's directory ([`Config::load`] sets it).
     #[serde(skip)]
@@ -154,6 +163,34 @@ impl Default for AuditConfig {
             checkpoint_file: None,
             checkpoint_every: 100,
             sealed_from: 1,
+        }
+    }
+}
+
+/// `[risk]`: which assessor reviews each submitted request (see
+/// `jit_core::risk`); the catalogue's `auto_approve.max_risk` uses its
+/// score. Without `assessor`, no review runs and `max_risk` rules send
+/// every request to a human (they fail closed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskConfig {
+    /// `history` (the built-in `HistoryAssessor`) or `http`.
+    pub assessor: Option<String>,
+    /// The `http` assessor's URL.
+    pub url: Option<String>,
+    /// A file holding the `http` assessor's bearer token.
+    pub token_file: Option<PathBuf>,
+    /// How long a submit waits for the assessor, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            assessor: None,
+            url: None,
+            token_file: None,
+            timeout_ms: 2000,
         }
     }
 }
@@ -399,6 +436,9 @@ impl Config {
         if let Some(p) = c.audit.checkpoint_file.as_mut() {
             rel(p);
         }
+        if let Some(p) = c.risk.token_file.as_mut() {
+            rel(p);
+        }
         Ok(c)
     }
 
@@ -445,6 +485,15 @@ impl Config {
         if let Some(v) = get("JIT_AUDIT_CHECKPOINT_FILE") {
             self.audit.checkpoint_file = Some(v.into());
         }
+        if let Some(v) = get("JIT_RISK_ASSESSOR") {
+            self.risk.assessor = Some(v);
+        }
+        if let Some(v) = get("JIT_RISK_URL") {
+            self.risk.url = Some(v);
+        }
+        if let Some(v) = get("JIT_RISK_TOKEN_FILE") {
+            self.risk.token_file = Some(v.into());
+        }
     }
 }
 
@@ -480,6 +529,34 @@ mod tests {
 
         let err = Config::from_toml_str(&format!("{MIN}\n[limits]\nmax_body = 1\n")).unwrap_err();
         assert!(err.contains("unknown field `max_body`"), "{err}");
+    }
+
+    #[test]
+    fn risk_section_and_env_overrides() {
+        let c = Config::from_toml_str(MIN).unwrap();
+        assert_eq!(c.risk.assessor, None);
+        assert_eq!(c.risk.timeout_ms, 2000);
+        let mut c = Config::from_toml_str(&format!(
+            "{MIN}\n[risk]\nassessor = \"http\"\nurl = \"https://risk/score\"\ntimeout_ms = 500\n"
+        ))
+        .unwrap();
+        assert_eq!(c.risk.assessor.as_deref(), Some("http"));
+        assert_eq!(c.risk.url.as_deref(), Some("https://risk/score"));
+        assert_eq!(c.risk.timeout_ms, 500);
+        c.apply_env(|k| match k {
+            "JIT_RISK_ASSESSOR" => Some("history".into()),
+            "JIT_RISK_URL" => Some("https://other/score".into()),
+            "JIT_RISK_TOKEN_FILE" => Some("/run/secrets/risk".into()),
+            _ => None,
+        });
+        assert_eq!(c.risk.assessor.as_deref(), Some("history"));
+        assert_eq!(c.risk.url.as_deref(), Some("https://other/score"));
+        assert_eq!(
+            c.risk.token_file.as_deref(),
+            Some(Path::new("/run/secrets/risk"))
+        );
+        let err = Config::from_toml_str(&format!("{MIN}\n[risk]\nmodel = \"x\"\n")).unwrap_err();
+        assert!(err.contains("unknown field `model`"), "{err}");
     }
 
     #[test]

@@ -140,6 +140,54 @@ fn audit_setup(
     Ok(builder)
 }
 
+/// Adds the configured risk assessor, if any (`[risk]`).
+fn risk_setup(
+    builder: jit_core::BrokerBuilder,
+    risk: &config::RiskConfig,
+) -> Result<jit_core::BrokerBuilder, String> {
+    use jit_core::risk::{HistoryAssessor, HttpAssessor, RiskAssessor};
+    let timeout = Duration::from_millis(risk.timeout_ms.max(1));
+    let assessor: Arc<dyn RiskAssessor> = match risk.assessor.as_deref() {
+        None => {
+            if risk.url.is_some() || risk.token_file.is_some() {
+                return Err("risk: `url` and `token_file` need `assessor = \"http\"`".into());
+            }
+            return Ok(builder);
+        }
+        Some("history") => {
+            if risk.url.is_some() || risk.token_file.is_some() {
+                return Err("risk: the `history` assessor takes no `url` or `token_file`".into());
+            }
+            Arc::new(HistoryAssessor::new())
+        }
+        Some("http") => {
+            let url = risk
+                .url
+                .as_deref()
+                .ok_or("risk: the `http` assessor needs `url`")?;
+            let mut a = HttpAssessor::new(url)
+                .map_err(|e| format!("risk: {e}"))?
+                .timeout(timeout);
+            if let Some(p) = &risk.token_file {
+                let token = std::fs::read_to_string(p)
+                    .map_err(|e| format!("risk: cannot read `{}`: {e}", p.display()))?;
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(format!("risk: `{}` is empty", p.display()));
+                }
+                a = a.bearer_token(jit_core::Secret::new(token));
+            }
+            Arc::new(a)
+        }
+        Some(other) => {
+            return Err(format!(
+                "risk: unknown assessor `{other}`: use `history` or `http`"
+            ))
+        }
+    };
+    Ok(builder.risk_assessor(assessor).risk_timeout(timeout))
+}
+
 fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
     names
         .iter()
@@ -249,6 +297,7 @@ impl Server {
             .map(|(name, p)| (name, api::LocalKeys::of(&p)))
             .collect();
         builder = audit_setup(builder, &config.audit)?;
+        builder = risk_setup(builder, &config.risk)?;
         let broker = builder.build().map_err(|e| e.to_string())?;
 
         let a = &config.auth;
@@ -539,6 +588,42 @@ mod tests {
         audience = "jit"
         jwks_url = "https://id/jwks"
     "#;
+
+    fn risk_config(toml: &str) -> config::RiskConfig {
+        Config::from_toml_str(&format!("{MIN}\n[risk]\n{toml}"))
+            .unwrap()
+            .risk
+    }
+
+    fn risk_result(toml: &str) -> Result<String, String> {
+        let store: Arc<dyn jit_core::Store> = Arc::new(MemoryStore::new());
+        let policy = Arc::new(CataloguePolicy::from_toml_str("").unwrap());
+        risk_setup(Broker::builder(store, policy), &risk_config(toml)).map(|b| format!("{b:?}"))
+    }
+
+    #[test]
+    fn risk_assessors_are_built_from_the_config_and_mistakes_are_refused() {
+        assert!(risk_result("").is_ok());
+        assert!(risk_result("assessor = \"history\"").is_ok());
+        assert!(risk_result("assessor = \"http\"\nurl = \"https://risk/score\"").is_ok());
+        for (toml, want) in [
+            ("assessor = \"http\"", "needs `url`"),
+            ("assessor = \"model\"", "unknown assessor `model`"),
+            ("url = \"https://risk/score\"", "need `assessor = \"http\"`"),
+            (
+                "assessor = \"history\"\nurl = \"https://risk/score\"",
+                "takes no `url`",
+            ),
+            ("assessor = \"http\"\nurl = \"ftp://risk\"", "http or https"),
+            (
+                "assessor = \"http\"\nurl = \"https://risk\"\ntoken_file = \"/nonexistent/risk-token\"",
+                "cannot read",
+            ),
+        ] {
+            let err = risk_result(toml).unwrap_err();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+    }
 
     fn config(providers: &str) -> Config {
         let mut c = Config::from_toml_str(&format!("{MIN}\n{providers}")).unwrap();

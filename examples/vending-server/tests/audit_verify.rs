@@ -55,6 +55,7 @@ fn config(dir: &Path) -> Config {
             checkpoint_every: 1,
             ..Default::default()
         },
+        risk: Default::default(),
         base_dir: None,
         ignore_provider_env: true,
     }

@@ -11,6 +11,7 @@ use crate::error::{ConfigError, Error, Result};
 use crate::policy::Policy;
 use crate::provider::retry::Backoff;
 use crate::provider::Provider;
+use crate::risk::RiskAssessor;
 use crate::store::Store;
 
 /// How failed revocations are retried.
@@ -71,6 +72,8 @@ pub struct BrokerBuilder {
     claim_lease: Duration,
     audit_keyring: Option<AuditKeyring>,
     checkpoint_every: u64,
+    risk: Option<Arc<dyn RiskAssessor>>,
+    risk_timeout: Duration,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -98,6 +101,8 @@ impl BrokerBuilder {
             claim_lease: Duration::from_secs(60),
             audit_keyring: None,
             checkpoint_every: 100,
+            risk: None,
+            risk_timeout: Duration::from_secs(5),
         }
     }
 
@@ -141,6 +146,22 @@ impl BrokerBuilder {
     /// checkpoint could be cut off unseen: this bounds that window.
     pub fn checkpoint_every(mut self, records: u64) -> Self {
         self.checkpoint_every = records.max(1);
+        self
+    }
+
+    /// Reviews every submitted request's risk with `assessor` before the
+    /// policy decides ([`crate::risk`]); the policy sees the answer in
+    /// [`PolicyContext::risk`](crate::PolicyContext::risk) and the decision
+    /// records it.
+    pub fn risk_assessor(mut self, assessor: Arc<dyn crate::risk::RiskAssessor>) -> Self {
+        self.risk = Some(assessor);
+        self
+    }
+
+    /// How long a submit waits for the risk assessor (default 5 s); past
+    /// it the assessment is unavailable, which exceeds every risk limit.
+    pub fn risk_timeout(mut self, timeout: Duration) -> Self {
+        self.risk_timeout = timeout;
         self
     }
 
@@ -211,6 +232,8 @@ impl BrokerBuilder {
                 audit_keyring: self.audit_keyring,
                 checkpoint_every: self.checkpoint_every,
                 checkpoints: std::sync::Mutex::new(CheckpointState::default()),
+                risk: self.risk,
+                risk_timeout: self.risk_timeout,
             }),
         })
     }

@@ -7,7 +7,8 @@
 //! indexes the SQL stores have, updated in the same critical section as the
 //! record: by state and due time (the reaper's [`Store::due`]), by state and
 //! grant end (start-up's [`ListFilter::ends_after`]), by state (counts and
-//! state-filtered lists) and by exact requester id (a principal's list).
+//! state-filtered lists), by exact requester id (a principal's list) and
+//! by entitlement (risk review's peers, [`Store::history`]).
 //! Each is ordered by the insertion sequence, which is also the order
 //! [`Store::list`] returns (newest first), so a list reads its index
 //! backwards and stops at its limit.
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{check_versions, lease_until, ListFilter, Store};
+use super::{check_versions, lease_until, HistoryEntry, HistoryQuery, ListFilter, Store};
 use crate::audit::{AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
@@ -42,6 +43,8 @@ struct Inner {
     by_state: HashMap<State, BTreeSet<Seq>>,
     /// Insertion sequences by exact requester id.
     by_requester: HashMap<String, BTreeSet<Seq>>,
+    /// Insertion sequences by entitlement.
+    by_entitlement: HashMap<String, BTreeSet<Seq>>,
     audit: Vec<AuditRecord>,
     /// Lease key -> (holder, end).
     leases: HashMap<String, (String, DateTime<Utc>)>,
@@ -75,6 +78,10 @@ impl Inner {
             .entry(r.requester.id.as_str().to_string())
             .or_default()
             .insert(seq);
+        self.by_entitlement
+            .entry(r.request.entitlement.clone())
+            .or_default()
+            .insert(seq);
     }
 
     fn unindex(&mut self, seq: Seq, r: &RequestRecord) {
@@ -92,6 +99,13 @@ impl Inner {
             set.remove(&seq);
             if set.is_empty() {
                 self.by_requester.remove(requester);
+            }
+        }
+        let entitlement = r.request.entitlement.as_str();
+        if let Some(set) = self.by_entitlement.get_mut(entitlement) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.by_entitlement.remove(entitlement);
             }
         }
     }
@@ -242,6 +256,28 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
+        query.check()?;
+        let g = self.lock()?;
+        // The narrower index: the requester's requests, else the entitlement's.
+        let key = match (&query.requester, &query.entitlement) {
+            (Some(r), _) => g.by_requester.get(r),
+            (None, Some(e)) => g.by_entitlement.get(e),
+            (None, None) => None,
+        };
+        let Some(seqs) = key else {
+            return Ok(Vec::new());
+        };
+        Ok(seqs
+            .iter()
+            .rev()
+            .filter_map(|seq| g.record(*seq))
+            .map(HistoryEntry::from)
+            .filter(|e| query.matches(e))
+            .take(query.effective_limit())
+            .collect())
+    }
+
     async fn due(
         &self,
         states: &[State],
@@ -351,6 +387,7 @@ mod tests {
                 verdict: Verdict::AutoApprove,
                 max_duration: GrantDuration::from_secs_i64(60).unwrap(),
                 reasons: vec![],
+                risk: None,
             },
             entitlement: None,
             approvals: vec![],
