@@ -16,6 +16,7 @@ pub mod standing;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod ticket;
 pub mod types;
 pub mod wire;
 

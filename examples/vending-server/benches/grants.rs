@@ -64,6 +64,7 @@ fn bench(c: &mut Criterion) {
         introspection: Default::default(),
         audit: Default::default(),
         risk: Default::default(),
+        tickets: Default::default(),
         base_dir: None,
         ignore_provider_env: true,
     };

@@ -72,6 +72,15 @@
 //! url = "https://risk.internal/score"     # JIT_RISK_URL: the `http` assessor's endpoint
 //! token_file = "risk-token"               # JIT_RISK_TOKEN_FILE: its bearer token (optional)
 //! timeout_ms = 2000                       # how long a submit waits; past it: human review
+//!
+//! [tickets]                               # ticket verification (jit_core::ticket); none when absent
+//! url = "https://example.atlassian.net"   # JIT_TICKETS_URL: a Jira-style tracker
+//! statuses = ["Open", "In Progress"]      # a ticket must be in one of these
+//! projects = ["INC", "CHG"]               # optional: and in one of these projects
+//! require_assignee = false                # optional: and assigned to the requester
+//! token_file = "jira-token"               # JIT_TICKETS_TOKEN_FILE: bearer token (optional)
+//! timeout_ms = 2000                       # past it, or on any tracker error: not verified
+//! cache_secs = 60                         # answers cached per ticket (at most 1,024)
 //! ```
 //!
 //! Unknown keys are errors, like in the catalogue: in a provider table, when
@@ -126,6 +135,9 @@ pub struct Config {
     /// Risk review of every submitted request.
     #[serde(default)]
     pub risk: RiskConfig,
+    /// Ticket verification.
+    #[serde(default)]
+    pub tickets: TicketsConfig,
     /// Where relative paths in provider tables are resolved: the config
     /// file's directory ([`Config::load`] sets it).
     #[serde(skip)]
@@ -191,6 +203,42 @@ impl Default for RiskConfig {
             url: None,
             token_file: None,
             timeout_ms: 2000,
+        }
+    }
+}
+
+/// `[tickets]`: the tracker that verifies tickets for entitlements with
+/// `require_verified_ticket` (see `jit_core::ticket`). Without `url`, no
+/// verification runs and those entitlements deny every request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketsConfig {
+    /// The Jira-style tracker's base URL.
+    pub url: Option<String>,
+    /// Statuses a verified ticket may be in.
+    pub statuses: Vec<String>,
+    /// Projects a verified ticket must be in (any when absent).
+    pub projects: Option<Vec<String>>,
+    /// Whether the ticket must be assigned to the requester.
+    pub require_assignee: bool,
+    /// A file holding the tracker's bearer token.
+    pub token_file: Option<PathBuf>,
+    /// How long a submit waits for the tracker, in milliseconds.
+    pub timeout_ms: u64,
+    /// How long answers are cached, in seconds (0: not cached).
+    pub cache_secs: u64,
+}
+
+impl Default for TicketsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            statuses: Vec::new(),
+            projects: None,
+            require_assignee: false,
+            token_file: None,
+            timeout_ms: 2000,
+            cache_secs: 60,
         }
     }
 }
@@ -439,6 +487,9 @@ impl Config {
         if let Some(p) = c.risk.token_file.as_mut() {
             rel(p);
         }
+        if let Some(p) = c.tickets.token_file.as_mut() {
+            rel(p);
+        }
         Ok(c)
     }
 
@@ -493,6 +544,12 @@ impl Config {
         }
         if let Some(v) = get("JIT_RISK_TOKEN_FILE") {
             self.risk.token_file = Some(v.into());
+        }
+        if let Some(v) = get("JIT_TICKETS_URL") {
+            self.tickets.url = Some(v);
+        }
+        if let Some(v) = get("JIT_TICKETS_TOKEN_FILE") {
+            self.tickets.token_file = Some(v.into());
         }
     }
 }

@@ -56,6 +56,7 @@ fn config(dir: &Path) -> Config {
             ..Default::default()
         },
         risk: Default::default(),
+        tickets: Default::default(),
         base_dir: None,
         ignore_provider_env: true,
     }

@@ -74,6 +74,8 @@ pub struct BrokerBuilder {
     checkpoint_every: u64,
     risk: Option<Arc<dyn RiskAssessor>>,
     risk_timeout: Duration,
+    tickets: Option<Arc<dyn crate::ticket::TicketVerifier>>,
+    ticket_timeout: Duration,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -103,6 +105,8 @@ impl BrokerBuilder {
             checkpoint_every: 100,
             risk: None,
             risk_timeout: Duration::from_secs(5),
+            tickets: None,
+            ticket_timeout: Duration::from_secs(5),
         }
     }
 
@@ -162,6 +166,22 @@ impl BrokerBuilder {
     /// it the assessment is unavailable, which exceeds every risk limit.
     pub fn risk_timeout(mut self, timeout: Duration) -> Self {
         self.risk_timeout = timeout;
+        self
+    }
+
+    /// Verifies the ticket of every submitted request that names one with
+    /// `verifier` before the policy decides ([`crate::ticket`]); the policy
+    /// sees the verdict in [`PolicyContext::ticket`](crate::PolicyContext::ticket)
+    /// and the decision's audit record keeps it.
+    pub fn ticket_verifier(mut self, verifier: Arc<dyn crate::ticket::TicketVerifier>) -> Self {
+        self.tickets = Some(verifier);
+        self
+    }
+
+    /// How long a submit waits for the ticket verifier (default 5 s); past
+    /// it the ticket is not verified.
+    pub fn ticket_timeout(mut self, timeout: Duration) -> Self {
+        self.ticket_timeout = timeout;
         self
     }
 
@@ -234,6 +254,8 @@ impl BrokerBuilder {
                 checkpoints: std::sync::Mutex::new(CheckpointState::default()),
                 risk: self.risk,
                 risk_timeout: self.risk_timeout,
+                tickets: self.tickets,
+                ticket_timeout: self.ticket_timeout,
             }),
         })
     }

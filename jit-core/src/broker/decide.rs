@@ -12,6 +12,7 @@ use crate::error::{Error, RequestError, Result};
 use crate::policy::PolicyContext;
 use crate::risk::{History, RiskAssessment, RiskInput, MAX_SCORE};
 use crate::standing::Standing;
+use crate::ticket::TicketVerdict;
 use crate::types::{
     check_text, format_duration, AccessRequest, Approval, Grant, GrantDuration, GrantId, Principal,
     RequestId, RequestRecord, State, Verdict,
@@ -51,10 +52,12 @@ impl Broker {
             .into());
         }
         let risk = self.assess_risk(requester, &request, &ent, now).await;
+        let ticket = self.verify_ticket(requester, &request).await;
         let ctx = PolicyContext {
             now,
             provider_max: caps.max_duration,
             risk: risk.clone(),
+            ticket: ticket.clone(),
         };
         let mut decision = self
             .inner
@@ -93,7 +96,10 @@ impl Broker {
             })),
         ];
         events.push(
-            event(AuditKind::Decided, &rec, "policy", now).details(json!({ "decision": decision })),
+            event(AuditKind::Decided, &rec, "policy", now).details(match &ticket {
+                Some(t) => json!({ "decision": decision, "ticket": t }),
+                None => json!({ "decision": decision }),
+            }),
         );
         match &decision.verdict {
             Verdict::Deny => {
@@ -171,6 +177,40 @@ impl Broker {
             tracing::warn!(assessor = name, %error, entitlement = %request.entitlement, "risk review unavailable; no auto-approval");
         }
         Some(assessment)
+    }
+
+    /// The verdict on the request's ticket, if it names one and the broker
+    /// has a verifier. A failure or a timeout is an unverified verdict,
+    /// never an error that stops the submit (see [`crate::ticket`]).
+    async fn verify_ticket(
+        &self,
+        requester: &Principal,
+        request: &AccessRequest,
+    ) -> Option<TicketVerdict> {
+        let verifier = self.inner.tickets.as_ref()?;
+        let ticket = request.ticket.as_deref().filter(|t| !t.trim().is_empty())?;
+        let name = verifier.name();
+        let timeout = self.inner.ticket_timeout;
+        let verdict = match tokio::time::timeout(timeout, verifier.verify(ticket, requester)).await
+        {
+            // A verdict about another ticket verifies nothing.
+            Ok(Ok(v)) if v.ticket != ticket => TicketVerdict::unavailable(
+                ticket,
+                name,
+                format!("the verifier answered about `{}`", v.ticket),
+            ),
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => TicketVerdict::unavailable(ticket, name, e),
+            Err(_) => TicketVerdict::unavailable(
+                ticket,
+                name,
+                format!("no answer within {} ms", timeout.as_millis()),
+            ),
+        };
+        if !verdict.verified {
+            tracing::info!(verifier = name, ticket, reason = %verdict.reason, "ticket not verified");
+        }
+        Some(verdict)
     }
 
     /// Issues at once when the request is approved, auto-issue is on and the start has come.

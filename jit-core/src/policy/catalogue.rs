@@ -21,6 +21,7 @@
 //! justification_pattern = "^(INC|CHG)-[0-9]+: .{10,}"   # optional regex
 //! require_ticket = false                  # default false
 //! ticket_pattern = "^INC-[0-9]+$"         # optional regex; a given ticket must match
+//! require_verified_ticket = false         # default false; true: the broker's ticket verifier must verify it
 //!
 //! [entitlements.eligible]                 # who may request; at least one id or group
 //! ids = ["bob"]
@@ -187,6 +188,8 @@ struct RawEntitlement {
     #[serde(default)]
     ticket_pattern: Option<String>,
     #[serde(default)]
+    require_verified_ticket: bool,
+    #[serde(default)]
     eligible: Option<RawPrincipals>,
     #[serde(default)]
     approval: Option<RawApproval>,
@@ -309,6 +312,7 @@ struct Rule {
     justification_pattern: Option<Regex>,
     require_ticket: bool,
     ticket_pattern: Option<Regex>,
+    require_verified_ticket: bool,
     eligible: PrincipalSet,
     approval: Option<ApprovalRule>,
     auto_approve: Option<AutoApproveRule>,
@@ -569,8 +573,10 @@ fn compile_rule(
         },
         require_justification: e.require_justification,
         justification_pattern,
-        require_ticket: e.require_ticket,
+        // A verified ticket is a ticket first.
+        require_ticket: e.require_ticket || e.require_verified_ticket,
         ticket_pattern,
+        require_verified_ticket: e.require_verified_ticket,
         eligible,
         approval,
         auto_approve,
@@ -896,7 +902,28 @@ impl Policy for CataloguePolicy {
             request.duration
         };
 
-        // 4. Auto-approve, else human approval, else deny.
+        // 4. A verified ticket, where required: anything short of a verdict
+        // that verified this very ticket is a deny (fail closed).
+        if rule.require_verified_ticket {
+            let given = request.ticket.as_deref().map(str::trim);
+            match &ctx.ticket {
+                Some(v) if v.verified && Some(v.ticket.trim()) == given => {
+                    reasons.push(format!("verified: {}", v.reason));
+                }
+                Some(v) => {
+                    reasons.push(format!("`{id}` requires a verified ticket: {}", v.reason));
+                    return Ok(deny(max_duration, reasons));
+                }
+                None => {
+                    reasons.push(format!(
+                        "`{id}` requires a verified ticket, but the broker has no ticket verifier"
+                    ));
+                    return Ok(deny(max_duration, reasons));
+                }
+            }
+        }
+
+        // 5. Auto-approve, else human approval, else deny.
         let mut auto_failed = None;
         if let Some(auto) = &rule.auto_approve {
             match Rule::auto_approve(auto, requester, duration, ctx.risk.as_ref()) {

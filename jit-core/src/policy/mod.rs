@@ -71,6 +71,9 @@ pub struct PolicyContext {
     /// The broker's risk review of this request ([`crate::risk`]); `None`
     /// when the broker has no risk assessor.
     pub risk: Option<RiskAssessment>,
+    /// The verdict on the request's ticket ([`crate::ticket`]); `None` when
+    /// the request names no ticket or the broker has no ticket verifier.
+    pub ticket: Option<crate::ticket::TicketVerdict>,
 }
 
 impl PolicyContext {
@@ -80,12 +83,19 @@ impl PolicyContext {
             now,
             provider_max,
             risk: None,
+            ticket: None,
         }
     }
 
     /// With a risk review.
     pub fn with_risk(mut self, risk: RiskAssessment) -> Self {
         self.risk = Some(risk);
+        self
+    }
+
+    /// With a ticket verdict.
+    pub fn with_ticket(mut self, verdict: crate::ticket::TicketVerdict) -> Self {
+        self.ticket = Some(verdict);
         self
     }
 }

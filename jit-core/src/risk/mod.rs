@@ -37,12 +37,15 @@
 //!   they must not carry secrets.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::credentials::Secret;
+use crate::error::{ConfigError, Error, Result};
 use crate::store::{HistoryEntry, HistoryQuery, Store};
 use crate::types::{AccessRequest, Entitlement, Principal};
 
@@ -184,6 +187,105 @@ pub trait RiskAssessor: Send + Sync + fmt::Debug {
     async fn assess(&self, input: &RiskInput<'_>) -> Result<RiskAssessment>;
 }
 
+/// Which assessor a host's configuration names: the one place the vending
+/// server (`[risk]`) and the Lambda function (`JIT_RISK_*`) turn settings
+/// into an assessor.
+#[derive(Clone, Default)]
+pub struct RiskSettings {
+    /// `history` ([`HistoryAssessor`]), `http` ([`HttpAssessor`], feature
+    /// `http-hooks`), or `None` for no review.
+    pub assessor: Option<String>,
+    /// The `http` assessor's URL.
+    pub url: Option<String>,
+    /// The `http` assessor's bearer token.
+    pub token: Option<Secret>,
+    /// How long a submit waits for the assessor (the broker's
+    /// [`risk_timeout`](crate::BrokerBuilder::risk_timeout), and the HTTP
+    /// call's); `None` keeps the defaults.
+    pub timeout: Option<Duration>,
+}
+
+impl fmt::Debug for RiskSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RiskSettings")
+            .field("assessor", &self.assessor)
+            .field("url", &self.url)
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn setting(field: &str, message: impl Into<String>) -> Error {
+    Error::Config(ConfigError::InvalidField {
+        entitlement: "risk".into(),
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+impl RiskSettings {
+    /// The assessor these settings name, if any. A setting that does not
+    /// belong to the named assessor (a URL for `history`, a URL without
+    /// `http`) is an error rather than silently ignored.
+    pub fn build(&self) -> Result<Option<Arc<dyn RiskAssessor>>> {
+        let extra = self.url.is_some() || self.token.is_some();
+        match self.assessor.as_deref().map(str::trim) {
+            None | Some("") if extra => Err(setting(
+                "assessor",
+                "a URL or token is set but no assessor: set the assessor to `http`",
+            )),
+            None | Some("") => Ok(None),
+            Some("history") if extra => Err(setting(
+                "url",
+                "the `history` assessor takes no URL or token",
+            )),
+            Some("history") => Ok(Some(Arc::new(HistoryAssessor::new()))),
+            Some("http") => self.http(),
+            Some(other) => Err(setting(
+                "assessor",
+                format!("unknown assessor `{other}`: use `history` or `http`"),
+            )),
+        }
+    }
+
+    /// With the timeout applied to `builder` too.
+    pub fn apply(&self, builder: crate::BrokerBuilder) -> Result<crate::BrokerBuilder> {
+        let Some(assessor) = self.build()? else {
+            return Ok(builder);
+        };
+        let builder = builder.risk_assessor(assessor);
+        Ok(match self.timeout {
+            Some(t) => builder.risk_timeout(t),
+            None => builder,
+        })
+    }
+
+    #[cfg(feature = "http-hooks")]
+    fn http(&self) -> Result<Option<Arc<dyn RiskAssessor>>> {
+        let url = self
+            .url
+            .as_deref()
+            .ok_or_else(|| setting("url", "the `http` assessor needs a URL"))?;
+        let mut a = HttpAssessor::new(url)?;
+        if let Some(t) = self.timeout {
+            a = a.timeout(t);
+        }
+        if let Some(token) = &self.token {
+            a = a.bearer_token(token.clone());
+        }
+        Ok(Some(Arc::new(a)))
+    }
+
+    #[cfg(not(feature = "http-hooks"))]
+    fn http(&self) -> Result<Option<Arc<dyn RiskAssessor>>> {
+        Err(setting(
+            "assessor",
+            "the `http` assessor needs jit-core's `http-hooks` feature",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +310,42 @@ mod tests {
         let none = RiskAssessment::from_signals("t", Vec::new());
         assert_eq!(none.score, Some(0));
         assert_eq!(none.summary(), "risk 0/100");
+    }
+
+    #[test]
+    fn settings_build_the_named_assessor_and_refuse_stray_keys() {
+        let names = |s: RiskSettings| s.build().map(|a| a.map(|a| a.name().to_string()));
+        assert_eq!(names(RiskSettings::default()).ok(), Some(None));
+        let history = RiskSettings {
+            assessor: Some("history".into()),
+            ..Default::default()
+        };
+        assert_eq!(names(history.clone()).ok(), Some(Some("history".into())));
+        let refused = [
+            RiskSettings {
+                assessor: Some("model".into()),
+                ..Default::default()
+            },
+            RiskSettings {
+                url: Some("https://risk/score".into()),
+                ..Default::default()
+            },
+            RiskSettings {
+                token: Some(Secret::new("hunter2")),
+                ..history.clone()
+            },
+            RiskSettings {
+                assessor: Some("http".into()),
+                ..Default::default()
+            },
+        ];
+        for s in refused {
+            let shown = format!("{s:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            let err = names(s).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.starts_with("invalid configuration"), "{shown}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]
