@@ -15,7 +15,7 @@
 //! Built in:
 //! - [`HistoryAssessor`]: scores against the requester's own history and
 //!   their peers' (see its docs for each signal and its weight);
-//! - [`HttpAssessor`] (feature `http-hooks`): asks an external service,
+//! - `HttpAssessor` (feature `http-hooks`): asks an external service,
 //!   for example a model behind HTTP.
 //!
 //! # Contract
@@ -192,7 +192,7 @@ pub trait RiskAssessor: Send + Sync + fmt::Debug {
 /// into an assessor.
 #[derive(Clone, Default)]
 pub struct RiskSettings {
-    /// `history` ([`HistoryAssessor`]), `http` ([`HttpAssessor`], feature
+    /// `history` ([`HistoryAssessor`]), `http` (`HttpAssessor`, feature
     /// `http-hooks`), or `None` for no review.
     pub assessor: Option<String>,
     /// The `http` assessor's URL.

@@ -13,7 +13,7 @@
 //! (as with `require_ticket`), and one whose ticket is not verified is
 //! denied with the verdict's reason.
 //!
-//! Built in: [`JiraVerifier`] (feature `http-hooks`), for Jira-style issue
+//! Built in: `JiraVerifier` (feature `http-hooks`), for Jira-style issue
 //! lookups, with a timeout and a bounded cache.
 //!
 //! # Contract
@@ -93,7 +93,7 @@ pub trait TicketVerifier: Send + Sync + fmt::Debug {
 
 /// A tracker as a host's configuration names it: the one place the vending
 /// server (`[tickets]`) and the Lambda function (`JIT_TICKETS_*`) turn
-/// settings into a verifier ([`JiraVerifier`], feature `http-hooks`).
+/// settings into a verifier (`JiraVerifier`, feature `http-hooks`).
 #[derive(Clone, Default)]
 pub struct TrackerSettings {
     /// The tracker's base URL; `None` for no verification.
