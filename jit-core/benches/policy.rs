@@ -59,10 +59,7 @@ fn decide(c: &mut Criterion) {
         .with_group("web")
         .with_group("OnCall")
         .with_attribute("oncall", "true");
-    let ctx = PolicyContext {
-        now: chrono::Utc::now(),
-        provider_max: Duration::from_secs(12 * 3600),
-    };
+    let ctx = PolicyContext::new(chrono::Utc::now(), Duration::from_secs(12 * 3600));
     for n in [10usize, 1_000, 10_000] {
         let policy = CataloguePolicy::from_toml_str(&catalogue(n)).unwrap();
         let id = format!("svc-{}:read", n / 2);

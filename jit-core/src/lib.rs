@@ -11,10 +11,12 @@ pub mod local;
 pub mod policy;
 pub mod provider;
 pub mod reaper;
+pub mod risk;
 pub mod standing;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod ticket;
 pub mod types;
 pub mod wire;
 
@@ -28,6 +30,7 @@ pub use provider::{
     Capabilities, Collateral, GrantSpec, Issued, Provider, RevocationKind, RevokeOutcome,
 };
 pub use reaper::Reaper;
+pub use risk::{RiskAssessment, RiskAssessor};
 pub use store::{ListFilter, MemoryStore, Store};
 pub use types::*;
 

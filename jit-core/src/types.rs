@@ -665,6 +665,10 @@ pub struct Decision {
     pub max_duration: GrantDuration,
     /// Why, in words a person can read.
     pub reasons: Vec<String>,
+    /// The risk review the decision saw, when the broker has a risk
+    /// assessor (set by the broker, not the policy; see [`crate::risk`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<crate::risk::RiskAssessment>,
 }
 
 impl Decision {

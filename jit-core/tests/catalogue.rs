@@ -82,10 +82,7 @@ fn policy() -> CataloguePolicy {
 }
 
 fn ctx(provider_max: Duration) -> PolicyContext {
-    PolicyContext {
-        now: chrono::Utc::now(),
-        provider_max,
-    }
+    PolicyContext::new(chrono::Utc::now(), provider_max)
 }
 
 fn hours(h: u64) -> Duration {

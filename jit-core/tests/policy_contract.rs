@@ -22,10 +22,7 @@ fn catalogue() -> CataloguePolicy {
 }
 
 fn ctx(provider_max: Duration) -> PolicyContext {
-    PolicyContext {
-        now: ManualClock::starting_now().now(),
-        provider_max,
-    }
+    PolicyContext::new(ManualClock::starting_now().now(), provider_max)
 }
 
 fn people() -> Vec<Principal> {

@@ -42,19 +42,42 @@ pub(crate) fn ends(r: &RequestRecord) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// The risk column: the score, `?` when it could not be assessed, `-` without a review.
+pub(crate) fn risk_cell(r: &RequestRecord) -> String {
+    match &r.decision.risk {
+        None => "-".into(),
+        Some(a) => a.score.map_or_else(|| "?".into(), |s| s.to_string()),
+    }
+}
+
+/// The risk review for an approver: the summary, then each signal's reason.
+pub(crate) fn risk_lines(r: &RequestRecord) -> Vec<String> {
+    let Some(a) = &r.decision.risk else {
+        return Vec::new();
+    };
+    std::iter::once(format!("{} [{}]", a.summary(), a.assessor))
+        .chain(
+            a.signals
+                .iter()
+                .map(|s| format!("  +{} {}: {}", s.weight, s.name, s.reason)),
+        )
+        .collect()
+}
+
 pub(crate) fn print_table(rows: &[RequestRecord]) {
     println!(
-        "{:<36}  {:<18}  {:<20}  {:<16}  {:<8}  ENDS (UTC)",
-        "ID", "STATE", "ENTITLEMENT", "REQUESTER", "FOR"
+        "{:<36}  {:<18}  {:<20}  {:<16}  {:<8}  {:<4}  ENDS (UTC)",
+        "ID", "STATE", "ENTITLEMENT", "REQUESTER", "FOR", "RISK"
     );
     for r in rows {
         println!(
-            "{:<36}  {:<18}  {:<20}  {:<16}  {:<8}  {}",
+            "{:<36}  {:<18}  {:<20}  {:<16}  {:<8}  {:<4}  {}",
             r.id.to_string(),
             r.state.to_string(),
             r.request.entitlement,
             r.requester.id.to_string(),
             format!("{}s", r.request.duration.as_secs()),
+            risk_cell(r),
             ends(r)
         );
     }
@@ -67,6 +90,9 @@ pub(crate) fn print_record(r: &RequestRecord) {
     println!("requester    {}", r.requester.id);
     for x in &r.decision.reasons {
         println!("policy       {x}");
+    }
+    for x in risk_lines(r) {
+        println!("risk         {x}");
     }
     for a in &r.approvals {
         println!("approved by  {}", a.approver.id);
@@ -91,5 +117,66 @@ pub(crate) fn emit(json: bool, reply: &Reply<RequestAnswer>) {
                 r.id
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use jit_core::risk::{RiskAssessment, RiskSignal};
+
+    use super::*;
+
+    /// A pending record as the server answers it.
+    fn pending() -> RequestRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": "4b1c0a6e-1f55-4a0c-9f43-2d1a6f0e5b11",
+            "version": 1,
+            "state": "pending",
+            "requester": {"id": "bob"},
+            "request": {"entitlement": "db-read", "duration": 1800, "justification": "INC-1"},
+            "decision": {"verdict": "needs_approval", "approvers": {"groups": ["leads"]},
+                         "quorum": 1, "max_duration": 3600, "reasons": []},
+            "created_at": "2026-11-29T23:00:00Z",
+            "updated_at": "2026-11-29T23:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn approvers_see_the_score_and_every_signal() {
+        let mut r = pending();
+        assert_eq!(risk_cell(&r), "-");
+        assert!(risk_lines(&r).is_empty());
+
+        r.decision.risk = Some(RiskAssessment::from_signals(
+            "history",
+            vec![
+                RiskSignal {
+                    name: "first_for_entitlement".into(),
+                    weight: 30,
+                    reason: "first request for `db-read`".into(),
+                },
+                RiskSignal {
+                    name: "burst".into(),
+                    weight: 20,
+                    reason: "5 earlier requests in the last 10m".into(),
+                },
+            ],
+        ));
+        assert_eq!(risk_cell(&r), "50");
+        assert_eq!(
+            risk_lines(&r),
+            [
+                "risk 50/100 (first_for_entitlement, burst) [history]",
+                "  +30 first_for_entitlement: first request for `db-read`",
+                "  +20 burst: 5 earlier requests in the last 10m",
+            ]
+        );
+
+        r.decision.risk = Some(RiskAssessment::unavailable("http", "status 503"));
+        assert_eq!(risk_cell(&r), "?");
+        assert_eq!(risk_lines(&r), ["risk unknown: status 503 [http]"]);
     }
 }

@@ -11,6 +11,16 @@
 //! | `JIT_IAM_PINNED_SESSION_ROLES` | comma-separated role ARNs whose trust policy pins the session name to the caller (`sts:RoleSessionName` = `${aws:username}`, or IAM Identity Center); their callers are told apart by session name. Every other assumed role is one identity: see [`crate::event`] | none |
 //! | `JIT_OVER_MAX_DURATION` | `clamp`: a duration above the entitlement's maximum is shortened (the reasons say so); `refuse`: it is a 400 | `clamp` |
 //! | `JIT_AWS_*` | the AWS provider: see [`jit_aws::config`] | |
+//! | `JIT_RISK_ASSESSOR` | risk review ([`jit_core::risk`]): `history` (scores against the store's history: point `JIT_STORE_URL` at the shared database) or `http` | none |
+//! | `JIT_RISK_URL` | the `http` assessor's endpoint | |
+//! | `JIT_RISK_TOKEN_FILE` | a file holding the `http` assessor's bearer token | |
+//! | `JIT_RISK_TIMEOUT_MS` | how long an invocation waits for the assessor; past it, human review | `2000` |
+//! | `JIT_TICKETS_URL` | a Jira-style tracker verifying tickets for entitlements with `require_verified_ticket` ([`jit_core::ticket`]) | none |
+//! | `JIT_TICKETS_STATUSES` | comma-separated statuses a verified ticket may be in | required with the URL |
+//! | `JIT_TICKETS_PROJECTS` | comma-separated projects it must be in | any |
+//! | `JIT_TICKETS_REQUIRE_ASSIGNEE` | `true`: it must be assigned to the caller | `false` |
+//! | `JIT_TICKETS_TOKEN_FILE` | a file holding the tracker's bearer token | |
+//! | `JIT_TICKETS_TIMEOUT_MS` | how long an invocation waits for the tracker; past it, not verified | `2000` |
 //!
 //! Exactly one of `JIT_CATALOGUE` and `JIT_CATALOGUE_FILE` must be set.
 //!
@@ -92,6 +102,124 @@ pub struct Config {
     pub over_max: OverMax,
     /// The AWS provider's settings (`JIT_AWS_*`).
     pub aws: AwsConfig,
+    /// Risk review (`JIT_RISK_*`).
+    pub risk: RiskConfig,
+    /// Ticket verification (`JIT_TICKETS_*`).
+    pub tickets: TicketsConfig,
+}
+
+/// `JIT_TICKETS_*`: the tracker that verifies tickets (see
+/// [`jit_core::ticket::TrackerSettings`], which the vending server's
+/// `[tickets]` table builds with too).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TicketsConfig {
+    /// The tracker's base URL; none: no verification.
+    pub url: Option<String>,
+    /// Statuses a verified ticket may be in.
+    pub statuses: Vec<String>,
+    /// Projects it must be in.
+    pub projects: Option<Vec<String>>,
+    /// Whether it must be assigned to the caller.
+    pub require_assignee: bool,
+    /// A file holding the tracker's bearer token.
+    pub token_file: Option<PathBuf>,
+    /// How long an invocation waits for the tracker.
+    pub timeout: Option<std::time::Duration>,
+}
+
+impl TicketsConfig {
+    /// The settings jit-core builds the verifier from (reads the token file).
+    pub fn settings(&self) -> Result<jit_core::ticket::TrackerSettings, Error> {
+        Ok(jit_core::ticket::TrackerSettings {
+            url: self.url.clone(),
+            statuses: self.statuses.clone(),
+            projects: self.projects.clone(),
+            require_assignee: self.require_assignee,
+            token: read_token("JIT_TICKETS_TOKEN_FILE", self.token_file.as_deref())?,
+            timeout: self.timeout,
+            cache_ttl: None,
+        })
+    }
+}
+
+/// A bearer token from a file: trimmed, not empty.
+fn read_token(
+    var: &str,
+    path: Option<&std::path::Path>,
+) -> Result<Option<jit_core::Secret>, Error> {
+    let Some(p) = path else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| setting(var, format!("cannot read `{}`: {e}", p.display())))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(setting(var, "the file is empty"));
+    }
+    Ok(Some(jit_core::Secret::new(text)))
+}
+
+/// Milliseconds from `var`, when set: a positive whole number.
+fn millis(var: &str, value: Option<String>) -> Result<Option<std::time::Duration>, Error> {
+    match value {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Some(std::time::Duration::from_millis(ms))),
+            _ => Err(setting(
+                var,
+                format!("`{v}` is not a positive number of milliseconds"),
+            )),
+        },
+    }
+}
+
+fn list(value: Option<String>) -> Option<Vec<String>> {
+    value.map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+/// `JIT_RISK_*`: which assessor reviews each request (see
+/// [`jit_core::risk::RiskSettings`], which the vending server's `[risk]`
+/// table builds with too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiskConfig {
+    /// `history` or `http`; none when unset.
+    pub assessor: Option<String>,
+    /// The `http` assessor's URL.
+    pub url: Option<String>,
+    /// A file holding the `http` assessor's bearer token.
+    pub token_file: Option<PathBuf>,
+    /// How long an invocation waits for the assessor.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            assessor: None,
+            url: None,
+            token_file: None,
+            timeout: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+impl RiskConfig {
+    /// The settings jit-core builds the assessor from (reads the token file).
+    pub fn settings(&self) -> Result<jit_core::risk::RiskSettings, Error> {
+        let token = read_token("JIT_RISK_TOKEN_FILE", self.token_file.as_deref())?;
+        Ok(jit_core::risk::RiskSettings {
+            assessor: self.assessor.clone(),
+            url: self.url.clone(),
+            token,
+            timeout: Some(self.timeout),
+        })
+    }
 }
 
 fn setting(field: &str, message: impl Into<String>) -> Error {
@@ -111,6 +239,8 @@ impl Config {
             claims: ClaimNames::default(),
             over_max: OverMax::Clamp,
             aws: AwsConfig::default(),
+            risk: RiskConfig::default(),
+            tickets: TicketsConfig::default(),
         }
     }
 
@@ -189,12 +319,42 @@ impl Config {
                 ))
             }
         };
+        let timeout = millis("JIT_RISK_TIMEOUT_MS", get("JIT_RISK_TIMEOUT_MS"))?
+            .unwrap_or(RiskConfig::default().timeout);
+        let tickets = TicketsConfig {
+            url: get("JIT_TICKETS_URL"),
+            statuses: list(get("JIT_TICKETS_STATUSES")).unwrap_or_default(),
+            projects: list(get("JIT_TICKETS_PROJECTS")),
+            require_assignee: match get("JIT_TICKETS_REQUIRE_ASSIGNEE")
+                .map(|v| v.trim().to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(setting(
+                        "JIT_TICKETS_REQUIRE_ASSIGNEE",
+                        format!("`{other}` is not `true` or `false`"),
+                    ))
+                }
+            },
+            token_file: get("JIT_TICKETS_TOKEN_FILE").map(PathBuf::from),
+            timeout: millis("JIT_TICKETS_TIMEOUT_MS", get("JIT_TICKETS_TIMEOUT_MS"))?,
+        };
+        let risk = RiskConfig {
+            assessor: get("JIT_RISK_ASSESSOR").map(|v| v.trim().to_string()),
+            url: get("JIT_RISK_URL"),
+            token_file: get("JIT_RISK_TOKEN_FILE").map(PathBuf::from),
+            timeout,
+        };
         Ok(Self {
             catalogue,
             store_url: get("JIT_STORE_URL").unwrap_or_else(|| DEFAULT_STORE_URL.into()),
             claims,
             over_max,
             aws: AwsConfig::from_lookup(get)?,
+            risk,
+            tickets,
         })
     }
 }
@@ -262,6 +422,60 @@ mod tests {
         assert_eq!(c.claims.attributes, vec!["oncall", "dept"]);
         assert_eq!(c.over_max, OverMax::Refuse);
         assert_eq!(c.aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.risk, RiskConfig::default());
+    }
+
+    #[test]
+    fn risk_settings_from_the_environment() {
+        let c = from(&[
+            ("JIT_CATALOGUE", "x = 1"),
+            ("JIT_RISK_ASSESSOR", "http"),
+            ("JIT_RISK_URL", "https://risk.internal/score"),
+            ("JIT_RISK_TIMEOUT_MS", "750"),
+        ])
+        .unwrap();
+        assert_eq!(c.risk.assessor.as_deref(), Some("http"));
+        assert_eq!(c.risk.timeout, std::time::Duration::from_millis(750));
+        let built = c.risk.settings().unwrap().build().unwrap().unwrap();
+        assert_eq!(built.name(), "http");
+        let c = from(&[("JIT_CATALOGUE", "x = 1"), ("JIT_RISK_ASSESSOR", "history")]).unwrap();
+        let built = c.risk.settings().unwrap().build().unwrap().unwrap();
+        assert_eq!(built.name(), "history");
+        let c = from(&[
+            ("JIT_CATALOGUE", "x = 1"),
+            ("JIT_RISK_ASSESSOR", "http"),
+            ("JIT_RISK_TOKEN_FILE", "/nonexistent/risk-token"),
+        ])
+        .unwrap();
+        let err = c.risk.settings().unwrap_err().to_string();
+        assert!(err.contains("JIT_RISK_TOKEN_FILE"), "{err}");
+    }
+
+    #[test]
+    fn ticket_settings_from_the_environment() {
+        let c = from(&[("JIT_CATALOGUE", "x = 1")]).unwrap();
+        assert_eq!(c.tickets, TicketsConfig::default());
+        let c = from(&[
+            ("JIT_CATALOGUE", "x = 1"),
+            ("JIT_TICKETS_URL", "https://jira.internal"),
+            ("JIT_TICKETS_STATUSES", "Open, In Progress,"),
+            ("JIT_TICKETS_PROJECTS", "INC"),
+            ("JIT_TICKETS_REQUIRE_ASSIGNEE", "TRUE"),
+            ("JIT_TICKETS_TIMEOUT_MS", "900"),
+        ])
+        .unwrap();
+        assert_eq!(c.tickets.statuses, ["Open", "In Progress"]);
+        assert_eq!(
+            c.tickets.projects.as_deref(),
+            Some(&["INC".to_string()][..])
+        );
+        assert!(c.tickets.require_assignee);
+        assert_eq!(
+            c.tickets.timeout,
+            Some(std::time::Duration::from_millis(900))
+        );
+        let s = c.tickets.settings().unwrap();
+        assert_eq!(s.url.as_deref(), Some("https://jira.internal"));
     }
 
     #[test]
@@ -279,6 +493,21 @@ mod tests {
             (
                 vec![("JIT_CATALOGUE", "a"), ("JIT_AWS_MAX_DURATION", "13h")],
                 "max_duration",
+            ),
+            (
+                vec![("JIT_CATALOGUE", "a"), ("JIT_RISK_TIMEOUT_MS", "soon")],
+                "JIT_RISK_TIMEOUT_MS",
+            ),
+            (
+                vec![
+                    ("JIT_CATALOGUE", "a"),
+                    ("JIT_TICKETS_REQUIRE_ASSIGNEE", "yes"),
+                ],
+                "JIT_TICKETS_REQUIRE_ASSIGNEE",
+            ),
+            (
+                vec![("JIT_CATALOGUE", "a"), ("JIT_TICKETS_TIMEOUT_MS", "0")],
+                "JIT_TICKETS_TIMEOUT_MS",
             ),
         ] {
             match from(&pairs) {

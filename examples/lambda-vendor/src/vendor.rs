@@ -92,6 +92,11 @@ impl VendorBuilder {
             ),
         };
         let mut builder = Broker::builder(store, Arc::new(policy)).provider(provider);
+        // The same risk review as the vending server's: unusual requests go
+        // to a human (pending, 202) instead of being auto-approved.
+        builder = self.config.risk.settings()?.apply(builder)?;
+        // And the same ticket verification.
+        builder = self.config.tickets.settings()?.apply(builder)?;
         for sink in self.sinks {
             builder = builder.audit_sink(sink);
         }

@@ -63,6 +63,8 @@ fn bench(c: &mut Criterion) {
         metrics: Default::default(),
         introspection: Default::default(),
         audit: Default::default(),
+        risk: Default::default(),
+        tickets: Default::default(),
         base_dir: None,
         ignore_provider_env: true,
     };

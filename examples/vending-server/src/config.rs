@@ -66,6 +66,21 @@
 //! checkpoint_file = "audit-checkpoints.jsonl" # JIT_AUDIT_CHECKPOINT_FILE; ship it off this host
 //! checkpoint_every = 100                  # records between checkpoints (and one per reaper tick)
 //! sealed_from = 1                         # records before this seq may be unsealed (a chain older than its key)
+//!
+//! [risk]                                  # risk review (jit_core::risk); none when absent
+//! assessor = "history"                    # JIT_RISK_ASSESSOR: `history` (built in) or `http`
+//! url = "https://risk.internal/score"     # JIT_RISK_URL: the `http` assessor's endpoint
+//! token_file = "risk-token"               # JIT_RISK_TOKEN_FILE: its bearer token (optional)
+//! timeout_ms = 2000                       # how long a submit waits; past it: human review
+//!
+//! [tickets]                               # ticket verification (jit_core::ticket); none when absent
+//! url = "https://example.atlassian.net"   # JIT_TICKETS_URL: a Jira-style tracker
+//! statuses = ["Open", "In Progress"]      # a ticket must be in one of these
+//! projects = ["INC", "CHG"]               # optional: and in one of these projects
+//! require_assignee = false                # optional: and assigned to the requester
+//! token_file = "jira-token"               # JIT_TICKETS_TOKEN_FILE: bearer token (optional)
+//! timeout_ms = 2000                       # past it, or on any tracker error: not verified
+//! cache_secs = 60                         # answers cached per ticket (at most 1,024)
 //! ```
 //!
 //! Unknown keys are errors, like in the catalogue: in a provider table, when
@@ -117,6 +132,12 @@ pub struct Config {
     /// The audit key and checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Risk review of every submitted request.
+    #[serde(default)]
+    pub risk: RiskConfig,
+    /// Ticket verification.
+    #[serde(default)]
+    pub tickets: TicketsConfig,
     /// Where relative paths in provider tables are resolved: the config
     /// file's directory ([`Config::load`] sets it).
     #[serde(skip)]
@@ -154,6 +175,70 @@ impl Default for AuditConfig {
             checkpoint_file: None,
             checkpoint_every: 100,
             sealed_from: 1,
+        }
+    }
+}
+
+/// `[risk]`: which assessor reviews each submitted request (see
+/// `jit_core::risk`); the catalogue's `auto_approve.max_risk` uses its
+/// score. Without `assessor`, no review runs and `max_risk` rules send
+/// every request to a human (they fail closed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskConfig {
+    /// `history` (the built-in `HistoryAssessor`) or `http`.
+    pub assessor: Option<String>,
+    /// The `http` assessor's URL.
+    pub url: Option<String>,
+    /// A file holding the `http` assessor's bearer token.
+    pub token_file: Option<PathBuf>,
+    /// How long a submit waits for the assessor, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            assessor: None,
+            url: None,
+            token_file: None,
+            timeout_ms: 2000,
+        }
+    }
+}
+
+/// `[tickets]`: the tracker that verifies tickets for entitlements with
+/// `require_verified_ticket` (see `jit_core::ticket`). Without `url`, no
+/// verification runs and those entitlements deny every request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketsConfig {
+    /// The Jira-style tracker's base URL.
+    pub url: Option<String>,
+    /// Statuses a verified ticket may be in.
+    pub statuses: Vec<String>,
+    /// Projects a verified ticket must be in (any when absent).
+    pub projects: Option<Vec<String>>,
+    /// Whether the ticket must be assigned to the requester.
+    pub require_assignee: bool,
+    /// A file holding the tracker's bearer token.
+    pub token_file: Option<PathBuf>,
+    /// How long a submit waits for the tracker, in milliseconds.
+    pub timeout_ms: u64,
+    /// How long answers are cached, in seconds (0: not cached).
+    pub cache_secs: u64,
+}
+
+impl Default for TicketsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            statuses: Vec::new(),
+            projects: None,
+            require_assignee: false,
+            token_file: None,
+            timeout_ms: 2000,
+            cache_secs: 60,
         }
     }
 }
@@ -399,6 +484,12 @@ impl Config {
         if let Some(p) = c.audit.checkpoint_file.as_mut() {
             rel(p);
         }
+        if let Some(p) = c.risk.token_file.as_mut() {
+            rel(p);
+        }
+        if let Some(p) = c.tickets.token_file.as_mut() {
+            rel(p);
+        }
         Ok(c)
     }
 
@@ -445,6 +536,21 @@ impl Config {
         if let Some(v) = get("JIT_AUDIT_CHECKPOINT_FILE") {
             self.audit.checkpoint_file = Some(v.into());
         }
+        if let Some(v) = get("JIT_RISK_ASSESSOR") {
+            self.risk.assessor = Some(v);
+        }
+        if let Some(v) = get("JIT_RISK_URL") {
+            self.risk.url = Some(v);
+        }
+        if let Some(v) = get("JIT_RISK_TOKEN_FILE") {
+            self.risk.token_file = Some(v.into());
+        }
+        if let Some(v) = get("JIT_TICKETS_URL") {
+            self.tickets.url = Some(v);
+        }
+        if let Some(v) = get("JIT_TICKETS_TOKEN_FILE") {
+            self.tickets.token_file = Some(v.into());
+        }
     }
 }
 
@@ -480,6 +586,34 @@ mod tests {
 
         let err = Config::from_toml_str(&format!("{MIN}\n[limits]\nmax_body = 1\n")).unwrap_err();
         assert!(err.contains("unknown field `max_body`"), "{err}");
+    }
+
+    #[test]
+    fn risk_section_and_env_overrides() {
+        let c = Config::from_toml_str(MIN).unwrap();
+        assert_eq!(c.risk.assessor, None);
+        assert_eq!(c.risk.timeout_ms, 2000);
+        let mut c = Config::from_toml_str(&format!(
+            "{MIN}\n[risk]\nassessor = \"http\"\nurl = \"https://risk/score\"\ntimeout_ms = 500\n"
+        ))
+        .unwrap();
+        assert_eq!(c.risk.assessor.as_deref(), Some("http"));
+        assert_eq!(c.risk.url.as_deref(), Some("https://risk/score"));
+        assert_eq!(c.risk.timeout_ms, 500);
+        c.apply_env(|k| match k {
+            "JIT_RISK_ASSESSOR" => Some("history".into()),
+            "JIT_RISK_URL" => Some("https://other/score".into()),
+            "JIT_RISK_TOKEN_FILE" => Some("/run/secrets/risk".into()),
+            _ => None,
+        });
+        assert_eq!(c.risk.assessor.as_deref(), Some("history"));
+        assert_eq!(c.risk.url.as_deref(), Some("https://other/score"));
+        assert_eq!(
+            c.risk.token_file.as_deref(),
+            Some(Path::new("/run/secrets/risk"))
+        );
+        let err = Config::from_toml_str(&format!("{MIN}\n[risk]\nmodel = \"x\"\n")).unwrap_err();
+        assert!(err.contains("unknown field `model`"), "{err}");
     }
 
     #[test]

@@ -140,6 +140,58 @@ fn audit_setup(
     Ok(builder)
 }
 
+/// Adds the configured risk assessor, if any (`[risk]`).
+fn risk_setup(
+    builder: jit_core::BrokerBuilder,
+    risk: &config::RiskConfig,
+) -> Result<jit_core::BrokerBuilder, String> {
+    let token = match &risk.token_file {
+        None => None,
+        Some(p) => Some(token_file("risk", p)?),
+    };
+    jit_core::risk::RiskSettings {
+        assessor: risk.assessor.clone(),
+        url: risk.url.clone(),
+        token,
+        timeout: Some(Duration::from_millis(risk.timeout_ms.max(1))),
+    }
+    .apply(builder)
+    .map_err(|e| format!("risk: {e}"))
+}
+
+/// Reads a token file: trimmed, not empty.
+fn token_file(section: &str, p: &Path) -> Result<jit_core::Secret, String> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| format!("{section}: cannot read `{}`: {e}", p.display()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("{section}: `{}` is empty", p.display()));
+    }
+    Ok(jit_core::Secret::new(text))
+}
+
+/// Adds the configured ticket verifier, if any (`[tickets]`).
+fn tickets_setup(
+    builder: jit_core::BrokerBuilder,
+    t: &config::TicketsConfig,
+) -> Result<jit_core::BrokerBuilder, String> {
+    let token = match &t.token_file {
+        None => None,
+        Some(p) => Some(token_file("tickets", p)?),
+    };
+    jit_core::ticket::TrackerSettings {
+        url: t.url.clone(),
+        statuses: t.statuses.clone(),
+        projects: t.projects.clone(),
+        require_assignee: t.require_assignee,
+        token,
+        timeout: Some(Duration::from_millis(t.timeout_ms.max(1))),
+        cache_ttl: Some(Duration::from_secs(t.cache_secs)),
+    }
+    .apply(builder)
+    .map_err(|e| format!("tickets: {e}"))
+}
+
 fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
     names
         .iter()
@@ -249,6 +301,8 @@ impl Server {
             .map(|(name, p)| (name, api::LocalKeys::of(&p)))
             .collect();
         builder = audit_setup(builder, &config.audit)?;
+        builder = risk_setup(builder, &config.risk)?;
+        builder = tickets_setup(builder, &config.tickets)?;
         let broker = builder.build().map_err(|e| e.to_string())?;
 
         let a = &config.auth;
@@ -539,6 +593,75 @@ mod tests {
         audience = "jit"
         jwks_url = "https://id/jwks"
     "#;
+
+    fn risk_config(toml: &str) -> config::RiskConfig {
+        Config::from_toml_str(&format!("{MIN}\n[risk]\n{toml}"))
+            .unwrap()
+            .risk
+    }
+
+    fn risk_result(toml: &str) -> Result<String, String> {
+        let store: Arc<dyn jit_core::Store> = Arc::new(MemoryStore::new());
+        let policy = Arc::new(CataloguePolicy::from_toml_str("").unwrap());
+        risk_setup(Broker::builder(store, policy), &risk_config(toml)).map(|b| format!("{b:?}"))
+    }
+
+    fn tickets_result(toml: &str) -> Result<String, String> {
+        let store: Arc<dyn jit_core::Store> = Arc::new(MemoryStore::new());
+        let policy = Arc::new(CataloguePolicy::from_toml_str("").unwrap());
+        let t = Config::from_toml_str(&format!("{MIN}\n[tickets]\n{toml}"))
+            .unwrap()
+            .tickets;
+        tickets_setup(Broker::builder(store, policy), &t).map(|b| format!("{b:?}"))
+    }
+
+    #[test]
+    fn ticket_verifiers_are_built_from_the_config_and_mistakes_are_refused() {
+        assert!(tickets_result("").is_ok());
+        assert!(tickets_result(
+            "url = \"https://jira.internal\"\nstatuses = [\"Open\"]\nprojects = [\"INC\"]"
+        )
+        .is_ok());
+        for (toml, want) in [
+            ("statuses = [\"Open\"]", "set the tracker's URL"),
+            ("url = \"https://jira.internal\"", "at least one status"),
+            (
+                "url = \"ftp://jira\"\nstatuses = [\"Open\"]",
+                "http or https",
+            ),
+            (
+                "url = \"https://jira\"\nstatuses = [\"Open\"]\ntoken_file = \"/nonexistent/t\"",
+                "cannot read",
+            ),
+        ] {
+            let err = tickets_result(toml).unwrap_err();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn risk_assessors_are_built_from_the_config_and_mistakes_are_refused() {
+        assert!(risk_result("").is_ok());
+        assert!(risk_result("assessor = \"history\"").is_ok());
+        assert!(risk_result("assessor = \"http\"\nurl = \"https://risk/score\"").is_ok());
+        for (toml, want) in [
+            ("assessor = \"http\"", "needs a URL"),
+            ("assessor = \"model\"", "unknown assessor `model`"),
+            ("url = \"https://risk/score\"", "set the assessor to `http`"),
+            (
+                "assessor = \"history\"\nurl = \"https://risk/score\"",
+                "takes no URL",
+            ),
+            ("assessor = \"http\"\nurl = \"ftp://risk\"", "http or https"),
+            (
+                "assessor = \"http\"\nurl = \"https://risk\"\ntoken_file = \"/nonexistent/risk-token\"",
+                "cannot read",
+            ),
+        ] {
+            let err = risk_result(toml).unwrap_err();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+    }
 
     fn config(providers: &str) -> Config {
         let mut c = Config::from_toml_str(&format!("{MIN}\n{providers}")).unwrap();

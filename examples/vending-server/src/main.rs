@@ -107,6 +107,8 @@ async fn run(args: Args) -> Result<(), String> {
                 checkpoint_every: 1,
                 ..Default::default()
             },
+            risk: Default::default(),
+            tickets: Default::default(),
             base_dir: Some(dir.clone()),
             // The demo's own key files, whatever the environment says.
             ignore_provider_env: true,

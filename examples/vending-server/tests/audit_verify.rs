@@ -55,6 +55,8 @@ fn config(dir: &Path) -> Config {
             checkpoint_every: 1,
             ..Default::default()
         },
+        risk: Default::default(),
+        tickets: Default::default(),
         base_dir: None,
         ignore_provider_env: true,
     }

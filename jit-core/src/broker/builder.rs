@@ -11,6 +11,7 @@ use crate::error::{ConfigError, Error, Result};
 use crate::policy::Policy;
 use crate::provider::retry::Backoff;
 use crate::provider::Provider;
+use crate::risk::RiskAssessor;
 use crate::store::Store;
 
 /// How failed revocations are retried.
@@ -71,6 +72,10 @@ pub struct BrokerBuilder {
     claim_lease: Duration,
     audit_keyring: Option<AuditKeyring>,
     checkpoint_every: u64,
+    risk: Option<Arc<dyn RiskAssessor>>,
+    risk_timeout: Duration,
+    tickets: Option<Arc<dyn crate::ticket::TicketVerifier>>,
+    ticket_timeout: Duration,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -98,6 +103,10 @@ impl BrokerBuilder {
             claim_lease: Duration::from_secs(60),
             audit_keyring: None,
             checkpoint_every: 100,
+            risk: None,
+            risk_timeout: Duration::from_secs(5),
+            tickets: None,
+            ticket_timeout: Duration::from_secs(5),
         }
     }
 
@@ -141,6 +150,38 @@ impl BrokerBuilder {
     /// checkpoint could be cut off unseen: this bounds that window.
     pub fn checkpoint_every(mut self, records: u64) -> Self {
         self.checkpoint_every = records.max(1);
+        self
+    }
+
+    /// Reviews every submitted request's risk with `assessor` before the
+    /// policy decides ([`crate::risk`]); the policy sees the answer in
+    /// [`PolicyContext::risk`](crate::PolicyContext::risk) and the decision
+    /// records it.
+    pub fn risk_assessor(mut self, assessor: Arc<dyn crate::risk::RiskAssessor>) -> Self {
+        self.risk = Some(assessor);
+        self
+    }
+
+    /// How long a submit waits for the risk assessor (default 5 s); past
+    /// it the assessment is unavailable, which exceeds every risk limit.
+    pub fn risk_timeout(mut self, timeout: Duration) -> Self {
+        self.risk_timeout = timeout;
+        self
+    }
+
+    /// Verifies the ticket of every submitted request that names one with
+    /// `verifier` before the policy decides ([`crate::ticket`]); the policy
+    /// sees the verdict in [`PolicyContext::ticket`](crate::PolicyContext::ticket)
+    /// and the decision's audit record keeps it.
+    pub fn ticket_verifier(mut self, verifier: Arc<dyn crate::ticket::TicketVerifier>) -> Self {
+        self.tickets = Some(verifier);
+        self
+    }
+
+    /// How long a submit waits for the ticket verifier (default 5 s); past
+    /// it the ticket is not verified.
+    pub fn ticket_timeout(mut self, timeout: Duration) -> Self {
+        self.ticket_timeout = timeout;
         self
     }
 
@@ -211,6 +252,10 @@ impl BrokerBuilder {
                 audit_keyring: self.audit_keyring,
                 checkpoint_every: self.checkpoint_every,
                 checkpoints: std::sync::Mutex::new(CheckpointState::default()),
+                risk: self.risk,
+                risk_timeout: self.risk_timeout,
+                tickets: self.tickets,
+                ticket_timeout: self.ticket_timeout,
             }),
         })
     }

@@ -10,7 +10,9 @@ use super::{
 use crate::audit::AuditKind;
 use crate::error::{Error, RequestError, Result};
 use crate::policy::PolicyContext;
+use crate::risk::{History, RiskAssessment, RiskInput, MAX_SCORE};
 use crate::standing::Standing;
+use crate::ticket::TicketVerdict;
 use crate::types::{
     check_text, format_duration, AccessRequest, Approval, Grant, GrantDuration, GrantId, Principal,
     RequestId, RequestRecord, State, Verdict,
@@ -49,14 +51,20 @@ impl Broker {
             }
             .into());
         }
+        let risk = self.assess_risk(requester, &request, &ent, now).await;
+        let ticket = self.verify_ticket(requester, &request).await;
         let ctx = PolicyContext {
             now,
             provider_max: caps.max_duration,
+            risk: risk.clone(),
+            ticket: ticket.clone(),
         };
-        let decision = self
+        let mut decision = self
             .inner
             .policy
             .evaluate(requester, &request, &ent, &ctx)?;
+        // The broker's review is the record, whatever a policy put there.
+        decision.risk = risk;
         let mut rec = RequestRecord {
             id: RequestId::new(),
             version: 1,
@@ -88,7 +96,10 @@ impl Broker {
             })),
         ];
         events.push(
-            event(AuditKind::Decided, &rec, "policy", now).details(json!({ "decision": decision })),
+            event(AuditKind::Decided, &rec, "policy", now).details(match &ticket {
+                Some(t) => json!({ "decision": decision, "ticket": t }),
+                None => json!({ "decision": decision }),
+            }),
         );
         match &decision.verdict {
             Verdict::Deny => {
@@ -126,6 +137,81 @@ impl Broker {
         let recs = self.inner.store.insert(&rec, &events).await?;
         self.forward(&recs).await?;
         self.after_approval(rec, SYSTEM_ACTOR).await
+    }
+
+    /// The risk review of a request about to be decided, if the broker has
+    /// an assessor. A failure, a timeout or a score above the maximum is an
+    /// unavailable assessment: never an error that stops the submit, and
+    /// never a low score (see [`crate::risk`]).
+    async fn assess_risk(
+        &self,
+        requester: &Principal,
+        request: &AccessRequest,
+        entitlement: &crate::types::Entitlement,
+        now: DateTime<Utc>,
+    ) -> Option<RiskAssessment> {
+        let assessor = self.inner.risk.as_ref()?;
+        let input = RiskInput {
+            requester,
+            request,
+            entitlement,
+            now,
+            history: History::new(self.inner.store.as_ref()),
+        };
+        let name = assessor.name();
+        let timeout = self.inner.risk_timeout;
+        let assessment = match tokio::time::timeout(timeout, assessor.assess(&input)).await {
+            Ok(Ok(a)) => match a.score {
+                Some(s) if s > MAX_SCORE => RiskAssessment::unavailable(
+                    name,
+                    format!("score {s} is above the maximum of {MAX_SCORE}"),
+                ),
+                _ => a,
+            },
+            Ok(Err(e)) => RiskAssessment::unavailable(name, e.to_string()),
+            Err(_) => RiskAssessment::unavailable(
+                name,
+                format!("no answer within {}", format_duration(timeout)),
+            ),
+        };
+        if let Some(error) = &assessment.error {
+            tracing::warn!(assessor = name, %error, entitlement = %request.entitlement, "risk review unavailable; no auto-approval");
+        }
+        Some(assessment)
+    }
+
+    /// The verdict on the request's ticket, if it names one and the broker
+    /// has a verifier. A failure or a timeout is an unverified verdict,
+    /// never an error that stops the submit (see [`crate::ticket`]).
+    async fn verify_ticket(
+        &self,
+        requester: &Principal,
+        request: &AccessRequest,
+    ) -> Option<TicketVerdict> {
+        let verifier = self.inner.tickets.as_ref()?;
+        let ticket = request.ticket.as_deref().filter(|t| !t.trim().is_empty())?;
+        let name = verifier.name();
+        let timeout = self.inner.ticket_timeout;
+        let verdict = match tokio::time::timeout(timeout, verifier.verify(ticket, requester)).await
+        {
+            // A verdict about another ticket verifies nothing.
+            Ok(Ok(v)) if v.ticket != ticket => TicketVerdict::unavailable(
+                ticket,
+                name,
+                format!("the verifier answered about `{}`", v.ticket),
+            ),
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => TicketVerdict::unavailable(ticket, name, e),
+            Err(_) => TicketVerdict::unavailable(
+                ticket,
+                name,
+                format!("no answer within {} ms", timeout.as_millis()),
+            ),
+        };
+        if !verdict.verified {
+            tracing::info!(verifier = name, ticket, reason = %verdict.reason, "ticket not verified");
+        }
+        Some(verdict)
     }
 
     /// Issues at once when the request is approved, auto-issue is on and the start has come.

@@ -122,6 +122,10 @@ pub(crate) struct Inner {
     pub(crate) audit_keyring: Option<AuditKeyring>,
     pub(crate) checkpoint_every: u64,
     pub(crate) checkpoints: std::sync::Mutex<CheckpointState>,
+    pub(crate) risk: Option<Arc<dyn crate::risk::RiskAssessor>>,
+    pub(crate) risk_timeout: Duration,
+    pub(crate) tickets: Option<Arc<dyn crate::ticket::TicketVerifier>>,
+    pub(crate) ticket_timeout: Duration,
 }
 
 /// The newest audit head this broker wrote, and the newest it checkpointed.

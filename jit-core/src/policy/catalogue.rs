@@ -21,6 +21,7 @@
 //! justification_pattern = "^(INC|CHG)-[0-9]+: .{10,}"   # optional regex
 //! require_ticket = false                  # default false
 //! ticket_pattern = "^INC-[0-9]+$"         # optional regex; a given ticket must match
+//! require_verified_ticket = false         # default false; true: the broker's ticket verifier must verify it
 //!
 //! [entitlements.eligible]                 # who may request; at least one id or group
 //! ids = ["bob"]
@@ -35,7 +36,15 @@
 //! max_duration = "15m"                    # requested duration (after clamping) <= this
 //! groups = ["oncall"]                     # requester in at least one of these
 //! attributes = { oncall = "true" }        # requester attributes equal these
+//! max_risk = 40                           # risk score (0-100) at most this; see below
 //! ```
+//!
+//! `max_risk` needs a broker with a risk assessor
+//! ([`BrokerBuilder::risk_assessor`](crate::BrokerBuilder::risk_assessor),
+//! see [`crate::risk`]): a request whose score is above it, or that could
+//! not be scored (no assessor, an assessor that failed or timed out), is
+//! not auto-approved and goes to human approval, or is denied when the
+//! entitlement has no `approval` table. Risk never approves anything.
 //!
 //! Every table rejects keys it does not know, with the line of the key, so a
 //! typo such as `approvers` for `ids` fails loudly instead of silently
@@ -94,10 +103,7 @@
 //!     "10m".parse()?,
 //!     "INC-42: restore the orders table",
 //! );
-//! let ctx = PolicyContext {
-//!     now: chrono::Utc::now(),
-//!     provider_max: Duration::from_secs(12 * 3600),
-//! };
+//! let ctx = PolicyContext::new(chrono::Utc::now(), Duration::from_secs(12 * 3600));
 //! let decision = policy.evaluate(&bob, &request, &entitlement, &ctx)?;
 //! assert_eq!(decision.verdict, Verdict::AutoApprove);
 //! assert_eq!(decision.max_duration.to_string(), "1h");
@@ -115,6 +121,7 @@ use serde::Deserialize;
 
 use super::{Policy, PolicyContext};
 use crate::error::{ConfigError, RequestError};
+use crate::risk::{RiskAssessment, MAX_SCORE};
 use crate::types::{
     identity_skeleton, parse_duration, validate_entitlement_id, AccessRequest, ApproverSet,
     Decision, Entitlement, GrantDuration, Principal, PrincipalId, Verdict,
@@ -181,6 +188,8 @@ struct RawEntitlement {
     #[serde(default)]
     ticket_pattern: Option<String>,
     #[serde(default)]
+    require_verified_ticket: bool,
+    #[serde(default)]
     eligible: Option<RawPrincipals>,
     #[serde(default)]
     approval: Option<RawApproval>,
@@ -209,6 +218,9 @@ struct RawAutoApprove {
     groups: Option<Vec<String>>,
     #[serde(default)]
     attributes: BTreeMap<String, String>,
+    // Signed so that a negative value is reported as an invalid field.
+    #[serde(default)]
+    max_risk: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -290,6 +302,7 @@ struct AutoApproveRule {
     max_duration: Option<GrantDuration>,
     groups: Option<PrincipalSet>,
     attributes: BTreeMap<String, String>,
+    max_risk: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +312,7 @@ struct Rule {
     justification_pattern: Option<Regex>,
     require_ticket: bool,
     ticket_pattern: Option<Regex>,
+    require_verified_ticket: bool,
     eligible: PrincipalSet,
     approval: Option<ApprovalRule>,
     auto_approve: Option<AutoApproveRule>,
@@ -559,8 +573,10 @@ fn compile_rule(
         },
         require_justification: e.require_justification,
         justification_pattern,
-        require_ticket: e.require_ticket,
+        // A verified ticket is a ticket first.
+        require_ticket: e.require_ticket || e.require_verified_ticket,
         ticket_pattern,
+        require_verified_ticket: e.require_verified_ticket,
         eligible,
         approval,
         auto_approve,
@@ -636,10 +652,26 @@ fn compile_auto_approve(
             Some(PrincipalSet::new(Vec::new(), groups))
         }
     };
+    let max_risk = a
+        .max_risk
+        .map(|r| {
+            u8::try_from(r)
+                .ok()
+                .filter(|r| *r <= MAX_SCORE)
+                .ok_or_else(|| {
+                    invalid_field(
+                        id,
+                        "auto_approve.max_risk",
+                        format!("`{r}` is not a score from 0 to {MAX_SCORE}"),
+                    )
+                })
+        })
+        .transpose()?;
     Ok(AutoApproveRule {
         max_duration,
         groups,
         attributes: a.attributes,
+        max_risk,
     })
 }
 
@@ -725,6 +757,7 @@ impl Rule {
         rule: &AutoApproveRule,
         requester: &Principal,
         duration: GrantDuration,
+        risk: Option<&RiskAssessment>,
     ) -> Result<Vec<String>, String> {
         let mut held = Vec::new();
         if let Some(max) = rule.max_duration {
@@ -756,6 +789,33 @@ impl Rule {
                 }
                 Some(have) => return Err(format!("attribute `{key}` is `{have}`, not `{want}`")),
                 None => return Err(format!("attribute `{key}` is not set")),
+            }
+        }
+        if let Some(max) = rule.max_risk {
+            // Fail closed: no score is above every limit (see `crate::risk`).
+            match risk {
+                None => {
+                    return Err(format!(
+                        "risk must be at most {max}, but the broker has no risk assessor"
+                    ))
+                }
+                Some(a) => match a.score {
+                    Some(score) if score <= max => held.push(format!(
+                        "risk {score} is within the auto-approve limit of {max}"
+                    )),
+                    Some(_) => {
+                        return Err(format!(
+                            "{} exceeds the auto-approve limit of {max}",
+                            a.summary()
+                        ))
+                    }
+                    None => {
+                        return Err(format!(
+                            "{}; the auto-approve limit of {max} needs a score",
+                            a.summary()
+                        ))
+                    }
+                },
             }
         }
         if held.is_empty() {
@@ -802,6 +862,7 @@ impl Policy for CataloguePolicy {
             verdict: Verdict::Deny,
             max_duration,
             reasons,
+            risk: None,
         };
 
         // 2. Eligibility.
@@ -841,16 +902,38 @@ impl Policy for CataloguePolicy {
             request.duration
         };
 
-        // 4. Auto-approve, else human approval, else deny.
+        // 4. A verified ticket, where required: anything short of a verdict
+        // that verified this very ticket is a deny (fail closed).
+        if rule.require_verified_ticket {
+            let given = request.ticket.as_deref().map(str::trim);
+            match &ctx.ticket {
+                Some(v) if v.verified && Some(v.ticket.trim()) == given => {
+                    reasons.push(format!("verified: {}", v.reason));
+                }
+                Some(v) => {
+                    reasons.push(format!("`{id}` requires a verified ticket: {}", v.reason));
+                    return Ok(deny(max_duration, reasons));
+                }
+                None => {
+                    reasons.push(format!(
+                        "`{id}` requires a verified ticket, but the broker has no ticket verifier"
+                    ));
+                    return Ok(deny(max_duration, reasons));
+                }
+            }
+        }
+
+        // 5. Auto-approve, else human approval, else deny.
         let mut auto_failed = None;
         if let Some(auto) = &rule.auto_approve {
-            match Rule::auto_approve(auto, requester, duration) {
+            match Rule::auto_approve(auto, requester, duration, ctx.risk.as_ref()) {
                 Ok(held) => {
                     reasons.extend(held.into_iter().map(|h| format!("auto-approved: {h}")));
                     return Ok(Decision {
                         verdict: Verdict::AutoApprove,
                         max_duration,
                         reasons,
+                        risk: None,
                     });
                 }
                 Err(failed) => auto_failed = Some(failed),
@@ -874,6 +957,7 @@ impl Policy for CataloguePolicy {
                     },
                     max_duration,
                     reasons,
+                    risk: None,
                 })
             }
             None => {

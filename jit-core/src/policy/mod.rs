@@ -21,8 +21,12 @@
 //!   policy that answered differently on a second call would make the audit
 //!   trail describe a decision that was never taken. Facts that change
 //!   (on-call rotas, risk scores) reach it through its arguments (the
-//!   requester's attributes, the request's context), fetched by the host
-//!   beforehand.
+//!   requester's attributes, the request's context, the broker's risk
+//!   review in [`PolicyContext::risk`]), fetched beforehand.
+//! - **Risk only adds scrutiny.** A policy may use [`PolicyContext::risk`]
+//!   to refuse an auto-approval; it must never approve, or lift a deny or
+//!   a human review, because of it. A missing or unavailable assessment
+//!   ([`RiskAssessment::score`] is `None`) counts as above every threshold.
 //! - **Errors are for malformed input only.** `Err` means the request
 //!   itself is invalid (nothing is stored); every judgement about a valid
 //!   request, refusal included, is a [`Decision`] with reasons.
@@ -50,6 +54,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::error::RequestError;
+use crate::risk::RiskAssessment;
 use crate::types::{AccessRequest, Decision, Entitlement, Principal};
 
 pub mod catalogue;
@@ -63,6 +68,36 @@ pub struct PolicyContext {
     pub now: DateTime<Utc>,
     /// The longest grant the entitlement's provider can mint.
     pub provider_max: std::time::Duration,
+    /// The broker's risk review of this request ([`crate::risk`]); `None`
+    /// when the broker has no risk assessor.
+    pub risk: Option<RiskAssessment>,
+    /// The verdict on the request's ticket ([`crate::ticket`]); `None` when
+    /// the request names no ticket or the broker has no ticket verifier.
+    pub ticket: Option<crate::ticket::TicketVerdict>,
+}
+
+impl PolicyContext {
+    /// A context without a risk review.
+    pub fn new(now: DateTime<Utc>, provider_max: std::time::Duration) -> Self {
+        Self {
+            now,
+            provider_max,
+            risk: None,
+            ticket: None,
+        }
+    }
+
+    /// With a risk review.
+    pub fn with_risk(mut self, risk: RiskAssessment) -> Self {
+        self.risk = Some(risk);
+        self
+    }
+
+    /// With a ticket verdict.
+    pub fn with_ticket(mut self, verdict: crate::ticket::TicketVerdict) -> Self {
+        self.ticket = Some(verdict);
+        self
+    }
 }
 
 /// Decides access requests. Object safe: use it as `Arc<dyn Policy>`.

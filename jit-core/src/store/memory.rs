@@ -7,7 +7,8 @@
 //! indexes the SQL stores have, updated in the same critical section as the
 //! record: by state and due time (the reaper's [`Store::due`]), by state and
 //! grant end (start-up's [`ListFilter::ends_after`]), by state (counts and
-//! state-filtered lists) and by exact requester id (a principal's list).
+//! state-filtered lists), by exact requester id (a principal's list) and
+//! by entitlement (risk review's peers, [`Store::history`]).
 //! Each is ordered by the insertion sequence, which is also the order
 //! [`Store::list`] returns (newest first), so a list reads its index
 //! backwards and stops at its limit.
@@ -28,7 +29,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{check_versions, lease_until, ListFilter, Prune, Store};
+use super::{
+    check_versions, lease_until, HistoryEntry, HistoryQuery, ListFilter, Prune, Store,
+};
 use crate::audit::{AuditAnchor, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
@@ -50,6 +53,8 @@ struct Inner {
     by_state: HashMap<State, BTreeSet<Seq>>,
     /// Insertion sequences by exact requester id.
     by_requester: HashMap<String, BTreeSet<Seq>>,
+    /// Insertion sequences by entitlement.
+    by_entitlement: HashMap<String, BTreeSet<Seq>>,
     /// The audit chain after `anchor`, record `anchor.seq + 1` first.
     audit: Vec<Kept>,
     /// Where the chain starts once it was pruned.
@@ -167,6 +172,10 @@ impl Inner {
             .entry(r.requester.id.as_str().to_string())
             .or_default()
             .insert(seq);
+        self.by_entitlement
+            .entry(r.request.entitlement.clone())
+            .or_default()
+            .insert(seq);
     }
 
     fn unindex(&mut self, seq: Seq, r: &RequestRecord) {
@@ -184,6 +193,13 @@ impl Inner {
             set.remove(&seq);
             if set.is_empty() {
                 self.by_requester.remove(requester);
+            }
+        }
+        let entitlement = r.request.entitlement.as_str();
+        if let Some(set) = self.by_entitlement.get_mut(entitlement) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.by_entitlement.remove(entitlement);
             }
         }
     }
@@ -336,6 +352,31 @@ impl Store for MemoryStore {
             let r = r?;
             if filter.matches(&r) {
                 out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
+        query.check()?;
+        let g = self.lock()?;
+        // The narrower index: the requester's requests, else the entitlement's.
+        let key = match (&query.requester, &query.entitlement) {
+            (Some(r), _) => g.by_requester.get(r),
+            (None, Some(e)) => g.by_entitlement.get(e),
+            (None, None) => None,
+        };
+        let Some(seqs) = key else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for r in seqs.iter().rev().filter_map(|seq| g.record(*seq)) {
+            if out.len() >= query.effective_limit() {
+                break;
+            }
+            let e = HistoryEntry::from(&r?);
+            if query.matches(&e) {
+                out.push(e);
             }
         }
         Ok(out)
@@ -496,6 +537,7 @@ mod tests {
                 verdict: Verdict::AutoApprove,
                 max_duration: GrantDuration::from_secs_i64(60).unwrap(),
                 reasons: vec![],
+                risk: None,
             },
             entitlement: None,
             approvals: vec![],

@@ -28,6 +28,7 @@
 //! or `sqlite::memory:` (feature `sqlite`), and `postgres://` /
 //! `postgresql://` URLs (feature `postgres`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{ConfigError, Error, Result};
-use crate::types::{RequestId, RequestRecord, State};
+use crate::types::{GrantDuration, RequestId, RequestRecord, State};
 
 pub mod memory;
 #[cfg(feature = "postgres")]
@@ -118,6 +119,125 @@ pub struct Prune {
     pub anchor: AuditAnchor,
     /// The records to delete, each with the version it was archived at.
     pub records: Vec<(RequestId, u64)>,
+}
+
+/// The most entries one [`Store::history`] call returns.
+pub const MAX_HISTORY: usize = 1000;
+
+/// Which past requests to read for risk review ([`Store::history`]): a
+/// requester's, an entitlement's, or one requester's for one entitlement,
+/// newest first. At least one of `requester` and `entitlement` is set, so
+/// every lookup reads an index bounded by one principal or one entitlement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only requests by exactly this subject id.
+    pub requester: Option<String>,
+    /// Only requests for this entitlement.
+    pub entitlement: Option<String>,
+    /// Leave out requests by exactly this subject id (a requester's peers).
+    pub exclude_requester: Option<String>,
+    /// At most this many, newest first (100 when zero, [`MAX_HISTORY`] at most).
+    pub limit: usize,
+}
+
+impl HistoryQuery {
+    /// One requester's requests, newest first.
+    pub fn of_requester(requester: &str, limit: usize) -> Self {
+        Self {
+            requester: Some(requester.to_string()),
+            limit,
+            ..Self::default()
+        }
+    }
+
+    /// One entitlement's requests, newest first.
+    pub fn of_entitlement(entitlement: &str, limit: usize) -> Self {
+        Self {
+            entitlement: Some(entitlement.to_string()),
+            limit,
+            ..Self::default()
+        }
+    }
+
+    /// Narrows to one entitlement.
+    pub fn for_entitlement(mut self, entitlement: &str) -> Self {
+        self.entitlement = Some(entitlement.to_string());
+        self
+    }
+
+    /// Leaves out one requester.
+    pub fn excluding(mut self, requester: &str) -> Self {
+        self.exclude_requester = Some(requester.to_string());
+        self
+    }
+
+    /// The effective limit: 100 when zero, at most [`MAX_HISTORY`].
+    pub fn effective_limit(&self) -> usize {
+        match self.limit {
+            0 => 100,
+            n => n.min(MAX_HISTORY),
+        }
+    }
+
+    /// Checks the query names a requester or an entitlement.
+    pub fn check(&self) -> Result<()> {
+        if self.requester.is_none() && self.entitlement.is_none() {
+            return Err(Error::Store(
+                "a history query names a requester or an entitlement".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether an entry matches (stores that filter in memory, and tests).
+    pub fn matches(&self, e: &HistoryEntry) -> bool {
+        self.requester.as_ref().is_none_or(|r| *r == e.requester)
+            && self
+                .entitlement
+                .as_ref()
+                .is_none_or(|x| *x == e.entitlement)
+            && self
+                .exclude_requester
+                .as_ref()
+                .is_none_or(|r| *r != e.requester)
+    }
+}
+
+/// One past request as risk review sees it: who, what, when, how long and
+/// from where; no justification, ticket or grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The request.
+    pub id: RequestId,
+    /// Its state now.
+    pub state: State,
+    /// The requester's exact subject id.
+    pub requester: String,
+    /// The requester's groups when they asked.
+    pub groups: BTreeSet<String>,
+    /// The entitlement.
+    pub entitlement: String,
+    /// The duration asked for.
+    pub duration: GrantDuration,
+    /// The request context (client, IP, user agent...).
+    pub context: BTreeMap<String, String>,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&RequestRecord> for HistoryEntry {
+    fn from(r: &RequestRecord) -> Self {
+        Self {
+            id: r.id,
+            state: r.state,
+            requester: r.requester.id.as_str().to_string(),
+            groups: r.requester.groups.clone(),
+            entitlement: r.request.entitlement.clone(),
+            duration: r.request.duration,
+            context: r.request.context.clone(),
+            created_at: r.created_at,
+        }
+    }
 }
 
 /// Who takes due work with [`Store::claim_due`], and for how long.
@@ -232,6 +352,40 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn release_claims(&self, ids: &[RequestId], claim: &Claim) -> Result<()> {
         let _ = (ids, claim);
         Ok(())
+    }
+
+    /// Past requests for risk review, newest first (see [`HistoryQuery`]).
+    ///
+    /// # Contract
+    ///
+    /// Read-only; returns at most [`HistoryQuery::effective_limit`] entries
+    /// matching the query, the newest by `created_at` first. A query that
+    /// names neither a requester nor an entitlement is an error. The SQL
+    /// stores answer from the `(requester, created_at)`,
+    /// `(requester, entitlement, created_at)` and `(entitlement,
+    /// created_at)` indexes and decode only the fields an entry holds; a
+    /// row that does not decode is logged and skipped (rule 9 of the
+    /// design). The default, for wrappers and stores without such indexes,
+    /// lists with [`Store::list`] and filters: correct, but slower, and it
+    /// may return fewer than the limit when it leaves a requester out.
+    /// Wrappers should forward it.
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
+        query.check()?;
+        let limit = query.effective_limit();
+        let records = self
+            .list(&ListFilter {
+                requester: query.requester.clone(),
+                entitlement: query.entitlement.clone(),
+                limit,
+                ..ListFilter::default()
+            })
+            .await?;
+        Ok(records
+            .iter()
+            .map(HistoryEntry::from)
+            .filter(|e| query.matches(e))
+            .take(limit)
+            .collect())
     }
 
     /// How many records are in each state: every state of [`State::ALL`]

@@ -85,13 +85,16 @@ use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
-use super::{check_versions, lease_until, redact_url, sql, Claim, ListFilter, Prune, Store};
+use super::{
+    check_versions, lease_until, redact_url, sql, Claim, HistoryEntry, HistoryQuery, ListFilter,
+    Prune, Store,
+};
 use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// Connections per store unless set: a replica's writers, readers and reaper.
 const DEFAULT_POOL_SIZE: u32 = 10;
@@ -209,6 +212,26 @@ const MIGRATIONS: &[Migration] = &[
             body TEXT
         )",
             "INSERT INTO audit_anchor (id, seq, hash, body) VALUES (1, 0, repeat('0', 64), NULL)",
+        ],
+    },
+    // Version 8: risk review's history lookups ([`Store::history`]): one
+    // requester's requests for one entitlement, and an entitlement's
+    // requests by anyone (a requester's peers), newest first. One
+    // requester's requests of any entitlement read `requests_requester_created`.
+    Migration {
+        version: 8,
+        statements: &[
+            "CREATE INDEX requests_requester_entitlement_created ON requests (requester, entitlement, created_at)",
+            "CREATE INDEX requests_entitlement_created ON requests (entitlement, created_at)",
+        ],
+    },
+    // Version 9: one requester's requests in one state, newest first (the
+    // broker's pending cap on every submit): without it the cap reads the
+    // requester's whole history through `requests_requester_created`.
+    Migration {
+        version: 9,
+        statements: &[
+            "CREATE INDEX requests_requester_state_created ON requests (requester, state, created_at)",
         ],
     },
 ];
@@ -776,6 +799,32 @@ impl Store for PostgresStore {
             .iter()
             .map(decode_record)
             .collect()
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
+        query.check()?;
+        // Only the filters in use appear in the SQL, so each shape reads its index.
+        let mut q = QueryBuilder::<Postgres>::new("SELECT body FROM requests WHERE TRUE");
+        if let Some(requester) = &query.requester {
+            q.push(" AND requester = ").push_bind(requester.clone());
+        }
+        if let Some(entitlement) = &query.entitlement {
+            q.push(" AND entitlement = ").push_bind(entitlement.clone());
+        }
+        if let Some(other) = &query.exclude_requester {
+            q.push(" AND requester <> ").push_bind(other.clone());
+        }
+        q.push(" ORDER BY created_at DESC LIMIT ")
+            .push_bind(sql::limit_i64(query.effective_limit()));
+        let rows: Vec<(String,)> = q
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("read request history", e))?;
+        Ok(rows
+            .iter()
+            .filter_map(|(body,)| sql::decode_history(body))
+            .collect())
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {

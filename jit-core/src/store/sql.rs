@@ -8,7 +8,10 @@ use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 
 use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
-use crate::types::RequestRecord;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::HistoryEntry;
+use crate::types::{GrantDuration, RequestId, RequestRecord, State};
 
 /// Fixed-width RFC 3339 UTC text, so that text order is time order (in
 /// PostgreSQL under the "C" collation the columns use).
@@ -106,6 +109,53 @@ pub(crate) fn audit_entries_from_rows(
         prev = Some((seq, hash));
     }
     out
+}
+
+/// The fields of a stored request body that a [`HistoryEntry`] holds;
+/// serde skips the rest without building it.
+#[derive(serde::Deserialize)]
+struct HistoryBody {
+    id: RequestId,
+    state: State,
+    requester: HistoryRequester,
+    request: HistoryRequest,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryRequester {
+    id: String,
+    #[serde(default)]
+    groups: BTreeSet<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryRequest {
+    entitlement: String,
+    duration: GrantDuration,
+    #[serde(default)]
+    context: BTreeMap<String, String>,
+}
+
+/// A stored request body as a history entry; `None` (logged) when it does
+/// not decode, so one bad row never hides the rest (rule 9 of the design).
+pub(crate) fn decode_history(body: &str) -> Option<HistoryEntry> {
+    match serde_json::from_str::<HistoryBody>(body) {
+        Ok(b) => Some(HistoryEntry {
+            id: b.id,
+            state: b.state,
+            requester: b.requester.id,
+            groups: b.requester.groups,
+            entitlement: b.request.entitlement,
+            duration: b.request.duration,
+            context: b.request.context,
+            created_at: b.created_at,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "history: a stored request does not decode; skipped");
+            None
+        }
+    }
 }
 
 /// A stored anchor body.

@@ -52,13 +52,15 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use super::{check_versions, lease_until, sql, ListFilter, Prune, Store};
+use super::{
+    check_versions, lease_until, sql, HistoryEntry, HistoryQuery, ListFilter, Prune, Store,
+};
 use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -168,7 +170,47 @@ const MIGRATIONS: &[Migration] = &[
             "INSERT INTO audit_anchor (id, seq, hash, body) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000', NULL)",
         ],
     },
+    // Version 8: risk review's history lookups ([`Store::history`]): one
+    // requester's requests for one entitlement, and an entitlement's
+    // requests by anyone (a requester's peers), newest first. One
+    // requester's requests of any entitlement read `requests_requester_created`.
+    Migration {
+        version: 8,
+        statements: &[
+            "CREATE INDEX requests_requester_entitlement_created ON requests (requester, entitlement, created_at)",
+            "CREATE INDEX requests_entitlement_created ON requests (entitlement, created_at)",
+        ],
+    },
+    // Version 9: one requester's requests in one state, newest first (the
+    // broker's pending cap on every submit): without it the cap reads the
+    // requester's whole history through `requests_requester_created`.
+    Migration {
+        version: 9,
+        statements: &[
+            "CREATE INDEX requests_requester_state_created ON requests (requester, state, created_at)",
+        ],
+    },
 ];
+
+/// The history query after `select`. Only the filters in use appear in the
+/// SQL, so each shape reads its index (a test checks the plans).
+fn history_sql<'a>(query: &'a HistoryQuery, select: &str) -> QueryBuilder<'a, Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(select);
+    q.push(" FROM requests WHERE 1 = 1");
+    if let Some(requester) = &query.requester {
+        q.push(" AND requester = ").push_bind(requester.as_str());
+    }
+    if let Some(entitlement) = &query.entitlement {
+        q.push(" AND entitlement = ")
+            .push_bind(entitlement.as_str());
+    }
+    if let Some(other) = &query.exclude_requester {
+        q.push(" AND requester <> ").push_bind(other.as_str());
+    }
+    q.push(" ORDER BY created_at DESC LIMIT ")
+        .push_bind(sql::limit_i64(query.effective_limit()));
+    q
+}
 
 /// Creates a missing database file readable by its owner only (0600 on
 /// Unix), before SQLite opens it: it holds every request and the audit
@@ -679,6 +721,19 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
+        query.check()?;
+        let rows: Vec<(String,)> = history_sql(query, "SELECT body")
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("read request history", e))?;
+        Ok(rows
+            .iter()
+            .filter_map(|(body,)| sql::decode_history(body))
+            .collect())
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM requests GROUP BY state")
@@ -832,6 +887,41 @@ mod tests {
     use crate::types::{AccessRequest, Decision, GrantDuration, Principal, Verdict};
     use sqlx::Connection;
 
+    /// Each history shape reads its index, never the whole table, and
+    /// needs no sort (the index gives the order).
+    #[tokio::test]
+    async fn history_lookups_read_their_indexes() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        for (query, index) in [
+            (
+                HistoryQuery::of_requester("bob", 200),
+                "requests_requester_created",
+            ),
+            (
+                HistoryQuery::of_requester("bob", 50).for_entitlement("db"),
+                "requests_requester_entitlement_created",
+            ),
+            (
+                HistoryQuery::of_entitlement("db", 200).excluding("bob"),
+                "requests_entitlement_created",
+            ),
+        ] {
+            let rows: Vec<(i64, i64, i64, String)> =
+                history_sql(&query, "EXPLAIN QUERY PLAN SELECT body")
+                    .build_query_as()
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap();
+            let plan: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+            let plan = plan.join(" | ");
+            assert!(
+                plan.contains(&format!("INDEX {index} ")),
+                "{query:?}: {plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "{query:?}: {plan}");
+        }
+    }
+
     fn record() -> RequestRecord {
         let now = Utc::now();
         RequestRecord {
@@ -844,6 +934,7 @@ mod tests {
                 verdict: Verdict::AutoApprove,
                 max_duration: GrantDuration::from_secs_i64(60).unwrap(),
                 reasons: vec![],
+                risk: None,
             },
             entitlement: None,
             approvals: vec![],

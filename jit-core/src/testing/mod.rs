@@ -368,6 +368,13 @@ impl Store for FaultyStore {
         self.inner.list(filter).await
     }
 
+    async fn history(
+        &self,
+        query: &crate::store::HistoryQuery,
+    ) -> Result<Vec<crate::store::HistoryEntry>> {
+        self.inner.history(query).await
+    }
+
     async fn due(
         &self,
         states: &[State],

@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeDelta, Timelike, Utc};
 
 use crate::audit::{self, AuditEvent, AuditKind, AuditRecord, GENESIS_HASH};
 use crate::error::Error;
-use crate::store::{audit_all, Claim, ListFilter, Store};
+use crate::store::{audit_all, Claim, HistoryQuery, ListFilter, Store};
 use crate::types::{
     AccessRequest, Approval, ApproverSet, Decision, Entitlement, Grant, GrantDuration, GrantId,
     IssuedGrant, Principal, RequestId, RequestRecord, Revocation, State, Verdict,
@@ -39,6 +39,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     check_list(&*store).await;
     check_list_by_entitlements(&*store).await;
     check_count_by_state(&*store).await;
+    check_history(&*store).await;
     check_due(&*store).await;
     check_live_revocations(&*store).await;
     check_claims(&*store).await;
@@ -100,6 +101,7 @@ pub fn sample_record(
             },
             max_duration: GrantDuration::from_secs_i64(3600).expect("1 hour is a valid duration"),
             reasons: vec![format!("entitlement `{entitlement}` needs one approval")],
+            risk: None,
         },
         // As in records written before the broker kept a copy: the broker
         // then reads the catalogue (tests of removed entitlements rely on it).
@@ -138,6 +140,122 @@ pub fn sample_record(
         created_at: now,
         updated_at: now,
     }
+}
+
+/// [`Store::history`]: a requester's requests, theirs for one
+/// entitlement, and an entitlement's by everyone else, each newest first
+/// by `created_at`, cut at the limit, with the fields the entry holds and
+/// the state as updated; the exact subject id only; a query naming
+/// neither requester nor entitlement is an error.
+pub async fn check_history(store: &dyn Store) {
+    let u = unique();
+    let (alice, bob, ent_a, ent_b) = (
+        format!("alice-h{u}"),
+        format!("bob-h{u}"),
+        format!("ent-ha{u}"),
+        format!("ent-hb{u}"),
+    );
+    let t0 = Utc::now() - TimeDelta::days(3);
+    let mut made = Vec::new();
+    for (i, (who, ent)) in [
+        (&alice, &ent_a),
+        (&bob, &ent_a),
+        (&alice, &ent_b),
+        (&alice, &ent_a),
+        (&bob, &ent_a),
+        (&alice, &ent_a),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = sample_record(who, ent, State::Pending, t0 + TimeDelta::hours(i as i64));
+        r.request.duration = GrantDuration::from_secs_i64(600 * (i as i64 + 1)).unwrap();
+        r.request.context.insert("ip".into(), format!("10.0.0.{i}"));
+        if who == &bob {
+            r.requester.groups = ["data".to_string()].into();
+        }
+        store
+            .insert(&r, &[event(&r, AuditKind::Requested, who)])
+            .await
+            .unwrap();
+        made.push(r);
+    }
+    let ids = |q: &HistoryQuery| {
+        let q = q.clone();
+        async move {
+            store
+                .history(&q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let id = |i: usize| made[i].id;
+
+    assert_eq!(
+        ids(&HistoryQuery::of_requester(&alice, 0)).await,
+        [id(5), id(3), id(2), id(0)],
+        "a requester's history, newest first"
+    );
+    assert_eq!(
+        ids(&HistoryQuery::of_requester(&alice, 2)).await,
+        [id(5), id(3)],
+        "cut at the limit"
+    );
+    assert_eq!(
+        ids(&HistoryQuery::of_requester(&alice, 0).for_entitlement(&ent_a)).await,
+        [id(5), id(3), id(0)],
+        "one requester's history of one entitlement"
+    );
+    assert_eq!(
+        ids(&HistoryQuery::of_entitlement(&ent_a, 0).excluding(&alice)).await,
+        [id(4), id(1)],
+        "an entitlement's history by others"
+    );
+    assert_eq!(
+        ids(&HistoryQuery::of_entitlement(&ent_a, 0)).await.len(),
+        5,
+        "an entitlement's history by everyone"
+    );
+    assert!(
+        ids(&HistoryQuery::of_requester(&alice.to_uppercase(), 0))
+            .await
+            .is_empty(),
+        "the exact subject id only"
+    );
+
+    let all = store
+        .history(&HistoryQuery::of_requester(&bob, 0))
+        .await
+        .unwrap();
+    let newest = &all[0];
+    let src = &made[4];
+    assert_eq!(newest.requester, bob);
+    assert_eq!(newest.entitlement, ent_a);
+    assert_eq!(newest.groups, src.requester.groups);
+    assert_eq!(newest.duration, src.request.duration);
+    assert_eq!(newest.context, src.request.context);
+    assert_eq!(newest.created_at, src.created_at);
+    assert_eq!(newest.state, State::Pending);
+
+    // The state is the current one.
+    let mut denied = src.clone();
+    denied.version = 2;
+    denied.state = State::Denied;
+    store
+        .update(1, &denied, &[event(&denied, AuditKind::Denied, "carol")])
+        .await
+        .unwrap();
+    let again = store
+        .history(&HistoryQuery::of_requester(&bob, 1))
+        .await
+        .unwrap();
+    assert_eq!(again[0].state, State::Denied);
+
+    let err = store.history(&HistoryQuery::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err:?}");
 }
 
 /// An event about `r` in its current state.

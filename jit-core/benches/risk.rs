@@ -1,0 +1,170 @@
+//! Submit with the built-in risk assessor against submit without it, in one
+//! run, on a SQLite store holding 100,000 past requests of 1,000 principals
+//! (issue #14; target: at most 1.2x).
+//!
+//! Each submitted request asks for longer than the auto-approve limit, so
+//! with or without the assessor it ends pending after one durable insert
+//! (nothing is issued): the difference is the assessor's three indexed
+//! history lookups and its scoring. Requesters rotate over the
+//! 1,000 principals, so each assessment reads a different history.
+//!
+//! The history is written once into a database under `/dev/shm` (fast
+//! fsyncs), then the file is copied to `$JIT_RISK_BENCH_DIR` (default the
+//! temp dir, on disk) where the measurement runs, so submits pay real
+//! durable commits as in production.
+//!
+//! `cargo bench -p jit-core --bench risk -- --warm-up-time 2 --measurement-time 10`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    missing_docs
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{TimeDelta, Utc};
+use criterion::{criterion_group, criterion_main, Criterion};
+use jit_core::risk::HistoryAssessor;
+use jit_core::store::SqliteStore;
+use jit_core::testing::store::sample_record;
+use jit_core::testing::TestProvider;
+use jit_core::{AccessRequest, Broker, CataloguePolicy, GrantDuration, Principal, State, Store};
+
+const PRINCIPALS: usize = 1000;
+const PAST: usize = 100_000;
+const GROUPS: usize = 20;
+const ENTITLEMENTS: usize = 50;
+
+fn catalogue() -> String {
+    let mut s = String::new();
+    for e in 0..ENTITLEMENTS {
+        s.push_str(&format!(
+            r#"
+[[entitlements]]
+id = "ent-{e:02}"
+provider = "test"
+max_duration = "8h"
+[entitlements.eligible]
+groups = [{groups}]
+[entitlements.approval]
+groups = ["leads"]
+[entitlements.auto_approve]
+max_duration = "5m"
+max_risk = 40
+"#,
+            groups = (0..GROUPS)
+                .map(|g| format!("\"g{g:02}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    s
+}
+
+fn principal(i: usize) -> Principal {
+    Principal::new(&format!("user-{i:04}"))
+        .unwrap()
+        .with_group(&format!("g{:02}", i % GROUPS))
+}
+
+/// An entitlement user `i` commonly uses: each group shares five.
+fn entitlement_of(i: usize, k: usize) -> String {
+    format!("ent-{:02}", ((i % GROUPS) * 5 + k % 5) % ENTITLEMENTS)
+}
+
+async fn fill(path: &Path) {
+    let store = SqliteStore::open(path).await.unwrap();
+    let now = Utc::now();
+    let start = Instant::now();
+    for n in 0..PAST {
+        let i = n % PRINCIPALS;
+        let k = n / PRINCIPALS;
+        // 100 days back, one request a day per principal, at their usual hour.
+        let at = now - TimeDelta::days(100 - k as i64) + TimeDelta::minutes((i % 480) as i64);
+        let who = principal(i);
+        let mut r = sample_record(who.id.as_str(), &entitlement_of(i, k), State::Expired, at);
+        r.requester = who;
+        r.request.duration = GrantDuration::from_secs_i64(1800).unwrap();
+        r.request
+            .context
+            .insert("ip".into(), format!("10.0.{}.{}", i / 250, i % 250));
+        store.insert(&r, &[]).await.unwrap();
+    }
+    store.close().await;
+    println!(
+        "filled {PAST} past requests of {PRINCIPALS} principals in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+fn broker(store: Arc<dyn Store>, with_risk: bool) -> Broker {
+    let policy = Arc::new(CataloguePolicy::from_toml_str(&catalogue()).unwrap());
+    let b = Broker::builder(store, policy).provider(Arc::new(TestProvider::new("test")));
+    let b = if with_risk {
+        b.risk_assessor(Arc::new(HistoryAssessor::new()))
+    } else {
+        b
+    };
+    b.build().unwrap()
+}
+
+async fn submit(b: &Broker, next: &AtomicUsize) {
+    let n = next.fetch_add(1, Ordering::Relaxed);
+    let i = (n * 7919) % PRINCIPALS;
+    let req = AccessRequest::new(&entitlement_of(i, n), "30m".parse().unwrap(), "benchmark")
+        .with_context("ip", &format!("10.0.{}.{}", i / 250, i % 250));
+    let out = b.submit(&principal(i), req).await.unwrap();
+    assert_eq!(out.record.state, State::Pending);
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shm = Path::new("/dev/shm");
+    let fill_dir = tempfile::tempdir_in(if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    })
+    .unwrap();
+    let run_dir = match std::env::var_os("JIT_RISK_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(PathBuf::from(d)).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let filled = fill_dir.path().join("history.db");
+    rt.block_on(fill(&filled));
+    // The WAL is copied with the file; SQLite replays it on open.
+    let db = run_dir.path().join("history.db");
+    for suffix in ["", "-wal"] {
+        let from = PathBuf::from(format!("{}{suffix}", filled.display()));
+        if from.exists() {
+            std::fs::copy(&from, format!("{}{suffix}", db.display())).unwrap();
+        }
+    }
+    drop(fill_dir);
+    println!("measuring on {}", db.display());
+
+    let store: Arc<dyn Store> = Arc::new(rt.block_on(SqliteStore::open(&db)).unwrap());
+    let plain = broker(store.clone(), false);
+    let assessed = broker(store, true);
+    let next = AtomicUsize::new(0);
+
+    let mut g = c.benchmark_group("risk_submit");
+    g.bench_function("without_assessor", |b| {
+        b.to_async(&rt).iter(|| submit(&plain, &next))
+    });
+    g.bench_function("with_history_assessor", |b| {
+        b.to_async(&rt).iter(|| submit(&assessed, &next))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,426 @@
+//! The built-in assessor: a request against its requester's own history
+//! and their peers'.
+//!
+//! # Signals and weights
+//!
+//! The score is the sum of the weights of the signals that fired, capped
+//! at [`MAX_SCORE`](super::MAX_SCORE). Weights are the defaults of
+//! [`Weights`]; change them with [`HistoryAssessor::weights`].
+//!
+//! | signal | default weight | fires when |
+//! | --- | --- | --- |
+//! | `first_for_entitlement` | 30 | the requester never asked for this entitlement before |
+//! | `unusual_hour` | 15 | the requester has at least [`HistoryAssessor::min_hour_samples`] (10) past requests and none of them was made within an hour (of the day, UTC) of now |
+//! | `long_duration` | 20 | the requester has at least 3 past requests for this entitlement and asks for more than [`HistoryAssessor::duration_factor`] (2) times their median duration for it |
+//! | `burst` | 20 | the requester made at least [`HistoryAssessor::burst`] (5) requests, of any entitlement, in the last 10 minutes |
+//! | `new_source` | 15 | the requester has past requests, and one of the request's context values `client`, `ip` or `user_agent` ([`HistoryAssessor::source_keys`]) appears in none of them |
+//! | `no_peer_uses` | 20 | the requester is in at least one group, and no one else in any of their groups asked for this entitlement |
+//!
+//! The weights are chosen so that one signal alone stays below a threshold
+//! of 40 and two together (a first request from a new client, say) pass
+//! it; the first request for an entitlement weighs most because it is the
+//! classic sign of a stolen session exploring.
+//!
+//! # What it reads
+//!
+//! Three indexed lookups per request ([`Store::history`](crate::Store::history)),
+//! run concurrently: the requester's latest [`HistoryAssessor::lookback`]
+//! (200) requests, their latest 50 for this entitlement, and the latest
+//! [`HistoryAssessor::peer_lookback`] (200) requests for this entitlement
+//! by anyone else. Older history is not read, so "never" above means
+//! "not in that window": a requester with more than 200 requests since
+//! they last made one at this hour, or more than 200 peer requests without
+//! one from their group, is judged on the recent ones.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Timelike, Utc};
+
+use super::{RiskAssessment, RiskAssessor, RiskInput, RiskSignal};
+use crate::error::Result;
+use crate::store::{HistoryEntry, HistoryQuery};
+
+/// The built-in signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Signal {
+    /// The requester never asked for this entitlement before.
+    FirstForEntitlement,
+    /// Not an hour of the day the requester usually asks at.
+    UnusualHour,
+    /// Far longer than the requester usually asks this entitlement for.
+    LongDuration,
+    /// Many requests in a short time.
+    Burst,
+    /// A client, IP or user agent the requester never used.
+    NewSource,
+    /// No one in the requester's groups uses this entitlement.
+    NoPeerUses,
+}
+
+impl Signal {
+    /// Every signal.
+    pub const ALL: [Signal; 6] = [
+        Signal::FirstForEntitlement,
+        Signal::UnusualHour,
+        Signal::LongDuration,
+        Signal::Burst,
+        Signal::NewSource,
+        Signal::NoPeerUses,
+    ];
+
+    /// The stable machine name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::FirstForEntitlement => "first_for_entitlement",
+            Signal::UnusualHour => "unusual_hour",
+            Signal::LongDuration => "long_duration",
+            Signal::Burst => "burst",
+            Signal::NewSource => "new_source",
+            Signal::NoPeerUses => "no_peer_uses",
+        }
+    }
+}
+
+/// The weight of each signal (see the [module docs](self) for the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weights {
+    /// `first_for_entitlement` (30).
+    pub first_for_entitlement: u8,
+    /// `unusual_hour` (15).
+    pub unusual_hour: u8,
+    /// `long_duration` (20).
+    pub long_duration: u8,
+    /// `burst` (20).
+    pub burst: u8,
+    /// `new_source` (15).
+    pub new_source: u8,
+    /// `no_peer_uses` (20).
+    pub no_peer_uses: u8,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            first_for_entitlement: 30,
+            unusual_hour: 15,
+            long_duration: 20,
+            burst: 20,
+            new_source: 15,
+            no_peer_uses: 20,
+        }
+    }
+}
+
+impl Weights {
+    /// The weight of `signal`.
+    pub fn of(&self, signal: Signal) -> u8 {
+        match signal {
+            Signal::FirstForEntitlement => self.first_for_entitlement,
+            Signal::UnusualHour => self.unusual_hour,
+            Signal::LongDuration => self.long_duration,
+            Signal::Burst => self.burst,
+            Signal::NewSource => self.new_source,
+            Signal::NoPeerUses => self.no_peer_uses,
+        }
+    }
+}
+
+/// Scores a request against its requester's history (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct HistoryAssessor {
+    weights: Weights,
+    lookback: usize,
+    peer_lookback: usize,
+    min_hour_samples: usize,
+    min_duration_samples: usize,
+    duration_factor: u32,
+    burst_window: Duration,
+    burst: usize,
+    source_keys: Vec<String>,
+}
+
+impl Default for HistoryAssessor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How many of the requester's requests for the entitlement are read for
+/// the first-request and duration signals.
+const ENTITLEMENT_LOOKBACK: usize = 50;
+
+impl HistoryAssessor {
+    /// The defaults of the [module docs](self).
+    pub fn new() -> Self {
+        Self {
+            weights: Weights::default(),
+            lookback: 200,
+            peer_lookback: 200,
+            min_hour_samples: 10,
+            min_duration_samples: 3,
+            duration_factor: 2,
+            burst_window: Duration::from_secs(600),
+            burst: 5,
+            source_keys: vec!["client".into(), "ip".into(), "user_agent".into()],
+        }
+    }
+
+    /// Uses these weights.
+    pub fn weights(mut self, weights: Weights) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    /// How many of the requester's latest requests are read (default 200, 1 to 1,000).
+    pub fn lookback(mut self, n: usize) -> Self {
+        self.lookback = n.clamp(1, crate::store::MAX_HISTORY);
+        self
+    }
+
+    /// How many of the entitlement's latest requests by others are read
+    /// for `no_peer_uses` (default 200, 1 to 1,000).
+    pub fn peer_lookback(mut self, n: usize) -> Self {
+        self.peer_lookback = n.clamp(1, crate::store::MAX_HISTORY);
+        self
+    }
+
+    /// Past requests needed before `unusual_hour` can fire (default 10, at least 1).
+    pub fn min_hour_samples(mut self, n: usize) -> Self {
+        self.min_hour_samples = n.max(1);
+        self
+    }
+
+    /// `long_duration` fires above this many times the median (default 2, at least 1).
+    pub fn duration_factor(mut self, factor: u32) -> Self {
+        self.duration_factor = factor.max(1);
+        self
+    }
+
+    /// `burst` fires at `count` (at least 1) earlier requests within `window` (default 5 in 10 minutes).
+    pub fn burst(mut self, count: usize, window: Duration) -> Self {
+        self.burst = count.max(1);
+        self.burst_window = window;
+        self
+    }
+
+    /// The request-context keys `new_source` compares (default `client`, `ip`, `user_agent`).
+    pub fn source_keys(mut self, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.source_keys = keys.into_iter().map(Into::into).collect();
+        self
+    }
+
+    fn fire(&self, out: &mut Vec<RiskSignal>, signal: Signal, reason: String) {
+        let weight = self.weights.of(signal);
+        if weight > 0 {
+            out.push(RiskSignal {
+                name: signal.name().to_string(),
+                weight,
+                reason,
+            });
+        }
+    }
+
+    /// The signals, from history already read (pure: the tests construct
+    /// histories and call this through [`RiskAssessor::assess`]).
+    fn signals(
+        &self,
+        input: &RiskInput<'_>,
+        mine: &[HistoryEntry],
+        mine_here: &[HistoryEntry],
+        peers: &[HistoryEntry],
+    ) -> Vec<RiskSignal> {
+        let mut out = Vec::new();
+        let ent = input.entitlement.id.as_str();
+        let now = input.now;
+
+        if mine_here.is_empty() {
+            self.fire(
+                &mut out,
+                Signal::FirstForEntitlement,
+                format!("first request for `{ent}`"),
+            );
+        }
+
+        if mine.len() >= self.min_hour_samples {
+            let hour = now.hour();
+            let usual = mine
+                .iter()
+                .any(|e| hour_distance(e.created_at.hour(), hour) <= 1);
+            if !usual {
+                self.fire(
+                    &mut out,
+                    Signal::UnusualHour,
+                    format!(
+                        "none of the last {} requests was made within an hour of {hour:02}:00 UTC",
+                        mine.len()
+                    ),
+                );
+            }
+        }
+
+        if mine_here.len() >= self.min_duration_samples {
+            let mut secs: Vec<u64> = mine_here.iter().map(|e| e.duration.as_secs()).collect();
+            secs.sort_unstable();
+            let median = median(&secs);
+            let asked = input.request.duration.as_secs();
+            if asked > median.saturating_mul(u64::from(self.duration_factor)) {
+                self.fire(
+                    &mut out,
+                    Signal::LongDuration,
+                    format!(
+                        "`{}` is more than {}x the usual `{}` for `{ent}`",
+                        input.request.duration,
+                        self.duration_factor,
+                        crate::types::format_duration(Duration::from_secs(median))
+                    ),
+                );
+            }
+        }
+
+        let window =
+            chrono::TimeDelta::from_std(self.burst_window).unwrap_or(chrono::TimeDelta::MAX);
+        let since = now
+            .checked_sub_signed(window)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let recent = mine.iter().filter(|e| e.created_at >= since).count();
+        if recent >= self.burst {
+            self.fire(
+                &mut out,
+                Signal::Burst,
+                format!(
+                    "{recent} earlier requests in the last {}",
+                    crate::types::format_duration(self.burst_window)
+                ),
+            );
+        }
+
+        if !mine.is_empty() {
+            let unseen: Vec<&str> =
+                self.source_keys
+                    .iter()
+                    .filter(|k| {
+                        input.request.context.get(k.as_str()).is_some_and(|v| {
+                            !mine.iter().any(|e| e.context.get(k.as_str()) == Some(v))
+                        })
+                    })
+                    .map(String::as_str)
+                    .collect();
+            if !unseen.is_empty() {
+                // Names the keys, not the values: an IP or user agent is
+                // personal data the approver does not need in the reason.
+                self.fire(
+                    &mut out,
+                    Signal::NewSource,
+                    format!(
+                        "{} not seen in the last {} requests",
+                        unseen
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        mine.len()
+                    ),
+                );
+            }
+        }
+
+        let groups = &input.requester.groups;
+        if !groups.is_empty() && !peers.iter().any(|e| !e.groups.is_disjoint(groups)) {
+            self.fire(
+                &mut out,
+                Signal::NoPeerUses,
+                format!("no one else in {} asked for `{ent}`", quote(groups)),
+            );
+        }
+        out
+    }
+}
+
+fn quote(items: &BTreeSet<String>) -> String {
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Hours apart on a 24-hour clock (23 and 0 are one apart).
+fn hour_distance(a: u32, b: u32) -> u32 {
+    let d = a.abs_diff(b) % 24;
+    d.min(24 - d)
+}
+
+/// The median of sorted, non-empty values (the lower middle of an even count).
+fn median(sorted: &[u64]) -> u64 {
+    sorted
+        .get(sorted.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl RiskAssessor for HistoryAssessor {
+    fn name(&self) -> &str {
+        "history"
+    }
+
+    async fn assess(&self, input: &RiskInput<'_>) -> Result<RiskAssessment> {
+        let who = input.requester.id.as_str();
+        let ent = input.entitlement.id.as_str();
+        let mine_q = HistoryQuery::of_requester(who, self.lookback);
+        let here_q = HistoryQuery::of_requester(who, ENTITLEMENT_LOOKBACK).for_entitlement(ent);
+        let peers_q = HistoryQuery::of_entitlement(ent, self.peer_lookback).excluding(who);
+        let peers = async {
+            if input.requester.groups.is_empty() {
+                Ok(Vec::new())
+            } else {
+                input.history.query(&peers_q).await
+            }
+        };
+        let (mine, here, peers) = tokio::try_join!(
+            input.history.query(&mine_q),
+            input.history.query(&here_q),
+            peers
+        )?;
+        Ok(RiskAssessment::from_signals(
+            self.name(),
+            self.signals(input, &mine, &here, &peers),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_wrap_around_midnight() {
+        assert_eq!(hour_distance(23, 0), 1);
+        assert_eq!(hour_distance(0, 23), 1);
+        assert_eq!(hour_distance(3, 15), 12);
+        assert_eq!(hour_distance(9, 9), 0);
+        assert_eq!(hour_distance(22, 1), 3);
+    }
+
+    #[test]
+    fn medians_take_the_lower_middle() {
+        assert_eq!(median(&[1]), 1);
+        assert_eq!(median(&[1, 2, 3]), 2);
+        assert_eq!(median(&[1, 2, 3, 100]), 2);
+        assert_eq!(median(&[]), 0);
+    }
+
+    #[test]
+    fn every_signal_has_a_distinct_name_and_a_default_weight() {
+        let w = Weights::default();
+        let names: BTreeSet<&str> = Signal::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names.len(), Signal::ALL.len());
+        assert!(Signal::ALL.iter().all(|s| w.of(*s) > 0));
+        // One signal alone stays under 40; the heaviest two together pass it.
+        assert!(Signal::ALL.iter().all(|s| w.of(*s) < 40));
+        assert!(w.first_for_entitlement + w.burst > 40);
+    }
+}
