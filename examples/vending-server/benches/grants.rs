@@ -4,7 +4,11 @@
 //! same run: a bare axum endpoint on the same HTTP client doing the same three
 //! durable SQLite commits (insert, issuing, active) with the store's pragmas.
 //!
+//! The databases go to `$JIT_BENCH_DIR` (default: the temp dir), so the
+//! same bench runs on the default disk and on a tmpfs:
+//!
 //! `cargo bench -p vending-server --bench grants`
+//! `JIT_BENCH_DIR=/dev/shm cargo bench -p vending-server --bench grants`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -23,6 +27,8 @@ use vending_server::Server;
 
 /// Durable commits one auto-approved grant makes.
 const COMMITS_PER_GRANT: i64 = 3;
+/// Requesters in the many-requesters case.
+const SUBJECTS: usize = 1000;
 
 async fn start(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -37,9 +43,22 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = match std::env::var_os("JIT_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
     let issuer = DemoIssuer::new(LocalKey::generate());
     let token = issuer.token("alice", &["engineering"], 24 * 3600).unwrap();
+    // Many requesters, each with a token used for many requests (as a
+    // browser or CLI reuses its token until it expires).
+    let tokens: Vec<String> = (0..SUBJECTS)
+        .map(|i| {
+            issuer
+                .token(&format!("user-{i}"), &["engineering"], 24 * 3600)
+                .unwrap()
+        })
+        .collect();
+    let next = AtomicU64::new(0);
     let mut providers = BTreeMap::new();
     providers.insert("local".to_string(), ProviderTable::new("local"));
     let config = Config {
@@ -58,7 +77,12 @@ fn bench(c: &mut Criterion) {
             claims: Default::default(),
         },
         providers,
-        limits: Limits::default(),
+        // One subject submits every grant: the rate limit would refuse
+        // most of them; the pending cap (a store read per submit) stays.
+        limits: Limits {
+            submits_per_minute: 0,
+            ..Limits::default()
+        },
         reaper: ReaperConfig { interval_secs: 60 },
         metrics: Default::default(),
         introspection: Default::default(),
@@ -128,6 +152,22 @@ fn bench(c: &mut Criterion) {
             let r = http
                 .post(format!("{server_url}/v1/requests"))
                 .bearer_auth(&token)
+                .json(
+                    &json!({"entitlement": "demo-api", "duration": "5m", "justification": "bench"}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 201);
+            r.bytes().await.unwrap();
+        })
+    });
+    g.bench_function("server_1000_requesters", |b| {
+        b.to_async(&rt).iter(|| async {
+            let i = next.fetch_add(1, Ordering::Relaxed) as usize % SUBJECTS;
+            let r = http
+                .post(format!("{server_url}/v1/requests"))
+                .bearer_auth(&tokens[i])
                 .json(
                     &json!({"entitlement": "demo-api", "duration": "5m", "justification": "bench"}),
                 )

@@ -7,13 +7,25 @@
 //! An unknown `kid` triggers one JWKS refresh, at most once per
 //! `refresh_min_interval`, so a flood of made-up kids cannot hammer the
 //! identity provider.
+//!
+//! A token that passed every check is remembered, by the SHA-256 of the
+//! token (never the token itself), with the principal it names, so the
+//! next request with the same token skips the signature check. An entry is
+//! used only while the token's `exp` is still ahead (strictly: never at or
+//! past it, leeway or not; after that the token is checked again and fails
+//! as "token expired" like any other), it is forgotten when the keys are
+//! reloaded (a rotated-out key verifies nothing any more), and at most
+//! [`VERIFIED_CACHE_SIZE`] are kept (expired ones go first when it is full,
+//! then all of them). Only tokens that verified are remembered: a flood of
+//! bad tokens costs a full check each, as before.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use jit_core::Principal;
+use jit_core::{Clock, Principal, SystemClock};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -134,6 +146,24 @@ struct KeyEntry {
     algorithms: Vec<Algorithm>,
 }
 
+/// The most verified tokens an [`Authenticator`] remembers at once.
+pub const VERIFIED_CACHE_SIZE: usize = 10_000;
+
+/// A token that passed every check.
+struct Verified {
+    principal: Principal,
+    /// The token's `exp`, seconds since the epoch: used only before it.
+    exp: i64,
+}
+
+/// Verified tokens by the SHA-256 of the token, for one key set
+/// (`generation` moves when the keys are reloaded, and empties it).
+#[derive(Default)]
+struct VerifiedTokens {
+    generation: u64,
+    entries: HashMap<[u8; 32], Verified>,
+}
+
 /// Verifies bearer tokens and maps their claims to a [`Principal`].
 pub struct Authenticator {
     settings: AuthSettings,
@@ -141,6 +171,16 @@ pub struct Authenticator {
     last_refresh: Mutex<Option<Instant>>,
     refresh_lock: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+    verified: Mutex<VerifiedTokens>,
+    cache_size: usize,
+    clock: Arc<dyn Clock>,
+    /// Full verifications run (signature checked), for the tests.
+    checks: AtomicU64,
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -252,6 +292,83 @@ impl Authenticator {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            verified: Mutex::new(VerifiedTokens::default()),
+            cache_size: VERIFIED_CACHE_SIZE,
+            clock: Arc::new(SystemClock),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Remembers at most `n` verified tokens (0: none, every request is
+    /// checked in full).
+    pub fn with_cache_size(mut self, n: usize) -> Self {
+        self.cache_size = n;
+        self
+    }
+
+    /// The clock that decides when a remembered token's `exp` has come
+    /// (the full check uses the system clock, as jsonwebtoken does).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How many verified tokens are remembered now.
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.lock().map(|v| v.entries.len()).unwrap_or(0)
+    }
+
+    /// The principal of a remembered token whose `exp` is still ahead.
+    fn remembered(&self, digest: &[u8; 32], now: i64) -> Option<Principal> {
+        let mut v = self.verified.lock().ok()?;
+        match v.entries.get(digest) {
+            Some(e) if now < e.exp => Some(e.principal.clone()),
+            Some(_) => {
+                v.entries.remove(digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The key-set generation a verification starts under.
+    fn generation(&self) -> Option<u64> {
+        self.verified.lock().ok().map(|v| v.generation)
+    }
+
+    /// Remembers a verified token, unless the keys were reloaded since its
+    /// check began (it may have been verified with a key now gone).
+    fn remember(&self, digest: [u8; 32], generation: u64, principal: &Principal, exp: i64) {
+        if self.cache_size == 0 {
+            return;
+        }
+        let now = self.clock.now().timestamp();
+        let Ok(mut v) = self.verified.lock() else {
+            return;
+        };
+        if v.generation != generation || now >= exp {
+            return;
+        }
+        if v.entries.len() >= self.cache_size && !v.entries.contains_key(&digest) {
+            v.entries.retain(|_, e| now < e.exp);
+            if v.entries.len() >= self.cache_size {
+                v.entries.clear();
+            }
+        }
+        v.entries.insert(
+            digest,
+            Verified {
+                principal: principal.clone(),
+                exp,
+            },
+        );
+    }
+
+    /// Forgets every verified token: the keys changed.
+    fn forget_verified(&self) {
+        if let Ok(mut v) = self.verified.lock() {
+            v.generation += 1;
+            v.entries.clear();
         }
     }
 
@@ -289,6 +406,7 @@ impl Authenticator {
         if let Ok(mut k) = self.keys.write() {
             *k = keys;
         }
+        self.forget_verified();
         if let Ok(mut t) = self.last_refresh.lock() {
             *t = Some(Instant::now());
         }
@@ -329,6 +447,24 @@ impl Authenticator {
 
     /// Verifies a bearer token and returns the principal it names.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let digest = token_digest(token);
+        if self.cache_size > 0 {
+            if let Some(p) = self.remembered(&digest, self.clock.now().timestamp()) {
+                return Ok(p);
+            }
+        }
+        let generation = self.generation();
+        let (principal, exp) = self.verify(token).await?;
+        if let (Some(generation), Some(exp)) = (generation, exp) {
+            self.remember(digest, generation, &principal, exp);
+        }
+        Ok(principal)
+    }
+
+    /// The full check: header, key, signature, issuer, audience, times,
+    /// claims. Returns the principal and the token's `exp`.
+    async fn verify(&self, token: &str) -> Result<(Principal, Option<i64>), AuthError> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
         let invalid = |m: &str| AuthError::Invalid(m.to_string());
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("malformed token or unsupported algorithm"))?;
@@ -369,7 +505,8 @@ impl Authenticator {
                 _ => invalid("token rejected"),
             }
         })?;
-        self.principal(&data.claims.0)
+        let exp = data.claims.0.get("exp").and_then(serde_json::Value::as_i64);
+        Ok((self.principal(&data.claims.0)?, exp))
     }
 
     fn principal(
@@ -475,6 +612,134 @@ mod tests {
             auth.authenticate(&ta).await,
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    fn claim_exp(token: &str) -> i64 {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&json).unwrap()["exp"]
+            .as_i64()
+            .unwrap()
+    }
+
+    fn checks(auth: &Authenticator) -> u64 {
+        auth.checks.load(Ordering::Relaxed)
+    }
+
+    /// A remembered token skips the signature check only while its `exp`
+    /// is ahead on the authenticator's clock; at `exp` it is checked again.
+    #[tokio::test]
+    async fn verified_tokens_are_remembered_until_their_exp_and_never_past_it() {
+        let issuer = DemoIssuer::new(LocalKey::generate());
+        let token = issuer.token("alice", &["eng"], 60).unwrap();
+        let exp = claim_exp(&token);
+        let clock =
+            jit_core::ManualClock::new(chrono::DateTime::from_timestamp(exp - 60, 0).unwrap());
+        let auth = Authenticator::new(settings(JwksSource::Static(issuer.jwk_set().unwrap())))
+            .with_clock(Arc::new(clock.clone()));
+        for _ in 0..3 {
+            let p = auth.authenticate(&token).await.unwrap();
+            assert_eq!(p.id.as_str(), "alice");
+            assert!(p.in_group("eng"));
+        }
+        assert_eq!((checks(&auth), auth.cached_tokens()), (1, 1));
+
+        // One second before `exp`: still remembered. At `exp`: checked again.
+        clock.advance(chrono::TimeDelta::seconds(59));
+        auth.authenticate(&token).await.unwrap();
+        assert_eq!(checks(&auth), 1);
+        clock.advance(chrono::TimeDelta::seconds(1));
+        auth.authenticate(&token).await.unwrap();
+        assert_eq!(
+            checks(&auth),
+            2,
+            "a token at its exp is never taken from memory"
+        );
+    }
+
+    /// On the system clock: a remembered token that expires fails as
+    /// "token expired", exactly as one never seen before.
+    #[tokio::test]
+    async fn a_remembered_token_that_expires_fails_like_any_expired_token() {
+        let issuer = DemoIssuer::new(LocalKey::generate());
+        let auth = Authenticator::new(settings(JwksSource::Static(issuer.jwk_set().unwrap())));
+        let token = issuer.token("alice", &[], 1).unwrap();
+        auth.authenticate(&token).await.unwrap();
+        assert_eq!(auth.cached_tokens(), 1);
+        // Leeway is 0 in these settings: two whole seconds later `exp` has passed.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let err = auth.authenticate(&token).await.unwrap_err();
+        assert_eq!(err.to_string(), "invalid token: token expired");
+        let fresh = Authenticator::new(settings(JwksSource::Static(issuer.jwk_set().unwrap())));
+        assert_eq!(
+            fresh.authenticate(&token).await.unwrap_err().to_string(),
+            err.to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn remembered_tokens_are_bounded_and_bad_tokens_are_never_remembered() {
+        let issuer = DemoIssuer::new(LocalKey::generate());
+        let auth = Authenticator::new(settings(JwksSource::Static(issuer.jwk_set().unwrap())))
+            .with_cache_size(2);
+        for user in ["a", "b", "c", "d", "e"] {
+            auth.authenticate(&issuer.token(user, &[], 60).unwrap())
+                .await
+                .unwrap();
+            assert!(auth.cached_tokens() <= 2, "{}", auth.cached_tokens());
+        }
+        assert!(auth.cached_tokens() >= 1);
+
+        // A token of another key and a tampered one: refused, never remembered.
+        let other = DemoIssuer::new(LocalKey::generate());
+        let good = issuer.token("f", &[], 60).unwrap();
+        let mut tampered = good.clone();
+        tampered.pop();
+        let before = auth.cached_tokens();
+        for bad in [other.token("f", &[], 60).unwrap(), tampered] {
+            for _ in 0..2 {
+                assert!(auth.authenticate(&bad).await.is_err());
+            }
+        }
+        assert_eq!(auth.cached_tokens(), before);
+
+        let off = Authenticator::new(settings(JwksSource::Static(issuer.jwk_set().unwrap())))
+            .with_cache_size(0);
+        off.authenticate(&good).await.unwrap();
+        off.authenticate(&good).await.unwrap();
+        assert_eq!((checks(&off), off.cached_tokens()), (2, 0));
+    }
+
+    /// A key rotated out of the JWKS verifies nothing any more, even a
+    /// token it verified a moment before.
+    #[tokio::test]
+    async fn rotating_the_keys_forgets_every_remembered_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b) = (
+            DemoIssuer::new(LocalKey::generate()),
+            DemoIssuer::new(LocalKey::generate()),
+        );
+        std::fs::write(&path, a.jwks_json().to_string()).unwrap();
+        let auth = Authenticator::new(settings(JwksSource::File(path.clone())));
+        auth.refresh().await.unwrap();
+        let ta = a.token("alice", &[], 60).unwrap();
+        auth.authenticate(&ta).await.unwrap();
+        auth.authenticate(&ta).await.unwrap();
+        assert_eq!((checks(&auth), auth.cached_tokens()), (1, 1));
+
+        std::fs::write(&path, b.jwks_json().to_string()).unwrap();
+        auth.refresh().await.unwrap();
+        assert_eq!(auth.cached_tokens(), 0);
+        assert_eq!(
+            auth.authenticate(&ta).await.unwrap_err().to_string(),
+            "invalid token: unknown signing key"
+        );
+        let tb = b.token("bob", &[], 60).unwrap();
+        assert_eq!(auth.authenticate(&tb).await.unwrap().id.as_str(), "bob");
     }
 
     #[tokio::test]
