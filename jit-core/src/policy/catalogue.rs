@@ -21,6 +21,8 @@
 //! justification_pattern = "^(INC|CHG)-[0-9]+: .{10,}"   # optional regex
 //! require_ticket = false                  # default false
 //! ticket_pattern = "^INC-[0-9]+$"         # optional regex; a given ticket must match
+//! require_revocation = false              # true: the broker refuses to start unless the
+//!                                         # provider can revoke early (not a GCP access token)
 //!
 //! [entitlements.eligible]                 # who may request; at least one id or group
 //! ids = ["bob"]
@@ -181,6 +183,8 @@ struct RawEntitlement {
     #[serde(default)]
     ticket_pattern: Option<String>,
     #[serde(default)]
+    require_revocation: bool,
+    #[serde(default)]
     eligible: Option<RawPrincipals>,
     #[serde(default)]
     approval: Option<RawApproval>,
@@ -299,6 +303,7 @@ struct Rule {
     justification_pattern: Option<Regex>,
     require_ticket: bool,
     ticket_pattern: Option<Regex>,
+    require_revocation: bool,
     eligible: PrincipalSet,
     approval: Option<ApprovalRule>,
     auto_approve: Option<AutoApproveRule>,
@@ -561,6 +566,7 @@ fn compile_rule(
         justification_pattern,
         require_ticket: e.require_ticket,
         ticket_pattern,
+        require_revocation: e.require_revocation,
         eligible,
         approval,
         auto_approve,
@@ -772,6 +778,10 @@ impl Policy for CataloguePolicy {
 
     fn entitlements(&self) -> Vec<Entitlement> {
         self.rules.iter().map(|r| r.entitlement.clone()).collect()
+    }
+
+    fn requires_revocation(&self, entitlement: &str) -> bool {
+        self.rule(entitlement).is_some_and(|r| r.require_revocation)
     }
 
     fn evaluate(
