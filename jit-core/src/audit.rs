@@ -167,6 +167,10 @@ pub enum AuditKind {
     Reconciled,
     /// Nobody decided in time.
     TimedOut,
+    /// Provider housekeeping removed what a grant left behind at the cloud
+    /// after it ended (an expired GCP conditional binding), touching
+    /// nothing else ([`Provider::tidy`](crate::Provider::tidy)).
+    Tidied,
 }
 
 impl AuditKind {
@@ -185,6 +189,7 @@ impl AuditKind {
             AuditKind::RevocationFailed => "revocation_failed",
             AuditKind::Reconciled => "reconciled",
             AuditKind::TimedOut => "timed_out",
+            AuditKind::Tidied => "tidied",
         }
     }
 }

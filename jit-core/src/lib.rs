@@ -27,7 +27,8 @@ pub use credentials::{Credentials, Secret};
 pub use error::{ConfigError, Error, RequestError, Result, TokenError};
 pub use policy::{CataloguePolicy, Policy, PolicyContext};
 pub use provider::{
-    Capabilities, Collateral, GrantSpec, Issued, Provider, RevocationKind, RevokeOutcome,
+    Capabilities, Collateral, GrantSpec, Issued, Provider, RevocationKind, RevokeOutcome, Tidied,
+    TidyReport,
 };
 pub use reaper::Reaper;
 pub use risk::{RiskAssessment, RiskAssessor};

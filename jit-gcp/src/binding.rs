@@ -11,32 +11,33 @@
 //!
 //! # Limits (checked before writing)
 //!
-//! From Google's IAM quotas and limits page
-//! (<https://cloud.google.com/iam/quotas>, "Policies and bindings"):
+//! From the "Policies and bindings" limits of Google's IAM quotas and
+//! limits page (<https://cloud.google.com/iam/quotas>, checked again for
+//! this release; "limits cannot be changed"):
 //!
-//! - all principals in all bindings of a policy: [`MAX_PRINCIPALS`] (1,500;
-//!   each occurrence counts);
+//! - all principals (Google groups included) in all bindings of a policy:
+//!   [`MAX_PRINCIPALS`] (1,500; each occurrence counts);
 //! - Google groups in all bindings of a policy: [`MAX_GROUPS`] (250);
 //! - role bindings with the same role and the same principal but different
 //!   condition expressions: [`MAX_CONDITIONAL_PER_ROLE_MEMBER`] (20);
-//! - logic operators in one condition expression: 12 (ours has none).
+//! - logic operators in a binding's condition expression: 12 (ours has none).
 //!
-//! Neither that page nor the conditions overview
-//! (<https://cloud.google.com/iam/docs/conditions-overview>) gave a figure
-//! for the lengths of a condition's title, description and expression in
-//! what could be searched while writing this. The bounds used here
-//! ([`MAX_TITLE_LEN`] 100, [`MAX_DESCRIPTION_LEN`] 256,
+//! That page gives no lengths for a condition's title, description or
+//! expression (its 100- and 256-byte figures are a *custom role's* title
+//! and description), and neither does the conditions overview
+//! (<https://cloud.google.com/iam/docs/conditions-overview>). The bounds
+//! used here ([`MAX_TITLE_LEN`] 100, [`MAX_DESCRIPTION_LEN`] 256,
 //! [`MAX_EXPRESSION_LEN`] 1,000 characters) are therefore our own,
 //! deliberately conservative choice, not Google's figures: a title and
 //! expression of our own (36 and 54 characters) never come near them, and
-//! the description is shortened to fit rather than refused. Replace them
-//! with Google's figures when they are confirmed.
+//! the description is shortened to fit rather than refused (its request id
+//! comes first, so hygiene can still read it).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use google_cloud_iam_v1::model::{Binding, Policy};
 use google_cloud_type::model::Expr;
 use jit_core::provider::naming::external_name;
-use jit_core::GrantId;
+use jit_core::{GrantId, RequestId};
 
 /// All principals in all bindings of one policy (each occurrence counts).
 pub const MAX_PRINCIPALS: usize = 1_500;
@@ -87,9 +88,18 @@ pub fn expiry_of(expression: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// A description of a grant's binding, shortened to [`MAX_DESCRIPTION_LEN`] characters.
-pub fn description(entitlement: &str, ticket: Option<&str>, grant: GrantId) -> String {
-    let mut d = format!("jit grant {grant} of entitlement {entitlement}");
+/// A description of a grant's binding, shortened to [`MAX_DESCRIPTION_LEN`]
+/// characters: `jit grant <grant> (request <request>) of entitlement <id>,
+/// ticket <ticket>`. The request id comes first so that shortening never
+/// cuts it: hygiene reads it back ([`request_of`]) to put a pruned
+/// binding into its grant's audit trail.
+pub fn description(
+    entitlement: &str,
+    ticket: Option<&str>,
+    grant: GrantId,
+    request: RequestId,
+) -> String {
+    let mut d = format!("jit grant {grant} (request {request}) of entitlement {entitlement}");
     if let Some(t) = ticket {
         d.push_str(&format!(", ticket {t}"));
     }
@@ -103,6 +113,14 @@ pub fn description(entitlement: &str, ticket: Option<&str>, grant: GrantId) -> S
     }
 }
 
+/// The request a [`description`] names, if it is one of ours. Only a hint:
+/// anyone who may set the policy can edit a description, so the broker
+/// checks it against its own record before trusting it.
+pub fn request_of(description: &str) -> Option<RequestId> {
+    let rest = description.split_once("(request ")?.1;
+    rest.get(..36)?.parse().ok()
+}
+
 /// What one grant's binding says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantBinding {
@@ -114,6 +132,8 @@ pub struct GrantBinding {
     pub title: String,
     /// The end its expression states (`None` if the expression is not ours).
     pub expires_at: Option<DateTime<Utc>>,
+    /// The request its description names ([`request_of`]), if any.
+    pub request_id: Option<RequestId>,
 }
 
 /// Why a binding is not written.
@@ -143,6 +163,7 @@ pub fn grant_bindings(policy: &Policy) -> Vec<GrantBinding> {
                 member: m.clone(),
                 title: c.title.clone(),
                 expires_at: expiry_of(&c.expression),
+                request_id: request_of(&c.description),
             }))
         })
         .flatten()
@@ -495,11 +516,19 @@ mod tests {
     }
 
     #[test]
-    fn descriptions_are_shortened_not_refused() {
-        let d = description(&"e".repeat(300), Some("INC-1"), GrantId::new());
+    fn descriptions_are_shortened_not_refused_and_keep_the_request() {
+        let request = RequestId::new();
+        let d = description(&"e".repeat(300), Some("INC-1"), GrantId::new(), request);
         assert_eq!(d.chars().count(), MAX_DESCRIPTION_LEN);
-        let d = description("prod", Some("INC-1\n2"), GrantId::new());
+        assert_eq!(request_of(&d), Some(request));
+        let d = description("prod", Some("INC-1\n2"), GrantId::new(), request);
         assert!(d.ends_with("ticket INC-12"), "{d}");
+        assert_eq!(request_of(&d), Some(request));
+        assert_eq!(request_of("jit grant x of entitlement prod"), None);
+        assert_eq!(
+            request_of("(request not-a-uuid-at-all-not-a-uuid-at-all)"),
+            None
+        );
     }
 
     #[test]

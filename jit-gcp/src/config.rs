@@ -30,6 +30,7 @@
 //! | `JIT_GCP_PROPAGATION` | [`GcpConfig::propagation`] | `7m` |
 //! | `JIT_GCP_CONFLICT_RETRIES` | [`GcpConfig::conflict_retries`] | `5` |
 //! | `JIT_GCP_CALL_TIMEOUT` | [`GcpConfig::call_timeout`] | `30s` |
+//! | `JIT_GCP_HYGIENE_RESOURCES` | [`GcpConfig::hygiene_resources`]: comma-separated resources whose expired `jit-` bindings hygiene prunes, besides those the catalogue names | none |
 //!
 //! # Who gets the role
 //!
@@ -124,6 +125,14 @@ pub struct GcpConfig {
     pub conflict_retries: u32,
     /// Longest time one API call may take.
     pub call_timeout: Duration,
+    /// Resources (`projects/…`, `folders/…`, `organizations/…`,
+    /// `projects/-/serviceAccounts/…`) whose expired `jit-` bindings the
+    /// reaper's hygiene prunes besides those it learns by itself: every
+    /// resource an entitlement of this provider names (seen when the
+    /// catalogue is validated) and every resource it issued on since
+    /// start. List here resources that catalogue entries no longer name
+    /// but earlier grants were issued on.
+    pub hygiene_resources: Vec<String>,
 }
 
 impl Default for GcpConfig {
@@ -144,6 +153,7 @@ impl Default for GcpConfig {
             propagation: Duration::from_secs(7 * 60),
             conflict_retries: 5,
             call_timeout: Duration::from_secs(30),
+            hygiene_resources: Vec::new(),
         }
     }
 }
@@ -188,6 +198,8 @@ pub const KEYS: &[ConfigKey] = &[
         .env("JIT_GCP_CONFLICT_RETRIES"),
     ConfigKey::optional("call_timeout", "the longest one API call may take (default `30s`)")
         .env("JIT_GCP_CALL_TIMEOUT"),
+    ConfigKey::optional("hygiene_resources", "comma-separated resources whose expired `jit-` bindings hygiene prunes, besides those the catalogue names")
+        .env("JIT_GCP_HYGIENE_RESOURCES"),
 ];
 
 fn key_error(config: &ProviderConfig, e: GcpError) -> jit_core::Error {
@@ -224,6 +236,18 @@ impl GcpConfig {
                 .and_then(|k| config.get(k.name))
                 .map(String::from)
         };
+        // A provider table names its identity: the ADC default would fall
+        // back to the metadata server and fail only at the first call on a
+        // machine that has none (see the crate README).
+        if config
+            .get("credentials")
+            .is_none_or(|v| v.trim().is_empty())
+        {
+            return Err(config.invalid(
+                "credentials",
+                "no credentials source configured: set `credentials` (or `JIT_GCP_CREDENTIALS`) to `adc`, `metadata`, or a service-account key file",
+            ));
+        }
         match Self::from_lookup_inner(lookup) {
             Ok(c) => {
                 let c = c.with_name(name);
@@ -335,6 +359,13 @@ impl GcpConfig {
         if let Some(d) = duration("JIT_GCP_CALL_TIMEOUT")? {
             c.call_timeout = d;
         }
+        if let Some(v) = text("JIT_GCP_HYGIENE_RESOURCES") {
+            c.hygiene_resources = v
+                .split(',')
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect();
+        }
         c.check()?;
         Ok(c)
     }
@@ -399,6 +430,15 @@ impl GcpConfig {
     /// Sets how many times a read-modify-write is tried.
     pub fn with_conflict_retries(mut self, n: u32) -> Self {
         self.conflict_retries = n;
+        self
+    }
+
+    /// Sets the resources hygiene visits besides those it learns by itself.
+    pub fn with_hygiene_resources<S: Into<String>>(
+        mut self,
+        resources: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.hygiene_resources = resources.into_iter().map(Into::into).collect();
         self
     }
 
@@ -479,6 +519,10 @@ impl GcpConfig {
         {
             return Err(setting("call_timeout", "must be between 1s and 5m"));
         }
+        for r in &self.hygiene_resources {
+            crate::target::Resource::parse(r)
+                .map_err(|m| setting("hygiene_resources", format!("`{}`: {m}", printable(r))))?;
+        }
         Ok(())
     }
 }
@@ -518,6 +562,10 @@ mod tests {
             ("JIT_GCP_PROPAGATION", "2m"),
             ("JIT_GCP_CONFLICT_RETRIES", "8"),
             ("JIT_GCP_CALL_TIMEOUT", "10s"),
+            (
+                "JIT_GCP_HYGIENE_RESOURCES",
+                "projects/old-proj-1, folders/123 ,",
+            ),
         ])
         .unwrap();
         assert_eq!(c.name, "gcp-token");
@@ -538,6 +586,7 @@ mod tests {
         assert_eq!(c.propagation, Duration::from_secs(120));
         assert_eq!(c.conflict_retries, 8);
         assert_eq!(c.call_timeout, Duration::from_secs(10));
+        assert_eq!(c.hygiene_resources, ["projects/old-proj-1", "folders/123"]);
         assert_eq!(
             from(&[("JIT_GCP_CREDENTIALS", "metadata")])
                 .unwrap()
@@ -565,6 +614,7 @@ mod tests {
             );
         }
         let table: ProviderConfig = [
+            ("credentials", "adc"),
             ("mode", "token"),
             ("max_duration", "2h"),
             ("token_max_lifetime", "30m"),
@@ -577,11 +627,24 @@ mod tests {
         assert_eq!(c.mode, Mode::Token);
         assert_eq!(c.max_duration, Duration::from_secs(7200));
         assert_eq!(c.iam_endpoint, "http://127.0.0.1:1");
-        let bad: ProviderConfig = [("token_max_lifetime", "13h")].into_iter().collect();
+        let bad: ProviderConfig = [("credentials", "adc"), ("token_max_lifetime", "13h")]
+            .into_iter()
+            .collect();
         let e = GcpConfig::from_provider_config("gcp-prod", &bad)
             .unwrap_err()
             .to_string();
         assert!(e.contains("token_max_lifetime"), "{e}");
+        // A table must name the broker's identity: no silent fallback.
+        for creds in [None, Some("  ")] {
+            let mut pairs = vec![("mode", "binding")];
+            pairs.extend(creds.map(|c| ("credentials", c)));
+            let t: ProviderConfig = pairs.into_iter().collect();
+            let e = GcpConfig::from_provider_config("gcp", &t)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("no credentials source configured"), "{e}");
+            assert!(e.contains("`credentials`"), "{e}");
+        }
     }
 
     #[test]
@@ -598,6 +661,7 @@ mod tests {
             ("JIT_GCP_CONFLICT_RETRIES", "many"),
             ("JIT_GCP_CALL_TIMEOUT", "0s"),
             ("JIT_GCP_PROVIDER_NAME", "g c p"),
+            ("JIT_GCP_HYGIENE_RESOURCES", "projects/ok-1,buckets/x"),
         ] {
             match from(&[(k, v)]) {
                 Err(jit_core::Error::Config(e)) => {

@@ -32,6 +32,26 @@
 //! revocation takes effect within IAM's propagation time
 //! ([`GcpConfig::propagation`]).
 //!
+//! # Hygiene (binding mode)
+//!
+//! Google never removes a conditional binding whose condition can no
+//! longer be true, and such bindings keep counting toward the policy's
+//! limits (1,500 principals, 20 conditional bindings per role and
+//! principal). Capabilities say [`Capabilities::tidy`], and
+//! [`Provider::tidy`] (run by jit-core's reaper on its slower cadence)
+//! prunes expired `jit-` bindings ([`GcpProvider::prune_expired`]) from
+//! the resources this provider knows: every resource an entitlement of
+//! this provider names (recorded when the broker validates the catalogue),
+//! every resource it issued on since start, and
+//! [`GcpConfig::hygiene_resources`]. One call visits at most `budget`
+//! resources (one read-modify-write each, skipped when nothing expired),
+//! round-robin, so every resource is visited in turn however many there
+//! are. Each pruned binding is reported with its grant (from the title)
+//! and request (from the description) for the broker's audit record; a
+//! resource whose policy cannot be read is reported as an error and the
+//! others are still visited; a resource that no longer exists has nothing
+//! to prune.
+//!
 //! # Token mode
 //!
 //! `generateAccessToken` with a `lifetime` of the whole seconds left in the
@@ -42,7 +62,7 @@
 //! expired and refuses before, and the broker refuses early revocation
 //! instead of pretending.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -51,12 +71,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use google_cloud_iam_v1::model::Policy;
 use jit_core::provider::ledger::Ledger;
+use jit_core::provider::naming::grant_id_from_name;
 use jit_core::provider::retry::{retry_on, Backoff};
 use jit_core::provider::window::WindowRules;
 use jit_core::types::format_duration;
 use jit_core::{
     Capabilities, Clock, Credentials, Entitlement, GrantSpec, Issued, IssuedGrant, Provider,
-    RevocationKind, SystemClock,
+    RevocationKind, SystemClock, Tidied, TidyReport,
 };
 use serde_json::json;
 
@@ -113,7 +134,12 @@ impl GcpProviderBuilder {
             None => crate::client::credentials(&self.config.credentials)?,
         };
         let clients = GcpClients::new(&self.config, credentials).await?;
+        let hygiene = Hygiene {
+            resources: self.config.hygiene_resources.iter().cloned().collect(),
+            next: 0,
+        };
         Ok(GcpProvider {
+            hygiene: Mutex::new(hygiene),
             config: self.config,
             clients,
             clock: self.clock,
@@ -132,6 +158,32 @@ pub struct GcpProvider {
     writers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Tokens minted by this process (token mode `find`).
     ledger: Ledger<IssuedGrant>,
+    /// The resources hygiene visits (see the module docs).
+    hygiene: Mutex<Hygiene>,
+}
+
+/// The resources hygiene visits, and where the next call starts.
+#[derive(Debug, Default)]
+struct Hygiene {
+    resources: BTreeSet<String>,
+    next: usize,
+}
+
+impl Hygiene {
+    /// Up to `n` resources, round-robin from where the last call stopped.
+    fn batch(&mut self, n: usize) -> Vec<String> {
+        let all: Vec<&String> = self.resources.iter().collect();
+        if all.is_empty() {
+            return Vec::new();
+        }
+        let n = n.min(all.len());
+        let start = self.next % all.len();
+        let out = (0..n)
+            .map(|i| all[(start + i) % all.len()].clone())
+            .collect();
+        self.next = (start + n) % all.len();
+        out
+    }
 }
 
 impl fmt::Debug for GcpProvider {
@@ -211,6 +263,19 @@ impl GcpProvider {
 
     fn err(&self, operation: &'static str) -> impl Fn(GcpError) -> jit_core::Error + '_ {
         move |e| e.into_core(&self.config.name, operation)
+    }
+
+    /// Remembers a resource for hygiene.
+    fn visit_later(&self, resource: &Resource) {
+        let mut h = lock(&self.hygiene);
+        if !h.resources.contains(resource.name()) {
+            h.resources.insert(resource.name().to_string());
+        }
+    }
+
+    /// The resources hygiene visits (sorted).
+    pub fn hygiene_resources(&self) -> Vec<String> {
+        lock(&self.hygiene).resources.iter().cloned().collect()
     }
 
     fn writer(&self, resource: &Resource) -> Arc<tokio::sync::Mutex<()>> {
@@ -331,8 +396,14 @@ impl GcpProvider {
         self.window(spec, Duration::ZERO)?;
         let end = floor_secs(spec.ends_at);
         let title = binding::title(spec.grant_id);
-        let description =
-            binding::description(&spec.entitlement.id, spec.ticket.as_deref(), spec.grant_id);
+        let description = binding::description(
+            &spec.entitlement.id,
+            spec.ticket.as_deref(),
+            spec.grant_id,
+            spec.request_id,
+        );
+        // Before the write: a binding that lands is always pruned later.
+        self.visit_later(&resource);
         let expires_at = self
             .read_modify_write(&resource, |policy| {
                 if let Some(existing) = binding::find(policy, &title) {
@@ -355,6 +426,7 @@ impl GcpProvider {
             member: member.clone(),
             title: title.clone(),
             expires_at: Some(expires_at),
+            request_id: Some(spec.request_id),
         };
         tracing::debug!(provider = %self.config.name, grant = %spec.grant_id, resource = %resource, role = %role, member = %member, expires_at = %expires_at, "gcp conditional binding written");
         Ok(Issued {
@@ -524,18 +596,59 @@ impl GcpProvider {
     /// toward the policy's limits). Returns what was removed, for the
     /// caller's audit record.
     pub async fn prune_expired(&self, resource: &Resource) -> jit_core::Result<Vec<GrantBinding>> {
+        self.prune_inner(resource).await.map_err(self.err("prune"))
+    }
+
+    async fn prune_inner(&self, resource: &Resource) -> Result<Vec<GrantBinding>, GcpError> {
         let now = self.clock.now();
         let pruned = self
             .read_modify_write(resource, |policy| {
                 let pruned = binding::prune_expired(policy, now);
                 Ok((!pruned.is_empty(), pruned))
             })
-            .await
-            .map_err(self.err("prune"))?;
+            .await?;
         for b in &pruned {
             tracing::info!(provider = %self.config.name, resource = %resource, role = %b.role, member = %b.member, title = %b.title, "expired jit binding pruned");
         }
         Ok(pruned)
+    }
+
+    async fn tidy_inner(&self, budget: usize) -> TidyReport {
+        if self.config.mode != Mode::Binding {
+            return TidyReport::default();
+        }
+        let batch = lock(&self.hygiene).batch(budget);
+        let mut removed = Vec::new();
+        let mut errors = Vec::new();
+        for name in batch {
+            let resource = match Resource::parse(&name) {
+                Ok(r) => r,
+                Err(m) => {
+                    errors.push(self.err("prune")(GcpError::Refused(format!(
+                        "hygiene resource `{}` is invalid: {m}",
+                        printable(&name)
+                    ))));
+                    continue;
+                }
+            };
+            match self.prune_inner(&resource).await {
+                Ok(pruned) => removed.extend(pruned.into_iter().map(|b| {
+                    Tidied::new(resource.name(), b.title.clone())
+                        .of_grant(grant_id_from_name(&b.title), b.request_id)
+                        .details(json!({
+                            "kind": "conditional binding",
+                            "role": b.role,
+                            "member": b.member,
+                            "condition_title": b.title,
+                            "ended_at": b.expires_at.map(|t| t.to_rfc3339()),
+                        }))
+                })),
+                // A deleted resource has no bindings left to prune.
+                Err(GcpError::NotFound { .. }) => {}
+                Err(e) => errors.push(self.err("prune")(e)),
+            }
+        }
+        TidyReport::new(removed, errors)
     }
 }
 
@@ -557,7 +670,9 @@ impl Provider for GcpProvider {
                     within: self.config.propagation,
                 })
                 // Removal by the derived title works whether or not the binding exists.
-                .with_revoke_by_name(true),
+                .with_revoke_by_name(true)
+                // Expired bindings stay in the policy until pruned.
+                .with_tidy(true),
             Mode::Token => common
                 .with_max_duration(self.config.token_max_lifetime)
                 .with_revocation(RevocationKind::None)
@@ -567,7 +682,10 @@ impl Provider for GcpProvider {
 
     fn validate(&self, entitlement: &Entitlement) -> jit_core::Result<()> {
         let err = self.err("validate");
-        self.target(entitlement).map_err(&err)?;
+        if let GcpTarget::Binding { resource, .. } = self.target(entitlement).map_err(&err)? {
+            // The catalogue names it: hygiene visits it (see the module docs).
+            self.visit_later(&resource);
+        }
         let min = self.capabilities().min_duration;
         if entitlement.max_duration.get() < min {
             return Err(err(GcpError::Target {
@@ -606,6 +724,10 @@ impl Provider for GcpProvider {
         }
         self.reconstruct(spec)
     }
+
+    async fn tidy(&self, budget: usize) -> jit_core::Result<TidyReport> {
+        Ok(self.tidy_inner(budget).await)
+    }
 }
 
 #[cfg(test)]
@@ -641,6 +763,18 @@ mod tests {
         .unwrap();
         with_condition.bindings = pb.bindings;
         assert!(check_writable(&r, &with_condition).is_err());
+    }
+
+    #[test]
+    fn hygiene_visits_every_resource_in_turn() {
+        let mut h = Hygiene::default();
+        assert!(h.batch(3).is_empty());
+        for r in ["projects/a", "projects/b", "projects/c"] {
+            h.resources.insert(r.into());
+        }
+        assert_eq!(h.batch(2), ["projects/a", "projects/b"]);
+        assert_eq!(h.batch(2), ["projects/c", "projects/a"]);
+        assert_eq!(h.batch(9), ["projects/b", "projects/c", "projects/a"]);
     }
 
     fn bytes_of(s: &str) -> Vec<u8> {

@@ -104,16 +104,30 @@ impl Cache {
             credential_process: doc.clone(),
             request_id,
         });
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
-        let written = create_private_dir(dir)
-            .and_then(|()| write_private(&tmp, entry.to_string().as_bytes()))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = create_private_dir(dir)
+            .and_then(|()| replace_private(&self.path, entry.to_string().as_bytes()));
     }
+}
+
+/// Writes `bytes` to `path` so that no one else can read them at any
+/// moment: a new file created `0600` (`O_CREAT|O_EXCL`, so the umask can
+/// only take bits away and an existing file or link is never followed),
+/// then renamed over `path` in one step (a reader sees the old file or the
+/// new one, never a half-written one). The temporary file is removed when
+/// anything fails.
+pub(crate) fn replace_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = write_private(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
@@ -136,7 +150,9 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    o.open(path)?.write_all(bytes)
+    let mut f = o.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use jit_core::{RequestRecord, State};
 
 use crate::cache;
 use crate::client::{file_config, Client, Reply};
-use crate::credentials::{credential_process_json, exec, grant_for};
+use crate::credentials::{credential_process_json, exec, grant_for, write_token_file};
 use crate::output::{emit, print_table, print_verification};
 use crate::{Fail, Res};
 
@@ -157,6 +157,20 @@ pub(crate) enum Cmd {
         /// Do not read or write the local cache (see the crate docs).
         #[arg(long)]
         no_cache: bool,
+    },
+    /// Write the access token of an entitlement (jit-gcp's token mode, or a
+    /// local token) to a private file (0600 from the moment it exists,
+    /// replaced whole), reusing an active grant of yours with at least a
+    /// minute left, else requesting one. For
+    /// `gcloud --access-token-file PATH` (or `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`).
+    /// Prints the file and the token's end; never the token.
+    #[command(name = "token-file")]
+    TokenFile {
+        #[command(flatten)]
+        want: WantArgs,
+        /// Where to write the token.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// The audit log.
     Audit {
@@ -495,6 +509,23 @@ pub(crate) async fn run(cli: Cli) -> Res<u8> {
             let (id, creds) = grant_for(&c, &want, Duration::from_secs(60)).await?;
             return exec(&id, &creds, &command);
         }
+        Cmd::TokenFile { want, out } => {
+            let (id, creds) = grant_for(&c, &want, Duration::from_secs(60)).await?;
+            write_token_file(&creds, &out)?;
+            let ends = wire::to_value(&creds.expires_at());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"request": id, "file": out, "expires_at": ends})
+                );
+            } else {
+                println!(
+                    "token of request {id} written to {} (until {})",
+                    out.display(),
+                    ends.as_str().unwrap_or_default()
+                );
+            }
+        }
         Cmd::CredentialProcess {
             want,
             min_remaining,
@@ -578,6 +609,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let cli = Cli::try_parse_from([
+            "jit",
+            "token-file",
+            "gcp-deployer",
+            "--for",
+            "30m",
+            "--reason",
+            "x",
+            "--out",
+            "/tmp/t",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::TokenFile { want, out } => {
+                assert_eq!(want.entitlement, "gcp-deployer");
+                assert_eq!(out, PathBuf::from("/tmp/t"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["jit", "token-file", "e", "--for", "1m", "--reason", "x"])
+                .is_err()
+        );
         // Two scopes at once is a usage error.
         assert!(Cli::try_parse_from(["jit", "ls", "--mine", "--all"]).is_err());
     }

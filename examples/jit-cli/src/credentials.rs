@@ -118,6 +118,49 @@ pub(crate) fn aws_env(creds: &CredentialsView) -> Res<[(&'static str, String); 4
     ])
 }
 
+/// A Google OAuth access token (jit-gcp's token mode) under the names
+/// Google's tools read:
+///
+/// - `CLOUDSDK_AUTH_ACCESS_TOKEN`: the gcloud CLI uses it instead of its
+///   stored credentials (<https://cloud.google.com/sdk/docs/authorizing>);
+/// - `GOOGLE_OAUTH_ACCESS_TOKEN`: Terraform's Google provider reads it as
+///   its `access_token` setting
+///   (<https://registry.terraform.io/providers/hashicorp/google/latest/docs/guides/provider_reference>).
+pub(crate) fn google_env(token: &str) -> [(&'static str, String); 2] {
+    [
+        ("CLOUDSDK_AUTH_ACCESS_TOKEN", token.to_string()),
+        ("GOOGLE_OAUTH_ACCESS_TOKEN", token.to_string()),
+    ]
+}
+
+/// Writes an access token to `path` for `gcloud --access-token-file`
+/// (<https://cloud.google.com/sdk/gcloud/reference#--access-token-file>):
+/// the token alone, in a file only its owner can read from the moment it
+/// exists ([`crate::cache::replace_private`]). Only access-token
+/// credentials (`access_token`, `local_token`) can be written.
+pub(crate) fn write_token_file(creds: &CredentialsView, path: &std::path::Path) -> Res<()> {
+    let token = match creds {
+        CredentialsView::AccessToken { token, .. } | CredentialsView::LocalToken { token, .. } => {
+            token
+        }
+        other => {
+            return Err(Fail::new(
+                1,
+                format!(
+                    "credentials of kind `{}` are not an access token",
+                    other.kind()
+                ),
+            ))
+        }
+    };
+    crate::cache::replace_private(path, token.expose().as_bytes()).map_err(|e| {
+        Fail::new(
+            1,
+            format!("cannot write the token file `{}`: {e}", path.display()),
+        )
+    })
+}
+
 /// The `credential_process` protocol, version 1 (jit-core's one definition).
 pub(crate) fn credential_process_json(creds: &CredentialsView) -> Res<CredentialProcess> {
     aws_creds(creds)
@@ -137,10 +180,19 @@ pub(crate) fn exec(id: &str, creds: &CredentialsView, command: &[String]) -> Res
         wire::to_value(&t).as_str().unwrap_or_default().to_string()
     };
     match creds {
-        CredentialsView::LocalToken { token, expires_at }
-        | CredentialsView::AccessToken { token, expires_at } => {
+        CredentialsView::LocalToken { token, expires_at } => {
             cmd.env("JIT_ACCESS_TOKEN", token.expose());
             cmd.env("JIT_ACCESS_TOKEN_EXPIRES_AT", expires(*expires_at));
+        }
+        CredentialsView::AccessToken { token, expires_at } => {
+            cmd.env("JIT_ACCESS_TOKEN", token.expose());
+            cmd.env("JIT_ACCESS_TOKEN_EXPIRES_AT", expires(*expires_at));
+            for (k, v) in google_env(token.expose()) {
+                cmd.env(k, v);
+            }
+            // A token file named in the caller's environment would compete
+            // with the token given here.
+            cmd.env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE");
         }
         CredentialsView::Assignment { expires_at, .. } => {
             cmd.env("JIT_ACCESS_EXPIRES_AT", expires(*expires_at));
@@ -186,6 +238,94 @@ pub(crate) fn exec(id: &str, creds: &CredentialsView, command: &[String]) -> Res
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    fn temp_dir() -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let d = std::env::temp_dir().join(format!("jit-cli-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exec_gives_a_google_token_to_gcloud_and_terraform_only() {
+        let google = view(
+            serde_json::json!({"kind": "access_token", "token": "ya29.secret",
+                                              "expires_at": "2026-11-29T12:00:00Z"}),
+        );
+        let dir = temp_dir();
+        let out = dir.join("env");
+        let script = format!("env > {}", out.display());
+        let sh = |c: &CredentialsView| {
+            let code = exec("r-1", c, &["sh".into(), "-c".into(), script.clone()]).unwrap();
+            assert_eq!(code, 0);
+            std::fs::read_to_string(&out).unwrap()
+        };
+        let env = sh(&google);
+        for line in [
+            "JIT_ACCESS_TOKEN=ya29.secret",
+            "CLOUDSDK_AUTH_ACCESS_TOKEN=ya29.secret",
+            "GOOGLE_OAUTH_ACCESS_TOKEN=ya29.secret",
+            "JIT_ACCESS_TOKEN_EXPIRES_AT=2026-11-29T12:00:00Z",
+            "JIT_REQUEST_ID=r-1",
+        ] {
+            assert!(env.lines().any(|l| l == line), "{line} missing");
+        }
+        assert!(!env.contains("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE="));
+        // A local token is not a Google token: Google's tools never see it.
+        let local = view(
+            serde_json::json!({"kind": "local_token", "token": "jit.local",
+                                             "expires_at": "2026-11-29T12:00:00Z"}),
+        );
+        let env = sh(&local);
+        assert!(env.lines().any(|l| l == "JIT_ACCESS_TOKEN=jit.local"));
+        assert!(!env.contains("CLOUDSDK_AUTH_ACCESS_TOKEN="));
+        assert!(!env.contains("GOOGLE_OAUTH_ACCESS_TOKEN="));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_token_file_is_private_from_the_start_and_replaced_whole() {
+        let dir = temp_dir();
+        let path = dir.join("gcp-token");
+        std::fs::write(&path, "old token, world readable").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let google = view(
+            serde_json::json!({"kind": "access_token", "token": "ya29.secret",
+                                              "expires_at": "2026-11-29T12:00:00Z"}),
+        );
+        write_token_file(&google, &path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ya29.secret");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
+        // Nothing left beside it.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["gcp-token"]);
+        // Other kinds are refused without writing; a bad path is an error.
+        let aws = view(serde_json::json!({
+            "kind": "aws", "access_key_id": "ASIAEXAMPLE", "secret_access_key": "sk",
+            "session_token": "st", "expires_at": "2026-11-29T12:00:00Z",
+        }));
+        let e = write_token_file(&aws, &dir.join("aws")).unwrap_err();
+        assert!(e.message.contains("not an access token"), "{}", e.message);
+        assert!(!dir.join("aws").exists());
+        let e = write_token_file(&google, &dir.join("missing/dir/token")).unwrap_err();
+        assert!(e.message.contains("cannot write"), "{}", e.message);
+        assert!(!e.message.contains("ya29.secret"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn view(v: serde_json::Value) -> CredentialsView {
         serde_json::from_value(v).unwrap()

@@ -14,10 +14,21 @@
 //! `jit exec ENTITLEMENT --for 1h --reason "..." -- CMD ARGS` runs `CMD` with
 //! the credentials in its environment only, reusing an active grant of yours
 //! with at least a minute left: `JIT_ACCESS_TOKEN` and
-//! `JIT_ACCESS_TOKEN_EXPIRES_AT` for token grants; `AWS_ACCESS_KEY_ID`,
+//! `JIT_ACCESS_TOKEN_EXPIRES_AT` for token grants, and for a Google access
+//! token (jit-gcp's token mode) also `CLOUDSDK_AUTH_ACCESS_TOKEN` (gcloud,
+//! <https://cloud.google.com/sdk/docs/authorizing>) and
+//! `GOOGLE_OAUTH_ACCESS_TOKEN` (Terraform's Google provider,
+//! <https://registry.terraform.io/providers/hashicorp/google/latest/docs/guides/provider_reference>),
+//! without the caller's `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`; `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
 //! `AWS_CREDENTIAL_EXPIRATION` for AWS grants (with `AWS_PROFILE` removed,
 //! so a profile cannot shadow them). `JIT_TOKEN` is never passed on.
+//!
+//! `jit token-file ENTITLEMENT --for 1h --reason "..." --out PATH` writes
+//! the access token alone to `PATH`, created `0600` under a temporary name
+//! and renamed into place (never readable by others, never half-written),
+//! for `gcloud --access-token-file PATH`. It prints the file and the end,
+//! never the token.
 //!
 //! For AWS tools that refresh credentials themselves, name the CLI as the
 //! profile's credential process in `~/.aws/config`:

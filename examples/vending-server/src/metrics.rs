@@ -202,6 +202,10 @@ impl Provider for Measured {
     async fn restore_revocations(&self, revoked: &[IssuedGrant]) -> Result<()> {
         self.inner.restore_revocations(revoked).await
     }
+
+    async fn tidy(&self, budget: usize) -> Result<jit_core::TidyReport> {
+        self.inner.tidy(budget).await
+    }
 }
 
 #[cfg(test)]
@@ -247,6 +251,12 @@ mod tests {
         async fn find(&self, _: &GrantSpec) -> Result<Option<IssuedGrant>> {
             Ok(None)
         }
+        async fn tidy(&self, budget: usize) -> Result<jit_core::TidyReport> {
+            Ok(jit_core::TidyReport::new(
+                vec![],
+                vec![jit_core::Error::Store(format!("tidied with budget {budget}"))],
+            ))
+        }
     }
 
     // Regression: the wrapper did not forward `revoke_reporting` and
@@ -268,5 +278,10 @@ mod tests {
             .collateral
             .expect("collateral lost in the wrapper");
         assert!(m.cut_off_by(&c, &g));
+        // Regression: `tidy` was not forwarded either, so behind the
+        // wrapper the reaper never pruned expired GCP bindings.
+        let report = m.tidy(7).await.unwrap();
+        assert_eq!(report.errors.len(), 1, "tidy not forwarded");
+        assert!(report.errors[0].to_string().contains("budget 7"));
     }
 }

@@ -221,7 +221,9 @@ impl BrokerBuilder {
         self
     }
 
-    /// Checks that every entitlement names a registered provider that accepts its target.
+    /// Checks that every entitlement names a registered provider that
+    /// accepts its target, and that can revoke early where the policy
+    /// requires it ([`Policy::requires_revocation`](crate::Policy::requires_revocation)).
     pub fn build(self) -> Result<Broker> {
         for e in self.policy.entitlements() {
             let p = self.providers.get(&e.provider).ok_or_else(|| {
@@ -231,6 +233,16 @@ impl BrokerBuilder {
                 })
             })?;
             p.validate(&e)?;
+            if self.policy.requires_revocation(&e.id) && !p.capabilities().revocation.can_revoke() {
+                return Err(Error::Config(ConfigError::InvalidField {
+                    entitlement: e.id.clone(),
+                    field: "require_revocation".into(),
+                    message: format!(
+                        "provider `{}` cannot revoke its grants early; point the entitlement at a provider that can, or drop `require_revocation`",
+                        e.provider
+                    ),
+                }));
+            }
         }
         Ok(Broker {
             inner: Arc::new(Inner {
@@ -280,5 +292,50 @@ mod tests {
             ..p
         };
         assert_eq!(many.delay(u32::MAX - 1), Duration::from_secs(30));
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn a_catalogue_can_require_revocability() {
+        #![allow(clippy::unwrap_used, clippy::panic)]
+        use crate::testing::TestProvider;
+        use crate::{CataloguePolicy, MemoryStore, RevocationKind};
+        let catalogue = |require: bool| {
+            CataloguePolicy::from_toml_str(&format!(
+                r#"
+                [[entitlements]]
+                id = "deploy-token"
+                provider = "tokens"
+                max_duration = "1h"
+                require_revocation = {require}
+                [entitlements.eligible]
+                groups = ["eng"]
+                "#
+            ))
+            .unwrap()
+        };
+        let build = |require: bool, kind: RevocationKind| {
+            Broker::builder(Arc::new(MemoryStore::new()), Arc::new(catalogue(require)))
+                .provider(Arc::new(TestProvider::new("tokens").with_revocation(kind)))
+                .build()
+        };
+        match build(true, RevocationKind::None) {
+            Err(Error::Config(ConfigError::InvalidField {
+                entitlement,
+                field,
+                message,
+            })) => {
+                assert_eq!(entitlement, "deploy-token");
+                assert_eq!(field, "require_revocation");
+                assert!(message.contains("cannot revoke"), "{message}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+        // Revocable, or not required: it starts.
+        build(true, RevocationKind::Immediate).unwrap();
+        build(false, RevocationKind::None).unwrap();
+        assert!(!catalogue(false).requires_revocation("deploy-token"));
+        assert!(catalogue(true).requires_revocation("deploy-token"));
+        assert!(!catalogue(true).requires_revocation("unknown"));
     }
 }

@@ -22,6 +22,8 @@
 //! require_ticket = false                  # default false
 //! ticket_pattern = "^INC-[0-9]+$"         # optional regex; a given ticket must match
 //! require_verified_ticket = false         # default false; true: the broker's ticket verifier must verify it
+//! require_revocation = false              # true: the broker refuses to start unless the
+//!                                         # provider can revoke early (not a GCP access token)
 //!
 //! [entitlements.eligible]                 # who may request; at least one id or group
 //! ids = ["bob"]
@@ -189,6 +191,7 @@ struct RawEntitlement {
     ticket_pattern: Option<String>,
     #[serde(default)]
     require_verified_ticket: bool,
+    require_revocation: bool,
     #[serde(default)]
     eligible: Option<RawPrincipals>,
     #[serde(default)]
@@ -313,6 +316,7 @@ struct Rule {
     require_ticket: bool,
     ticket_pattern: Option<Regex>,
     require_verified_ticket: bool,
+    require_revocation: bool,
     eligible: PrincipalSet,
     approval: Option<ApprovalRule>,
     auto_approve: Option<AutoApproveRule>,
@@ -577,6 +581,7 @@ fn compile_rule(
         require_ticket: e.require_ticket || e.require_verified_ticket,
         ticket_pattern,
         require_verified_ticket: e.require_verified_ticket,
+        require_revocation: e.require_revocation,
         eligible,
         approval,
         auto_approve,
@@ -832,6 +837,10 @@ impl Policy for CataloguePolicy {
 
     fn entitlements(&self) -> Vec<Entitlement> {
         self.rules.iter().map(|r| r.entitlement.clone()).collect()
+    }
+
+    fn requires_revocation(&self, entitlement: &str) -> bool {
+        self.rule(entitlement).is_some_and(|r| r.require_revocation)
     }
 
     fn evaluate(

@@ -120,6 +120,15 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
         ctx: &PolicyContext,
     ) -> Result<Decision, RequestError>;
 
+    /// Whether the entitlement must be revocable early: the broker then
+    /// refuses to start when its provider's capabilities say it cannot
+    /// revoke ([`RevocationKind::None`](crate::RevocationKind::None), a GCP
+    /// access token), instead of granting access nobody could take back.
+    /// The catalogue's `require_revocation` (default false).
+    fn requires_revocation(&self, _entitlement: &str) -> bool {
+        false
+    }
+
     /// Whether the principal may act as an administrator (revoke anything, read the audit log).
     fn is_admin(&self, _principal: &Principal) -> bool {
         false

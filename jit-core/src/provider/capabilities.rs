@@ -89,6 +89,12 @@ pub struct Capabilities {
     /// default) for providers that can find everything they minted, or
     /// that need what `issue` returned to revoke.
     pub revoke_by_name: bool,
+    /// Whether [`Provider::tidy`](super::Provider::tidy) has housekeeping
+    /// to do at the provider (GCP: expired conditional bindings, which
+    /// Google never removes and which count toward a policy's limits). The
+    /// reaper calls `tidy` on its own slower cadence only for providers
+    /// that say so (default false).
+    pub tidy: bool,
 }
 
 impl Default for Capabilities {
@@ -99,6 +105,7 @@ impl Default for Capabilities {
             min_duration: Duration::from_secs(1),
             revocation: RevocationKind::None,
             revoke_by_name: false,
+            tidy: false,
         }
     }
 }
@@ -133,6 +140,12 @@ impl Capabilities {
         self.revoke_by_name = by_name;
         self
     }
+
+    /// Sets [`Capabilities::tidy`].
+    pub fn with_tidy(mut self, tidy: bool) -> Self {
+        self.tidy = tidy;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +157,7 @@ mod tests {
         let caps = Capabilities::default();
         assert!(!caps.native_expiry);
         assert!(!caps.revoke_by_name);
+        assert!(!caps.tidy);
         assert_eq!(caps.revocation, RevocationKind::None);
         assert!(!caps.revocation.can_revoke());
         assert_eq!(caps.max_duration, MAX_GRANT_DURATION);

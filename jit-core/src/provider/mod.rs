@@ -145,6 +145,72 @@ impl RevokeOutcome {
     }
 }
 
+/// One thing [`Provider::tidy`] removed at the provider: what an ended
+/// grant left behind (an expired GCP conditional binding). Non-secret; the
+/// broker writes it into the grant's audit trail as
+/// [`AuditKind::Tidied`](crate::audit::AuditKind::Tidied).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Tidied {
+    /// Where it was removed from, in the provider's own terms (a project).
+    pub resource: String,
+    /// The provider-side name of what was removed (a condition title `jit-<grant>`).
+    pub external_id: String,
+    /// The grant it belonged to, when its name says so.
+    pub grant_id: Option<GrantId>,
+    /// The request of that grant, when the provider recorded it at the
+    /// cloud. The broker checks it against its store (the record must hold
+    /// `grant_id`) before writing the audit record there; the cloud's copy
+    /// is not trusted on its own.
+    pub request_id: Option<RequestId>,
+    /// Non-secret details for the audit record (role, member, end).
+    pub details: serde_json::Value,
+}
+
+impl Tidied {
+    /// `external_id` was removed from `resource`.
+    pub fn new(resource: impl Into<String>, external_id: impl Into<String>) -> Self {
+        Self {
+            resource: resource.into(),
+            external_id: external_id.into(),
+            grant_id: None,
+            request_id: None,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    /// The grant and request it belonged to.
+    pub fn of_grant(mut self, grant: Option<GrantId>, request: Option<RequestId>) -> Self {
+        self.grant_id = grant;
+        self.request_id = request;
+        self
+    }
+
+    /// Non-secret details for the audit record.
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// What one [`Provider::tidy`] call did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct TidyReport {
+    /// What was removed (already gone at the provider when this is returned).
+    pub removed: Vec<Tidied>,
+    /// Parts of the work that failed (one resource's policy could not be
+    /// read, say); the rest was still done. The broker logs and counts them.
+    pub errors: Vec<crate::Error>,
+}
+
+impl TidyReport {
+    /// What was removed and what failed.
+    pub fn new(removed: Vec<Tidied>, errors: Vec<crate::Error>) -> Self {
+        Self { removed, errors }
+    }
+}
+
 /// A cloud (or local) access issuer. Object safe: use it as `Arc<dyn Provider>`.
 ///
 /// # Contract
@@ -187,6 +253,14 @@ impl RevokeOutcome {
 /// - **No secrets in errors, logs or records.** Errors, log fields and
 ///   [`IssuedGrant`] never carry secret values; only [`Issued::credentials`]
 ///   does, in redacting types.
+/// - **Housekeeping is bounded, exact and reported.** A provider whose
+///   ended grants leave something behind at the cloud that still counts
+///   against a limit (GCP's expired conditional bindings) says
+///   [`Capabilities::tidy`] and implements [`Provider::tidy`]: each call
+///   does at most `budget` units of remote work, removes only what ended
+///   grants left (never anything live, never anything it did not create),
+///   and returns every removal, which the broker audits. A part that fails
+///   is reported in [`TidyReport::errors`]; the rest is still done.
 #[async_trait]
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The name entitlements use to select this provider (`local`, `aws`, ...).
@@ -260,5 +334,22 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     async fn restore_revocations(&self, revoked: &[IssuedGrant]) -> Result<()> {
         let _ = revoked;
         Ok(())
+    }
+
+    /// Housekeeping at the provider: removes what ended grants left behind
+    /// and still counts against the cloud's limits (GCP: expired `jit-`
+    /// conditional bindings, which Google keeps forever). The reaper calls
+    /// it on its own, slower cadence ([`crate::Reaper::tidy_every`]) for
+    /// providers whose [`Capabilities::tidy`] is true, and writes each
+    /// [`Tidied`] into the grant's audit trail
+    /// ([`Broker::tidy`](crate::Broker::tidy)). At most `budget` units of
+    /// remote work per call (a provider says what a unit is: one policy
+    /// read-modify-write for jit-gcp), so one call never stalls a tick;
+    /// work left over waits for the next call. Must touch nothing but what
+    /// it reports, and nothing a live grant uses. The default has nothing
+    /// to do. Wrappers must forward it.
+    async fn tidy(&self, budget: usize) -> Result<TidyReport> {
+        let _ = budget;
+        Ok(TidyReport::default())
     }
 }

@@ -5,7 +5,15 @@
 //! requests whose scheduled start has come, retries failed revocations,
 //! settles grants a crash left in `Issuing`, and (with an audit key) sends
 //! a signed checkpoint of the newest audit head this broker wrote
-//! ([`Broker::checkpoint_audit`]). The first tick after start
+//! ([`Broker::checkpoint_audit`]). Every [`Reaper::tidy_every`] ticks
+//! (and on the first) it also runs provider housekeeping
+//! ([`Broker::tidy`], see `tidy.rs`): providers whose capabilities say so
+//! remove what ended grants left at the cloud (GCP's expired conditional
+//! bindings), each call bounded by [`Reaper::tidy_budget`], and every
+//! removal is audited in its grant's trail as
+//! [`AuditKind::Tidied`](crate::AuditKind::Tidied); a failure there is
+//! logged and counted ([`ReapReport::tidy_failed`]) and never stops the
+//! tick. The first tick after start
 //! also hands revoked grants back to providers that keep revocations in
 //! memory ([`Broker::restore_revocations`]), and, on a store this process
 //! has to itself, reconciles every `Issuing` grant and finishes every
@@ -22,6 +30,9 @@
 //! ([`Broker::skipped_records`]).
 
 mod due;
+mod tidy;
+
+pub use tidy::TidySummary;
 
 use std::future::Future;
 use std::time::Duration;
@@ -45,6 +56,11 @@ pub struct ReapReport {
     /// Kinds of work that failed as a whole this tick (a store error, say);
     /// each was logged, and the tick went on with the others.
     pub failed: usize,
+    /// Things provider housekeeping removed (on ticks that ran it).
+    pub tidied: usize,
+    /// Provider housekeeping calls, parts of them, or their audit writes
+    /// that failed; each was logged, and the tick went on.
+    pub tidy_failed: usize,
 }
 
 /// Background maintenance for a [`Broker`]. The host spawns [`Reaper::run`].
@@ -55,6 +71,9 @@ pub struct Reaper {
     batch: usize,
     started: bool,
     restored: bool,
+    tidy_every: u32,
+    tidy_budget: usize,
+    ticks: u64,
 }
 
 impl Reaper {
@@ -66,6 +85,9 @@ impl Reaper {
             batch: 500,
             started: false,
             restored: false,
+            tidy_every: 60,
+            tidy_budget: 20,
+            ticks: 0,
         }
     }
 
@@ -78,6 +100,23 @@ impl Reaper {
     /// How many records of each kind one tick handles.
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Runs provider housekeeping ([`Broker::tidy`]) on the first tick and
+    /// then every `ticks` ticks (default 60: every 5 minutes at the default
+    /// interval; expired GCP bindings only need to be gone before a policy
+    /// nears IAM's limits, not at once). Zero turns it off.
+    pub fn tidy_every(mut self, ticks: u32) -> Self {
+        self.tidy_every = ticks;
+        self
+    }
+
+    /// The most remote work one provider's housekeeping may do per run
+    /// (default 20; for jit-gcp, policy read-modify-writes), so a run
+    /// never stalls the tick; the rest waits for the next run.
+    pub fn tidy_budget(mut self, budget: usize) -> Self {
+        self.tidy_budget = budget.max(1);
         self
     }
 
@@ -128,6 +167,13 @@ impl Reaper {
             "checkpoint audit",
             self.broker.checkpoint_audit().await.map(|_| 0),
         );
+        if self.tidy_every > 0 && self.ticks % u64::from(self.tidy_every) == 0 {
+            // Last, after the grants that ended this tick were expired.
+            let tidy = self.broker.tidy(self.tidy_budget).await;
+            report.tidied = tidy.removed;
+            report.tidy_failed = tidy.failed;
+        }
+        self.ticks = self.ticks.wrapping_add(1);
         report.reconciled = reconciled;
         report.expired = expired;
         report.settled = settled;

@@ -180,6 +180,7 @@ impl Provider for TestProvider {
             min_duration: Duration::from_secs(1),
             revocation: self.revocation,
             revoke_by_name: self.revoke_by_name,
+            tidy: false,
         }
     }
 

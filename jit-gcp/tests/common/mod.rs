@@ -79,6 +79,14 @@ impl Env {
     }
 
     pub fn harness(&self, provider: Arc<GcpProvider>, entitlement: Entitlement) -> ProviderHarness {
+        self.harness_dyn(provider, entitlement)
+    }
+
+    pub fn harness_dyn(
+        &self,
+        provider: Arc<dyn Provider>,
+        entitlement: Entitlement,
+    ) -> ProviderHarness {
         let advance = self.clock.clone();
         ProviderHarness {
             provider,
