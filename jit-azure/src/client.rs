@@ -39,6 +39,8 @@ use crate::error::{printable, AzureError};
 pub const PIM_API_VERSION: &str = "2020-10-01";
 /// API version of plain role assignments.
 pub const ASSIGNMENTS_API_VERSION: &str = "2022-04-01";
+/// API version of role definitions (resolving a role's display name).
+pub const ROLE_DEFINITIONS_API_VERSION: &str = "2022-04-01";
 
 /// A reqwest client on rustls with ring, trusting the webpki roots and `extra_roots` (DER).
 pub fn https_client(extra_roots: &[Vec<u8>]) -> Result<reqwest::Client, String> {

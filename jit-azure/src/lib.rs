@@ -40,8 +40,8 @@
 //!
 //! | step | Azure | module |
 //! | --- | --- | --- |
-//! | validate an entitlement | nothing remote: scope kind, role definition id or built-in role name, ABAC condition and version | [`target`] |
-//! | issue (mode `pim`, default) | role management policy read (cached) for the admin assignment maximum; `PUT roleAssignmentScheduleRequests/{derived guid}` (`AdminAssign`, `AfterDuration`), followed to `Provisioned`; end = the schedule's `endDateTime` | [`provider`] |
+//! | validate an entitlement | nothing remote: scope kind, role definition id or the shape of a role's display name, ABAC condition and version | [`target`] |
+//! | issue (mode `pim`, default) | a role's display name resolved (`roleDefinitions`, cached); role management policy read (cached) for the admin assignment maximum; `PUT roleAssignmentScheduleRequests/{derived guid}` (`AdminAssign`, `AfterDuration`), followed to `Provisioned`; end = the `endDateTime` of the schedule the answer names (one `GET`) | [`provider`] |
 //! | revoke (mode `pim`) | `AdminRemove` schedule request under its own derived name, confirmed by the schedule's absence | [`provider`] |
 //! | issue / revoke (mode `assignments`) | `PUT` / `DELETE roleAssignments/{derived guid}` (API 2022-04-01); the reaper deletes at the end | [`provider`] |
 //! | broker identity | `azure_identity`: client secret, workload identity, managed identity, Azure CLI | [`client`], [`config`] |
@@ -60,7 +60,8 @@
 //! at the entitlements' scopes (the built-in *Role Based Access Control
 //! Administrator* or *User Access Administrator* roles have them). Mode
 //! `assignments`: `Microsoft.Authorization/roleAssignments/write`, `/read`
-//! and `/delete`.
+//! and `/delete`. Roles named by display name: also
+//! `Microsoft.Authorization/roleDefinitions/read`.
 
 #![cfg_attr(not(test), warn(missing_docs))]
 
@@ -76,4 +77,4 @@ pub mod testing;
 pub use config::{AzureConfig, CredentialKind, Mode, OverPolicyMax, PrincipalType};
 pub use factory::{factory, AzureFactory};
 pub use provider::{AzureProvider, AzureProviderBuilder};
-pub use target::{AzureTarget, Scope, ScopeKind};
+pub use target::{AzureTarget, RoleRef, Scope, ScopeKind};

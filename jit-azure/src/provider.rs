@@ -10,7 +10,10 @@
 //! [`Capabilities::max_duration`], not yet started, or too short once
 //! [`CALL_ALLOWANCE`] is taken off); the ticket's length.
 //!
-//! Then the role management policy of the scope and role is read
+//! Then the role is resolved when the entitlement names it by display name
+//! (`roleDefinitions?$filter=roleName eq '…'`, once per scope and name,
+//! cached; none or several is the entitlement's configuration error), and
+//! the role management policy of the scope and role is read
 //! (`roleManagementPolicyAssignments`, its effective
 //! `RoleManagementPolicyExpirationRule` for admin assignments, cached for
 //! [`AzureConfig::policy_cache_ttl`]); a window over its `maximumDuration`
@@ -28,7 +31,7 @@
 //!
 //! | status | outcome |
 //! | --- | --- |
-//! | `Provisioned`, `ScheduleCreated` | issued; the end is the schedule's `endDateTime` as Azure returns it |
+//! | `Provisioned`, `ScheduleCreated` | issued; the end is the schedule's `endDateTime` as Azure returns it, read with one `GET roleAssignmentSchedules/{targetRoleAssignmentScheduleId}` (the id the request's answer names) |
 //! | `Accepted`, `PendingEvaluation`, `Granted`, `PendingProvisioning`, `ProvisioningStarted`, `PendingScheduleCreation`, `PendingExternalProvisioning`, `AdminApproved`, `PendingRevocation` | wait; still there after the wait: `Unavailable` (retrying finds the same request) |
 //! | `PendingApproval`, `PendingApprovalProvisioning`, `PendingAdminDecision` | the tenant's PIM policy wants its own approval: the request is cancelled and the issue refused (approval belongs to the broker) |
 //! | `Denied`, `AdminDenied`, `Failed`, `FailedAsResourceIsLocked`, `Invalid`, `TimedOut`, `Canceled`, `Revoked`, anything else | refused with the status |
@@ -76,10 +79,11 @@ use uuid::Uuid;
 
 use crate::client::{
     self, parse_iso_duration, ArmClient, ASSIGNMENTS_API_VERSION, PIM_API_VERSION,
+    ROLE_DEFINITIONS_API_VERSION,
 };
 use crate::config::{AzureConfig, Mode, OverPolicyMax, PrincipalType, MAX_TICKET_LEN};
 use crate::error::{printable, AzureError};
-use crate::target::AzureTarget;
+use crate::target::{parse_role_definition_id, AzureTarget, RoleRef, Scope};
 
 /// Taken off the duration sent, for the time between reading our clock and
 /// ARM reading its own: the assignment may end up to this much before the
@@ -187,6 +191,7 @@ impl AzureProviderBuilder {
             arm,
             clock: self.clock,
             policies: Mutex::new(HashMap::new()),
+            roles: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -206,6 +211,24 @@ struct Assigned<'a> {
     principal_type: PrincipalType,
 }
 
+/// A role as sent to ARM: its definition id, and its display name when the
+/// entitlement named it.
+#[derive(Debug, Clone)]
+struct Role {
+    id: String,
+    name: Option<String>,
+}
+
+impl Role {
+    /// `role `Reader` at `/subscriptions/…``, or the id when there is no name.
+    fn describe(&self, scope: &Scope) -> String {
+        format!(
+            "role `{}` at `{scope}`",
+            self.name.as_deref().unwrap_or(&self.id)
+        )
+    }
+}
+
 /// Everything checked locally before the first call.
 struct Plan {
     target: AzureTarget,
@@ -222,6 +245,8 @@ pub struct AzureProvider {
     arm: ArmClient,
     clock: Arc<dyn Clock>,
     policies: Mutex<HashMap<(String, String), CachedMax>>,
+    /// Role display names resolved to definition ids, by (scope lowercase, name).
+    roles: Mutex<HashMap<(String, String), String>>,
 }
 
 impl fmt::Debug for AzureProvider {
@@ -423,10 +448,10 @@ impl AzureProvider {
 
     /// The role management policy's maximum for admin assignments of this
     /// role at this scope, cached. `None`: the policy sets no maximum.
-    async fn policy_max(&self, target: &AzureTarget) -> Result<Option<Duration>, AzureError> {
+    async fn policy_max(&self, scope: &Scope, role: &str) -> Result<Option<Duration>, AzureError> {
         let key = (
-            target.scope.as_str().to_ascii_lowercase(),
-            target.role_definition_id.to_ascii_lowercase(),
+            scope.as_str().to_ascii_lowercase(),
+            role.to_ascii_lowercase(),
         );
         let now = self.clock.now();
         let ttl = TimeDelta::from_std(self.config.policy_cache_ttl).unwrap_or(TimeDelta::zero());
@@ -435,21 +460,18 @@ impl AzureProvider {
                 return Ok(c.max);
             }
         }
-        let filter = format!("roleDefinitionId eq '{}'", target.role_definition_id);
+        let filter = format!("roleDefinitionId eq '{role}'");
         let r = self
             .arm
             .send(
                 "list role management policy assignments",
                 Method::Get,
-                &format!(
-                    "{}{AUTH}/roleManagementPolicyAssignments",
-                    target.scope.as_str()
-                ),
+                &format!("{}{AUTH}/roleManagementPolicyAssignments", scope.as_str()),
                 &[("api-version", PIM_API_VERSION), ("$filter", &filter)],
                 None,
             )
             .await?;
-        let max = policy_max_of(&r.body, &target.role_definition_id);
+        let max = policy_max_of(&r.body, role);
         lock(&self.policies).insert(
             key,
             CachedMax {
@@ -461,9 +483,9 @@ impl AzureProvider {
     }
 
     /// Seconds to ask for: the window's, within the policy's maximum.
-    async fn duration_secs(&self, plan: &Plan) -> Result<u64, AzureError> {
+    async fn duration_secs(&self, plan: &Plan, role: &Role) -> Result<u64, AzureError> {
         let secs = plan.window.remaining.as_secs();
-        let Some(max) = self.policy_max(&plan.target).await? else {
+        let Some(max) = self.policy_max(&plan.target.scope, &role.id).await? else {
             return Ok(secs);
         };
         if secs <= max.as_secs() {
@@ -476,10 +498,113 @@ impl AzureProvider {
                 limit: format!(
                     "{} (the role management policy of {})",
                     format_duration(max),
-                    plan.target.describe()
+                    role.describe(&plan.target.scope)
                 ),
             }
             .into()),
+        }
+    }
+
+    /// The role of `target`: its id as given, or its display name resolved
+    /// through ARM's role definitions at the scope (API 2022-04-01,
+    /// <https://learn.microsoft.com/rest/api/authorization/role-definitions/list>;
+    /// the filter takes the exact display name,
+    /// <https://learn.microsoft.com/azure/role-based-access-control/custom-roles-rest>),
+    /// once per scope and name, then from the cache. No role of that name,
+    /// or several (display names are unique in a directory, so that means
+    /// something is wrong), is the entitlement's configuration error.
+    async fn role(&self, entitlement: &str, target: &AzureTarget) -> Result<Role, AzureError> {
+        let name = match &target.role {
+            RoleRef::Id(id) => {
+                return Ok(Role {
+                    id: id.clone(),
+                    name: None,
+                })
+            }
+            RoleRef::Name(n) => n.clone(),
+        };
+        let scope = target.scope.as_str();
+        let key = (scope.to_ascii_lowercase(), name.clone());
+        if let Some(id) = lock(&self.roles).get(&key) {
+            return Ok(Role {
+                id: id.clone(),
+                name: Some(name),
+            });
+        }
+        // An OData string literal doubles its quotes.
+        let filter = format!("roleName eq '{}'", name.replace('\'', "''"));
+        let r = self
+            .arm
+            .send(
+                "list role definitions",
+                Method::Get,
+                &format!("{scope}{AUTH}/roleDefinitions"),
+                &[
+                    ("api-version", ROLE_DEFINITIONS_API_VERSION),
+                    ("$filter", &filter),
+                ],
+                None,
+            )
+            .await?;
+        let mut ids: Vec<String> = Vec::new();
+        for d in r
+            .body
+            .get("value")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            // The filter is ARM's; the name is checked here again, so an
+            // endpoint that ignored it cannot hand us another role.
+            if !str_at(d, "/properties/roleName").is_some_and(|n| n.eq_ignore_ascii_case(&name)) {
+                continue;
+            }
+            let id = str_at(d, "/id").ok_or(AzureError::Incomplete {
+                call: "list role definitions",
+                field: "id",
+            })?;
+            if parse_role_definition_id(id).is_err() {
+                return Err(AzureError::Incomplete {
+                    call: "list role definitions",
+                    field: "id",
+                });
+            }
+            if !ids.iter().any(|i| i.eq_ignore_ascii_case(id)) {
+                ids.push(id.to_string());
+            }
+        }
+        let wrong = |message: String| AzureError::Target {
+            entitlement: entitlement.to_string(),
+            field: "target.role".into(),
+            message,
+        };
+        match ids.as_slice() {
+            [] => Err(wrong(format!(
+                "no role named `{}` is assignable at `{scope}`; `role` takes a role's exact display name (such as `Reader`), or give `role_definition_id`",
+                printable(&name)
+            ))),
+            [id] => {
+                lock(&self.roles).insert(key, id.clone());
+                Ok(Role {
+                    id: id.clone(),
+                    name: Some(name),
+                })
+            }
+            many => Err(wrong(format!(
+                "`{}` names {} roles at `{scope}` ({}); give `role_definition_id` with the one meant",
+                printable(&name),
+                many.len(),
+                many.join(", ")
+            ))),
+        }
+    }
+
+    /// Drops a resolved name whose id ARM no longer knows (a custom role
+    /// deleted and made anew under the same name), so the next grant
+    /// resolves it again.
+    fn forget_role(&self, target: &AzureTarget) {
+        if let RoleRef::Name(n) = &target.role {
+            lock(&self.roles).remove(&(target.scope.as_str().to_ascii_lowercase(), n.clone()));
         }
     }
 
@@ -656,12 +781,7 @@ impl AzureProvider {
             .unwrap_or_default();
         Ok(items
             .into_iter()
-            .filter(|s| {
-                str_at(s, "/properties/roleDefinitionId")
-                    .is_some_and(|r| r.eq_ignore_ascii_case(role))
-                    && str_at(s, "/properties/roleAssignmentScheduleRequestId")
-                        .is_some_and(|id| last_segment(id).eq_ignore_ascii_case(name))
-            })
+            .filter(|s| is_schedule_of(s, principal, role, name))
             .collect())
     }
 
@@ -694,13 +814,18 @@ impl AzureProvider {
         }
     }
 
-    async fn issue_pim(&self, spec: &GrantSpec, plan: Plan) -> Result<Issued, AzureError> {
-        let secs = self.duration_secs(&plan).await?;
+    async fn issue_pim(
+        &self,
+        spec: &GrantSpec,
+        plan: Plan,
+        role: Role,
+    ) -> Result<Issued, AzureError> {
+        let secs = self.duration_secs(&plan, &role).await?;
         let scope = plan.target.scope.as_str();
         let name = naming::derived_uuid(spec.grant_id, "issue").to_string();
         let mut properties = json!({
             "principalId": plan.principal_id,
-            "roleDefinitionId": plan.target.role_definition_id,
+            "roleDefinitionId": role.id,
             "requestType": "AdminAssign",
             "justification": plan.justification,
             "scheduleInfo": {
@@ -725,29 +850,14 @@ impl AzureProvider {
             .put_request("put schedule request", scope, &name, &body)
             .await?;
         let request = self.settle("issue", scope, &name, request).await?;
-        let schedules = self
-            .schedules_from(
-                scope,
-                &plan.principal_id,
-                &plan.target.role_definition_id,
-                &name,
-            )
+        let end = self
+            .schedule_end(scope, &plan.principal_id, &role.id, &name, &request)
             .await?;
-        // The schedule's end as Azure returns it is the grant's end; a
-        // request whose schedule already ended is no grant to hand out.
-        let end = schedules
-            .iter()
-            .filter_map(|s| str_at(s, "/properties/endDateTime").and_then(parse_time))
-            .max()
-            .ok_or(AzureError::Incomplete {
-                call: "issue",
-                field: "roleAssignmentSchedule endDateTime",
-            })?;
         let grant = self.record(
             spec.grant_id,
             Assigned {
                 scope,
-                role: &plan.target.role_definition_id,
+                role: &role.id,
                 principal: &plan.principal_id,
                 principal_type: plan.principal_type,
             },
@@ -761,18 +871,62 @@ impl AzureProvider {
         );
         let description = format!(
             "{} for {} `{}` until {}",
-            plan.target.describe(),
+            role.describe(&plan.target.scope),
             plan.principal_type,
             plan.principal_id,
             end.to_rfc3339()
         );
         Ok(Issued {
             grant,
-            credentials: Credentials::Assignment {
-                description,
-                expires_at: end,
-            },
+            credentials: assigned_credentials(description, &plan, role, end),
         })
+    }
+
+    /// The end of the schedule a provisioned request made, as Azure returns
+    /// it: one read of `roleAssignmentSchedules/{targetRoleAssignmentScheduleId}`
+    /// (the request names its schedule); the principal's schedules are
+    /// listed only for a request that does not. A schedule that is not this
+    /// request's, or already over, is no grant to hand out.
+    async fn schedule_end(
+        &self,
+        scope: &str,
+        principal: &str,
+        role: &str,
+        name: &str,
+        request: &Value,
+    ) -> Result<DateTime<Utc>, AzureError> {
+        let target = str_at(request, "/properties/targetRoleAssignmentScheduleId")
+            .map(last_segment)
+            .filter(|id| Uuid::parse_str(id).is_ok());
+        let schedules = match target {
+            Some(id) => match self
+                .arm
+                .send(
+                    "get role assignment schedule",
+                    Method::Get,
+                    &format!("{scope}{AUTH}/roleAssignmentSchedules/{id}"),
+                    &[("api-version", PIM_API_VERSION)],
+                    None,
+                )
+                .await
+            {
+                Ok(r) => vec![r.body],
+                Err(e) if e.is_not_there() => Vec::new(),
+                Err(e) => return Err(e),
+            },
+            None => self.schedules_from(scope, principal, role, name).await?,
+        };
+        let now = self.clock.now();
+        schedules
+            .iter()
+            .filter(|s| is_schedule_of(s, principal, role, name))
+            .filter_map(|s| str_at(s, "/properties/endDateTime").and_then(parse_time))
+            .filter(|end| *end > now)
+            .max()
+            .ok_or(AzureError::Incomplete {
+                call: "issue",
+                field: "roleAssignmentSchedule endDateTime",
+            })
     }
 
     fn assignment_path(scope: &str, name: &str) -> String {
@@ -797,7 +951,12 @@ impl AzureProvider {
         }
     }
 
-    async fn issue_assignment(&self, spec: &GrantSpec, plan: Plan) -> Result<Issued, AzureError> {
+    async fn issue_assignment(
+        &self,
+        spec: &GrantSpec,
+        plan: Plan,
+        role: Role,
+    ) -> Result<Issued, AzureError> {
         let scope = plan.target.scope.as_str();
         let name = naming::derived_uuid(spec.grant_id, "issue").to_string();
         // The end lives in the description so `find` can read it back.
@@ -805,7 +964,7 @@ impl AzureProvider {
             + TimeDelta::from_std(plan.window.remaining).unwrap_or(TimeDelta::zero());
         let end_text = end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut properties = json!({
-            "roleDefinitionId": plan.target.role_definition_id,
+            "roleDefinitionId": role.id,
             "principalId": plan.principal_id,
             "principalType": plan.principal_type.as_str(),
             "description": format!("jit grant {} until {end_text}", spec.grant_id.0),
@@ -837,7 +996,7 @@ impl AzureProvider {
             spec.grant_id,
             Assigned {
                 scope,
-                role: &plan.target.role_definition_id,
+                role: &role.id,
                 principal: &plan.principal_id,
                 principal_type: plan.principal_type,
             },
@@ -847,17 +1006,14 @@ impl AzureProvider {
         );
         let description = format!(
             "{} for {} `{}` until {} (removed by the broker's reaper)",
-            plan.target.describe(),
+            role.describe(&plan.target.scope),
             plan.principal_type,
             plan.principal_id,
             end.to_rfc3339()
         );
         Ok(Issued {
             grant,
-            credentials: Credentials::Assignment {
-                description,
-                expires_at: end,
-            },
+            credentials: assigned_credentials(description, &plan, role, end),
         })
     }
 
@@ -868,6 +1024,13 @@ impl AzureProvider {
         };
         let Ok((principal, principal_type)) = self.principal(&spec.subject) else {
             return Ok(None);
+        };
+        // A role name that resolves to no role (or several) was never issued
+        // either; ARM being unreachable is an error, not an absence.
+        let role = match self.role(&spec.entitlement.id, &target).await {
+            Ok(r) => r.id,
+            Err(AzureError::Target { .. }) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let scope = target.scope.as_str();
         let name = naming::derived_uuid(spec.grant_id, "issue").to_string();
@@ -881,7 +1044,7 @@ impl AzureProvider {
                     spec.grant_id,
                     Assigned {
                         scope,
-                        role: &target.role_definition_id,
+                        role: &role,
                         principal: &principal,
                         principal_type,
                     },
@@ -898,9 +1061,7 @@ impl AzureProvider {
                 if phase(&status) == Phase::Failed {
                     return Ok(None);
                 }
-                let schedules = self
-                    .schedules_from(scope, &principal, &target.role_definition_id, &name)
-                    .await?;
+                let schedules = self.schedules_from(scope, &principal, &role, &name).await?;
                 let end = schedules
                     .iter()
                     .filter_map(|s| str_at(s, "/properties/endDateTime").and_then(parse_time))
@@ -911,7 +1072,7 @@ impl AzureProvider {
                     spec.grant_id,
                     Assigned {
                         scope,
-                        role: &target.role_definition_id,
+                        role: &role,
                         principal: &principal,
                         principal_type,
                     },
@@ -1106,6 +1267,32 @@ impl AzureProvider {
     }
 }
 
+/// Whether `schedule` is `principal`'s `role` made by schedule request `name`.
+fn is_schedule_of(schedule: &Value, principal: &str, role: &str, name: &str) -> bool {
+    str_at(schedule, "/properties/principalId").is_some_and(|p| p.eq_ignore_ascii_case(principal))
+        && str_at(schedule, "/properties/roleDefinitionId")
+            .is_some_and(|r| r.eq_ignore_ascii_case(role))
+        && str_at(schedule, "/properties/roleAssignmentScheduleRequestId")
+            .is_some_and(|id| last_segment(id).eq_ignore_ascii_case(name))
+}
+
+/// What the requester is told: the text, and the same facts as fields.
+fn assigned_credentials(
+    description: String,
+    plan: &Plan,
+    role: Role,
+    end: DateTime<Utc>,
+) -> Credentials {
+    Credentials::Assignment {
+        description,
+        scope: Some(plan.target.scope.as_str().to_string()),
+        role: Some(role.id),
+        role_name: role.name,
+        principal: Some(plan.principal_id.clone()),
+        expires_at: end,
+    }
+}
+
 /// The end written into a jit role assignment's description.
 fn assignment_end(assignment: &Value) -> Option<DateTime<Utc>> {
     let d = str_at(assignment, "/properties/description")?;
@@ -1153,11 +1340,22 @@ impl Provider for AzureProvider {
 
     async fn issue(&self, spec: &GrantSpec) -> jit_core::Result<Issued> {
         let plan = self.plan(spec).map_err(self.err("issue"))?;
+        let role = self
+            .role(&spec.entitlement.id, &plan.target)
+            .await
+            .map_err(self.err("issue"))?;
+        let target = plan.target.clone();
         let issued = match self.config.mode {
-            Mode::Pim => self.issue_pim(spec, plan).await,
-            Mode::Assignments => self.issue_assignment(spec, plan).await,
+            Mode::Pim => self.issue_pim(spec, plan, role).await,
+            Mode::Assignments => self.issue_assignment(spec, plan, role).await,
+        };
+        if issued
+            .as_ref()
+            .is_err_and(|e| e.code() == Some("RoleDefinitionDoesNotExist"))
+        {
+            self.forget_role(&target);
         }
-        .map_err(self.err("issue"))?;
+        let issued = issued.map_err(self.err("issue"))?;
         tracing::info!(
             grant = %spec.grant_id,
             external_id = %issued.grant.external_id,

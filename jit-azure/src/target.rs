@@ -23,15 +23,20 @@
 //! | --- | --- |
 //! | `scope` | a management group (`/providers/Microsoft.Management/managementGroups/<id>`), subscription (`/subscriptions/<guid>`), resource group (`…/resourceGroups/<name>`) or resource (`…/resourceGroups/<rg>/providers/<Namespace>/<type>/<name>[/<type>/<name>…]`) id |
 //! | `role_definition_id` | `[/subscriptions/<guid>]/providers/Microsoft.Authorization/roleDefinitions/<guid>` |
-//! | `role` | a built-in role name from [`BUILT_IN_ROLES`] (exactly one of `role` and `role_definition_id`) |
+//! | `role` | a role's display name, built-in (`Reader`) or custom: 1 to [`MAX_ROLE_NAME_LEN`] characters, no control characters (exactly one of `role` and `role_definition_id`) |
 //! | `condition` | at most [`MAX_CONDITION_LEN`] characters, with `condition_version` `2.0` |
 //! | anything else | an error naming the key |
 //!
-//! Built-in role definitions have the same GUID in every tenant and cloud,
-//! so a name is resolved from the table below once, when the catalogue
-//! loads, into the id under the scope's subscription (or the tenant-level id
-//! for a management group scope); no lookup call is needed. A name not in
-//! the table is refused with a hint to use the full id.
+//! A role name is checked for its shape here and resolved by the provider
+//! at the first grant that needs it, through ARM's role definitions at the
+//! entitlement's scope (`GET {scope}/providers/Microsoft.Authorization/roleDefinitions?$filter=roleName eq '<name>'`,
+//! API 2022-04-01), then cached: no id table is kept here, so custom roles
+//! work by name too and a built-in role added by Microsoft needs no release
+//! of this crate. Display names are unique in a directory
+//! (<https://learn.microsoft.com/azure/role-based-access-control/custom-roles>),
+//! so the lookup finds one role or none; see
+//! [`AzureProvider`](crate::AzureProvider) for what happens when it finds
+//! none or several.
 //!
 //! [`Provider::validate`]: jit_core::Provider::validate
 
@@ -47,53 +52,9 @@ pub const MAX_CONDITION_LEN: usize = 8192;
 /// Longest scope accepted.
 pub const MAX_SCOPE_LEN: usize = 1024;
 
-/// Built-in roles by name and definition GUID (the same in every tenant).
-pub const BUILT_IN_ROLES: [(&str, &str); 14] = [
-    ("Owner", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"),
-    ("Contributor", "b24988ac-6180-48a0-ab88-20f7382dd24c"),
-    ("Reader", "acdd72a7-3385-48ef-bd42-f606fba81ae7"),
-    (
-        "User Access Administrator",
-        "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
-    ),
-    (
-        "Role Based Access Control Administrator",
-        "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
-    ),
-    (
-        "Virtual Machine Contributor",
-        "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
-    ),
-    (
-        "Network Contributor",
-        "4d97b98b-1d4f-4787-a291-c67834d212e7",
-    ),
-    ("Monitoring Reader", "43d0d8ad-25c7-4714-9337-8ba259a9fe05"),
-    (
-        "Log Analytics Reader",
-        "73c42c96-874c-492b-b04d-ab87d138a893",
-    ),
-    (
-        "Storage Blob Data Reader",
-        "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
-    ),
-    (
-        "Storage Blob Data Contributor",
-        "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
-    ),
-    (
-        "Storage Blob Data Owner",
-        "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
-    ),
-    (
-        "Key Vault Secrets User",
-        "4633458b-17de-408a-b874-0445c86b69e6",
-    ),
-    (
-        "Key Vault Administrator",
-        "00482a5a-887f-4fb3-b363-3b7fe8e74483",
-    ),
-];
+/// Longest role display name accepted (ARM's limit for a role's name,
+/// <https://learn.microsoft.com/azure/role-based-access-control/custom-roles>).
+pub const MAX_ROLE_NAME_LEN: usize = 512;
 
 const KNOWN_KEYS: [&str; 5] = [
     "scope",
@@ -277,15 +238,24 @@ pub fn parse_role_definition_id(s: &str) -> Result<Uuid, String> {
     }
 }
 
+/// Which role an entitlement grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RoleRef {
+    /// A full role definition id, sent to ARM as given.
+    Id(String),
+    /// A role's display name, resolved through ARM's role definitions at
+    /// the scope (see the [module docs](self)).
+    Name(String),
+}
+
 /// A validated entitlement target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AzureTarget {
     /// Where the role is assigned.
     pub scope: Scope,
-    /// The full role definition id sent to ARM.
-    pub role_definition_id: String,
-    /// The built-in role name it was resolved from, if any.
-    pub role_name: Option<String>,
+    /// The role: a full id, or a name the provider resolves.
+    pub role: RoleRef,
     /// ABAC condition.
     pub condition: Option<String>,
     /// ABAC condition version (`2.0`).
@@ -323,27 +293,13 @@ impl AzureTarget {
         };
         let scope_text = string("scope")?.ok_or_else(|| err("scope", "is required".into()))?;
         let scope = Scope::parse(&scope_text).map_err(|m| err("scope", m))?;
-        let (role_definition_id, role_name) = match (string("role_definition_id")?, string("role")?)
-        {
+        let role = match (string("role_definition_id")?, string("role")?) {
             (Some(id), None) => {
                 parse_role_definition_id(&id).map_err(|m| err("role_definition_id", m))?;
-                (id, None)
+                RoleRef::Id(id)
             }
             (None, Some(name)) => {
-                let guid = BUILT_IN_ROLES
-                        .iter()
-                        .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
-                        .map(|(_, g)| *g)
-                        .ok_or_else(|| {
-                            err(
-                                "role",
-                                format!(
-                                    "`{}` is not a built-in role this provider knows; use `role_definition_id` with the full id",
-                                    printable(&name)
-                                ),
-                            )
-                        })?;
-                (built_in_id(&scope, guid), Some(name.trim().to_string()))
+                RoleRef::Name(check_role_name(&name).map_err(|m| err("role", m))?)
             }
             (Some(_), Some(_)) => {
                 return Err(err(
@@ -354,7 +310,7 @@ impl AzureTarget {
             (None, None) => {
                 return Err(err(
                     "role_definition_id",
-                    "is required (or a built-in `role` name)".into(),
+                    "is required (or a role's display name as `role`)".into(),
                 ))
             }
         };
@@ -385,30 +341,36 @@ impl AzureTarget {
         }
         Ok(Self {
             scope,
-            role_definition_id,
-            role_name,
+            role,
             condition,
             condition_version,
         })
     }
 
-    /// A short human description: role name (or id) at scope.
-    pub fn describe(&self) -> String {
-        match &self.role_name {
-            Some(n) => format!("role `{n}` at `{}`", self.scope),
-            None => format!("role `{}` at `{}`", self.role_definition_id, self.scope),
+    /// The role's display name, when the entitlement gave one.
+    pub fn role_name(&self) -> Option<&str> {
+        match &self.role {
+            RoleRef::Name(n) => Some(n),
+            RoleRef::Id(_) => None,
         }
     }
 }
 
-/// The id of a built-in role as assigned at `scope`.
-fn built_in_id(scope: &Scope, guid: &str) -> String {
-    match scope.subscription() {
-        Some(sub) => {
-            format!("/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}")
-        }
-        None => format!("/providers/Microsoft.Authorization/roleDefinitions/{guid}"),
+/// Checks a role display name's shape (no remote call); returns it trimmed.
+pub fn check_role_name(name: &str) -> Result<String, String> {
+    let t = name.trim();
+    if t.is_empty() {
+        return Err("is empty; give a role's display name such as `Reader`".into());
     }
+    if t.chars().count() > MAX_ROLE_NAME_LEN {
+        return Err(format!(
+            "is longer than {MAX_ROLE_NAME_LEN} characters, the limit of a role's name"
+        ));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(format!("`{}` contains control characters", printable(t)));
+    }
+    Ok(t.to_string())
 }
 
 #[cfg(test)]
@@ -474,23 +436,26 @@ mod tests {
             &json!({"scope": format!("/subscriptions/{SUB}"), "role_definition_id": id}),
         )
         .unwrap();
-        assert_eq!(t.role_definition_id, id);
+        assert_eq!(t.role, RoleRef::Id(id));
+        assert_eq!(t.role_name(), None);
+        // A name is kept (trimmed) for the provider to resolve: custom
+        // roles too, no table of built-in ones.
         let t = AzureTarget::parse(
             "e",
-            &json!({"scope": format!("/subscriptions/{SUB}/resourceGroups/rg"), "role": "reader"}),
+            &json!({"scope": format!("/subscriptions/{SUB}/resourceGroups/rg"), "role": " Storage Blob Data Reader "}),
         )
         .unwrap();
-        assert_eq!(t.role_definition_id, id);
-        assert_eq!(t.role_name.as_deref(), Some("reader"));
+        assert_eq!(t.role, RoleRef::Name("Storage Blob Data Reader".into()));
         let t = AzureTarget::parse(
             "e",
-            &json!({"scope": "/providers/Microsoft.Management/managementGroups/mg", "role": "Owner"}),
+            &json!({"scope": "/providers/Microsoft.Management/managementGroups/mg", "role": "Acme Deployer (custom)"}),
         )
         .unwrap();
-        assert_eq!(
-            t.role_definition_id,
-            "/providers/Microsoft.Authorization/roleDefinitions/8e3af657-a8ff-443c-a75c-2fe8c4bcb635"
-        );
+        assert_eq!(t.role_name(), Some("Acme Deployer (custom)"));
+        for bad in ["", "   ", "Reader\u{7}", &"x".repeat(MAX_ROLE_NAME_LEN + 1)] {
+            assert!(check_role_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_role_name(&"x".repeat(MAX_ROLE_NAME_LEN)).is_ok());
         for bad in [
             "/providers/Microsoft.Authorization/roleDefinitions/nope",
             "/subscriptions/x/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7",
@@ -506,10 +471,8 @@ mod tests {
         let cases = [
             (json!("x"), "target."),
             (json!({"role": "Reader"}), "target.scope"),
-            (
-                json!({"scope": scope, "role": "Chief Wizard"}),
-                "target.role",
-            ),
+            (json!({"scope": scope, "role": "  "}), "target.role"),
+            (json!({"scope": scope, "role": 7}), "target.role"),
             (json!({"scope": scope}), "target.role_definition_id"),
             (
                 json!({"scope": scope, "role": "Reader", "role_definition_id": "/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"}),

@@ -13,6 +13,8 @@
 //! | `GET …/roleAssignmentScheduleRequests/{guid}` | `2020-10-01` | 200, or 404 `RoleAssignmentScheduleRequestNotFound`; a request held pending ([`FakeAzure::set_pending_reads`]) provisions after that many reads |
 //! | `POST …/roleAssignmentScheduleRequests/{guid}/cancel` | `2020-10-01` | cancels a pending request |
 //! | `GET …/roleAssignmentSchedules?$filter=principalId eq '…'` | `2020-10-01` | the schedules at the scope whose window contains the fake's now (an expired one disappears: native expiry) |
+//! | `GET …/roleAssignmentSchedules/{name}` | `2020-10-01` | one such schedule (the name a request's `targetRoleAssignmentScheduleId` gives), or 404 `RoleAssignmentScheduleNotFound` once it is over |
+//! | `GET …/roleDefinitions?$filter=roleName eq '…'` | `2022-04-01` | the role definitions of that display name (exact, OData quotes doubled), answered as `RoleDefinitionListResult`: a few built-in roles ([`BUILT_IN_ROLES`], ids under the scope's subscription, or tenant-level for a management group) and those added with [`FakeAzure::add_role_definition`]; another filter is 400 `InvalidFilter` |
 //! | `GET …/roleManagementPolicyAssignments` | `2020-10-01` | one policy assignment per role with `effectiveRules`, whose `Expiration_Admin_Assignment` rule carries [`FakeAzure::set_policy_max`] |
 //! | `PUT`/`GET`/`DELETE …/roleAssignments/{guid}` | `2022-04-01` | body validated against `RoleAssignmentCreateParameters`; 201 / 200 / 200 (204 when absent) |
 //!
@@ -42,10 +44,24 @@ use jit_core::testing::provider::{AccessProbe, ProviderHarness};
 use jit_core::{
     Clock, Credentials, Entitlement, GrantDuration, IssuedGrant, ManualClock, Principal, Secret,
 };
+
+/// Built-in roles the fake knows by display name (their ids are the same in
+/// every tenant): fixtures, not a catalogue of Azure's roles.
+pub const BUILT_IN_ROLES: [(&str, &str); 4] = [
+    ("Owner", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"),
+    ("Contributor", "b24988ac-6180-48a0-ab88-20f7382dd24c"),
+    ("Reader", "acdd72a7-3385-48ef-bd42-f606fba81ae7"),
+    (
+        "Storage Blob Data Reader",
+        "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+    ),
+];
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::client::{parse_iso_duration, ASSIGNMENTS_API_VERSION, PIM_API_VERSION};
+use crate::client::{
+    parse_iso_duration, ASSIGNMENTS_API_VERSION, PIM_API_VERSION, ROLE_DEFINITIONS_API_VERSION,
+};
 use crate::config::{AzureConfig, Mode};
 use crate::provider::AzureProvider;
 
@@ -219,6 +235,11 @@ struct Inner {
     /// Reads left before a pending request provisions.
     pending: HashMap<(String, String), u32>,
     schedules: Vec<Schedule>,
+    /// Indexes into `schedules` (by principal, by name, by request id,
+    /// lowercase), so a long benchmark run does not measure the fake's scans.
+    by_principal: HashMap<String, Vec<usize>>,
+    by_name: HashMap<String, usize>,
+    by_request: HashMap<String, Vec<usize>>,
     assignments: BTreeMap<(String, String), Value>,
     policy_max: HashMap<String, String>,
     default_policy_max: Option<String>,
@@ -228,13 +249,46 @@ struct Inner {
     unknown_roles: HashSet<String>,
     violations: Vec<String>,
     writes: usize,
+    /// Extra role definitions: (display name, definition GUID).
+    role_definitions: Vec<(String, String)>,
+    role_lookups: usize,
+}
+
+impl Inner {
+    fn push_schedule(&mut self, s: Schedule) {
+        let i = self.schedules.len();
+        self.by_principal
+            .entry(s.principal.to_ascii_lowercase())
+            .or_default()
+            .push(i);
+        self.by_name.insert(s.name.to_ascii_lowercase(), i);
+        self.by_request
+            .entry(s.request_id.to_ascii_lowercase())
+            .or_default()
+            .push(i);
+        self.schedules.push(s);
+    }
+
+    /// Indexes of `principal`'s schedules.
+    fn of_principal(&self, principal: &str) -> impl Iterator<Item = usize> + '_ {
+        self.by_principal
+            .get(&principal.to_ascii_lowercase())
+            .into_iter()
+            .flatten()
+            .copied()
+    }
 }
 
 /// The fake's state. Cheap to share: everything is behind one lock.
-#[derive(Debug)]
 pub struct FakeAzure {
-    clock: ManualClock,
+    clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for FakeAzure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeAzure").finish_non_exhaustive()
+    }
 }
 
 fn arm_error(status: u16, code: &str, message: impl Into<String>) -> Response {
@@ -264,10 +318,30 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 impl FakeAzure {
     /// A fake on `clock` with no policy maximum (set one with [`FakeAzure::set_policy_max`]).
     pub fn new(clock: ManualClock) -> Arc<Self> {
+        Self::on_clock(Arc::new(clock))
+    }
+
+    /// A fake on any clock: the system clock when it serves another
+    /// process (a vending server) whose time it cannot move.
+    pub fn on_clock(clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(Self {
             clock,
             inner: Mutex::new(Inner::default()),
         })
+    }
+
+    /// A role definition the fake finds by display name, beside
+    /// [`BUILT_IN_ROLES`] (a custom role; the same name twice makes a
+    /// lookup find two).
+    pub fn add_role_definition(&self, name: &str, guid: &str) {
+        self.lock()
+            .role_definitions
+            .push((name.to_string(), guid.to_string()));
+    }
+
+    /// How many role definition lookups by name reached the fake.
+    pub fn role_lookups(&self) -> usize {
+        self.lock().role_lookups
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -347,6 +421,14 @@ impl FakeAzure {
     /// Plain role assignments in existence.
     pub fn assignment_count(&self) -> usize {
         self.lock().assignments.len()
+    }
+
+    /// The schedule request `name` at `scope` as the fake keeps it.
+    pub fn request_json(&self, scope: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .requests
+            .get(&(scope.to_ascii_lowercase(), name.to_ascii_lowercase()))
+            .cloned()
     }
 
     /// Every schedule request made (both `AdminAssign` and `AdminRemove`).
@@ -490,6 +572,7 @@ impl FakeAzure {
         let segments: Vec<&str> = rest.split('/').collect();
         let want_version = match segments.first().copied() {
             Some("roleAssignments") => ASSIGNMENTS_API_VERSION,
+            Some("roleDefinitions") => ROLE_DEFINITIONS_API_VERSION,
             Some(_) => PIM_API_VERSION,
             None => PIM_API_VERSION,
         };
@@ -535,6 +618,10 @@ impl FakeAzure {
             }
             ("GET", ["roleAssignmentSchedules"]) => {
                 self.list_schedules(scope, query.get("$filter").map(String::as_str))
+            }
+            ("GET", ["roleAssignmentSchedules", name]) => self.get_schedule(scope, name),
+            ("GET", ["roleDefinitions"]) => {
+                self.list_role_definitions(scope, query.get("$filter").map(String::as_str))
             }
             ("GET", ["roleManagementPolicyAssignments"]) => {
                 self.list_policies(scope, query.get("$filter").map(String::as_str))
@@ -663,7 +750,10 @@ impl FakeAzure {
         let target_schedule;
         match request_type.as_str() {
             "AdminAssign" => {
-                if inner.schedules.iter().any(active) {
+                if inner
+                    .of_principal(&principal)
+                    .any(|i| active(&inner.schedules[i]))
+                {
                     return arm_error(
                         409,
                         "RoleAssignmentExists",
@@ -754,11 +844,14 @@ impl FakeAzure {
                     // Not in force until provisioned.
                     removed: status != "Provisioned",
                 };
-                inner.schedules.push(schedule);
+                inner.push_schedule(schedule);
                 target_schedule = json!(schedule_name);
             }
             "AdminRemove" => {
-                let Some(s) = inner.schedules.iter_mut().find(|s| active(s)) else {
+                let found = inner
+                    .of_principal(&principal)
+                    .find(|i| active(&inner.schedules[*i]));
+                let Some(s) = found.map(|i| &mut inner.schedules[i]) else {
                     return arm_error(
                         400,
                         "RoleAssignmentDoesNotExist",
@@ -808,8 +901,13 @@ impl FakeAzure {
             } else if request["properties"]["status"] == "PendingProvisioning" {
                 request["properties"]["status"] = json!("Provisioned");
                 let id = request["id"].as_str().unwrap_or_default().to_string();
-                for s in inner.schedules.iter_mut().filter(|s| s.request_id == id) {
-                    s.removed = false;
+                let made = inner
+                    .by_request
+                    .get(&id.to_ascii_lowercase())
+                    .cloned()
+                    .unwrap_or_default();
+                for i in made {
+                    inner.schedules[i].removed = false;
                 }
                 inner.pending.remove(&key);
                 inner.requests.insert(key, request.clone());
@@ -862,25 +960,87 @@ impl FakeAzure {
             .iter()
             .filter(|s| s.scope.eq_ignore_ascii_case(scope))
             .filter(|s| !s.removed && s.start <= now && now < s.end)
-            .filter(|s| principal.as_ref().is_none_or(|p| s.principal.eq_ignore_ascii_case(p)))
-            .map(|s| {
+            .filter(|s| {
+                principal
+                    .as_ref()
+                    .is_none_or(|p| s.principal.eq_ignore_ascii_case(p))
+            })
+            .map(schedule_json)
+            .collect();
+        ok(200, json!({ "value": value }))
+    }
+
+    fn get_schedule(&self, scope: &str, name: &str) -> Response {
+        let now = self.clock.now();
+        let inner = self.lock();
+        let found = inner
+            .by_name
+            .get(&name.to_ascii_lowercase())
+            .map(|i| &inner.schedules[*i]);
+        match found.filter(|s| {
+            s.scope.eq_ignore_ascii_case(scope) && !s.removed && s.start <= now && now < s.end
+        }) {
+            Some(s) => ok(200, schedule_json(s)),
+            None => arm_error(
+                404,
+                "RoleAssignmentScheduleNotFound",
+                "the role assignment schedule was not found",
+            ),
+        }
+    }
+
+    fn list_role_definitions(&self, scope: &str, filter: Option<&str>) -> Response {
+        // `roleName eq '<name>'`, the name an OData string literal.
+        let name = filter.and_then(|f| {
+            let lit = f.trim().strip_prefix("roleName eq '")?.strip_suffix('\'')?;
+            // A lone quote inside the literal is malformed; `''` is one quote.
+            let mut out = String::new();
+            let mut chars = lit.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '\'' && chars.next() != Some('\'') {
+                    return None;
+                }
+                out.push(c);
+            }
+            Some(out)
+        });
+        let Some(name) = name else {
+            return arm_error(
+                400,
+                "InvalidFilter",
+                "the filter is not supported by the fake (use roleName eq '<name>')",
+            );
+        };
+        let mut inner = self.lock();
+        inner.role_lookups += 1;
+        let base = match crate::target::Scope::parse(scope)
+            .ok()
+            .and_then(|s| s.subscription())
+        {
+            Some(sub) => format!("/subscriptions/{sub}"),
+            None => String::new(),
+        };
+        let value: Vec<Value> = BUILT_IN_ROLES
+            .iter()
+            .map(|(n, g)| (n.to_string(), g.to_string(), "BuiltInRole"))
+            .chain(
+                inner
+                    .role_definitions
+                    .iter()
+                    .map(|(n, g)| (n.clone(), g.clone(), "CustomRole")),
+            )
+            .filter(|(n, _, _)| *n == name)
+            .map(|(n, g, kind)| {
                 json!({
-                    "id": format!("{}/providers/Microsoft.Authorization/roleAssignmentSchedules/{}", s.scope, s.name),
-                    "name": s.name,
-                    "type": "Microsoft.Authorization/RoleAssignmentSchedules",
+                    "id": format!("{base}/providers/Microsoft.Authorization/roleDefinitions/{g}"),
+                    "name": g,
+                    "type": "Microsoft.Authorization/roleDefinitions",
                     "properties": {
-                        "scope": s.scope,
-                        "roleDefinitionId": s.role,
-                        "principalId": s.principal,
-                        "principalType": s.principal_type,
-                        "roleAssignmentScheduleRequestId": s.request_id,
-                        "assignmentType": "Assigned",
-                        "memberType": "Direct",
-                        "status": "Provisioned",
-                        "startDateTime": rfc3339(s.start),
-                        "endDateTime": rfc3339(s.end),
-                        "createdOn": rfc3339(s.start),
-                        "updatedOn": rfc3339(s.start),
+                        "roleName": n,
+                        "type": kind,
+                        "description": format!("{n} (fake)"),
+                        "assignableScopes": ["/"],
+                        "permissions": [{"actions": ["*/read"], "notActions": [], "dataActions": [], "notDataActions": []}],
                     }
                 })
             })
@@ -1013,6 +1173,28 @@ impl FakeAzure {
     }
 }
 
+fn schedule_json(s: &Schedule) -> Value {
+    json!({
+        "id": format!("{}/providers/Microsoft.Authorization/roleAssignmentSchedules/{}", s.scope, s.name),
+        "name": s.name,
+        "type": "Microsoft.Authorization/RoleAssignmentSchedules",
+        "properties": {
+            "scope": s.scope,
+            "roleDefinitionId": s.role,
+            "principalId": s.principal,
+            "principalType": s.principal_type,
+            "roleAssignmentScheduleRequestId": s.request_id,
+            "assignmentType": "Assigned",
+            "memberType": "Direct",
+            "status": "Provisioned",
+            "startDateTime": rfc3339(s.start),
+            "endDateTime": rfc3339(s.end),
+            "createdOn": rfc3339(s.start),
+            "updatedOn": rfc3339(s.start),
+        }
+    })
+}
+
 fn parse_query(q: Option<&str>) -> HashMap<String, String> {
     url_pairs(q.unwrap_or_default())
 }
@@ -1055,6 +1237,17 @@ impl RunningFake {
     /// Starts the fake on `clock`.
     pub fn start(clock: ManualClock) -> Self {
         let state = FakeAzure::new(clock.clone());
+        Self::serve(state, clock)
+    }
+
+    /// Starts the fake on the system clock, for a client in another
+    /// process (the vending server) whose clock the test cannot move.
+    pub fn start_on_system_clock() -> Self {
+        let state = FakeAzure::on_clock(Arc::new(jit_core::SystemClock));
+        Self::serve(state, ManualClock::starting_now())
+    }
+
+    fn serve(state: Arc<FakeAzure>, clock: ManualClock) -> Self {
         let server = FakeServer::builder()
             .clock(clock)
             .name("azure")

@@ -673,3 +673,178 @@ async fn assignments_mode_issues_and_deletes_plain_assignments() {
         .has_assignment(&scope(), &issued.grant.external_id));
     p.revoke(&found).await.unwrap();
 }
+
+fn entitlement_with(target: serde_json::Value) -> jit_core::Entitlement {
+    jit_core::Entitlement {
+        target,
+        ..entitlement("azure")
+    }
+}
+
+#[tokio::test]
+async fn issue_reads_the_schedule_back_by_the_id_the_request_names() {
+    let e = env();
+    let p = e.provider(|c| c);
+    let s = spec(&e.clock, 45);
+    let issued = p.issue(&s).await.unwrap();
+    let reqs = e.fake.server.requests();
+    let arm: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path.contains("/providers/Microsoft.Authorization/"))
+        .collect();
+    // One GET of the schedule the PUT's answer named; no list of schedules.
+    let put = arm.iter().find(|r| r.method == "PUT").unwrap();
+    let name = put.path.rsplit('/').next().unwrap();
+    let target = e.fake.state.request_json(&scope(), name).unwrap()["properties"]
+        ["targetRoleAssignmentScheduleId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reads: Vec<_> = arm
+        .iter()
+        .filter(|r| r.path.contains("/roleAssignmentSchedules"))
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert!(
+        reads[0]
+            .path
+            .ends_with(&format!("/roleAssignmentSchedules/{target}")),
+        "{}",
+        reads[0].path
+    );
+    assert!(reads[0].seq > put.seq);
+    // The end is the schedule's end as the fake returned it.
+    assert!(issued.grant.expires_at <= s.ends_at);
+    assert!(issued.grant.expires_at >= s.ends_at - TimeDelta::seconds(6));
+}
+
+#[tokio::test]
+async fn credentials_say_what_was_assigned_where_and_to_whom() {
+    let e = env();
+    let p = e.provider(|c| c);
+    let issued = p.issue(&spec(&e.clock, 30)).await.unwrap();
+    match &issued.credentials {
+        jit_core::Credentials::Assignment {
+            description,
+            scope: sc,
+            role,
+            role_name,
+            principal,
+            expires_at,
+        } => {
+            assert_eq!(sc.as_deref(), Some(scope().as_str()));
+            assert_eq!(role.as_deref(), Some(reader_role().as_str()));
+            assert_eq!(role_name.as_deref(), Some("Reader"));
+            assert_eq!(principal.as_deref(), Some(OBJECT_ID));
+            assert_eq!(*expires_at, issued.grant.expires_at);
+            assert!(description.contains("`Reader`"), "{description}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // By id: no display name to give.
+    let e2 = env();
+    let p2 = e2.provider(|c| c);
+    let mut s = spec(&e2.clock, 30);
+    s.entitlement = entitlement_with(
+        serde_json::json!({"scope": scope(), "role_definition_id": reader_role()}),
+    );
+    match p2.issue(&s).await.unwrap().credentials {
+        jit_core::Credentials::Assignment {
+            role, role_name, ..
+        } => {
+            assert_eq!(role.as_deref(), Some(reader_role().as_str()));
+            assert_eq!(role_name, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A role given by id needs no lookup.
+    assert_eq!(e2.fake.state.role_lookups(), 0);
+}
+
+#[tokio::test]
+async fn role_names_are_resolved_at_arm_once_then_cached() {
+    let e = env();
+    let p = e.provider(|c| c);
+    let first = p.issue(&spec(&e.clock, 30)).await.unwrap();
+    p.revoke(&first.grant).await.unwrap();
+    p.issue(&spec(&e.clock, 30)).await.unwrap();
+    assert_eq!(e.fake.state.role_lookups(), 1);
+    let lookup = e
+        .fake
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/roleDefinitions"))
+        .unwrap();
+    assert_eq!(
+        lookup.query_param("$filter").as_deref(),
+        Some("roleName eq 'Reader'")
+    );
+    assert_eq!(
+        lookup.query_param("api-version").as_deref(),
+        Some("2022-04-01")
+    );
+
+    // A custom role by name, with a quote in it: sent as an OData literal.
+    let guid = "6f1b1e3a-9c2d-4f5e-8a7b-0c1d2e3f4a5b";
+    e.fake.state.add_role_definition("Acme's Deployer", guid);
+    let mut s = spec(&e.clock, 30);
+    s.subject = jit_core::Principal::new("bob@example.com")
+        .unwrap()
+        .with_attribute("azure_object_id", "0f6c7a2e-5b4d-4c3a-9e8f-7a6b5c4d3e2f");
+    s.entitlement =
+        entitlement_with(serde_json::json!({"scope": scope(), "role": "Acme's Deployer"}));
+    let issued = p.issue(&s).await.unwrap();
+    assert_eq!(
+        issued.grant.details["role_definition_id"],
+        format!(
+            "/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{guid}",
+            jit_azure::testing::SUBSCRIPTION
+        )
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_ambiguous_role_names_are_typed_errors_before_any_write() {
+    let e = env();
+    let p = e.provider(|c| c);
+    e.fake
+        .state
+        .add_role_definition("Ops", "11111111-2222-4333-8444-555555555555");
+    e.fake
+        .state
+        .add_role_definition("Ops", "66666666-7777-4888-9999-aaaaaaaaaaaa");
+    for (name, says) in [("Chief Wizard", "no role named"), ("Ops", "names 2 roles")] {
+        let mut s = spec(&e.clock, 30);
+        s.entitlement = entitlement_with(serde_json::json!({"scope": scope(), "role": name}));
+        match p.issue(&s).await {
+            Err(Error::Config(jit_core::ConfigError::InvalidField {
+                entitlement,
+                field,
+                message,
+            })) => {
+                assert_eq!(entitlement, "azure.reader");
+                assert_eq!(field, "target.role");
+                assert!(message.contains(says), "{message}");
+            }
+            other => panic!("{name}: expected a config error, got {other:?}"),
+        }
+        // find: never issued under a name that resolves to no single role.
+        assert!(p.find(&s).await.unwrap().is_none());
+    }
+    assert_eq!(e.fake.state.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_role_arm_no_longer_knows_is_looked_up_again() {
+    let e = env();
+    let p = e.provider(|c| c);
+    let first = p.issue(&spec(&e.clock, 30)).await.unwrap();
+    p.revoke(&first.grant).await.unwrap();
+    assert_eq!(e.fake.state.role_lookups(), 1);
+    e.fake.state.forget_role(&reader_role());
+    assert!(p.issue(&spec(&e.clock, 30)).await.is_err());
+    // The cached id was dropped with that refusal: the next grant asks anew.
+    assert!(p.issue(&spec(&e.clock, 30)).await.is_err());
+    assert_eq!(e.fake.state.role_lookups(), 2);
+}

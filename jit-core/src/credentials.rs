@@ -69,10 +69,25 @@ pub enum Credentials {
         expires_at: DateTime<Utc>,
     },
     /// Access bound to the principal's own identity (an Azure role assignment,
-    /// a GCP conditional binding): nothing secret to hand over.
+    /// a GCP conditional binding): nothing secret to hand over. What was
+    /// assigned is said twice: as text for people, and in the structured,
+    /// non-secret fields below for programs (`jit exec` puts them into the
+    /// child's environment). A field is `None` where a provider has nothing
+    /// to put there.
     Assignment {
         /// Human description of what was granted.
         description: String,
+        /// Where the role holds: an Azure scope id, a GCP resource name.
+        scope: Option<String>,
+        /// The role as the cloud identifies it: an Azure role definition id,
+        /// a GCP role name (`roles/viewer`).
+        role: Option<String>,
+        /// The role's display name, where `role` is an id people do not
+        /// read (Azure: `Reader`).
+        role_name: Option<String>,
+        /// Who holds it, as the cloud names them: an Entra object id, a GCP
+        /// member (`user:alice@example.com`).
+        principal: Option<String>,
         /// When it ends.
         expires_at: DateTime<Utc>,
     },

@@ -95,6 +95,19 @@ pub enum CredentialsView {
     Assignment {
         /// What was granted.
         description: String,
+        /// Where the role holds (Azure scope id, GCP resource); absent in
+        /// answers of servers older than the field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+        /// The role (Azure role definition id, GCP role name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+        /// The role's display name (Azure: `Reader`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role_name: Option<String>,
+        /// Who holds it (Entra object id, GCP member).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal: Option<String>,
         /// When it ends.
         expires_at: DateTime<Utc>,
     },
@@ -129,9 +142,17 @@ impl From<&Credentials> for CredentialsView {
             },
             Credentials::Assignment {
                 description,
+                scope,
+                role,
+                role_name,
+                principal,
                 expires_at,
             } => Self::Assignment {
                 description: description.clone(),
+                scope: scope.clone(),
+                role: role.clone(),
+                role_name: role_name.clone(),
+                principal: principal.clone(),
                 expires_at: *expires_at,
             },
         }
@@ -182,9 +203,17 @@ impl CredentialsView {
             }
             Self::Assignment {
                 description,
+                scope,
+                role,
+                role_name,
+                principal,
                 expires_at,
             } => Credentials::Assignment {
                 description,
+                scope,
+                role,
+                role_name,
+                principal,
                 expires_at,
             },
             Self::Unsupported { .. } => return None,
@@ -594,6 +623,10 @@ mod tests {
             (
                 Credentials::Assignment {
                     description: "Reader on /subscriptions/x".into(),
+                    scope: Some("/subscriptions/x".into()),
+                    role: Some("/providers/Microsoft.Authorization/roleDefinitions/r".into()),
+                    role_name: Some("Reader".into()),
+                    principal: Some("a3bb8764-cb92-4276-9d2a-ca1e895e55ea".into()),
                     expires_at: t("2026-11-29T12:00:00Z"),
                 },
                 "assignment",
@@ -606,6 +639,31 @@ mod tests {
             let back: CredentialsView = serde_json::from_value(v).unwrap();
             assert_eq!(back.to_credentials().unwrap(), c);
         }
+        // An answer from a server older than the structured fields still
+        // parses, with them absent; absent fields are not written either.
+        let old: CredentialsView = serde_json::from_value(json!({
+            "kind": "assignment", "description": "Reader on /subscriptions/x",
+            "expires_at": "2026-11-29T12:00:00Z"
+        }))
+        .unwrap();
+        match &old {
+            CredentialsView::Assignment {
+                scope,
+                role,
+                role_name,
+                principal,
+                ..
+            } => assert!(
+                scope.is_none() && role.is_none() && role_name.is_none() && principal.is_none()
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            to_value(&old).as_object().unwrap().len(),
+            3,
+            "{}",
+            to_value(&old)
+        );
         let unknown: CredentialsView = serde_json::from_value(
             json!({"kind": "unsupported", "expires_at": "2026-11-29T12:00:00Z"}),
         )

@@ -179,6 +179,10 @@ fn no_credential_type_prints_its_secrets() {
         },
         Credentials::Assignment {
             description: "Reader on /subscriptions/x".into(),
+            scope: Some("/subscriptions/x".into()),
+            role: None,
+            role_name: Some("Reader".into()),
+            principal: None,
             expires_at: now,
         },
     ];

@@ -436,6 +436,10 @@ impl GcpProvider {
                     "`{role}` on `{resource}` for `{member}` until {}",
                     expires_at.to_rfc3339()
                 ),
+                scope: Some(resource.to_string()),
+                role: Some(role.clone()),
+                role_name: None,
+                principal: Some(member.clone()),
                 expires_at,
             },
         })

@@ -14,7 +14,7 @@ use jit_core::{RequestRecord, State};
 use crate::cache;
 use crate::client::{file_config, Client, Reply};
 use crate::credentials::{credential_process_json, exec, grant_for, write_token_file};
-use crate::output::{emit, print_table, print_verification};
+use crate::output::{assignment_lines, emit, print_table, print_verification};
 use crate::{Fail, Res};
 
 /// Just-in-time access from the command line.
@@ -128,7 +128,9 @@ pub(crate) enum Cmd {
         #[arg(long)]
         reason: String,
     },
-    /// Print the credentials of your active grant (JSON).
+    /// Print the credentials of your active grant: JSON, or for an
+    /// `assignment` (Azure role assignment, GCP binding: nothing secret) the
+    /// scope, role, principal and end as lines unless `--json`.
     Credentials {
         /// Request id.
         id: String,
@@ -503,7 +505,14 @@ pub(crate) async fn run(cli: Cli) -> Res<u8> {
             let v = c
                 .get::<CredentialsAnswer>(&format!("/v1/requests/{id}/credentials"))
                 .await?;
-            println!("{:#}", v.raw["credentials"]);
+            match assignment_lines(&v.body.credentials).filter(|_| !json) {
+                Some(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                }
+                None => println!("{:#}", v.raw["credentials"]),
+            }
         }
         Cmd::Exec { want, command } => {
             let (id, creds) = grant_for(&c, &want, Duration::from_secs(60)).await?;

@@ -166,6 +166,34 @@ pub(crate) fn credential_process_json(creds: &CredentialsView) -> Res<Credential
     aws_creds(creds)
 }
 
+/// The variables `jit exec` gives a child for an `assignment` (access on
+/// the child's own identity, nothing secret): where, which role, for whom,
+/// until when. `None`: the server did not say (an older server, or a
+/// provider without that field); the variable is then removed.
+pub(crate) fn assignment_env(creds: &CredentialsView) -> Vec<(&'static str, Option<String>)> {
+    let CredentialsView::Assignment {
+        scope,
+        role,
+        role_name,
+        principal,
+        expires_at,
+        ..
+    } = creds
+    else {
+        return Vec::new();
+    };
+    vec![
+        ("JIT_ACCESS_SCOPE", scope.clone()),
+        ("JIT_ACCESS_ROLE", role.clone()),
+        ("JIT_ACCESS_ROLE_NAME", role_name.clone()),
+        ("JIT_ACCESS_PRINCIPAL", principal.clone()),
+        (
+            "JIT_ACCESS_EXPIRES_AT",
+            wire::to_value(expires_at).as_str().map(str::to_string),
+        ),
+    ]
+}
+
 pub(crate) fn exec(id: &str, creds: &CredentialsView, command: &[String]) -> Res<u8> {
     let (program, args) = command
         .split_first()
@@ -194,8 +222,15 @@ pub(crate) fn exec(id: &str, creds: &CredentialsView, command: &[String]) -> Res
             // with the token given here.
             cmd.env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE");
         }
-        CredentialsView::Assignment { expires_at, .. } => {
-            cmd.env("JIT_ACCESS_EXPIRES_AT", expires(*expires_at));
+        CredentialsView::Assignment { .. } => {
+            for (k, v) in assignment_env(creds) {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    // Never a value inherited from jit's own environment
+                    // that this grant did not set.
+                    None => cmd.env_remove(k),
+                };
+            }
         }
         CredentialsView::Aws { .. } => {
             // A profile named in the environment would win over these in
@@ -329,6 +364,46 @@ mod tests {
 
     fn view(v: serde_json::Value) -> CredentialsView {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn assignments_become_scope_role_principal_and_end_variables() {
+        let creds = view(serde_json::json!({
+            "kind": "assignment", "description": "role `Reader` at `/subscriptions/s`",
+            "scope": "/subscriptions/s", "role": "/providers/Microsoft.Authorization/roleDefinitions/r",
+            "role_name": "Reader", "principal": "a3bb8764-cb92-4276-9d2a-ca1e895e55ea",
+            "expires_at": "2026-11-29T12:00:00Z",
+        }));
+        let env = assignment_env(&creds);
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+        assert_eq!(get("JIT_ACCESS_SCOPE").as_deref(), Some("/subscriptions/s"));
+        assert_eq!(
+            get("JIT_ACCESS_ROLE").as_deref(),
+            Some("/providers/Microsoft.Authorization/roleDefinitions/r")
+        );
+        assert_eq!(get("JIT_ACCESS_ROLE_NAME").as_deref(), Some("Reader"));
+        assert_eq!(
+            get("JIT_ACCESS_PRINCIPAL").as_deref(),
+            Some("a3bb8764-cb92-4276-9d2a-ca1e895e55ea")
+        );
+        assert_eq!(
+            get("JIT_ACCESS_EXPIRES_AT").as_deref(),
+            Some("2026-11-29T12:00:00Z")
+        );
+        // An older server's answer: the end only; the rest is unset, never
+        // left as inherited.
+        let old = view(serde_json::json!({
+            "kind": "assignment", "description": "x", "expires_at": "2026-11-29T12:00:00Z",
+        }));
+        let env = assignment_env(&old);
+        assert_eq!(env.len(), 5);
+        for (k, v) in &env {
+            assert_eq!(v.is_some(), *k == "JIT_ACCESS_EXPIRES_AT", "{k}");
+        }
+        // Other kinds have none of these.
+        let token = view(serde_json::json!({"kind": "local_token", "token": "t",
+                                             "expires_at": "2026-11-29T12:00:00Z"}));
+        assert!(assignment_env(&token).is_empty());
     }
 
     #[test]

@@ -22,7 +22,16 @@
 //! without the caller's `CLOUDSDK_AUTH_ACCESS_TOKEN_FILE`; `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
 //! `AWS_CREDENTIAL_EXPIRATION` for AWS grants (with `AWS_PROFILE` removed,
-//! so a profile cannot shadow them). `JIT_TOKEN` is never passed on.
+//! so a profile cannot shadow them). Assignments (an Azure role assignment,
+//! a GCP binding) carry no secret: the child uses its own identity and is
+//! told what it holds in `JIT_ACCESS_SCOPE` (the Azure scope or GCP
+//! resource), `JIT_ACCESS_ROLE` (the role definition id or GCP role),
+//! `JIT_ACCESS_ROLE_NAME` (a display name such as `Reader`, where known),
+//! `JIT_ACCESS_PRINCIPAL` (the Entra object id or GCP member) and
+//! `JIT_ACCESS_EXPIRES_AT`; one the server did not send is removed, never
+//! inherited. `jit credentials ID` prints the same facts as lines (`--json`
+//! for the JSON), and so does `jit request` when the grant is issued at
+//! once. `JIT_TOKEN` is never passed on.
 //!
 //! `jit token-file ENTITLEMENT --for 1h --reason "..." --out PATH` writes
 //! the access token alone to `PATH`, created `0600` under a temporary name

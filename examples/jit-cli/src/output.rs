@@ -1,6 +1,6 @@
 //! What the CLI prints: tables, records, verification results.
 
-use jit_core::wire::{self, AuditVerification, RequestAnswer};
+use jit_core::wire::{self, AuditVerification, CredentialsView, RequestAnswer};
 use jit_core::RequestRecord;
 
 use crate::client::Reply;
@@ -105,17 +105,69 @@ pub(crate) fn print_record(r: &RequestRecord) {
     }
 }
 
+/// What an `assignment` grants, as record lines: nothing in it is secret
+/// (the requester uses their own identity), so it is shown as it is.
+/// `None` for other kinds, whose secrets are never printed here.
+pub(crate) fn assignment_lines(c: &CredentialsView) -> Option<Vec<String>> {
+    let CredentialsView::Assignment {
+        description,
+        scope,
+        role,
+        role_name,
+        principal,
+        expires_at,
+        ..
+    } = c
+    else {
+        return None;
+    };
+    let mut out = Vec::new();
+    match (scope, role) {
+        (None, None) => out.push(format!("assigned     {description}")),
+        _ => {
+            if let Some(s) = scope {
+                out.push(format!("scope        {s}"));
+            }
+            match (role_name, role) {
+                (Some(n), Some(id)) if n != id => out.push(format!("role         {n} ({id})")),
+                (Some(n), _) => out.push(format!("role         {n}")),
+                (None, Some(id)) => out.push(format!("role         {id}")),
+                (None, None) => {}
+            }
+            if let Some(p) = principal {
+                out.push(format!("assigned to  {p}"));
+            }
+        }
+    }
+    out.push(format!(
+        "until        {} UTC",
+        expires_at.format("%Y-%m-%d %H:%M:%S")
+    ));
+    Some(out)
+}
+
 pub(crate) fn emit(json: bool, reply: &Reply<RequestAnswer>) {
     if json {
         println!("{}", reply.raw);
     } else {
         let r = &reply.body.request;
         print_record(r);
-        if reply.body.credentials.is_some() {
-            println!(
+        match reply
+            .body
+            .credentials
+            .as_ref()
+            .map(|c| (c, assignment_lines(c)))
+        {
+            Some((_, Some(lines))) => {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+            Some((_, None)) => println!(
                 "credentials  issued; `jit credentials {}` prints them",
                 r.id
-            );
+            ),
+            None => {}
         }
     }
 }
@@ -178,5 +230,57 @@ mod tests {
         r.decision.risk = Some(RiskAssessment::unavailable("http", "status 503"));
         assert_eq!(risk_cell(&r), "?");
         assert_eq!(risk_lines(&r), ["risk unknown: status 503 [http]"]);
+    }
+
+    fn view(v: serde_json::Value) -> CredentialsView {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn assignments_show_scope_role_principal_and_end() {
+        let c = view(serde_json::json!({
+            "kind": "assignment", "description": "role `Reader` at `/subscriptions/s`",
+            "scope": "/subscriptions/s/resourceGroups/prod",
+            "role": "/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7",
+            "role_name": "Reader", "principal": "a3bb8764-cb92-4276-9d2a-ca1e895e55ea",
+            "expires_at": "2026-11-29T12:00:00Z",
+        }));
+        assert_eq!(
+            assignment_lines(&c).unwrap(),
+            [
+                "scope        /subscriptions/s/resourceGroups/prod",
+                "role         Reader (/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7)",
+                "assigned to  a3bb8764-cb92-4276-9d2a-ca1e895e55ea",
+                "until        2026-11-29 12:00:00 UTC",
+            ]
+        );
+        // A GCP binding: the role is its own name.
+        let gcp = view(serde_json::json!({
+            "kind": "assignment", "description": "x", "scope": "projects/p",
+            "role": "roles/viewer", "principal": "user:alice@example.com",
+            "expires_at": "2026-11-29T12:00:00Z",
+        }));
+        assert_eq!(
+            assignment_lines(&gcp).unwrap()[1],
+            "role         roles/viewer"
+        );
+        // An older server: its description, and the end.
+        let old = view(serde_json::json!({
+            "kind": "assignment", "description": "Reader on /subscriptions/s",
+            "expires_at": "2026-11-29T12:00:00Z",
+        }));
+        assert_eq!(
+            assignment_lines(&old).unwrap(),
+            [
+                "assigned     Reader on /subscriptions/s",
+                "until        2026-11-29 12:00:00 UTC"
+            ]
+        );
+        // Secret-bearing kinds are never turned into lines.
+        let aws = view(serde_json::json!({
+            "kind": "aws", "access_key_id": "ASIAEXAMPLE", "secret_access_key": "sk",
+            "session_token": "st", "expires_at": "2026-11-29T12:00:00Z",
+        }));
+        assert!(assignment_lines(&aws).is_none());
     }
 }

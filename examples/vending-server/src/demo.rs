@@ -111,12 +111,30 @@ impl DemoIssuer {
 
     /// A bearer token for `sub` in `groups`, valid for `ttl_secs`.
     pub fn token(&self, sub: &str, groups: &[&str], ttl_secs: i64) -> Result<String, String> {
+        self.token_with(sub, groups, ttl_secs, &serde_json::Map::new())
+    }
+
+    /// [`DemoIssuer::token`] with further claims, such as an Entra `oid`
+    /// that `[auth.claims.attributes]` maps to a principal attribute; they
+    /// cannot replace the standard ones.
+    pub fn token_with(
+        &self,
+        sub: &str,
+        groups: &[&str],
+        ttl_secs: i64,
+        extra: &serde_json::Map<String, Value>,
+    ) -> Result<String, String> {
         let now = Utc::now().timestamp();
-        let claims = json!({
+        let mut claims = json!({
             "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "groups": groups,
             "email": format!("{sub}@demo.invalid"), "name": sub,
             "iat": now, "nbf": now, "exp": now + ttl_secs,
         });
+        if let Some(c) = claims.as_object_mut() {
+            for (k, v) in extra {
+                c.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.key.kid().to_string());
         let pem = self.key.to_pkcs8_pem().map_err(|e| e.to_string())?;

@@ -254,7 +254,9 @@ mod tests {
         async fn tidy(&self, budget: usize) -> Result<jit_core::TidyReport> {
             Ok(jit_core::TidyReport::new(
                 vec![],
-                vec![jit_core::Error::Store(format!("tidied with budget {budget}"))],
+                vec![jit_core::Error::Store(format!(
+                    "tidied with budget {budget}"
+                ))],
             ))
         }
     }

@@ -29,9 +29,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{
-    check_versions, lease_until, HistoryEntry, HistoryQuery, ListFilter, Prune, Store,
-};
+use super::{check_versions, lease_until, HistoryEntry, HistoryQuery, ListFilter, Prune, Store};
 use crate::audit::{AuditAnchor, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
