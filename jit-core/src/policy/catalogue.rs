@@ -191,6 +191,7 @@ struct RawEntitlement {
     ticket_pattern: Option<String>,
     #[serde(default)]
     require_verified_ticket: bool,
+    #[serde(default)]
     require_revocation: bool,
     #[serde(default)]
     eligible: Option<RawPrincipals>,
