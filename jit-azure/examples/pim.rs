@@ -11,7 +11,7 @@
 //! alice asks for Reader on a resource group for 45 minutes, bob (a lead)
 //! approves, the role assignment schedule appears at the fake with the end
 //! Azure gave it, alice revokes it early, and the schedule is gone.
-#![allow(clippy::print_stdout, clippy::expect_used)]
+#![allow(clippy::print_stdout, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 
