@@ -39,8 +39,11 @@ pub struct TidySummary {
 impl Broker {
     /// Runs [`Provider::tidy`](crate::Provider::tidy) once on every provider
     /// whose capabilities say it has housekeeping to do, each with at most
-    /// `budget` units of remote work, and audits what they removed (see the
-    /// [module docs](self)). Never fails as a whole: failures are logged and
+    /// `budget` units of remote work, and audits what they removed: each
+    /// removal joins its grant's audit trail as `tidied` only when the
+    /// store's record of the named request holds that grant (what the cloud
+    /// says is checked, never trusted alone); others are logged and counted
+    /// as unattributed. Never fails as a whole: failures are logged and
     /// counted in the summary.
     pub async fn tidy(&self, budget: usize) -> TidySummary {
         let mut summary = TidySummary::default();
