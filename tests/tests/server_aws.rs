@@ -9,13 +9,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 
 use aws_config::SdkConfig;
 use jit_aws::testing::{moto_url, sdk as moto_sdk_with};
 use jit_core::local::LocalKey;
 use serde_json::Value;
-use support::bins;
+use support::ok;
 use vending_server::demo::DemoIssuer;
 
 /// The identity the server runs as (moto checks no signatures by default).
@@ -33,18 +33,7 @@ async fn create_role(sdk: &SdkConfig) -> String {
 
 /// A server run from a config file: OIDC keys from a JWKS file, the
 /// catalogue inline, SQLite, and an AWS provider pointed at moto.
-struct AwsServer {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Drop for AwsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type AwsServer = support::ConfigServer;
 
 fn write_config(dir: &Path, issuer: &DemoIssuer, role_arn: &str) -> PathBuf {
     std::fs::write(dir.join("jwks.json"), issuer.jwks_json().to_string()).unwrap();
@@ -93,68 +82,23 @@ role_chaining = "false"
 }
 
 fn start_server(dir: &Path, config: &Path) -> AwsServer {
-    use std::io::{BufRead, BufReader};
-    let log = dir.join("server.log");
-    let mut child = Command::new(&bins().0)
-        .arg("--config")
-        .arg(config)
-        // Debug logs everywhere, so the secret check below covers them all.
-        .env("RUST_LOG", "debug")
-        .env("AWS_ACCESS_KEY_ID", BROKER_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", BROKER_SECRET)
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/aws-credentials",
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| {
-                panic!(
-                    "server exited: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .unwrap();
-        if let Some(u) = line.trim().strip_prefix("listening on ") {
-            break u.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    AwsServer { child, url, log }
+    support::ConfigServer::start(dir, config, |c| {
+        c.env("AWS_ACCESS_KEY_ID", BROKER_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", BROKER_SECRET)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/aws-credentials",
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    })
 }
 
 fn jit(server: &AwsServer, token: &str, args: &[&str], cwd: &Path) -> Output {
-    Command::new(&bins().1)
-        .args(args)
-        .current_dir(cwd)
-        .env("JIT_SERVER", &server.url)
-        .env("JIT_TOKEN", token)
-        .env("JIT_CONFIG", "/nonexistent/jit.toml")
-        .env("JIT_CACHE_DIR", cwd.join("cache"))
-        // A profile in the caller's environment must not reach the child.
-        .env("AWS_PROFILE", "should-not-leak")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
+    // A profile in the caller's environment must not reach the child.
+    server.jit(token, args, cwd, &[("AWS_PROFILE", "should-not-leak")])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,28 +14,17 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 
 use jit_azure::testing::{
     reader_role, scope, RunningFake, CLIENT_ID, CLIENT_SECRET, OBJECT_ID, TENANT,
 };
 use jit_core::local::LocalKey;
 use serde_json::Value;
-use support::bins;
+use support::ok;
 use vending_server::demo::DemoIssuer;
 
-struct AzureServer {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Drop for AzureServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type AzureServer = support::ConfigServer;
 
 fn write_config(dir: &Path, issuer: &DemoIssuer, fake: &RunningFake) -> PathBuf {
     std::fs::write(dir.join("jwks.json"), issuer.jwks_json().to_string()).unwrap();
@@ -94,60 +83,15 @@ poll_interval = "1s"
 }
 
 fn start_server(dir: &Path, config: &Path) -> AzureServer {
-    use std::io::{BufRead, BufReader};
-    let log = dir.join("server.log");
-    let mut child = Command::new(&bins().0)
-        .arg("--config")
-        .arg(config)
-        // Debug logs everywhere, so the secret check below covers them all.
-        .env("RUST_LOG", "debug")
+    support::ConfigServer::start(dir, config, |c| {
         // The secret as operators pass it: a variable, which wins over the table.
-        .env("JIT_AZURE_CLIENT_SECRET", CLIENT_SECRET)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| {
-                panic!(
-                    "server exited: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .unwrap();
-        if let Some(u) = line.trim().strip_prefix("listening on ") {
-            break u.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    AzureServer { child, url, log }
+        c.env("JIT_AZURE_CLIENT_SECRET", CLIENT_SECRET);
+    })
 }
 
 fn jit(server: &AzureServer, token: &str, args: &[&str], cwd: &Path) -> Output {
-    Command::new(&bins().1)
-        .args(args)
-        .current_dir(cwd)
-        .env("JIT_SERVER", &server.url)
-        .env("JIT_TOKEN", token)
-        .env("JIT_CONFIG", "/nonexistent/jit.toml")
-        .env("JIT_CACHE_DIR", cwd.join("cache"))
-        // Stale values in the caller's environment must not reach the child.
-        .env("JIT_ACCESS_ROLE_NAME", "stale")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
+    // Stale values in the caller's environment must not reach the child.
+    server.jit(token, args, cwd, &[("JIT_ACCESS_ROLE_NAME", "stale")])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 
 use jit_core::local::LocalKey;
@@ -22,7 +22,7 @@ use jit_core::ManualClock;
 use jit_gcp::testing::{router, FakeGcp, TestKey};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::{bins, install_crypto};
+use support::{install_crypto, ok};
 use vending_server::demo::{DemoIssuer, AUDIENCE, ISSUER};
 
 const PROJECT: &str = "projects/prod-1234";
@@ -31,18 +31,7 @@ const SA: &str = "deployer@prod-1234.iam.gserviceaccount.com";
 const BROKER: &str = "jit-broker@prod-1234.iam.gserviceaccount.com";
 const ALICE: &str = "user:alice@example.com";
 
-struct GcpServer {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Drop for GcpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type GcpServer = support::ConfigServer;
 
 /// A token signed by the demo issuer's key, with a `gcp_member` claim.
 fn token(key: &LocalKey, sub: &str, groups: &[&str], member: Option<&str>) -> String {
@@ -126,60 +115,21 @@ endpoint_url = "{fake_url}"
 }
 
 fn start_server(dir: &Path, config: &Path) -> GcpServer {
-    use std::io::{BufRead, BufReader};
-    let log = dir.join("server.log");
-    let mut child = Command::new(&bins().0)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "debug")
+    support::ConfigServer::start(dir, config, |c| {
         // Nothing of the machine's own Google setup may leak in.
-        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-        .env("CLOUDSDK_CONFIG", dir.join("no-gcloud"))
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| {
-                panic!(
-                    "server exited: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .unwrap();
-        if let Some(u) = line.trim().strip_prefix("listening on ") {
-            break u.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    GcpServer { child, url, log }
+        c.env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .env("CLOUDSDK_CONFIG", dir.join("no-gcloud"));
+    })
 }
 
 fn jit(server: &GcpServer, token: &str, args: &[&str], cwd: &Path) -> Output {
-    Command::new(&bins().1)
-        .args(args)
-        .current_dir(cwd)
-        .env("JIT_SERVER", &server.url)
-        .env("JIT_TOKEN", token)
-        .env("JIT_CONFIG", "/nonexistent/jit.toml")
-        .env("JIT_CACHE_DIR", cwd.join("cache"))
-        // The caller's own token file must not compete with the grant's token.
-        .env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", "/should/not/leak")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
+    // The caller's own token file must not compete with the grant's token.
+    server.jit(
+        token,
+        args,
+        cwd,
+        &[("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", "/should/not/leak")],
+    )
 }
 
 fn id_of(out: &Output) -> String {

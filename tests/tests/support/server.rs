@@ -178,3 +178,90 @@ pub fn error_code(body: &Value) -> String {
     assert!(body.as_object().unwrap().len() == 1, "{body}");
     e["code"].as_str().unwrap().to_string()
 }
+
+/// A server binary run from a config file (`--config`), as the provider
+/// end-to-end tests run it: debug logs in `log` (so their secret checks
+/// cover every line), killed on drop.
+pub struct ConfigServer {
+    /// The process.
+    pub child: Child,
+    /// Where it listens.
+    pub url: String,
+    /// Its stderr (the logs).
+    pub log: PathBuf,
+}
+
+impl Drop for ConfigServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ConfigServer {
+    /// Starts the server on `config` with `RUST_LOG=debug`; `setup` adds
+    /// what the test's provider needs (secrets as operators pass them, the
+    /// machine's own cloud settings kept out). Waits until it listens.
+    pub fn start(dir: &Path, config: &Path, setup: impl FnOnce(&mut Command)) -> Self {
+        let log = dir.join("server.log");
+        let mut cmd = Command::new(&bins().0);
+        cmd.arg("--config").arg(config).env("RUST_LOG", "debug");
+        setup(&mut cmd);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "server exited: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                })
+                .unwrap();
+            if let Some(u) = line.trim().strip_prefix("listening on ") {
+                break u.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url, log }
+    }
+
+    /// Runs the `jit` binary against this server as `token`, from `cwd`
+    /// (its cache there, no config file); `stale` are variables of the
+    /// caller's environment that must not reach a child of `jit exec`.
+    pub fn jit(
+        &self,
+        token: &str,
+        args: &[&str],
+        cwd: &Path,
+        stale: &[(&str, &str)],
+    ) -> std::process::Output {
+        let mut cmd = Command::new(&bins().1);
+        cmd.args(args)
+            .current_dir(cwd)
+            .env("JIT_SERVER", &self.url)
+            .env("JIT_TOKEN", token)
+            .env("JIT_CONFIG", "/nonexistent/jit.toml")
+            .env("JIT_CACHE_DIR", cwd.join("cache"));
+        for (k, v) in stale {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+}
+
+/// The stdout of a command that must have succeeded (else its stderr).
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
