@@ -58,6 +58,7 @@ impl Broker {
             provider_max: caps.max_duration,
             risk: risk.clone(),
             ticket: ticket.clone(),
+            on_call: None,
         };
         let mut decision = self
             .inner

@@ -51,6 +51,8 @@
 //!   entitlement whose requests the principal may approve, or their
 //!   approval queue misses requests they are asked to approve.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 
 use crate::error::RequestError;
@@ -74,6 +76,13 @@ pub struct PolicyContext {
     /// The verdict on the request's ticket ([`crate::ticket`]); `None` when
     /// the request names no ticket or the broker has no ticket verifier.
     pub ticket: Option<crate::ticket::TicketVerdict>,
+    /// The on-call schedules, among those the policy asked about
+    /// ([`Policy::on_call_schedules`]), that the requester is on call for
+    /// at [`PolicyContext::now`]. `None` when the broker has no on-call
+    /// source or the policy asked about no schedule. A schedule the source
+    /// could not answer for is left out: not knowing counts as not on call,
+    /// so an on-call rule can only fail closed.
+    pub on_call: Option<BTreeSet<String>>,
 }
 
 impl PolicyContext {
@@ -84,6 +93,7 @@ impl PolicyContext {
             provider_max,
             risk: None,
             ticket: None,
+            on_call: None,
         }
     }
 
@@ -97,6 +107,22 @@ impl PolicyContext {
     pub fn with_ticket(mut self, verdict: crate::ticket::TicketVerdict) -> Self {
         self.ticket = Some(verdict);
         self
+    }
+
+    /// With the schedules the requester is on call for now.
+    pub fn with_on_call<I, S>(mut self, schedules: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.on_call = Some(schedules.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether the requester is on call for `schedule` now (false when
+    /// nobody could tell).
+    pub fn is_on_call(&self, schedule: &str) -> bool {
+        self.on_call.as_ref().is_some_and(|s| s.contains(schedule))
     }
 }
 
@@ -127,6 +153,14 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     /// The catalogue's `require_revocation` (default false).
     fn requires_revocation(&self, _entitlement: &str) -> bool {
         false
+    }
+
+    /// The on-call schedules whose rota a decision on `entitlement` may
+    /// depend on: the broker asks its on-call source about exactly these
+    /// before [`Policy::evaluate`] and passes the answer in
+    /// [`PolicyContext::on_call`]. Empty (the default): none.
+    fn on_call_schedules(&self, _entitlement: &Entitlement) -> Vec<String> {
+        Vec::new()
     }
 
     /// Whether the principal may act as an administrator (revoke anything, read the audit log).
