@@ -11,13 +11,48 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 /// The two binaries, built once per test process with the same profile as
-/// the tests (a no-op when `cargo test --workspace` already built them).
+/// the tests.
+///
+/// They are built with the selection the README's test command uses
+/// (`--workspace --all-features`, test targets included), so that after
+/// `scripts/test.sh` has built everything this is a no-op: cargo unifies
+/// features over the packages and targets it builds, and a narrower
+/// `-p vending-server -p jit-cli` would compile the server and its
+/// dependencies a second time with other features (about 10 minutes on
+/// the 2-core CI machine) and overwrite the binaries the test run built.
+/// Running one of these tests alone builds the whole workspace once.
+///
+/// The variables cargo sets for a test process (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_*`, ...) are taken out of the inner build's environment:
+/// build scripts track some of them (`ring`'s tracks
+/// `CARGO_MANIFEST_DIR`), and an inherited value would make cargo rebuild
+/// half the tree, then rebuild it again on the next run from a shell.
 pub fn bins() -> &'static (PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "vending-server", "-p", "jit-cli"])
+        let mut build = Command::new(cargo);
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            let set_by_cargo_for_tests = name == "OUT_DIR"
+                || [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                ]
+                .iter()
+                .any(|p| name.starts_with(p))
+                || matches!(
+                    name,
+                    "CARGO_TARGET_TMPDIR" | "CARGO_PRIMARY_PACKAGE" | "CARGO_RUSTC_CURRENT_DIR"
+                );
+            if set_by_cargo_for_tests {
+                build.env_remove(name);
+            }
+        }
+        let status = build
+            .args(["build", "-q", "--workspace", "--all-features", "--tests"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("run cargo build");
