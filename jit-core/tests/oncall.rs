@@ -657,3 +657,89 @@ fn the_broker_refuses_a_schedule_the_rota_does_not_have() {
     let clock = ManualClock::new(utc("2026-12-10T07:00:00Z"));
     broker(&clock, Some(Arc::new(self::rota())));
 }
+
+/// The TOML block of the workspace README that contains `marker`.
+fn readme_block(marker: &str) -> String {
+    let readme = include_str!("../../README.md");
+    readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("\n```").map(|(block, _)| block))
+        .find(|b| b.contains(marker))
+        .unwrap_or_else(|| panic!("no README block with {marker}"))
+        .to_string()
+}
+
+#[test]
+fn the_readme_example_decides_as_it_says() {
+    use jit_core::risk::{RiskAssessment, RiskSignal};
+    use jit_core::ticket::TicketVerdict;
+    let policy =
+        CataloguePolicy::from_toml_str(&readme_block("id = \"payments-db-write\"")).unwrap();
+    let rota = Rota::from_toml_str(&readme_block("# rota.toml")).unwrap();
+    let ent = policy.entitlement("payments-db-write").unwrap();
+    assert_eq!(policy.on_call_schedules(&ent), ["payments-primary"]);
+    assert!(rota.schedules().unwrap().contains("payments-primary"));
+    // Monday 09:30 in Berlin: Alice is on call.
+    let now = utc("2026-12-07T08:30:00Z");
+    let on_call = rota.on_call_at("payments-primary", now).unwrap();
+    assert_eq!(on_call, BTreeSet::from(["alice".to_string()]));
+    let ticket = |verified: bool| TicketVerdict {
+        ticket: "INC-42".into(),
+        verifier: "jira".into(),
+        verified,
+        reason: if verified {
+            "ticket `INC-42` is `Open`".into()
+        } else {
+            "ticket `INC-42` is `Done`".into()
+        },
+        summary: None,
+        status: None,
+    };
+    let risk = |score: u8| {
+        RiskAssessment::from_signals(
+            "history",
+            vec![RiskSignal {
+                name: "x".into(),
+                weight: score,
+                reason: "x".into(),
+            }],
+        )
+    };
+    let decide = |who: &str, verified: bool, score: u8| {
+        let requester = Principal::new(who).unwrap().with_group("payments-eng");
+        let ids: Vec<String> = on_call
+            .iter()
+            .filter(|id| id.as_str() == who)
+            .map(|_| "payments-primary".to_string())
+            .collect();
+        let ctx = PolicyContext::new(now, Duration::from_secs(12 * 3600))
+            .with_ticket(ticket(verified))
+            .with_risk(risk(score))
+            .with_on_call(ids);
+        let request = AccessRequest::new(
+            "payments-db-write",
+            "30m".parse().unwrap(),
+            "INC-42: fix the ledger",
+        )
+        .with_ticket("INC-42");
+        policy
+            .evaluate(&requester, &request, &ent, &ctx)
+            .unwrap()
+            .verdict
+    };
+    // On call, verified, routine: at once.
+    assert_eq!(decide("alice", true, 10), Verdict::AutoApprove);
+    // Unusual: a lead.
+    assert!(matches!(
+        decide("alice", true, 41),
+        Verdict::NeedsApproval { .. }
+    ));
+    // Off call: a lead.
+    assert!(matches!(
+        decide("bob", true, 10),
+        Verdict::NeedsApproval { .. }
+    ));
+    // No real ticket: denied, whoever asks.
+    assert_eq!(decide("alice", false, 10), Verdict::Deny);
+}

@@ -705,6 +705,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_server_config_for_risk_tickets_and_on_call_parses() {
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split_once("\n```").map(|(block, _)| block))
+            .find(|b| b.contains("[on_call]"))
+            .unwrap();
+        let c = Config::from_toml_str(&format!("{MIN}\n{block}")).unwrap();
+        assert_eq!(c.risk.assessor.as_deref(), Some("history"));
+        assert_eq!(c.tickets.statuses, ["Open", "In Progress"]);
+        assert_eq!(c.on_call.rota_file.as_deref(), Some(Path::new("rota.toml")));
+    }
+
+    #[test]
     fn limits_metrics_and_introspection_sections() {
         let c = Config::from_toml_str(MIN).unwrap();
         assert_eq!(c.limits.max_pending_per_requester, 20);
