@@ -381,6 +381,18 @@ pub enum ConfigError {
     /// A `[providers.NAME]` table is invalid (see [`crate::provider::registry`]).
     #[error(transparent)]
     Provider(#[from] crate::provider::registry::ProviderConfigError),
+    /// An on-call rota is invalid (see [`crate::oncall::rota`]).
+    #[error("on-call rota `{file}`, line {line}: `{field}` is invalid: {message}")]
+    Rota {
+        /// The rota file (`(inline)` for text).
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// The field, with its place (`schedules[0].weekly[1].until`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The file could not be read.
     #[error("cannot read `{path}`: {message}")]
     Io {

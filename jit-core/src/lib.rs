@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod error;
 pub mod lease;
 pub mod local;
+pub mod oncall;
 pub mod policy;
 pub mod provider;
 pub mod reaper;

@@ -21,6 +21,11 @@
 //! | `JIT_TICKETS_REQUIRE_ASSIGNEE` | `true`: it must be assigned to the caller | `false` |
 //! | `JIT_TICKETS_TOKEN_FILE` | a file holding the tracker's bearer token | |
 //! | `JIT_TICKETS_TIMEOUT_MS` | how long an invocation waits for the tracker; past it, not verified | `2000` |
+//! | `JIT_ONCALL_ROTA_FILE` | who is on call, for entitlements with `auto_approve.on_call` ([`jit_core::oncall`]): a rota file (e.g. `/var/task/rota.toml` in the deployment package), read and checked at cold start | none |
+//! | `JIT_ONCALL_URL` | or an on-call service's endpoint (not both) | none |
+//! | `JIT_ONCALL_TOKEN_FILE` | a file holding the service's bearer token | |
+//! | `JIT_ONCALL_TIMEOUT_MS` | how long an invocation waits for the source; past it, not on call | `2000` |
+//! | `JIT_ONCALL_CACHE_SECS` | how long the service's answers are cached per schedule (0: not cached) | `30` |
 //!
 //! Exactly one of `JIT_CATALOGUE` and `JIT_CATALOGUE_FILE` must be set.
 //!
@@ -106,6 +111,39 @@ pub struct Config {
     pub risk: RiskConfig,
     /// Ticket verification (`JIT_TICKETS_*`).
     pub tickets: TicketsConfig,
+    /// Who is on call (`JIT_ONCALL_*`).
+    pub on_call: OnCallConfig,
+}
+
+/// `JIT_ONCALL_*`: who is on call (see [`jit_core::oncall::OnCallSettings`],
+/// which the vending server's `[on_call]` table builds with too). Without a
+/// rota file or a URL nobody is on call, and `auto_approve.on_call` rules
+/// send every request to a human.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OnCallConfig {
+    /// A rota file, read and checked at cold start.
+    pub rota_file: Option<PathBuf>,
+    /// An on-call service's endpoint.
+    pub url: Option<String>,
+    /// A file holding the service's bearer token.
+    pub token_file: Option<PathBuf>,
+    /// How long an invocation waits for the source.
+    pub timeout: Option<std::time::Duration>,
+    /// How long the service's answers are cached.
+    pub cache_ttl: Option<std::time::Duration>,
+}
+
+impl OnCallConfig {
+    /// The settings jit-core builds the source from (reads the token file).
+    pub fn settings(&self) -> Result<jit_core::oncall::OnCallSettings, Error> {
+        Ok(jit_core::oncall::OnCallSettings {
+            rota_file: self.rota_file.clone(),
+            url: self.url.clone(),
+            token: read_token("JIT_ONCALL_TOKEN_FILE", self.token_file.as_deref())?,
+            timeout: Some(self.timeout.unwrap_or(std::time::Duration::from_secs(2))),
+            cache_ttl: self.cache_ttl,
+        })
+    }
 }
 
 /// `JIT_TICKETS_*`: the tracker that verifies tickets (see
@@ -241,6 +279,7 @@ impl Config {
             aws: AwsConfig::default(),
             risk: RiskConfig::default(),
             tickets: TicketsConfig::default(),
+            on_call: OnCallConfig::default(),
         }
     }
 
@@ -341,6 +380,29 @@ impl Config {
             token_file: get("JIT_TICKETS_TOKEN_FILE").map(PathBuf::from),
             timeout: millis("JIT_TICKETS_TIMEOUT_MS", get("JIT_TICKETS_TIMEOUT_MS"))?,
         };
+        let on_call = OnCallConfig {
+            rota_file: get("JIT_ONCALL_ROTA_FILE").map(PathBuf::from),
+            url: get("JIT_ONCALL_URL"),
+            token_file: get("JIT_ONCALL_TOKEN_FILE").map(PathBuf::from),
+            timeout: millis("JIT_ONCALL_TIMEOUT_MS", get("JIT_ONCALL_TIMEOUT_MS"))?,
+            cache_ttl: match get("JIT_ONCALL_CACHE_SECS") {
+                None => None,
+                Some(v) => Some(std::time::Duration::from_secs(
+                    v.trim().parse::<u64>().map_err(|_| {
+                        setting(
+                            "JIT_ONCALL_CACHE_SECS",
+                            format!("`{v}` is not a whole number of seconds"),
+                        )
+                    })?,
+                )),
+            },
+        };
+        if on_call.rota_file.is_some() && on_call.url.is_some() {
+            return Err(setting(
+                "JIT_ONCALL_URL",
+                "set `JIT_ONCALL_ROTA_FILE` or `JIT_ONCALL_URL`, not both",
+            ));
+        }
         let risk = RiskConfig {
             assessor: get("JIT_RISK_ASSESSOR").map(|v| v.trim().to_string()),
             url: get("JIT_RISK_URL"),
@@ -355,6 +417,7 @@ impl Config {
             aws: AwsConfig::from_lookup(get)?,
             risk,
             tickets,
+            on_call,
         })
     }
 }
@@ -479,6 +542,62 @@ mod tests {
     }
 
     #[test]
+    fn on_call_settings_from_the_environment() {
+        let c = from(&[("JIT_CATALOGUE", "x = 1")]).unwrap();
+        assert_eq!(c.on_call, OnCallConfig::default());
+        assert!(c.on_call.settings().unwrap().build().unwrap().is_none());
+        let c = from(&[
+            ("JIT_CATALOGUE", "x = 1"),
+            ("JIT_ONCALL_URL", "https://pager.internal/oncalls"),
+            ("JIT_ONCALL_TIMEOUT_MS", "700"),
+            ("JIT_ONCALL_CACHE_SECS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.on_call.timeout,
+            Some(std::time::Duration::from_millis(700))
+        );
+        assert_eq!(c.on_call.cache_ttl, Some(std::time::Duration::ZERO));
+        let source = c.on_call.settings().unwrap().build().unwrap().unwrap();
+        assert_eq!(source.name(), "http");
+
+        // A rota file is read and checked when the broker is built: a bad
+        // one names its line and field.
+        let dir = tempfile::tempdir().unwrap();
+        let rota = dir.path().join("rota.toml");
+        std::fs::write(
+            &rota,
+            "[[schedules]]\nid = \"payments-primary\"\ntime_zone = \"Mars/Olympus\"\n[[schedules.weekly]]\nfrom = \"Mon 09:00\"\nuntil = \"Thu 09:00\"\nsubjects = [\"alice\"]\n",
+        )
+        .unwrap();
+        let c = from(&[
+            ("JIT_CATALOGUE", "x = 1"),
+            ("JIT_ONCALL_ROTA_FILE", rota.to_str().unwrap()),
+        ])
+        .unwrap();
+        let err = c
+            .on_call
+            .settings()
+            .unwrap()
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "line 3: `schedules[0].time_zone` is invalid: unknown time zone `Mars/Olympus`"
+            ),
+            "{err}"
+        );
+        std::fs::write(
+            &rota,
+            "[[schedules]]\nid = \"payments-primary\"\ntime_zone = \"Europe/Berlin\"\n[[schedules.weekly]]\nfrom = \"Mon 09:00\"\nuntil = \"Thu 09:00\"\nsubjects = [\"alice\"]\n",
+        )
+        .unwrap();
+        let source = c.on_call.settings().unwrap().build().unwrap().unwrap();
+        assert_eq!(source.name(), "rota");
+    }
+
+    #[test]
     fn bad_settings_name_the_variable() {
         for (pairs, var) in [
             (vec![], "JIT_CATALOGUE"),
@@ -508,6 +627,22 @@ mod tests {
             (
                 vec![("JIT_CATALOGUE", "a"), ("JIT_TICKETS_TIMEOUT_MS", "0")],
                 "JIT_TICKETS_TIMEOUT_MS",
+            ),
+            (
+                vec![
+                    ("JIT_CATALOGUE", "a"),
+                    ("JIT_ONCALL_ROTA_FILE", "/var/task/rota.toml"),
+                    ("JIT_ONCALL_URL", "https://pager"),
+                ],
+                "JIT_ONCALL_URL",
+            ),
+            (
+                vec![("JIT_CATALOGUE", "a"), ("JIT_ONCALL_CACHE_SECS", "-1")],
+                "JIT_ONCALL_CACHE_SECS",
+            ),
+            (
+                vec![("JIT_CATALOGUE", "a"), ("JIT_ONCALL_TIMEOUT_MS", "soon")],
+                "JIT_ONCALL_TIMEOUT_MS",
             ),
         ] {
             match from(&pairs) {

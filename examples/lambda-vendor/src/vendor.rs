@@ -97,6 +97,8 @@ impl VendorBuilder {
         builder = self.config.risk.settings()?.apply(builder)?;
         // And the same ticket verification.
         builder = self.config.tickets.settings()?.apply(builder)?;
+        // And the same on-call source (a rota file is read and checked here).
+        builder = self.config.on_call.settings()?.apply(builder)?;
         for sink in self.sinks {
             builder = builder.audit_sink(sink);
         }

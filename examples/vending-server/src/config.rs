@@ -81,6 +81,13 @@
 //! token_file = "jira-token"               # JIT_TICKETS_TOKEN_FILE: bearer token (optional)
 //! timeout_ms = 2000                       # past it, or on any tracker error: not verified
 //! cache_secs = 60                         # answers cached per ticket (at most 1,024)
+//!
+//! [on_call]                               # who is on call (jit_core::oncall), for `auto_approve.on_call`; none when absent
+//! rota_file = "rota.toml"                 # JIT_ONCALL_ROTA_FILE: a rota (jit_core::oncall::rota), checked at start
+//! # url = "https://oncall.internal/oncalls" # JIT_ONCALL_URL: or an on-call service (jit_core::oncall::http)
+//! # token_file = "oncall-token"          # JIT_ONCALL_TOKEN_FILE: its bearer token (optional)
+//! # cache_secs = 30                       # its answers cached per schedule (at most 256)
+//! timeout_ms = 2000                       # past it, or on any error: not on call
 //! ```
 //!
 //! Unknown keys are errors, like in the catalogue: in a provider table, when
@@ -138,6 +145,9 @@ pub struct Config {
     /// Ticket verification.
     #[serde(default)]
     pub tickets: TicketsConfig,
+    /// Who is on call.
+    #[serde(default)]
+    pub on_call: OnCallConfig,
     /// Where relative paths in provider tables are resolved: the config
     /// file's directory ([`Config::load`] sets it).
     #[serde(skip)]
@@ -239,6 +249,37 @@ impl Default for TicketsConfig {
             token_file: None,
             timeout_ms: 2000,
             cache_secs: 60,
+        }
+    }
+}
+
+/// `[on_call]`: who is on call, for entitlements with
+/// `auto_approve.on_call` (see `jit_core::oncall`): a rota file or an
+/// on-call service, not both. Without either, nobody is on call and those
+/// rules send every request to a human (they fail closed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnCallConfig {
+    /// A rota file, read and validated at start.
+    pub rota_file: Option<PathBuf>,
+    /// An on-call service's endpoint.
+    pub url: Option<String>,
+    /// A file holding the service's bearer token.
+    pub token_file: Option<PathBuf>,
+    /// How long a submit waits for the source, in milliseconds.
+    pub timeout_ms: u64,
+    /// How long the service's answers are cached, in seconds (0: not cached).
+    pub cache_secs: Option<u64>,
+}
+
+impl Default for OnCallConfig {
+    fn default() -> Self {
+        Self {
+            rota_file: None,
+            url: None,
+            token_file: None,
+            timeout_ms: 2000,
+            cache_secs: None,
         }
     }
 }
@@ -490,6 +531,12 @@ impl Config {
         if let Some(p) = c.tickets.token_file.as_mut() {
             rel(p);
         }
+        if let Some(p) = c.on_call.rota_file.as_mut() {
+            rel(p);
+        }
+        if let Some(p) = c.on_call.token_file.as_mut() {
+            rel(p);
+        }
         Ok(c)
     }
 
@@ -550,6 +597,18 @@ impl Config {
         }
         if let Some(v) = get("JIT_TICKETS_TOKEN_FILE") {
             self.tickets.token_file = Some(v.into());
+        }
+        // A rota file and a service exclude each other: the variable replaces both.
+        if let Some(v) = get("JIT_ONCALL_ROTA_FILE") {
+            self.on_call.rota_file = Some(v.into());
+            self.on_call.url = None;
+        }
+        if let Some(v) = get("JIT_ONCALL_URL") {
+            self.on_call.url = Some(v);
+            self.on_call.rota_file = None;
+        }
+        if let Some(v) = get("JIT_ONCALL_TOKEN_FILE") {
+            self.on_call.token_file = Some(v.into());
         }
     }
 }
@@ -614,6 +673,50 @@ mod tests {
         );
         let err = Config::from_toml_str(&format!("{MIN}\n[risk]\nmodel = \"x\"\n")).unwrap_err();
         assert!(err.contains("unknown field `model`"), "{err}");
+    }
+
+    #[test]
+    fn on_call_section_and_env_overrides() {
+        let c = Config::from_toml_str(MIN).unwrap();
+        assert_eq!((c.on_call.rota_file, c.on_call.url), (None, None));
+        assert_eq!(c.on_call.timeout_ms, 2000);
+        let mut c = Config::from_toml_str(&format!(
+            "{MIN}\n[on_call]\nrota_file = \"rota.toml\"\ntimeout_ms = 500\n"
+        ))
+        .unwrap();
+        assert_eq!(c.on_call.rota_file.as_deref(), Some(Path::new("rota.toml")));
+        assert_eq!(c.on_call.timeout_ms, 500);
+        c.apply_env(|k| match k {
+            "JIT_ONCALL_URL" => Some("https://pager/oncalls".into()),
+            "JIT_ONCALL_TOKEN_FILE" => Some("/run/secrets/pager".into()),
+            _ => None,
+        });
+        assert_eq!(c.on_call.url.as_deref(), Some("https://pager/oncalls"));
+        assert_eq!(c.on_call.rota_file, None);
+        c.apply_env(|k| (k == "JIT_ONCALL_ROTA_FILE").then(|| "/etc/jit/rota.toml".into()));
+        assert_eq!(c.on_call.url, None);
+        assert_eq!(
+            c.on_call.rota_file.as_deref(),
+            Some(Path::new("/etc/jit/rota.toml"))
+        );
+        let err =
+            Config::from_toml_str(&format!("{MIN}\n[on_call]\nschedule = \"x\"\n")).unwrap_err();
+        assert!(err.contains("unknown field `schedule`"), "{err}");
+    }
+
+    #[test]
+    fn the_readme_server_config_for_risk_tickets_and_on_call_parses() {
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split_once("\n```").map(|(block, _)| block))
+            .find(|b| b.contains("[on_call]"))
+            .unwrap();
+        let c = Config::from_toml_str(&format!("{MIN}\n{block}")).unwrap();
+        assert_eq!(c.risk.assessor.as_deref(), Some("history"));
+        assert_eq!(c.tickets.statuses, ["Open", "In Progress"]);
+        assert_eq!(c.on_call.rota_file.as_deref(), Some(Path::new("rota.toml")));
     }
 
     #[test]

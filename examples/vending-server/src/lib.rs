@@ -192,6 +192,27 @@ fn tickets_setup(
     .map_err(|e| format!("tickets: {e}"))
 }
 
+/// Adds the configured on-call source, if any (`[on_call]`); a rota file
+/// is read and validated here, so a bad one stops the start.
+fn on_call_setup(
+    builder: jit_core::BrokerBuilder,
+    o: &config::OnCallConfig,
+) -> Result<jit_core::BrokerBuilder, String> {
+    let token = match &o.token_file {
+        None => None,
+        Some(p) => Some(token_file("on_call", p)?),
+    };
+    jit_core::oncall::OnCallSettings {
+        rota_file: o.rota_file.clone(),
+        url: o.url.clone(),
+        token,
+        timeout: Some(Duration::from_millis(o.timeout_ms.max(1))),
+        cache_ttl: o.cache_secs.map(Duration::from_secs),
+    }
+    .apply(builder)
+    .map_err(|e| format!("on_call: {e}"))
+}
+
 fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
     names
         .iter()
@@ -303,6 +324,7 @@ impl Server {
         builder = audit_setup(builder, &config.audit)?;
         builder = risk_setup(builder, &config.risk)?;
         builder = tickets_setup(builder, &config.tickets)?;
+        builder = on_call_setup(builder, &config.on_call)?;
         let broker = builder.build().map_err(|e| e.to_string())?;
 
         let a = &config.auth;
@@ -635,6 +657,79 @@ mod tests {
             ),
         ] {
             let err = tickets_result(toml).unwrap_err();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+    }
+
+    fn on_call_result(toml: &str, catalogue: &str) -> Result<String, String> {
+        let store: Arc<dyn jit_core::Store> = Arc::new(MemoryStore::new());
+        let policy = Arc::new(CataloguePolicy::from_toml_str(catalogue).unwrap());
+        let o = Config::from_toml_str(&format!("{MIN}\n[on_call]\n{toml}"))
+            .unwrap()
+            .on_call;
+        on_call_setup(Broker::builder(store, policy), &o)?
+            .provider(Arc::new(jit_core::local::LocalProvider::new(
+                jit_core::local::LocalKey::generate(),
+                "jit",
+            )))
+            .build()
+            .map(|b| format!("{b:?}"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn on_call_sources_are_built_from_the_config_and_bad_rotas_stop_the_start() {
+        const CATALOGUE: &str = "[[entitlements]]\nid = \"pay\"\nprovider = \"local\"\nmax_duration = \"1h\"\ntarget = { audience = \"pay\" }\n[entitlements.eligible]\ngroups = [\"g\"]\n[entitlements.auto_approve]\non_call = [\"payments-primary\"]\n";
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("rota.toml");
+        std::fs::write(
+            &good,
+            "[[schedules]]\nid = \"payments-primary\"\ntime_zone = \"Europe/Berlin\"\n[[schedules.weekly]]\nfrom = \"Mon 09:00\"\nuntil = \"Thu 09:00\"\nsubjects = [\"alice\"]\n",
+        )
+        .unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(
+            &bad,
+            "[[schedules]]\nid = \"payments-primary\"\ntime_zone = \"Europe/Berlin\"\n[[schedules.weekly]]\nfrom = \"Mon 9am\"\nuntil = \"Thu 09:00\"\nsubjects = [\"alice\"]\n",
+        )
+        .unwrap();
+        let other = dir.path().join("other.toml");
+        std::fs::write(
+            &other,
+            "[[schedules]]\nid = \"payments\"\ntime_zone = \"UTC\"\n[[schedules.weekly]]\nfrom = \"Mon 09:00\"\nuntil = \"Thu 09:00\"\nsubjects = [\"alice\"]\n",
+        )
+        .unwrap();
+        assert!(on_call_result("", CATALOGUE).is_ok());
+        assert!(on_call_result(
+            &format!("rota_file = {:?}", good.display().to_string()),
+            CATALOGUE
+        )
+        .is_ok());
+        assert!(
+            on_call_result("url = \"https://pager/oncalls\"\ncache_secs = 5", CATALOGUE).is_ok()
+        );
+        for (toml, want) in [
+            (
+                format!("rota_file = {:?}", bad.display().to_string()),
+                "line 5: `schedules[0].weekly[0].from` is invalid: `Mon 9am` is not a day and a time",
+            ),
+            (
+                format!("rota_file = {:?}", other.display().to_string()),
+                "has no schedule `payments-primary`",
+            ),
+            ("rota_file = \"/nonexistent/rota.toml\"".into(), "cannot read `/nonexistent/rota.toml`"),
+            (
+                format!("rota_file = {:?}\nurl = \"https://pager\"", good.display().to_string()),
+                "not both",
+            ),
+            ("cache_secs = 5".into(), "no URL"),
+            ("url = \"ftp://pager\"".into(), "http or https"),
+            (
+                "url = \"https://pager\"\ntoken_file = \"/nonexistent/t\"".into(),
+                "cannot read",
+            ),
+        ] {
+            let err = on_call_result(&toml, CATALOGUE).unwrap_err();
             assert!(err.contains(want), "{toml}: {err}");
         }
     }

@@ -109,6 +109,7 @@ async fn run(args: Args) -> Result<(), String> {
             },
             risk: Default::default(),
             tickets: Default::default(),
+            on_call: Default::default(),
             base_dir: Some(dir.clone()),
             // The demo's own key files, whatever the environment says.
             ignore_provider_env: true,

@@ -57,6 +57,7 @@ fn config(dir: &Path) -> Config {
         },
         risk: Default::default(),
         tickets: Default::default(),
+        on_call: Default::default(),
         base_dir: None,
         ignore_provider_env: true,
     }

@@ -76,6 +76,8 @@ pub struct BrokerBuilder {
     risk_timeout: Duration,
     tickets: Option<Arc<dyn crate::ticket::TicketVerifier>>,
     ticket_timeout: Duration,
+    on_call: Option<Arc<dyn crate::oncall::OnCallSource>>,
+    on_call_timeout: Duration,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -107,6 +109,8 @@ impl BrokerBuilder {
             risk_timeout: Duration::from_secs(5),
             tickets: None,
             ticket_timeout: Duration::from_secs(5),
+            on_call: None,
+            on_call_timeout: Duration::from_secs(5),
         }
     }
 
@@ -185,6 +189,27 @@ impl BrokerBuilder {
         self
     }
 
+    /// Asks `source` who is on call before the policy decides, about the
+    /// schedules the policy names for the entitlement
+    /// ([`Policy::on_call_schedules`](crate::Policy::on_call_schedules));
+    /// the policy sees the answer in
+    /// [`PolicyContext::on_call`](crate::PolicyContext::on_call) and the
+    /// decision's audit record keeps it (see [`crate::oncall`]). When the
+    /// source can list its schedules, [`BrokerBuilder::build`] refuses a
+    /// policy that names one it does not have.
+    pub fn on_call_source(mut self, source: Arc<dyn crate::oncall::OnCallSource>) -> Self {
+        self.on_call = Some(source);
+        self
+    }
+
+    /// How long a submit waits for the on-call source, for all the
+    /// schedules it asks about together (default 5 s); a schedule not
+    /// answered by then counts as not on call.
+    pub fn on_call_timeout(mut self, timeout: Duration) -> Self {
+        self.on_call_timeout = timeout;
+        self
+    }
+
     /// Whether approval issues at once (default true). When false, call [`Broker::issue`].
     pub fn auto_issue(mut self, yes: bool) -> Self {
         self.auto_issue = yes;
@@ -223,9 +248,28 @@ impl BrokerBuilder {
 
     /// Checks that every entitlement names a registered provider that
     /// accepts its target, and that can revoke early where the policy
-    /// requires it ([`Policy::requires_revocation`](crate::Policy::requires_revocation)).
+    /// requires it ([`Policy::requires_revocation`](crate::Policy::requires_revocation)),
+    /// and that the on-call source (when it can list them) has every
+    /// schedule the policy names.
     pub fn build(self) -> Result<Broker> {
+        let known_schedules = self.on_call.as_ref().and_then(|s| s.schedules());
         for e in self.policy.entitlements() {
+            if let Some(known) = &known_schedules {
+                if let Some(missing) = self
+                    .policy
+                    .on_call_schedules(&e)
+                    .into_iter()
+                    .find(|s| !known.contains(s))
+                {
+                    return Err(Error::Config(ConfigError::InvalidField {
+                        entitlement: e.id.clone(),
+                        field: "auto_approve.on_call".into(),
+                        message: format!(
+                            "the on-call source has no schedule `{missing}`; add it to the rota or fix the name"
+                        ),
+                    }));
+                }
+            }
             let p = self.providers.get(&e.provider).ok_or_else(|| {
                 Error::Config(ConfigError::UnknownProvider {
                     entitlement: e.id.clone(),
@@ -268,6 +312,8 @@ impl BrokerBuilder {
                 risk_timeout: self.risk_timeout,
                 tickets: self.tickets,
                 ticket_timeout: self.ticket_timeout,
+                on_call: self.on_call,
+                on_call_timeout: self.on_call_timeout,
             }),
         })
     }

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::audit::AuditKind;
 use crate::error::{Error, RequestError, Result};
+use crate::oncall::OnCallCheck;
 use crate::policy::PolicyContext;
 use crate::risk::{History, RiskAssessment, RiskInput, MAX_SCORE};
 use crate::standing::Standing;
@@ -53,12 +54,17 @@ impl Broker {
         }
         let risk = self.assess_risk(requester, &request, &ent, now).await;
         let ticket = self.verify_ticket(requester, &request).await;
+        let on_call = self.check_on_call(requester, &ent, now).await;
         let ctx = PolicyContext {
             now,
             provider_max: caps.max_duration,
             risk: risk.clone(),
             ticket: ticket.clone(),
-            on_call: None,
+            // Without a source nobody could tell: `None`, as the context documents.
+            on_call: on_call
+                .as_ref()
+                .filter(|c| c.source.is_some())
+                .map(|c| c.on_call.clone()),
         };
         let mut decision = self
             .inner
@@ -96,12 +102,16 @@ impl Broker {
                 "extends": rec.extends,
             })),
         ];
-        events.push(
-            event(AuditKind::Decided, &rec, "policy", now).details(match &ticket {
-                Some(t) => json!({ "decision": decision, "ticket": t }),
-                None => json!({ "decision": decision }),
-            }),
-        );
+        events.push(event(AuditKind::Decided, &rec, "policy", now).details({
+            let mut details = json!({ "decision": decision });
+            if let Some(t) = &ticket {
+                details["ticket"] = json!(t);
+            }
+            if let Some(c) = &on_call {
+                details["on_call"] = json!(c);
+            }
+            details
+        }));
         match &decision.verdict {
             Verdict::Deny => {
                 rec.state = State::Denied;
@@ -179,6 +189,31 @@ impl Broker {
             tracing::warn!(assessor = name, %error, entitlement = %request.entitlement, "risk review unavailable; no auto-approval");
         }
         Some(assessment)
+    }
+
+    /// Who is on call, for the schedules the policy names for this
+    /// entitlement (none: no check). Never an error that stops the submit:
+    /// a schedule not answered counts as not on call (see [`crate::oncall`]).
+    async fn check_on_call(
+        &self,
+        requester: &Principal,
+        entitlement: &crate::types::Entitlement,
+        now: DateTime<Utc>,
+    ) -> Option<OnCallCheck> {
+        let schedules = self.inner.policy.on_call_schedules(entitlement);
+        if schedules.is_empty() {
+            return None;
+        }
+        Some(
+            OnCallCheck::run(
+                self.inner.on_call.as_deref(),
+                schedules,
+                requester.id.as_str(),
+                now,
+                self.inner.on_call_timeout,
+            )
+            .await,
+        )
     }
 
     /// The verdict on the request's ticket, if it names one and the broker

@@ -126,6 +126,8 @@ pub(crate) struct Inner {
     pub(crate) risk_timeout: Duration,
     pub(crate) tickets: Option<Arc<dyn crate::ticket::TicketVerifier>>,
     pub(crate) ticket_timeout: Duration,
+    pub(crate) on_call: Option<Arc<dyn crate::oncall::OnCallSource>>,
+    pub(crate) on_call_timeout: Duration,
 }
 
 /// The newest audit head this broker wrote, and the newest it checkpointed.

@@ -39,6 +39,7 @@
 //! groups = ["oncall"]                     # requester in at least one of these
 //! attributes = { oncall = "true" }        # requester attributes equal these
 //! max_risk = 40                           # risk score (0-100) at most this; see below
+//! on_call = ["payments-primary"]          # requester on call now for at least one; see below
 //! ```
 //!
 //! `max_risk` needs a broker with a risk assessor
@@ -47,6 +48,15 @@
 //! not be scored (no assessor, an assessor that failed or timed out), is
 //! not auto-approved and goes to human approval, or is denied when the
 //! entitlement has no `approval` table. Risk never approves anything.
+//!
+//! `on_call` needs a broker with an on-call source
+//! ([`BrokerBuilder::on_call_source`](crate::BrokerBuilder::on_call_source),
+//! see [`crate::oncall`]), which the broker asks about exactly these
+//! schedules ([`Policy::on_call_schedules`]) at submit: the requester's
+//! exact subject id must be on call for at least one of them at that
+//! instant. Without a source, or when the source cannot answer, nobody is
+//! on call: the request goes to human approval, or is denied when the
+//! entitlement has no `approval` table.
 //!
 //! Every table rejects keys it does not know, with the line of the key, so a
 //! typo such as `approvers` for `ids` fails loudly instead of silently
@@ -225,6 +235,8 @@ struct RawAutoApprove {
     // Signed so that a negative value is reported as an invalid field.
     #[serde(default)]
     max_risk: Option<i64>,
+    #[serde(default)]
+    on_call: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -307,6 +319,8 @@ struct AutoApproveRule {
     groups: Option<PrincipalSet>,
     attributes: BTreeMap<String, String>,
     max_risk: Option<u8>,
+    /// Schedules, as written (at least one).
+    on_call: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -434,7 +448,8 @@ fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
     ConfigError::Syntax { message, line }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+/// The 1-based line of a byte offset (also the on-call rota's errors).
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
         .iter()
@@ -673,11 +688,43 @@ fn compile_auto_approve(
                 })
         })
         .transpose()?;
+    let on_call = match a.on_call {
+        None => None,
+        Some(schedules) => {
+            if schedules.is_empty() {
+                return Err(invalid_field(
+                    id,
+                    "auto_approve.on_call",
+                    "name at least one on-call schedule, or remove the key",
+                ));
+            }
+            if let Some(bad) = schedules.iter().find(|s| {
+                s.trim().is_empty() || s.trim() != s.as_str() || s.chars().any(char::is_control)
+            }) {
+                return Err(invalid_field(
+                    id,
+                    "auto_approve.on_call",
+                    format!(
+                        "schedule `{}` is empty, padded or has control characters",
+                        bad.trim()
+                    ),
+                ));
+            }
+            let mut unique = Vec::with_capacity(schedules.len());
+            for s in schedules {
+                if !unique.contains(&s) {
+                    unique.push(s);
+                }
+            }
+            Some(unique)
+        }
+    };
     Ok(AutoApproveRule {
         max_duration,
         groups,
         attributes: a.attributes,
         max_risk,
+        on_call,
     })
 }
 
@@ -710,6 +757,14 @@ fn toml_to_json(id: &str, v: toml::Value) -> Result<serde_json::Value, ConfigErr
 // ---------------------------------------------------------------------------
 
 fn quote_list(items: &BTreeSet<String>) -> String {
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn quote_vec(items: &[String]) -> String {
     items
         .iter()
         .map(|i| format!("`{i}`"))
@@ -763,8 +818,9 @@ impl Rule {
         rule: &AutoApproveRule,
         requester: &Principal,
         duration: GrantDuration,
-        risk: Option<&RiskAssessment>,
+        ctx: &PolicyContext,
     ) -> Result<Vec<String>, String> {
+        let risk: Option<&RiskAssessment> = ctx.risk.as_ref();
         let mut held = Vec::new();
         if let Some(max) = rule.max_duration {
             if duration > max {
@@ -795,6 +851,26 @@ impl Rule {
                 }
                 Some(have) => return Err(format!("attribute `{key}` is `{have}`, not `{want}`")),
                 None => return Err(format!("attribute `{key}` is not set")),
+            }
+        }
+        if let Some(schedules) = &rule.on_call {
+            // Fail closed: a schedule nobody could answer for is not on call.
+            match schedules.iter().find(|s| ctx.is_on_call(s)) {
+                Some(s) => held.push(format!("`{}` is on call for `{s}`", requester.id)),
+                None if ctx.on_call.is_none() => {
+                    return Err(format!(
+                        "`{}` must be on call for one of {}, but the broker has no on-call source",
+                        requester.id,
+                        quote_vec(schedules)
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "`{}` is not on call for any of {} now",
+                        requester.id,
+                        quote_vec(schedules)
+                    ))
+                }
             }
         }
         if let Some(max) = rule.max_risk {
@@ -838,6 +914,13 @@ impl Policy for CataloguePolicy {
 
     fn entitlements(&self) -> Vec<Entitlement> {
         self.rules.iter().map(|r| r.entitlement.clone()).collect()
+    }
+
+    fn on_call_schedules(&self, entitlement: &Entitlement) -> Vec<String> {
+        self.rule(&entitlement.id)
+            .and_then(|r| r.auto_approve.as_ref())
+            .and_then(|a| a.on_call.clone())
+            .unwrap_or_default()
     }
 
     fn requires_revocation(&self, entitlement: &str) -> bool {
@@ -936,7 +1019,7 @@ impl Policy for CataloguePolicy {
         // 5. Auto-approve, else human approval, else deny.
         let mut auto_failed = None;
         if let Some(auto) = &rule.auto_approve {
-            match Rule::auto_approve(auto, requester, duration, ctx.risk.as_ref()) {
+            match Rule::auto_approve(auto, requester, duration, ctx) {
                 Ok(held) => {
                     reasons.extend(held.into_iter().map(|h| format!("auto-approved: {h}")));
                     return Ok(Decision {
