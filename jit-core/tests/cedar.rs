@@ -1097,3 +1097,50 @@ fn the_cedar_policy_keeps_the_contract() {
     }
     contract::check_admins_are_exact(policy, &who("root", &["secops"]));
 }
+
+/// The README's Cedar example loads and decides as the README says.
+#[test]
+fn the_readme_example_holds() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```cedar\n")
+        .expect("a cedar block in the README")
+        + 9;
+    let len = readme[start..].find("```").unwrap();
+    let policies = &readme[start..start + len];
+    let entitlements = r#"
+[[entitlements]]
+id = "prod-db-read"
+provider = "local"
+max_duration = "1h"
+target = { audience = "prod-db", scopes = ["read"] }
+require_ticket = true
+on_call_schedules = ["db-primary"]
+
+[entitlements.approval]
+groups = ["db-leads"]
+"#;
+    let policy = CedarPolicy::from_strs(entitlements, policies).unwrap();
+    let e = policy.entitlement("prod-db-read").unwrap();
+    assert_eq!(policy.on_call_schedules(&e), vec!["db-primary"]);
+    let bob = who("bob", &["engineering"]);
+    let r =
+        AccessRequest::new("prod-db-read", "10m".parse().unwrap(), "restore").with_ticket("INC-7");
+    let good = ctx()
+        .with_ticket(verdict("INC-7", true))
+        .with_risk(scored(10))
+        .with_on_call(["db-primary"]);
+    assert_eq!(ask(&policy, &bob, &r, &good).verdict, Verdict::AutoApprove);
+    let off_duty = ctx()
+        .with_ticket(verdict("INC-7", true))
+        .with_risk(scored(10));
+    let d = ask(&policy, &bob, &r, &off_duty);
+    assert!(
+        matches!(&d.verdict, Verdict::NeedsApproval { approvers, quorum: 1 } if approvers.groups.contains("db-leads")),
+        "{d:?}"
+    );
+    let unverified = good.clone().with_ticket(verdict("INC-7", false));
+    let d = ask(&policy, &bob, &r, &unverified);
+    assert!(d.is_deny());
+    assert!(d.reasons[0].contains("verified"), "{d:?}");
+}

@@ -497,6 +497,7 @@ impl CedarPolicy {
     ///
     /// # Errors
     ///
+    /// [`crate::Error::InvalidRequest`] with
     /// [`RequestError::UnknownEntitlement`] for an entitlement the file does
     /// not list; [`crate::Error::Unavailable`] if the Cedar request could
     /// not be built (a bug: [`Policy::evaluate`] denies then).
@@ -677,16 +678,13 @@ struct Facts {
 
 impl Facts {
     fn new(request: &AccessRequest, duration: GrantDuration, ctx: &PolicyContext) -> Self {
-        let ticket = request
-            .ticket
-            .as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
+        let given = request.ticket.as_deref().map(str::trim);
         // The same rule as the catalogue's: a verdict on exactly this ticket.
         let ticket_verified = ctx
             .ticket
             .as_ref()
-            .is_some_and(|v| v.verified && Some(v.ticket.trim()) == ticket);
+            .is_some_and(|v| v.verified && Some(v.ticket.trim()) == given);
+        let ticket = given.filter(|t| !t.is_empty());
         Self {
             duration_secs: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
             justification_present: !request.justification.trim().is_empty(),
