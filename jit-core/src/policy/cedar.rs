@@ -340,7 +340,7 @@ impl Names {
 ///
 /// Everything is parsed and validated once at load; a decision builds two
 /// small entities and a context and asks Cedar's [`Authorizer`] (twice when
-/// the request is scored above 0 and would not be denied anyway, see the
+/// the request is not scored 0 and would not be denied anyway, see the
 /// module docs on risk).
 #[derive(Debug, Clone)]
 pub struct CedarPolicy {
