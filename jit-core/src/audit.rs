@@ -313,6 +313,23 @@ impl AuditEvent {
     }
 }
 
+/// Re-keys every object in `v` in sorted key order (recursively).
+fn sort_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> =
+                std::mem::take(map).into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (k, mut item) in entries {
+                sort_keys(&mut item);
+                map.insert(k, item);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
+}
+
 /// One link of the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -339,11 +356,17 @@ impl AuditRecord {
             event: &'a AuditEvent,
             prev_hash: &'a str,
         }
-        // serde_json maps are sorted (no `preserve_order`), struct fields have a
-        // fixed order: the encoding is canonical for a given record.
+        // Struct fields have a fixed order and `details` is re-keyed in sorted
+        // order here: the encoding is canonical for a given record whether or
+        // not serde_json keeps insertion order (its `preserve_order` feature,
+        // which cedar-policy-core turns on for the whole build under the
+        // `cedar` feature). Without it maps are sorted already, so hashes of
+        // existing chains do not change.
+        let mut event = self.event.clone();
+        sort_keys(&mut event.details);
         let body = serde_json::to_vec(&Canonical {
             seq: self.seq,
-            event: &self.event,
+            event: &event,
             prev_hash: &self.prev_hash,
         })
         .unwrap_or_default();
@@ -1199,6 +1222,36 @@ mod tests {
                 r
             })
             .collect()
+    }
+
+    /// The hash is over sorted keys whatever order `details` was built in,
+    /// also when serde_json keeps insertion order (`preserve_order`, turned
+    /// on by the `cedar` feature's dependencies).
+    #[test]
+    fn the_hash_does_not_depend_on_key_order() {
+        let at = Utc::now();
+        let rid = RequestId::new();
+        let with = |keys: &[&str]| {
+            let mut inner = serde_json::Map::new();
+            let mut outer = serde_json::Map::new();
+            for k in keys {
+                inner.insert((*k).to_string(), serde_json::Value::from(*k));
+                outer.insert((*k).to_string(), serde_json::Value::from(1));
+            }
+            outer.insert("nested".into(), serde_json::Value::Object(inner));
+            let mut e = AuditEvent::new(at, AuditKind::Requested, rid, "bob", State::Pending);
+            e.details = serde_json::Value::Object(outer);
+            e.chain(1, GENESIS_HASH)
+        };
+        let a = with(&["b", "a", "c"]);
+        let b = with(&["c", "b", "a"]);
+        assert_eq!(a.hash, b.hash);
+        // And it is the hash of the sorted text, as written without `preserve_order`.
+        let sorted =
+            serde_json::json!({"a": 1, "b": 1, "c": 1, "nested": {"a": "a", "b": "b", "c": "c"}});
+        let mut e = a.event.clone();
+        e.details = serde_json::from_str(&sorted.to_string()).unwrap();
+        assert_eq!(e.chain(1, GENESIS_HASH).hash, a.hash);
     }
 
     #[test]

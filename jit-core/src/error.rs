@@ -393,6 +393,22 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A Cedar policy that does not parse, does not validate against the
+    /// schema (strict mode), lacks an `@id` or names an unknown entitlement
+    /// (feature `cedar`, see `policy::cedar`). `policy` is the policy's
+    /// `@id` (or its place in the file, `#3`, when it has none that can be
+    /// read); line and column are 1-based, in the policy file.
+    #[error("cedar policy `{policy}` at line {line}, column {column}: {message}")]
+    Cedar {
+        /// The policy's `@id`, or `#N` for the N-th policy in the file.
+        policy: String,
+        /// 1-based line in the policy file.
+        line: usize,
+        /// 1-based column (in characters).
+        column: usize,
+        /// What is wrong, in Cedar's words.
+        message: String,
+    },
     /// The file could not be read.
     #[error("cannot read `{path}`: {message}")]
     Io {

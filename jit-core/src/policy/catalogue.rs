@@ -139,7 +139,7 @@ use crate::types::{
     Decision, Entitlement, GrantDuration, Principal, PrincipalId, Verdict,
 };
 
-const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
 
 // ---------------------------------------------------------------------------
 // The file as written. Every table denies unknown keys; values stay as text
@@ -213,7 +213,7 @@ struct RawEntitlement {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawApproval {
+pub(crate) struct RawApproval {
     #[serde(default)]
     ids: Vec<String>,
     #[serde(default)]
@@ -308,9 +308,9 @@ enum Match<'p> {
 }
 
 #[derive(Debug, Clone)]
-struct ApprovalRule {
-    approvers: ApproverSet,
-    quorum: u32,
+pub(crate) struct ApprovalRule {
+    pub(crate) approvers: ApproverSet,
+    pub(crate) quorum: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -425,7 +425,7 @@ impl CataloguePolicy {
 }
 
 /// Maps a TOML error to `UnknownKey` or `Syntax`, with the 1-based line of its span.
-fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
     let message = e.message().trim();
     if let Some(key) = message
@@ -458,7 +458,11 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-fn invalid_field(entitlement: &str, field: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid_field(
+    entitlement: &str,
+    field: &str,
+    message: impl Into<String>,
+) -> ConfigError {
     ConfigError::InvalidField {
         entitlement: entitlement.to_string(),
         field: field.to_string(),
@@ -472,7 +476,7 @@ fn check_principals(owner: &str, prefix: &str, p: &RawPrincipals) -> Result<(), 
     check_names(owner, prefix, &p.ids, &p.groups)
 }
 
-fn check_names(
+pub(crate) fn check_names(
     owner: &str,
     prefix: &str,
     ids: &[String],
@@ -494,7 +498,7 @@ fn check_names(
     Ok(())
 }
 
-fn compile_regex(
+pub(crate) fn compile_regex(
     entitlement: &str,
     field: &str,
     pattern: &str,
@@ -529,7 +533,7 @@ fn regex_reason(e: &regex::Error) -> String {
     }
 }
 
-fn parse_grant_duration(
+pub(crate) fn parse_grant_duration(
     entitlement: &str,
     field: &str,
     text: &str,
@@ -604,7 +608,7 @@ fn compile_rule(
     })
 }
 
-fn compile_approval(id: &str, a: RawApproval) -> Result<ApprovalRule, ConfigError> {
+pub(crate) fn compile_approval(id: &str, a: RawApproval) -> Result<ApprovalRule, ConfigError> {
     let quorum = u32::try_from(a.quorum)
         .ok()
         .filter(|&q| q >= 1)
@@ -729,7 +733,7 @@ fn compile_auto_approve(
 }
 
 /// Converts the free-form target to JSON (datetimes become their RFC 3339 text).
-fn toml_to_json(id: &str, v: toml::Value) -> Result<serde_json::Value, ConfigError> {
+pub(crate) fn toml_to_json(id: &str, v: toml::Value) -> Result<serde_json::Value, ConfigError> {
     Ok(match v {
         toml::Value::String(s) => serde_json::Value::String(s),
         toml::Value::Integer(i) => serde_json::Value::from(i),
@@ -772,7 +776,7 @@ fn quote_vec(items: &[String]) -> String {
         .join(", ")
 }
 
-fn describe_approvers(a: &ApproverSet) -> String {
+pub(crate) fn describe_approvers(a: &ApproverSet) -> String {
     let mut parts = Vec::new();
     if !a.ids.is_empty() {
         parts.push(format!("ids {}", quote_list(&a.ids)));
@@ -783,34 +787,53 @@ fn describe_approvers(a: &ApproverSet) -> String {
     parts.join(" or ")
 }
 
+/// The checks of a request's text an entitlement sets (justification and
+/// ticket): errors, since the request itself is malformed. Shared with the
+/// Cedar policy, whose entitlement file sets the same fields.
+pub(crate) fn check_request_fields(
+    entitlement: &str,
+    require_justification: bool,
+    justification_pattern: Option<&Regex>,
+    require_ticket: bool,
+    ticket_pattern: Option<&Regex>,
+    request: &AccessRequest,
+) -> Result<(), RequestError> {
+    let justification = request.justification.trim();
+    if justification.is_empty() {
+        if require_justification {
+            return Err(RequestError::JustificationMissing);
+        }
+    } else if let Some(re) = justification_pattern {
+        // Checked on the text as given: the pattern may care about spacing.
+        if !re.is_match(&request.justification) {
+            return Err(RequestError::JustificationPattern {
+                pattern: re.as_str().to_string(),
+            });
+        }
+    }
+    match request.ticket.as_deref().filter(|t| !t.trim().is_empty()) {
+        None if require_ticket => Err(RequestError::TicketMissing(entitlement.to_string())),
+        None => Ok(()),
+        Some(ticket) => match ticket_pattern {
+            Some(re) if !re.is_match(ticket) => Err(RequestError::TicketPattern {
+                ticket: ticket.to_string(),
+                pattern: re.as_str().to_string(),
+            }),
+            _ => Ok(()),
+        },
+    }
+}
+
 impl Rule {
     fn check_fields(&self, request: &AccessRequest) -> Result<(), RequestError> {
-        let justification = request.justification.trim();
-        if justification.is_empty() {
-            if self.require_justification {
-                return Err(RequestError::JustificationMissing);
-            }
-        } else if let Some(re) = &self.justification_pattern {
-            // Checked on the text as given: the pattern may care about spacing.
-            if !re.is_match(&request.justification) {
-                return Err(RequestError::JustificationPattern {
-                    pattern: re.as_str().to_string(),
-                });
-            }
-        }
-        match request.ticket.as_deref().filter(|t| !t.trim().is_empty()) {
-            None if self.require_ticket => {
-                Err(RequestError::TicketMissing(self.entitlement.id.clone()))
-            }
-            None => Ok(()),
-            Some(ticket) => match &self.ticket_pattern {
-                Some(re) if !re.is_match(ticket) => Err(RequestError::TicketPattern {
-                    ticket: ticket.to_string(),
-                    pattern: re.as_str().to_string(),
-                }),
-                _ => Ok(()),
-            },
-        }
+        check_request_fields(
+            &self.entitlement.id,
+            self.require_justification,
+            self.justification_pattern.as_ref(),
+            self.require_ticket,
+            self.ticket_pattern.as_ref(),
+            request,
+        )
     }
 
     /// Checks the auto-approve conditions; `Ok` with what held, `Err` with the first that failed.

@@ -60,6 +60,8 @@ use crate::risk::RiskAssessment;
 use crate::types::{AccessRequest, Decision, Entitlement, Principal};
 
 pub mod catalogue;
+#[cfg(feature = "cedar")]
+pub mod cedar;
 
 pub use catalogue::CataloguePolicy;
 
