@@ -42,6 +42,7 @@ use crate::types::{GrantDuration, RequestId, RequestRecord, State};
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod risk_facts;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -52,6 +53,7 @@ pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+pub use risk_facts::{RiskFacts, RiskFactsQuery};
 
 /// What to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -386,6 +388,38 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             .filter(|e| query.matches(e))
             .take(limit)
             .collect())
+    }
+
+    /// The facts risk review scores one request on (see
+    /// [`RiskFactsQuery`] for the three windows they are read from).
+    ///
+    /// # Contract
+    ///
+    /// Read-only. The answer is exactly [`RiskFacts::from_history`] of
+    /// the three [`Store::history`] lookups of
+    /// [`RiskFactsQuery::history_queries`]: stores may answer it any way
+    /// they like (the SQL stores aggregate in one statement on the
+    /// `(requester, created_at)`, `(requester, entitlement, created_at)`
+    /// and `(entitlement, created_at)` indexes, reading a request's body
+    /// only for its duration, its sources until one matches and its
+    /// groups until a peer is found), but must agree with it; the
+    /// conformance suite checks that they do. A query without a requester
+    /// or an entitlement is an error. A stored row whose body does not
+    /// decode counts in the windows but adds no duration, source or group.
+    ///
+    /// The default reads those three lookups and computes the facts:
+    /// right for wrappers and third-party stores (wrappers should forward
+    /// it, so the wrapped store's faster answer is used).
+    async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
+        query.check()?;
+        let (mine, here, peers) = query.history_queries();
+        let mine = self.history(&mine).await?;
+        let here = self.history(&here).await?;
+        let peers = match peers {
+            Some(q) => self.history(&q).await?,
+            None => Vec::new(),
+        };
+        Ok(RiskFacts::from_history(query, &mine, &here, &peers))
     }
 
     /// How many records are in each state: every state of [`State::ALL`]
