@@ -395,17 +395,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// # Contract
     ///
-    /// Read-only. The answer is exactly [`RiskFacts::from_history`] of
+    /// Read-only. The facts are what [`RiskFacts::from_history`] makes of
     /// the three [`Store::history`] lookups of
-    /// [`RiskFactsQuery::history_queries`]: stores may answer it any way
-    /// they like (the SQL stores aggregate in one statement on the
-    /// `(requester, created_at)`, `(requester, entitlement, created_at)`
-    /// and `(entitlement, created_at)` indexes, reading a request's body
-    /// only for its duration, its sources until one matches and its
-    /// groups until a peer is found), but must agree with it; the
-    /// conformance suite checks that they do. A query without a requester
-    /// or an entitlement is an error. A stored row whose body does not
-    /// decode counts in the windows but adds no duration, source or group.
+    /// [`RiskFactsQuery::history_queries`]. A store may compute them any
+    /// way it likes but must agree with that (the conformance suite's
+    /// `check_risk_facts` compares the two): the SQL stores aggregate in
+    /// one statement on the `(requester, created_at)`, `(requester,
+    /// entitlement, created_at)` and `(entitlement, created_at)` indexes,
+    /// reading a request's body only for its duration, for its sources
+    /// until one matches and for its groups until a peer is found. A query
+    /// without a requester or an entitlement is an error. A stored row
+    /// whose body does not decode adds no duration, source or group and
+    /// fails nothing (the SQL stores still count it in a window's size,
+    /// from its indexed columns); PostgreSQL 15 cannot tell JSON from text
+    /// without failing, so there such a row fails the answer, which the
+    /// broker records as an unavailable assessment: human review.
     ///
     /// The default reads those three lookups and computes the facts:
     /// right for wrappers and third-party stores (wrappers should forward

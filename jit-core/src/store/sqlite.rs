@@ -1066,6 +1066,40 @@ mod tests {
         }
     }
 
+    /// A stored body that is not JSON (rule 9 of the design) neither
+    /// fails the facts nor adds a duration, a source or a peer: its row
+    /// still counts in the windows, which come from the indexed columns.
+    #[tokio::test]
+    async fn risk_facts_survive_a_body_that_is_not_json() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let mut made = Vec::new();
+        for who in ["alice", "alice", "bob"] {
+            let mut r = record();
+            r.requester = Principal::new(who).unwrap().with_group("eng");
+            r.request.context.insert("ip".into(), "10.0.0.1".into());
+            store.insert(&r, &[]).await.unwrap();
+            made.push(r);
+        }
+        for r in &made[1..] {
+            sqlx::query("UPDATE requests SET body = 'not json' WHERE id = ?")
+                .bind(r.id.to_string())
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let query = RiskFactsQuery {
+            groups: ["eng".to_string()].into(),
+            sources: vec![("ip".into(), "10.0.0.1".into()), ("ip".into(), "10.0.0.2".into())],
+            ..RiskFactsQuery::new("alice", "db-admin")
+        };
+        let facts = store.risk_facts(&query).await.unwrap();
+        assert_eq!((facts.recent, facts.entitlement_requests), (2, 2), "{facts:?}");
+        assert_eq!(facts.durations, 1, "{facts:?}");
+        assert_eq!(facts.median_duration, Some(Duration::from_secs(60)));
+        assert_eq!(facts.sources_seen, [true, false]);
+        assert!(!facts.peer_used, "bob's groups are unreadable: {facts:?}");
+    }
+
     fn record() -> RequestRecord {
         let now = Utc::now();
         RequestRecord {
