@@ -539,7 +539,9 @@ impl Inner {
             .take(RiskFactsQuery::window(q.recent))
             .filter_map(|seq| self.facts_row(*seq))
         {
-            t.mine(row.created_at, |k| row.request.context.get(k).map(String::as_str));
+            t.mine(row.created_at, |k| {
+                row.request.context.get(k).map(String::as_str)
+            });
         }
 
         // The requester's requests for the entitlement: walk the smaller

@@ -51,9 +51,9 @@ pub mod sqlite;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+pub use risk_facts::{RiskFacts, RiskFactsQuery};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
-pub use risk_facts::{RiskFacts, RiskFactsQuery};
 
 /// What to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

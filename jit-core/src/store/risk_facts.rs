@@ -95,8 +95,9 @@ impl RiskFactsQuery {
             HistoryQuery::of_requester(who, Self::window(self.recent)),
             HistoryQuery::of_requester(who, Self::window(self.entitlement_recent))
                 .for_entitlement(ent),
-            (!self.groups.is_empty())
-                .then(|| HistoryQuery::of_entitlement(ent, Self::window(self.peers_recent)).excluding(who)),
+            (!self.groups.is_empty()).then(|| {
+                HistoryQuery::of_entitlement(ent, Self::window(self.peers_recent)).excluding(who)
+            }),
         )
     }
 }
@@ -285,7 +286,9 @@ pub(crate) fn from_columns(query: &RiskFactsQuery, cols: &[Option<i64>]) -> Resu
             .and_then(|s| u64::try_from(s).ok())
             .filter(|_| durations > 0)
             .map(Duration::from_secs),
-        sources_seen: (0..query.sources.len()).map(|i| count(29 + i) > 0).collect(),
+        sources_seen: (0..query.sources.len())
+            .map(|i| count(29 + i) > 0)
+            .collect(),
         peer_used: count(29 + query.sources.len()) > 0,
     })
 }
@@ -298,13 +301,19 @@ mod tests {
     fn window_sizes_follow_history_limits() {
         assert_eq!(RiskFactsQuery::window(0), 100);
         assert_eq!(RiskFactsQuery::window(7), 7);
-        assert_eq!(RiskFactsQuery::window(usize::MAX), super::super::MAX_HISTORY);
+        assert_eq!(
+            RiskFactsQuery::window(usize::MAX),
+            super::super::MAX_HISTORY
+        );
     }
 
     #[test]
     fn a_query_names_requester_and_entitlement() {
         assert!(RiskFactsQuery::new("bob", "db").check().is_ok());
-        for q in [RiskFactsQuery::new("", "db"), RiskFactsQuery::new("bob", "")] {
+        for q in [
+            RiskFactsQuery::new("", "db"),
+            RiskFactsQuery::new("bob", ""),
+        ] {
             assert!(matches!(q.check(), Err(Error::Store(_))), "{q:?}");
         }
     }

@@ -269,24 +269,94 @@ pub async fn check_history(store: &dyn Store) {
 /// requester or an entitlement is an error.
 pub async fn check_risk_facts(store: &dyn Store) {
     let u = unique();
-    let (amy, ben, cal) = (format!("amy-r{u}"), format!("ben-r{u}"), format!("cal-r{u}"));
+    let (amy, ben, cal) = (
+        format!("amy-r{u}"),
+        format!("ben-r{u}"),
+        format!("cal-r{u}"),
+    );
     let amy_upper = amy.to_uppercase();
     let (x, y) = (format!("ent-rx{u}"), format!("ent-ry{u}"));
     let (odd_key, odd_value) = ("user agent.v1", "jit \"cli\" 1.0");
     let day = DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z")
         .unwrap()
         .with_timezone(&Utc);
-    let at = |d: i64, h: i64, m: i64| day + TimeDelta::days(d) + TimeDelta::hours(h) + TimeDelta::minutes(m);
+    let at = |d: i64, h: i64, m: i64| {
+        day + TimeDelta::days(d) + TimeDelta::hours(h) + TimeDelta::minutes(m)
+    };
     // (requester, groups, entitlement, created_at, minutes, context, state)
-    let history: Vec<(&str, &[&str], &str, DateTime<Utc>, i64, Vec<(&str, &str)>, State)> = vec![
-        (&amy, &["ops"], &x, at(0, 9, 0), 30, vec![("ip", "10.0.0.1"), ("client", "cli")], State::Expired),
-        (&ben, &["ops", "db"], &x, at(0, 9, 30), 60, vec![("ip", "10.0.0.2")], State::Revoked),
-        (&amy, &["ops"], &y, at(1, 10, 0), 10, vec![("ip", "10.0.0.1"), (odd_key, odd_value)], State::Denied),
-        (&amy, &["ops"], &x, at(1, 23, 59), 90, vec![("ip", "10.0.0.3")], State::Expired),
+    let history: Vec<(
+        &str,
+        &[&str],
+        &str,
+        DateTime<Utc>,
+        i64,
+        Vec<(&str, &str)>,
+        State,
+    )> = vec![
+        (
+            &amy,
+            &["ops"],
+            &x,
+            at(0, 9, 0),
+            30,
+            vec![("ip", "10.0.0.1"), ("client", "cli")],
+            State::Expired,
+        ),
+        (
+            &ben,
+            &["ops", "db"],
+            &x,
+            at(0, 9, 30),
+            60,
+            vec![("ip", "10.0.0.2")],
+            State::Revoked,
+        ),
+        (
+            &amy,
+            &["ops"],
+            &y,
+            at(1, 10, 0),
+            10,
+            vec![("ip", "10.0.0.1"), (odd_key, odd_value)],
+            State::Denied,
+        ),
+        (
+            &amy,
+            &["ops"],
+            &x,
+            at(1, 23, 59),
+            90,
+            vec![("ip", "10.0.0.3")],
+            State::Expired,
+        ),
         (&cal, &["fin"], &x, at(2, 9, 0), 20, vec![], State::Active),
-        (&amy, &["ops"], &x, at(2, 9, 10), 120, vec![], State::Pending),
-        (&amy, &["ops"], &x, at(2, 9, 20), 40, vec![("ip", "10.0.0.9")], State::Pending),
-        (&amy_upper, &["zzz"], &x, at(2, 9, 25), 30, vec![("ip", "10.0.0.2")], State::Pending),
+        (
+            &amy,
+            &["ops"],
+            &x,
+            at(2, 9, 10),
+            120,
+            vec![],
+            State::Pending,
+        ),
+        (
+            &amy,
+            &["ops"],
+            &x,
+            at(2, 9, 20),
+            40,
+            vec![("ip", "10.0.0.9")],
+            State::Pending,
+        ),
+        (
+            &amy_upper,
+            &["zzz"],
+            &x,
+            at(2, 9, 25),
+            30,
+            vec![("ip", "10.0.0.2")],
+            State::Pending,
+        ),
     ];
     for (who, groups, ent, when, minutes, context, state) in &history {
         let mut r = sample_record(who, ent, *state, *when);
