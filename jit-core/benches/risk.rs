@@ -9,7 +9,10 @@
 //! the 1,000 principals, so each assessment reads a different history.
 //! A second group measures the store's part alone (`risk_facts`) and the
 //! three history lookups the assessor made before it (decoding about 300
-//! request bodies), in the same run.
+//! request bodies), in the same run, with one `get` as the unit. Last, the
+//! two submits alternate for `$JIT_RISK_BENCH_PAIRS` (1,000) rounds and
+//! the ratio of their total times is printed: on a loaded machine that is
+//! the steadier figure.
 //!
 //! The history is written once into a database under `/dev/shm` (fast
 //! fsyncs), then copied (`VACUUM INTO`) to `$JIT_RISK_BENCH_DIR` (default the
@@ -247,6 +250,31 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| history_before(&*reads, &next))
     });
     g.finish();
+
+    // The two submits alternated, one of each per round, so that a load
+    // that drifts while criterion measures one case and then the other
+    // (other builds on a shared machine) weighs on both alike.
+    let rounds: u32 = std::env::var("JIT_RISK_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let (mut without, mut with) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    rt.block_on(async {
+        for _ in 0..rounds {
+            let t = Instant::now();
+            submit(&plain, &next).await;
+            without += t.elapsed();
+            let t = Instant::now();
+            submit(&assessed, &next).await;
+            with += t.elapsed();
+        }
+    });
+    println!(
+        "interleaved, {rounds} rounds: without {:.3} ms, with {:.3} ms per submit: ratio {:.2}",
+        without.as_secs_f64() * 1e3 / f64::from(rounds),
+        with.as_secs_f64() * 1e3 / f64::from(rounds),
+        with.as_secs_f64() / without.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, bench);

@@ -283,16 +283,17 @@ pub async fn check_risk_facts(store: &dyn Store) {
     let at = |d: i64, h: i64, m: i64| {
         day + TimeDelta::days(d) + TimeDelta::hours(h) + TimeDelta::minutes(m)
     };
-    // (requester, groups, entitlement, created_at, minutes, context, state)
-    let history: Vec<(
-        &str,
-        &[&str],
-        &str,
+    /// (requester, groups, entitlement, created_at, minutes, context, state)
+    type Past<'a> = (
+        &'a str,
+        &'a [&'a str],
+        &'a str,
         DateTime<Utc>,
         i64,
-        Vec<(&str, &str)>,
+        Vec<(&'a str, &'a str)>,
         State,
-    )> = vec![
+    );
+    let history: Vec<Past> = vec![
         (
             &amy,
             &["ops"],
