@@ -4,16 +4,23 @@
 //!
 //! Each submitted request asks for longer than the auto-approve limit, so
 //! with or without the assessor it ends pending after one durable insert
-//! (nothing is issued): the difference is the assessor's three indexed
-//! history lookups and its scoring. Requesters rotate over the
-//! 1,000 principals, so each assessment reads a different history.
+//! (nothing is issued): the difference is the assessor's one
+//! `Store::risk_facts` statement and its scoring. Requesters rotate over
+//! the 1,000 principals, so each assessment reads a different history.
+//! A second group measures the store's part alone (`risk_facts`) and the
+//! three history lookups the assessor made before it (decoding about 300
+//! request bodies), in the same run, with one `get` as the unit. Last, the
+//! two submits alternate for `$JIT_RISK_BENCH_PAIRS` (1,000) rounds and
+//! the ratio of their total times is printed: on a loaded machine that is
+//! the steadier figure.
 //!
 //! The history is written once into a database under `/dev/shm` (fast
-//! fsyncs), then the file is copied to `$JIT_RISK_BENCH_DIR` (default the
+//! fsyncs), then copied (`VACUUM INTO`) to `$JIT_RISK_BENCH_DIR` (default the
 //! temp dir, on disk) where the measurement runs, so submits pay real
 //! durable commits as in production.
 //!
-//! `cargo bench -p jit-core --bench risk -- --warm-up-time 2 --measurement-time 10`
+//! `cargo bench -p jit-core --features testing --bench risk -- --warm-up-time 2 --measurement-time 10`
+//! (`JIT_RISK_BENCH_KEEP=1` keeps the database and prints where.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -29,10 +36,12 @@ use std::time::Instant;
 use chrono::{TimeDelta, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use jit_core::risk::HistoryAssessor;
-use jit_core::store::SqliteStore;
+use jit_core::store::{HistoryQuery, RiskFactsQuery, SqliteStore};
 use jit_core::testing::store::sample_record;
 use jit_core::testing::TestProvider;
 use jit_core::{AccessRequest, Broker, CataloguePolicy, GrantDuration, Principal, State, Store};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 
 const PRINCIPALS: usize = 1000;
 const PAST: usize = 100_000;
@@ -121,6 +130,48 @@ async fn submit(b: &Broker, next: &AtomicUsize) {
     assert_eq!(out.record.state, State::Pending);
 }
 
+/// What the assessor asks the store for user `i` (its defaults: windows
+/// of 200, 50 and 200, the last ten minutes, the request's IP).
+fn facts_query(i: usize, n: usize) -> RiskFactsQuery {
+    let who = principal(i);
+    RiskFactsQuery {
+        groups: who.groups.clone(),
+        sources: vec![("ip".into(), format!("10.0.{}.{}", i / 250, i % 250))],
+        since: Utc::now() - TimeDelta::minutes(10),
+        recent: 200,
+        entitlement_recent: 50,
+        peers_recent: 200,
+        ..RiskFactsQuery::new(who.id.as_str(), &entitlement_of(i, n))
+    }
+}
+
+/// The store's part of one assessment alone.
+async fn facts(store: &dyn Store, next: &AtomicUsize) {
+    let n = next.fetch_add(1, Ordering::Relaxed);
+    let i = (n * 7919) % PRINCIPALS;
+    let f = store.risk_facts(&facts_query(i, n)).await.unwrap();
+    assert!(f.recent > 0 && f.peer_used);
+}
+
+/// What the assessor read before `Store::risk_facts` (three history
+/// lookups, about 300 request bodies decoded), for comparison.
+async fn history_before(store: &dyn Store, next: &AtomicUsize) {
+    let n = next.fetch_add(1, Ordering::Relaxed);
+    let i = (n * 7919) % PRINCIPALS;
+    let who = principal(i);
+    let ent = entitlement_of(i, n);
+    let mine = HistoryQuery::of_requester(who.id.as_str(), 200);
+    let here = HistoryQuery::of_requester(who.id.as_str(), 50).for_entitlement(&ent);
+    let peers = HistoryQuery::of_entitlement(&ent, 200).excluding(who.id.as_str());
+    let (a, _, _) = tokio::try_join!(
+        store.history(&mine),
+        store.history(&here),
+        store.history(&peers)
+    )
+    .unwrap();
+    assert!(!a.is_empty());
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -140,19 +191,34 @@ fn bench(c: &mut Criterion) {
     };
     let filled = fill_dir.path().join("history.db");
     rt.block_on(fill(&filled));
-    // The WAL is copied with the file; SQLite replays it on open.
+    // SQLite copies it (`VACUUM INTO`): a consistent database whatever
+    // state the fill's WAL was left in (copying the files raced with the
+    // last connection's checkpoint and could give a malformed copy).
     let db = run_dir.path().join("history.db");
-    for suffix in ["", "-wal"] {
-        let from = PathBuf::from(format!("{}{suffix}", filled.display()));
-        if from.exists() {
-            std::fs::copy(&from, format!("{}{suffix}", db.display())).unwrap();
-        }
-    }
+    rt.block_on(async {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&filled)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("VACUUM INTO ?")
+            .bind(db.display().to_string())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    });
     drop(fill_dir);
     println!("measuring on {}", db.display());
+    if std::env::var_os("JIT_RISK_BENCH_KEEP").is_some() {
+        // To inspect the database (query plans, timings) after the run.
+        let kept = run_dir.keep();
+        println!("keeping {}", kept.display());
+    }
 
     let store: Arc<dyn Store> = Arc::new(rt.block_on(SqliteStore::open(&db)).unwrap());
     let plain = broker(store.clone(), false);
+    let reads = store.clone();
     let assessed = broker(store, true);
     let next = AtomicUsize::new(0);
 
@@ -164,6 +230,51 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| submit(&assessed, &next))
     });
     g.finish();
+    // Where the difference goes: the store's answer alone, and the reads
+    // the assessor made before it had `Store::risk_facts`.
+    let mut g = c.benchmark_group("risk_reads");
+    // The unit: the cheapest read there is (one row by primary key),
+    // which pays the same pool and driver round trip as any statement.
+    let some_id = rt
+        .block_on(reads.history(&HistoryQuery::of_requester(principal(0).id.as_str(), 1)))
+        .unwrap()[0]
+        .id;
+    g.bench_function("get_one_record", |b| {
+        b.to_async(&rt)
+            .iter(|| async { assert!(reads.get(some_id).await.unwrap().is_some()) })
+    });
+    g.bench_function("risk_facts", |b| {
+        b.to_async(&rt).iter(|| facts(&*reads, &next))
+    });
+    g.bench_function("history_lookups_before", |b| {
+        b.to_async(&rt).iter(|| history_before(&*reads, &next))
+    });
+    g.finish();
+
+    // The two submits alternated, one of each per round, so that a load
+    // that drifts while criterion measures one case and then the other
+    // (other builds on a shared machine) weighs on both alike.
+    let rounds: u32 = std::env::var("JIT_RISK_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let (mut without, mut with) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    rt.block_on(async {
+        for _ in 0..rounds {
+            let t = Instant::now();
+            submit(&plain, &next).await;
+            without += t.elapsed();
+            let t = Instant::now();
+            submit(&assessed, &next).await;
+            with += t.elapsed();
+        }
+    });
+    println!(
+        "interleaved, {rounds} rounds: without {:.3} ms, with {:.3} ms per submit: ratio {:.2}",
+        without.as_secs_f64() * 1e3 / f64::from(rounds),
+        with.as_secs_f64() * 1e3 / f64::from(rounds),
+        with.as_secs_f64() / without.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, bench);

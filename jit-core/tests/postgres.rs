@@ -63,6 +63,8 @@ mod conforms {
         check_list,
         check_list_by_entitlements,
         check_count_by_state,
+        check_history,
+        check_risk_facts,
         check_due,
         check_live_revocations,
         check_claims,

@@ -366,3 +366,10 @@ impl Store for RequiredOnly {
 async fn the_default_count_by_state_counts_everything() {
     conformance::check_count_by_state(&RequiredOnly::default()).await;
 }
+
+/// The trait's default `risk_facts`, on top of the default `history`
+/// (which lists and filters), gives the facts the conformance suite expects.
+#[tokio::test]
+async fn the_default_risk_facts_read_the_history() {
+    conformance::check_risk_facts(&RequiredOnly::default()).await;
+}

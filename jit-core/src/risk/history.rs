@@ -23,14 +23,18 @@
 //!
 //! # What it reads
 //!
-//! Three indexed lookups per request ([`Store::history`](crate::Store::history)),
-//! run concurrently: the requester's latest [`HistoryAssessor::lookback`]
-//! (200) requests, their latest 50 for this entitlement, and the latest
+//! One [`Store::risk_facts`](crate::Store::risk_facts) call per request: a
+//! handful of counts and yes-or-no answers that the SQL stores compute in
+//! one statement on their indexes (see [`RiskFactsQuery`] for the
+//! windows), instead of fetching and decoding past requests. The windows
+//! are the requester's latest [`HistoryAssessor::lookback`] (200)
+//! requests (hours, burst, sources), their latest 50 for this entitlement
+//! (first request, durations), and the latest
 //! [`HistoryAssessor::peer_lookback`] (200) requests for this entitlement
-//! by anyone else. Older history is not read, so "never" above means
-//! "not in that window": a requester with more than 200 requests since
-//! they last made one at this hour, or more than 200 peer requests without
-//! one from their group, is judged on the recent ones.
+//! by anyone else (peers). Older history is not read, so "never" above
+//! means "not in that window": a requester with more than 200 requests
+//! since they last made one at this hour, or more than 200 peer requests
+//! without one from their group, is judged on the recent ones.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -40,7 +44,7 @@ use chrono::{DateTime, Timelike, Utc};
 
 use super::{RiskAssessment, RiskAssessor, RiskInput, RiskSignal};
 use crate::error::Result;
-use crate::store::{HistoryEntry, HistoryQuery};
+use crate::store::{RiskFacts, RiskFactsQuery};
 
 /// The built-in signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -223,20 +227,46 @@ impl HistoryAssessor {
         }
     }
 
-    /// The signals, from history already read (pure: the tests construct
-    /// histories and call this through [`RiskAssessor::assess`]).
+    /// What to ask the store about `input`.
+    fn facts_query(&self, input: &RiskInput<'_>) -> RiskFactsQuery {
+        let window =
+            chrono::TimeDelta::from_std(self.burst_window).unwrap_or(chrono::TimeDelta::MAX);
+        RiskFactsQuery {
+            requester: input.requester.id.as_str().to_string(),
+            entitlement: input.entitlement.id.clone(),
+            groups: input.requester.groups.clone(),
+            sources: self
+                .source_keys
+                .iter()
+                .filter_map(|k| {
+                    let v = input.request.context.get(k.as_str())?;
+                    Some((k.clone(), v.clone()))
+                })
+                .collect(),
+            since: input
+                .now
+                .checked_sub_signed(window)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            recent: self.lookback,
+            entitlement_recent: ENTITLEMENT_LOOKBACK,
+            peers_recent: self.peer_lookback,
+        }
+    }
+
+    /// The signals, from the facts the store answered for `query` (pure:
+    /// the tests construct histories and call this through
+    /// [`RiskAssessor::assess`]).
     fn signals(
         &self,
         input: &RiskInput<'_>,
-        mine: &[HistoryEntry],
-        mine_here: &[HistoryEntry],
-        peers: &[HistoryEntry],
+        query: &RiskFactsQuery,
+        facts: &RiskFacts,
     ) -> Vec<RiskSignal> {
         let mut out = Vec::new();
         let ent = input.entitlement.id.as_str();
         let now = input.now;
 
-        if mine_here.is_empty() {
+        if !facts.asked_before() {
             self.fire(
                 &mut out,
                 Signal::FirstForEntitlement,
@@ -244,27 +274,25 @@ impl HistoryAssessor {
             );
         }
 
-        if mine.len() >= self.min_hour_samples {
+        if facts.recent >= self.min_hour_samples {
             let hour = now.hour();
-            let usual = mine
-                .iter()
-                .any(|e| hour_distance(e.created_at.hour(), hour) <= 1);
+            let usual = (0u32..)
+                .zip(facts.hours)
+                .any(|(h, n)| n > 0 && hour_distance(h, hour) <= 1);
             if !usual {
                 self.fire(
                     &mut out,
                     Signal::UnusualHour,
                     format!(
                         "none of the last {} requests was made within an hour of {hour:02}:00 UTC",
-                        mine.len()
+                        facts.recent
                     ),
                 );
             }
         }
 
-        if mine_here.len() >= self.min_duration_samples {
-            let mut secs: Vec<u64> = mine_here.iter().map(|e| e.duration.as_secs()).collect();
-            secs.sort_unstable();
-            let median = median(&secs);
+        if facts.durations >= self.min_duration_samples {
+            let median = facts.median_duration.unwrap_or_default().as_secs();
             let asked = input.request.duration.as_secs();
             if asked > median.saturating_mul(u64::from(self.duration_factor)) {
                 self.fire(
@@ -280,34 +308,26 @@ impl HistoryAssessor {
             }
         }
 
-        let window =
-            chrono::TimeDelta::from_std(self.burst_window).unwrap_or(chrono::TimeDelta::MAX);
-        let since = now
-            .checked_sub_signed(window)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let recent = mine.iter().filter(|e| e.created_at >= since).count();
-        if recent >= self.burst {
+        if facts.since >= self.burst {
             self.fire(
                 &mut out,
                 Signal::Burst,
                 format!(
-                    "{recent} earlier requests in the last {}",
+                    "{} earlier requests in the last {}",
+                    facts.since,
                     crate::types::format_duration(self.burst_window)
                 ),
             );
         }
 
-        if !mine.is_empty() {
-            let unseen: Vec<&str> =
-                self.source_keys
-                    .iter()
-                    .filter(|k| {
-                        input.request.context.get(k.as_str()).is_some_and(|v| {
-                            !mine.iter().any(|e| e.context.get(k.as_str()) == Some(v))
-                        })
-                    })
-                    .map(String::as_str)
-                    .collect();
+        if facts.recent > 0 {
+            let unseen: Vec<String> = query
+                .sources
+                .iter()
+                .zip(&facts.sources_seen)
+                .filter(|(_, seen)| !**seen)
+                .map(|((k, _), _)| format!("`{k}`"))
+                .collect();
             if !unseen.is_empty() {
                 // Names the keys, not the values: an IP or user agent is
                 // personal data the approver does not need in the reason.
@@ -316,19 +336,15 @@ impl HistoryAssessor {
                     Signal::NewSource,
                     format!(
                         "{} not seen in the last {} requests",
-                        unseen
-                            .iter()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        mine.len()
+                        unseen.join(", "),
+                        facts.recent
                     ),
                 );
             }
         }
 
         let groups = &input.requester.groups;
-        if !groups.is_empty() && !peers.iter().any(|e| !e.groups.is_disjoint(groups)) {
+        if !groups.is_empty() && !facts.peer_used {
             self.fire(
                 &mut out,
                 Signal::NoPeerUses,
@@ -353,14 +369,6 @@ fn hour_distance(a: u32, b: u32) -> u32 {
     d.min(24 - d)
 }
 
-/// The median of sorted, non-empty values (the lower middle of an even count).
-fn median(sorted: &[u64]) -> u64 {
-    sorted
-        .get(sorted.len().saturating_sub(1) / 2)
-        .copied()
-        .unwrap_or(0)
-}
-
 #[async_trait]
 impl RiskAssessor for HistoryAssessor {
     fn name(&self) -> &str {
@@ -368,26 +376,11 @@ impl RiskAssessor for HistoryAssessor {
     }
 
     async fn assess(&self, input: &RiskInput<'_>) -> Result<RiskAssessment> {
-        let who = input.requester.id.as_str();
-        let ent = input.entitlement.id.as_str();
-        let mine_q = HistoryQuery::of_requester(who, self.lookback);
-        let here_q = HistoryQuery::of_requester(who, ENTITLEMENT_LOOKBACK).for_entitlement(ent);
-        let peers_q = HistoryQuery::of_entitlement(ent, self.peer_lookback).excluding(who);
-        let peers = async {
-            if input.requester.groups.is_empty() {
-                Ok(Vec::new())
-            } else {
-                input.history.query(&peers_q).await
-            }
-        };
-        let (mine, here, peers) = tokio::try_join!(
-            input.history.query(&mine_q),
-            input.history.query(&here_q),
-            peers
-        )?;
+        let query = self.facts_query(input);
+        let facts = input.history.facts(&query).await?;
         Ok(RiskAssessment::from_signals(
             self.name(),
-            self.signals(input, &mine, &here, &peers),
+            self.signals(input, &query, &facts),
         ))
     }
 }
@@ -403,14 +396,6 @@ mod tests {
         assert_eq!(hour_distance(3, 15), 12);
         assert_eq!(hour_distance(9, 9), 0);
         assert_eq!(hour_distance(22, 1), 3);
-    }
-
-    #[test]
-    fn medians_take_the_lower_middle() {
-        assert_eq!(median(&[1]), 1);
-        assert_eq!(median(&[1, 2, 3]), 2);
-        assert_eq!(median(&[1, 2, 3, 100]), 2);
-        assert_eq!(median(&[]), 0);
     }
 
     #[test]

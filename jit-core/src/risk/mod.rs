@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::credentials::Secret;
 use crate::error::{ConfigError, Error, Result};
-use crate::store::{HistoryEntry, HistoryQuery, Store};
+use crate::store::{HistoryEntry, HistoryQuery, RiskFacts, RiskFactsQuery, Store};
 use crate::types::{AccessRequest, Entitlement, Principal};
 
 pub mod history;
@@ -157,6 +157,13 @@ impl<'a> History<'a> {
     /// Past requests matching `query`, newest first ([`Store::history`]).
     pub async fn query(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
         self.store.history(query).await
+    }
+
+    /// The facts the built-in assessor scores ([`Store::risk_facts`]):
+    /// aggregates the store answers from its indexes, without reading
+    /// whole past requests.
+    pub async fn facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
+        self.store.risk_facts(query).await
     }
 }
 

@@ -42,6 +42,7 @@ use crate::types::{GrantDuration, RequestId, RequestRecord, State};
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod risk_facts;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -50,6 +51,7 @@ pub mod sqlite;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+pub use risk_facts::{RiskFacts, RiskFactsQuery};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -386,6 +388,42 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             .filter(|e| query.matches(e))
             .take(limit)
             .collect())
+    }
+
+    /// The facts risk review scores one request on (see
+    /// [`RiskFactsQuery`] for the three windows they are read from).
+    ///
+    /// # Contract
+    ///
+    /// Read-only. The facts are what [`RiskFacts::from_history`] makes of
+    /// the three [`Store::history`] lookups of
+    /// [`RiskFactsQuery::history_queries`]. A store may compute them any
+    /// way it likes but must agree with that (the conformance suite's
+    /// `check_risk_facts` compares the two): the SQL stores aggregate in
+    /// one statement on the `(requester, created_at)`, `(requester,
+    /// entitlement, created_at)` and `(entitlement, created_at)` indexes,
+    /// reading a request's body only for its duration, for its sources
+    /// until one matches and for its groups until a peer is found. A query
+    /// without a requester or an entitlement is an error. A stored row
+    /// whose body does not decode adds no duration, source or group and
+    /// fails nothing (the SQL stores still count it in a window's size,
+    /// from its indexed columns); PostgreSQL 15 cannot tell JSON from text
+    /// without failing, so there such a row fails the answer, which the
+    /// broker records as an unavailable assessment: human review.
+    ///
+    /// The default reads those three lookups and computes the facts:
+    /// right for wrappers and third-party stores (wrappers should forward
+    /// it, so the wrapped store's faster answer is used).
+    async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
+        query.check()?;
+        let (mine, here, peers) = query.history_queries();
+        let mine = self.history(&mine).await?;
+        let here = self.history(&here).await?;
+        let peers = match peers {
+            Some(q) => self.history(&q).await?,
+            None => Vec::new(),
+        };
+        Ok(RiskFacts::from_history(query, &mine, &here, &peers))
     }
 
     /// How many records are in each state: every state of [`State::ALL`]

@@ -89,6 +89,7 @@ use super::{
     check_versions, lease_until, redact_url, sql, Claim, HistoryEntry, HistoryQuery, ListFilter,
     Prune, Store,
 };
+use super::{risk_facts, RiskFacts, RiskFactsQuery};
 use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
@@ -235,6 +236,63 @@ const MIGRATIONS: &[Migration] = &[
         ],
     },
 ];
+
+/// Risk review's facts ([`Store::risk_facts`]) in one statement (one
+/// round trip), for `sources` sources and with or without the peer
+/// lookup. Parameters: `$1` requester, `$2` entitlement, `$3` `$4` `$5`
+/// the three windows, `$6` the burst window's start, then the groups as
+/// `text[]` (with peers), then each source's key and value.
+///
+/// Each window is a `LIMIT` on an index read newest first; hours, burst
+/// and the entitlement count come from the indexed columns, bodies are
+/// parsed (`::json`) only for the durations, for the sources until the
+/// value is found and for groups until a peer is found. A body that is
+/// not JSON fails the statement (PostgreSQL 15 cannot test text for
+/// JSON without a function): the broker then records the assessment as
+/// unavailable, which sends the request to a human, never past one.
+fn facts_sql(sources: usize, peers: bool) -> String {
+    let hours: String = (0..24)
+        .map(|h| format!(", count(*) FILTER (WHERE h = {h})"))
+        .collect();
+    let mut facts = String::new();
+    let mut next = if peers { 8 } else { 7 };
+    for _ in 0..sources {
+        facts.push_str(&format!(
+            ", CASE WHEN EXISTS (SELECT 1 FROM (SELECT body FROM requests WHERE requester = $1
+                ORDER BY created_at DESC LIMIT $3) AS w,
+                json_each_text(w.body::json -> 'request' -> 'context') AS c
+                WHERE c.key = ${} AND c.value = ${}) THEN 1::bigint ELSE 0::bigint END",
+            next,
+            next + 1
+        ));
+        next += 2;
+    }
+    facts.push_str(if peers {
+        ", CASE WHEN EXISTS (SELECT 1 FROM (SELECT body FROM requests WHERE entitlement = $2
+            AND requester <> $1 ORDER BY created_at DESC LIMIT $5) AS p,
+            json_array_elements_text(p.body::json -> 'requester' -> 'groups') AS g(value)
+            WHERE g.value = ANY($7)) THEN 1::bigint ELSE 0::bigint END"
+    } else {
+        ", 0::bigint"
+    });
+    format!(
+        "SELECT m.*, e.n, d.n, d.median{facts} FROM
+        (SELECT count(*), count(*) FILTER (WHERE created_at >= $6){hours}
+         FROM (SELECT created_at, substr(created_at, 12, 2)::int AS h
+               FROM requests WHERE requester = $1 ORDER BY created_at DESC LIMIT $3) AS w) AS m,
+        (SELECT count(*) AS n
+         FROM (SELECT 1 FROM requests WHERE requester = $1 AND entitlement = $2
+               ORDER BY created_at DESC LIMIT $4) AS w) AS e,
+        (SELECT count(*) AS n, max(CASE WHEN rn = (c + 1) / 2 THEN d END) AS median
+         FROM (SELECT d, row_number() OVER (ORDER BY d) AS rn, count(*) OVER () AS c
+               FROM (SELECT CASE WHEN json_typeof(j) = 'number' AND (j #>> '{{}}') ~ '^[0-9]+$'
+                            THEN (j #>> '{{}}')::bigint END AS d
+                     FROM (SELECT body::json -> 'request' -> 'duration' AS j
+                           FROM requests WHERE requester = $1 AND entitlement = $2
+                           ORDER BY created_at DESC LIMIT $4) AS w) AS v
+               WHERE d IS NOT NULL) AS r) AS d"
+    )
+}
 
 /// [`Store`] on a PostgreSQL database, shared by any number of broker replicas.
 ///
@@ -825,6 +883,35 @@ impl Store for PostgresStore {
             .iter()
             .filter_map(|(body,)| sql::decode_history(body))
             .collect())
+    }
+
+    async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
+        query.check()?;
+        let peers = !query.groups.is_empty();
+        let text = facts_sql(query.sources.len(), peers);
+        let window = |n: usize| sql::limit_i64(RiskFactsQuery::window(n));
+        let mut q = sqlx::query(&text)
+            .bind(query.requester.as_str())
+            .bind(query.entitlement.as_str())
+            .bind(window(query.recent))
+            .bind(window(query.entitlement_recent))
+            .bind(window(query.peers_recent))
+            .bind(risk_facts::since_text(query.since));
+        if peers {
+            q = q.bind(query.groups.iter().cloned().collect::<Vec<String>>());
+        }
+        for (key, value) in &query.sources {
+            q = q.bind(key.as_str()).bind(value.as_str());
+        }
+        let row = q
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error("read risk facts", e))?;
+        let cols = (0..row.len())
+            .map(|i| row.try_get::<Option<i64>, _>(i))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| db_error("read risk facts", e))?;
+        risk_facts::from_columns(query, &cols)
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {

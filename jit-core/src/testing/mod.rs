@@ -376,6 +376,13 @@ impl Store for FaultyStore {
         self.inner.history(query).await
     }
 
+    async fn risk_facts(
+        &self,
+        query: &crate::store::RiskFactsQuery,
+    ) -> Result<crate::store::RiskFacts> {
+        self.inner.risk_facts(query).await
+    }
+
     async fn due(
         &self,
         states: &[State],

@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeDelta, Timelike, Utc};
 
 use crate::audit::{self, AuditEvent, AuditKind, AuditRecord, GENESIS_HASH};
 use crate::error::Error;
-use crate::store::{audit_all, Claim, HistoryQuery, ListFilter, Store};
+use crate::store::{audit_all, Claim, HistoryQuery, ListFilter, RiskFacts, RiskFactsQuery, Store};
 use crate::types::{
     AccessRequest, Approval, ApproverSet, Decision, Entitlement, Grant, GrantDuration, GrantId,
     IssuedGrant, Principal, RequestId, RequestRecord, Revocation, State, Verdict,
@@ -40,6 +40,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     check_list_by_entitlements(&*store).await;
     check_count_by_state(&*store).await;
     check_history(&*store).await;
+    check_risk_facts(&*store).await;
     check_due(&*store).await;
     check_live_revocations(&*store).await;
     check_claims(&*store).await;
@@ -256,6 +257,230 @@ pub async fn check_history(store: &dyn Store) {
 
     let err = store.history(&HistoryQuery::default()).await.unwrap_err();
     assert!(matches!(err, Error::Store(_)), "{err:?}");
+}
+
+/// [`Store::risk_facts`]: the facts of a constructed history, each
+/// window newest first by `created_at` and cut at its size, the hours in
+/// UTC, the burst window's start inclusive, sources matched by key and
+/// value (a key with a dot and a space, a value with a quote), peers by
+/// the groups they had when they asked, the exact subject id only; and
+/// always the same as [`RiskFacts::from_history`] of the store's own
+/// [`Store::history`] (what the facts are defined by). A query without a
+/// requester or an entitlement is an error.
+pub async fn check_risk_facts(store: &dyn Store) {
+    let u = unique();
+    let (amy, ben, cal) = (
+        format!("amy-r{u}"),
+        format!("ben-r{u}"),
+        format!("cal-r{u}"),
+    );
+    let amy_upper = amy.to_uppercase();
+    let (x, y) = (format!("ent-rx{u}"), format!("ent-ry{u}"));
+    let (odd_key, odd_value) = ("user agent.v1", "jit \"cli\" 1.0");
+    let day = DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let at = |d: i64, h: i64, m: i64| {
+        day + TimeDelta::days(d) + TimeDelta::hours(h) + TimeDelta::minutes(m)
+    };
+    /// (requester, groups, entitlement, created_at, minutes, context, state)
+    type Past<'a> = (
+        &'a str,
+        &'a [&'a str],
+        &'a str,
+        DateTime<Utc>,
+        i64,
+        Vec<(&'a str, &'a str)>,
+        State,
+    );
+    let history: Vec<Past> = vec![
+        (
+            &amy,
+            &["ops"],
+            &x,
+            at(0, 9, 0),
+            30,
+            vec![("ip", "10.0.0.1"), ("client", "cli")],
+            State::Expired,
+        ),
+        (
+            &ben,
+            &["ops", "db"],
+            &x,
+            at(0, 9, 30),
+            60,
+            vec![("ip", "10.0.0.2")],
+            State::Revoked,
+        ),
+        (
+            &amy,
+            &["ops"],
+            &y,
+            at(1, 10, 0),
+            10,
+            vec![("ip", "10.0.0.1"), (odd_key, odd_value)],
+            State::Denied,
+        ),
+        (
+            &amy,
+            &["ops"],
+            &x,
+            at(1, 23, 59),
+            90,
+            vec![("ip", "10.0.0.3")],
+            State::Expired,
+        ),
+        (&cal, &["fin"], &x, at(2, 9, 0), 20, vec![], State::Active),
+        (
+            &amy,
+            &["ops"],
+            &x,
+            at(2, 9, 10),
+            120,
+            vec![],
+            State::Pending,
+        ),
+        (
+            &amy,
+            &["ops"],
+            &x,
+            at(2, 9, 20),
+            40,
+            vec![("ip", "10.0.0.9")],
+            State::Pending,
+        ),
+        (
+            &amy_upper,
+            &["zzz"],
+            &x,
+            at(2, 9, 25),
+            30,
+            vec![("ip", "10.0.0.2")],
+            State::Pending,
+        ),
+    ];
+    for (who, groups, ent, when, minutes, context, state) in &history {
+        let mut r = sample_record(who, ent, *state, *when);
+        r.requester.groups = groups.iter().map(|g| g.to_string()).collect();
+        r.request.duration = GrantDuration::from_secs_i64(minutes * 60).unwrap();
+        r.request.context = context
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        store
+            .insert(&r, &[event(&r, AuditKind::Requested, who)])
+            .await
+            .unwrap();
+    }
+    let source = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let groups = |gs: &[&str]| gs.iter().map(|g| g.to_string()).collect();
+    let mut hours = [0u32; 24];
+    (hours[9], hours[10], hours[23]) = (3, 1, 1);
+    let mut two_hours = [0u32; 24];
+    two_hours[9] = 2;
+
+    let cases: Vec<(&str, RiskFactsQuery, RiskFacts)> = vec![
+        (
+            "every window whole",
+            RiskFactsQuery {
+                groups: groups(&["ops"]),
+                sources: vec![
+                    source("ip", "10.0.0.1"),
+                    source("client", "cli"),
+                    source(odd_key, odd_value),
+                    source("ip", "10.0.0.2"),
+                    source("client", "10.0.0.1"),
+                ],
+                since: at(2, 9, 10),
+                ..RiskFactsQuery::new(&amy, &x)
+            },
+            RiskFacts {
+                recent: 5,
+                hours,
+                since: 2,
+                sources_seen: vec![true, true, true, false, false],
+                entitlement_requests: 4,
+                durations: 4,
+                median_duration: Some(std::time::Duration::from_secs(40 * 60)),
+                peer_used: true,
+            },
+        ),
+        (
+            "windows cut",
+            RiskFactsQuery {
+                groups: groups(&["ops"]),
+                sources: vec![source("ip", "10.0.0.1")],
+                since: at(2, 9, 11),
+                recent: 2,
+                entitlement_recent: 3,
+                peers_recent: 2,
+                ..RiskFactsQuery::new(&amy, &x)
+            },
+            RiskFacts {
+                recent: 2,
+                hours: two_hours,
+                since: 1,
+                sources_seen: vec![false],
+                entitlement_requests: 3,
+                durations: 3,
+                median_duration: Some(std::time::Duration::from_secs(90 * 60)),
+                peer_used: false,
+            },
+        ),
+        (
+            "no groups, no peer lookup",
+            RiskFactsQuery {
+                sources: vec![source(odd_key, odd_value)],
+                recent: 1,
+                ..RiskFactsQuery::new(&amy, &y)
+            },
+            RiskFacts {
+                recent: 1,
+                hours: two_hours.map(|n| n / 2),
+                since: 0,
+                sources_seen: vec![false],
+                entitlement_requests: 1,
+                durations: 1,
+                median_duration: Some(std::time::Duration::from_secs(10 * 60)),
+                peer_used: false,
+            },
+        ),
+        (
+            "no history",
+            RiskFactsQuery {
+                groups: groups(&["fin", "other"]),
+                sources: vec![source("ip", "10.0.0.1")],
+                since: day,
+                ..RiskFactsQuery::new(&format!("nobody-r{u}"), &x)
+            },
+            RiskFacts {
+                sources_seen: vec![false],
+                peer_used: true,
+                ..RiskFacts::default()
+            },
+        ),
+    ];
+    for (what, query, expected) in &cases {
+        let got = store.risk_facts(query).await.unwrap();
+        assert_eq!(&got, expected, "{what}");
+        let (mine, here, peers) = query.history_queries();
+        let mine = store.history(&mine).await.unwrap();
+        let here = store.history(&here).await.unwrap();
+        let peers = match peers {
+            Some(q) => store.history(&q).await.unwrap(),
+            None => Vec::new(),
+        };
+        assert_eq!(
+            got,
+            RiskFacts::from_history(query, &mine, &here, &peers),
+            "{what}: the facts of the store's own history"
+        );
+    }
+
+    for bad in [RiskFactsQuery::new("", &x), RiskFactsQuery::new(&amy, "")] {
+        let err = store.risk_facts(&bad).await.unwrap_err();
+        assert!(matches!(err, Error::Store(_)), "{bad:?}: {err:?}");
+    }
 }
 
 /// An event about `r` in its current state.
