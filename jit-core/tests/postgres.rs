@@ -85,6 +85,17 @@ mod conforms {
         schema.drop_schema().await;
     }
 
+    /// Counts stay exact through every transition, failed writes, two
+    /// writers at once (on two pooled connections, so two counter shards)
+    /// and a prune.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn counts_stay_exact() {
+        let schema = TestSchema::new().await;
+        let store: Arc<dyn Store> = Arc::new(schema.store().await);
+        conformance::check_counts_exact(store).await;
+        schema.drop_schema().await;
+    }
+
     /// The whole suite twice on one schema: the checks tolerate each other's data.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn run_all_twice() {
@@ -185,7 +196,25 @@ async fn schemas_are_isolated_and_tables_stay_in_their_schema() {
             "audit_head",
             "leases",
             "requests",
-            "schema_migrations"
+            "schema_migrations",
+            "state_counts"
+        ]
+    );
+    // The count triggers' functions live beside their table too.
+    let functions: Vec<String> = sqlx::query_scalar(
+        "SELECT routine_name::TEXT FROM information_schema.routines WHERE routine_schema = $1 ORDER BY 1",
+    )
+    .bind(one.name())
+    .fetch_all(&mut raw().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        functions,
+        [
+            "jit_count_add",
+            "jit_count_delete",
+            "jit_count_insert",
+            "jit_count_update"
         ]
     );
     a.close().await;
