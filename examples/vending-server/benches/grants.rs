@@ -89,6 +89,7 @@ fn bench(c: &mut Criterion) {
         audit: Default::default(),
         risk: Default::default(),
         tickets: Default::default(),
+        retention: Default::default(),
         base_dir: None,
         ignore_provider_env: true,
     };

@@ -81,6 +81,12 @@
 //! token_file = "jira-token"               # JIT_TICKETS_TOKEN_FILE: bearer token (optional)
 //! timeout_ms = 2000                       # past it, or on any tracker error: not verified
 //! cache_secs = 60                         # answers cached per ticket (at most 1,024)
+//!
+//! [retention]                             # archive finished requests; none without `dir`
+//! dir = "archive"                         # JIT_RETENTION_DIR: archive files (0700), ship them off this host
+//! keep = "90d"                            # finished requests older than this go
+//! every = "1h"                            # optional schedule; else only `jit admin archive`
+//! batch = 1000                            # requests per archive file and prune
 //! ```
 //!
 //! Unknown keys are errors, like in the catalogue: in a provider table, when
@@ -138,6 +144,9 @@ pub struct Config {
     /// Ticket verification.
     #[serde(default)]
     pub tickets: TicketsConfig,
+    /// Archiving finished requests out of the store.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Where relative paths in provider tables are resolved: the config
     /// file's directory ([`Config::load`] sets it).
     #[serde(skip)]
@@ -439,6 +448,36 @@ pub struct IntrospectionConfig {
     pub clients: Vec<String>,
 }
 
+/// `[retention]`: finished requests and their audit records leave the
+/// store for archive files in `dir` (JSON Lines, each verifiable on its own
+/// with `jit audit verify --file`), so the database holds the retention
+/// window, not the whole history. Without `dir`, nothing is archived and
+/// `POST /v1/admin/archive` answers `409`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Where archive files go (created `0700` if missing). Ship them to
+    /// write-once storage: they are the only copy of what was pruned.
+    pub dir: Option<PathBuf>,
+    /// Finished requests whose last change is older than this go (`90d`).
+    pub keep: String,
+    /// Archive on this schedule (`1h`); only on demand when absent.
+    pub every: Option<String>,
+    /// Requests per archive file and prune transaction.
+    pub batch: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            keep: "90d".into(),
+            every: None,
+            batch: 1000,
+        }
+    }
+}
+
 /// `[reaper]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -488,6 +527,9 @@ impl Config {
             rel(p);
         }
         if let Some(p) = c.tickets.token_file.as_mut() {
+            rel(p);
+        }
+        if let Some(p) = c.retention.dir.as_mut() {
             rel(p);
         }
         Ok(c)
@@ -550,6 +592,9 @@ impl Config {
         }
         if let Some(v) = get("JIT_TICKETS_TOKEN_FILE") {
             self.tickets.token_file = Some(v.into());
+        }
+        if let Some(v) = get("JIT_RETENTION_DIR") {
+            self.retention.dir = Some(v.into());
         }
     }
 }

@@ -1165,7 +1165,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jit.db");
         let store = SqliteStore::open(&path).await.unwrap();
-        for state in [State::Pending, State::Pending, State::Active, State::Revoked] {
+        for state in [
+            State::Pending,
+            State::Pending,
+            State::Active,
+            State::Revoked,
+        ] {
             let mut r = record();
             r.state = state;
             store.insert(&r, &[]).await.unwrap();

@@ -1534,7 +1534,12 @@ const COUNT_PATHS: &[&[State]] = &[
     &[State::Pending, State::Denied],
     &[State::Pending, State::Cancelled],
     &[State::Pending, State::TimedOut],
-    &[State::Pending, State::Approved, State::Issuing, State::Failed],
+    &[
+        State::Pending,
+        State::Approved,
+        State::Issuing,
+        State::Failed,
+    ],
     &[
         State::Pending,
         State::Approved,
@@ -1566,7 +1571,11 @@ async fn walk(store: &dyn Store, who: &str, ent: &str, path: &[State]) -> Reques
         next.state = *s;
         next.updated_at = Utc::now();
         store
-            .update(r.version, &next, &[event(&next, AuditKind::Reconciled, "reaper")])
+            .update(
+                r.version,
+                &next,
+                &[event(&next, AuditKind::Reconciled, "reaper")],
+            )
             .await
             .unwrap();
         r = next;
@@ -1602,13 +1611,23 @@ pub async fn check_counts_exact(store: Arc<dyn Store>) {
             .await
             .unwrap();
         model.insert(r.id, r.state);
-        assert_counts(&*store, &before, &model, &format!("insert in `{}`", r.state)).await;
+        assert_counts(
+            &*store,
+            &before,
+            &model,
+            &format!("insert in `{}`", r.state),
+        )
+        .await;
         for s in &path[1..] {
             let mut next = r.clone();
             next.version += 1;
             next.state = *s;
             store
-                .update(r.version, &next, &[event(&next, AuditKind::Reconciled, "reaper")])
+                .update(
+                    r.version,
+                    &next,
+                    &[event(&next, AuditKind::Reconciled, "reaper")],
+                )
                 .await
                 .unwrap();
             model.insert(r.id, *s);
@@ -1636,7 +1655,13 @@ pub async fn check_counts_exact(store: Arc<dyn Store>) {
         store.update(1, &stale, &[]).await,
         Err(Error::Conflict { .. })
     ));
-    assert_counts(&*store, &before, &model, "a duplicate insert and a lost CAS").await;
+    assert_counts(
+        &*store,
+        &before,
+        &model,
+        "a duplicate insert and a lost CAS",
+    )
+    .await;
 
     // Two writers at once, each walking every path.
     let tasks: Vec<_> = (0..2)
