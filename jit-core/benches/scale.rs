@@ -29,6 +29,11 @@
 //! records, audit trail, indexes and allocator overhead, measured, not
 //! computed (Linux only; `n/a` elsewhere).
 //!
+//! Retention (SQLite, after the measurements above, since it deletes):
+//! `Broker::archive_finished` of grants finished more than 45 days ago,
+//! 1,000 per call, three calls, printed per archived grant and per call as
+//! ratios to `get`, with the archive's bytes per grant.
+//!
 //! The SQLite file lives in `$JIT_SCALE_DIR` (default: `/dev/shm` when it
 //! exists, else the temp dir): a tmpfs makes the fill's fsynced commits
 //! quick; the reads measured are page-cache reads either way.
@@ -74,6 +79,13 @@ const NON_FINAL: [State; 6] = [
     State::Revoking,
     State::RevocationFailed,
 ];
+
+/// The audit key of every broker in the run (a bench, not a secret).
+const BENCH_AUDIT_KEY: [u8; 32] = [7; 32];
+/// Requests archived per `archive_finished` call in the retention case.
+const ARCHIVE_BATCH: usize = 1000;
+/// Calls measured in the retention case (consecutive batches).
+const ARCHIVE_CALLS: u32 = 3;
 
 /// 50 auto-approved entitlements on the local provider, and one that needs a lead.
 fn catalogue() -> String {
@@ -121,7 +133,9 @@ fn broker(store: Arc<dyn Store>, clock: &ManualClock) -> Broker {
             .clock(Arc::new(clock.clone()))
             .build(),
     ))
-    .audit_keyring(AuditKeyring::new(AuditKey::generate()))
+    // One key for the whole run, so the retention case's broker verifies
+    // the seals the fill's broker wrote.
+    .audit_keyring(AuditKeyring::new(AuditKey::from_bytes(BENCH_AUDIT_KEY)))
     .clock(Arc::new(clock.clone()))
     .build()
     .unwrap()
@@ -246,6 +260,67 @@ async fn measure(
     );
 }
 
+/// Retention: `Broker::archive_finished` of grants finished more than 45
+/// days ago (about half of the fill), [`ARCHIVE_BATCH`] requests per call,
+/// [`ARCHIVE_CALLS`] consecutive calls, each writing its archive file
+/// (synced) and pruning in one transaction. Printed per archived grant and
+/// per call, as ratios to `get` measured on the same store just before,
+/// and the counts checked against what was pruned. Runs last: it deletes.
+async fn retention(url: &str, ids: &[RequestId], now: DateTime<Utc>) {
+    let shared = Arc::new(SqliteStore::connect(url).await.unwrap());
+    let store = &*shared;
+    let get = mean(|i| async move {
+        let id = ids[(i * 7919) % ids.len()];
+        assert!(store.get(id).await.unwrap().is_some());
+    })
+    .await;
+    let total = |c: &[(State, u64)]| c.iter().map(|(_, n)| n).sum::<u64>();
+    let counted = total(&store.count_by_state().await.unwrap());
+    let clock = ManualClock::new(now);
+    let b = broker(shared.clone(), &clock);
+    let dir = tempfile::tempdir_in(sqlite_dir()).unwrap();
+    let cut_off = now - TimeDelta::days(45);
+    let (mut archived, mut audit, mut spent) = (0u64, 0u64, Duration::ZERO);
+    let mut bytes = 0u64;
+    for _ in 0..ARCHIVE_CALLS {
+        let start = Instant::now();
+        let report = b
+            .archive_finished(cut_off, dir.path(), ARCHIVE_BATCH)
+            .await
+            .unwrap();
+        spent += start.elapsed();
+        let (Some(segment), Some(path)) = (report.segment, report.path) else {
+            break;
+        };
+        archived += segment.records;
+        audit += report.audit_records;
+        bytes += std::fs::metadata(&path).unwrap().len();
+    }
+    assert!(archived > 0, "nothing was old enough to archive");
+    assert_eq!(
+        total(&store.count_by_state().await.unwrap()),
+        counted - archived,
+        "counts follow the prune"
+    );
+    let per_grant = spent.as_secs_f64() / archived as f64;
+    let per_call = spent.as_secs_f64() / f64::from(ARCHIVE_CALLS);
+    println!(
+        "{:<8} {:>9} | archive {} grants ({} audit records) in {} calls: {:.2}x get per grant, {:.0}x get per call ({:.1} ms) | archive {:.0} B/grant | get 1x ({:.1} µs)",
+        "sqlite",
+        ids.len(),
+        archived,
+        audit,
+        ARCHIVE_CALLS,
+        per_grant / get.as_secs_f64(),
+        per_call / get.as_secs_f64(),
+        per_call * 1e3,
+        bytes as f64 / archived as f64,
+        get.as_secs_f64() * 1e6,
+    );
+    drop(b);
+    store.close().await;
+}
+
 fn sqlite_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("JIT_SCALE_DIR") {
         return PathBuf::from(d);
@@ -292,6 +367,7 @@ async fn run(n: usize) {
     let sqlite = SqliteStore::connect(&url).await.unwrap();
     measure("sqlite", &sqlite, &ids, now, Some(size as f64 / n as f64)).await;
     sqlite.close().await;
+    retention(&url, &ids, now).await;
     if std::env::var("JIT_SCALE_KEEP").is_ok_and(|v| v == "1") {
         // To look inside with `sqlite3`.
         println!("kept {}", dir.keep().join("scale.db").display());

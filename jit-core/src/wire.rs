@@ -13,7 +13,8 @@
 //! | [`CredentialsView`] | `{"kind": "local_token" \| "aws" \| "access_token" \| "assignment" \| "unsupported", ...}` |
 //! | [`ErrorEnvelope`] | `{"error": {"code", "message", "details"?}}`: every error |
 //! | [`SubmitBody`], [`ReasonBody`], [`ExtendBody`] | request bodies |
-//! | [`WhoAmI`], [`EntitlementList`], [`AuditVerification`] | the other answers |
+//! | [`WhoAmI`], [`EntitlementList`], [`AuditVerification`], [`ArchiveAnswer`] | the other answers |
+//! | [`ArchiveBody`] | `POST /v1/admin/archive` (admins) |
 //! | [`CredentialProcess`] | the AWS `credential_process` document, version 1 |
 //!
 //! # Bytes on the wire
@@ -566,6 +567,47 @@ impl AuditVerification {
     pub fn is_ok(&self) -> bool {
         matches!(self, Self::Verified { ok: true, .. })
     }
+}
+
+/// `POST /v1/admin/archive` body (admins): archive the finished requests
+/// whose last change is older than `older_than` (`90d`, `2160h`,
+/// `P90D`); the server's `[retention] keep` when absent. An empty body
+/// reads as `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveBody {
+    /// How old a finished request must be, as a duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than: Option<String>,
+}
+
+/// `POST /v1/admin/archive` answer: what one run archived and pruned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveAnswer {
+    /// Requests whose last change is before this instant could go.
+    pub cut_off: DateTime<Utc>,
+    /// Requests archived and pruned.
+    pub requests: u64,
+    /// Audit records archived and pruned.
+    pub audit_records: u64,
+    /// The files written, oldest first (none when nothing could go).
+    pub archives: Vec<ArchiveFile>,
+}
+
+/// One archive file a run wrote (JSON Lines, verifiable on its own with
+/// `jit audit verify --file`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveFile {
+    /// Where the server wrote it.
+    pub path: String,
+    /// The first audit record in it.
+    pub from_seq: u64,
+    /// The last audit record in it: the store's new anchor.
+    pub to_seq: u64,
+    /// Requests in it.
+    pub requests: u64,
+    /// Audit records in it.
+    pub audit_records: u64,
 }
 
 #[cfg(test)]

@@ -87,6 +87,17 @@ mod conforms {
         schema.drop_schema().await;
     }
 
+    /// Counts stay exact through every transition, failed writes, two
+    /// writers at once (on two pooled connections, so two counter shards)
+    /// and a prune.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn counts_stay_exact() {
+        let schema = TestSchema::new().await;
+        let store: Arc<dyn Store> = Arc::new(schema.store().await);
+        conformance::check_counts_exact(store).await;
+        schema.drop_schema().await;
+    }
+
     /// The whole suite twice on one schema: the checks tolerate each other's data.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn run_all_twice() {
@@ -135,6 +146,64 @@ async fn replicas_starting_at_once_migrate_once() {
     for s in stores {
         s.close().await;
     }
+    schema.drop_schema().await;
+}
+
+/// A database written before version 12 gets its counts back-filled from
+/// the rows it holds, and the triggers keep them from then on, on every
+/// replica's connections (two stores, two pools).
+#[tokio::test]
+async fn migration_12_backfills_the_counts() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    for state in [
+        State::Pending,
+        State::Pending,
+        State::Active,
+        State::Revoked,
+    ] {
+        let r = sample_record("alice", "db-admin", state, Utc::now());
+        store.insert(&r, &[]).await.unwrap();
+    }
+    store.close().await;
+    // As a version 11 database would hold them.
+    let mut conn = raw().await;
+    for stmt in [
+        "DROP TABLE {s}.state_counts",
+        "DROP TRIGGER requests_count_insert ON {s}.requests",
+        "DROP TRIGGER requests_count_update ON {s}.requests",
+        "DROP TRIGGER requests_count_delete ON {s}.requests",
+        "DROP FUNCTION {s}.jit_count_insert()",
+        "DROP FUNCTION {s}.jit_count_update()",
+        "DROP FUNCTION {s}.jit_count_delete()",
+        "DROP FUNCTION {s}.jit_count_add(TEXT, BIGINT)",
+        "DELETE FROM {s}.schema_migrations WHERE version = 12",
+    ] {
+        sqlx::query(&stmt.replace("{s}", schema.name()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (a, b) = (schema.store().await, schema.store().await);
+    assert_eq!(a.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let count =
+        |counts: &[(State, u64)], s: State| counts.iter().find(|(c, _)| *c == s).map(|(_, n)| *n);
+    let counts = b.count_by_state().await.unwrap();
+    assert_eq!(count(&counts, State::Pending), Some(2));
+    assert_eq!(count(&counts, State::Active), Some(1));
+    assert_eq!(count(&counts, State::Revoked), Some(1));
+    assert_eq!(count(&counts, State::Approved), Some(0));
+    let r = sample_record("bob", "db-admin", State::Pending, Utc::now());
+    a.insert(&r, &[]).await.unwrap();
+    let mut next = r.clone();
+    next.version = 2;
+    next.state = State::Cancelled;
+    b.update(1, &next, &[]).await.unwrap();
+    let counts = a.count_by_state().await.unwrap();
+    assert_eq!(count(&counts, State::Pending), Some(2));
+    assert_eq!(count(&counts, State::Cancelled), Some(1));
+    a.close().await;
+    b.close().await;
     schema.drop_schema().await;
 }
 
@@ -187,7 +256,25 @@ async fn schemas_are_isolated_and_tables_stay_in_their_schema() {
             "audit_head",
             "leases",
             "requests",
-            "schema_migrations"
+            "schema_migrations",
+            "state_counts"
+        ]
+    );
+    // The count triggers' functions live beside their table too.
+    let functions: Vec<String> = sqlx::query_scalar(
+        "SELECT routine_name::TEXT FROM information_schema.routines WHERE routine_schema = $1 ORDER BY 1",
+    )
+    .bind(one.name())
+    .fetch_all(&mut raw().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        functions,
+        [
+            "jit_count_add",
+            "jit_count_delete",
+            "jit_count_insert",
+            "jit_count_update"
         ]
     );
     a.close().await;

@@ -46,6 +46,20 @@ async fn sqlite_memory_store_conforms() {
     conformance::run_all(store).await;
 }
 
+/// Counts stay exact through every transition, failed writes, two
+/// writers at once and a prune (each store on its own: the check prunes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_counts_stay_exact() {
+    conformance::check_counts_exact(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_counts_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("jit.db")).await.unwrap();
+    conformance::check_counts_exact(Arc::new(store)).await;
+}
+
 #[tokio::test]
 async fn sqlite_memory_urls_are_separate_databases() {
     let a = SqliteStore::connect("sqlite::memory:").await.unwrap();

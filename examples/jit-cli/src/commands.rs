@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Parser, Subcommand};
 use jit_core::wire::{
-    self, AuditVerification, CredentialsAnswer, ExtendBody, ReasonBody, RequestAnswer, RequestList,
-    SubmitBody, WhoAmI,
+    self, ArchiveAnswer, ArchiveBody, AuditVerification, CredentialsAnswer, ExtendBody, ReasonBody,
+    RequestAnswer, RequestList, SubmitBody, WhoAmI,
 };
 use jit_core::{RequestRecord, State};
 
@@ -179,8 +179,26 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Server administration (admins).
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Who the server thinks you are.
     Whoami,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCmd {
+    /// Archive finished requests and their audit records out of the
+    /// server's store, into its `[retention] dir` (JSON Lines files that
+    /// `jit audit verify --file` checks on their own), and prune them.
+    Archive {
+        /// Finished requests whose last change is older than this go, e.g.
+        /// 90d; the server's `[retention] keep` when absent.
+        #[arg(long)]
+        older_than: Option<String>,
+    },
 }
 
 /// What `exec` and `credential-process` ask for when no active grant of
@@ -572,6 +590,34 @@ pub(crate) async fn run(cli: Cli) -> Res<u8> {
             }
             if print_verification(&v.body, false, json) != 0 {
                 return Ok(1);
+            }
+        }
+        Cmd::Admin {
+            cmd: AdminCmd::Archive { older_than },
+        } => {
+            if let Some(t) = &older_than {
+                // A typo is a usage error here, not a run with the default.
+                jit_core::types::parse_duration(t)
+                    .map_err(|e| Fail::new(2, format!("--older-than `{t}`: {e}")))?;
+            }
+            let body = ArchiveBody { older_than };
+            let v = c.post::<ArchiveAnswer>("/v1/admin/archive", &body).await?;
+            if json {
+                println!("{}", v.raw);
+            } else {
+                let a = &v.body;
+                println!(
+                    "archived {} requests and {} audit records finished before {}",
+                    a.requests,
+                    a.audit_records,
+                    a.cut_off.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+                for f in &a.archives {
+                    println!(
+                        "  {} (audit {}..={}, {} requests)",
+                        f.path, f.from_seq, f.to_seq, f.requests
+                    );
+                }
             }
         }
         Cmd::Whoami => {

@@ -71,6 +71,16 @@
 //! re-hashed, or deleted from the end, by someone with database access are
 //! found. Keep the checkpoint file where that someone cannot rewrite it.
 //!
+//! # Archiving (admins)
+//!
+//! `jit admin archive --older-than 90d` has the server archive the
+//! finished requests whose last change is older than that (its
+//! `[retention] keep` without the flag), with their audit records, into
+//! JSON Lines files in its `[retention] dir`, and prune them from its
+//! store. It prints the files; each verifies on its own with `jit audit
+//! verify --file FILE --key-file audit.key`, and the server's chain, which
+//! now starts at the anchor the last file ends at, with `jit audit verify`.
+//!
 //! # Exit codes
 //!
 //! | code | meaning |

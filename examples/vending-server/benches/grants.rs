@@ -90,6 +90,7 @@ fn bench(c: &mut Criterion) {
         risk: Default::default(),
         tickets: Default::default(),
         on_call: Default::default(),
+        retention: Default::default(),
         base_dir: None,
         ignore_provider_env: true,
     };

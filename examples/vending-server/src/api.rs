@@ -63,7 +63,7 @@ use axum::Json;
 use jit_core::local::{LocalClaims, LocalProvider, LocalPublicKey, Verifier};
 use jit_core::standing::Standing;
 use jit_core::wire::{
-    self, AuditVerification, CredentialsAnswer, CredentialsView, EntitlementList,
+    self, ArchiveBody, AuditVerification, CredentialsAnswer, CredentialsView, EntitlementList,
     EntitlementSummary, ErrorDetails, ExtendBody, ReasonBody, RequestAnswer, RequestList,
     SubmitBody, WhoAmI,
 };
@@ -101,6 +101,8 @@ pub struct AppState {
     pub metrics_cache: Duration,
     /// How `GET /v1/audit/verify` checks the chain beyond the broker's keyring.
     pub audit: AuditVerify,
+    /// `[retention]`, when archives have somewhere to go.
+    pub retention: Option<Arc<crate::retention::Retention>>,
 }
 
 /// What `GET /v1/audit/verify` reads besides the store.
@@ -506,6 +508,41 @@ pub async fn audit_verify(
     }
     let result = state.broker.verify_audit_with(&verifier).await?;
     Ok(Json(wire::to_value(&AuditVerification::of(&result))))
+}
+
+/// `POST /v1/admin/archive` (admins): archives and prunes the finished
+/// requests older than `older_than` (the server's `keep` when absent) into
+/// the configured `[retention] dir`, batch by batch, and answers with the
+/// files written. `409` when the server has no `[retention] dir`.
+pub async fn admin_archive(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    JsonBody(b): JsonBody<ArchiveBody>,
+) -> ApiResult<Json<Value>> {
+    if !state.broker.policy().is_admin(&p) {
+        return Err(ApiError::forbidden("only admins may archive"));
+    }
+    let Some(retention) = &state.retention else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "retention_off",
+            "this server has no `[retention] dir` to archive into",
+        ));
+    };
+    let older_than = match &b.older_than {
+        Some(text) => jit_core::types::parse_duration(text).map_err(|e| {
+            ApiError::bad_request(format!("`older_than` = `{}`: {e}", text.escape_debug()))
+        })?,
+        None => retention.keep(),
+    };
+    let answer = retention.archive(&state.broker, older_than).await?;
+    tracing::info!(
+        admin = %p.id,
+        requests = answer.requests,
+        files = answer.archives.len(),
+        "archive run by an admin"
+    );
+    Ok(Json(wire::to_value(&answer)))
 }
 
 /// `GET /v1/entitlements`.

@@ -88,6 +88,11 @@
 //! # token_file = "oncall-token"          # JIT_ONCALL_TOKEN_FILE: its bearer token (optional)
 //! # cache_secs = 30                       # its answers cached per schedule (at most 256)
 //! timeout_ms = 2000                       # past it, or on any error: not on call
+//! [retention]                             # archive finished requests; none without `dir`
+//! dir = "archive"                         # JIT_RETENTION_DIR: archive files (0700), ship them off this host
+//! keep = "90d"                            # finished requests older than this go
+//! every = "1h"                            # optional schedule; else only `jit admin archive`
+//! batch = 1000                            # requests per archive file and prune
 //! ```
 //!
 //! Unknown keys are errors, like in the catalogue: in a provider table, when
@@ -148,6 +153,9 @@ pub struct Config {
     /// Who is on call.
     #[serde(default)]
     pub on_call: OnCallConfig,
+    /// Archiving finished requests out of the store.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Where relative paths in provider tables are resolved: the config
     /// file's directory ([`Config::load`] sets it).
     #[serde(skip)]
@@ -480,6 +488,36 @@ pub struct IntrospectionConfig {
     pub clients: Vec<String>,
 }
 
+/// `[retention]`: finished requests and their audit records leave the
+/// store for archive files in `dir` (JSON Lines, each verifiable on its own
+/// with `jit audit verify --file`), so the database holds the retention
+/// window, not the whole history. Without `dir`, nothing is archived and
+/// `POST /v1/admin/archive` answers `409`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Where archive files go (created `0700` if missing). Ship them to
+    /// write-once storage: they are the only copy of what was pruned.
+    pub dir: Option<PathBuf>,
+    /// Finished requests whose last change is older than this go (`90d`).
+    pub keep: String,
+    /// Archive on this schedule (`1h`); only on demand when absent.
+    pub every: Option<String>,
+    /// Requests per archive file and prune transaction.
+    pub batch: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            keep: "90d".into(),
+            every: None,
+            batch: 1000,
+        }
+    }
+}
+
 /// `[reaper]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -535,6 +573,9 @@ impl Config {
             rel(p);
         }
         if let Some(p) = c.on_call.token_file.as_mut() {
+            rel(p);
+        }
+        if let Some(p) = c.retention.dir.as_mut() {
             rel(p);
         }
         Ok(c)
@@ -609,6 +650,9 @@ impl Config {
         }
         if let Some(v) = get("JIT_ONCALL_TOKEN_FILE") {
             self.on_call.token_file = Some(v.into());
+        }
+        if let Some(v) = get("JIT_RETENTION_DIR") {
+            self.retention.dir = Some(v.into());
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod demo;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod retention;
 
 use std::future::Future;
 use std::path::Path;
@@ -326,6 +327,7 @@ impl Server {
         builder = tickets_setup(builder, &config.tickets)?;
         builder = on_call_setup(builder, &config.on_call)?;
         let broker = builder.build().map_err(|e| e.to_string())?;
+        let retention = retention::Retention::from_config(&config.retention)?;
 
         let a = &config.auth;
         let jwks = match (demo, &a.jwks_url, &a.jwks_file) {
@@ -366,6 +368,7 @@ impl Server {
                     checkpoint_file: config.audit.checkpoint_file.clone(),
                     sealed_from: config.audit.sealed_from,
                 },
+                retention,
             },
             metrics_token,
             config,
@@ -444,6 +447,12 @@ impl Server {
         let reaper_task = tokio::spawn(reaper.run(async move {
             let _ = rx.wait_for(|v| *v).await;
         }));
+        let retention_task = self.state.retention.clone().map(|r| {
+            let mut rx = stop_rx.clone();
+            tokio::spawn(r.run_every(self.state.broker.clone(), async move {
+                let _ = rx.wait_for(|v| *v).await;
+            }))
+        });
         let app = self.router();
         let metrics_task = match metrics {
             Some(l) if self.config.metrics.listen.is_some() => {
@@ -467,6 +476,9 @@ impl Server {
             .await;
         let _ = stop_tx.send(true);
         let _ = reaper_task.await;
+        if let Some(t) = retention_task {
+            let _ = t.await;
+        }
         if let Some(t) = metrics_task {
             if let Ok(Err(e)) = t.await {
                 tracing::warn!(error = %e, "metrics listener failed");
@@ -508,6 +520,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/requests/{id}/credentials", get(credentials))
         .route("/v1/audit", get(audit_export))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/admin/archive", post(admin_archive))
         .route("/v1/entitlements", get(entitlements))
         .route("/v1/whoami", get(whoami))
         .route("/v1/introspect", post(introspect))

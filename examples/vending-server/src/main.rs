@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use vending_server::config::{
     AuditConfig, AuthConfig, Config, IntrospectionConfig, Limits, ProviderTable, ReaperConfig,
+    RetentionConfig,
 };
 use vending_server::{demo, load_config, shutdown_signal, Server};
 
@@ -110,6 +111,11 @@ async fn run(args: Args) -> Result<(), String> {
             risk: Default::default(),
             tickets: Default::default(),
             on_call: Default::default(),
+            // Archives on demand (`jit admin archive`), into the state folder.
+            retention: RetentionConfig {
+                dir: Some(dir.join("archive")),
+                ..Default::default()
+            },
             base_dir: Some(dir.clone()),
             // The demo's own key files, whatever the environment says.
             ignore_provider_env: true,

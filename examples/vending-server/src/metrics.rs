@@ -94,7 +94,9 @@ impl Metrics {
     }
 
     /// Refreshes the state gauges from the store (at most once per
-    /// `cache`, with one grouped query; concurrent scrapes share it), then
+    /// `cache`, from the store's per-state counts, which it keeps as
+    /// records change and never counts by reading records; concurrent
+    /// scrapes share one read), then
     /// renders the text format. If the store fails, the gauges keep their
     /// last values and `jit_metrics_store_errors_total` counts the failure.
     pub async fn render(&self, store: &dyn Store, cache: Duration) -> String {

@@ -58,6 +58,7 @@ fn config(dir: &Path) -> Config {
         risk: Default::default(),
         tickets: Default::default(),
         on_call: Default::default(),
+        retention: Default::default(),
         base_dir: None,
         ignore_provider_env: true,
     }
@@ -66,6 +67,7 @@ fn config(dir: &Path) -> Config {
 struct World {
     server: Server,
     admin: String,
+    alice: String,
     db: sqlx::SqlitePool,
     dir: tempfile::TempDir,
 }
@@ -92,6 +94,7 @@ async fn world() -> World {
             .unwrap();
     World {
         admin: issuer.token("admin", &["secops"], 600).unwrap(),
+        alice: issuer.token("alice", &["engineering"], 600).unwrap(),
         server,
         db,
         dir,
@@ -262,4 +265,37 @@ async fn the_audit_key_is_created_private_and_its_bytes_never_reach_the_logs() {
     assert!(!text.contains(key) && !text.contains(&key[..16]), "{text}");
     let shown = format!("{:?}", w.server.state);
     assert!(!shown.contains(&key[..16]), "{shown}");
+}
+
+/// `POST /v1/admin/archive` on a server without `[retention] dir`: a
+/// `409` that says so, and nothing pruned; for a non-admin a `403` first.
+#[tokio::test]
+async fn archiving_without_a_retention_dir_is_a_conflict() {
+    let _serial = SERIAL.lock().await;
+    let w = world().await;
+    let before = verify(&w).await.1["records"].as_u64().unwrap();
+    for (token, status, code) in [
+        (&w.alice, StatusCode::FORBIDDEN, "forbidden"),
+        (&w.admin, StatusCode::CONFLICT, "retention_off"),
+    ] {
+        let resp = w
+            .server
+            .router()
+            .oneshot(
+                Request::post("/v1/admin/archive")
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(r#"{"older_than": "0s"}"#))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+    assert_eq!(verify(&w).await.1["records"].as_u64(), Some(before));
 }

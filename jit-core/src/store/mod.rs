@@ -432,9 +432,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// # Contract
     ///
-    /// Counts every record, with no limit. Stores answer it with one grouped
-    /// query on an index (the default, for stores without one, lists every
-    /// state in full and counts: correct, but reads every record).
+    /// Counts every record, with no limit, exactly: a count moves in the
+    /// same transaction as the insert, transition or prune that moves it,
+    /// so it never counts a write that was rolled back. Stores answer it
+    /// without reading the records: the memory store from its state index,
+    /// the SQL stores from counts that triggers keep per state (migration
+    /// 12; on PostgreSQL sharded per connection so that replicas do not
+    /// queue on one row, and summed here). The default, for stores without
+    /// either, lists every state in full and counts: correct, but reads
+    /// every record.
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
         let mut out = Vec::with_capacity(State::ALL.len());
         for s in State::ALL {

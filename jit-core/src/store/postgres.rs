@@ -95,7 +95,7 @@ use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// Connections per store unless set: a replica's writers, readers and reaper.
 const DEFAULT_POOL_SIZE: u32 = 10;
@@ -233,6 +233,76 @@ const MIGRATIONS: &[Migration] = &[
         version: 9,
         statements: &[
             "CREATE INDEX requests_requester_state_created ON requests (requester, state, created_at)",
+        ],
+    },
+    // Version 12: `count_by_state` (scraped by `/metrics` every few seconds)
+    // sums a few hundred counter rows instead of counting every index
+    // entry (measured at 1M rows: an index-only `count(*) GROUP BY state`
+    // 170 to 240 ms, the counters 0.2 ms; see BENCHMARKS.md). Triggers keep the counts in the transaction that inserts,
+    // changes the state of or prunes a record, so a rollback takes the
+    // count back with it and no code path can forget one.
+    //
+    // Counters are sharded by the writing connection (`pg_backend_pid() %
+    // 64`): with one row per state, every replica's transitions would queue
+    // on the same few rows. A shard's count alone means nothing (a record
+    // inserted through one connection and approved through another leaves
+    // -1 in the second one's `Pending` shard); the sum per state is exact.
+    // The update trigger takes its two rows in state order so that two
+    // connections sharing a shard never wait on each other in a cycle.
+    // Prunes delete in batches, so their trigger runs once per statement
+    // over the deleted rows. The table is locked against writers while the
+    // triggers are created and the counts back-filled, so no write falls
+    // between the count and the first trigger.
+    Migration {
+        version: 12,
+        statements: &[
+            "LOCK TABLE requests IN SHARE ROW EXCLUSIVE MODE",
+            "CREATE TABLE state_counts (
+            state TEXT NOT NULL,
+            shard SMALLINT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (state, shard)
+        )",
+            "CREATE FUNCTION jit_count_add(s TEXT, delta BIGINT) RETURNS void
+            LANGUAGE sql AS $$
+            INSERT INTO state_counts (state, shard, n)
+            VALUES (s, (pg_backend_pid() % 64)::SMALLINT, delta)
+            ON CONFLICT (state, shard) DO UPDATE SET n = state_counts.n + EXCLUDED.n
+        $$",
+            "CREATE FUNCTION jit_count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM jit_count_add(NEW.state, 1);
+            RETURN NULL;
+        END $$",
+            "CREATE FUNCTION jit_count_update() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF OLD.state < NEW.state THEN
+                PERFORM jit_count_add(OLD.state, -1);
+                PERFORM jit_count_add(NEW.state, 1);
+            ELSE
+                PERFORM jit_count_add(NEW.state, 1);
+                PERFORM jit_count_add(OLD.state, -1);
+            END IF;
+            RETURN NULL;
+        END $$",
+            "CREATE FUNCTION jit_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO state_counts (state, shard, n)
+            SELECT state, (pg_backend_pid() % 64)::SMALLINT, -COUNT(*) FROM gone
+            GROUP BY state ORDER BY state
+            ON CONFLICT (state, shard) DO UPDATE SET n = state_counts.n + EXCLUDED.n;
+            RETURN NULL;
+        END $$",
+            "CREATE TRIGGER requests_count_insert AFTER INSERT ON requests
+            FOR EACH ROW EXECUTE FUNCTION jit_count_insert()",
+            "CREATE TRIGGER requests_count_update AFTER UPDATE OF state ON requests
+            FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+            EXECUTE FUNCTION jit_count_update()",
+            "CREATE TRIGGER requests_count_delete AFTER DELETE ON requests
+            REFERENCING OLD TABLE AS gone
+            FOR EACH STATEMENT EXECUTE FUNCTION jit_count_delete()",
+            "INSERT INTO state_counts (state, shard, n)
+            SELECT state, 0, COUNT(*) FROM requests GROUP BY state",
         ],
     },
 ];
@@ -916,7 +986,8 @@ impl Store for PostgresStore {
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM requests GROUP BY state")
+            // Kept by migration 12's triggers: a few counter rows per state.
+            sqlx::query_as("SELECT state, SUM(n)::BIGINT FROM state_counts GROUP BY state")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| db_error("count requests by state", e))?;

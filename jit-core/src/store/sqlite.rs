@@ -61,7 +61,7 @@ use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,6 +202,36 @@ const MIGRATIONS: &[Migration] = &[
         statements: &[
             "CREATE INDEX requests_requester_entitlement_duration ON requests (requester, entitlement, created_at, (CASE WHEN json_valid(body) THEN body ->> '$.request.duration' END))",
             "DROP INDEX requests_requester_entitlement_created",
+        ],
+    },
+    // Version 12: `count_by_state` (scraped by `/metrics` every few seconds)
+    // reads one row per state instead of counting a million index entries.
+    // Triggers keep the counts in the transaction that inserts, changes the
+    // state of or prunes a record, so a rollback takes the count back with
+    // it and no code path can forget one. SQLite has one writer at a time,
+    // so one row per state is no hot spot. The counts are back-filled from
+    // the rows the migration finds.
+    Migration {
+        version: 12,
+        statements: &[
+            "CREATE TABLE state_counts (
+            state TEXT PRIMARY KEY,
+            n INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID",
+            "INSERT INTO state_counts (state, n) SELECT state, COUNT(*) FROM requests GROUP BY state",
+            "CREATE TRIGGER requests_count_insert AFTER INSERT ON requests BEGIN
+            INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
+                ON CONFLICT (state) DO UPDATE SET n = n + 1;
+        END",
+            "CREATE TRIGGER requests_count_update AFTER UPDATE OF state ON requests
+            WHEN OLD.state IS NOT NEW.state BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+            INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
+                ON CONFLICT (state) DO UPDATE SET n = n + 1;
+        END",
+            "CREATE TRIGGER requests_count_delete AFTER DELETE ON requests BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+        END",
         ],
     },
 ];
@@ -863,7 +893,8 @@ impl Store for SqliteStore {
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM requests GROUP BY state")
+            // Kept by migration 12's triggers: one row per state.
+            sqlx::query_as("SELECT state, n FROM state_counts")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| db_error("count requests by state", e))?;
@@ -1376,5 +1407,55 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(column, None);
+    }
+
+    /// A database written before version 12 gets its counts back-filled
+    /// from the rows it holds, and the triggers keep them from then on.
+    #[tokio::test]
+    async fn migration_12_backfills_the_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jit.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        for state in [
+            State::Pending,
+            State::Pending,
+            State::Active,
+            State::Revoked,
+        ] {
+            let mut r = record();
+            r.state = state;
+            store.insert(&r, &[]).await.unwrap();
+        }
+        // As a version 11 database would hold them: no table, no triggers.
+        for stmt in [
+            "DROP TRIGGER requests_count_insert",
+            "DROP TRIGGER requests_count_update",
+            "DROP TRIGGER requests_count_delete",
+            "DROP TABLE state_counts",
+            "DELETE FROM schema_migrations WHERE version = 12",
+        ] {
+            sqlx::query(stmt).execute(&store.pool).await.unwrap();
+        }
+        let mut late = record();
+        late.state = State::Expired;
+        store.insert(&late, &[]).await.unwrap();
+        store.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let count = |counts: &[(State, u64)], s: State| {
+            counts.iter().find(|(c, _)| *c == s).map(|(_, n)| *n)
+        };
+        let counts = store.count_by_state().await.unwrap();
+        assert_eq!(count(&counts, State::Pending), Some(2));
+        assert_eq!(count(&counts, State::Active), Some(1));
+        assert_eq!(count(&counts, State::Revoked), Some(1));
+        assert_eq!(count(&counts, State::Expired), Some(1));
+        assert_eq!(count(&counts, State::Approved), Some(0));
+        let mut more = record();
+        more.state = State::Expired;
+        store.insert(&more, &[]).await.unwrap();
+        let counts = store.count_by_state().await.unwrap();
+        assert_eq!(count(&counts, State::Expired), Some(2));
     }
 }

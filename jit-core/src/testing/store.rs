@@ -1717,3 +1717,235 @@ pub async fn check_concurrent_lease_acquires(store: Arc<dyn Store>) {
     }
     assert_eq!(winners, 1, "one holder at a time");
 }
+
+/// Counts from [`Store::count_by_state`] as a map.
+async fn counts_of(store: &dyn Store) -> std::collections::BTreeMap<State, i64> {
+    store
+        .count_by_state()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(s, n)| (s, i64::try_from(n).unwrap()))
+        .collect()
+}
+
+/// Asserts `count_by_state` moved from `before` by exactly what `model`
+/// (id → state of the records this check wrote and did not prune) holds.
+async fn assert_counts(
+    store: &dyn Store,
+    before: &std::collections::BTreeMap<State, i64>,
+    model: &std::collections::HashMap<RequestId, State>,
+    step: &str,
+) {
+    let now = counts_of(store).await;
+    for s in State::ALL {
+        let expected = model.values().filter(|m| **m == s).count() as i64;
+        let got = now.get(&s).copied().unwrap_or(0) - before.get(&s).copied().unwrap_or(0);
+        assert_eq!(got, expected, "count of `{s}` after {step}");
+    }
+}
+
+/// The lifecycle paths the counts check walks: every state is entered and
+/// left at least once.
+const COUNT_PATHS: &[&[State]] = &[
+    &[
+        State::Pending,
+        State::Approved,
+        State::Issuing,
+        State::Active,
+        State::Revoking,
+        State::Revoked,
+    ],
+    &[State::Pending, State::Denied],
+    &[State::Pending, State::Cancelled],
+    &[State::Pending, State::TimedOut],
+    &[
+        State::Pending,
+        State::Approved,
+        State::Issuing,
+        State::Failed,
+    ],
+    &[
+        State::Pending,
+        State::Approved,
+        State::Issuing,
+        State::Active,
+        State::Expired,
+    ],
+    &[
+        State::Pending,
+        State::Approved,
+        State::Issuing,
+        State::Active,
+        State::Revoking,
+        State::RevocationFailed,
+    ],
+];
+
+/// Writes one record along `path` (insert, then one update per step, each
+/// with an audit event), returning it as last written.
+async fn walk(store: &dyn Store, who: &str, ent: &str, path: &[State]) -> RequestRecord {
+    let mut r = sample_record(who, ent, path[0], Utc::now());
+    store
+        .insert(&r, &[event(&r, AuditKind::Requested, who)])
+        .await
+        .unwrap();
+    for s in &path[1..] {
+        let mut next = r.clone();
+        next.version += 1;
+        next.state = *s;
+        next.updated_at = Utc::now();
+        store
+            .update(
+                r.version,
+                &next,
+                &[event(&next, AuditKind::Reconciled, "reaper")],
+            )
+            .await
+            .unwrap();
+        r = next;
+    }
+    r
+}
+
+/// `count_by_state` stays exact, counted against a model of what the
+/// check wrote: after each insert and each transition through every state,
+/// after an update that keeps the state, after writes that fail (a
+/// duplicate insert, a lost compare-and-set, a refused prune that had
+/// already deleted part of its batch: their counts roll back with them),
+/// under two writers at once, and after a prune of finished records.
+///
+/// It prunes the audit chain up to its own last record, so give it a store
+/// of its own (it is not part of [`run_all`], whose chain checks verify
+/// from the genesis); other records in the store do not matter.
+pub async fn check_counts_exact(store: Arc<dyn Store>) {
+    use std::collections::HashMap;
+
+    let before = counts_of(&*store).await;
+    let u = unique();
+    let who = format!("tally-{u}");
+    let ent = format!("tally-{u}");
+    let mut model: HashMap<RequestId, State> = HashMap::new();
+    let mut last: HashMap<RequestId, RequestRecord> = HashMap::new();
+
+    // Every transition, one step at a time.
+    for path in COUNT_PATHS {
+        let mut r = sample_record(&who, &ent, path[0], Utc::now());
+        store
+            .insert(&r, &[event(&r, AuditKind::Requested, &who)])
+            .await
+            .unwrap();
+        model.insert(r.id, r.state);
+        assert_counts(
+            &*store,
+            &before,
+            &model,
+            &format!("insert in `{}`", r.state),
+        )
+        .await;
+        for s in &path[1..] {
+            let mut next = r.clone();
+            next.version += 1;
+            next.state = *s;
+            store
+                .update(
+                    r.version,
+                    &next,
+                    &[event(&next, AuditKind::Reconciled, "reaper")],
+                )
+                .await
+                .unwrap();
+            model.insert(r.id, *s);
+            assert_counts(&*store, &before, &model, &format!("`{}` → `{s}`", r.state)).await;
+            r = next;
+        }
+        last.insert(r.id, r);
+    }
+
+    // Writes that change no state, or fail, change no count.
+    let mut live = sample_record(&who, &ent, State::Active, Utc::now());
+    store.insert(&live, &[]).await.unwrap();
+    model.insert(live.id, State::Active);
+    let mut same = live.clone();
+    same.version = 2;
+    same.note = Some("touched".into());
+    store.update(1, &same, &[]).await.unwrap();
+    live = same;
+    assert_counts(&*store, &before, &model, "an update keeping the state").await;
+    assert!(store.insert(&live, &[]).await.is_err());
+    let mut stale = live.clone();
+    stale.version = 2;
+    stale.state = State::Revoking;
+    assert!(matches!(
+        store.update(1, &stale, &[]).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_counts(
+        &*store,
+        &before,
+        &model,
+        "a duplicate insert and a lost CAS",
+    )
+    .await;
+
+    // Two writers at once, each walking every path.
+    let tasks: Vec<_> = (0..2)
+        .map(|t| {
+            let store = store.clone();
+            let (who, ent) = (format!("{who}-{t}"), ent.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for path in COUNT_PATHS {
+                    out.push(walk(&*store, &who, &ent, path).await);
+                }
+                out
+            })
+        })
+        .collect();
+    for t in tasks {
+        for r in t.await.unwrap() {
+            model.insert(r.id, r.state);
+            last.insert(r.id, r);
+        }
+    }
+    assert_counts(&*store, &before, &model, "two concurrent writers").await;
+
+    // A prune refused after its first delete rolls back, counts included.
+    let chain = audit_all(&*store).await.unwrap();
+    let head = chain.last().unwrap();
+    let after = store.audit_anchor().await.unwrap().map_or(0, |a| a.seq);
+    let anchor = audit::AuditAnchor::new(head.seq, &head.hash, Utc::now(), None);
+    let mut finished: Vec<(RequestId, u64)> = last
+        .values()
+        .filter(|r| r.state.is_final())
+        .map(|r| (r.id, r.version))
+        .collect();
+    finished.sort_unstable_by_key(|(id, _)| id.to_string());
+    let mut refused = finished.clone();
+    refused.push((live.id, live.version));
+    let err = store
+        .prune(&crate::store::Prune {
+            after,
+            anchor: anchor.clone(),
+            records: refused,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert_counts(&*store, &before, &model, "a refused prune").await;
+
+    // A prune takes its records out of the counts.
+    store
+        .prune(&crate::store::Prune {
+            after,
+            anchor,
+            records: finished.clone(),
+        })
+        .await
+        .unwrap();
+    for (id, _) in &finished {
+        model.remove(id);
+    }
+    assert!(model.values().any(|s| !s.is_final()));
+    assert_counts(&*store, &before, &model, "a prune").await;
+}
