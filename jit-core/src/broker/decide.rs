@@ -259,7 +259,7 @@ impl Broker {
                 .as_ref()
                 .is_some_and(|g| g.starts_at <= self.inner.clock.now());
         if due {
-            self.issue_as(rec.id, actor).await
+            self.issue_as(rec.id, actor, Some(rec)).await
         } else {
             Ok(IssueOutcome {
                 record: rec,

@@ -27,7 +27,7 @@ impl Broker {
                 "only the requester or an admin may issue",
             ));
         }
-        self.issue_as(id, actor.id.as_str()).await
+        self.issue_as(id, actor.id.as_str(), Some(rec)).await
     }
 
     /// Delivers the credentials of an active grant again, to its requester only
@@ -89,11 +89,18 @@ impl Broker {
         Ok(out.credentials)
     }
 
-    pub(crate) async fn issue_as(&self, id: RequestId, actor: &str) -> Result<IssueOutcome> {
+    /// Issues `id` on behalf of `actor`; `known` is a copy of the record
+    /// the caller holds (see [`Broker::commit_from`]).
+    pub(crate) async fn issue_as(
+        &self,
+        id: RequestId,
+        actor: &str,
+        known: Option<RequestRecord>,
+    ) -> Result<IssueOutcome> {
         // 1. Record the grant as Issuing, with its final window, before calling anyone.
         let mut provider_name = String::new();
         let (rec, _) = self
-            .commit(id, |rec, now| {
+            .commit_from(id, known, |rec, now| {
                 if rec.state != State::Approved {
                     return Err(invalid_state("issue", rec));
                 }
@@ -180,7 +187,7 @@ impl Broker {
 
         // 3. Record it as Active with its `issued` audit record.
         let record_issued = self
-            .commit(id, |rec, now| {
+            .commit_from(id, Some(rec.clone()), |rec, now| {
                 if rec.state != State::Issuing {
                     return Err(invalid_state("record issue", rec));
                 }

@@ -348,6 +348,24 @@ impl Broker {
     pub(crate) async fn commit<F>(
         &self,
         id: RequestId,
+        f: F,
+    ) -> Result<(RequestRecord, Vec<AuditRecord>)>
+    where
+        F: FnMut(&mut RequestRecord, DateTime<Utc>) -> Result<Vec<AuditEvent>>,
+    {
+        self.commit_from(id, None, f).await
+    }
+
+    /// Like [`Broker::commit`], trying `known` first: a copy of the record
+    /// this broker has just written or read, which saves the store a read
+    /// on the common path. A stale copy costs nothing in safety: the write
+    /// is a compare-and-set on its version, so it fails with a conflict and
+    /// the loop reads the stored record. `f` refusing the copy is not
+    /// trusted either: the stored record is read and `f` asked again.
+    pub(crate) async fn commit_from<F>(
+        &self,
+        id: RequestId,
+        mut known: Option<RequestRecord>,
         mut f: F,
     ) -> Result<(RequestRecord, Vec<AuditRecord>)>
     where
@@ -355,15 +373,24 @@ impl Broker {
     {
         let mut last = None;
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            let current = self
-                .inner
-                .store
-                .get(id)
-                .await?
-                .ok_or_else(|| Error::request_not_found(id))?;
+            let (current, from_copy) = match known.take().filter(|r| r.id == id) {
+                Some(r) => (r, true),
+                None => (
+                    self.inner
+                        .store
+                        .get(id)
+                        .await?
+                        .ok_or_else(|| Error::request_not_found(id))?,
+                    false,
+                ),
+            };
             let now = self.inner.clock.now();
             let mut next = current.clone();
-            let events = self.seal(f(&mut next, now)?);
+            let events = match f(&mut next, now) {
+                Ok(events) => self.seal(events),
+                Err(_) if from_copy => continue,
+                Err(e) => return Err(e),
+            };
             next.version = current.version + 1;
             next.updated_at = now;
             match self

@@ -5,8 +5,8 @@
 //! the tower layer `LocalTokenLayer`, feature `tower`), and the broker hands
 //! out tokens through [`LocalProvider`].
 //!
-//! Tokens are JWTs (`alg: EdDSA`, header `kid`) signed with the maintained
-//! `jsonwebtoken` crate over `ed25519-dalek` keys; see [`LocalClaims`] for the
+//! Tokens are JWTs (`alg: EdDSA`, header `kid`) signed with `ed25519-dalek`
+//! keys and checked with the maintained `jsonwebtoken` crate; see [`LocalClaims`] for the
 //! claims. They expire natively at the grant's end. Early revocation puts the
 //! grant id (`jti`) on a [`RevocationList`] that the verifier consults on every
 //! use, so revocation is immediate for every verifier sharing that list.
@@ -52,8 +52,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::{SigningKey, VerifyingKey};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -135,14 +135,15 @@ impl LocalKey {
         Self { signing, public }
     }
 
-    /// jsonwebtoken's EdDSA signer expects the private key as PKCS#8 DER.
-    /// Built per use so the DER copy lives only as long as one signature.
-    fn encoding_key(&self) -> Result<EncodingKey> {
+    /// The key as jsonwebtoken's signer takes it (PKCS#8 DER): tests check
+    /// that [`LocalProvider`]'s own signing makes the same tokens.
+    #[cfg(test)]
+    fn encoding_key(&self) -> Result<jsonwebtoken::EncodingKey> {
         let der = self
             .signing
             .to_pkcs8_der()
             .map_err(|_| key_config_error("cannot encode the key as PKCS#8"))?;
-        Ok(EncodingKey::from_ed_der(der.as_bytes()))
+        Ok(jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()))
     }
 }
 
@@ -528,18 +529,29 @@ impl LocalProvider {
             .map(|_| ())
     }
 
+    /// The compact JWS `header.claims.signature`, each part base64url
+    /// without padding, the header jsonwebtoken's own (`typ`, `alg`, `kid`).
+    /// Signed with the Ed25519 key held here: jsonwebtoken's signer takes
+    /// the key as PKCS#8 DER and parses it again (deriving the public key
+    /// with it) on every call. The token is byte for byte the one
+    /// `jsonwebtoken::encode` makes (a test checks), and the [`Verifier`]
+    /// checks it with jsonwebtoken.
     fn sign(&self, claims: &LocalClaims) -> Result<Secret> {
-        ensure_crypto_provider();
+        let fail = |part: &str, e: serde_json::Error| Error::ProviderRejected {
+            provider: self.name.clone(),
+            operation: "issue",
+            message: format!("cannot sign the token: cannot encode its {part}: {e}"),
+        };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.key.kid().to_string());
-        let token =
-            jsonwebtoken::encode(&header, claims, &self.key.encoding_key()?).map_err(|e| {
-                Error::ProviderRejected {
-                    provider: self.name.clone(),
-                    operation: "issue",
-                    message: format!("cannot sign the token: {e}"),
-                }
-            })?;
+        let header = serde_json::to_vec(&header).map_err(|e| fail("header", e))?;
+        let claims = serde_json::to_vec(claims).map_err(|e| fail("claims", e))?;
+        let mut token = URL_SAFE_NO_PAD.encode(header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+        let signature = self.key.signing.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
         Ok(Secret::new(token))
     }
 
@@ -707,6 +719,42 @@ mod tests {
             .collect();
         assert!(!dbg.contains(&body));
         assert!(!format!("{pem:?}").contains(&body));
+    }
+
+    /// The provider signs with the dalek key itself; its tokens are the
+    /// ones jsonwebtoken makes from the same key and claims, and verify.
+    #[tokio::test]
+    async fn tokens_are_the_ones_jsonwebtoken_signs() {
+        let key = LocalKey::generate();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid().to_string());
+        let provider = LocalProvider::new(key, "jit-local");
+        let claims = LocalClaims {
+            iss: "jit-local".into(),
+            sub: "alice".into(),
+            aud: "billing".into(),
+            jti: GrantId::new(),
+            rid: RequestId::new(),
+            ent: "billing-admin".into(),
+            scopes: vec!["refunds:write".into()],
+            iat: 1_700_000_000,
+            nbf: 1_700_000_000,
+            exp: 4_000_000_000,
+        };
+        let ours = provider.sign(&claims).unwrap();
+        ensure_crypto_provider();
+        let theirs =
+            jsonwebtoken::encode(&header, &claims, &provider.key.encoding_key().unwrap()).unwrap();
+        assert_eq!(ours.expose(), theirs);
+        let checked = provider.verifier().verify(ours.expose(), "billing");
+        assert_eq!(checked.unwrap().jti, claims.jti);
+        // Another key's signature over the same claims is refused.
+        let other = LocalProvider::new(LocalKey::generate(), "jit-local");
+        let forged = other.sign(&claims).unwrap();
+        assert!(provider
+            .verifier()
+            .verify(forged.expose(), "billing")
+            .is_err());
     }
 
     #[test]

@@ -292,7 +292,7 @@ impl Broker {
         {
             return Ok(Step::Idle);
         }
-        self.issue_as(rec.id, REAPER_ACTOR).await?;
+        self.issue_as(rec.id, REAPER_ACTOR, None).await?;
         Ok(Step::Done(Vec::new()))
     }
 

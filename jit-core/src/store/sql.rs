@@ -197,7 +197,6 @@ pub(crate) struct Chained {
 
 impl Chained {
     /// The new head: the last record's `seq` and hash.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn head(&self) -> Option<(i64, &str)> {
         Some((*self.seqs.last()?, self.records.last()?.hash.as_str()))
     }

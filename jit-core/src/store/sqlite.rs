@@ -18,6 +18,16 @@
 //!   SQLite's sleep-and-poll busy handler; the busy timeout then only covers
 //!   other processes. A writer still waiting after the timeout gets
 //!   [`Error::Unavailable`].
+//! - **Few round trips per write.** Each statement is a round trip to the
+//!   connection's worker thread, which on a busy machine costs more than
+//!   the statement. A transition's audit events go in one `INSERT`, chained
+//!   onto the head this store last wrote and guarded in SQL on that head
+//!   still being the stored one; only when it is not (another process
+//!   appended, a write rolled back) is the head read and the chain redone,
+//!   under the same write lock. Writes keep one connection of their own
+//!   (see `Writer`) instead of taking one from the pool and handing it
+//!   back each time, and the pool does not ping a connection before
+//!   handing it to a reader.
 //! - **Compare-and-set in SQL.** `UPDATE .. WHERE id = ? AND version = ?`; no
 //!   row changed means a lost race ([`Error::Conflict`]) or an unknown id
 //!   ([`Error::NotFound`]). Any failure rolls the whole transition back,
@@ -67,8 +77,9 @@ pub const SCHEMA_VERSION: i64 = 12;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections for a file database: a few readers next to the one writer.
-const FILE_POOL_SIZE: u32 = 4;
+/// Connections for a file database: the one writers keep (see [`Writer`])
+/// and four readers.
+const FILE_POOL_SIZE: u32 = 5;
 
 /// One schema step. Statements run in order inside the opening transaction.
 struct Migration {
@@ -388,8 +399,11 @@ pub struct SqliteStore {
     pool: SqlitePool,
     location: String,
     memory: bool,
-    /// Queues this process's writers ahead of SQLite's write lock (see the module docs).
-    write: tokio::sync::Mutex<()>,
+    /// Queues this process's writers ahead of SQLite's write lock (see the
+    /// module docs), and holds their connection.
+    write: tokio::sync::Mutex<Writer>,
+    /// The audit head this store last wrote (see [`HeadHint`]).
+    head: HeadHint,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -470,6 +484,12 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE)
         }
+        // The pool's default pings every connection it hands out, a round
+        // trip to the connection's worker thread on every read and write;
+        // a SQLite connection is a file handle in this process, with no
+        // peer that could have hung up. (Returning one still pings it,
+        // which flushes the rollback of a transaction dropped halfway.)
+        .test_before_acquire(false)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
@@ -478,7 +498,8 @@ impl SqliteStore {
             pool,
             location,
             memory,
-            write: tokio::sync::Mutex::new(()),
+            write: tokio::sync::Mutex::new(Writer::default()),
+            head: HeadHint::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -505,22 +526,65 @@ impl SqliteStore {
 
     /// Closes every connection, waiting for them to finish. Later calls fail.
     pub async fn close(&self) {
+        // The pool waits for every connection to come back, the writers' too.
+        self.write.lock().await.conn = None;
         self.pool.close().await;
     }
 
     /// Applies the missing migrations in one write transaction.
     async fn migrate(&self) -> Result<()> {
-        let _writer = self.write.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut writer = self.write.lock().await;
+        let mut tx = self.begin_write(&mut writer).await?;
         let result = migrate_in(&mut tx).await;
-        finish(tx, result, "migrate").await
+        let out = finish(tx, result, "migrate").await;
+        writer.settle(out)
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
+    /// `BEGIN IMMEDIATE` on the writers' connection (taken from the pool
+    /// when there is none yet), or for an in-memory database on its one
+    /// pooled connection.
+    async fn begin_write<'w>(&self, writer: &'w mut Writer) -> Result<Transaction<'w, Sqlite>> {
+        let begin = |e| db_error("begin transaction", e);
+        if self.memory {
+            return self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(begin);
+        }
+        let conn = match &mut writer.conn {
+            Some(conn) => conn,
+            slot => slot.insert(
+                self.pool
+                    .acquire()
+                    .await
+                    .map_err(|e| db_error("acquire a connection for writing", e))?,
+            ),
+        };
+        sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE")
             .await
-            .map_err(|e| db_error("begin transaction", e))
+            .map_err(begin)
+    }
+}
+
+/// The connection this process writes through, for a file database. Kept
+/// rather than handed back to the pool after each write: the pool pings a
+/// connection it takes back (a round trip to its worker thread, on a task
+/// of its own), three times per grant. A transaction dropped halfway
+/// leaves its rollback queued on the connection, which runs it before the
+/// next statement; after any other failure than a lost race the
+/// connection goes back to the pool (which checks it) and the next write
+/// takes another. An in-memory database has one connection, shared with
+/// the readers, so its writes take it from the pool each time.
+#[derive(Default)]
+struct Writer {
+    conn: Option<sqlx::pool::PoolConnection<Sqlite>>,
+}
+
+impl Writer {
+    /// Passes `out` through, letting go of the connection after a failure
+    /// that may have come from the connection itself.
+    fn settle<T>(&mut self, out: Result<T>) -> Result<T> {
+        if matches!(out, Err(Error::Store(_))) {
+            self.conn = None;
+        }
+        out
     }
 }
 
@@ -564,7 +628,7 @@ async fn migrate_in(conn: &mut SqliteConnection) -> Result<()> {
 
 /// Commits on success; on failure rolls back now (instead of on drop) so the
 /// next writer does not find the lock still held, and returns the first error.
-async fn finish<T>(tx: Transaction<'static, Sqlite>, result: Result<T>, op: &str) -> Result<T> {
+async fn finish<T>(tx: Transaction<'_, Sqlite>, result: Result<T>, op: &str) -> Result<T> {
     match result {
         Ok(v) => {
             tx.commit()
@@ -619,10 +683,109 @@ fn decode_record(row: &sqlx::sqlite::SqliteRow) -> Result<RequestRecord> {
     sql::decode_record(&body)
 }
 
-/// Chains `events` after the current head. Must run inside a write transaction.
-async fn append_in(conn: &mut SqliteConnection, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+/// The audit chain's newest `(seq, hash)` as this store last wrote it: a
+/// hint that spares each write transaction a read of the head. It is never
+/// trusted: the first audit insert of a transaction is guarded on the
+/// stored head still being this one (another process may have appended, a
+/// transaction that wrote it may have rolled back), and when it is not,
+/// the head is read and the events are chained again.
+#[derive(Debug, Default)]
+struct HeadHint(std::sync::Mutex<Option<(i64, String)>>);
+
+impl HeadHint {
+    fn get(&self) -> Option<(i64, String)> {
+        self.0.lock().ok().and_then(|h| h.clone())
+    }
+
+    fn set(&self, chained: &sql::Chained) {
+        if let Ok(mut h) = self.0.lock() {
+            *h = chained.head().map(|(seq, hash)| (seq, hash.to_string()));
+        }
+    }
+}
+
+/// Audit rows one `INSERT` writes at most (three binds each, well under
+/// SQLite's limit on bound parameters).
+const AUDIT_ROWS_PER_INSERT: usize = 200;
+
+/// Inserts the chained rows, in as few statements as possible. With
+/// `after`, the first statement inserts only if the stored head (the newest
+/// row, or the anchor when every row was pruned) is exactly `after` and
+/// nothing follows it; `false` when it was not, with nothing written.
+async fn insert_chained(
+    conn: &mut SqliteConnection,
+    chained: &sql::Chained,
+    after: Option<(i64, &str)>,
+) -> Result<bool> {
+    let rows: Vec<_> = chained
+        .seqs
+        .iter()
+        .zip(&chained.records)
+        .zip(&chained.bodies)
+        .collect();
+    for (i, chunk) in rows.chunks(AUDIT_ROWS_PER_INSERT).enumerate() {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO audit (seq, hash, body) SELECT column1, column2, column3 FROM (VALUES ",
+        );
+        let mut values = q.separated(", ");
+        for ((seq, r), body) in chunk {
+            values
+                .push("(")
+                .push_bind_unseparated(**seq)
+                .push_unseparated(", ")
+                .push_bind_unseparated(r.hash.as_str())
+                .push_unseparated(", ")
+                .push_bind_unseparated(body.as_str())
+                .push_unseparated(")");
+        }
+        q.push(")");
+        let guard = after.filter(|_| i == 0);
+        if let Some((seq, hash)) = guard {
+            q.push(" WHERE NOT EXISTS (SELECT 1 FROM audit WHERE seq > ")
+                .push_bind(seq)
+                .push(") AND COALESCE((SELECT hash FROM audit WHERE seq = ")
+                .push_bind(seq)
+                .push("), (SELECT hash FROM audit_anchor WHERE id = 1 AND seq = ")
+                .push_bind(seq)
+                .push(")) = ")
+                .push_bind(hash);
+        }
+        let inserted = q
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error("append audit records", e))?
+            .rows_affected();
+        if inserted == 0 && guard.is_some() {
+            return Ok(false);
+        }
+        if inserted != chunk.len() as u64 {
+            return Err(Error::Store(format!(
+                "sqlite append audit records: {inserted} of {} rows written",
+                chunk.len()
+            )));
+        }
+    }
+    Ok(true)
+}
+
+/// Chains `events` after the current head. Must run inside a write
+/// transaction. The head comes from `hint` when it is still current (one
+/// statement writes the events), else from a read.
+async fn append_in(
+    conn: &mut SqliteConnection,
+    events: &[AuditEvent],
+    hint: &HeadHint,
+) -> Result<Vec<AuditRecord>> {
     if events.is_empty() {
         return Ok(Vec::new());
+    }
+    if let Some((seq, hash)) = hint.get() {
+        let chained = sql::chain(events, seq, &hash, ENGINE)?;
+        if insert_chained(conn, &chained, Some((seq, &hash))).await? {
+            hint.set(&chained);
+            return Ok(chained.records);
+        }
     }
     // The newest record, else (everything was pruned) the anchor.
     let head: Option<(i64, String)> = sqlx::query_as(
@@ -635,20 +798,9 @@ async fn append_in(conn: &mut SqliteConnection, events: &[AuditEvent]) -> Result
     .map_err(|e| db_error("read audit head", e))?;
     let (seq, hash) = head.unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
     let chained = sql::chain(events, seq, &hash, ENGINE)?;
-    for ((seq, r), body) in chained
-        .seqs
-        .iter()
-        .zip(&chained.records)
-        .zip(&chained.bodies)
-    {
-        sqlx::query("INSERT INTO audit (seq, hash, body) VALUES (?, ?, ?)")
-            .bind(seq)
-            .bind(&r.hash)
-            .bind(body)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| db_error("append audit record", e))?;
-    }
+    // The write lock is held since the head was read: nothing to guard against.
+    insert_chained(conn, &chained, None).await?;
+    hint.set(&chained);
     Ok(chained.records)
 }
 
@@ -723,6 +875,7 @@ async fn insert_in(
     conn: &mut SqliteConnection,
     record: &RequestRecord,
     events: &[AuditEvent],
+    hint: &HeadHint,
 ) -> Result<Vec<AuditRecord>> {
     let c = sql::Columns::of(record, ENGINE)?;
     let inserted = sqlx::query(
@@ -746,7 +899,7 @@ async fn insert_in(
     if inserted == 0 {
         return Err(sql::insert_conflict(record));
     }
-    append_in(conn, events).await
+    append_in(conn, events, hint).await
 }
 
 async fn update_in(
@@ -754,6 +907,7 @@ async fn update_in(
     expected_version: u64,
     record: &RequestRecord,
     events: &[AuditEvent],
+    hint: &HeadHint,
 ) -> Result<Vec<AuditRecord>> {
     let c = sql::Columns::of(record, ENGINE)?;
     let id = c.id.clone();
@@ -785,7 +939,7 @@ async fn update_in(
             .is_some();
         return Err(sql::missed_update(record, expected_version, exists));
     }
-    append_in(conn, events).await
+    append_in(conn, events, hint).await
 }
 
 #[async_trait]
@@ -796,10 +950,11 @@ impl Store for SqliteStore {
         events: &[AuditEvent],
     ) -> Result<Vec<AuditRecord>> {
         check_versions(0, record)?;
-        let _writer = self.write.lock().await;
-        let mut tx = self.begin_write().await?;
-        let result = insert_in(&mut tx, record, events).await;
-        finish(tx, result, "insert").await
+        let mut writer = self.write.lock().await;
+        let mut tx = self.begin_write(&mut writer).await?;
+        let result = insert_in(&mut tx, record, events, &self.head).await;
+        let out = finish(tx, result, "insert").await;
+        writer.settle(out)
     }
 
     async fn update(
@@ -809,10 +964,11 @@ impl Store for SqliteStore {
         events: &[AuditEvent],
     ) -> Result<Vec<AuditRecord>> {
         check_versions(expected_version, record)?;
-        let _writer = self.write.lock().await;
-        let mut tx = self.begin_write().await?;
-        let result = update_in(&mut tx, expected_version, record, events).await;
-        finish(tx, result, "update").await
+        let mut writer = self.write.lock().await;
+        let mut tx = self.begin_write(&mut writer).await?;
+        let result = update_in(&mut tx, expected_version, record, events, &self.head).await;
+        let out = finish(tx, result, "update").await;
+        writer.settle(out)
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
@@ -967,10 +1123,11 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, prune: &Prune) -> Result<()> {
-        let _writer = self.write.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut writer = self.write.lock().await;
+        let mut tx = self.begin_write(&mut writer).await?;
         let result = prune_in(&mut tx, prune).await;
-        finish(tx, result, "prune").await
+        let out = finish(tx, result, "prune").await;
+        writer.settle(out)
     }
 
     /// One upsert: inserts the row, or takes it over when it is this
@@ -1319,6 +1476,62 @@ mod tests {
         assert!(store.audit(1, 10).await.unwrap().is_empty());
         // And the store works again once the lock is gone.
         assert_eq!(store.insert(&r, &[ev]).await.unwrap().len(), 1);
+    }
+
+    fn events_for(r: &RequestRecord, n: usize) -> Vec<AuditEvent> {
+        (0..n)
+            .map(|_| AuditEvent::new(r.created_at, AuditKind::Requested, r.id, "alice", r.state))
+            .collect()
+    }
+
+    async fn verified(store: &SqliteStore) -> crate::audit::ChainSummary {
+        let entries = crate::store::audit_entries_all(store).await.unwrap();
+        crate::audit::ChainVerifier::new()
+            .verify_entries(&entries)
+            .unwrap()
+    }
+
+    /// The audit head a store remembers is only a hint: another process
+    /// appending, a rolled-back write, or a wrong hash in it never puts
+    /// a record on the wrong predecessor or at a taken `seq`.
+    #[tokio::test]
+    async fn a_stale_audit_head_hint_is_caught_and_the_chain_stays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chain.db");
+        let a = SqliteStore::open(&path).await.unwrap();
+        let b = SqliteStore::open(&path).await.unwrap();
+        let mut written = 0;
+        for (store, n) in [(&a, 3), (&a, 1), (&b, 2), (&a, 3), (&b, 1), (&a, 1)] {
+            let r = record();
+            let recs = store.insert(&r, &events_for(&r, n)).await.unwrap();
+            assert_eq!(recs.first().unwrap().seq, written + 1);
+            written += n as u64;
+            assert_eq!(verified(&a).await.records, written);
+        }
+        let head = verified(&a).await.head;
+        for bad in [
+            // A write that was rolled back after chaining.
+            (written as i64 + 1, head.clone()),
+            // The right seq with another hash.
+            (written as i64, GENESIS_HASH.to_string()),
+            // Behind the chain.
+            (1, head.clone()),
+        ] {
+            *a.head.0.lock().unwrap() = Some(bad);
+            let r = record();
+            let recs = a.insert(&r, &events_for(&r, 2)).await.unwrap();
+            assert_eq!(recs[0].seq, written + 1);
+            written += 2;
+            let summary = verified(&a).await;
+            assert_eq!(summary.records, written);
+            assert_eq!(summary.head, recs[1].hash);
+        }
+        // More rows than one statement writes.
+        let r = record();
+        let n = AUDIT_ROWS_PER_INSERT * 2 + 5;
+        let recs = b.insert(&r, &events_for(&r, n)).await.unwrap();
+        assert_eq!(recs.len(), n);
+        assert_eq!(verified(&a).await.records, written + n as u64);
     }
 
     #[tokio::test]
