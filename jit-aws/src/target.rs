@@ -514,7 +514,10 @@ mod tests {
         let policy: serde_json::Value =
             serde_json::from_str(t.session_policy.as_deref().unwrap()).unwrap();
         assert_eq!(policy, json!({"Statement": [], "Version": "2012-10-17"}));
-        assert!(!t.session_policy.as_deref().unwrap().contains(' '), "packed");
+        assert!(
+            !t.session_policy.as_deref().unwrap().contains(' '),
+            "packed"
+        );
         assert_eq!(t.policy_arns.len(), 2);
         assert_eq!(t.session_tags[0].key, "team");
         // A table is accepted as well.
