@@ -530,6 +530,9 @@ struct Case {
     ticket_fact: TicketFact,
     risk: Risk,
     provider_max: Duration,
+    /// The schedules the requester is on call for, as the broker's on-call
+    /// source answered; `None`: no source.
+    on_call: Option<&'static [&'static str]>,
 }
 
 impl Case {
@@ -550,6 +553,9 @@ impl Case {
             Risk::Unavailable => c.with_risk(RiskAssessment::unavailable("t", "timed out")),
             Risk::Score(s) => c.with_risk(scored(s)),
         };
+        if let Some(schedules) = self.on_call {
+            c = c.with_on_call(schedules.iter().copied());
+        }
         let ticket = self.ticket.unwrap_or("");
         match self.ticket_fact {
             TicketFact::NoVerifier => c,
@@ -647,6 +653,14 @@ fn the_examples_load_and_agree_on_the_listing() {
         );
         assert_eq!(cat.is_admin(&p), ced.is_admin(&p));
     }
+    for e in cat.entitlements() {
+        assert_eq!(
+            cat.on_call_schedules(&e),
+            ced.on_call_schedules(&e),
+            "{}",
+            e.id
+        );
+    }
 }
 
 #[test]
@@ -662,6 +676,7 @@ fn the_shared_table_gives_the_same_decisions() {
         ticket_fact: TicketFact::NoVerifier,
         risk: Risk::Score(10),
         provider_max: long,
+        on_call: None,
     };
     let with = |mut c: Case, f: &dyn Fn(&mut Case)| {
         f(&mut c);
@@ -917,6 +932,43 @@ fn the_shared_table_gives_the_same_decisions() {
             ),
             Expect::Auto,
         ),
+        (
+            "payments: on call",
+            with(
+                base(who("bob", &["engineering"]), "payments-db-write", "20m"),
+                &|c| c.on_call = Some(&["payments-primary"]),
+            ),
+            Expect::Auto,
+        ),
+        (
+            "payments: on call, too long",
+            with(
+                base(who("bob", &["engineering"]), "payments-db-write", "31m"),
+                &|c| c.on_call = Some(&["payments-primary"]),
+            ),
+            Expect::Human(1),
+        ),
+        (
+            "payments: on call for another schedule",
+            with(
+                base(who("bob", &["engineering"]), "payments-db-write", "20m"),
+                &|c| c.on_call = Some(&["db-primary"]),
+            ),
+            Expect::Human(1),
+        ),
+        (
+            "payments: nobody could tell (no source)",
+            base(who("bob", &["engineering"]), "payments-db-write", "20m"),
+            Expect::Human(1),
+        ),
+        (
+            "payments: on call but not eligible",
+            with(
+                base(who("bob", &["oncall"]), "payments-db-write", "20m"),
+                &|c| c.on_call = Some(&["payments-primary"]),
+            ),
+            Expect::Deny,
+        ),
     ];
     for (name, case, expect) in table {
         let got = both(cat, ced, &case);
@@ -961,6 +1013,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
         "billing-export",
         "audit-read",
         "ci-secrets",
+        "payments-db-write",
     ]);
     let justification = prop::sample::select(vec![
         "",
@@ -989,8 +1042,16 @@ fn arb_case() -> impl Strategy<Value = Case> {
         ]),
     ];
     let provider = prop::sample::select(vec![0u64, 600, 1800, 12 * 3600]);
+    let on_call: BoxedStrategy<Option<&'static [&'static str]>> = prop::sample::select(vec![
+        None,
+        Some(&[][..]),
+        Some(&["payments-primary"][..]),
+        Some(&["db-primary"][..]),
+        Some(&["db-primary", "payments-primary"][..]),
+    ])
+    .boxed();
     (
-        (ids, attr),
+        (ids, attr, on_call),
         ent,
         secs,
         (justification, ticket, ticket_fact),
@@ -999,7 +1060,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
     )
         .prop_map(
             |(
-                ((id, groups), attr),
+                ((id, groups), attr, on_call),
                 entitlement,
                 secs,
                 (justification, ticket, ticket_fact),
@@ -1025,6 +1086,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
                     } else {
                         Duration::from_secs(provider)
                     },
+                    on_call,
                 }
             },
         )

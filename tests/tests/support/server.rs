@@ -14,8 +14,10 @@ use serde_json::{json, Value};
 /// the tests.
 ///
 /// They are built with the selection the README's test command uses
-/// (`--workspace --all-features`, test targets included), so that after
-/// `scripts/test.sh` has built everything this is a no-op: cargo unifies
+/// (`--workspace --all-features`, test targets included, plus `--bins`:
+/// `cargo test` builds a package's plain binaries only for its own
+/// integration tests, and jit-cli has none), so that after
+/// `scripts/test.sh` has built everything this only links `jit`: cargo unifies
 /// features over the packages and targets it builds, and a narrower
 /// `-p vending-server -p jit-cli` would compile the server and its
 /// dependencies a second time with other features (about 10 minutes on
@@ -52,7 +54,14 @@ pub fn bins() -> &'static (PathBuf, PathBuf) {
             }
         }
         let status = build
-            .args(["build", "-q", "--workspace", "--all-features", "--tests"])
+            .args([
+                "build",
+                "-q",
+                "--workspace",
+                "--all-features",
+                "--tests",
+                "--bins",
+            ])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("run cargo build");
