@@ -4,6 +4,9 @@
 //! | --- | --- | --- |
 //! | `JIT_CATALOGUE` | the catalogue itself, inline TOML | one of the two is required |
 //! | `JIT_CATALOGUE_FILE` | path of the catalogue TOML (e.g. `/var/task/catalogue.toml` in the deployment package) | |
+//! | `JIT_POLICY_KIND` | `catalogue`, or `cedar` to decide with an entitlement file and a Cedar policy set (`jit_core::policy::cedar`; a function built with the `cedar` feature) | `catalogue` |
+//! | `JIT_CEDAR_ENTITLEMENTS` | with `cedar`: path of the entitlement file (e.g. `/var/task/entitlements.toml`) | required with `cedar` |
+//! | `JIT_CEDAR_POLICIES` | with `cedar`: path of the policy set (e.g. `/var/task/policies.cedar`), validated against the published schema at cold start | required with `cedar` |
 //! | `JIT_STORE_URL` | `memory:`, `sqlite:///tmp/jit.db`, `postgres://...` | `memory:` |
 //! | `JIT_CLAIM_ID` | claim (or authorizer context key) holding the caller's stable id | `sub` |
 //! | `JIT_CLAIM_GROUPS` | claim holding the caller's groups | `groups` |
@@ -27,7 +30,9 @@
 //! | `JIT_ONCALL_TIMEOUT_MS` | how long an invocation waits for the source; past it, not on call | `2000` |
 //! | `JIT_ONCALL_CACHE_SECS` | how long the service's answers are cached per schedule (0: not cached) | `30` |
 //!
-//! Exactly one of `JIT_CATALOGUE` and `JIT_CATALOGUE_FILE` must be set.
+//! Exactly one of `JIT_CATALOGUE` and `JIT_CATALOGUE_FILE` must be set,
+//! unless `JIT_POLICY_KIND=cedar`: then both Cedar files are, and neither
+//! catalogue variable.
 //!
 //! # Why `memory:` by default
 //!
@@ -47,13 +52,22 @@ use jit_core::{ConfigError, Error};
 /// The store used when `JIT_STORE_URL` is unset.
 pub const DEFAULT_STORE_URL: &str = "memory:";
 
-/// Where the catalogue comes from.
+/// Where the policy comes from: a catalogue (the default), or Cedar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogueSource {
     /// The TOML text itself (`JIT_CATALOGUE`).
     Inline(String),
     /// A file to read at cold start (`JIT_CATALOGUE_FILE`).
     File(PathBuf),
+    /// Not a catalogue: an entitlement file and a Cedar policy set, read
+    /// and validated at cold start (`JIT_POLICY_KIND=cedar`; a function
+    /// built without the `cedar` feature refuses it there).
+    Cedar {
+        /// `JIT_CEDAR_ENTITLEMENTS`.
+        entitlements: PathBuf,
+        /// `JIT_CEDAR_POLICIES`.
+        policies: PathBuf,
+    },
 }
 
 /// What to do with a duration longer than the entitlement allows.
@@ -260,7 +274,7 @@ impl RiskConfig {
     }
 }
 
-fn setting(field: &str, message: impl Into<String>) -> Error {
+pub(crate) fn setting(field: &str, message: impl Into<String>) -> Error {
     Error::Config(ConfigError::InvalidField {
         entitlement: "settings".into(),
         field: field.into(),
@@ -291,16 +305,40 @@ impl Config {
     /// Like [`Config::from_env`], from any lookup (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let catalogue = match (get("JIT_CATALOGUE"), get("JIT_CATALOGUE_FILE")) {
-            (Some(text), None) => CatalogueSource::Inline(text),
-            (None, Some(path)) => CatalogueSource::File(PathBuf::from(path)),
-            (Some(_), Some(_)) => {
+        let kind = get("JIT_POLICY_KIND").map(|v| v.trim().to_ascii_lowercase());
+        let catalogue = match (kind.as_deref(), get("JIT_CATALOGUE"), get("JIT_CATALOGUE_FILE")) {
+            (Some("cedar"), None, None) => {
+                let file = |var: &str| {
+                    get(var).map(PathBuf::from).ok_or_else(|| {
+                        setting(var, "`JIT_POLICY_KIND=cedar` needs `JIT_CEDAR_ENTITLEMENTS` and `JIT_CEDAR_POLICIES` (paths)")
+                    })
+                };
+                CatalogueSource::Cedar {
+                    entitlements: file("JIT_CEDAR_ENTITLEMENTS")?,
+                    policies: file("JIT_CEDAR_POLICIES")?,
+                }
+            }
+            (Some("cedar"), _, _) => {
+                return Err(setting(
+                    "JIT_POLICY_KIND",
+                    "`cedar` takes its entitlements from `JIT_CEDAR_ENTITLEMENTS`: unset `JIT_CATALOGUE` and `JIT_CATALOGUE_FILE`",
+                ))
+            }
+            (Some(other), _, _) if other != "catalogue" => {
+                return Err(setting(
+                    "JIT_POLICY_KIND",
+                    format!("`{other}` is not `catalogue` or `cedar`"),
+                ))
+            }
+            (_, Some(text), None) => CatalogueSource::Inline(text),
+            (_, None, Some(path)) => CatalogueSource::File(PathBuf::from(path)),
+            (_, Some(_), Some(_)) => {
                 return Err(setting(
                     "JIT_CATALOGUE",
                     "set `JIT_CATALOGUE` or `JIT_CATALOGUE_FILE`, not both",
                 ))
             }
-            (None, None) => return Err(setting(
+            (_, None, None) => return Err(setting(
                 "JIT_CATALOGUE",
                 "no catalogue: set `JIT_CATALOGUE` (inline TOML) or `JIT_CATALOGUE_FILE` (a path)",
             )),
@@ -598,6 +636,25 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_kind_picks_the_catalogue_or_the_cedar_files() {
+        let c = from(&[("JIT_POLICY_KIND", "catalogue"), ("JIT_CATALOGUE", "x = 1")]).unwrap();
+        assert_eq!(c.catalogue, CatalogueSource::Inline("x = 1".into()));
+        let c = from(&[
+            ("JIT_POLICY_KIND", " Cedar "),
+            ("JIT_CEDAR_ENTITLEMENTS", "/var/task/entitlements.toml"),
+            ("JIT_CEDAR_POLICIES", "/var/task/policies.cedar"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.catalogue,
+            CatalogueSource::Cedar {
+                entitlements: "/var/task/entitlements.toml".into(),
+                policies: "/var/task/policies.cedar".into(),
+            }
+        );
+    }
+
+    #[test]
     fn bad_settings_name_the_variable() {
         for (pairs, var) in [
             (vec![], "JIT_CATALOGUE"),
@@ -643,6 +700,33 @@ mod tests {
             (
                 vec![("JIT_CATALOGUE", "a"), ("JIT_ONCALL_TIMEOUT_MS", "soon")],
                 "JIT_ONCALL_TIMEOUT_MS",
+            ),
+            (
+                vec![("JIT_CATALOGUE", "a"), ("JIT_POLICY_KIND", "rego")],
+                "JIT_POLICY_KIND",
+            ),
+            (
+                vec![
+                    ("JIT_POLICY_KIND", "cedar"),
+                    ("JIT_CATALOGUE_FILE", "/var/task/catalogue.toml"),
+                    ("JIT_CEDAR_ENTITLEMENTS", "/var/task/e.toml"),
+                    ("JIT_CEDAR_POLICIES", "/var/task/p.cedar"),
+                ],
+                "JIT_POLICY_KIND",
+            ),
+            (
+                vec![
+                    ("JIT_POLICY_KIND", "cedar"),
+                    ("JIT_CEDAR_POLICIES", "/var/task/p.cedar"),
+                ],
+                "JIT_CEDAR_ENTITLEMENTS",
+            ),
+            (
+                vec![
+                    ("JIT_POLICY_KIND", "cedar"),
+                    ("JIT_CEDAR_ENTITLEMENTS", "/var/task/e.toml"),
+                ],
+                "JIT_CEDAR_POLICIES",
             ),
         ] {
             match from(&pairs) {

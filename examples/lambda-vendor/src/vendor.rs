@@ -8,13 +8,13 @@ use jit_core::audit::StdoutSink;
 use jit_core::types::{format_duration, GrantDuration, Verdict};
 use jit_core::wire::{self, CredentialProcess, ErrorDetails};
 use jit_core::{
-    AccessRequest, AuditSink, Broker, CataloguePolicy, Error, IssueOutcome, Provider, RequestError,
-    RequestId, State, Store,
+    AccessRequest, AuditSink, Broker, CataloguePolicy, Error, IssueOutcome, Policy, Provider,
+    RequestError, RequestId, State, Store,
 };
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{json, Value};
 
-use crate::config::{CatalogueSource, ClaimNames, Config, OverMax};
+use crate::config::{setting, CatalogueSource, ClaimNames, Config, OverMax};
 use crate::event::{self, Body, DurationField, Invocation, RequestBody};
 use crate::response::ApiResponse;
 
@@ -62,9 +62,13 @@ impl VendorBuilder {
     /// Parses the catalogue, opens the store, builds the AWS clients: the
     /// cold-start work, done once per container.
     pub async fn build(self) -> Result<Vendor, Error> {
-        let policy = match &self.config.catalogue {
-            CatalogueSource::Inline(text) => CataloguePolicy::from_toml_str(text)?,
-            CatalogueSource::File(path) => CataloguePolicy::from_file(path)?,
+        let policy: Arc<dyn Policy> = match &self.config.catalogue {
+            CatalogueSource::Inline(text) => Arc::new(CataloguePolicy::from_toml_str(text)?),
+            CatalogueSource::File(path) => Arc::new(CataloguePolicy::from_file(path)?),
+            CatalogueSource::Cedar {
+                entitlements,
+                policies,
+            } => cedar_policy(entitlements, policies)?,
         };
         let store = match self.store {
             Some(s) => s,
@@ -91,7 +95,7 @@ impl VendorBuilder {
                     .await?,
             ),
         };
-        let mut builder = Broker::builder(store, Arc::new(policy)).provider(provider);
+        let mut builder = Broker::builder(store, policy).provider(provider);
         // The same risk review as the vending server's: unusual requests go
         // to a human (pending, 202) instead of being auto-approved.
         builder = self.config.risk.settings()?.apply(builder)?;
@@ -113,6 +117,35 @@ impl VendorBuilder {
             over_max: self.config.over_max,
         })
     }
+}
+
+/// The Cedar policy of `JIT_POLICY_KIND=cedar`: a file that cannot be read
+/// is named with its variable; a policy that does not validate is a
+/// [`jit_core::ConfigError::Cedar`] naming its `@id` and line.
+#[cfg(feature = "cedar")]
+fn cedar_policy(
+    entitlements: &std::path::Path,
+    policies: &std::path::Path,
+) -> Result<Arc<dyn Policy>, Error> {
+    let read = |var: &str, p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| setting(var, format!("cannot read `{}`: {e}", p.display())))
+    };
+    Ok(Arc::new(jit_core::policy::cedar::CedarPolicy::from_strs(
+        &read("JIT_CEDAR_ENTITLEMENTS", entitlements)?,
+        &read("JIT_CEDAR_POLICIES", policies)?,
+    )?))
+}
+
+#[cfg(not(feature = "cedar"))]
+fn cedar_policy(
+    _entitlements: &std::path::Path,
+    _policies: &std::path::Path,
+) -> Result<Arc<dyn Policy>, Error> {
+    Err(setting(
+        "JIT_POLICY_KIND",
+        "`cedar` needs a function built with the `cedar` feature (cargo build -p lambda-vendor --features cedar)",
+    ))
 }
 
 /// Only the scheme: a PostgreSQL URL may carry a password.
@@ -380,5 +413,101 @@ fn outcome(out: IssueOutcome) -> ApiResponse {
                 ),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::path::Path;
+
+    use jit_core::local::{LocalKey, LocalProvider};
+    use jit_core::{ConfigError, MemoryStore};
+
+    use super::*;
+
+    async fn build(entitlements: &Path, policies: &Path) -> Result<Vendor, Error> {
+        let mut config = Config::with_catalogue("");
+        config.catalogue = CatalogueSource::Cedar {
+            entitlements: entitlements.into(),
+            policies: policies.into(),
+        };
+        Vendor::builder(config)
+            .store(Arc::new(MemoryStore::new()))
+            .provider(Arc::new(LocalProvider::new(LocalKey::generate(), "jit")))
+            .build()
+            .await
+    }
+
+    const ENTITLEMENTS: &str = "[[entitlements]]\nid = \"db\"\nprovider = \"local\"\nmax_duration = \"1h\"\ntarget = { audience = \"db\" }\n[entitlements.approval]\nids = [\"carol\"]\n";
+    const POLICIES: &str = "@id(\"db: ops\")\npermit (principal in Jit::Group::\"ops\", action == Jit::Action::\"request\", resource == Jit::Entitlement::\"db\");\n";
+
+    #[cfg(feature = "cedar")]
+    #[tokio::test]
+    async fn a_cedar_policy_is_read_and_checked_at_cold_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ents, pols) = (dir.path().join("e.toml"), dir.path().join("p.cedar"));
+        std::fs::write(&ents, ENTITLEMENTS).unwrap();
+        std::fs::write(&pols, POLICIES).unwrap();
+        let vendor = build(&ents, &pols).await.unwrap();
+        let ids: Vec<_> = vendor
+            .broker()
+            .policy()
+            .entitlements()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["db"]);
+
+        // Whom the Cedar policy covers decides: ops is eligible (and waits
+        // for carol: no auto-approve permit), anyone else is denied.
+        let ent = vendor.broker().policy().entitlement("db").unwrap();
+        let ctx =
+            jit_core::PolicyContext::new(chrono::Utc::now(), std::time::Duration::from_secs(3600));
+        let req = AccessRequest::new("db", "10m".parse().unwrap(), "INC-1: restore");
+        let ops = jit_core::Principal::new("olga").unwrap().with_group("ops");
+        let eve = jit_core::Principal::new("eve").unwrap();
+        let policy = vendor.broker().policy();
+        let for_ops = policy.evaluate(&ops, &req, &ent, &ctx).unwrap();
+        let for_eve = policy.evaluate(&eve, &req, &ent, &ctx).unwrap();
+        assert!(for_eve.is_deny(), "{for_eve:?}");
+        assert!(
+            matches!(for_ops.verdict, Verdict::NeedsApproval { quorum: 1, .. }),
+            "{for_ops:?}"
+        );
+
+        // A missing file is named with its variable.
+        let missing = dir.path().join("nope.cedar");
+        let err = build(&ents, &missing).await.unwrap_err().to_string();
+        assert!(err.contains("JIT_CEDAR_POLICIES"), "{err}");
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        let err = build(&missing, &pols).await.unwrap_err().to_string();
+        assert!(err.contains("JIT_CEDAR_ENTITLEMENTS"), "{err}");
+
+        // A policy that does not type-check: its `@id` and line.
+        std::fs::write(
+            &pols,
+            format!("{POLICIES}\n@id(\"typo\")\npermit (principal, action, resource)\nwhen {{ context.duratoin_secs > 1 }};\n"),
+        )
+        .unwrap();
+        match build(&ents, &pols).await {
+            Err(Error::Config(ConfigError::Cedar { policy, line, .. })) => {
+                assert_eq!(policy, "typo");
+                assert!((4..=6).contains(&line), "line {line}");
+            }
+            other => panic!("expected a Cedar error, got {other:?}"),
+        }
+    }
+
+    #[cfg(not(feature = "cedar"))]
+    #[tokio::test]
+    async fn cedar_in_a_build_without_the_feature_is_refused_at_cold_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = build(&dir.path().join("e.toml"), &dir.path().join("p.cedar"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("JIT_POLICY_KIND"), "{err}");
+        assert!(err.contains("`cedar` feature"), "{err}");
     }
 }

@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
         store_url: format!("sqlite://{}", dir.path().join("jit.db").display()),
         catalogue_file: None,
         catalogue: Some(demo::CATALOGUE.into()),
+        policy: Default::default(),
         auth: AuthConfig {
             issuer: demo::ISSUER.into(),
             audience: demo::AUDIENCE.into(),

@@ -6,6 +6,12 @@
 //! store_url = "sqlite://jit.db"           # JIT_STORE_URL
 //! catalogue_file = "catalogue.toml"       # JIT_CATALOGUE_FILE; or `catalogue = """..."""` inline
 //!
+//! [policy]                                # who may have what; the catalogue when absent
+//! kind = "catalogue"                      # `catalogue` (the default) or `cedar` (feature `cedar`)
+//! # kind = "cedar"                        # jit_core::policy::cedar: instead of a catalogue,
+//! # entitlements = "entitlements.toml"    # JIT_CEDAR_ENTITLEMENTS: what can be requested
+//! # policies = "policies.cedar"           # JIT_CEDAR_POLICIES: who may have it, and when without a human
+//!
 //! [auth]
 //! issuer = "https://id.example.com/"      # JIT_AUTH_ISSUER
 //! audience = "jit"                        # JIT_AUTH_AUDIENCE
@@ -124,6 +130,9 @@ pub struct Config {
     /// Catalogue TOML inline.
     #[serde(default)]
     pub catalogue: Option<String>,
+    /// Which policy decides: the catalogue (the default) or Cedar.
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// OIDC settings.
     pub auth: AuthConfig,
     /// Providers by name.
@@ -165,6 +174,37 @@ pub struct Config {
     /// up a production key file from the environment.
     #[serde(skip)]
     pub ignore_provider_env: bool,
+}
+
+/// Which [`jit_core::Policy`] decides requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// The catalogue of `catalogue_file` or `catalogue`
+    /// ([`jit_core::CataloguePolicy`]).
+    #[default]
+    Catalogue,
+    /// An entitlement file and a Cedar policy set
+    /// (`jit_core::policy::cedar::CedarPolicy`): needs a server built with
+    /// the `cedar` feature.
+    Cedar,
+}
+
+/// `[policy]`: which policy decides. Absent, or `kind = "catalogue"`: the
+/// catalogue (`catalogue_file` or `catalogue`). `kind = "cedar"`: the
+/// entitlement file and the Cedar policy set named here (both required,
+/// relative to the config file; no catalogue may be set then), validated
+/// against the published schema when the server starts, so a policy that
+/// does not parse or type-check stops the start, naming its `@id` and line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// `catalogue` (the default) or `cedar`.
+    pub kind: PolicyKind,
+    /// The Cedar entitlement file (TOML).
+    pub entitlements: Option<PathBuf>,
+    /// The Cedar policy set.
+    pub policies: Option<PathBuf>,
 }
 
 /// `[audit]`: the key that seals the audit chain and where signed
@@ -550,6 +590,12 @@ impl Config {
         if let Some(p) = c.auth.jwks_file.as_mut() {
             rel(p);
         }
+        if let Some(p) = c.policy.entitlements.as_mut() {
+            rel(p);
+        }
+        if let Some(p) = c.policy.policies.as_mut() {
+            rel(p);
+        }
         if let Some(p) = c.metrics.bearer_token_file.as_mut() {
             rel(p);
         }
@@ -597,6 +643,12 @@ impl Config {
         if let Some(v) = get("JIT_CATALOGUE_FILE") {
             self.catalogue_file = Some(v.into());
             self.catalogue = None;
+        }
+        if let Some(v) = get("JIT_CEDAR_ENTITLEMENTS") {
+            self.policy.entitlements = Some(v.into());
+        }
+        if let Some(v) = get("JIT_CEDAR_POLICIES") {
+            self.policy.policies = Some(v.into());
         }
         if let Some(v) = get("JIT_AUTH_ISSUER") {
             self.auth.issuer = v;
@@ -865,6 +917,78 @@ mod tests {
             let err = Config::from_toml_str(&format!("{MIN}\n{table}")).unwrap_err();
             assert!(err.contains(text), "{table}: {err}");
         }
+    }
+
+    #[test]
+    fn policy_section_paths_env_overrides_and_mistakes() {
+        let c = Config::from_toml_str(MIN).unwrap();
+        assert_eq!(c.policy, PolicyConfig::default());
+        assert_eq!(c.policy.kind, PolicyKind::Catalogue);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "[policy]\nkind = \"cedar\"\nentitlements = \"cedar/entitlements.toml\"\npolicies = \"/etc/jit/policies.cedar\"\n[auth]\nissuer = \"i\"\naudience = \"a\"\n",
+        )
+        .unwrap();
+        let mut c = Config::load(&path).unwrap();
+        assert_eq!(c.policy.kind, PolicyKind::Cedar);
+        assert_eq!(
+            c.policy.entitlements.as_deref(),
+            Some(dir.path().join("cedar/entitlements.toml").as_path())
+        );
+        assert_eq!(
+            c.policy.policies.as_deref(),
+            Some(Path::new("/etc/jit/policies.cedar"))
+        );
+        c.apply_env(|k| match k {
+            "JIT_CEDAR_ENTITLEMENTS" => Some("/run/e.toml".into()),
+            "JIT_CEDAR_POLICIES" => Some("/run/p.cedar".into()),
+            _ => None,
+        });
+        assert_eq!(
+            (
+                c.policy.entitlements.as_deref(),
+                c.policy.policies.as_deref()
+            ),
+            (
+                Some(Path::new("/run/e.toml")),
+                Some(Path::new("/run/p.cedar"))
+            )
+        );
+
+        for (table, want) in [
+            ("kind = \"rego\"", "unknown variant `rego`"),
+            (
+                "kind = \"cedar\"\npolicy = \"p.cedar\"",
+                "unknown field `policy`",
+            ),
+        ] {
+            let err = Config::from_toml_str(&format!("{MIN}\n[policy]\n{table}\n")).unwrap_err();
+            assert!(err.contains(want), "{table}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_readme_server_config_for_cedar_parses() {
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split_once("\n```").map(|(block, _)| block))
+            .find(|b| b.contains("kind = \"cedar\""))
+            .unwrap();
+        let c = Config::from_toml_str(&format!(
+            "{}\n{block}",
+            MIN.replace("catalogue_file = \"cat.toml\"", "")
+        ))
+        .unwrap();
+        assert_eq!(c.policy.kind, PolicyKind::Cedar);
+        assert_eq!(
+            c.policy.policies.as_deref(),
+            Some(Path::new("policies.cedar"))
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use jit_core::provider::registry::{FactoryContext, ProviderRegistry};
-use jit_core::{Broker, CataloguePolicy, Provider, Reaper, Store};
+use jit_core::{Broker, CataloguePolicy, Policy, Provider, Reaper, Store};
 use jsonwebtoken::Algorithm;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -193,6 +193,68 @@ fn tickets_setup(
     .map_err(|e| format!("tickets: {e}"))
 }
 
+/// The policy `[policy]` names: the catalogue (`catalogue_file` or
+/// `catalogue`), or an entitlement file and a Cedar policy set (feature
+/// `cedar`). Every file is read and checked here, so a bad one stops the
+/// start.
+pub fn load_policy(config: &Config) -> Result<Arc<dyn Policy>, String> {
+    let p = &config.policy;
+    match p.kind {
+        config::PolicyKind::Catalogue => {
+            if p.entitlements.is_some() || p.policies.is_some() {
+                return Err(
+                    "policy: `entitlements` and `policies` are for `kind = \"cedar\"`; the catalogue is `catalogue_file` or `catalogue`"
+                        .into(),
+                );
+            }
+            let policy = match (&config.catalogue, &config.catalogue_file) {
+                (Some(text), _) => CataloguePolicy::from_toml_str(text),
+                (None, Some(p)) => CataloguePolicy::from_file(p),
+                (None, None) => return Err("set `catalogue_file` or `catalogue`".into()),
+            }
+            .map_err(|e| format!("catalogue: {e}"))?;
+            Ok(Arc::new(policy))
+        }
+        config::PolicyKind::Cedar => {
+            if config.catalogue.is_some() || config.catalogue_file.is_some() {
+                return Err(
+                    "policy: `kind = \"cedar\"` takes its entitlements from `[policy] entitlements`: remove `catalogue_file` and `catalogue`"
+                        .into(),
+                );
+            }
+            let (Some(entitlements), Some(policies)) = (&p.entitlements, &p.policies) else {
+                return Err(
+                    "policy: `kind = \"cedar\"` needs `entitlements` (JIT_CEDAR_ENTITLEMENTS) and `policies` (JIT_CEDAR_POLICIES)"
+                        .into(),
+                );
+            };
+            cedar_policy(entitlements, policies)
+        }
+    }
+}
+
+#[cfg(feature = "cedar")]
+fn cedar_policy(entitlements: &Path, policies: &Path) -> Result<Arc<dyn Policy>, String> {
+    let read = |what: &str, p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| format!("policy: {what}: cannot read `{}`: {e}", p.display()))
+    };
+    let policy = jit_core::policy::cedar::CedarPolicy::from_strs(
+        &read("entitlements", entitlements)?,
+        &read("policies", policies)?,
+    )
+    .map_err(|e| match e {
+        jit_core::ConfigError::Cedar { .. } => format!("policy: `{}`: {e}", policies.display()),
+        e => format!("policy: `{}`: {e}", entitlements.display()),
+    })?;
+    Ok(Arc::new(policy))
+}
+
+#[cfg(not(feature = "cedar"))]
+fn cedar_policy(_entitlements: &Path, _policies: &Path) -> Result<Arc<dyn Policy>, String> {
+    Err("policy: `kind = \"cedar\"` needs a server built with the `cedar` feature (cargo build -p vending-server --features cedar)".into())
+}
+
 /// Adds the configured on-call source, if any (`[on_call]`); a rota file
 /// is read and validated here, so a bad one stops the start.
 fn on_call_setup(
@@ -305,13 +367,7 @@ impl Server {
                 "/metrics is served to anyone on the API listener: set `[metrics] listen` or `bearer_token_file`"
             );
         }
-        let policy = match (&config.catalogue, &config.catalogue_file) {
-            (Some(text), _) => CataloguePolicy::from_toml_str(text),
-            (None, Some(p)) => CataloguePolicy::from_file(p),
-            (None, None) => return Err("set `catalogue_file` or `catalogue`".into()),
-        }
-        .map_err(|e| format!("catalogue: {e}"))?;
-        let mut builder = Broker::builder(store.clone(), Arc::new(policy));
+        let mut builder = Broker::builder(store.clone(), load_policy(&config)?);
         let (providers, ctx) = build_providers(&config, store.clone(), registry).await?;
         for provider in providers {
             builder = builder.provider(Arc::new(Measured::new(provider, metrics.clone())));
@@ -672,6 +728,110 @@ mod tests {
             let err = tickets_result(toml).unwrap_err();
             assert!(err.contains(want), "{toml}: {err}");
         }
+    }
+
+    /// `load_policy` on MIN without its catalogue, plus `toml`.
+    fn policy_result(toml: &str) -> Result<Vec<String>, String> {
+        let c = Config::from_toml_str(&format!("{toml}\n{}", MIN.replace("catalogue = \"\"", "")))
+            .unwrap();
+        load_policy(&c).map(|p| p.entitlements().into_iter().map(|e| e.id).collect())
+    }
+
+    #[test]
+    fn the_policy_kind_and_its_files_must_agree() {
+        assert_eq!(
+            policy_result("catalogue = \"\"").unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            policy_result("").unwrap_err(),
+            "set `catalogue_file` or `catalogue`"
+        );
+        for (toml, want) in [
+            (
+                "catalogue = \"\"\n[policy]\npolicies = \"p.cedar\"",
+                "are for `kind = \"cedar\"`",
+            ),
+            (
+                "catalogue = \"\"\n[policy]\nkind = \"cedar\"\nentitlements = \"e.toml\"\npolicies = \"p.cedar\"",
+                "remove `catalogue_file` and `catalogue`",
+            ),
+            (
+                "[policy]\nkind = \"cedar\"\nentitlements = \"e.toml\"",
+                "needs `entitlements` (JIT_CEDAR_ENTITLEMENTS) and `policies` (JIT_CEDAR_POLICIES)",
+            ),
+        ] {
+            let err = policy_result(toml).unwrap_err();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+    }
+
+    #[cfg(not(feature = "cedar"))]
+    #[test]
+    fn cedar_in_a_build_without_the_feature_stops_the_start() {
+        let err = policy_result(
+            "[policy]\nkind = \"cedar\"\nentitlements = \"e.toml\"\npolicies = \"p.cedar\"",
+        )
+        .unwrap_err();
+        assert!(err.contains("built with the `cedar` feature"), "{err}");
+    }
+
+    #[cfg(feature = "cedar")]
+    #[test]
+    fn cedar_files_are_read_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ents = dir.path().join("entitlements.toml");
+        let pols = dir.path().join("policies.cedar");
+        let cedar = |e: &std::path::Path, p: &std::path::Path| {
+            policy_result(&format!(
+                "[policy]\nkind = \"cedar\"\nentitlements = \"{}\"\npolicies = \"{}\"",
+                e.display(),
+                p.display()
+            ))
+        };
+        std::fs::write(
+            &ents,
+            "[[entitlements]]\nid = \"db\"\nprovider = \"local\"\nmax_duration = \"1h\"\ntarget = { audience = \"db\" }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &pols,
+            "@id(\"db: ops\")\npermit (principal in Jit::Group::\"ops\", action == Jit::Action::\"request\", resource == Jit::Entitlement::\"db\");\n",
+        )
+        .unwrap();
+        assert_eq!(cedar(&ents, &pols).unwrap(), ["db"]);
+
+        // A missing file is named, with which of the two it is.
+        let missing = dir.path().join("nope.cedar");
+        let err = cedar(&ents, &missing).unwrap_err();
+        assert!(err.starts_with("policy: policies: cannot read"), "{err}");
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        let err = cedar(&missing, &pols).unwrap_err();
+        assert!(
+            err.starts_with("policy: entitlements: cannot read"),
+            "{err}"
+        );
+
+        // A policy that does not type-check: its file, `@id` and line.
+        std::fs::write(
+            &pols,
+            "@id(\"db: ops\")\npermit (principal, action == Jit::Action::\"request\", resource)\nwhen { context.no_such_field };\n",
+        )
+        .unwrap();
+        let err = cedar(&ents, &pols).unwrap_err();
+        assert!(err.contains(&pols.display().to_string()), "{err}");
+        assert!(err.contains("cedar policy `db: ops` at line "), "{err}");
+
+        // A bad entitlement file: that file is named.
+        std::fs::write(
+            &pols,
+            "@id(\"db: ops\")\npermit (principal, action == Jit::Action::\"request\", resource);\n",
+        )
+        .unwrap();
+        assert_eq!(cedar(&ents, &pols).unwrap(), ["db"]);
+        std::fs::write(&ents, "[[entitlements]]\nid = \"db\"\n").unwrap();
+        let err = cedar(&ents, &pols).unwrap_err();
+        assert!(err.contains(&ents.display().to_string()), "{err}");
     }
 
     fn on_call_result(toml: &str, catalogue: &str) -> Result<String, String> {

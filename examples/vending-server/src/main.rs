@@ -79,6 +79,7 @@ async fn run(args: Args) -> Result<(), String> {
             store_url: format!("sqlite://{}", dir.join("jit.db").display()),
             catalogue_file: None,
             catalogue: Some(demo::CATALOGUE.into()),
+            policy: Default::default(),
             auth: AuthConfig {
                 issuer: demo::ISSUER.into(),
                 audience: demo::AUDIENCE.into(),

@@ -34,6 +34,7 @@ fn config(dir: &Path) -> Config {
         store_url: format!("sqlite://{}", dir.join("jit.db").display()),
         catalogue_file: None,
         catalogue: Some(demo::CATALOGUE.into()),
+        policy: Default::default(),
         auth: AuthConfig {
             issuer: demo::ISSUER.into(),
             audience: demo::AUDIENCE.into(),
