@@ -577,6 +577,22 @@ struct Writer {
     conn: Option<sqlx::pool::PoolConnection<Sqlite>>,
 }
 
+/// sqlx hands a pooled connection back to its pool on a Tokio task, and
+/// panics when there is no runtime. The writers' connection is kept for the
+/// life of the store, so a store dropped after its runtime has gone (a
+/// `main` that returns, a bench, a CLI) would panic in that drop. Without a
+/// runtime the connection is detached from the pool and closed here
+/// instead; with one it goes back to the pool as usual.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            if let Some(conn) = self.conn.take() {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
 impl Writer {
     /// Passes `out` through, letting go of the connection after a failure
     /// that may have come from the connection itself.
@@ -1532,6 +1548,36 @@ mod tests {
         let recs = b.insert(&r, &events_for(&r, n)).await.unwrap();
         assert_eq!(recs.len(), n);
         assert_eq!(verified(&a).await.records, written + n as u64);
+    }
+
+    /// A store whose writers' connection is kept (every file store after
+    /// its first write) can be dropped after its runtime is gone.
+    #[test]
+    fn a_store_outlives_its_runtime_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("late.db");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = rt.block_on(async {
+            let store = SqliteStore::open(&path).await.unwrap();
+            let r = record();
+            store.insert(&r, &events_for(&r, 1)).await.unwrap();
+            assert!(store.write.lock().await.conn.is_some(), "writer kept");
+            store
+        });
+        drop(rt);
+        drop(store);
+        // The file is whole and opens again.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = SqliteStore::open(&path).await.unwrap();
+            assert_eq!(verified(&store).await.records, 1);
+        });
     }
 
     #[tokio::test]
