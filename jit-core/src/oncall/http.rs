@@ -111,16 +111,7 @@ impl HttpOnCall {
 
     /// Uses this client (a test CA, a proxy); the timeout is still applied per call.
     pub fn with_client(url: &str, client: reqwest::Client) -> Result<Self> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(url, &e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(invalid(url, "use an http or https URL"));
-        }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(invalid(
-                url,
-                "put credentials in a bearer token, not the URL",
-            ));
-        }
+        let parsed = crate::risk::http::hook_url(url).map_err(|m| invalid(url, &m))?;
         Ok(Self {
             url: parsed,
             client,

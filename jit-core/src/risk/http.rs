@@ -79,16 +79,7 @@ impl HttpAssessor {
 
     /// Uses this client (a test CA, a proxy); the timeout is still applied per call.
     pub fn with_client(url: &str, client: reqwest::Client) -> Result<Self> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(url, &e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(invalid(url, "use an http or https URL"));
-        }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(invalid(
-                url,
-                "put credentials in a bearer token, not the URL",
-            ));
-        }
+        hook_url(url).map_err(|m| invalid(url, &m))?;
         Ok(Self {
             url: url.to_string(),
             client,
@@ -173,6 +164,21 @@ impl HttpAssessor {
             error: None,
         })
     }
+}
+
+/// The URL rule of the decision hooks (this assessor, the on-call
+/// service): http or https, and no credentials in the URL (they go in a
+/// bearer token, which is kept out of `Debug` and logs). The error is the
+/// reason, for the caller's own config error.
+pub(crate) fn hook_url(url: &str) -> std::result::Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("use an http or https URL".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("put credentials in a bearer token, not the URL".into());
+    }
+    Ok(parsed)
 }
 
 fn invalid(url: &str, message: &str) -> Error {
