@@ -42,6 +42,8 @@
 //! `JIT_SCALE_1M=1 cargo bench -p jit-core --bench scale`
 //! `JIT_SCALE_SIZES=10000 cargo bench -p jit-core --bench scale` (sizes of your choice;
 //! `JIT_SCALE_KEEP=1` keeps the SQLite file and prints where)
+//! `JIT_SCALE_STORES=sqlite JIT_SCALE_SIZES=1000000 cargo bench -p jit-core --bench scale`
+//! (one store only: `memory` or `sqlite`)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -333,17 +335,30 @@ fn sqlite_dir() -> PathBuf {
     }
 }
 
+/// Whether `JIT_SCALE_STORES` (a comma list of `memory`, `sqlite`; both
+/// when unset) selects `store`.
+fn selected(store: &str) -> bool {
+    std::env::var("JIT_SCALE_STORES")
+        .ok()
+        .is_none_or(|list| list.split(',').any(|s| s.trim() == store))
+}
+
 async fn run(n: usize) {
     let now = Utc::now();
 
-    let before = resident_bytes();
-    let memory = Arc::new(MemoryStore::new());
-    let ids = fill(memory.clone(), n, now).await;
-    let grown = before
-        .zip(resident_bytes())
-        .map(|(b, a)| a.saturating_sub(b) as f64 / n as f64);
-    measure("memory", &*memory, &ids, now, grown).await;
-    drop(memory);
+    if selected("memory") {
+        let before = resident_bytes();
+        let memory = Arc::new(MemoryStore::new());
+        let ids = fill(memory.clone(), n, now).await;
+        let grown = before
+            .zip(resident_bytes())
+            .map(|(b, a)| a.saturating_sub(b) as f64 / n as f64);
+        measure("memory", &*memory, &ids, now, grown).await;
+        drop(memory);
+    }
+    if !selected("sqlite") {
+        return;
+    }
 
     let dir = tempfile::tempdir_in(sqlite_dir()).unwrap();
     let path = dir.path().join("scale.db");
