@@ -7,7 +7,7 @@
 //! catalogue_file = "catalogue.toml"       # JIT_CATALOGUE_FILE; or `catalogue = """..."""` inline
 //!
 //! [policy]                                # who may have what; the catalogue when absent
-//! kind = "catalogue"                      # `catalogue` (the default) or `cedar` (feature `cedar`)
+//! kind = "catalogue"                      # JIT_POLICY_KIND: `catalogue` (the default) or `cedar` (feature `cedar`)
 //! # kind = "cedar"                        # jit_core::policy::cedar: instead of a catalogue,
 //! # entitlements = "entitlements.toml"    # JIT_CEDAR_ENTITLEMENTS: what can be requested
 //! # policies = "policies.cedar"           # JIT_CEDAR_POLICIES: who may have it, and when without a human
@@ -632,8 +632,35 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim().to_string())
     }
 
-    /// Applies `JIT_*` environment overrides through `get` (injectable for tests).
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+    /// Applies `JIT_*` environment overrides through `get` (injectable for
+    /// tests). An override that does not parse is an error naming the
+    /// variable, never ignored.
+    ///
+    /// `JIT_POLICY_KIND` (`catalogue` or `cedar`) replaces `[policy] kind`
+    /// and drops the other kind's files from the file config, so one
+    /// config file can be switched by the environment alone; the files of
+    /// the chosen kind then come from the file or from `JIT_CATALOGUE_FILE`
+    /// / `JIT_CEDAR_*`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(v) = get("JIT_POLICY_KIND") {
+            match v.trim() {
+                "catalogue" => {
+                    self.policy.kind = PolicyKind::Catalogue;
+                    self.policy.entitlements = None;
+                    self.policy.policies = None;
+                }
+                "cedar" => {
+                    self.policy.kind = PolicyKind::Cedar;
+                    self.catalogue = None;
+                    self.catalogue_file = None;
+                }
+                other => {
+                    return Err(format!(
+                        "JIT_POLICY_KIND: unknown policy kind `{other}` (`catalogue` or `cedar`)"
+                    ))
+                }
+            }
+        }
         if let Some(v) = get("JIT_LISTEN") {
             self.listen = v;
         }
@@ -706,6 +733,7 @@ impl Config {
         if let Some(v) = get("JIT_RETENTION_DIR") {
             self.retention.dir = Some(v.into());
         }
+        Ok(())
     }
 }
 
@@ -734,7 +762,8 @@ mod tests {
             "JIT_LISTEN" => Some("0.0.0.0:9".into()),
             "JIT_AUTH_JWKS_FILE" => Some("/k.json".into()),
             _ => None,
-        });
+        })
+        .unwrap();
         assert_eq!(c.listen, "0.0.0.0:9");
         assert_eq!(c.auth.jwks_url, None);
         assert_eq!(c.auth.jwks_file.as_deref(), Some(Path::new("/k.json")));
@@ -760,7 +789,8 @@ mod tests {
             "JIT_RISK_URL" => Some("https://other/score".into()),
             "JIT_RISK_TOKEN_FILE" => Some("/run/secrets/risk".into()),
             _ => None,
-        });
+        })
+        .unwrap();
         assert_eq!(c.risk.assessor.as_deref(), Some("history"));
         assert_eq!(c.risk.url.as_deref(), Some("https://other/score"));
         assert_eq!(
@@ -786,10 +816,12 @@ mod tests {
             "JIT_ONCALL_URL" => Some("https://pager/oncalls".into()),
             "JIT_ONCALL_TOKEN_FILE" => Some("/run/secrets/pager".into()),
             _ => None,
-        });
+        })
+        .unwrap();
         assert_eq!(c.on_call.url.as_deref(), Some("https://pager/oncalls"));
         assert_eq!(c.on_call.rota_file, None);
-        c.apply_env(|k| (k == "JIT_ONCALL_ROTA_FILE").then(|| "/etc/jit/rota.toml".into()));
+        c.apply_env(|k| (k == "JIT_ONCALL_ROTA_FILE").then(|| "/etc/jit/rota.toml".into()))
+            .unwrap();
         assert_eq!(c.on_call.url, None);
         assert_eq!(
             c.on_call.rota_file.as_deref(),
@@ -839,7 +871,8 @@ mod tests {
             "JIT_METRICS_LISTEN" => Some("0.0.0.0:9100".into()),
             "JIT_METRICS_TOKEN_FILE" => Some("/run/secrets/metrics".into()),
             _ => None,
-        });
+        })
+        .unwrap();
         assert_eq!(c.metrics.listen.as_deref(), Some("0.0.0.0:9100"));
         assert_eq!(
             c.metrics.bearer_token_file.as_deref(),
@@ -862,7 +895,8 @@ mod tests {
             "JIT_AUDIT_KEY_FILE" => Some("/k/audit.key".into()),
             "JIT_AUDIT_CHECKPOINT_FILE" => Some("/cp.jsonl".into()),
             _ => None,
-        });
+        })
+        .unwrap();
         assert_eq!(c.audit.key_file.as_deref(), Some(Path::new("/k/audit.key")));
         assert_eq!(
             c.audit.checkpoint_file.as_deref(),
@@ -946,7 +980,8 @@ mod tests {
             "JIT_CEDAR_ENTITLEMENTS" => Some("/run/e.toml".into()),
             "JIT_CEDAR_POLICIES" => Some("/run/p.cedar".into()),
             _ => None,
-        });
+        })
+        .unwrap();
         assert_eq!(
             (
                 c.policy.entitlements.as_deref(),
@@ -957,6 +992,54 @@ mod tests {
                 Some(Path::new("/run/p.cedar"))
             )
         );
+
+        // The environment alone switches a catalogue config to Cedar (the
+        // catalogue is dropped, so `load_policy` does not refuse the mix),
+        // and back; a kind it does not know stops the start.
+        let mut c = Config::from_toml_str(MIN).unwrap();
+        assert_eq!(c.policy.kind, PolicyKind::Catalogue);
+        c.apply_env(|k| match k {
+            "JIT_POLICY_KIND" => Some("cedar".into()),
+            "JIT_CEDAR_ENTITLEMENTS" => Some("/run/e.toml".into()),
+            "JIT_CEDAR_POLICIES" => Some("/run/p.cedar".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.policy.kind, PolicyKind::Cedar);
+        assert_eq!(
+            (c.catalogue_file.as_deref(), c.catalogue.as_deref()),
+            (None, None)
+        );
+        assert_eq!(
+            c.policy.policies.as_deref(),
+            Some(Path::new("/run/p.cedar"))
+        );
+        c.apply_env(|k| match k {
+            "JIT_POLICY_KIND" => Some("catalogue".into()),
+            "JIT_CATALOGUE_FILE" => Some("/run/cat.toml".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.policy.kind, PolicyKind::Catalogue);
+        assert_eq!(
+            (
+                c.policy.entitlements.as_deref(),
+                c.policy.policies.as_deref()
+            ),
+            (None, None)
+        );
+        assert_eq!(
+            c.catalogue_file.as_deref(),
+            Some(Path::new("/run/cat.toml"))
+        );
+        let err = c
+            .apply_env(|k| (k == "JIT_POLICY_KIND").then(|| "rego".into()))
+            .unwrap_err();
+        assert!(
+            err.contains("JIT_POLICY_KIND") && err.contains("`rego`"),
+            "{err}"
+        );
+        assert_eq!(c.policy.kind, PolicyKind::Catalogue);
 
         for (table, want) in [
             ("kind = \"rego\"", "unknown variant `rego`"),

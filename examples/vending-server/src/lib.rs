@@ -641,7 +641,7 @@ async fn drop_unsafe_request_id(mut req: Request) -> Request {
 /// Loads a config file and applies the environment.
 pub fn load_config(path: &Path) -> Result<Config, String> {
     let mut c = Config::load(path)?;
-    c.apply_env(|k| std::env::var(k).ok());
+    c.apply_env(|k| std::env::var(k).ok())?;
     Ok(c)
 }
 

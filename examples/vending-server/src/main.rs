@@ -121,7 +121,7 @@ async fn run(args: Args) -> Result<(), String> {
             // The demo's own key files, whatever the environment says.
             ignore_provider_env: true,
         };
-        c.apply_env(|k| std::env::var(k).ok().filter(|_| k == "JIT_LISTEN"));
+        c.apply_env(|k| std::env::var(k).ok().filter(|_| k == "JIT_LISTEN"))?;
         (c, Some(issuer))
     } else {
         let path = args.config.clone().ok_or("--config is required")?;
