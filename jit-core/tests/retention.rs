@@ -341,6 +341,50 @@ async fn batches_stop_at_a_request_boundary() {
     assert!(ends.len() >= 3);
 }
 
+/// Clearing a backlog in batches reads each batch and a little more, not
+/// the chain to its head every time (which made it quadratic): with 40
+/// old finished requests (an hour apart) behind 1,000 recent ones, ten
+/// batches of four read a fraction of the chain in all, not ten times the
+/// whole chain.
+#[tokio::test]
+async fn a_batch_reads_its_own_records_not_the_chain_to_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new())));
+    let w = world(faulty.clone());
+    for i in 0..40 {
+        finished(&w, &format!("old-{i}")).await;
+        w.clock.advance(TimeDelta::hours(1));
+    }
+    w.clock.advance(TimeDelta::days(30));
+    let cut = w.clock.now() - TimeDelta::days(1);
+    for i in 0..1000 {
+        finished(&w, &format!("new-{i}")).await;
+    }
+    let chain = 1040 * 5;
+    let mut archived = 0;
+    let mut batches = 0;
+    loop {
+        let r = w.broker.archive_finished(cut, dir.path(), 4).await.unwrap();
+        let Some(seg) = r.segment else { break };
+        archived += r.audit_records as usize;
+        batches += 1;
+        assert!(seg.records <= 5, "{seg:?}");
+    }
+    assert_eq!(archived, 40 * 5, "all old requests, nothing recent");
+    assert!(batches >= 8, "{batches}");
+    // Each call reads its batch and the rest of a small page past the
+    // stop; reading to the head each time would be 55,000 records.
+    let read = faulty.audit_records_read();
+    assert!(
+        read < chain / 2,
+        "{batches} batches read {read} audit records; the chain has {chain}"
+    );
+    assert_eq!(
+        w.broker.verify_audit().await.unwrap().unwrap().records,
+        1000 * 5
+    );
+}
+
 /// Someone with write access moves the anchor (here: strips its
 /// signature to point the chain's start elsewhere): with the key, the
 /// chain no longer verifies.

@@ -14,16 +14,25 @@
 //! grant whose revocation keeps failing holds back the archiving of
 //! everything after it, never the other way round.
 //!
-//! Finding each request's last audit record reads the stored chain after
-//! the anchor once (the records themselves are read by id, once each), so a
-//! run costs a read of the hot chain: run it often enough that the hot
-//! chain stays the size of the retention window.
+//! Finding each request's last audit record does not read to the head.
+//! Every audit record is written in the same compare-and-set as a change of
+//! its request (tidying too), at the broker's clock, so a request that may
+//! go has no record later than its own `updated_at`. Past the stop, the walk
+//! reads on only until records are `LOOKAHEAD` (ten minutes) newer than the newest
+//! request taken (the allowance for clocks of several replicas disagreeing),
+//! so a run reads its batch and that margin, whatever the size of the hot
+//! chain behind it: clearing a backlog in batches is linear, not quadratic.
+//! Should a replica's clock be further off than the allowance, the cost is a
+//! request whose later record stayed behind the cut: its record is pruned
+//! with the rest, and the record left in the hot chain, which still
+//! verifies from the new anchor, is archived by a later run as one without
+//! a stored request. Nothing is lost and no chain breaks.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use super::Broker;
@@ -32,8 +41,13 @@ use crate::error::{Error, Result};
 use crate::store::Prune;
 use crate::types::{RequestId, RequestRecord};
 
-/// Audit records read per page while planning.
+/// The most audit records read per page while planning.
 const PAGE: usize = 1000;
+
+/// How much newer than the newest request taken a record must be before the
+/// walk stops looking for later records of the requests taken (see the
+/// module docs): the clock skew tolerated between replicas.
+const LOOKAHEAD: TimeDelta = TimeDelta::minutes(10);
 
 /// What [`Broker::archive_finished`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,9 +136,15 @@ impl Broker {
         let mut last: HashMap<RequestId, u64> = HashMap::new();
         let mut kept: Vec<AuditRecord> = Vec::new();
         let mut taking = true;
+        // The newest change of anything taken: no later record of theirs
+        // can be much newer than this.
+        let mut newest: Option<DateTime<Utc>> = None;
         let mut next = from.seq + 1;
-        loop {
-            let page = store.audit(next, PAGE).await?;
+        // A page about the size of a batch (five or so records a request),
+        // so a small batch does not read a thousand records.
+        let page_size = max_records.saturating_mul(8).clamp(64, PAGE);
+        'walk: loop {
+            let page = store.audit(next, page_size).await?;
             let Some(tail) = page.last() else { break };
             next = tail.seq + 1;
             for r in page {
@@ -151,12 +171,19 @@ impl Broker {
                     if matches!(fate, Fate::Stays) || records.len() > max_records {
                         taking = false;
                     } else {
+                        let changed = records.get(&q).map_or(r.event.at, |rec| rec.updated_at);
+                        newest = newest.max(Some(changed.max(r.event.at)));
                         last.insert(q, r.seq);
                         kept.push(r);
                         continue;
                     }
                 }
-                // Past the stop: only the requests already taken matter.
+                // Past the stop: only the requests already taken matter, and
+                // none of them has a record much newer than `newest`.
+                match newest {
+                    Some(t) if r.event.at <= t + LOOKAHEAD => {}
+                    _ => break 'walk,
+                }
                 if let Some(l) = last.get_mut(&q) {
                     *l = r.seq;
                 }

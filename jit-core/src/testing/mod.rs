@@ -276,7 +276,8 @@ impl Provider for TestProvider {
     }
 }
 
-/// A store wrapper that fails on demand (a full disk, a lost connection).
+/// A store wrapper that fails on demand (a full disk, a lost connection),
+/// and counts the audit records read through it.
 #[derive(Debug)]
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
@@ -284,6 +285,7 @@ pub struct FaultyStore {
     fail_updates_into: Mutex<Vec<State>>,
     crash_on_updates_into: Mutex<Vec<State>>,
     fail_prunes: AtomicBool,
+    audit_read: std::sync::atomic::AtomicUsize,
 }
 
 impl FaultyStore {
@@ -295,7 +297,14 @@ impl FaultyStore {
             fail_updates_into: Mutex::new(Vec::new()),
             crash_on_updates_into: Mutex::new(Vec::new()),
             fail_prunes: AtomicBool::new(false),
+            audit_read: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// How many audit records [`Store::audit`] has returned through this
+    /// wrapper so far: what a pass over the chain cost.
+    pub fn audit_records_read(&self) -> usize {
+        self.audit_read.load(Ordering::SeqCst)
     }
 
     /// Makes every [`Store::prune`] fail before it changes anything: a
@@ -393,7 +402,9 @@ impl Store for FaultyStore {
     }
 
     async fn audit(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
-        self.inner.audit(from_seq, limit).await
+        let page = self.inner.audit(from_seq, limit).await?;
+        self.audit_read.fetch_add(page.len(), Ordering::SeqCst);
+        Ok(page)
     }
 
     async fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>> {
