@@ -669,6 +669,17 @@ pub struct Decision {
     /// assessor (set by the broker, not the policy; see [`crate::risk`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub risk: Option<crate::risk::RiskAssessment>,
+    /// The ticket verification the decision saw, when the broker has a
+    /// ticket verifier and the request names a ticket (set by the broker;
+    /// see [`crate::ticket`]): what an approver checks the work against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<crate::ticket::TicketVerdict>,
+    /// The on-call check the decision saw, when the policy asked about a
+    /// schedule for this entitlement (set by the broker; see
+    /// [`crate::oncall`]): whether the requester was on call, and what
+    /// could not be answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_call: Option<crate::oncall::OnCallCheck>,
 }
 
 impl Decision {

@@ -535,7 +535,7 @@ async fn auto_approved_when_on_call_and_human_review_right_after_the_hand_over()
             .find(|r| r.event.request_id == id && r.event.kind == AuditKind::Decided)
             .unwrap()
             .event
-            .details["on_call"]
+            .details["decision"]["on_call"]
             .clone()
     };
     let a = on_call(alice.record.id);
@@ -544,6 +544,10 @@ async fn auto_approved_when_on_call_and_human_review_right_after_the_hand_over()
     assert_eq!(a["on_call"], serde_json::json!(["payments-primary"]));
     assert_eq!(a["at"], "2026-12-10T07:59:59Z");
     assert!(a.get("unanswered").is_none(), "{a}");
+    // The record an approver reads carries the same check.
+    let check = alice.record.decision.on_call.as_ref().unwrap();
+    assert_eq!(serde_json::to_value(check).unwrap(), a);
+    assert_eq!(plain.record.decision.on_call, None);
     assert_eq!(
         on_call(alice_late.record.id)["on_call"],
         serde_json::json!([])
@@ -603,7 +607,7 @@ async fn unanswered_schedules_are_not_on_call_and_are_audited() {
         .event
         .details;
     assert_eq!(
-        details["on_call"]["unanswered"]["payments-primary"],
+        details["decision"]["on_call"]["unanswered"]["payments-primary"],
         "pager unavailable: connection refused"
     );
 
@@ -621,9 +625,12 @@ async fn unanswered_schedules_are_not_on_call_and_are_audited() {
         .unwrap()
         .event
         .details;
-    assert_eq!(details["on_call"]["source"], serde_json::Value::Null);
     assert_eq!(
-        details["on_call"]["unanswered"]["night"],
+        details["decision"]["on_call"]["source"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        details["decision"]["on_call"]["unanswered"]["night"],
         "the broker has no on-call source"
     );
 }

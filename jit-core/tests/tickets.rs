@@ -316,7 +316,7 @@ async fn the_verdict_and_summary_are_in_the_audit_and_only_required_where_config
             .find(|r| r.event.request_id == id && r.event.kind == AuditKind::Decided)
             .unwrap()
             .event
-            .details["ticket"]
+            .details["decision"]["ticket"]
             .clone()
     };
     let t = decided(ok.record.id);
@@ -324,6 +324,11 @@ async fn the_verdict_and_summary_are_in_the_audit_and_only_required_where_config
     assert_eq!(t["summary"], "INC-1: orders table is slow");
     assert_eq!(t["status"], "In Progress");
     assert_eq!(t["verifier"], "jira");
+    // The record an approver reads carries the same verdict.
+    let v = ok.record.decision.ticket.as_ref().unwrap();
+    assert_eq!(serde_json::to_value(v).unwrap(), t);
+    let stored = b.get(ok.record.id).await.unwrap();
+    assert_eq!(stored.decision.ticket.as_ref(), Some(v));
     assert_eq!(decided(closed.record.id)["verified"], false);
     assert_eq!(
         decided(missing.record.id)["summary"],

@@ -64,6 +64,48 @@ pub(crate) fn risk_lines(r: &RequestRecord) -> Vec<String> {
         .collect()
 }
 
+/// The ticket's verdict for an approver: verified or not, the ticket's
+/// status and summary, and why.
+pub(crate) fn ticket_line(r: &RequestRecord) -> Option<String> {
+    let t = r.decision.ticket.as_ref()?;
+    let mut line = format!(
+        "{} {}",
+        t.ticket,
+        if t.verified {
+            "verified"
+        } else {
+            "NOT verified"
+        }
+    );
+    if let Some(s) = &t.status {
+        line.push_str(&format!(" [{s}]"));
+    }
+    if let Some(s) = &t.summary {
+        line.push_str(&format!(" \"{s}\""));
+    }
+    line.push_str(&format!(": {} ({})", t.reason, t.verifier));
+    Some(line)
+}
+
+/// The on-call check for an approver: the schedules asked, those held, and
+/// those nobody could answer.
+pub(crate) fn on_call_line(r: &RequestRecord) -> Option<String> {
+    let c = r.decision.on_call.as_ref()?;
+    let held = if c.on_call.is_empty() {
+        "not on call".to_string()
+    } else {
+        format!(
+            "on call for {}",
+            c.on_call.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    };
+    let mut line = format!("{held} (asked {})", c.asked.join(", "));
+    for (schedule, why) in &c.unanswered {
+        line.push_str(&format!("; {schedule} unanswered: {why}"));
+    }
+    Some(line)
+}
+
 pub(crate) fn print_table(rows: &[RequestRecord]) {
     println!(
         "{:<36}  {:<18}  {:<20}  {:<16}  {:<8}  {:<4}  ENDS (UTC)",
@@ -93,6 +135,12 @@ pub(crate) fn print_record(r: &RequestRecord) {
     }
     for x in risk_lines(r) {
         println!("risk         {x}");
+    }
+    if let Some(x) = ticket_line(r) {
+        println!("ticket       {x}");
+    }
+    if let Some(x) = on_call_line(r) {
+        println!("on call      {x}");
     }
     for a in &r.approvals {
         println!("approved by  {}", a.approver.id);
@@ -230,6 +278,49 @@ mod tests {
         r.decision.risk = Some(RiskAssessment::unavailable("http", "status 503"));
         assert_eq!(risk_cell(&r), "?");
         assert_eq!(risk_lines(&r), ["risk unknown: status 503 [http]"]);
+    }
+
+    #[test]
+    fn approvers_see_the_tickets_verdict_and_the_on_call_check() {
+        let mut r = pending();
+        assert_eq!((ticket_line(&r), on_call_line(&r)), (None, None));
+
+        r.decision.ticket = Some(
+            serde_json::from_value(serde_json::json!({
+                "ticket": "INC-1", "verifier": "jira", "verified": true,
+                "reason": "status \"In Progress\" is allowed",
+                "summary": "orders table is slow", "status": "In Progress"
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            ticket_line(&r).unwrap(),
+            "INC-1 verified [In Progress] \"orders table is slow\": status \"In Progress\" is allowed (jira)"
+        );
+        r.decision.ticket = Some(jit_core::ticket::TicketVerdict::unavailable(
+            "INC-2",
+            "jira",
+            "status 503",
+        ));
+        assert_eq!(
+            ticket_line(&r).unwrap(),
+            "INC-2 NOT verified: ticket `INC-2` could not be verified: status 503 (jira)"
+        );
+
+        r.decision.on_call = Some(
+            serde_json::from_value(serde_json::json!({
+                "source": "rota", "at": "2026-11-29T23:00:00Z",
+                "asked": ["payments-primary", "night"], "on_call": ["payments-primary"],
+                "unanswered": {"night": "pager unavailable"}
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            on_call_line(&r).unwrap(),
+            "on call for payments-primary (asked payments-primary, night); night unanswered: pager unavailable"
+        );
+        r.decision.on_call.as_mut().unwrap().on_call.clear();
+        assert!(on_call_line(&r).unwrap().starts_with("not on call (asked"));
     }
 
     fn view(v: serde_json::Value) -> CredentialsView {

@@ -70,8 +70,11 @@ impl Broker {
             .inner
             .policy
             .evaluate(requester, &request, &ent, &ctx)?;
-        // The broker's review is the record, whatever a policy put there.
+        // The broker's checks are the record, whatever a policy put there:
+        // an approver sees what the decision saw.
         decision.risk = risk;
+        decision.ticket = ticket.clone();
+        decision.on_call = on_call.clone();
         let mut rec = RequestRecord {
             id: RequestId::new(),
             version: 1,
@@ -102,16 +105,11 @@ impl Broker {
                 "extends": rec.extends,
             })),
         ];
-        events.push(event(AuditKind::Decided, &rec, "policy", now).details({
-            let mut details = json!({ "decision": decision });
-            if let Some(t) = &ticket {
-                details["ticket"] = json!(t);
-            }
-            if let Some(c) = &on_call {
-                details["on_call"] = json!(c);
-            }
-            details
-        }));
+        // The decision carries the risk review, the ticket's verdict and the
+        // on-call check: one copy in the trail.
+        events.push(
+            event(AuditKind::Decided, &rec, "policy", now).details(json!({ "decision": decision })),
+        );
         match &decision.verdict {
             Verdict::Deny => {
                 rec.state = State::Denied;

@@ -9,7 +9,8 @@
 //! go to the policy in [`PolicyContext::on_call`](crate::PolicyContext::on_call),
 //! and the whole check ([`OnCallCheck`]: which schedules were asked, which
 //! hold, which could not be answered and why) goes into the details of the
-//! audit record of the decision (`"on_call"`).
+//! audit record of the decision and the request's record
+//! ([`Decision::on_call`](crate::Decision::on_call)), where approvers read it.
 //!
 //! The catalogue uses it with `[entitlements.auto_approve] on_call =
 //! ["payments-primary"]`: the requester must be on call for at least one of

@@ -979,6 +979,8 @@ impl Policy for CataloguePolicy {
             max_duration,
             reasons,
             risk: None,
+            ticket: None,
+            on_call: None,
         };
 
         // 2. Eligibility.
@@ -1050,6 +1052,8 @@ impl Policy for CataloguePolicy {
                         max_duration,
                         reasons,
                         risk: None,
+                        ticket: None,
+                        on_call: None,
                     });
                 }
                 Err(failed) => auto_failed = Some(failed),
@@ -1074,6 +1078,8 @@ impl Policy for CataloguePolicy {
                     max_duration,
                     reasons,
                     risk: None,
+                    ticket: None,
+                    on_call: None,
                 })
             }
             None => {

@@ -816,6 +816,8 @@ impl Policy for CedarPolicy {
             max_duration,
             reasons,
             risk: None,
+            ticket: None,
+            on_call: None,
         };
         let Some(max_duration) = limits.max() else {
             return Ok(deny(
@@ -875,6 +877,8 @@ impl Policy for CedarPolicy {
                     max_duration,
                     reasons,
                     risk: None,
+                    ticket: None,
+                    on_call: None,
                 })
             }
             Outcome::Human(r) => {
@@ -896,6 +900,8 @@ impl Policy for CedarPolicy {
                             max_duration,
                             reasons,
                             risk: None,
+                            ticket: None,
+                            on_call: None,
                         })
                     }
                     None => {

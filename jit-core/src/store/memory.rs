@@ -638,6 +638,8 @@ mod tests {
                 max_duration: GrantDuration::from_secs_i64(60).unwrap(),
                 reasons: vec![],
                 risk: None,
+                ticket: None,
+                on_call: None,
             },
             entitlement: None,
             approvals: vec![],

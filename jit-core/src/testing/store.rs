@@ -103,6 +103,8 @@ pub fn sample_record(
             max_duration: GrantDuration::from_secs_i64(3600).expect("1 hour is a valid duration"),
             reasons: vec![format!("entitlement `{entitlement}` needs one approval")],
             risk: None,
+            ticket: None,
+            on_call: None,
         },
         // As in records written before the broker kept a copy: the broker
         // then reads the catalogue (tests of removed entitlements rely on it).

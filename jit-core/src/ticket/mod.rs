@@ -6,7 +6,8 @@
 //! decides, and hands the verdict to the policy in
 //! [`PolicyContext::ticket`](crate::policy::PolicyContext::ticket); the
 //! verdict and the summary go into the details of the audit record of the
-//! decision (`"ticket"`).
+//! decision and the request's record
+//! ([`Decision::ticket`](crate::Decision::ticket)), where approvers read it.
 //!
 //! An entitlement of the catalogue requires one with
 //! `require_verified_ticket = true`: a request without a ticket is invalid
