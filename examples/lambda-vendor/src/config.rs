@@ -152,6 +152,9 @@ impl OnCallConfig {
     pub fn settings(&self) -> Result<jit_core::oncall::OnCallSettings, Error> {
         Ok(jit_core::oncall::OnCallSettings {
             rota_file: self.rota_file.clone(),
+            // A file in the deployment package never changes: the default
+            // check costs a stat every 10 s of a warm container.
+            rota_check_every: None,
             url: self.url.clone(),
             token: read_token("JIT_ONCALL_TOKEN_FILE", self.token_file.as_deref())?,
             timeout: Some(self.timeout.unwrap_or(std::time::Duration::from_secs(2))),

@@ -90,6 +90,7 @@
 //!
 //! [on_call]                               # who is on call (jit_core::oncall), for `auto_approve.on_call`; none when absent
 //! rota_file = "rota.toml"                 # JIT_ONCALL_ROTA_FILE: a rota (jit_core::oncall::rota), checked at start
+//! rota_check_secs = 10                    # read again when it changes (a bad edit keeps the last good one)
 //! # url = "https://oncall.internal/oncalls" # JIT_ONCALL_URL: or an on-call service (jit_core::oncall::http)
 //! # token_file = "oncall-token"          # JIT_ONCALL_TOKEN_FILE: its bearer token (optional)
 //! # cache_secs = 30                       # its answers cached per schedule (at most 256)
@@ -308,8 +309,12 @@ impl Default for TicketsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OnCallConfig {
-    /// A rota file, read and validated at start.
+    /// A rota file, read and validated at start, and read again when it
+    /// changes (a bad edit keeps the last good version and is logged).
     pub rota_file: Option<PathBuf>,
+    /// How often the rota file is looked at for changes, in seconds
+    /// (default 10; 0: at every submit that asks about a schedule).
+    pub rota_check_secs: Option<u64>,
     /// An on-call service's endpoint.
     pub url: Option<String>,
     /// A file holding the service's bearer token.
@@ -324,6 +329,7 @@ impl Default for OnCallConfig {
     fn default() -> Self {
         Self {
             rota_file: None,
+            rota_check_secs: None,
             url: None,
             token_file: None,
             timeout_ms: 2000,

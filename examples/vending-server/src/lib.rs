@@ -267,6 +267,7 @@ fn on_call_setup(
     };
     jit_core::oncall::OnCallSettings {
         rota_file: o.rota_file.clone(),
+        rota_check_every: o.rota_check_secs.map(Duration::from_secs),
         url: o.url.clone(),
         token,
         timeout: Some(Duration::from_millis(o.timeout_ms.max(1))),

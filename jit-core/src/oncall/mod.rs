@@ -19,6 +19,8 @@
 //! Built in:
 //! - [`Rota`]: a rota file (TOML) with weekly hand-overs and dated
 //!   overrides in named IANA time zones (see [`rota`] for the format);
+//!   [`RotaFile`] reads the file again when it changes (a bad edit keeps
+//!   the last good version), which is what the hosts use;
 //! - `HttpOnCall` (feature `http-hooks`): asks an external service
 //!   (`GET {base}/oncalls?schedule=S&at=T`, see `http`'s docs).
 //!
@@ -56,10 +58,12 @@ use crate::error::{ConfigError, Error, Result};
 
 #[cfg(feature = "http-hooks")]
 pub mod http;
+pub mod reload;
 pub mod rota;
 
 #[cfg(feature = "http-hooks")]
 pub use http::HttpOnCall;
+pub use reload::RotaFile;
 pub use rota::Rota;
 
 /// Who is on call. Object safe: use it as `Arc<dyn OnCallSource>`; see the
@@ -166,8 +170,12 @@ impl OnCallCheck {
 /// `rota_file` and `url`.
 #[derive(Clone, Default)]
 pub struct OnCallSettings {
-    /// A rota file ([`Rota`]), read and validated when the settings are applied.
+    /// A rota file ([`RotaFile`]), read and validated when the settings
+    /// are applied, and read again when it changes.
     pub rota_file: Option<PathBuf>,
+    /// How often the rota file is looked at for changes; `None` keeps
+    /// [`reload::DEFAULT_CHECK_EVERY`] (10 s).
+    pub rota_check_every: Option<Duration>,
     /// An on-call service's base URL (`HttpOnCall`, feature `http-hooks`).
     pub url: Option<String>,
     /// The service's bearer token.
@@ -185,6 +193,7 @@ impl fmt::Debug for OnCallSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnCallSettings")
             .field("rota_file", &self.rota_file)
+            .field("rota_check_every", &self.rota_check_every)
             .field("url", &self.url)
             .field("token", &self.token)
             .field("timeout", &self.timeout)
@@ -215,8 +224,16 @@ impl OnCallSettings {
                         "a rota file takes no token or cache setting: they belong to a URL",
                     ));
                 }
-                Ok(Some(Arc::new(Rota::from_file(path)?)))
+                let rota = RotaFile::open(path)?;
+                Ok(Some(Arc::new(match self.rota_check_every {
+                    Some(every) => rota.check_every(every),
+                    None => rota,
+                })))
             }
+            (None, _) if self.rota_check_every.is_some() => Err(setting(
+                "rota_check_every",
+                "a rota check interval is set but no rota file: it belongs to a rota file",
+            )),
             (None, Some(url)) => self.http(url),
             (None, None) if self.token.is_some() || self.cache_ttl.is_some() => Err(setting(
                 "url",
@@ -377,5 +394,12 @@ mod tests {
         };
         let err = missing.build().unwrap_err().to_string();
         assert!(err.contains("/nonexistent/rota.toml"), "{err}");
+        let interval_without_file = OnCallSettings {
+            url: Some("https://oncall".into()),
+            rota_check_every: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        let err = interval_without_file.build().unwrap_err().to_string();
+        assert!(err.contains("no rota file"), "{err}");
     }
 }
