@@ -130,17 +130,14 @@ async fn submit(b: &Broker, next: &AtomicUsize) {
     assert_eq!(out.record.state, State::Pending);
 }
 
-/// What the assessor asks the store for user `i` (its defaults: windows
-/// of 200, 50 and 200, the last ten minutes, the request's IP).
+/// What the assessor asks the store for user `i` (its defaults: the
+/// last ten minutes, the request's IP).
 fn facts_query(i: usize, n: usize) -> RiskFactsQuery {
     let who = principal(i);
     RiskFactsQuery {
         groups: who.groups.clone(),
         sources: vec![("ip".into(), format!("10.0.{}.{}", i / 250, i % 250))],
         since: Utc::now() - TimeDelta::minutes(10),
-        recent: 200,
-        entitlement_recent: 50,
-        peers_recent: 200,
         ..RiskFactsQuery::new(who.id.as_str(), &entitlement_of(i, n))
     }
 }
@@ -150,7 +147,7 @@ async fn facts(store: &dyn Store, next: &AtomicUsize) {
     let n = next.fetch_add(1, Ordering::Relaxed);
     let i = (n * 7919) % PRINCIPALS;
     let f = store.risk_facts(&facts_query(i, n)).await.unwrap();
-    assert!(f.recent > 0 && f.peer_used);
+    assert!(f.requests > 0 && f.peer_used);
 }
 
 /// What the assessor read before `Store::risk_facts` (three history
