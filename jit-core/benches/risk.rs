@@ -21,6 +21,15 @@
 //!
 //! `cargo bench -p jit-core --features testing --bench risk -- --warm-up-time 2 --measurement-time 10`
 //! (`JIT_RISK_BENCH_KEEP=1` keeps the database and prints where.)
+//!
+//! For instruction counts, which a loaded machine does not skew:
+//! `JIT_RISK_BENCH_DB=/path/history.db` fills that file once (reused by
+//! later runs, each on a copy), and `JIT_RISK_BENCH_ONLY=with` (or
+//! `without`) with `JIT_RISK_BENCH_N=300` runs only that many submits of
+//! one kind, no criterion; under `valgrind --tool=callgrind`, two values of
+//! `N` give the instructions per submit (their difference over the
+//! difference of `N`, so opening the store cancels out), and `with` less
+//! `without` those of one assessment.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -169,12 +178,8 @@ async fn history_before(store: &dyn Store, next: &AtomicUsize) {
     assert!(!a.is_empty());
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+/// Fills the history under `/dev/shm` (fast fsyncs) and copies it to `db`.
+fn fill_and_copy(rt: &tokio::runtime::Runtime, db: &Path) {
     let shm = Path::new("/dev/shm");
     let fill_dir = tempfile::tempdir_in(if shm.is_dir() {
         shm.to_path_buf()
@@ -182,16 +187,11 @@ fn bench(c: &mut Criterion) {
         std::env::temp_dir()
     })
     .unwrap();
-    let run_dir = match std::env::var_os("JIT_RISK_BENCH_DIR") {
-        Some(d) => tempfile::tempdir_in(PathBuf::from(d)).unwrap(),
-        None => tempfile::tempdir().unwrap(),
-    };
     let filled = fill_dir.path().join("history.db");
     rt.block_on(fill(&filled));
     // SQLite copies it (`VACUUM INTO`): a consistent database whatever
     // state the fill's WAL was left in (copying the files raced with the
     // last connection's checkpoint and could give a malformed copy).
-    let db = run_dir.path().join("history.db");
     rt.block_on(async {
         let mut conn = SqliteConnectOptions::new()
             .filename(&filled)
@@ -205,7 +205,32 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         conn.close().await.unwrap();
     });
-    drop(fill_dir);
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let run_dir = match std::env::var_os("JIT_RISK_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(PathBuf::from(d)).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let db = run_dir.path().join("history.db");
+    match std::env::var_os("JIT_RISK_BENCH_DB") {
+        // A history filled once and kept (closed, so one consistent file),
+        // copied for each run: for instruction counts under valgrind,
+        // where filling would take hours.
+        Some(kept) => {
+            let kept = PathBuf::from(kept);
+            if !kept.exists() {
+                rt.block_on(fill(&kept));
+            }
+            std::fs::copy(&kept, &db).unwrap();
+        }
+        None => fill_and_copy(&rt, &db),
+    }
     println!("measuring on {}", db.display());
     if std::env::var_os("JIT_RISK_BENCH_KEEP").is_some() {
         // To inspect the database (query plans, timings) after the run.
@@ -218,6 +243,28 @@ fn bench(c: &mut Criterion) {
     let reads = store.clone();
     let assessed = broker(store, true);
     let next = AtomicUsize::new(0);
+    if let Ok(only) = std::env::var("JIT_RISK_BENCH_ONLY") {
+        let b = match only.as_str() {
+            "with" => &assessed,
+            "without" => &plain,
+            other => panic!("JIT_RISK_BENCH_ONLY is `with` or `without`, not `{other}`"),
+        };
+        let n: u32 = std::env::var("JIT_RISK_BENCH_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
+        let t = Instant::now();
+        rt.block_on(async {
+            for _ in 0..n {
+                submit(b, &next).await;
+            }
+        });
+        println!(
+            "{n} submits {only} the assessor: {:.3} ms each",
+            t.elapsed().as_secs_f64() * 1e3 / f64::from(n)
+        );
+        return;
+    }
 
     let mut g = c.benchmark_group("risk_submit");
     g.bench_function("without_assessor", |b| {
