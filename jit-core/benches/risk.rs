@@ -26,7 +26,7 @@
 //! `JIT_RISK_BENCH_DB=/path/history.db` fills that file once (reused by
 //! later runs, each on a copy), and `JIT_RISK_BENCH_ONLY=with` (or
 //! `without`) with `JIT_RISK_BENCH_N=300` runs only that many submits of
-//! one kind, no criterion; under `valgrind --tool=callgrind`, two values of
+//! one kind (or `facts`: the store's part alone), no criterion; under `valgrind --tool=callgrind`, two values of
 //! `N` give the instructions per submit (their difference over the
 //! difference of `N`, so opening the store cancels out), and `with` less
 //! `without` those of one assessment.
@@ -244,11 +244,6 @@ fn bench(c: &mut Criterion) {
     let assessed = broker(store, true);
     let next = AtomicUsize::new(0);
     if let Ok(only) = std::env::var("JIT_RISK_BENCH_ONLY") {
-        let b = match only.as_str() {
-            "with" => &assessed,
-            "without" => &plain,
-            other => panic!("JIT_RISK_BENCH_ONLY is `with` or `without`, not `{other}`"),
-        };
         let n: u32 = std::env::var("JIT_RISK_BENCH_N")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -256,11 +251,18 @@ fn bench(c: &mut Criterion) {
         let t = Instant::now();
         rt.block_on(async {
             for _ in 0..n {
-                submit(b, &next).await;
+                match only.as_str() {
+                    "with" => submit(&assessed, &next).await,
+                    "without" => submit(&plain, &next).await,
+                    "facts" => facts(&*reads, &next).await,
+                    other => {
+                        panic!("JIT_RISK_BENCH_ONLY is `with`, `without` or `facts`, not `{other}`")
+                    }
+                }
             }
         });
         println!(
-            "{n} submits {only} the assessor: {:.3} ms each",
+            "{n} of `{only}`: {:.3} ms each",
             t.elapsed().as_secs_f64() * 1e3 / f64::from(n)
         );
         return;
