@@ -353,20 +353,23 @@ const MIGRATIONS: &[Migration] = &[
 /// back-fills them after its statements.
 const RISK_MIGRATION: i64 = 13;
 
-/// Risk review's facts ([`Store::risk_facts`]) in one statement (one
-/// round trip), as the `(kind, a, b)` rows `RiskFacts::from_rows` folds:
-/// primary-key reads of the aggregate tables, and the burst count from
-/// the `(requester, created_at)` index. Parameters: `$1` requester, `$2`
-/// entitlement, `$3` the burst window's start, `$4` the groups, `$5` and
-/// `$6` the sources' keys and values.
-const FACTS_SQL: &str = "SELECT 0::bigint, hour::bigint, n FROM risk_hours WHERE requester = $1
-    UNION ALL SELECT 1, secs, n FROM risk_durations WHERE requester = $1 AND entitlement = $2
-    UNION ALL SELECT 2, count(*), 0 FROM requests WHERE requester = $1 AND created_at >= $3
-    UNION ALL SELECT 3, 0, CASE WHEN EXISTS (SELECT 1 FROM risk_peers
-        WHERE entitlement = $2 AND grp = ANY($4) AND requester <> $1) THEN 1 ELSE 0 END
-    UNION ALL SELECT 4, s.i - 1, CASE WHEN EXISTS (SELECT 1 FROM risk_sources r
-        WHERE r.requester = $1 AND r.key = s.k AND r.value = s.v) THEN 1 ELSE 0 END
-        FROM unnest($5::text[], $6::text[]) WITH ORDINALITY AS s(k, v, i)";
+/// Risk review's facts ([`Store::risk_facts`]) in one statement and one
+/// row (the columns `RiskFacts::from_row` reads): primary-key reads of the
+/// aggregate tables, and the burst count from the `(requester,
+/// created_at)` index. Parameters: `$1` requester, `$2` entitlement, `$3`
+/// the burst window's start, `$4` the groups, `$5` and `$6` the sources'
+/// keys and values.
+const FACTS_SQL: &str = "SELECT
+    (SELECT string_agg(hour || ':' || n, ',') FROM risk_hours WHERE requester = $1),
+    (SELECT string_agg(secs || ':' || n, ',') FROM risk_durations
+        WHERE requester = $1 AND entitlement = $2),
+    (SELECT count(*) FROM requests WHERE requester = $1 AND created_at >= $3),
+    EXISTS (SELECT 1 FROM risk_peers
+        WHERE entitlement = $2 AND grp = ANY($4) AND requester <> $1),
+    (SELECT coalesce(sum(CASE WHEN EXISTS (SELECT 1 FROM risk_sources AS r
+        WHERE r.requester = $1 AND r.key = s.k AND r.value = s.v)
+        THEN 1::bigint << (s.i - 1)::int ELSE 0 END), 0)::bigint
+        FROM unnest($5::text[], $6::text[]) WITH ORDINALITY AS s(k, v, i))";
 
 /// Moves the aggregates by `Deltas` in one statement: one upsert per
 /// table, each from arrays in primary-key order (so concurrent writers
@@ -1113,17 +1116,30 @@ impl Store for PostgresStore {
         let groups: Vec<&str> = query.groups.iter().map(String::as_str).collect();
         let keys: Vec<&str> = query.sources.iter().map(|(k, _)| k.as_str()).collect();
         let values: Vec<&str> = query.sources.iter().map(|(_, v)| v.as_str()).collect();
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(FACTS_SQL)
+        let (hours, durations, since, peer, seen): (
+            Option<String>,
+            Option<String>,
+            i64,
+            bool,
+            i64,
+        ) = sqlx::query_as(FACTS_SQL)
             .bind(query.requester.as_str())
             .bind(query.entitlement.as_str())
             .bind(risk_facts::since_text(query.since))
             .bind(&groups)
             .bind(&keys)
             .bind(&values)
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error("read risk facts", e))?;
-        RiskFacts::from_rows(query, &rows)
+        RiskFacts::from_row(
+            query,
+            hours.as_deref(),
+            durations.as_deref(),
+            since,
+            peer,
+            seen,
+        )
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {

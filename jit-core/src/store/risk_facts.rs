@@ -47,6 +47,9 @@ use crate::types::RequestRecord;
 /// are not kept; a [`RiskFactsQuery`] may ask about these keys only.
 pub const SOURCE_KEYS: [&str; 4] = ["client", "ip", "source_ip", "user_agent"];
 
+/// The most sources one [`RiskFactsQuery`] may ask about.
+pub const MAX_SOURCES: usize = 32;
+
 /// The facts [`Store::risk_facts`](super::Store::risk_facts) answers about
 /// one request about to be decided, from every request the store holds
 /// (see the [module docs](self)).
@@ -60,8 +63,8 @@ pub struct RiskFactsQuery {
     /// of them when they asked for the entitlement.
     pub groups: BTreeSet<String>,
     /// The request's sources, as `(context key, value)`, each key one of
-    /// [`SOURCE_KEYS`]: whether the requester used that value under that
-    /// key before.
+    /// [`SOURCE_KEYS`], at most [`MAX_SOURCES`]: whether the requester used
+    /// that value under that key before.
     pub sources: Vec<(String, String)>,
     /// The requester's requests made at or after this instant are counted
     /// in [`RiskFacts::since`] (the burst window's start).
@@ -162,75 +165,50 @@ impl RiskFacts {
         p.facts(query)
     }
 
-    /// Folds the SQL stores' facts statement: one `(kind, a, b)` row per
-    /// part, in any order (see [`FactRow`]).
+    /// The SQL stores' facts statement's one row: the requester's hours
+    /// and the entitlement's durations as `key:count` pairs joined by
+    /// commas, the burst count, whether a peer asked, and the sources seen
+    /// as a bit mask (bit `i`: source `i`).
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn from_rows(query: &RiskFactsQuery, rows: &[(i64, i64, i64)]) -> Result<Self> {
+    pub(crate) fn from_row(
+        query: &RiskFactsQuery,
+        hours: Option<&str>,
+        durations: Option<&str>,
+        since: i64,
+        peer: bool,
+        sources: i64,
+    ) -> Result<Self> {
+        let pairs = |text: Option<&str>| -> Result<Vec<(u64, u64)>> {
+            text.unwrap_or_default()
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, n) = p.split_once(':').unwrap_or((p, ""));
+                    match (k.trim().parse(), n.trim().parse()) {
+                        (Ok(k), Ok(n)) => Ok((k, n)),
+                        _ => Err(Error::Store(format!("risk facts: `{p}` is not a count"))),
+                    }
+                })
+                .collect()
+        };
         let mut facts = RiskFacts {
-            sources_seen: vec![false; query.sources.len()],
+            since: u64::try_from(since).unwrap_or(0),
+            peer_used: peer,
+            sources_seen: (0..query.sources.len())
+                .map(|i| i < 63 && sources & (1 << i) != 0)
+                .collect(),
             ..RiskFacts::default()
         };
-        let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        let mut durations = Vec::new();
-        for &(kind, a, b) in rows {
-            let slot = usize::try_from(a).ok();
-            match FactRow::of(kind) {
-                Some(FactRow::Hour) => {
-                    let h = slot.and_then(|h| facts.hours.get_mut(h)).ok_or_else(|| {
-                        Error::Store(format!("risk facts: an hour of {a} is stored"))
-                    })?;
-                    *h += count(b);
-                    facts.requests += count(b);
-                }
-                Some(FactRow::Duration) => durations.push((count(a), count(b))),
-                Some(FactRow::Since) => facts.since = count(a),
-                Some(FactRow::Peer) => facts.peer_used = b > 0,
-                Some(FactRow::Source) => {
-                    if let Some(seen) = slot.and_then(|i| facts.sources_seen.get_mut(i)) {
-                        *seen = b > 0;
-                    }
-                }
-                None => {
-                    return Err(Error::Store(format!(
-                        "risk facts: a row of unknown kind {kind}"
-                    )))
-                }
-            }
+        for (h, n) in pairs(hours)? {
+            let slot = usize::try_from(h)
+                .ok()
+                .and_then(|h| facts.hours.get_mut(h))
+                .ok_or_else(|| Error::Store(format!("risk facts: an hour of {h} is stored")))?;
+            *slot += n;
+            facts.requests += n;
         }
-        (facts.entitlement_requests, facts.median_duration) = median(durations);
+        (facts.entitlement_requests, facts.median_duration) = median(pairs(durations)?);
         Ok(facts)
-    }
-}
-
-/// The kinds of row the SQL stores' facts statement returns, as
-/// `(kind, a, b)`.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FactRow {
-    /// `(0, hour, requests)`: one per hour the requester asked at.
-    Hour = 0,
-    /// `(1, seconds, requests)`: one per duration they asked the entitlement for.
-    Duration = 1,
-    /// `(2, count, 0)`: their requests at or after `since`.
-    Since = 2,
-    /// `(3, 0, 0 or 1)`: whether a peer asked for the entitlement.
-    Peer = 3,
-    /// `(4, index, 0 or 1)`: whether the source at that index was seen.
-    Source = 4,
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl FactRow {
-    fn of(kind: i64) -> Option<Self> {
-        [
-            Self::Hour,
-            Self::Duration,
-            Self::Since,
-            Self::Peer,
-            Self::Source,
-        ]
-        .into_iter()
-        .find(|k| *k as i64 == kind)
     }
 }
 

@@ -318,20 +318,72 @@ fn history_sql<'a>(query: &'a HistoryQuery, select: &str) -> QueryBuilder<'a, Sq
     q
 }
 
-/// Risk review's facts ([`Store::risk_facts`]) in one statement, as the
-/// `(kind, a, b)` rows `RiskFacts::from_rows` folds: primary-key reads of
-/// the aggregate tables, and the burst count from the
-/// `(requester, created_at)` index. Parameters: `?1` requester, `?2`
-/// entitlement, `?3` the burst window's start, `?4` the groups and `?5` the
-/// sources (`[key, value]` pairs), both JSON arrays.
-const FACTS_SQL: &str = "SELECT 0, hour, n FROM risk_hours WHERE requester = ?1
-    UNION ALL SELECT 1, secs, n FROM risk_durations WHERE requester = ?1 AND entitlement = ?2
-    UNION ALL SELECT 2, count(*), 0 FROM requests WHERE requester = ?1 AND created_at >= ?3
-    UNION ALL SELECT 3, 0, EXISTS (SELECT 1 FROM risk_peers
-        WHERE entitlement = ?2 AND grp IN (SELECT value FROM json_each(?4)) AND requester <> ?1)
-    UNION ALL SELECT 4, s.key, EXISTS (SELECT 1 FROM risk_sources
-        WHERE requester = ?1 AND key = s.value ->> 0 AND value = s.value ->> 1)
-        FROM json_each(?5) AS s";
+/// Risk review's facts ([`Store::risk_facts`]) in one statement and one
+/// row (the columns `RiskFacts::from_row` reads): primary-key reads of the
+/// aggregate tables, and the burst count from the `(requester,
+/// created_at)` index. Parameters: `?1` requester, `?2` entitlement, `?3`
+/// the burst window's start, `?4` the groups and `?5` the sources
+/// (`[key, value]` pairs), both JSON arrays.
+const FACTS_SQL: &str = "SELECT
+    (SELECT group_concat(hour || ':' || n) FROM risk_hours WHERE requester = ?1),
+    (SELECT group_concat(secs || ':' || n) FROM risk_durations
+        WHERE requester = ?1 AND entitlement = ?2),
+    (SELECT count(*) FROM requests WHERE requester = ?1 AND created_at >= ?3),
+    EXISTS (SELECT 1 FROM json_each(?4) AS g CROSS JOIN risk_peers AS p
+        WHERE p.entitlement = ?2 AND p.grp = g.value AND p.requester <> ?1),
+    (SELECT coalesce(sum(EXISTS (SELECT 1 FROM risk_sources AS r
+        WHERE r.requester = ?1 AND r.key = s.value ->> 0 AND r.value = s.value ->> 1) << s.key), 0)
+        FROM json_each(?5) AS s)";
+
+/// Counts one inserted request in (one round trip, no JSON but its
+/// sources and groups): `?1` requester, `?2` hour, `?3` entitlement, `?4`
+/// seconds, `?5` the sources as `[key, value]` pairs and `?6` the groups,
+/// both JSON arrays. Every statement names every parameter (through `p`):
+/// sqlx binds the statements of one query in turn and can skip a later
+/// statement's parameters when earlier ones are unused there.
+const INSERT_RISK_SQL: &str = "WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    INSERT INTO risk_hours (requester, hour, n) SELECT who, hour, 1 FROM p WHERE true
+    ON CONFLICT (requester, hour) DO UPDATE SET n = n + 1;
+    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    INSERT INTO risk_durations (requester, entitlement, secs, n) SELECT who, ent, secs, 1 FROM p WHERE true
+    ON CONFLICT (requester, entitlement, secs) DO UPDATE SET n = n + 1;
+    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    INSERT INTO risk_sources (requester, key, value, n)
+    SELECT p.who, s.value ->> 0, s.value ->> 1, 1 FROM p, json_each(p.src) AS s WHERE true
+    ON CONFLICT (requester, key, value) DO UPDATE SET n = n + 1;
+    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    INSERT INTO risk_peers (entitlement, grp, requester, n)
+    SELECT p.ent, g.value, p.who, 1 FROM p, json_each(p.grps) AS g WHERE true
+    ON CONFLICT (entitlement, grp, requester) DO UPDATE SET n = n + 1";
+
+/// [`INSERT_RISK_SQL`] for `record`, inside the insert's transaction.
+async fn insert_risk(conn: &mut SqliteConnection, record: &RequestRecord) -> Result<()> {
+    let c = Contribution::of(record);
+    let encode = |v: serde_json::Result<String>| {
+        v.map_err(|e| Error::Store(format!("cannot encode risk aggregates: {e}")))
+    };
+    let sources: Vec<(&str, &str)> = c
+        .sources
+        .iter()
+        .map(|(k, v)| {
+            (
+                risk_facts::SOURCE_KEYS.get(*k).copied().unwrap_or_default(),
+                *v,
+            )
+        })
+        .collect();
+    sqlx::query(INSERT_RISK_SQL)
+        .bind(c.requester)
+        .bind(i64::from(c.hour()))
+        .bind(c.entitlement)
+        .bind(i64::try_from(c.secs).unwrap_or(i64::MAX))
+        .bind(encode(serde_json::to_string(&sources))?)
+        .bind(encode(serde_json::to_string(c.groups))?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("update risk aggregates", e))?;
+    Ok(())
+}
 
 /// [`FACTS_SQL`]'s groups and sources, as JSON arrays.
 fn facts_params(query: &RiskFactsQuery) -> Result<(String, String)> {
@@ -1013,9 +1065,7 @@ async fn insert_in(
     if inserted == 0 {
         return Err(sql::insert_conflict(record));
     }
-    let mut risk = risk_facts::Deltas::default();
-    risk.add(&Contribution::of(record), 1);
-    apply_risk(conn, &risk).await?;
+    insert_risk(conn, record).await?;
     append_in(conn, events, hint).await
 }
 
@@ -1153,16 +1203,29 @@ impl Store for SqliteStore {
     async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
         query.check()?;
         let (groups, sources) = facts_params(query)?;
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(FACTS_SQL)
+        let (hours, durations, since, peer, seen): (
+            Option<String>,
+            Option<String>,
+            i64,
+            bool,
+            i64,
+        ) = sqlx::query_as(FACTS_SQL)
             .bind(query.requester.as_str())
             .bind(query.entitlement.as_str())
             .bind(risk_facts::since_text(query.since))
             .bind(groups)
             .bind(sources)
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error("read risk facts", e))?;
-        RiskFacts::from_rows(query, &rows)
+        RiskFacts::from_row(
+            query,
+            hours.as_deref(),
+            durations.as_deref(),
+            since,
+            peer,
+            seen,
+        )
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
@@ -1373,12 +1436,15 @@ mod tests {
                 .unwrap();
         let plan: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
         let shown = plan.join(" | ");
-        for table in ["risk_hours", "risk_durations", "risk_peers", "risk_sources"] {
-            assert!(
-                plan.iter()
-                    .any(|l| l.starts_with(&format!("SEARCH {table} USING PRIMARY KEY"))),
-                "{table}: {shown}"
-            );
+        // Each aggregate by its primary key; the peers one group at a time
+        // (entitlement and group), never every peer of the entitlement.
+        for search in [
+            "SEARCH risk_hours USING PRIMARY KEY (requester=?)",
+            "SEARCH risk_durations USING PRIMARY KEY (requester=? AND entitlement=?)",
+            "SEARCH p USING PRIMARY KEY (entitlement=? AND grp=?)",
+            "SEARCH r USING PRIMARY KEY (requester=? AND key=? AND value=?)",
+        ] {
+            assert!(plan.contains(&search), "{search}: {shown}");
         }
         assert!(
             shown.contains("SEARCH requests USING COVERING INDEX requests_requester_created "),
