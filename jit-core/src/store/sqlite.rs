@@ -385,6 +385,32 @@ async fn insert_risk(conn: &mut SqliteConnection, record: &RequestRecord) -> Res
     Ok(())
 }
 
+/// [`FACTS_SQL`] for `query` on `conn`.
+async fn facts_on<'c>(
+    conn: impl sqlx::Executor<'c, Database = Sqlite>,
+    query: &RiskFactsQuery,
+) -> Result<RiskFacts> {
+    let (groups, sources) = facts_params(query)?;
+    let (hours, durations, since, peer, seen): (Option<String>, Option<String>, i64, bool, i64) =
+        sqlx::query_as(FACTS_SQL)
+            .bind(query.requester.as_str())
+            .bind(query.entitlement.as_str())
+            .bind(risk_facts::since_text(query.since))
+            .bind(groups)
+            .bind(sources)
+            .fetch_one(conn)
+            .await
+            .map_err(|e| db_error("read risk facts", e))?;
+    RiskFacts::from_row(
+        query,
+        hours.as_deref(),
+        durations.as_deref(),
+        since,
+        peer,
+        seen,
+    )
+}
+
 /// [`FACTS_SQL`]'s groups and sources, as JSON arrays.
 fn facts_params(query: &RiskFactsQuery) -> Result<(String, String)> {
     let encode = |v: serde_json::Result<String>| {
@@ -1200,32 +1226,19 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    /// On the writers' connection when no write holds it (its page cache
+    /// is current: a pooled reader's is stale after every write, and
+    /// reloading it cost more than the read), else on a pooled one; never
+    /// waits for a writer.
     async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
         query.check()?;
-        let (groups, sources) = facts_params(query)?;
-        let (hours, durations, since, peer, seen): (
-            Option<String>,
-            Option<String>,
-            i64,
-            bool,
-            i64,
-        ) = sqlx::query_as(FACTS_SQL)
-            .bind(query.requester.as_str())
-            .bind(query.entitlement.as_str())
-            .bind(risk_facts::since_text(query.since))
-            .bind(groups)
-            .bind(sources)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error("read risk facts", e))?;
-        RiskFacts::from_row(
-            query,
-            hours.as_deref(),
-            durations.as_deref(),
-            since,
-            peer,
-            seen,
-        )
+        if let Ok(mut writer) = self.write.try_lock() {
+            if let Some(conn) = writer.conn.as_mut() {
+                let out = facts_on(&mut **conn, query).await;
+                return writer.settle(out);
+            }
+        }
+        facts_on(&self.pool, query).await
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
@@ -1457,6 +1470,29 @@ mod tests {
             "{shown}"
         );
         assert!(!shown.contains("TEMP B-TREE"), "{shown}");
+    }
+
+    /// Risk facts read on the writers' connection when it is free, and on
+    /// a pooled one while a write holds it: the same answer either way,
+    /// and never a wait for the writer (the 30 s bound only keeps a
+    /// regression from hanging the suite).
+    #[tokio::test]
+    async fn risk_facts_never_wait_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("jit.db")).await.unwrap();
+        let r = record();
+        store.insert(&r, &[]).await.unwrap();
+        let q = RiskFactsQuery::new("alice", "db-admin");
+        let free = store.risk_facts(&q).await.unwrap();
+        assert_eq!(free.entitlement_requests, 1, "{free:?}");
+        let held = store.write.lock().await;
+        assert!(held.conn.is_some(), "the writers keep their connection");
+        let busy = tokio::time::timeout(Duration::from_secs(30), store.risk_facts(&q))
+            .await
+            .expect("risk facts waited for the writer")
+            .unwrap();
+        drop(held);
+        assert_eq!(busy, free);
     }
 
     /// A prune counts a request out from its body; one whose body no
