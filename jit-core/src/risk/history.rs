@@ -32,7 +32,7 @@
 //! requests the store holds", and once retention prunes a request
 //! ([`Broker::archive_finished`](crate::Broker::archive_finished)) it no
 //! longer counts, so the pattern follows the retention window. Sources
-//! are the context keys of [`SOURCE_KEYS`](crate::store::SOURCE_KEYS);
+//! are the context keys of [`SOURCE_KEYS`];
 //! [`HistoryAssessor::source_keys`] chooses among them.
 
 use std::collections::BTreeSet;

@@ -405,7 +405,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// insert, under concurrent inserts of one requester, and after a
     /// [`Store::prune`] (a pruned request no longer counts). A query
     /// without a requester or an entitlement, or asking about a source key
-    /// outside [`SOURCE_KEYS`](risk_facts::SOURCE_KEYS), is an error.
+    /// outside [`SOURCE_KEYS`], is an error.
     ///
     /// The memory, SQLite and PostgreSQL stores keep aggregates that the
     /// insert and the prune move in their own transactions, so an answer

@@ -5,7 +5,7 @@
 //! # The aggregates
 //!
 //! Every request a store holds adds, once, what the six signals need
-//! ([`Contribution`]): its requester's hour of the day, its duration for
+//! (`Contribution`): its requester's hour of the day, its duration for
 //! its entitlement, its source values (the context keys of
 //! [`SOURCE_KEYS`]) and, for each group its requester was in when they
 //! asked, that the group used the entitlement. The request counts as
@@ -25,8 +25,8 @@
 //!   store holds (before retention prunes them), not the latest N: the
 //!   facts of a history are [`RiskFacts::from_history`] of all of it.
 //! - **The same in every store.** The memory store keeps them in maps
-//!   ([`Profiles`]); the SQL stores in four tables keyed by requester or
-//!   entitlement, written from [`Deltas`] (signed counts, so an insert
+//!   (`Profiles`); the SQL stores in four tables keyed by requester or
+//!   entitlement, written from `Deltas` (signed counts, so an insert
 //!   adds one and a prune takes one away through the same statements, as
 //!   upserts that two writers can run at once). The logic of what a
 //!   request adds lives here, once; the stores only move the counts.
