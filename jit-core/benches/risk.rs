@@ -21,9 +21,19 @@
 //!
 //! `cargo bench -p jit-core --features testing --bench risk -- --warm-up-time 2 --measurement-time 10`
 //! (`JIT_RISK_BENCH_KEEP=1` keeps the database and prints where.)
+//!
+//! For instruction counts, which a loaded machine does not skew:
+//! `JIT_RISK_BENCH_DB=/path/history.db` fills that file once (reused by
+//! later runs, each on a copy), and `JIT_RISK_BENCH_ONLY=with` (or
+//! `without`) with `JIT_RISK_BENCH_N=300` runs only that many submits of
+//! one kind (or `facts`: the store's part alone), no criterion; under `valgrind --tool=callgrind`, two values of
+//! `N` give the instructions per submit (their difference over the
+//! difference of `N`, so opening the store cancels out), and `with` less
+//! `without` those of one assessment.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::panic,
     clippy::print_stdout,
     missing_docs
 )]
@@ -130,17 +140,14 @@ async fn submit(b: &Broker, next: &AtomicUsize) {
     assert_eq!(out.record.state, State::Pending);
 }
 
-/// What the assessor asks the store for user `i` (its defaults: windows
-/// of 200, 50 and 200, the last ten minutes, the request's IP).
+/// What the assessor asks the store for user `i` (its defaults: the
+/// last ten minutes, the request's IP).
 fn facts_query(i: usize, n: usize) -> RiskFactsQuery {
     let who = principal(i);
     RiskFactsQuery {
         groups: who.groups.clone(),
         sources: vec![("ip".into(), format!("10.0.{}.{}", i / 250, i % 250))],
         since: Utc::now() - TimeDelta::minutes(10),
-        recent: 200,
-        entitlement_recent: 50,
-        peers_recent: 200,
         ..RiskFactsQuery::new(who.id.as_str(), &entitlement_of(i, n))
     }
 }
@@ -150,7 +157,7 @@ async fn facts(store: &dyn Store, next: &AtomicUsize) {
     let n = next.fetch_add(1, Ordering::Relaxed);
     let i = (n * 7919) % PRINCIPALS;
     let f = store.risk_facts(&facts_query(i, n)).await.unwrap();
-    assert!(f.recent > 0 && f.peer_used);
+    assert!(f.requests > 0 && f.peer_used);
 }
 
 /// What the assessor read before `Store::risk_facts` (three history
@@ -172,12 +179,8 @@ async fn history_before(store: &dyn Store, next: &AtomicUsize) {
     assert!(!a.is_empty());
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+/// Fills the history under `/dev/shm` (fast fsyncs) and copies it to `db`.
+fn fill_and_copy(rt: &tokio::runtime::Runtime, db: &Path) {
     let shm = Path::new("/dev/shm");
     let fill_dir = tempfile::tempdir_in(if shm.is_dir() {
         shm.to_path_buf()
@@ -185,16 +188,11 @@ fn bench(c: &mut Criterion) {
         std::env::temp_dir()
     })
     .unwrap();
-    let run_dir = match std::env::var_os("JIT_RISK_BENCH_DIR") {
-        Some(d) => tempfile::tempdir_in(PathBuf::from(d)).unwrap(),
-        None => tempfile::tempdir().unwrap(),
-    };
     let filled = fill_dir.path().join("history.db");
     rt.block_on(fill(&filled));
     // SQLite copies it (`VACUUM INTO`): a consistent database whatever
     // state the fill's WAL was left in (copying the files raced with the
     // last connection's checkpoint and could give a malformed copy).
-    let db = run_dir.path().join("history.db");
     rt.block_on(async {
         let mut conn = SqliteConnectOptions::new()
             .filename(&filled)
@@ -208,7 +206,32 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         conn.close().await.unwrap();
     });
-    drop(fill_dir);
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let run_dir = match std::env::var_os("JIT_RISK_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(PathBuf::from(d)).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let db = run_dir.path().join("history.db");
+    match std::env::var_os("JIT_RISK_BENCH_DB") {
+        // A history filled once and kept (closed, so one consistent file),
+        // copied for each run: for instruction counts under valgrind,
+        // where filling would take hours.
+        Some(kept) => {
+            let kept = PathBuf::from(kept);
+            if !kept.exists() {
+                rt.block_on(fill(&kept));
+            }
+            std::fs::copy(&kept, &db).unwrap();
+        }
+        None => fill_and_copy(&rt, &db),
+    }
     println!("measuring on {}", db.display());
     if std::env::var_os("JIT_RISK_BENCH_KEEP").is_some() {
         // To inspect the database (query plans, timings) after the run.
@@ -221,6 +244,30 @@ fn bench(c: &mut Criterion) {
     let reads = store.clone();
     let assessed = broker(store, true);
     let next = AtomicUsize::new(0);
+    if let Ok(only) = std::env::var("JIT_RISK_BENCH_ONLY") {
+        let n: u32 = std::env::var("JIT_RISK_BENCH_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
+        let t = Instant::now();
+        rt.block_on(async {
+            for _ in 0..n {
+                match only.as_str() {
+                    "with" => submit(&assessed, &next).await,
+                    "without" => submit(&plain, &next).await,
+                    "facts" => facts(&*reads, &next).await,
+                    other => {
+                        panic!("JIT_RISK_BENCH_ONLY is `with`, `without` or `facts`, not `{other}`")
+                    }
+                }
+            }
+        });
+        println!(
+            "{n} of `{only}`: {:.3} ms each",
+            t.elapsed().as_secs_f64() * 1e3 / f64::from(n)
+        );
+        return;
+    }
 
     let mut g = c.benchmark_group("risk_submit");
     g.bench_function("without_assessor", |b| {

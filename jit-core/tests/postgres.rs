@@ -19,7 +19,7 @@ use common::*;
 use jit_core::audit::{self, AuditEvent, AuditKind};
 use jit_core::reaper::Reaper;
 use jit_core::store::postgres::SCHEMA_VERSION;
-use jit_core::store::{audit_all, Claim, PostgresStore, Store};
+use jit_core::store::{audit_all, Claim, PostgresStore, RiskFactsQuery, Store};
 use jit_core::testing::postgres::{self as pg, TestSchema};
 use jit_core::testing::store::{self as conformance, sample_record};
 use jit_core::testing::{FaultyStore, MemorySink, TestProvider};
@@ -95,6 +95,17 @@ mod conforms {
         let schema = TestSchema::new().await;
         let store: Arc<dyn Store> = Arc::new(schema.store().await);
         conformance::check_counts_exact(store).await;
+        schema.drop_schema().await;
+    }
+
+    /// Risk review's aggregates stay exact under eight writers inserting
+    /// for one requester at once (upserts on the same rows, from several
+    /// pooled connections), failed writes, updates and a prune.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn risk_aggregates_stay_exact() {
+        let schema = TestSchema::new().await;
+        let store: Arc<dyn Store> = Arc::new(schema.store().await);
+        conformance::check_risk_aggregates(store).await;
         schema.drop_schema().await;
     }
 
@@ -177,7 +188,9 @@ async fn migration_12_backfills_the_counts() {
         "DROP FUNCTION {s}.jit_count_update()",
         "DROP FUNCTION {s}.jit_count_delete()",
         "DROP FUNCTION {s}.jit_count_add(TEXT, BIGINT)",
-        "DELETE FROM {s}.schema_migrations WHERE version = 12",
+        // Nor the later versions' tables.
+        "DROP TABLE {s}.risk_hours, {s}.risk_durations, {s}.risk_sources, {s}.risk_peers",
+        "DELETE FROM {s}.schema_migrations WHERE version >= 12",
     ] {
         sqlx::query(&stmt.replace("{s}", schema.name()))
             .execute(&mut conn)
@@ -204,6 +217,75 @@ async fn migration_12_backfills_the_counts() {
     assert_eq!(count(&counts, State::Cancelled), Some(1));
     a.close().await;
     b.close().await;
+    schema.drop_schema().await;
+}
+
+/// A database written before version 13 gets risk review's aggregates
+/// back-filled from the requests it holds: the same facts as inserting
+/// them gave, and inserts after it keep counting.
+#[tokio::test]
+async fn migration_13_backfills_the_risk_aggregates() {
+    let schema = TestSchema::new().await;
+    let store = schema.store().await;
+    let t0 = Utc::now() - TimeDelta::days(1);
+    let mut made = Vec::new();
+    for (i, (who, ent, ip)) in [
+        ("alice", "db", "10.0.0.1"),
+        ("alice", "db", "10.0.0.2"),
+        ("alice", "web", "10.0.0.1"),
+        ("bob", "db", "10.0.0.3"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = sample_record(
+            who,
+            ent,
+            State::Pending,
+            t0 + TimeDelta::hours(i as i64 * 5),
+        );
+        r.request.context.insert("ip".into(), ip.into());
+        r.request.duration = jit_core::GrantDuration::from_secs_i64(600 * (i as i64 + 1)).unwrap();
+        store.insert(&r, &[]).await.unwrap();
+        made.push(r);
+    }
+    let queries: Vec<RiskFactsQuery> = [("alice", "db"), ("alice", "web"), ("bob", "db")]
+        .iter()
+        .map(|(who, ent)| RiskFactsQuery {
+            groups: ["engineering".to_string()].into(),
+            sources: vec![("ip".into(), "10.0.0.1".into())],
+            since: t0 + TimeDelta::hours(5),
+            ..RiskFactsQuery::new(who, ent)
+        })
+        .collect();
+    let mut inserted = Vec::new();
+    for q in &queries {
+        inserted.push(store.risk_facts(q).await.unwrap());
+    }
+    assert_eq!(inserted[0].entitlement_requests, 2, "{:?}", inserted[0]);
+    store.close().await;
+    // As a version 12 database would hold them.
+    let mut conn = raw().await;
+    for stmt in [
+        "DROP TABLE {s}.risk_hours, {s}.risk_durations, {s}.risk_sources, {s}.risk_peers",
+        "DELETE FROM {s}.schema_migrations WHERE version >= 13",
+    ] {
+        sqlx::query(&stmt.replace("{s}", schema.name()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let store = schema.store().await;
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    for (q, before) in queries.iter().zip(&inserted) {
+        assert_eq!(&store.risk_facts(q).await.unwrap(), before, "{q:?}");
+    }
+    let mut late = made[3].clone();
+    late.id = jit_core::RequestId::new();
+    store.insert(&late, &[]).await.unwrap();
+    let bob = store.risk_facts(&queries[2]).await.unwrap();
+    assert_eq!(bob.entitlement_requests, 2, "{bob:?}");
+    store.close().await;
     schema.drop_schema().await;
 }
 
@@ -256,6 +338,10 @@ async fn schemas_are_isolated_and_tables_stay_in_their_schema() {
             "audit_head",
             "leases",
             "requests",
+            "risk_durations",
+            "risk_hours",
+            "risk_peers",
+            "risk_sources",
             "schema_migrations",
             "state_counts"
         ]

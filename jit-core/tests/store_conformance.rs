@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use jit_core::audit::{self, AuditEvent, AuditKind};
 use jit_core::store::sqlite::SCHEMA_VERSION;
-use jit_core::store::{audit_all, MemoryStore, SqliteStore, Store};
+use jit_core::store::{audit_all, MemoryStore, RiskFactsQuery, SqliteStore, Store};
 use jit_core::testing::store::{self as conformance, sample_record};
 use jit_core::{Error, State};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -58,6 +58,49 @@ async fn sqlite_counts_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("jit.db")).await.unwrap();
     conformance::check_counts_exact(Arc::new(store)).await;
+}
+
+/// Risk review's aggregates stay exact under concurrent inserts of one
+/// requester, failed writes, updates and a prune, and survive a restart
+/// (each store on its own: the check prunes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_risk_aggregates_stay_exact() {
+    conformance::check_risk_aggregates(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_risk_aggregates_stay_exact_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jit.db");
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    conformance::check_risk_aggregates(store.clone()).await;
+    // The facts of what the check left, after closing and opening the file.
+    let queries: Vec<RiskFactsQuery> = store
+        .list(&jit_core::ListFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| RiskFactsQuery {
+            groups: r.requester.groups.clone(),
+            sources: vec![("ip".into(), "10.1.0.1".into())],
+            since: r.created_at,
+            ..RiskFactsQuery::new(r.requester.id.as_str(), &r.request.entitlement)
+        })
+        .collect();
+    assert!(!queries.is_empty());
+    let mut before = Vec::new();
+    for q in &queries {
+        before.push(store.risk_facts(q).await.unwrap());
+    }
+    store.close().await;
+    drop(store);
+    let store = SqliteStore::open(&path).await.unwrap();
+    for (q, facts) in queries.iter().zip(&before) {
+        assert_eq!(&store.risk_facts(q).await.unwrap(), facts, "{q:?}");
+    }
 }
 
 #[tokio::test]

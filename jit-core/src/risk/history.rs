@@ -13,7 +13,7 @@
 //! | `unusual_hour` | 15 | the requester has at least [`HistoryAssessor::min_hour_samples`] (10) past requests and none of them was made within an hour (of the day, UTC) of now |
 //! | `long_duration` | 20 | the requester has at least 3 past requests for this entitlement and asks for more than [`HistoryAssessor::duration_factor`] (2) times their median duration for it |
 //! | `burst` | 20 | the requester made at least [`HistoryAssessor::burst`] (5) requests, of any entitlement, in the last 10 minutes |
-//! | `new_source` | 15 | the requester has past requests, and one of the request's context values `client`, `ip` or `user_agent` ([`HistoryAssessor::source_keys`]) appears in none of them |
+//! | `new_source` | 15 | the requester has past requests, and one of the request's context values `client`, `ip`, `source_ip` or `user_agent` ([`HistoryAssessor::source_keys`]) appears in none of them |
 //! | `no_peer_uses` | 20 | the requester is in at least one group, and no one else in any of their groups asked for this entitlement |
 //!
 //! The weights are chosen so that one signal alone stays below a threshold
@@ -23,18 +23,17 @@
 //!
 //! # What it reads
 //!
-//! One [`Store::risk_facts`](crate::Store::risk_facts) call per request: a
-//! handful of counts and yes-or-no answers that the SQL stores compute in
-//! one statement on their indexes (see [`RiskFactsQuery`] for the
-//! windows), instead of fetching and decoding past requests. The windows
-//! are the requester's latest [`HistoryAssessor::lookback`] (200)
-//! requests (hours, burst, sources), their latest 50 for this entitlement
-//! (first request, durations), and the latest
-//! [`HistoryAssessor::peer_lookback`] (200) requests for this entitlement
-//! by anyone else (peers). Older history is not read, so "never" above
-//! means "not in that window": a requester with more than 200 requests
-//! since they last made one at this hour, or more than 200 peer requests
-//! without one from their group, is judged on the recent ones.
+//! One [`Store::risk_facts`](crate::Store::risk_facts) call per request:
+//! counts and yes-or-no answers from aggregates the stores keep in the
+//! insert's transaction (see [`RiskFactsQuery`] and
+//! [`crate::store::risk_facts`]), a few primary-key reads whatever the
+//! history's size. They cover **every request the store holds**, not a
+//! window of the latest ones: "never" above means "in none of the
+//! requests the store holds", and once retention prunes a request
+//! ([`Broker::archive_finished`](crate::Broker::archive_finished)) it no
+//! longer counts, so the pattern follows the retention window. Sources
+//! are the context keys of [`SOURCE_KEYS`];
+//! [`HistoryAssessor::source_keys`] chooses among them.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -44,7 +43,7 @@ use chrono::{DateTime, Timelike, Utc};
 
 use super::{RiskAssessment, RiskAssessor, RiskInput, RiskSignal};
 use crate::error::Result;
-use crate::store::{RiskFacts, RiskFactsQuery};
+use crate::store::{RiskFacts, RiskFactsQuery, SOURCE_KEYS};
 
 /// The built-in signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,8 +135,6 @@ impl Weights {
 #[derive(Debug, Clone)]
 pub struct HistoryAssessor {
     weights: Weights,
-    lookback: usize,
-    peer_lookback: usize,
     min_hour_samples: usize,
     min_duration_samples: usize,
     duration_factor: u32,
@@ -152,42 +149,23 @@ impl Default for HistoryAssessor {
     }
 }
 
-/// How many of the requester's requests for the entitlement are read for
-/// the first-request and duration signals.
-const ENTITLEMENT_LOOKBACK: usize = 50;
-
 impl HistoryAssessor {
     /// The defaults of the [module docs](self).
     pub fn new() -> Self {
         Self {
             weights: Weights::default(),
-            lookback: 200,
-            peer_lookback: 200,
             min_hour_samples: 10,
             min_duration_samples: 3,
             duration_factor: 2,
             burst_window: Duration::from_secs(600),
             burst: 5,
-            source_keys: vec!["client".into(), "ip".into(), "user_agent".into()],
+            source_keys: SOURCE_KEYS.map(String::from).to_vec(),
         }
     }
 
     /// Uses these weights.
     pub fn weights(mut self, weights: Weights) -> Self {
         self.weights = weights;
-        self
-    }
-
-    /// How many of the requester's latest requests are read (default 200, 1 to 1,000).
-    pub fn lookback(mut self, n: usize) -> Self {
-        self.lookback = n.clamp(1, crate::store::MAX_HISTORY);
-        self
-    }
-
-    /// How many of the entitlement's latest requests by others are read
-    /// for `no_peer_uses` (default 200, 1 to 1,000).
-    pub fn peer_lookback(mut self, n: usize) -> Self {
-        self.peer_lookback = n.clamp(1, crate::store::MAX_HISTORY);
         self
     }
 
@@ -210,9 +188,22 @@ impl HistoryAssessor {
         self
     }
 
-    /// The request-context keys `new_source` compares (default `client`, `ip`, `user_agent`).
+    /// The request-context keys `new_source` compares: any of
+    /// [`SOURCE_KEYS`] (the default is all of them). The stores keep no
+    /// other key's values, so another key could only ever look new: it is
+    /// left out, with a warning.
     pub fn source_keys(mut self, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.source_keys = keys.into_iter().map(Into::into).collect();
+        self.source_keys = keys
+            .into_iter()
+            .map(Into::into)
+            .filter(|k: &String| {
+                let kept = SOURCE_KEYS.contains(&k.as_str());
+                if !kept {
+                    tracing::warn!(key = %k, "risk review keeps no source under this context key; left out");
+                }
+                kept
+            })
+            .collect();
         self
     }
 
@@ -247,9 +238,6 @@ impl HistoryAssessor {
                 .now
                 .checked_sub_signed(window)
                 .unwrap_or(DateTime::<Utc>::MIN_UTC),
-            recent: self.lookback,
-            entitlement_recent: ENTITLEMENT_LOOKBACK,
-            peers_recent: self.peer_lookback,
         }
     }
 
@@ -274,7 +262,7 @@ impl HistoryAssessor {
             );
         }
 
-        if facts.recent >= self.min_hour_samples {
+        if facts.requests >= self.min_hour_samples as u64 {
             let hour = now.hour();
             let usual = (0u32..)
                 .zip(facts.hours)
@@ -284,14 +272,14 @@ impl HistoryAssessor {
                     &mut out,
                     Signal::UnusualHour,
                     format!(
-                        "none of the last {} requests was made within an hour of {hour:02}:00 UTC",
-                        facts.recent
+                        "none of their {} requests was made within an hour of {hour:02}:00 UTC",
+                        facts.requests
                     ),
                 );
             }
         }
 
-        if facts.durations >= self.min_duration_samples {
+        if facts.entitlement_requests >= self.min_duration_samples as u64 {
             let median = facts.median_duration.unwrap_or_default().as_secs();
             let asked = input.request.duration.as_secs();
             if asked > median.saturating_mul(u64::from(self.duration_factor)) {
@@ -308,7 +296,7 @@ impl HistoryAssessor {
             }
         }
 
-        if facts.since >= self.burst {
+        if facts.since >= self.burst as u64 {
             self.fire(
                 &mut out,
                 Signal::Burst,
@@ -320,7 +308,7 @@ impl HistoryAssessor {
             );
         }
 
-        if facts.recent > 0 {
+        if facts.requests > 0 {
             let unseen: Vec<String> = query
                 .sources
                 .iter()
@@ -335,9 +323,9 @@ impl HistoryAssessor {
                     &mut out,
                     Signal::NewSource,
                     format!(
-                        "{} not seen in the last {} requests",
+                        "{} not seen in their {} requests",
                         unseen.join(", "),
-                        facts.recent
+                        facts.requests
                     ),
                 );
             }

@@ -11,7 +11,9 @@
 //! by entitlement (risk review's peers, [`Store::history`]).
 //! Each is ordered by the insertion sequence, which is also the order
 //! [`Store::list`] returns (newest first), so a list reads its index
-//! backwards and stops at its limit.
+//! backwards and stops at its limit. Risk review's aggregates
+//! ([`Store::risk_facts`], see `risk_facts.rs`) are kept beside them, added
+//! on insert and taken out on prune in the same critical section.
 //!
 //! # Bytes
 //!
@@ -29,7 +31,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::risk_facts::Tally;
+use super::risk_facts::{Contribution, Profiles};
 use super::{check_versions, lease_until, HistoryEntry, HistoryQuery, ListFilter, Prune, Store};
 use super::{RiskFacts, RiskFactsQuery};
 use crate::audit::{AuditAnchor, AuditEvent, AuditRecord, GENESIS_HASH};
@@ -61,6 +63,8 @@ struct Inner {
     anchor: Option<AuditAnchor>,
     /// Lease key -> (holder, end).
     leases: HashMap<String, (String, DateTime<Utc>)>,
+    /// Risk review's aggregates of every record held ([`Store::risk_facts`]).
+    risk: Profiles,
 }
 
 /// One request as the memory store keeps it: the record as JSON (about a
@@ -308,6 +312,7 @@ impl Store for MemoryStore {
         g.records.insert(record.id, row);
         g.order.push(record.id);
         g.index(seq, record);
+        g.risk.add(&Contribution::of(record));
         Ok(g.append(events))
     }
 
@@ -384,8 +389,7 @@ impl Store for MemoryStore {
 
     async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
         query.check()?;
-        let g = self.lock()?;
-        Ok(g.risk_facts(query))
+        Ok(self.lock()?.risk.facts(query))
     }
 
     async fn due(
@@ -468,6 +472,7 @@ impl Store for MemoryStore {
         for (seq, r) in going {
             g.records.remove(&r.id);
             g.unindex(seq, &r);
+            g.risk.remove(&Contribution::of(&r));
         }
         g.audit.drain(..cut);
         g.anchor = Some(prune.anchor.clone());
@@ -520,100 +525,6 @@ impl Store for MemoryStore {
         }
         Ok(held)
     }
-}
-
-/// Risk review's facts ([`Store::risk_facts`]) from the indexes: a
-/// window's members are found by insertion sequence and set lookups, and
-/// only their members are read, each for the few fields a fact needs
-/// ([`FactsRow`]) rather than as a whole record.
-impl Inner {
-    fn risk_facts(&self, q: &RiskFactsQuery) -> RiskFacts {
-        let mut t = Tally::new(q);
-        let empty = BTreeSet::new();
-        let mine = self.by_requester.get(&q.requester).unwrap_or(&empty);
-        let theirs = self.by_entitlement.get(&q.entitlement).unwrap_or(&empty);
-
-        for row in mine
-            .iter()
-            .rev()
-            .take(RiskFactsQuery::window(q.recent))
-            .filter_map(|seq| self.facts_row(*seq))
-        {
-            t.mine(row.created_at, |k| {
-                row.request.context.get(k).map(String::as_str)
-            });
-        }
-
-        // The requester's requests for the entitlement: walk the smaller
-        // of the two indexes, test membership in the other.
-        let (walk, other) = if mine.len() <= theirs.len() {
-            (mine, theirs)
-        } else {
-            (theirs, mine)
-        };
-        for seq in walk
-            .iter()
-            .rev()
-            .filter(|seq| other.contains(seq))
-            .take(RiskFactsQuery::window(q.entitlement_recent))
-        {
-            match self.facts_row(*seq) {
-                Some(row) => t.here(Some(row.request.duration.get().as_secs())),
-                None => t.here(None),
-            }
-        }
-
-        if !q.groups.is_empty() {
-            for seq in theirs
-                .iter()
-                .rev()
-                .filter(|seq| !mine.contains(seq))
-                .take(RiskFactsQuery::window(q.peers_recent))
-            {
-                let found = self
-                    .facts_row(*seq)
-                    .is_some_and(|row| t.peer(row.requester.groups.iter().map(String::as_str)));
-                if found {
-                    break;
-                }
-            }
-        }
-        t.finish()
-    }
-
-    /// The fields of one stored record that risk facts read; `None`
-    /// (logged) when it does not decode.
-    fn facts_row(&self, seq: Seq) -> Option<FactsRow> {
-        let row = self.order.get(seq).and_then(|id| self.records.get(id))?;
-        match serde_json::from_str::<FactsRow>(&row.body) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "risk facts: a stored request does not decode; skipped");
-                None
-            }
-        }
-    }
-}
-
-/// What [`Inner::risk_facts`] reads of a stored record; serde skips the rest.
-#[derive(serde::Deserialize)]
-struct FactsRow {
-    requester: FactsRequester,
-    request: FactsRequest,
-    created_at: DateTime<Utc>,
-}
-
-#[derive(serde::Deserialize)]
-struct FactsRequester {
-    #[serde(default)]
-    groups: Vec<String>,
-}
-
-#[derive(serde::Deserialize)]
-struct FactsRequest {
-    duration: crate::types::GrantDuration,
-    #[serde(default)]
-    context: std::collections::BTreeMap<String, String>,
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use crate::types::{GrantDuration, RequestId, RequestRecord, State};
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-mod risk_facts;
+pub mod risk_facts;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -51,7 +51,7 @@ pub mod sqlite;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
-pub use risk_facts::{RiskFacts, RiskFactsQuery};
+pub use risk_facts::{RiskFacts, RiskFactsQuery, SOURCE_KEYS};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -390,40 +390,40 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             .collect())
     }
 
-    /// The facts risk review scores one request on (see
-    /// [`RiskFactsQuery`] for the three windows they are read from).
+    /// The facts risk review scores one request on, from every request
+    /// the store holds (see [`RiskFactsQuery`] and the aggregates they are
+    /// kept in, in `risk_facts.rs`).
     ///
     /// # Contract
     ///
     /// Read-only. The facts are what [`RiskFacts::from_history`] makes of
-    /// the three [`Store::history`] lookups of
-    /// [`RiskFactsQuery::history_queries`]. A store may compute them any
-    /// way it likes but must agree with that (the conformance suite's
-    /// `check_risk_facts` compares the two): the SQL stores aggregate in
-    /// one statement on the `(requester, created_at)`, `(requester,
-    /// entitlement, created_at)` and `(entitlement, created_at)` indexes,
-    /// reading a request's body only for its duration, for its sources
-    /// until one matches and for its groups until a peer is found. A query
-    /// without a requester or an entitlement is an error. A stored row
-    /// whose body does not decode adds no duration, source or group and
-    /// fails nothing (the SQL stores still count it in a window's size,
-    /// from its indexed columns); PostgreSQL 15 cannot tell JSON from text
-    /// without failing, so there such a row fails the answer, which the
-    /// broker records as an unavailable assessment: human review.
+    /// every request of the requester and every request for the
+    /// entitlement by someone else that the store holds, each as it was
+    /// submitted; a store may compute them any way it likes but must agree
+    /// with that (the conformance suite's `check_risk_facts` and
+    /// `check_risk_aggregates` compare the two), including right after an
+    /// insert, under concurrent inserts of one requester, and after a
+    /// [`Store::prune`] (a pruned request no longer counts). A query
+    /// without a requester or an entitlement, or asking about a source key
+    /// outside [`SOURCE_KEYS`], is an error.
     ///
-    /// The default reads those three lookups and computes the facts:
-    /// right for wrappers and third-party stores (wrappers should forward
-    /// it, so the wrapped store's faster answer is used).
+    /// The memory, SQLite and PostgreSQL stores keep aggregates that the
+    /// insert and the prune move in their own transactions, so an answer
+    /// is a few primary-key reads plus one index range count (the burst),
+    /// whatever the history's size. The default reads the two history
+    /// lookups of [`RiskFactsQuery::history_queries`] and computes the
+    /// facts: exact up to [`MAX_HISTORY`] requests each, of the newest
+    /// beyond; right for wrappers (which should forward it, so the wrapped
+    /// store's answer is used) and small third-party stores.
     async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
         query.check()?;
-        let (mine, here, peers) = query.history_queries();
+        let (mine, peers) = query.history_queries();
         let mine = self.history(&mine).await?;
-        let here = self.history(&here).await?;
         let peers = match peers {
             Some(q) => self.history(&q).await?,
             None => Vec::new(),
         };
-        Ok(RiskFacts::from_history(query, &mine, &here, &peers))
+        Ok(RiskFacts::from_history(query, &mine, &peers))
     }
 
     /// How many records are in each state: every state of [`State::ALL`]

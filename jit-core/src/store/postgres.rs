@@ -85,17 +85,18 @@ use chrono::{DateTime, Datelike, SecondsFormat, TimeDelta, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
+use super::risk_facts::{self, Contribution};
 use super::{
     check_versions, lease_until, redact_url, sql, Claim, HistoryEntry, HistoryQuery, ListFilter,
     Prune, Store,
 };
-use super::{risk_facts, RiskFacts, RiskFactsQuery};
+use super::{RiskFacts, RiskFactsQuery};
 use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// Connections per store unless set: a replica's writers, readers and reaper.
 const DEFAULT_POOL_SIZE: u32 = 10;
@@ -305,63 +306,202 @@ const MIGRATIONS: &[Migration] = &[
             SELECT state, 0, COUNT(*) FROM requests GROUP BY state",
         ],
     },
+    // Version 13: risk review's aggregates ([`Store::risk_facts`], see
+    // `risk_facts.rs`): per requester and hour, per requester, entitlement
+    // and duration, per requester and source, and per entitlement, group
+    // and requester, each row a count of the requests held. Written by
+    // `insert_in` and `prune_in` from the records in Rust, as upserts (two
+    // replicas inserting for one requester at once queue on the row, and
+    // both count), and back-filled by `risk_backfill` after these
+    // statements with the table locked against writers, as version 12 does.
+    Migration {
+        version: RISK_MIGRATION,
+        statements: &[
+            "LOCK TABLE requests IN SHARE ROW EXCLUSIVE MODE",
+            "CREATE TABLE risk_hours (
+            requester TEXT NOT NULL,
+            hour SMALLINT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (requester, hour)
+        )",
+            "CREATE TABLE risk_durations (
+            requester TEXT NOT NULL,
+            entitlement TEXT NOT NULL,
+            secs BIGINT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (requester, entitlement, secs)
+        )",
+            "CREATE TABLE risk_sources (
+            requester TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (requester, key, value)
+        )",
+            "CREATE TABLE risk_peers (
+            entitlement TEXT NOT NULL,
+            grp TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (entitlement, grp, requester)
+        )",
+        ],
+    },
 ];
 
-/// Risk review's facts ([`Store::risk_facts`]) in one statement (one
-/// round trip), for `sources` sources and with or without the peer
-/// lookup. Parameters: `$1` requester, `$2` entitlement, `$3` `$4` `$5`
-/// the three windows, `$6` the burst window's start, then the groups as
-/// `text[]` (with peers), then each source's key and value.
-///
-/// Each window is a `LIMIT` on an index read newest first; hours, burst
-/// and the entitlement count come from the indexed columns, bodies are
-/// parsed (`::json`) only for the durations, for the sources until the
-/// value is found and for groups until a peer is found. A body that is
-/// not JSON fails the statement (PostgreSQL 15 cannot test text for
-/// JSON without a function): the broker then records the assessment as
-/// unavailable, which sends the request to a human, never past one.
-fn facts_sql(sources: usize, peers: bool) -> String {
-    let hours: String = (0..24)
-        .map(|h| format!(", count(*) FILTER (WHERE h = {h})"))
-        .collect();
-    let mut facts = String::new();
-    let mut next = if peers { 8 } else { 7 };
-    for _ in 0..sources {
-        facts.push_str(&format!(
-            ", CASE WHEN EXISTS (SELECT 1 FROM (SELECT body FROM requests WHERE requester = $1
-                ORDER BY created_at DESC LIMIT $3) AS w,
-                json_each_text(w.body::json -> 'request' -> 'context') AS c
-                WHERE c.key = ${} AND c.value = ${}) THEN 1::bigint ELSE 0::bigint END",
-            next,
-            next + 1
-        ));
-        next += 2;
+/// The migration that creates risk review's aggregates; `migrate_in`
+/// back-fills them after its statements.
+const RISK_MIGRATION: i64 = 13;
+
+/// Risk review's facts ([`Store::risk_facts`]) in one statement and one
+/// row (the columns `RiskFacts::from_row` reads): primary-key reads of the
+/// aggregate tables, and the burst count from the `(requester,
+/// created_at)` index. Parameters: `$1` requester, `$2` entitlement, `$3`
+/// the burst window's start, `$4` the groups, `$5` and `$6` the sources'
+/// keys and values.
+const FACTS_SQL: &str = "SELECT
+    (SELECT string_agg(hour || ':' || n, ',') FROM risk_hours WHERE requester = $1),
+    (SELECT string_agg(secs || ':' || n, ',') FROM risk_durations
+        WHERE requester = $1 AND entitlement = $2),
+    (SELECT count(*) FROM requests WHERE requester = $1 AND created_at >= $3),
+    EXISTS (SELECT 1 FROM risk_peers
+        WHERE entitlement = $2 AND grp = ANY($4) AND requester <> $1),
+    (SELECT coalesce(sum(CASE WHEN EXISTS (SELECT 1 FROM risk_sources AS r
+        WHERE r.requester = $1 AND r.key = s.k AND r.value = s.v)
+        THEN 1::bigint << (s.i - 1)::int ELSE 0 END), 0)::bigint
+        FROM unnest($5::text[], $6::text[]) WITH ORDINALITY AS s(k, v, i))";
+
+/// Moves the aggregates by `Deltas` in one statement: one upsert per
+/// table, each from arrays in primary-key order (so concurrent writers
+/// lock rows in the same order).
+const APPLY_SQL: &str = "WITH h AS (
+        INSERT INTO risk_hours (requester, hour, n)
+        SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[])
+        ON CONFLICT (requester, hour) DO UPDATE SET n = risk_hours.n + EXCLUDED.n
+    ), d AS (
+        INSERT INTO risk_durations (requester, entitlement, secs, n)
+        SELECT * FROM unnest($4::text[], $5::text[], $6::bigint[], $7::bigint[])
+        ON CONFLICT (requester, entitlement, secs) DO UPDATE SET n = risk_durations.n + EXCLUDED.n
+    ), s AS (
+        INSERT INTO risk_sources (requester, key, value, n)
+        SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::bigint[])
+        ON CONFLICT (requester, key, value) DO UPDATE SET n = risk_sources.n + EXCLUDED.n
+    ), p AS (
+        INSERT INTO risk_peers (entitlement, grp, requester, n)
+        SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::bigint[])
+        ON CONFLICT (entitlement, grp, requester) DO UPDATE SET n = risk_peers.n + EXCLUDED.n
+    ) SELECT 1";
+
+/// After a prune's [`APPLY_SQL`]: the rows it took to zero go.
+const SWEEP_SQL: &str = "WITH h AS (DELETE FROM risk_hours WHERE n <= 0 AND requester = ANY($1)),
+    d AS (DELETE FROM risk_durations WHERE n <= 0 AND requester = ANY($1)),
+    s AS (DELETE FROM risk_sources WHERE n <= 0 AND requester = ANY($1)),
+    p AS (DELETE FROM risk_peers WHERE n <= 0 AND entitlement = ANY($2))
+    SELECT 1";
+
+/// Applies `deltas` inside the caller's transaction.
+async fn apply_risk(conn: &mut PgConnection, deltas: &risk_facts::Deltas) -> Result<()> {
+    if deltas.is_empty() {
+        return Ok(());
     }
-    facts.push_str(if peers {
-        ", CASE WHEN EXISTS (SELECT 1 FROM (SELECT body FROM requests WHERE entitlement = $2
-            AND requester <> $1 ORDER BY created_at DESC LIMIT $5) AS p,
-            json_array_elements_text(p.body::json -> 'requester' -> 'groups') AS g(value)
-            WHERE g.value = ANY($7)) THEN 1::bigint ELSE 0::bigint END"
-    } else {
-        ", 0::bigint"
+    fn cols<'a, K: 'a, A, B, C>(
+        rows: impl Iterator<Item = (&'a K, &'a i64)>,
+        split: impl Fn(&'a K) -> (A, B, C),
+    ) -> (Vec<A>, Vec<B>, Vec<C>, Vec<i64>) {
+        let mut out = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (k, n) in rows {
+            let (a, b, c) = split(k);
+            out.0.push(a);
+            out.1.push(b);
+            out.2.push(c);
+            out.3.push(*n);
+        }
+        out
+    }
+    let (h_who, h_hour, _, h_n) = cols(deltas.hours.iter(), |(who, h)| {
+        (who.as_str(), i16::try_from(*h).unwrap_or(0), ())
     });
-    format!(
-        "SELECT m.*, e.n, d.n, d.median{facts} FROM
-        (SELECT count(*), count(*) FILTER (WHERE created_at >= $6){hours}
-         FROM (SELECT created_at, substr(created_at, 12, 2)::int AS h
-               FROM requests WHERE requester = $1 ORDER BY created_at DESC LIMIT $3) AS w) AS m,
-        (SELECT count(*) AS n
-         FROM (SELECT 1 FROM requests WHERE requester = $1 AND entitlement = $2
-               ORDER BY created_at DESC LIMIT $4) AS w) AS e,
-        (SELECT count(*) AS n, max(CASE WHEN rn = (c + 1) / 2 THEN d END) AS median
-         FROM (SELECT d, row_number() OVER (ORDER BY d) AS rn, count(*) OVER () AS c
-               FROM (SELECT CASE WHEN json_typeof(j) = 'number' AND (j #>> '{{}}') ~ '^[0-9]+$'
-                            THEN (j #>> '{{}}')::bigint END AS d
-                     FROM (SELECT body::json -> 'request' -> 'duration' AS j
-                           FROM requests WHERE requester = $1 AND entitlement = $2
-                           ORDER BY created_at DESC LIMIT $4) AS w) AS v
-               WHERE d IS NOT NULL) AS r) AS d"
-    )
+    let (d_who, d_ent, d_secs, d_n) = cols(deltas.durations.iter(), |(who, ent, secs)| {
+        (who.as_str(), ent.as_str(), *secs)
+    });
+    let (s_who, s_key, s_value, s_n) = cols(deltas.sources.iter(), |(who, k, v)| {
+        (who.as_str(), k.as_str(), v.as_str())
+    });
+    let (p_ent, p_grp, p_who, p_n) = cols(deltas.peers.iter(), |(ent, g, who)| {
+        (ent.as_str(), g.as_str(), who.as_str())
+    });
+    sqlx::query(APPLY_SQL)
+        .bind(&h_who)
+        .bind(&h_hour)
+        .bind(&h_n)
+        .bind(&d_who)
+        .bind(&d_ent)
+        .bind(&d_secs)
+        .bind(&d_n)
+        .bind(&s_who)
+        .bind(&s_key)
+        .bind(&s_value)
+        .bind(&s_n)
+        .bind(&p_ent)
+        .bind(&p_grp)
+        .bind(&p_who)
+        .bind(&p_n)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("update risk aggregates", e))?;
+    if deltas.takes_away() {
+        let mut who: Vec<&str> = h_who.clone();
+        who.dedup();
+        let mut ents: Vec<&str> = p_ent.clone();
+        ents.dedup();
+        sqlx::query(SWEEP_SQL)
+            .bind(&who)
+            .bind(&ents)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error("update risk aggregates", e))?;
+    }
+    Ok(())
+}
+
+/// Migration 13's back-fill: the aggregates of every stored request, from
+/// its body (a body that does not decode adds nothing, and a prune of it
+/// takes nothing away: the same rule both ways), a page at a time.
+async fn risk_backfill(conn: &mut PgConnection) -> Result<()> {
+    let mut after = 0i64;
+    loop {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, body FROM requests WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after)
+                .bind(sql::limit_i64(BACKFILL_PAGE))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| db_error("read requests for risk aggregates", e))?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(());
+        };
+        after = *last;
+        let mut deltas = risk_facts::Deltas::default();
+        for r in rows.iter().filter_map(|(_, body)| decoded_for_risk(body)) {
+            deltas.add(&Contribution::of(&r), 1);
+        }
+        apply_risk(conn, &deltas).await?;
+    }
+}
+
+/// Requests [`risk_backfill`] reads and counts at a time.
+const BACKFILL_PAGE: usize = 2000;
+
+/// A stored request for the aggregates; `None` (logged) when its body
+/// does not decode.
+fn decoded_for_risk(body: &str) -> Option<RequestRecord> {
+    match sql::decode_record(body) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "risk aggregates: a stored request does not decode; not counted");
+            None
+        }
+    }
 }
 
 /// [`Store`] on a PostgreSQL database, shared by any number of broker replicas.
@@ -583,6 +723,9 @@ async fn migrate_in(conn: &mut PgConnection, schema: Option<&str>) -> Result<()>
                 .await
                 .map_err(|e| db_error(&format!("apply migration {}", m.version), e))?;
         }
+        if m.version == RISK_MIGRATION {
+            risk_backfill(&mut *conn).await?;
+        }
         sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
             .bind(m.version)
             .execute(&mut *conn)
@@ -750,10 +893,10 @@ async fn prune_in(conn: &mut PgConnection, prune: &Prune) -> Result<()> {
         .filter(|s| s.is_final())
         .map(|s| s.as_str().to_string())
         .collect();
-    let deleted: Vec<String> = sqlx::query_scalar(
+    let deleted: Vec<(String, String)> = sqlx::query_as(
         "DELETE FROM requests r USING UNNEST($1::TEXT[], $2::BIGINT[]) AS p(id, version)
          WHERE r.id = p.id AND r.version = p.version AND r.state = ANY($3)
-         RETURNING r.id",
+         RETURNING r.id, r.body",
     )
     .bind(&ids)
     .bind(&versions)
@@ -762,7 +905,8 @@ async fn prune_in(conn: &mut PgConnection, prune: &Prune) -> Result<()> {
     .await
     .map_err(|e| db_error("prune requests", e))?;
     if deleted.len() != prune.records.len() {
-        let gone: std::collections::HashSet<&str> = deleted.iter().map(String::as_str).collect();
+        let gone: std::collections::HashSet<&str> =
+            deleted.iter().map(|(id, _)| id.as_str()).collect();
         if let Some((id, version)) = prune
             .records
             .iter()
@@ -774,6 +918,15 @@ async fn prune_in(conn: &mut PgConnection, prune: &Prune) -> Result<()> {
             });
         }
     }
+    // What their inserts (or migration 13) counted in, counted out.
+    let mut risk = risk_facts::Deltas::default();
+    for r in deleted
+        .iter()
+        .filter_map(|(_, body)| decoded_for_risk(body))
+    {
+        risk.add(&Contribution::of(&r), -1);
+    }
+    apply_risk(conn, &risk).await?;
     sqlx::query("DELETE FROM audit WHERE seq <= $1")
         .bind(at)
         .execute(&mut *conn)
@@ -816,6 +969,9 @@ async fn insert_in(
     if inserted == 0 {
         return Err(sql::insert_conflict(record));
     }
+    let mut risk = risk_facts::Deltas::default();
+    risk.add(&Contribution::of(record), 1);
+    apply_risk(conn, &risk).await?;
     append_in(conn, events).await
 }
 
@@ -957,31 +1113,33 @@ impl Store for PostgresStore {
 
     async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
         query.check()?;
-        let peers = !query.groups.is_empty();
-        let text = facts_sql(query.sources.len(), peers);
-        let window = |n: usize| sql::limit_i64(RiskFactsQuery::window(n));
-        let mut q = sqlx::query(&text)
+        let groups: Vec<&str> = query.groups.iter().map(String::as_str).collect();
+        let keys: Vec<&str> = query.sources.iter().map(|(k, _)| k.as_str()).collect();
+        let values: Vec<&str> = query.sources.iter().map(|(_, v)| v.as_str()).collect();
+        let (hours, durations, since, peer, seen): (
+            Option<String>,
+            Option<String>,
+            i64,
+            bool,
+            i64,
+        ) = sqlx::query_as(FACTS_SQL)
             .bind(query.requester.as_str())
             .bind(query.entitlement.as_str())
-            .bind(window(query.recent))
-            .bind(window(query.entitlement_recent))
-            .bind(window(query.peers_recent))
-            .bind(risk_facts::since_text(query.since));
-        if peers {
-            q = q.bind(query.groups.iter().cloned().collect::<Vec<String>>());
-        }
-        for (key, value) in &query.sources {
-            q = q.bind(key.as_str()).bind(value.as_str());
-        }
-        let row = q
+            .bind(risk_facts::since_text(query.since))
+            .bind(&groups)
+            .bind(&keys)
+            .bind(&values)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error("read risk facts", e))?;
-        let cols = (0..row.len())
-            .map(|i| row.try_get::<Option<i64>, _>(i))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| db_error("read risk facts", e))?;
-        risk_facts::from_columns(query, &cols)
+        RiskFacts::from_row(
+            query,
+            hours.as_deref(),
+            durations.as_deref(),
+            since,
+            peer,
+            seen,
+        )
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {

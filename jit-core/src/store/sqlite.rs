@@ -62,16 +62,17 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
+use super::risk_facts::{self, Contribution};
 use super::{
     check_versions, lease_until, sql, HistoryEntry, HistoryQuery, ListFilter, Prune, Store,
 };
-use super::{risk_facts, RiskFacts, RiskFactsQuery};
+use super::{RiskFacts, RiskFactsQuery};
 use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 14;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -207,7 +208,8 @@ const MIGRATIONS: &[Migration] = &[
     // parsing each body. The index replaces version 8's
     // `(requester, entitlement, created_at)` one, which it extends (the
     // history lookups read it the same way), so the table keeps the same
-    // number of indexes. The expression must stay exactly `DURATION`'s.
+    // number of indexes. (Version 14 drops it again: the aggregates keep
+    // the durations.)
     Migration {
         version: 10,
         statements: &[
@@ -245,7 +247,56 @@ const MIGRATIONS: &[Migration] = &[
         END",
         ],
     },
+    // (Version 13 is the body encoding's.)
+    // Version 14: risk review's aggregates ([`Store::risk_facts`], see
+    // `risk_facts.rs`): per requester and hour, per requester, entitlement
+    // and duration, per requester and source, and per entitlement, group
+    // and requester, each row a count of the requests held. Written by
+    // `insert_in` and `prune_in` from the records in Rust (never by
+    // triggers: the body is not for SQL to read), back-filled by
+    // `risk_backfill` after these statements. The durations no longer come
+    // from version 10's expression index, which every insert paid for:
+    // the history lookups of one requester's entitlement get the plain
+    // index back.
+    Migration {
+        version: RISK_MIGRATION,
+        statements: &[
+            "CREATE TABLE risk_hours (
+            requester TEXT NOT NULL,
+            hour INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (requester, hour)
+        ) STRICT, WITHOUT ROWID",
+            "CREATE TABLE risk_durations (
+            requester TEXT NOT NULL,
+            entitlement TEXT NOT NULL,
+            secs INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (requester, entitlement, secs)
+        ) STRICT, WITHOUT ROWID",
+            "CREATE TABLE risk_sources (
+            requester TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (requester, key, value)
+        ) STRICT, WITHOUT ROWID",
+            "CREATE TABLE risk_peers (
+            entitlement TEXT NOT NULL,
+            grp TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (entitlement, grp, requester)
+        ) STRICT, WITHOUT ROWID",
+            "CREATE INDEX IF NOT EXISTS requests_requester_entitlement_created ON requests (requester, entitlement, created_at)",
+            "DROP INDEX IF EXISTS requests_requester_entitlement_duration",
+        ],
+    },
 ];
+
+/// The migration that creates risk review's aggregates; `migrate_in`
+/// back-fills them after its statements.
+const RISK_MIGRATION: i64 = 14;
 
 /// The history query after `select`. Only the filters in use appear in the
 /// SQL, so each shape reads its index (a test checks the plans).
@@ -267,103 +318,220 @@ fn history_sql<'a>(query: &'a HistoryQuery, select: &str) -> QueryBuilder<'a, Sq
     q
 }
 
-/// Risk review's facts ([`Store::risk_facts`]) in one statement, for
-/// `sources` sources and with or without the peer lookup. Parameters:
-/// `?1` requester, `?2` entitlement, `?3` `?4` `?5` the three windows,
-/// `?6` the burst window's start, then the groups as a JSON array (with
-/// peers), then each source's key and value.
-///
-/// Each window is a `LIMIT` on an index read newest first. The hours and
-/// the burst count come from `created_at` in the
-/// `(requester, created_at)` index alone; the entitlement count from the
-/// `(requester, entitlement, created_at)` index alone; bodies are read
-/// only for the durations (the entitlement window), for the sources (the
-/// recent window, until the value is found) and for groups (the peer
-/// window, until a peer is found). A body that is not JSON adds nothing
-/// and fails nothing.
-fn facts_sql(sources: usize, peers: bool) -> String {
-    let hours: String = (0..24)
-        .map(|h| format!(", coalesce(sum(h = {h}), 0)"))
+/// Risk review's facts ([`Store::risk_facts`]) in one statement and one
+/// row (the columns `RiskFacts::from_row` reads): primary-key reads of the
+/// aggregate tables, and the burst count from the `(requester,
+/// created_at)` index. Parameters: `?1` requester, `?2` entitlement, `?3`
+/// the burst window's start, `?4` the groups and `?5` the sources
+/// (`[key, value]` pairs), both JSON arrays.
+const FACTS_SQL: &str = "SELECT
+    (SELECT group_concat(hour || ':' || n) FROM risk_hours WHERE requester = ?1),
+    (SELECT group_concat(secs || ':' || n) FROM risk_durations
+        WHERE requester = ?1 AND entitlement = ?2),
+    (SELECT count(*) FROM requests WHERE requester = ?1 AND created_at >= ?3),
+    EXISTS (SELECT 1 FROM json_each(?4) AS g CROSS JOIN risk_peers AS p
+        WHERE p.entitlement = ?2 AND p.grp = g.value AND p.requester <> ?1),
+    (SELECT coalesce(sum(EXISTS (SELECT 1 FROM risk_sources AS r
+        WHERE r.requester = ?1 AND r.key = s.value ->> 0 AND r.value = s.value ->> 1) << s.key), 0)
+        FROM json_each(?5) AS s)";
+
+/// Counts one inserted request in (one round trip, no JSON but its
+/// sources and groups): `?1` requester, `?2` hour, `?3` entitlement, `?4`
+/// seconds, `?5` the sources as `[key, value]` pairs and `?6` the groups,
+/// both JSON arrays. Every statement names every parameter (through `p`):
+/// sqlx binds the statements of one query in turn and can skip a later
+/// statement's parameters when earlier ones are unused there.
+const INSERT_RISK_SQL: &str = "WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    INSERT INTO risk_hours (requester, hour, n) SELECT who, hour, 1 FROM p WHERE true
+    ON CONFLICT (requester, hour) DO UPDATE SET n = n + 1;
+    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    INSERT INTO risk_durations (requester, entitlement, secs, n) SELECT who, ent, secs, 1 FROM p WHERE true
+    ON CONFLICT (requester, entitlement, secs) DO UPDATE SET n = n + 1;
+    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    INSERT INTO risk_sources (requester, key, value, n)
+    SELECT p.who, s.value ->> 0, s.value ->> 1, 1 FROM p, json_each(p.src) AS s WHERE true
+    ON CONFLICT (requester, key, value) DO UPDATE SET n = n + 1;
+    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    INSERT INTO risk_peers (entitlement, grp, requester, n)
+    SELECT p.ent, g.value, p.who, 1 FROM p, json_each(p.grps) AS g WHERE true
+    ON CONFLICT (entitlement, grp, requester) DO UPDATE SET n = n + 1";
+
+/// [`INSERT_RISK_SQL`] for `record`, inside the insert's transaction.
+async fn insert_risk(conn: &mut SqliteConnection, record: &RequestRecord) -> Result<()> {
+    let c = Contribution::of(record);
+    let encode = |v: serde_json::Result<String>| {
+        v.map_err(|e| Error::Store(format!("cannot encode risk aggregates: {e}")))
+    };
+    let sources: Vec<(&str, &str)> = c
+        .sources
+        .iter()
+        .map(|(k, v)| {
+            (
+                risk_facts::SOURCE_KEYS.get(*k).copied().unwrap_or_default(),
+                *v,
+            )
+        })
         .collect();
-    // After the windows' columns, in the order `risk_facts::from_columns`
-    // reads: one per source, then the peer. Each `EXISTS` tests the
-    // window's rows one at a time in a correlated subquery, so the window
-    // stays a co-routine read newest first and stops at the first match;
-    // a join with `json_each` would materialize all of it, bodies and all
-    // (ten times slower on the bench's history).
-    let mut facts = String::new();
-    let mut next = if peers { 8 } else { 7 };
-    for _ in 0..sources {
-        facts.push_str(&format!(
-            ", EXISTS (SELECT 1 FROM (SELECT body FROM requests WHERE requester = ?1
-                ORDER BY created_at DESC LIMIT ?3) AS w
-                WHERE EXISTS (SELECT 1 FROM json_each({VALID_W}, '$.request.context')
-                    WHERE key = ?{} AND value = ?{}))",
-            next,
-            next + 1
-        ));
-        next += 2;
-    }
-    facts.push_str(&if peers {
-        format!(
-            ", EXISTS (SELECT 1 FROM (SELECT body FROM requests WHERE entitlement = ?2
-                AND requester <> ?1 ORDER BY created_at DESC LIMIT ?5) AS p
-                WHERE EXISTS (SELECT 1 FROM json_each({VALID_P}, '$.requester.groups')
-                    WHERE value IN (SELECT value FROM json_each(?7))))"
-        )
-    } else {
-        ", 0".to_string()
-    });
-    format!(
-        "SELECT m.*, e.n, d.n, d.median{facts} FROM
-        (SELECT count(*), coalesce(sum(created_at >= ?6), 0){hours}
-         FROM (SELECT created_at, CAST(substr(created_at, 12, 2) AS INTEGER) AS h
-               FROM requests WHERE requester = ?1 ORDER BY created_at DESC LIMIT ?3)) AS m,
-        (SELECT count(*) AS n
-         FROM (SELECT 1 FROM requests WHERE requester = ?1 AND entitlement = ?2
-               ORDER BY created_at DESC LIMIT ?4)) AS e,
-        (SELECT count(*) AS n, max(CASE WHEN rn = (c + 1) / 2 THEN d END) AS median
-         FROM (SELECT d, row_number() OVER (ORDER BY d) AS rn, count(*) OVER () AS c
-               FROM (SELECT {DURATION} AS d
-                     FROM requests WHERE requester = ?1 AND entitlement = ?2
-                     ORDER BY created_at DESC LIMIT ?4)
-               WHERE typeof(d) = 'integer')) AS d"
+    sqlx::query(INSERT_RISK_SQL)
+        .bind(c.requester)
+        .bind(i64::from(c.hour()))
+        .bind(c.entitlement)
+        .bind(i64::try_from(c.secs).unwrap_or(i64::MAX))
+        .bind(encode(serde_json::to_string(&sources))?)
+        .bind(encode(serde_json::to_string(c.groups))?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("update risk aggregates", e))?;
+    Ok(())
+}
+
+/// [`FACTS_SQL`] for `query` on `conn`.
+async fn facts_on<'c>(
+    conn: impl sqlx::Executor<'c, Database = Sqlite>,
+    query: &RiskFactsQuery,
+) -> Result<RiskFacts> {
+    let (groups, sources) = facts_params(query)?;
+    let (hours, durations, since, peer, seen): (Option<String>, Option<String>, i64, bool, i64) =
+        sqlx::query_as(FACTS_SQL)
+            .bind(query.requester.as_str())
+            .bind(query.entitlement.as_str())
+            .bind(risk_facts::since_text(query.since))
+            .bind(groups)
+            .bind(sources)
+            .fetch_one(conn)
+            .await
+            .map_err(|e| db_error("read risk facts", e))?;
+    RiskFacts::from_row(
+        query,
+        hours.as_deref(),
+        durations.as_deref(),
+        since,
+        peer,
+        seen,
     )
 }
 
-/// A request's duration as migration 10 indexes it
-/// (`requests_requester_entitlement_duration`): the facts query spells it
-/// exactly so, and SQLite then reads it from the index instead of parsing
-/// the body (an indexed expression; `json_extract` is not matched so, the
-/// `->>` operator is). `NULL` for a body that is not JSON.
-const DURATION: &str = "(CASE WHEN json_valid(body) THEN body ->> '$.request.duration' END)";
-/// A window row's body, or an empty object when it is not JSON.
-const VALID_W: &str = "CASE WHEN json_valid(w.body) THEN w.body ELSE '{}' END";
-/// A peer row's body, or an empty object when it is not JSON.
-const VALID_P: &str = "CASE WHEN json_valid(p.body) THEN p.body ELSE '{}' END";
+/// [`FACTS_SQL`]'s groups and sources, as JSON arrays.
+fn facts_params(query: &RiskFactsQuery) -> Result<(String, String)> {
+    let encode = |v: serde_json::Result<String>| {
+        v.map_err(|e| Error::Store(format!("cannot encode a risk facts query: {e}")))
+    };
+    Ok((
+        encode(serde_json::to_string(&query.groups))?,
+        encode(serde_json::to_string(&query.sources))?,
+    ))
+}
 
-/// [`facts_sql`] (or a statement with its parameters) with `query`'s values bound.
-fn bind_facts<'q>(
-    text: &'q str,
-    query: &'q RiskFactsQuery,
-) -> Result<sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>> {
-    let window = |n: usize| sql::limit_i64(RiskFactsQuery::window(n));
-    let mut q = sqlx::query(text)
-        .bind(query.requester.as_str())
-        .bind(query.entitlement.as_str())
-        .bind(window(query.recent))
-        .bind(window(query.entitlement_recent))
-        .bind(window(query.peers_recent))
-        .bind(risk_facts::since_text(query.since));
-    if !query.groups.is_empty() {
-        let groups = serde_json::to_string(&query.groups)
-            .map_err(|e| Error::Store(format!("cannot encode groups: {e}")))?;
-        q = q.bind(groups);
+/// Moves the aggregates by `Deltas` (one statement per table, one round
+/// trip): `?1` is a JSON object whose `h`, `d`, `s` and `p` arrays hold
+/// each table's `[key..., delta]` rows, upserted. (One parameter that
+/// every statement names: sqlx binds the statements of one query in turn
+/// and skips a later statement's parameter when the ones before it are
+/// unused there.)
+const APPLY_SQL: &str = "INSERT INTO risk_hours (requester, hour, n)
+        SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1, '$.h') WHERE true
+        ON CONFLICT (requester, hour) DO UPDATE SET n = n + excluded.n;
+    INSERT INTO risk_durations (requester, entitlement, secs, n)
+        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1, '$.d') WHERE true
+        ON CONFLICT (requester, entitlement, secs) DO UPDATE SET n = n + excluded.n;
+    INSERT INTO risk_sources (requester, key, value, n)
+        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1, '$.s') WHERE true
+        ON CONFLICT (requester, key, value) DO UPDATE SET n = n + excluded.n;
+    INSERT INTO risk_peers (entitlement, grp, requester, n)
+        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1, '$.p') WHERE true
+        ON CONFLICT (entitlement, grp, requester) DO UPDATE SET n = n + excluded.n";
+
+/// After a prune's [`APPLY_SQL`]: the rows it took to zero go (the same
+/// parameter names them).
+const SWEEP_SQL: &str = "DELETE FROM risk_hours WHERE n <= 0
+        AND (requester, hour) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1, '$.h'));
+    DELETE FROM risk_durations WHERE n <= 0 AND (requester, entitlement, secs)
+        IN (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1, '$.d'));
+    DELETE FROM risk_sources WHERE n <= 0 AND (requester, key, value)
+        IN (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1, '$.s'));
+    DELETE FROM risk_peers WHERE n <= 0 AND (entitlement, grp, requester)
+        IN (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1, '$.p'))";
+
+/// Applies `deltas` inside the caller's write transaction.
+async fn apply_risk(conn: &mut SqliteConnection, deltas: &risk_facts::Deltas) -> Result<()> {
+    use serde_json::json;
+    if deltas.is_empty() {
+        return Ok(());
     }
-    for (key, value) in &query.sources {
-        q = q.bind(key.as_str()).bind(value.as_str());
+    let rows = json!({
+        "h": deltas.hours.iter().map(|((who, h), n)| json!([who, h, n])).collect::<Vec<_>>(),
+        "d": deltas
+            .durations
+            .iter()
+            .map(|((who, ent, secs), n)| json!([who, ent, secs, n]))
+            .collect::<Vec<_>>(),
+        "s": deltas
+            .sources
+            .iter()
+            .map(|((who, k, v), n)| json!([who, k, v, n]))
+            .collect::<Vec<_>>(),
+        "p": deltas
+            .peers
+            .iter()
+            .map(|((ent, g, who), n)| json!([ent, g, who, n]))
+            .collect::<Vec<_>>(),
+    })
+    .to_string();
+    let statements: &[&str] = if deltas.takes_away() {
+        &[APPLY_SQL, SWEEP_SQL]
+    } else {
+        &[APPLY_SQL]
+    };
+    for text in statements {
+        sqlx::query(text)
+            .bind(&rows)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error("update risk aggregates", e))?;
     }
-    Ok(q)
+    Ok(())
+}
+
+/// Migration 14's back-fill: the aggregates of every stored request, from
+/// its body (a body that does not decode adds nothing, and a prune of it
+/// takes nothing away: the same rule both ways), a page of requests at a
+/// time.
+async fn risk_backfill(conn: &mut SqliteConnection) -> Result<()> {
+    let mut after = 0i64;
+    loop {
+        let rows = sqlx::query("SELECT seq, body FROM requests WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after)
+            .bind(sql::limit_i64(BACKFILL_PAGE))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| db_error("read requests for risk aggregates", e))?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last
+            .try_get("seq")
+            .map_err(|e| db_error("read requests for risk aggregates", e))?;
+        let mut deltas = risk_facts::Deltas::default();
+        for r in rows.iter().filter_map(decoded_for_risk) {
+            deltas.add(&Contribution::of(&r), 1);
+        }
+        apply_risk(conn, &deltas).await?;
+    }
+}
+
+/// Requests [`risk_backfill`] reads and counts at a time.
+const BACKFILL_PAGE: usize = 2000;
+
+/// A stored request for the aggregates; `None` (logged) when its body
+/// does not decode.
+fn decoded_for_risk(row: &sqlx::sqlite::SqliteRow) -> Option<RequestRecord> {
+    match decode_record(row) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "risk aggregates: a stored request does not decode; not counted");
+            None
+        }
+    }
 }
 
 /// Creates a missing database file readable by its owner only (0600 on
@@ -631,6 +799,9 @@ async fn migrate_in(conn: &mut SqliteConnection) -> Result<()> {
                 .await
                 .map_err(|e| db_error(&format!("apply migration {}", m.version), e))?;
         }
+        if m.version == RISK_MIGRATION {
+            risk_backfill(&mut *conn).await?;
+        }
         // Wall time on purpose: this is operator metadata, not lifecycle state.
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
             .bind(m.version)
@@ -848,6 +1019,7 @@ async fn prune_in(conn: &mut SqliteConnection, prune: &Prune) -> Result<()> {
     if hash.as_deref() != Some(prune.anchor.hash.as_str()) {
         return Err(sql::anchor_mismatch(prune.anchor.seq));
     }
+    let mut risk = risk_facts::Deltas::default();
     for (id, version) in &prune.records {
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM requests WHERE id = ");
         q.push_bind(id.to_string())
@@ -858,20 +1030,24 @@ async fn prune_in(conn: &mut SqliteConnection, prune: &Prune) -> Result<()> {
         for s in State::ALL.iter().filter(|s| s.is_final()) {
             states.push_bind(s.as_str());
         }
-        q.push(")");
+        q.push(") RETURNING body");
         let deleted = q
             .build()
-            .execute(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await
-            .map_err(|e| db_error("prune request", e))?
-            .rows_affected();
-        if deleted != 1 {
+            .map_err(|e| db_error("prune request", e))?;
+        let Some(row) = deleted else {
             return Err(Error::Conflict {
                 request: *id,
                 expected: *version,
             });
+        };
+        // What its insert (or migration 14) counted in, counted out.
+        if let Some(r) = decoded_for_risk(&row) {
+            risk.add(&Contribution::of(&r), -1);
         }
     }
+    apply_risk(conn, &risk).await?;
     sqlx::query("DELETE FROM audit WHERE seq <= ?")
         .bind(at)
         .execute(&mut *conn)
@@ -915,6 +1091,7 @@ async fn insert_in(
     if inserted == 0 {
         return Err(sql::insert_conflict(record));
     }
+    insert_risk(conn, record).await?;
     append_in(conn, events, hint).await
 }
 
@@ -1049,18 +1226,19 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    /// On the writers' connection when no write holds it (its page cache
+    /// is current: a pooled reader's is stale after every write, and
+    /// reloading it cost more than the read), else on a pooled one; never
+    /// waits for a writer.
     async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
         query.check()?;
-        let text = facts_sql(query.sources.len(), !query.groups.is_empty());
-        let row = bind_facts(&text, query)?
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error("read risk facts", e))?;
-        let cols = (0..row.len())
-            .map(|i| row.try_get::<Option<i64>, _>(i))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| db_error("read risk facts", e))?;
-        risk_facts::from_columns(query, &cols)
+        if let Ok(mut writer) = self.write.try_lock() {
+            if let Some(conn) = writer.conn.as_mut() {
+                let out = facts_on(&mut **conn, query).await;
+                return writer.settle(out);
+            }
+        }
+        facts_on(&self.pool, query).await
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
@@ -1230,7 +1408,7 @@ mod tests {
             ),
             (
                 HistoryQuery::of_requester("bob", 50).for_entitlement("db"),
-                "requests_requester_entitlement_duration",
+                "requests_requester_entitlement_created",
             ),
             (
                 HistoryQuery::of_entitlement("db", 200).excluding("bob"),
@@ -1253,128 +1431,111 @@ mod tests {
         }
     }
 
-    /// Risk facts read the history indexes and never the whole table:
-    /// the hours, burst and first-request counts from covering indexes
-    /// alone (no row read), the rest from the same indexes newest first.
+    /// Risk facts are primary-key reads of the aggregate tables and one
+    /// range of the `(requester, created_at)` index (the burst): no scan
+    /// of a table, no row of `requests` read, no sort.
     #[tokio::test]
-    async fn risk_facts_read_their_indexes() {
+    async fn risk_facts_read_primary_keys() {
         let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-        let bare = RiskFactsQuery::new("bob", "db");
-        let full = RiskFactsQuery {
-            groups: ["eng".to_string()].into(),
-            sources: vec![
-                ("ip".into(), "10.0.0.1".into()),
-                ("client".into(), "cli".into()),
-            ],
-            ..bare.clone()
-        };
-        for query in [bare, full] {
-            let text = format!(
-                "EXPLAIN QUERY PLAN {}",
-                facts_sql(query.sources.len(), !query.groups.is_empty())
-            );
-            let rows = bind_facts(&text, &query)
-                .unwrap()
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {FACTS_SQL}"))
+                .bind("bob")
+                .bind("db")
+                .bind("2026-01-01T00:00:00.000000000Z")
+                .bind(r#"["eng"]"#)
+                .bind(r#"[["ip", "10.0.0.1"]]"#)
                 .fetch_all(&store.pool)
                 .await
                 .unwrap();
-            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>(3)).collect();
-            let shown = plan.join(" | ");
-            assert!(
-                plan.iter()
-                    .all(|line| !line.contains("requests") || line.contains("INDEX")),
-                "a scan of the table: {shown}"
-            );
-            // Hours, burst and the entitlement count from the indexes
-            // alone (no row read); the durations from migration 10's.
-            for covered in [
-                "COVERING INDEX requests_requester_created ",
-                "COVERING INDEX requests_requester_entitlement_duration ",
-                "USING INDEX requests_requester_entitlement_duration ",
-            ] {
-                assert!(shown.contains(covered), "{covered}: {shown}");
-            }
-            // The windows come in index order; the one sort is the
-            // median's, of at most the entitlement window's durations.
-            assert_eq!(shown.matches("TEMP B-TREE").count(), 1, "{shown}");
-            // The windows that read bodies are co-routines that stop at
-            // the first match, never materialized.
-            assert!(!shown.contains("MATERIALIZE w"), "{shown}");
-            assert!(!shown.contains("MATERIALIZE p"), "{shown}");
-            let peers = shown.contains("INDEX requests_entitlement_created ");
-            assert_eq!(peers, !query.groups.is_empty(), "{shown}");
+        let plan: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+        let shown = plan.join(" | ");
+        // Each aggregate by its primary key; the peers one group at a time
+        // (entitlement and group), never every peer of the entitlement.
+        for search in [
+            "SEARCH risk_hours USING PRIMARY KEY (requester=?)",
+            "SEARCH risk_durations USING PRIMARY KEY (requester=? AND entitlement=?)",
+            "SEARCH p USING PRIMARY KEY (entitlement=? AND grp=?)",
+            "SEARCH r USING PRIMARY KEY (requester=? AND key=? AND value=?)",
+        ] {
+            assert!(plan.contains(&search), "{search}: {shown}");
         }
+        assert!(
+            shown.contains("SEARCH requests USING COVERING INDEX requests_requester_created "),
+            "{shown}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|l| l.starts_with("SCAN requests") || l.starts_with("SCAN risk_")),
+            "{shown}"
+        );
+        assert!(!shown.contains("TEMP B-TREE"), "{shown}");
     }
 
-    /// The durations come out of migration 10's index: the statement runs
-    /// no JSON function per row (SQLite reads the indexed expression's
-    /// value instead of parsing the body), which holds only while
-    /// `DURATION` is spelled exactly as the index's expression.
+    /// Risk facts read on the writers' connection when it is free, and on
+    /// a pooled one while a write holds it: the same answer either way,
+    /// and never a wait for the writer (the 30 s bound only keeps a
+    /// regression from hanging the suite).
     #[tokio::test]
-    async fn risk_durations_are_read_from_the_index() {
-        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-        let text = format!(
-            "EXPLAIN SELECT {DURATION} FROM requests WHERE requester = ?1 AND entitlement = ?2
-             ORDER BY created_at DESC LIMIT 50"
-        );
-        let ops: Vec<(String, Option<String>)> = sqlx::query(&text)
-            .bind("bob")
-            .bind("db")
-            .fetch_all(&store.pool)
+    async fn risk_facts_never_wait_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("jit.db")).await.unwrap();
+        let r = record();
+        store.insert(&r, &[]).await.unwrap();
+        let q = RiskFactsQuery::new("alice", "db-admin");
+        let free = store.risk_facts(&q).await.unwrap();
+        assert_eq!(free.entitlement_requests, 1, "{free:?}");
+        let held = store.write.lock().await;
+        assert!(held.conn.is_some(), "the writers keep their connection");
+        let busy = tokio::time::timeout(Duration::from_secs(30), store.risk_facts(&q))
             .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get::<String, _>(1), r.try_get::<String, _>(5).ok()))
-            .collect();
-        assert!(
-            ops.iter().any(|(op, _)| op == "DeferredSeek"),
-            "not an index read: {ops:?}"
-        );
-        assert!(
-            !ops.iter().any(|(op, _)| op == "Function"),
-            "parses bodies: {ops:?}"
-        );
+            .expect("risk facts waited for the writer")
+            .unwrap();
+        drop(held);
+        assert_eq!(busy, free);
     }
 
-    /// A stored body that is not JSON (rule 9 of the design) neither
-    /// fails the facts nor adds a duration, a source or a peer: its row
-    /// still counts in the windows, which come from the indexed columns.
+    /// A prune counts a request out from its body; one whose body no
+    /// longer decodes is logged and stays counted, and the prune goes
+    /// ahead (retention is not held up by one bad row).
     #[tokio::test]
-    async fn risk_facts_survive_a_body_that_is_not_json() {
+    async fn a_prune_of_a_body_that_is_not_json_still_prunes() {
         let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
         let mut made = Vec::new();
-        for who in ["alice", "alice", "bob"] {
+        for _ in 0..2 {
             let mut r = record();
-            r.requester = Principal::new(who).unwrap().with_group("eng");
-            r.request.context.insert("ip".into(), "10.0.0.1".into());
-            store.insert(&r, &[]).await.unwrap();
+            r.state = State::Expired;
+            let events = [crate::audit::AuditEvent::new(
+                r.created_at,
+                AuditKind::Requested,
+                r.id,
+                "alice",
+                r.state,
+            )];
+            store.insert(&r, &events).await.unwrap();
             made.push(r);
         }
-        for r in &made[1..] {
-            sqlx::query("UPDATE requests SET body = 'not json' WHERE id = ?")
-                .bind(r.id.to_string())
-                .execute(&store.pool)
-                .await
-                .unwrap();
-        }
-        let query = RiskFactsQuery {
-            groups: ["eng".to_string()].into(),
-            sources: vec![
-                ("ip".into(), "10.0.0.1".into()),
-                ("ip".into(), "10.0.0.2".into()),
-            ],
-            ..RiskFactsQuery::new("alice", "db-admin")
-        };
-        let facts = store.risk_facts(&query).await.unwrap();
-        assert_eq!(
-            (facts.recent, facts.entitlement_requests),
-            (2, 2),
-            "{facts:?}"
-        );
-        assert_eq!(facts.durations, 1, "{facts:?}");
-        assert_eq!(facts.median_duration, Some(Duration::from_secs(60)));
-        assert_eq!(facts.sources_seen, [true, false]);
-        assert!(!facts.peer_used, "bob's groups are unreadable: {facts:?}");
+        sqlx::query("UPDATE requests SET body = 'not json' WHERE id = ?")
+            .bind(made[1].id.to_string())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let head = crate::store::audit_all(&store).await.unwrap();
+        let head = head.last().unwrap();
+        store
+            .prune(&Prune {
+                after: 0,
+                anchor: AuditAnchor::new(head.seq, &head.hash, Utc::now(), None),
+                records: made.iter().map(|r| (r.id, r.version)).collect(),
+            })
+            .await
+            .unwrap();
+        let facts = store
+            .risk_facts(&RiskFactsQuery::new("alice", "db-admin"))
+            .await
+            .unwrap();
+        assert_eq!(facts.requests, 1, "{facts:?}");
+        assert_eq!(facts.entitlement_requests, 1, "{facts:?}");
     }
 
     fn record() -> RequestRecord {
@@ -1693,13 +1854,20 @@ mod tests {
             "DROP TRIGGER requests_count_update",
             "DROP TRIGGER requests_count_delete",
             "DROP TABLE state_counts",
-            "DELETE FROM schema_migrations WHERE version = 12",
+            "DELETE FROM schema_migrations WHERE version >= 12",
         ] {
             sqlx::query(stmt).execute(&store.pool).await.unwrap();
         }
         let mut late = record();
         late.state = State::Expired;
         store.insert(&late, &[]).await.unwrap();
+        // Nor the later versions' tables.
+        for table in ["risk_hours", "risk_durations", "risk_sources", "risk_peers"] {
+            sqlx::query(&format!("DROP TABLE {table}"))
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
         store.close().await;
 
         let store = SqliteStore::open(&path).await.unwrap();
@@ -1718,5 +1886,92 @@ mod tests {
         store.insert(&more, &[]).await.unwrap();
         let counts = store.count_by_state().await.unwrap();
         assert_eq!(count(&counts, State::Expired), Some(2));
+    }
+
+    /// Migration 14 counts every request already stored, the same as
+    /// inserting them would have (a body that does not decode adds
+    /// nothing), and inserts after it keep counting.
+    #[tokio::test]
+    async fn migration_14_backfills_the_risk_aggregates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jit.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut made = Vec::new();
+        for (who, ent, secs, ip) in [
+            ("alice", "db", 600, "10.0.0.1"),
+            ("alice", "db", 60, "10.0.0.2"),
+            ("alice", "web", 60, "10.0.0.1"),
+            ("bob", "db", 60, "10.0.0.3"),
+            ("bob", "db", 60, "10.0.0.3"),
+        ] {
+            let mut r = record();
+            r.requester = Principal::new(who).unwrap().with_group("eng");
+            r.request.entitlement = ent.into();
+            r.request.duration = GrantDuration::from_secs_i64(secs).unwrap();
+            r.request.context.insert("ip".into(), ip.into());
+            store.insert(&r, &[]).await.unwrap();
+            made.push(r);
+        }
+        let queries: Vec<RiskFactsQuery> = [("alice", "db"), ("alice", "web"), ("bob", "db")]
+            .iter()
+            .map(|(who, ent)| RiskFactsQuery {
+                groups: ["eng".to_string()].into(),
+                sources: vec![("ip".into(), "10.0.0.1".into())],
+                since: made[0].created_at,
+                ..RiskFactsQuery::new(who, ent)
+            })
+            .collect();
+        let mut inserted = Vec::new();
+        for q in &queries {
+            inserted.push(store.risk_facts(q).await.unwrap());
+        }
+        assert_eq!(inserted[0].entitlement_requests, 2, "{:?}", inserted[0]);
+        // As a version 12 database would hold them: no aggregates, and
+        // one body that does not decode.
+        for stmt in [
+            "DROP TABLE risk_hours",
+            "DROP TABLE risk_durations",
+            "DROP TABLE risk_sources",
+            "DROP TABLE risk_peers",
+            "DELETE FROM schema_migrations WHERE version >= 14",
+        ] {
+            sqlx::query(stmt).execute(&store.pool).await.unwrap();
+        }
+        store.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        for (q, before) in queries.iter().zip(&inserted) {
+            assert_eq!(&store.risk_facts(q).await.unwrap(), before, "{q:?}");
+        }
+        let mut late = made[3].clone();
+        late.id = RequestId::new();
+        store.insert(&late, &[]).await.unwrap();
+        let bob = store.risk_facts(&queries[2]).await.unwrap();
+        assert_eq!(bob.entitlement_requests, 3, "{bob:?}");
+
+        // A body that does not decode is not counted by the back-fill.
+        sqlx::query("UPDATE requests SET body = 'not json' WHERE id = ?")
+            .bind(made[0].id.to_string())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        for stmt in [
+            "DELETE FROM risk_hours",
+            "DELETE FROM risk_durations",
+            "DELETE FROM risk_sources",
+            "DELETE FROM risk_peers",
+        ] {
+            sqlx::query(stmt).execute(&store.pool).await.unwrap();
+        }
+        let mut conn = store.pool.acquire().await.unwrap();
+        risk_backfill(&mut conn).await.unwrap();
+        drop(conn);
+        let alice = store.risk_facts(&queries[0]).await.unwrap();
+        assert_eq!(
+            (alice.requests, alice.entitlement_requests),
+            (2, 1),
+            "{alice:?}"
+        );
     }
 }

@@ -261,14 +261,14 @@ pub async fn check_history(store: &dyn Store) {
     assert!(matches!(err, Error::Store(_)), "{err:?}");
 }
 
-/// [`Store::risk_facts`]: the facts of a constructed history, each
-/// window newest first by `created_at` and cut at its size, the hours in
-/// UTC, the burst window's start inclusive, sources matched by key and
-/// value (a key with a dot and a space, a value with a quote), peers by
-/// the groups they had when they asked, the exact subject id only; and
-/// always the same as [`RiskFacts::from_history`] of the store's own
-/// [`Store::history`] (what the facts are defined by). A query without a
-/// requester or an entitlement is an error.
+/// [`Store::risk_facts`]: the facts of a constructed history, over every
+/// request the store holds (no window): the hours in UTC, the burst
+/// window's start inclusive, sources matched by key and value (a value
+/// with a quote), peers by the groups they had when they asked and never
+/// the requester, the exact subject id only; and always the same as
+/// [`RiskFacts::from_history`] of the store's own [`Store::history`] (what
+/// the facts are defined by). A query without a requester or an
+/// entitlement, or about a source key the stores do not keep, is an error.
 pub async fn check_risk_facts(store: &dyn Store) {
     let u = unique();
     let (amy, ben, cal) = (
@@ -278,7 +278,7 @@ pub async fn check_risk_facts(store: &dyn Store) {
     );
     let amy_upper = amy.to_uppercase();
     let (x, y) = (format!("ent-rx{u}"), format!("ent-ry{u}"));
-    let (odd_key, odd_value) = ("user agent.v1", "jit \"cli\" 1.0");
+    let (odd_key, odd_value) = ("user_agent", "jit \"cli\" 1.0; ünïcode");
     let day = DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z")
         .unwrap()
         .with_timezone(&Utc);
@@ -376,14 +376,15 @@ pub async fn check_risk_facts(store: &dyn Store) {
     }
     let source = |k: &str, v: &str| (k.to_string(), v.to_string());
     let groups = |gs: &[&str]| gs.iter().map(|g| g.to_string()).collect();
-    let mut hours = [0u32; 24];
+    let mut hours = [0u64; 24];
     (hours[9], hours[10], hours[23]) = (3, 1, 1);
-    let mut two_hours = [0u32; 24];
-    two_hours[9] = 2;
+    let mut nine = [0u64; 24];
+    nine[9] = 1;
+    let minutes = |m: u64| Some(std::time::Duration::from_secs(m * 60));
 
     let cases: Vec<(&str, RiskFactsQuery, RiskFacts)> = vec![
         (
-            "every window whole",
+            "every fact",
             RiskFactsQuery {
                 groups: groups(&["ops"]),
                 sources: vec![
@@ -397,54 +398,65 @@ pub async fn check_risk_facts(store: &dyn Store) {
                 ..RiskFactsQuery::new(&amy, &x)
             },
             RiskFacts {
-                recent: 5,
+                requests: 5,
                 hours,
                 since: 2,
                 sources_seen: vec![true, true, true, false, false],
                 entitlement_requests: 4,
-                durations: 4,
-                median_duration: Some(std::time::Duration::from_secs(40 * 60)),
+                median_duration: minutes(40),
                 peer_used: true,
             },
         ),
         (
-            "windows cut",
+            "a group only the requester was in",
             RiskFactsQuery {
-                groups: groups(&["ops"]),
-                sources: vec![source("ip", "10.0.0.1")],
-                since: at(2, 9, 11),
-                recent: 2,
-                entitlement_recent: 3,
-                peers_recent: 2,
-                ..RiskFactsQuery::new(&amy, &x)
+                groups: groups(&["db"]),
+                sources: vec![source("ip", "10.0.0.2"), source("ip", "10.0.0.1")],
+                since: at(0, 9, 30),
+                ..RiskFactsQuery::new(&ben, &x)
             },
             RiskFacts {
-                recent: 2,
-                hours: two_hours,
+                requests: 1,
+                hours: nine,
                 since: 1,
-                sources_seen: vec![false],
-                entitlement_requests: 3,
-                durations: 3,
-                median_duration: Some(std::time::Duration::from_secs(90 * 60)),
+                sources_seen: vec![true, false],
+                entitlement_requests: 1,
+                median_duration: minutes(60),
                 peer_used: false,
             },
         ),
         (
-            "no groups, no peer lookup",
+            "no groups, no peer",
             RiskFactsQuery {
                 sources: vec![source(odd_key, odd_value)],
-                recent: 1,
                 ..RiskFactsQuery::new(&amy, &y)
             },
             RiskFacts {
-                recent: 1,
-                hours: two_hours.map(|n| n / 2),
+                requests: 5,
+                hours,
                 since: 0,
-                sources_seen: vec![false],
+                sources_seen: vec![true],
                 entitlement_requests: 1,
-                durations: 1,
-                median_duration: Some(std::time::Duration::from_secs(10 * 60)),
+                median_duration: minutes(10),
                 peer_used: false,
+            },
+        ),
+        (
+            "the exact subject id",
+            RiskFactsQuery {
+                groups: groups(&["ops"]),
+                sources: vec![source("ip", "10.0.0.2"), source("ip", "10.0.0.1")],
+                since: at(2, 9, 26),
+                ..RiskFactsQuery::new(&amy_upper, &x)
+            },
+            RiskFacts {
+                requests: 1,
+                hours: nine,
+                since: 0,
+                sources_seen: vec![true, false],
+                entitlement_requests: 1,
+                median_duration: minutes(30),
+                peer_used: true,
             },
         ),
         (
@@ -465,24 +477,220 @@ pub async fn check_risk_facts(store: &dyn Store) {
     for (what, query, expected) in &cases {
         let got = store.risk_facts(query).await.unwrap();
         assert_eq!(&got, expected, "{what}");
-        let (mine, here, peers) = query.history_queries();
-        let mine = store.history(&mine).await.unwrap();
-        let here = store.history(&here).await.unwrap();
-        let peers = match peers {
-            Some(q) => store.history(&q).await.unwrap(),
-            None => Vec::new(),
-        };
         assert_eq!(
             got,
-            RiskFacts::from_history(query, &mine, &here, &peers),
+            facts_of_history(store, query).await,
             "{what}: the facts of the store's own history"
         );
     }
 
-    for bad in [RiskFactsQuery::new("", &x), RiskFactsQuery::new(&amy, "")] {
+    let odd = RiskFactsQuery {
+        sources: vec![source("trace_id", "abc")],
+        ..RiskFactsQuery::new(&amy, &x)
+    };
+    for bad in [
+        RiskFactsQuery::new("", &x),
+        RiskFactsQuery::new(&amy, ""),
+        odd,
+    ] {
         let err = store.risk_facts(&bad).await.unwrap_err();
         assert!(matches!(err, Error::Store(_)), "{bad:?}: {err:?}");
     }
+}
+
+/// [`RiskFacts::from_history`] of `store`'s own history: what its
+/// [`Store::risk_facts`] must answer.
+async fn facts_of_history(store: &dyn Store, query: &RiskFactsQuery) -> RiskFacts {
+    let (mine, peers) = query.history_queries();
+    let mine = store.history(&mine).await.unwrap();
+    let peers = match peers {
+        Some(q) => store.history(&q).await.unwrap(),
+        None => Vec::new(),
+    };
+    RiskFacts::from_history(query, &mine, &peers)
+}
+
+/// Risk review's aggregates stay exact: under concurrent inserts of one
+/// requester (each counted once), after writes that fail (a duplicate
+/// insert, a refused prune that had already deleted part of its batch:
+/// nothing of them counts), after updates (which change no fact), and
+/// after a prune, which takes its requests out (a requester whose every
+/// request for an entitlement was pruned asks for it for the first time
+/// again, a source or a peer only pruned requests had is gone). After
+/// every step the facts are those of the store's own history.
+///
+/// It prunes the audit chain up to its own last record, so give it a store
+/// of its own (it is not part of [`run_all`]).
+pub async fn check_risk_aggregates(store: Arc<dyn Store>) {
+    let u = unique();
+    let (ann, bo, ent, other) = (
+        format!("ann-a{u}"),
+        format!("bo-a{u}"),
+        format!("ent-a{u}"),
+        format!("ent-b{u}"),
+    );
+    let t0 = DateTime::parse_from_rfc3339("2026-02-02T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let query = |who: &str, e: &str| RiskFactsQuery {
+        groups: ["team".to_string()].into(),
+        sources: vec![
+            ("ip".to_string(), "10.1.0.1".to_string()),
+            ("ip".to_string(), "10.1.0.2".to_string()),
+            ("user_agent".to_string(), "old-cli".to_string()),
+        ],
+        since: t0 + TimeDelta::hours(12),
+        ..RiskFactsQuery::new(who, e)
+    };
+    let record = |who: &str, e: &str, i: i64, state: State| {
+        let mut r = sample_record(who, e, state, t0 + TimeDelta::minutes(37 * i));
+        r.requester.groups = ["team".to_string()].into();
+        r.request.duration = GrantDuration::from_secs_i64(60 * (1 + i % 5)).unwrap();
+        r.request
+            .context
+            .insert("ip".into(), format!("10.1.0.{}", 1 + i % 2));
+        r
+    };
+    let agree = |step: &'static str| {
+        let store = store.clone();
+        let queries = [
+            query(&ann, &ent),
+            query(&ann, &other),
+            query(&bo, &ent),
+            query(&bo, &other),
+        ];
+        async move {
+            let mut out = Vec::new();
+            for q in &queries {
+                let got = store.risk_facts(q).await.unwrap();
+                assert_eq!(got, facts_of_history(&*store, q).await, "{step}: {q:?}");
+                out.push(got);
+            }
+            out
+        }
+    };
+
+    // Eight writers at once, four requests each, all by ann for `ent`
+    // (one hour row, one duration row per length, one source row per IP,
+    // one peer row: every insert of one requester meets the others on
+    // the same rows); and bo once, in the same group.
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            let rs: Vec<RequestRecord> = (0..4)
+                .map(|k| record(&ann, &ent, t * 4 + k, State::Expired))
+                .collect();
+            tokio::spawn(async move {
+                for r in &rs {
+                    store
+                        .insert(r, &[event(r, AuditKind::Requested, "t")])
+                        .await
+                        .unwrap();
+                }
+                rs
+            })
+        })
+        .collect();
+    let mut ann_made = Vec::new();
+    for t in tasks {
+        ann_made.extend(t.await.unwrap());
+    }
+    let with_ua = {
+        let mut r = record(&bo, &ent, 1, State::Expired);
+        r.request
+            .context
+            .insert("user_agent".into(), "old-cli".into());
+        r
+    };
+    store
+        .insert(&with_ua, &[event(&with_ua, AuditKind::Requested, "t")])
+        .await
+        .unwrap();
+    let facts = agree("concurrent inserts").await;
+    assert_eq!(facts[0].requests, 32, "{:?}", facts[0]);
+    assert_eq!(facts[0].entitlement_requests, 32, "{:?}", facts[0]);
+    assert_eq!(facts[0].hours.iter().sum::<u64>(), 32, "{:?}", facts[0]);
+    assert_eq!(facts[0].sources_seen, [true, true, false]);
+    assert!(facts[0].peer_used, "bo is in the team: {:?}", facts[0]);
+    assert_eq!(facts[2].sources_seen, [false, true, true]);
+    let before = facts;
+
+    // A duplicate insert fails and counts nothing; an update changes no fact.
+    assert!(store.insert(&ann_made[0], &[]).await.is_err());
+    let mut touched = ann_made[1].clone();
+    touched.version = 2;
+    touched.state = State::Revoked;
+    touched.note = Some("touched".into());
+    store
+        .update(1, &touched, &[event(&touched, AuditKind::Revoked, "t")])
+        .await
+        .unwrap();
+    ann_made[1] = touched;
+    assert_eq!(agree("a duplicate insert and an update").await, before);
+
+    // One request of ann's for `other`, still pending: it stays.
+    let live = record(&ann, &other, 40, State::Pending);
+    store
+        .insert(&live, &[event(&live, AuditKind::Requested, "t")])
+        .await
+        .unwrap();
+    let before = agree("a live request").await;
+    assert_eq!(before[1].entitlement_requests, 1);
+
+    // A prune refused after part of its batch rolls back, counts included.
+    let chain = audit_all(&*store).await.unwrap();
+    let head = chain.last().unwrap();
+    let after = store.audit_anchor().await.unwrap().map_or(0, |a| a.seq);
+    let anchor = audit::AuditAnchor::new(head.seq, &head.hash, Utc::now(), None);
+    // Every request of ann's for `ent` but the first goes, and bo's one.
+    let mut going: Vec<(RequestId, u64)> = ann_made[1..]
+        .iter()
+        .chain([&with_ua])
+        .map(|r| (r.id, r.version))
+        .collect();
+    going.sort_unstable_by_key(|(id, _)| id.to_string());
+    let mut refused = going.clone();
+    refused.push((live.id, live.version));
+    let err = store
+        .prune(&crate::store::Prune {
+            after,
+            anchor: anchor.clone(),
+            records: refused,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert_eq!(agree("a refused prune").await, before);
+
+    store
+        .prune(&crate::store::Prune {
+            after,
+            anchor,
+            records: going,
+        })
+        .await
+        .unwrap();
+    let facts = agree("a prune").await;
+    // ann keeps the first request for `ent` and the live one for `other`.
+    assert_eq!(facts[0].requests, 2, "{:?}", facts[0]);
+    assert_eq!(facts[0].entitlement_requests, 1, "{:?}", facts[0]);
+    assert_eq!(
+        facts[0].median_duration,
+        Some(std::time::Duration::from_secs(60))
+    );
+    // Only pruned requests came from 10.1.0.2; only bo's had a peer's
+    // use of `ent` and the old user agent, and bo has nothing left.
+    assert_eq!(facts[0].sources_seen, [true, false, false]);
+    assert!(!facts[0].peer_used, "{:?}", facts[0]);
+    assert_eq!(
+        facts[2],
+        RiskFacts {
+            sources_seen: vec![false; 3],
+            peer_used: true,
+            ..RiskFacts::default()
+        }
+    );
+    assert!(!facts[3].asked_before());
 }
 
 /// An event about `r` in its current state.
