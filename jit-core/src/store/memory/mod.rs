@@ -21,141 +21,248 @@
 //! bytes of its text, and a store that may hold a million grants (the
 //! Lambda function's default) pays that for each.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 
 use super::risk_facts::Tally;
 use super::{check_versions, lease_until, HistoryEntry, HistoryQuery, ListFilter, Prune, Store};
 use super::{RiskFacts, RiskFactsQuery};
-use crate::audit::{AuditAnchor, AuditEvent, AuditRecord, GENESIS_HASH};
+use crate::audit::{AuditAnchor, AuditEvent, AuditMac, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
-/// Insertion sequence: the position in [`Inner::order`].
-type Seq = usize;
+mod pack;
 
-#[derive(Debug, Default)]
+use pack::Pack;
+
+/// Insertion sequence: the position in [`Inner::rows`].
+type Seq = u32;
+
+#[derive(Default)]
 struct Inner {
-    /// Each record with its insertion sequence.
-    records: HashMap<RequestId, Row>,
-    /// Ids by insertion sequence.
-    order: Vec<RequestId>,
+    /// The strings and subtrees packed records and audit records share.
+    pack: Pack,
+    /// Each record by insertion sequence (`None` once pruned).
+    rows: Vec<Option<Row>>,
+    /// Insertion sequences by request id.
+    ids: HashMap<RequestId, Seq>,
     /// `(state, due_at, seq)` of every record with a due time.
     by_due: BTreeSet<(State, DateTime<Utc>, Seq)>,
     /// `(state, ends_at, seq)` of every record with a grant.
     by_end: BTreeSet<(State, DateTime<Utc>, Seq)>,
     /// Insertion sequences by state.
     by_state: HashMap<State, BTreeSet<Seq>>,
-    /// Insertion sequences by exact requester id.
-    by_requester: HashMap<String, BTreeSet<Seq>>,
-    /// Insertion sequences by entitlement.
-    by_entitlement: HashMap<String, BTreeSet<Seq>>,
+    /// Insertion sequences by exact requester id (its number in `pack`,
+    /// which the index holds a use of).
+    by_requester: HashMap<u32, BTreeSet<Seq>>,
+    /// Insertion sequences by entitlement (its number in `pack`).
+    by_entitlement: HashMap<u32, BTreeSet<Seq>>,
     /// The audit chain after `anchor`, record `anchor.seq + 1` first.
-    audit: Vec<Kept>,
+    audit: Chain,
     /// Where the chain starts once it was pruned.
     anchor: Option<AuditAnchor>,
     /// Lease key -> (holder, end).
     leases: HashMap<String, (String, DateTime<Utc>)>,
 }
 
-/// One request as the memory store keeps it: the record as JSON (about a
-/// kilobyte, where the decoded record's strings, sets and maps take
-/// several), with what a compare-and-set and a prune check beside it.
-#[derive(Debug)]
+/// One request as the memory store keeps it: the record packed (see
+/// [`pack`]), with what a compare-and-set and a prune check beside it.
 struct Row {
-    seq: Seq,
     version: u64,
     state: State,
-    body: Box<str>,
+    body: Box<[u8]>,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("stored {what} is not valid: {e}"))
 }
 
 impl Row {
-    fn of(seq: Seq, r: &RequestRecord) -> Result<Self> {
+    fn of(pack: &mut Pack, r: &RequestRecord) -> Result<Self> {
+        let value = serde_json::to_value(r)
+            .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?;
         Ok(Self {
-            seq,
             version: r.version,
             state: r.state,
-            body: serde_json::to_string(r)
-                .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?
-                .into_boxed_str(),
+            body: pack.pack(&value),
         })
     }
 
-    fn decode(&self) -> Result<RequestRecord> {
-        serde_json::from_str(&self.body)
-            .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
+    fn value(&self, pack: &Pack) -> Result<Value> {
+        pack.unpack(&self.body).map_err(|e| corrupt("request", e))
+    }
+
+    fn decode(&self, pack: &Pack) -> Result<RequestRecord> {
+        serde_json::from_value(self.value(pack)?).map_err(|e| corrupt("request", e))
     }
 }
 
-/// One audit record as the memory store keeps it: the hash as bytes and
-/// the compact body of [`AuditRecord::to_stored`] (a few hundred bytes,
-/// where the decoded record, its `details` a tree of maps, takes several
-/// kilobytes of heap).
-#[derive(Debug)]
-struct Kept {
-    hash: [u8; 32],
-    body: Box<str>,
+/// Audit records per [`Page`].
+const PAGE: usize = 1024;
+
+/// The audit chain's records, packed back to back in pages of [`PAGE`]
+/// records: each is its hash (32 bytes), then its seal and its event
+/// packed (see [`pack`]). One allocation per page, not per record.
+#[derive(Default)]
+struct Chain {
+    pages: VecDeque<Page>,
+    /// Records pruned from the front of the first page.
+    skip: usize,
+    /// Records kept.
+    len: usize,
+}
+
+#[derive(Default)]
+struct Page {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<u32>,
+}
+
+impl Chain {
+    /// The page to append to (a new one when the last is full).
+    fn tail(&mut self) -> &mut Page {
+        if self.pages.back().is_none_or(|p| p.ends.len() >= PAGE) {
+            if let Some(full) = self.pages.back_mut() {
+                full.bytes.shrink_to_fit();
+            }
+            self.pages.push_back(Page::default());
+        }
+        let last = self.pages.len() - 1;
+        &mut self.pages[last]
+    }
+
+    /// Record `i` of those kept (0 is the first after the anchor).
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        if i >= self.len {
+            return None;
+        }
+        let k = i + self.skip;
+        let page = self.pages.get(k / PAGE)?;
+        let j = k % PAGE;
+        let start = match j.checked_sub(1) {
+            Some(before) => *page.ends.get(before)? as usize,
+            None => 0,
+        };
+        page.bytes.get(start..*page.ends.get(j)? as usize)
+    }
+
+    fn hash(&self, i: usize) -> Option<[u8; 32]> {
+        self.get(i)?.get(..32)?.try_into().ok()
+    }
+
+    /// Drops the first `n` records, giving back their uses of `pack`.
+    fn drain_front(&mut self, n: usize, pack: &mut Pack) -> Result<()> {
+        for i in 0..n.min(self.len) {
+            if let Some(entry) = self.get(i) {
+                pack.release(entry.get(32..).unwrap_or_default())
+                    .map_err(|e| corrupt("audit record", e))?;
+            }
+        }
+        self.skip += n.min(self.len);
+        self.len -= n.min(self.len);
+        while self.skip >= PAGE && !self.pages.is_empty() {
+            self.pages.pop_front();
+            self.skip -= PAGE;
+        }
+        Ok(())
+    }
 }
 
 impl Inner {
-    /// The `seq` of the record before `audit[0]`.
+    /// The `seq` of the record before the first audit record kept.
     fn base(&self) -> u64 {
         self.anchor.as_ref().map_or(0, |a| a.seq)
     }
 
     fn head_hash(&self) -> String {
-        match (self.audit.last(), &self.anchor) {
-            (Some(k), _) => hex::encode(k.hash),
+        match (self.audit.len.checked_sub(1), &self.anchor) {
+            (Some(last), _) => self
+                .audit
+                .hash(last)
+                .map_or_else(String::new, hex::encode),
             (None, Some(a)) => a.hash.clone(),
             (None, None) => GENESIS_HASH.to_string(),
         }
     }
 
-    fn append(&mut self, events: &[AuditEvent]) -> Vec<AuditRecord> {
+    /// Appends `events` to the chain. Each event is encoded before
+    /// anything changes, so a failure leaves the chain as it was.
+    fn append(&mut self, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+        let values = events
+            .iter()
+            .map(|e| {
+                serde_json::to_value(e)
+                    .map_err(|err| Error::Store(format!("cannot encode an audit event: {err}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(events.len());
-        for e in events {
+        for (e, event) in events.iter().zip(values) {
             let prev = self.head_hash();
             let r = e
                 .clone()
-                .chain(self.base() + self.audit.len() as u64 + 1, &prev);
+                .chain(self.base() + self.audit.len as u64 + 1, &prev);
             let mut hash = [0u8; 32];
             // `compute_hash` writes 64 hexadecimal digits: this cannot fail.
             let _ = hex::decode_to_slice(&r.hash, &mut hash);
-            self.audit.push(Kept {
-                hash,
-                body: r.to_stored().into_boxed_str(),
-            });
+            let mac = match &r.mac {
+                Some(m) => serde_json::json!({ "key_id": m.key_id, "tag": m.tag }),
+                None => Value::Null,
+            };
+            let page = self.audit.tail();
+            page.bytes.extend_from_slice(&hash);
+            self.pack.pack_into(&mac, &mut page.bytes);
+            self.pack.pack_into(&event, &mut page.bytes);
+            // A page of 1,024 records stays far below 4 GiB.
+            page.ends
+                .push(u32::try_from(page.bytes.len()).unwrap_or(u32::MAX));
+            self.audit.len += 1;
             out.push(r);
         }
-        out
+        Ok(out)
+    }
+
+    /// Audit record `i` of those kept, read back: the hash kept, the
+    /// seal and event unpacked, `prev_hash` the record before's.
+    fn audit_record(&self, i: usize, prev_hash: &str) -> Result<AuditRecord> {
+        let seq = self.base() + i as u64 + 1;
+        let bad = |e: &dyn std::fmt::Display| corrupt(&format!("audit record {seq}"), e);
+        let entry = self.audit.get(i).ok_or_else(|| bad(&"it is missing"))?;
+        let (hash, packed) = entry.split_at_checked(32).ok_or_else(|| bad(&"too short"))?;
+        let (mac, rest) = self.pack.unpack_prefix(packed).map_err(|e| bad(&e))?;
+        let event = self.pack.unpack(rest).map_err(|e| bad(&e))?;
+        Ok(AuditRecord {
+            seq,
+            event: serde_json::from_value(event).map_err(|e| bad(&e))?,
+            prev_hash: prev_hash.to_string(),
+            hash: hex::encode(hash),
+            mac: serde_json::from_value::<Option<AuditMac>>(mac).map_err(|e| bad(&e))?,
+        })
     }
 
     /// Records `from_seq..` (at most `limit`), decoded.
     fn audit_from(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         let base = self.base();
         let start = usize::try_from(from_seq.saturating_sub(base + 1)).unwrap_or(usize::MAX);
-        let mut prev = match start.checked_sub(1).and_then(|i| self.audit.get(i)) {
-            Some(k) => hex::encode(k.hash),
+        let mut prev = match start.checked_sub(1).and_then(|i| self.audit.hash(i)) {
+            Some(h) => hex::encode(h),
             None => self
                 .anchor
                 .as_ref()
                 .map_or_else(|| GENESIS_HASH.to_string(), |a| a.hash.clone()),
         };
-        let mut out = Vec::new();
-        for (i, k) in self.audit.iter().enumerate().skip(start).take(limit) {
-            let hash = hex::encode(k.hash);
-            let seq = base + i as u64 + 1;
-            out.push(
-                AuditRecord::from_stored(seq, &hash, &prev, &k.body).map_err(|e| {
-                    Error::Store(format!("stored audit record {seq} is not valid: {e}"))
-                })?,
-            );
-            prev = hash;
+        let end = start.saturating_add(limit).min(self.audit.len);
+        let mut out = Vec::with_capacity(end.saturating_sub(start));
+        for i in start..end {
+            let r = self.audit_record(i, &prev)?;
+            prev.clone_from(&r.hash);
+            out.push(r);
         }
         Ok(out)
     }
@@ -168,12 +275,11 @@ impl Inner {
             self.by_end.insert((r.state, end, seq));
         }
         self.by_state.entry(r.state).or_default().insert(seq);
-        self.by_requester
-            .entry(r.requester.id.as_str().to_string())
-            .or_default()
-            .insert(seq);
+        let requester = self.pack.hold_text(r.requester.id.as_str());
+        self.by_requester.entry(requester).or_default().insert(seq);
+        let entitlement = self.pack.hold_text(&r.request.entitlement);
         self.by_entitlement
-            .entry(r.request.entitlement.clone())
+            .entry(entitlement)
             .or_default()
             .insert(seq);
     }
@@ -188,27 +294,44 @@ impl Inner {
         if let Some(set) = self.by_state.get_mut(&r.state) {
             set.remove(&seq);
         }
-        let requester = r.requester.id.as_str();
-        if let Some(set) = self.by_requester.get_mut(requester) {
-            set.remove(&seq);
-            if set.is_empty() {
-                self.by_requester.remove(requester);
-            }
-        }
-        let entitlement = r.request.entitlement.as_str();
-        if let Some(set) = self.by_entitlement.get_mut(entitlement) {
-            set.remove(&seq);
-            if set.is_empty() {
-                self.by_entitlement.remove(entitlement);
+        for (index, key) in [
+            (&mut self.by_requester, r.requester.id.as_str()),
+            (&mut self.by_entitlement, r.request.entitlement.as_str()),
+        ] {
+            let Some(id) = self.pack.text_id(key) else {
+                continue;
+            };
+            if let Some(set) = index.get_mut(&id) {
+                if set.remove(&seq) {
+                    if set.is_empty() {
+                        index.remove(&id);
+                    }
+                    self.pack.drop_text(id);
+                }
             }
         }
     }
 
+    fn row(&self, seq: Seq) -> Option<&Row> {
+        self.rows.get(seq as usize).and_then(Option::as_ref)
+    }
+
+    fn by_id(&self, id: &RequestId) -> Option<(Seq, &Row)> {
+        let seq = *self.ids.get(id)?;
+        Some((seq, self.row(seq)?))
+    }
+
     fn record(&self, seq: Seq) -> Option<Result<RequestRecord>> {
-        self.order
-            .get(seq)
-            .and_then(|id| self.records.get(id))
-            .map(Row::decode)
+        self.row(seq).map(|row| row.decode(&self.pack))
+    }
+
+    /// The insertion sequences by requester (or entitlement) `key`.
+    fn keyed<'a>(
+        &'a self,
+        index: &'a HashMap<u32, BTreeSet<Seq>>,
+        key: &str,
+    ) -> Option<&'a BTreeSet<Seq>> {
+        index.get(&self.pack.text_id(key)?)
     }
 
     /// The insertion sequences `filter` may match, newest first: from the
@@ -217,13 +340,14 @@ impl Inner {
     /// [`ListFilter::matches`].
     fn candidates<'a>(&'a self, filter: &ListFilter) -> Box<dyn Iterator<Item = Seq> + 'a> {
         if let Some(requester) = &filter.requester {
-            return match self.by_requester.get(requester) {
+            return match self.keyed(&self.by_requester, requester) {
                 Some(set) => Box::new(set.iter().rev().copied()),
                 None => Box::new(std::iter::empty()),
             };
         }
         if filter.states.is_empty() {
-            return Box::new((0..self.order.len()).rev());
+            let n = Seq::try_from(self.rows.len()).unwrap_or(Seq::MAX);
+            return Box::new((0..n).rev());
         }
         let mut states = filter.states.clone();
         states.sort_unstable();
@@ -270,9 +394,24 @@ impl<I: Iterator<Item = Seq>> Iterator for NewestFirst<I> {
 }
 
 /// In-memory [`Store`]. One mutex makes every transition atomic.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    /// Sizes, never contents: records hold justifications, ticket ids and
+    /// request context that do not belong in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("MemoryStore");
+        // `try_lock`: a `Debug` while the lock is held must not deadlock.
+        if let Ok(g) = self.inner.try_lock() {
+            d.field("requests", &g.ids.len())
+                .field("audit_records", &g.audit.len)
+                .field("pack", &g.pack);
+        }
+        d.finish_non_exhaustive()
+    }
 }
 
 impl MemoryStore {
@@ -297,18 +436,20 @@ impl Store for MemoryStore {
     ) -> Result<Vec<AuditRecord>> {
         check_versions(0, record)?;
         let mut g = self.lock()?;
-        if g.records.contains_key(&record.id) {
+        if g.ids.contains_key(&record.id) {
             return Err(Error::Conflict {
                 request: record.id,
                 expected: 0,
             });
         }
-        let seq = g.order.len();
-        let row = Row::of(seq, record)?;
-        g.records.insert(record.id, row);
-        g.order.push(record.id);
+        let seq = Seq::try_from(g.rows.len())
+            .map_err(|_| Error::Store("the memory store holds 4 billion requests".into()))?;
+        let written = g.append(events)?;
+        let row = Row::of(&mut g.pack, record)?;
+        g.rows.push(Some(row));
+        g.ids.insert(record.id, seq);
         g.index(seq, record);
-        Ok(g.append(events))
+        Ok(written)
     }
 
     async fn update(
@@ -319,9 +460,8 @@ impl Store for MemoryStore {
     ) -> Result<Vec<AuditRecord>> {
         check_versions(expected_version, record)?;
         let mut g = self.lock()?;
-        let current = g
-            .records
-            .get(&record.id)
+        let (seq, current) = g
+            .by_id(&record.id)
             .ok_or_else(|| Error::request_not_found(record.id))?;
         if current.version != expected_version {
             return Err(Error::Conflict {
@@ -329,17 +469,30 @@ impl Store for MemoryStore {
                 expected: expected_version,
             });
         }
-        let old = current.decode()?;
-        let seq = current.seq;
-        let row = Row::of(seq, record)?;
-        g.records.insert(record.id, row);
-        g.unindex(seq, &old);
-        g.index(seq, record);
-        Ok(g.append(events))
+        let old = current.decode(&g.pack)?;
+        let value = serde_json::to_value(record)
+            .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", record.id)))?;
+        let written = g.append(events)?;
+        let inner = &mut *g;
+        let row = Row {
+            version: record.version,
+            state: record.state,
+            body: inner.pack.pack(&value),
+        };
+        if let Some(Some(old_row)) = inner.rows.get_mut(seq as usize).map(|slot| slot.replace(row)) {
+            inner
+                .pack
+                .release(&old_row.body)
+                .map_err(|e| corrupt("request", e))?;
+        }
+        inner.unindex(seq, &old);
+        inner.index(seq, record);
+        Ok(written)
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
-        self.lock()?.records.get(&id).map(Row::decode).transpose()
+        let g = self.lock()?;
+        g.by_id(&id).map(|(_, row)| row.decode(&g.pack)).transpose()
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
@@ -362,8 +515,8 @@ impl Store for MemoryStore {
         let g = self.lock()?;
         // The narrower index: the requester's requests, else the entitlement's.
         let key = match (&query.requester, &query.entitlement) {
-            (Some(r), _) => g.by_requester.get(r),
-            (None, Some(e)) => g.by_entitlement.get(e),
+            (Some(r), _) => g.keyed(&g.by_requester, r),
+            (None, Some(e)) => g.keyed(&g.by_entitlement, e),
             (None, None) => None,
         };
         let Some(seqs) = key else {
@@ -441,9 +594,10 @@ impl Store for MemoryStore {
         let cut = usize::try_from(prune.anchor.seq.saturating_sub(base)).unwrap_or(usize::MAX);
         let matches = cut > 0
             && prune.anchor.seq > base
-            && g.audit
-                .get(cut - 1)
-                .is_some_and(|k| hex::encode(k.hash) == prune.anchor.hash);
+            && g
+                .audit
+                .hash(cut - 1)
+                .is_some_and(|h| hex::encode(h) == prune.anchor.hash);
         if !matches {
             return Err(Error::Store(format!(
                 "audit record {} is not stored with the hash the prune's anchor names: plan it again",
@@ -453,9 +607,9 @@ impl Store for MemoryStore {
         // Check (and decode) everything before changing anything.
         let mut going = Vec::with_capacity(prune.records.len());
         for (id, version) in &prune.records {
-            match g.records.get(id) {
-                Some(row) if row.version == *version && row.state.is_final() => {
-                    going.push((row.seq, row.decode()?));
+            match g.by_id(id) {
+                Some((seq, row)) if row.version == *version && row.state.is_final() => {
+                    going.push((seq, row.decode(&g.pack)?));
                 }
                 _ => {
                     return Err(Error::Conflict {
@@ -465,11 +619,21 @@ impl Store for MemoryStore {
                 }
             }
         }
+        // A request listed twice is deleted once.
+        going.sort_unstable_by_key(|(seq, _)| *seq);
+        going.dedup_by_key(|(seq, _)| *seq);
+        let inner = &mut *g;
         for (seq, r) in going {
-            g.records.remove(&r.id);
-            g.unindex(seq, &r);
+            inner.ids.remove(&r.id);
+            if let Some(row) = inner.rows.get_mut(seq as usize).and_then(Option::take) {
+                inner
+                    .pack
+                    .release(&row.body)
+                    .map_err(|e| corrupt("request", e))?;
+            }
+            inner.unindex(seq, &r);
         }
-        g.audit.drain(..cut);
+        inner.audit.drain_front(cut, &mut inner.pack)?;
         g.anchor = Some(prune.anchor.clone());
         Ok(())
     }
@@ -530,8 +694,12 @@ impl Inner {
     fn risk_facts(&self, q: &RiskFactsQuery) -> RiskFacts {
         let mut t = Tally::new(q);
         let empty = BTreeSet::new();
-        let mine = self.by_requester.get(&q.requester).unwrap_or(&empty);
-        let theirs = self.by_entitlement.get(&q.entitlement).unwrap_or(&empty);
+        let mine = self
+            .keyed(&self.by_requester, &q.requester)
+            .unwrap_or(&empty);
+        let theirs = self
+            .keyed(&self.by_entitlement, &q.entitlement)
+            .unwrap_or(&empty);
 
         for row in mine
             .iter()
@@ -584,8 +752,11 @@ impl Inner {
     /// The fields of one stored record that risk facts read; `None`
     /// (logged) when it does not decode.
     fn facts_row(&self, seq: Seq) -> Option<FactsRow> {
-        let row = self.order.get(seq).and_then(|id| self.records.get(id))?;
-        match serde_json::from_str::<FactsRow>(&row.body) {
+        let row = self.row(seq)?;
+        match row
+            .value(&self.pack)
+            .and_then(|v| serde_json::from_value::<FactsRow>(v).map_err(|e| corrupt("request", e)))
+        {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(error = %e, "risk facts: a stored request does not decode; skipped");
