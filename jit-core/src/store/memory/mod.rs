@@ -39,7 +39,7 @@ use crate::types::{RequestId, RequestRecord, State};
 
 mod pack;
 
-use pack::Pack;
+use pack::{Owner, Pack};
 
 /// Insertion sequence: the position in [`Inner::rows`].
 type Seq = u32;
@@ -50,6 +50,10 @@ struct Inner {
     pack: Pack,
     /// Each record by insertion sequence (`None` once pruned).
     rows: Vec<Option<Row>>,
+    /// The ids each record's packed values (and its audit records') stand
+    /// for in a byte, by insertion sequence; kept after a prune, as audit
+    /// records may outlive their request.
+    owners: Vec<Owner>,
     /// Insertion sequences by request id.
     ids: HashMap<RequestId, Seq>,
     /// `(state, due_at, seq)` of every record with a due time.
@@ -83,23 +87,19 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Store(format!("stored {what} is not valid: {e}"))
 }
 
+fn encode_record(r: &RequestRecord) -> Result<Value> {
+    serde_json::to_value(r)
+        .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))
+}
+
 impl Row {
-    fn of(pack: &mut Pack, r: &RequestRecord) -> Result<Self> {
-        let value = serde_json::to_value(r)
-            .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))?;
-        Ok(Self {
-            version: r.version,
-            state: r.state,
-            body: pack.pack(&value),
-        })
+    fn value(&self, pack: &Pack, owner: &Owner) -> Result<Value> {
+        pack.unpack(&self.body, owner)
+            .map_err(|e| corrupt("request", e))
     }
 
-    fn value(&self, pack: &Pack) -> Result<Value> {
-        pack.unpack(&self.body).map_err(|e| corrupt("request", e))
-    }
-
-    fn decode(&self, pack: &Pack) -> Result<RequestRecord> {
-        serde_json::from_value(self.value(pack)?).map_err(|e| corrupt("request", e))
+    fn decode(&self, pack: &Pack, owner: &Owner) -> Result<RequestRecord> {
+        serde_json::from_value(self.value(pack, owner)?).map_err(|e| corrupt("request", e))
     }
 }
 
@@ -107,8 +107,10 @@ impl Row {
 const PAGE: usize = 1024;
 
 /// The audit chain's records, packed back to back in pages of [`PAGE`]
-/// records: each is its hash (32 bytes), then its seal and its event
-/// packed (see [`pack`]). One allocation per page, not per record.
+/// records: each is its hash (32 bytes), its owner (a varint: the
+/// request's insertion sequence + 1, 0 for a request the store does not
+/// hold), then its seal and its event packed (see [`pack`]). One
+/// allocation per page, not per record.
 #[derive(Default)]
 struct Chain {
     pages: VecDeque<Page>,
@@ -161,7 +163,12 @@ impl Chain {
     fn drain_front(&mut self, n: usize, pack: &mut Pack) -> Result<()> {
         for i in 0..n.min(self.len) {
             if let Some(entry) = self.get(i) {
-                pack.release(entry.get(32..).unwrap_or_default())
+                let mut r = pack::Reader {
+                    bytes: entry.get(32..).unwrap_or_default(),
+                    at: 0,
+                };
+                r.varint().map_err(|e| corrupt("audit record", e))?;
+                pack.release(r.bytes.get(r.at..).unwrap_or_default())
                     .map_err(|e| corrupt("audit record", e))?;
             }
         }
@@ -215,10 +222,18 @@ impl Inner {
                 Some(m) => serde_json::json!({ "key_id": m.key_id, "tag": m.tag }),
                 None => Value::Null,
             };
+            let (seq, owner) = match self.ids.get(&e.request_id) {
+                Some(seq) => (
+                    u64::from(*seq) + 1,
+                    self.owners.get(*seq as usize).copied().unwrap_or_default(),
+                ),
+                None => (0, Owner::default()),
+            };
             let page = self.audit.tail();
             page.bytes.extend_from_slice(&hash);
-            self.pack.pack_into(&mac, &mut page.bytes);
-            self.pack.pack_into(&event, &mut page.bytes);
+            pack::varint(seq, &mut page.bytes);
+            self.pack.pack_into(&mac, owner, &mut page.bytes);
+            self.pack.pack_into(&event, owner, &mut page.bytes);
             // A page of 1,024 records stays far below 4 GiB.
             page.ends
                 .push(u32::try_from(page.bytes.len()).unwrap_or(u32::MAX));
@@ -235,8 +250,24 @@ impl Inner {
         let bad = |e: &dyn std::fmt::Display| corrupt(&format!("audit record {seq}"), e);
         let entry = self.audit.get(i).ok_or_else(|| bad(&"it is missing"))?;
         let (hash, packed) = entry.split_at_checked(32).ok_or_else(|| bad(&"too short"))?;
-        let (mac, rest) = self.pack.unpack_prefix(packed).map_err(|e| bad(&e))?;
-        let event = self.pack.unpack(rest).map_err(|e| bad(&e))?;
+        let mut r = pack::Reader {
+            bytes: packed,
+            at: 0,
+        };
+        let owner = match r.varint().map_err(|e| bad(&e))?.checked_sub(1) {
+            Some(seq) => usize::try_from(seq)
+                .ok()
+                .and_then(|seq| self.owners.get(seq))
+                .copied()
+                .ok_or_else(|| bad(&"its request is missing"))?,
+            None => Owner::default(),
+        };
+        let packed = packed.get(r.at..).unwrap_or_default();
+        let (mac, rest) = self
+            .pack
+            .unpack_prefix(packed, &owner)
+            .map_err(|e| bad(&e))?;
+        let event = self.pack.unpack(rest, &owner).map_err(|e| bad(&e))?;
         Ok(AuditRecord {
             seq,
             event: serde_json::from_value(event).map_err(|e| bad(&e))?,
@@ -321,8 +352,13 @@ impl Inner {
         Some((seq, self.row(seq)?))
     }
 
+    fn owner(&self, seq: Seq) -> Owner {
+        self.owners.get(seq as usize).copied().unwrap_or_default()
+    }
+
     fn record(&self, seq: Seq) -> Option<Result<RequestRecord>> {
-        self.row(seq).map(|row| row.decode(&self.pack))
+        self.row(seq)
+            .map(|row| row.decode(&self.pack, &self.owner(seq)))
     }
 
     /// The insertion sequences by requester (or entitlement) `key`.
@@ -409,6 +445,21 @@ impl std::fmt::Debug for MemoryStore {
             d.field("requests", &g.ids.len())
                 .field("audit_records", &g.audit.len)
                 .field("pack", &g.pack);
+            if std::env::var("JIT_MEM_STATS").is_ok() {
+                let rows: usize = g.rows.iter().flatten().map(|r| r.body.len()).sum();
+                let pages: usize = g.audit.pages.iter().map(|p| p.bytes.len()).sum();
+                d.field("row_bytes", &rows).field("audit_bytes", &pages);
+                let mut n = 0;
+                for row in g.rows.iter().flatten().rev().take(3) {
+                    eprintln!("ROW {}", row.body.len());
+                }
+                for i in g.audit.len.saturating_sub(12)..g.audit.len {
+                    let e = g.audit.get(i).unwrap_or_default();
+                    eprintln!("AUDIT {} {:?}", e.len(), g.audit_record(i, "").map(|r| r.to_json_line()));
+                    n += 1;
+                }
+                let _ = n;
+            }
         }
         d.finish_non_exhaustive()
     }
@@ -444,11 +495,29 @@ impl Store for MemoryStore {
         }
         let seq = Seq::try_from(g.rows.len())
             .map_err(|_| Error::Store("the memory store holds 4 billion requests".into()))?;
-        let written = g.append(events)?;
-        let row = Row::of(&mut g.pack, record)?;
-        g.rows.push(Some(row));
+        let value = encode_record(record)?;
+        // The owner first: the record's values and its events use its ids.
+        g.owners.push(Owner {
+            id: Some(record.id.0),
+            grant: record.grant.as_ref().map(|grant| grant.id.0),
+        });
         g.ids.insert(record.id, seq);
-        g.index(seq, record);
+        let written = match g.append(events) {
+            Ok(written) => written,
+            Err(e) => {
+                g.ids.remove(&record.id);
+                g.owners.pop();
+                return Err(e);
+            }
+        };
+        let inner = &mut *g;
+        let body = inner.pack.pack(&value, inner.owner(seq));
+        inner.rows.push(Some(Row {
+            version: record.version,
+            state: record.state,
+            body,
+        }));
+        inner.index(seq, record);
         Ok(written)
     }
 
@@ -469,15 +538,21 @@ impl Store for MemoryStore {
                 expected: expected_version,
             });
         }
-        let old = current.decode(&g.pack)?;
-        let value = serde_json::to_value(record)
-            .map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", record.id)))?;
+        let old = current.decode(&g.pack, &g.owner(seq))?;
+        let value = encode_record(record)?;
+        // An owner's grant is set once (values packed with it must read
+        // back with it); a later grant id is kept whole.
+        if let (Some(owner), Some(grant)) = (g.owners.get_mut(seq as usize), &record.grant) {
+            if owner.grant.is_none() {
+                owner.grant = Some(grant.id.0);
+            }
+        }
         let written = g.append(events)?;
         let inner = &mut *g;
         let row = Row {
             version: record.version,
             state: record.state,
-            body: inner.pack.pack(&value),
+            body: inner.pack.pack(&value, inner.owner(seq)),
         };
         if let Some(Some(old_row)) = inner.rows.get_mut(seq as usize).map(|slot| slot.replace(row)) {
             inner
@@ -492,7 +567,9 @@ impl Store for MemoryStore {
 
     async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
         let g = self.lock()?;
-        g.by_id(&id).map(|(_, row)| row.decode(&g.pack)).transpose()
+        g.by_id(&id)
+            .map(|(seq, row)| row.decode(&g.pack, &g.owner(seq)))
+            .transpose()
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
@@ -609,7 +686,7 @@ impl Store for MemoryStore {
         for (id, version) in &prune.records {
             match g.by_id(id) {
                 Some((seq, row)) if row.version == *version && row.state.is_final() => {
-                    going.push((seq, row.decode(&g.pack)?));
+                    going.push((seq, row.decode(&g.pack, &g.owner(seq))?));
                 }
                 _ => {
                     return Err(Error::Conflict {
@@ -754,7 +831,7 @@ impl Inner {
     fn facts_row(&self, seq: Seq) -> Option<FactsRow> {
         let row = self.row(seq)?;
         match row
-            .value(&self.pack)
+            .value(&self.pack, &self.owner(seq))
             .and_then(|v| serde_json::from_value::<FactsRow>(v).map_err(|e| corrupt("request", e)))
         {
             Ok(r) => Some(r),

@@ -53,11 +53,16 @@ const TIME: u8 = 10;
 const HEX32: u8 = 11;
 /// An array: its length, then each item.
 const ARRAY: u8 = 12;
-/// An object: its length, then each key's number in the table of strings
-/// and the value.
+/// An object: its length, then each key and value; a key is a varint,
+/// `number << 1` for one from the table of strings, `length << 1 | 1`
+/// followed by the bytes for one inline.
 const OBJECT: u8 = 13;
 /// An object or array from the table of subtrees (its number).
 const SHARED_TREE: u8 = 14;
+/// The owner's request id, as text ([`Owner::id`]).
+const OWN_ID: u8 = 15;
+/// The owner's grant id, as text ([`Owner::grant`]).
+const OWN_GRANT: u8 = 16;
 
 /// Strings longer than this are kept inline: long text (an error message)
 /// is seldom repeated word for word.
@@ -65,6 +70,29 @@ const MAX_SHARED_TEXT: usize = 256;
 /// Subtrees shorter than this packed (`[]`, `{}`) are kept inline: a
 /// reference would not be shorter.
 const MIN_SHARED_TREE: usize = 4;
+/// Slots of [`Pack::seen`] (16 bytes each).
+const SEEN_SLOTS: usize = 1 << 16;
+
+/// The request a packed value belongs to, and the ids that stand for
+/// themselves in it. What a value was packed with must be what it is
+/// unpacked with: an owner's ids are set once and never change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Owner {
+    /// The request id.
+    pub(super) id: Option<uuid::Uuid>,
+    /// Its grant's id, once it has one.
+    pub(super) grant: Option<uuid::Uuid>,
+}
+
+impl Owner {
+    /// Whose values [`Pack::seen`] tells apart.
+    fn tag(&self) -> u64 {
+        self.id.map_or(0, |id| {
+            let (high, low) = id.as_u64_pair();
+            high ^ low
+        })
+    }
+}
 
 /// A stored value does not unpack: the store's own bytes are wrong.
 #[derive(Debug)]
@@ -157,6 +185,15 @@ impl Table {
 pub(super) struct Pack {
     texts: Table,
     trees: Table,
+    /// Fingerprints of strings and subtrees kept inline, with the owner
+    /// they were seen for, one per slot ([`SEEN_SLOTS`], allocated on
+    /// first use; fingerprint 0 is an empty slot): a sighting for another
+    /// owner moves the next copy into a table. A slot holds the latest
+    /// fingerprint mapped to it, so something seen again only long after
+    /// may stay inline; either way it reads back the same.
+    seen: Vec<(u64, u64)>,
+    /// The owner of the value being packed.
+    owner: Owner,
 }
 
 impl std::fmt::Debug for Pack {
@@ -170,23 +207,25 @@ impl std::fmt::Debug for Pack {
 }
 
 impl Pack {
-    /// `v` packed; the entries it uses count one more use each until it
-    /// is [released](Pack::release).
-    pub(super) fn pack(&mut self, v: &Value) -> Box<[u8]> {
+    /// `v` packed, for `owner` (the request it belongs to: see the module
+    /// docs); the entries it uses count one more use each until it is
+    /// [released](Pack::release).
+    pub(super) fn pack(&mut self, v: &Value, owner: Owner) -> Box<[u8]> {
         let mut out = Vec::new();
-        self.put(v, &mut out);
+        self.pack_into(v, owner, &mut out);
         out.into_boxed_slice()
     }
 
     /// Appends `v` packed to `out` (see [`Pack::pack`]).
-    pub(super) fn pack_into(&mut self, v: &Value, out: &mut Vec<u8>) {
+    pub(super) fn pack_into(&mut self, v: &Value, owner: Owner, out: &mut Vec<u8>) {
+        self.owner = owner;
         self.put(v, out);
     }
 
-    /// The value `bytes` hold.
-    pub(super) fn unpack(&self, bytes: &[u8]) -> Result<Value, Corrupt> {
+    /// The value `bytes` hold, packed for `owner`.
+    pub(super) fn unpack(&self, bytes: &[u8], owner: &Owner) -> Result<Value, Corrupt> {
         let mut r = Reader { bytes, at: 0 };
-        let v = self.get(&mut r)?;
+        let v = self.get(&mut r, owner)?;
         if r.at != bytes.len() {
             return Err(Corrupt("a packed value has bytes after its end"));
         }
@@ -194,9 +233,13 @@ impl Pack {
     }
 
     /// The value at the start of `bytes`, and the bytes after it.
-    pub(super) fn unpack_prefix<'b>(&self, bytes: &'b [u8]) -> Result<(Value, &'b [u8]), Corrupt> {
+    pub(super) fn unpack_prefix<'b>(
+        &self,
+        bytes: &'b [u8],
+        owner: &Owner,
+    ) -> Result<(Value, &'b [u8]), Corrupt> {
         let mut r = Reader { bytes, at: 0 };
-        let v = self.get(&mut r)?;
+        let v = self.get(&mut r, owner)?;
         Ok((v, bytes.get(r.at..).unwrap_or_default()))
     }
 
@@ -259,8 +302,13 @@ impl Pack {
                 varint(map.len() as u64, &mut body);
                 let mut unique = false;
                 for (k, item) in map {
-                    let (id, _) = self.texts.add(k.as_bytes());
-                    varint(u64::from(id), &mut body);
+                    match self.share_text(k) {
+                        Some(id) => varint(u64::from(id) << 1, &mut body),
+                        None => {
+                            varint((k.len() as u64) << 1 | 1, &mut body);
+                            body.extend_from_slice(k.as_bytes());
+                        }
+                    }
                     unique |= self.put(item, &mut body);
                 }
                 self.put_tree(body, unique, out)
@@ -271,7 +319,10 @@ impl Pack {
     /// An object or array packed (`body`, its tag first): shared when it
     /// holds no identifier or time.
     fn put_tree(&mut self, body: Vec<u8>, unique: bool, out: &mut Vec<u8>) -> bool {
-        if unique || body.len() < MIN_SHARED_TREE {
+        if unique
+            || body.len() < MIN_SHARED_TREE
+            || (self.trees.find(&body).is_none() && !self.seen_before(TREE_SEED, &body))
+        {
             out.extend_from_slice(&body);
             return unique;
         }
@@ -287,8 +338,16 @@ impl Pack {
 
     fn put_str(&mut self, s: &str, out: &mut Vec<u8>) -> bool {
         if let Some(u) = as_uuid(s) {
-            out.push(UUID);
-            out.extend_from_slice(u.as_bytes());
+            if Some(u) == self.owner.id {
+                out.push(OWN_ID);
+            } else if Some(u) == self.owner.grant {
+                out.push(OWN_GRANT);
+            } else {
+                out.push(UUID);
+                out.extend_from_slice(u.as_bytes());
+            }
+            // Never shared: what contains it differs from record to record
+            // (and an owner's id means another id under another owner).
             return true;
         }
         if let Some(t) = as_time(s) {
@@ -302,19 +361,47 @@ impl Pack {
             out.extend_from_slice(&h);
             return true;
         }
-        if s.len() > MAX_SHARED_TEXT {
-            out.push(TEXT);
-            varint(s.len() as u64, out);
-            out.extend_from_slice(s.as_bytes());
-        } else {
-            let (id, _) = self.texts.add(s.as_bytes());
-            out.push(SHARED_TEXT);
-            varint(u64::from(id), out);
+        match self.share_text(s) {
+            Some(id) => {
+                out.push(SHARED_TEXT);
+                varint(u64::from(id), out);
+            }
+            None => {
+                out.push(TEXT);
+                varint(s.len() as u64, out);
+                out.extend_from_slice(s.as_bytes());
+            }
         }
         false
     }
 
-    fn get(&self, r: &mut Reader<'_>) -> Result<Value, Corrupt> {
+    /// One more use of `s` in the table of strings, when it is there or
+    /// was seen before (and is not too long): its number.
+    fn share_text(&mut self, s: &str) -> Option<u32> {
+        let shared = s.len() <= MAX_SHARED_TEXT
+            && (self.texts.find(s.as_bytes()).is_some() || self.seen_before(TEXT_SEED, s.as_bytes()));
+        shared.then(|| self.texts.add(s.as_bytes()).0)
+    }
+
+    /// Whether `bytes` were seen before for another owner (by their
+    /// fingerprint); remembers them when not.
+    fn seen_before(&mut self, seed: u64, bytes: &[u8]) -> bool {
+        if self.seen.is_empty() {
+            self.seen = vec![(0, 0); SEEN_SLOTS];
+        }
+        let print = fingerprint(seed, bytes);
+        let slot = (print as usize) & (SEEN_SLOTS - 1);
+        match self.seen.get_mut(slot) {
+            Some((kept, owner)) if *kept == print => *owner != self.owner.tag(),
+            Some(kept) => {
+                *kept = (print, self.owner.tag());
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn get(&self, r: &mut Reader<'_>, owner: &Owner) -> Result<Value, Corrupt> {
         Ok(match r.byte()? {
             NULL => Value::Null,
             FALSE => Value::Bool(false),
@@ -358,7 +445,7 @@ impl Pack {
                 let n = r.len()?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
-                    items.push(self.get(r)?);
+                    items.push(self.get(r, owner)?);
                 }
                 Value::Array(items)
             }
@@ -366,17 +453,43 @@ impl Pack {
                 let n = r.len()?;
                 let mut map = Map::new();
                 for _ in 0..n {
-                    let key = self.text(r.varint()?)?.to_string();
-                    map.insert(key, self.get(r)?);
+                    let key = self.key(r)?;
+                    map.insert(key, self.get(r, owner)?);
                 }
                 Value::Object(map)
             }
             SHARED_TREE => {
                 let bytes = self.trees.get(r.varint()?)?;
-                self.unpack(bytes)?
+                self.unpack(bytes, owner)?
             }
+            OWN_ID => Value::String(
+                owner
+                    .id
+                    .ok_or(Corrupt("a packed value names its owner's id, but has none"))?
+                    .hyphenated()
+                    .to_string(),
+            ),
+            OWN_GRANT => Value::String(
+                owner
+                    .grant
+                    .ok_or(Corrupt("a packed value names its owner's grant, but has none"))?
+                    .hyphenated()
+                    .to_string(),
+            ),
             _ => return Err(Corrupt("a packed value has an unknown tag")),
         })
+    }
+
+    /// An object's key at `r`: from the table or inline.
+    fn key(&self, r: &mut Reader<'_>) -> Result<String, Corrupt> {
+        let n = r.varint()?;
+        if n & 1 == 0 {
+            return Ok(self.text(n >> 1)?.to_string());
+        }
+        let len = usize::try_from(n >> 1).map_err(|_| Corrupt("a packed length is out of range"))?;
+        std::str::from_utf8(r.slice(len)?)
+            .map(str::to_string)
+            .map_err(|_| Corrupt("a packed key is not UTF-8"))
     }
 
     fn text(&self, id: u64) -> Result<&str, Corrupt> {
@@ -387,7 +500,7 @@ impl Pack {
     /// Gives back the uses of the value at `r`, and moves past it.
     fn release_one(&mut self, r: &mut Reader<'_>) -> Result<(), Corrupt> {
         match r.byte()? {
-            NULL | FALSE | TRUE => {}
+            NULL | FALSE | TRUE | OWN_ID | OWN_GRANT => {}
             UINT | NEG => {
                 r.varint()?;
             }
@@ -417,7 +530,14 @@ impl Pack {
             }
             OBJECT => {
                 for _ in 0..r.len()? {
-                    let _ = self.texts.drop_use(r.varint()?);
+                    let key = r.varint()?;
+                    if key & 1 == 0 {
+                        let _ = self.texts.drop_use(key >> 1);
+                    } else {
+                        let len = usize::try_from(key >> 1)
+                            .map_err(|_| Corrupt("a packed length is out of range"))?;
+                        r.slice(len)?;
+                    }
                     self.release_one(r)?;
                 }
             }
@@ -430,6 +550,19 @@ impl Pack {
         }
         Ok(())
     }
+}
+
+const TEXT_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+const TREE_SEED: u64 = 0x6c62_272e_07bb_0142;
+
+/// FNV-1a of `bytes` from `seed`, never 0 (an empty slot).
+fn fingerprint(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h | 1
 }
 
 fn put_number(n: &Number, out: &mut Vec<u8>) {
@@ -563,9 +696,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Each value its own owner.
+    fn owner_of(v: &Value) -> Owner {
+        Owner {
+            id: Some(uuid::Uuid::from_u64_pair(fingerprint(0, v.to_string().as_bytes()), 0)),
+            grant: None,
+        }
+    }
+
     fn roundtrip(p: &mut Pack, v: &Value) -> Box<[u8]> {
-        let bytes = p.pack(v);
-        assert_eq!(&p.unpack(&bytes).unwrap(), v, "{v}");
+        let owner = owner_of(v);
+        let bytes = p.pack(v, owner);
+        assert_eq!(&p.unpack(&bytes, &owner).unwrap(), v, "{v}");
         bytes
     }
 
@@ -612,37 +754,89 @@ mod tests {
         }
     }
 
-    /// Repeated strings and subtrees are kept once, and released entries
-    /// leave the tables: a store that deletes gives the memory back.
+    /// Repeated strings and subtrees are kept once (from their second
+    /// sighting on), one-offs stay inline, and released entries leave the
+    /// tables: a store that deletes gives the memory back.
     #[test]
     fn shared_entries_are_counted_and_released() {
         let mut p = Pack::default();
-        let v = |id: &str| {
+        let v = |id: &str, once: &str| {
             json!({
                 "id": id,
                 "decision": {"verdict": "auto_approve", "reasons": ["eligible", "within the maximum"]},
-                "note": "the same note",
+                "note": once,
             })
         };
-        let a = roundtrip(&mut p, &v("0e5b6f1c-7d2a-4c3e-9f10-2b3c4d5e6f70"));
-        let b = roundtrip(&mut p, &v("1e5b6f1c-7d2a-4c3e-9f10-2b3c4d5e6f70"));
+        let ids = [
+            "0e5b6f1c-7d2a-4c3e-9f10-2b3c4d5e6f70",
+            "1e5b6f1c-7d2a-4c3e-9f10-2b3c4d5e6f70",
+            "2e5b6f1c-7d2a-4c3e-9f10-2b3c4d5e6f70",
+            "3e5b6f1c-7d2a-4c3e-9f10-2b3c4d5e6f70",
+        ];
+        let packed: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| roundtrip(&mut p, &v(id, &format!("one-off note {i}"))))
+            .collect();
+        // Each level of nesting is shared one sighting after the one inside
+        // it: the strings from the second record on, the reasons from the
+        // third, the decision from the fourth.
         assert_eq!(p.trees.len(), 2, "the decision and its reasons are kept once");
-        assert!(b.len() < 30, "{} bytes", b.len());
+        assert!(packed[3].len() < packed[0].len() / 2, "{} {}", packed[3].len(), packed[0].len());
+        for i in 0..4 {
+            assert!(p.text_id(&format!("one-off note {i}")).is_none(), "one-offs stay inline");
+        }
         let (texts, trees) = (p.texts.len(), p.trees.len());
-        p.release(&a).unwrap();
-        assert_eq!((p.texts.len(), p.trees.len()), (texts, trees), "b still uses them");
-        assert_eq!(p.unpack(&b).unwrap(), v("1e5b6f1c-7d2a-4c3e-9f10-2b3c4d5e6f70"));
-        p.release(&b).unwrap();
+        for bytes in &packed[..3] {
+            p.release(bytes).unwrap();
+        }
+        assert_eq!((p.texts.len(), p.trees.len()), (texts, trees), "the last still uses them");
+        let last = v(ids[3], "one-off note 3");
+        assert_eq!(p.unpack(&packed[3], &owner_of(&last)).unwrap(), last);
+        p.release(&packed[3]).unwrap();
         assert_eq!((p.texts.len(), p.trees.len()), (0, 0));
         // Freed numbers are used again, and read back right.
-        roundtrip(&mut p, &json!({"other": ["values", "here"]}));
+        for _ in 0..3 {
+            roundtrip(&mut p, &json!({"other": ["values", "here"]}));
+        }
+    }
+
+    /// The owner's ids stand for themselves in a byte, under that owner
+    /// only; other ids are kept whole.
+    #[test]
+    fn owner_ids_are_one_byte() {
+        let mut p = Pack::default();
+        let (id, grant, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let owner = Owner {
+            id: Some(id),
+            grant: Some(grant),
+        };
+        let v = json!({"id": id.to_string(), "grant": [grant.to_string(), other.to_string()]});
+        let bytes = p.pack(&v, owner);
+        assert_eq!(p.unpack(&bytes, &owner).unwrap(), v);
+        assert!(bytes.len() < 2 * 16 + 8, "{} bytes", bytes.len());
+        let stranger = Owner {
+            id: Some(other),
+            grant: None,
+        };
+        assert_ne!(p.unpack(&bytes, &stranger).ok(), Some(v.clone()));
+        let bytes = p.pack(&v, Owner::default());
+        assert!(bytes.len() > 3 * 16, "{} bytes", bytes.len());
+        assert_eq!(p.unpack(&bytes, &Owner::default()).unwrap(), v);
     }
 
     #[test]
     fn corrupt_bytes_are_errors() {
         let p = Pack::default();
-        for bytes in [&[99u8][..], &[TEXT, 5, b'a'], &[SHARED_TEXT, 3], &[UINT, 0x80], &[NULL, NULL]] {
-            assert!(p.unpack(bytes).is_err(), "{bytes:?}");
+        for bytes in [
+            &[99u8][..],
+            &[TEXT, 5, b'a'],
+            &[SHARED_TEXT, 3],
+            &[UINT, 0x80],
+            &[NULL, NULL],
+            &[OWN_ID],
+        ] {
+            assert!(p.unpack(bytes, &Owner::default()).is_err(), "{bytes:?}");
         }
     }
 }
