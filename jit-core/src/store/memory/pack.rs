@@ -153,7 +153,9 @@ impl Table {
             .ok()
             .and_then(|i| self.entries.get(i))
             .and_then(|e| e.bytes.as_deref())
-            .ok_or(Corrupt("a packed value names a table entry that is not there"))
+            .ok_or(Corrupt(
+                "a packed value names a table entry that is not there",
+            ))
     }
 
     /// The number of `bytes`, when they are in the table.
@@ -250,6 +252,12 @@ impl Pack {
             self.release_one(&mut r)?;
         }
         Ok(())
+    }
+
+    /// Whether both tables are empty (nothing packed is kept).
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.texts.len() == 0 && self.trees.len() == 0
     }
 
     /// The number of string `s` in the table, when some value uses it.
@@ -379,7 +387,8 @@ impl Pack {
     /// was seen before (and is not too long): its number.
     fn share_text(&mut self, s: &str) -> Option<u32> {
         let shared = s.len() <= MAX_SHARED_TEXT
-            && (self.texts.find(s.as_bytes()).is_some() || self.seen_before(TEXT_SEED, s.as_bytes()));
+            && (self.texts.find(s.as_bytes()).is_some()
+                || self.seen_before(TEXT_SEED, s.as_bytes()));
         shared.then(|| self.texts.add(s.as_bytes()).0)
     }
 
@@ -427,11 +436,7 @@ impl Pack {
             }
             TEXT => Value::String(r.text()?.to_string()),
             SHARED_TEXT => Value::String(self.text(r.varint()?)?.to_string()),
-            UUID => Value::String(
-                uuid::Uuid::from_bytes(r.array()?)
-                    .hyphenated()
-                    .to_string(),
-            ),
+            UUID => Value::String(uuid::Uuid::from_bytes(r.array()?).hyphenated().to_string()),
             TIME => {
                 let secs = unzigzag(r.varint()?);
                 let nanos = u32::try_from(r.varint()?)
@@ -472,7 +477,9 @@ impl Pack {
             OWN_GRANT => Value::String(
                 owner
                     .grant
-                    .ok_or(Corrupt("a packed value names its owner's grant, but has none"))?
+                    .ok_or(Corrupt(
+                        "a packed value names its owner's grant, but has none",
+                    ))?
                     .hyphenated()
                     .to_string(),
             ),
@@ -486,7 +493,8 @@ impl Pack {
         if n & 1 == 0 {
             return Ok(self.text(n >> 1)?.to_string());
         }
-        let len = usize::try_from(n >> 1).map_err(|_| Corrupt("a packed length is out of range"))?;
+        let len =
+            usize::try_from(n >> 1).map_err(|_| Corrupt("a packed length is out of range"))?;
         std::str::from_utf8(r.slice(len)?)
             .map(str::to_string)
             .map_err(|_| Corrupt("a packed key is not UTF-8"))
@@ -573,7 +581,10 @@ fn put_number(n: &Number, out: &mut Vec<u8>) {
         out.push(NEG);
         // `i` is negative here: `-(i + 1)` is at most `i64::MAX`.
         varint((-(i + 1)) as u64, out);
-    } else if let Some(f) = n.as_f64().filter(|f| Number::from_f64(*f).as_ref() == Some(n)) {
+    } else if let Some(f) = n
+        .as_f64()
+        .filter(|f| Number::from_f64(*f).as_ref() == Some(n))
+    {
         out.push(FLOAT);
         out.extend_from_slice(&f.to_bits().to_le_bytes());
     } else {
@@ -699,7 +710,10 @@ mod tests {
     /// Each value its own owner.
     fn owner_of(v: &Value) -> Owner {
         Owner {
-            id: Some(uuid::Uuid::from_u64_pair(fingerprint(0, v.to_string().as_bytes()), 0)),
+            id: Some(uuid::Uuid::from_u64_pair(
+                fingerprint(0, v.to_string().as_bytes()),
+                0,
+            )),
             grant: None,
         }
     }
@@ -781,16 +795,32 @@ mod tests {
         // Each level of nesting is shared one sighting after the one inside
         // it: the strings from the second record on, the reasons from the
         // third, the decision from the fourth.
-        assert_eq!(p.trees.len(), 2, "the decision and its reasons are kept once");
-        assert!(packed[3].len() < packed[0].len() / 2, "{} {}", packed[3].len(), packed[0].len());
+        assert_eq!(
+            p.trees.len(),
+            2,
+            "the decision and its reasons are kept once"
+        );
+        assert!(
+            packed[3].len() < packed[0].len() / 2,
+            "{} {}",
+            packed[3].len(),
+            packed[0].len()
+        );
         for i in 0..4 {
-            assert!(p.text_id(&format!("one-off note {i}")).is_none(), "one-offs stay inline");
+            assert!(
+                p.text_id(&format!("one-off note {i}")).is_none(),
+                "one-offs stay inline"
+            );
         }
         let (texts, trees) = (p.texts.len(), p.trees.len());
         for bytes in &packed[..3] {
             p.release(bytes).unwrap();
         }
-        assert_eq!((p.texts.len(), p.trees.len()), (texts, trees), "the last still uses them");
+        assert_eq!(
+            (p.texts.len(), p.trees.len()),
+            (texts, trees),
+            "the last still uses them"
+        );
         let last = v(ids[3], "one-off note 3");
         assert_eq!(p.unpack(&packed[3], &owner_of(&last)).unwrap(), last);
         p.release(&packed[3]).unwrap();
@@ -806,7 +836,11 @@ mod tests {
     #[test]
     fn owner_ids_are_one_byte() {
         let mut p = Pack::default();
-        let (id, grant, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let (id, grant, other) = (
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+        );
         let owner = Owner {
             id: Some(id),
             grant: Some(grant),
