@@ -105,12 +105,25 @@ impl Row {
 
 /// Audit records per [`Page`].
 const PAGE: usize = 1024;
+/// One audit record in this many keeps its hash (see [`Chain`]).
+const HASH_EVERY: usize = 16;
 
 /// The audit chain's records, packed back to back in pages of [`PAGE`]
-/// records: each is its hash (32 bytes), its owner (a varint: the
-/// request's insertion sequence + 1, 0 for a request the store does not
-/// hold), then its seal and its event packed (see [`pack`]). One
+/// records: each is its hash (32 bytes) if it keeps one, its owner (a
+/// varint: the request's insertion sequence + 1, 0 for a request the store
+/// does not hold), then its seal and its event packed (see [`pack`]). One
 /// allocation per page, not per record.
+///
+/// A record's hash is a function of its content and the hash before it
+/// ([`AuditRecord::compute_hash`]), and what is read back is exactly what
+/// was written: so only one record in [`HASH_EVERY`] (by its position in
+/// the pages, which a prune does not change) keeps its hash, and the
+/// others' are computed again when read, from the nearest kept hash (or
+/// the anchor's) onwards: a read of the chain computes one hash per
+/// record, a single record at most [`HASH_EVERY`] of them. The head's
+/// hash, which every append links to, is kept as well. The seals, which
+/// cover the hashes, still check that the hashes read back are the ones
+/// written.
 #[derive(Default)]
 struct Chain {
     pages: VecDeque<Page>,
@@ -118,6 +131,8 @@ struct Chain {
     skip: usize,
     /// Records kept.
     len: usize,
+    /// The last record's hash.
+    head: Option<[u8; 32]>,
 }
 
 #[derive(Default)]
@@ -140,8 +155,19 @@ impl Chain {
         &mut self.pages[last]
     }
 
-    /// Record `i` of those kept (0 is the first after the anchor).
-    fn get(&self, i: usize) -> Option<&[u8]> {
+    /// Whether the record at position `k` in the pages keeps its hash.
+    fn keeps_hash(k: usize) -> bool {
+        k % HASH_EVERY == HASH_EVERY - 1
+    }
+
+    /// Whether the next record appended keeps its hash.
+    fn next_keeps_hash(&self) -> bool {
+        Self::keeps_hash(self.skip + self.len)
+    }
+
+    /// Record `i` of those kept (0 is the first after the anchor): its
+    /// hash if it keeps one, and the rest.
+    fn get(&self, i: usize) -> Option<(Option<[u8; 32]>, &[u8])> {
         if i >= self.len {
             return None;
         }
@@ -152,19 +178,21 @@ impl Chain {
             Some(before) => *page.ends.get(before)? as usize,
             None => 0,
         };
-        page.bytes.get(start..*page.ends.get(j)? as usize)
-    }
-
-    fn hash(&self, i: usize) -> Option<[u8; 32]> {
-        self.get(i)?.get(..32)?.try_into().ok()
+        let entry = page.bytes.get(start..*page.ends.get(j)? as usize)?;
+        if Self::keeps_hash(k) {
+            let (hash, rest) = entry.split_at_checked(32)?;
+            Some((hash.try_into().ok(), rest))
+        } else {
+            Some((None, entry))
+        }
     }
 
     /// Drops the first `n` records, giving back their uses of `pack`.
     fn drain_front(&mut self, n: usize, pack: &mut Pack) -> Result<()> {
         for i in 0..n.min(self.len) {
-            if let Some(entry) = self.get(i) {
+            if let Some((_, entry)) = self.get(i) {
                 let mut r = pack::Reader {
-                    bytes: entry.get(32..).unwrap_or_default(),
+                    bytes: entry,
                     at: 0,
                 };
                 r.varint().map_err(|e| corrupt("audit record", e))?;
@@ -189,11 +217,45 @@ impl Inner {
     }
 
     fn head_hash(&self) -> String {
-        match (self.audit.len.checked_sub(1), &self.anchor) {
-            (Some(last), _) => self.audit.hash(last).map_or_else(String::new, hex::encode),
-            (None, Some(a)) => a.hash.clone(),
-            (None, None) => GENESIS_HASH.to_string(),
+        match (self.audit.head, self.audit.len, &self.anchor) {
+            (Some(head), 1.., _) => hex::encode(head),
+            (_, _, Some(a)) => a.hash.clone(),
+            _ => GENESIS_HASH.to_string(),
         }
+    }
+
+    /// The hash the record before record `i` links to: the anchor's (or
+    /// genesis) for the first, else that record's, kept or computed from
+    /// the nearest kept one.
+    fn hash_before(&self, i: usize) -> Result<String> {
+        let Some(last) = i.checked_sub(1) else {
+            return Ok(self
+                .anchor
+                .as_ref()
+                .map_or_else(|| GENESIS_HASH.to_string(), |a| a.hash.clone()));
+        };
+        if last + 1 == self.audit.len {
+            return Ok(self.head_hash());
+        }
+        // The nearest record at or before `last` that keeps its hash.
+        let mut from = last;
+        let mut prev = loop {
+            match self.audit.get(from) {
+                Some((Some(hash), _)) => break hex::encode(hash),
+                Some((None, _)) if from > 0 => from -= 1,
+                _ => break self.hash_before(0)?,
+            }
+        };
+        if self.audit.get(from).is_some_and(|(kept, _)| kept.is_none()) {
+            // `from` is 0 and keeps no hash: start with it.
+            from = 0;
+        } else {
+            from += 1;
+        }
+        for m in from..=last {
+            prev = self.audit_record(m, &prev)?.hash;
+        }
+        Ok(prev)
     }
 
     /// Appends `events` to the chain. Each event is encoded before
@@ -226,8 +288,11 @@ impl Inner {
                 ),
                 None => (0, Owner::default()),
             };
+            let keep = self.audit.next_keeps_hash();
             let page = self.audit.tail();
-            page.bytes.extend_from_slice(&hash);
+            if keep {
+                page.bytes.extend_from_slice(&hash);
+            }
             pack::varint(seq, &mut page.bytes);
             self.pack.pack_into(&mac, owner, &mut page.bytes);
             self.pack.pack_into(&event, owner, &mut page.bytes);
@@ -235,20 +300,19 @@ impl Inner {
             page.ends
                 .push(u32::try_from(page.bytes.len()).unwrap_or(u32::MAX));
             self.audit.len += 1;
+            self.audit.head = Some(hash);
             out.push(r);
         }
         Ok(out)
     }
 
-    /// Audit record `i` of those kept, read back: the hash kept, the
-    /// seal and event unpacked, `prev_hash` the record before's.
+    /// Audit record `i` of those kept, read back: the seal and event
+    /// unpacked, `prev_hash` the record before's, the hash kept or
+    /// computed.
     fn audit_record(&self, i: usize, prev_hash: &str) -> Result<AuditRecord> {
         let seq = self.base() + i as u64 + 1;
         let bad = |e: &dyn std::fmt::Display| corrupt(&format!("audit record {seq}"), e);
-        let entry = self.audit.get(i).ok_or_else(|| bad(&"it is missing"))?;
-        let (hash, packed) = entry
-            .split_at_checked(32)
-            .ok_or_else(|| bad(&"too short"))?;
+        let (hash, packed) = self.audit.get(i).ok_or_else(|| bad(&"it is missing"))?;
         let mut r = pack::Reader {
             bytes: packed,
             at: 0,
@@ -267,27 +331,29 @@ impl Inner {
             .unpack_prefix(packed, &owner)
             .map_err(|e| bad(&e))?;
         let event = self.pack.unpack(rest, &owner).map_err(|e| bad(&e))?;
-        Ok(AuditRecord {
+        let mut record = AuditRecord {
             seq,
             event: serde_json::from_value(event).map_err(|e| bad(&e))?,
             prev_hash: prev_hash.to_string(),
-            hash: hex::encode(hash),
+            hash: String::new(),
             mac: serde_json::from_value::<Option<AuditMac>>(mac).map_err(|e| bad(&e))?,
-        })
+        };
+        record.hash = match hash {
+            Some(hash) => hex::encode(hash),
+            None => record.compute_hash(),
+        };
+        Ok(record)
     }
 
     /// Records `from_seq..` (at most `limit`), decoded.
     fn audit_from(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         let base = self.base();
         let start = usize::try_from(from_seq.saturating_sub(base + 1)).unwrap_or(usize::MAX);
-        let mut prev = match start.checked_sub(1).and_then(|i| self.audit.hash(i)) {
-            Some(h) => hex::encode(h),
-            None => self
-                .anchor
-                .as_ref()
-                .map_or_else(|| GENESIS_HASH.to_string(), |a| a.hash.clone()),
-        };
         let end = start.saturating_add(limit).min(self.audit.len);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut prev = self.hash_before(start)?;
         let mut out = Vec::with_capacity(end.saturating_sub(start));
         for i in start..end {
             let r = self.audit_record(i, &prev)?;
@@ -659,9 +725,8 @@ impl Store for MemoryStore {
         let cut = usize::try_from(prune.anchor.seq.saturating_sub(base)).unwrap_or(usize::MAX);
         let matches = cut > 0
             && prune.anchor.seq > base
-            && g.audit
-                .hash(cut - 1)
-                .is_some_and(|h| hex::encode(h) == prune.anchor.hash);
+            && cut <= g.audit.len
+            && g.hash_before(cut)? == prune.anchor.hash;
         if !matches {
             return Err(Error::Store(format!(
                 "audit record {} is not stored with the hash the prune's anchor names: plan it again",
@@ -1077,6 +1142,10 @@ mod tests {
         }
         let stored = crate::store::audit_all(&store).await.unwrap();
         assert_eq!(stored, written);
+        // One at a time: each hash not kept is computed from the nearest kept.
+        for w in &written {
+            assert_eq!(store.audit(w.seq, 1).await.unwrap(), vec![w.clone()]);
+        }
         let mut prev = GENESIS_HASH.to_string();
         for r in &stored {
             assert_eq!(
