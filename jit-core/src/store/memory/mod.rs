@@ -15,11 +15,30 @@
 //!
 //! # Bytes
 //!
-//! Records are kept as their JSON and audit records in the compact form
-//! the SQL stores keep ([`AuditRecord::to_stored`]), decoded when read: a
-//! decoded record's strings, sets and JSON maps take several times the
-//! bytes of its text, and a store that may hold a million grants (the
-//! Lambda function's default) pays that for each.
+//! The Lambda function keeps its grants here by default, so a grant must
+//! cost little: about 1.x KB each, indexes and allocator overhead
+//! included, at a million grants (see `BENCHMARKS.md`, "Bytes per grant").
+//! Nothing is kept decoded: a decoded record's strings, sets and JSON maps
+//! take several times the bytes of its text. What is kept:
+//!
+//! - each record packed ([`pack`]): ids, times and hashes as bytes,
+//!   strings and subtrees that several requests repeat (a requester and
+//!   their groups, the decision and its reasons, the entitlement the
+//!   record copies, an approval's details) kept once and shared by number,
+//!   the request's own id and grant id in one byte each;
+//! - the audit chain packed back to back in pages of 1,024 records (one
+//!   allocation per page, not per record), each record its owner, its
+//!   seal and its event packed the same way; one record in 16 keeps its
+//!   hash and the others' are computed again when read ([`Chain`]);
+//! - indexes of 32-bit insertion sequences, keyed by state and time or by
+//!   the number of a shared string (a requester, an entitlement), never by
+//!   a copy of it.
+//!
+//! Everything reads back exactly as it was written: a record's `get`
+//! returns what was inserted, and [`Store::audit`] returns the records
+//! (hashes and seals included) the appends returned. Shared entries count
+//! their users and go when the last one does, so a [`Store::prune`] gives
+//! the memory back.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
