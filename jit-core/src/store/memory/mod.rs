@@ -16,8 +16,9 @@
 //! # Bytes
 //!
 //! The Lambda function keeps its grants here by default, so a grant must
-//! cost little: about 1.x KB each, indexes and allocator overhead
-//! included, at a million grants (see `BENCHMARKS.md`, "Bytes per grant").
+//! cost little: about 900 bytes each at a million grants, indexes and
+//! allocator overhead included (the scale bench's figure; see
+//! `BENCHMARKS.md`, "Memory store: packed records and audit records").
 //! Nothing is kept decoded: a decoded record's strings, sets and JSON maps
 //! take several times the bytes of its text. What is kept:
 //!
