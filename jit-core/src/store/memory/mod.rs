@@ -22,7 +22,7 @@
 //! Nothing is kept decoded: a decoded record's strings, sets and JSON maps
 //! take several times the bytes of its text. What is kept:
 //!
-//! - each record packed ([`pack`]): ids, times and hashes as bytes,
+//! - each record packed (the private `pack` module): ids, times and hashes as bytes,
 //!   strings and subtrees that several requests repeat (a requester and
 //!   their groups, the decision and its reasons, the entitlement the
 //!   record copies, an approval's details) kept once and shared by number,
@@ -30,7 +30,7 @@
 //! - the audit chain packed back to back in pages of 1,024 records (one
 //!   allocation per page, not per record), each record its owner, its
 //!   seal and its event packed the same way; one record in 16 keeps its
-//!   hash and the others' are computed again when read ([`Chain`]);
+//!   hash and the others' are computed again when read (see `Chain`);
 //! - indexes of 32-bit insertion sequences, keyed by state and time or by
 //!   the number of a shared string (a requester, an entitlement), never by
 //!   a copy of it.
