@@ -239,7 +239,7 @@ impl<'q> Tally<'q> {
 /// `since` as fixed-width timestamp text (see `sql::timestamp`) for the SQL
 /// stores' comparisons, clamped to what they can order: before the year
 /// 0000 everything is after it, after 9999 nothing is.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(feature = "postgres")]
 pub(crate) fn since_text(since: DateTime<Utc>) -> String {
     use chrono::Datelike;
     match super::sql::timestamp(since, "sql") {

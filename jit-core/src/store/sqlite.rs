@@ -32,15 +32,29 @@
 //!   row changed means a lost race ([`Error::Conflict`]) or an unknown id
 //!   ([`Error::NotFound`]). Any failure rolls the whole transition back,
 //!   record and audit events alike.
-//! - **Records as JSON, plus query columns.** The full [`RequestRecord`] is
-//!   stored as JSON, so reads return exactly what was written, and each
-//!   [`AuditRecord`] in its compact form ([`AuditRecord::to_stored`]: no
-//!   `seq`, `hash` or `prev_hash` in the body, which the `seq` and `hash`
-//!   columns and the row before already hold); the columns `state`, `requester` (the exact subject id),
-//!   `entitlement`, `created_at` and `due_at` ([`RequestRecord::due_at`]) are
-//!   recomputed on every write and exist only to filter and sort. Timestamps
-//!   are RFC 3339 UTC text with nine fractional digits and `Z`, so text order
-//!   is time order (years 0000 to 9999; others are refused).
+//! - **Packed rows, plus query columns** (schema 13; issue #15: about a
+//!   third of the bytes per grant of schema 12). Each [`RequestRecord`] is
+//!   stored whole, so reads return exactly what was written, as its JSON
+//!   deflated against a dictionary of its field names
+//!   ([`crate::packed::pack_record`]); each [`AuditRecord`] in its packed
+//!   form ([`AuditRecord::to_packed`]: ids, time and seal as bytes, the
+//!   rest deflated; no `seq`, `hash` or `prev_hash`, which the `seq` and
+//!   `hash` columns and the row before already hold), its hash as 32
+//!   bytes. Rows written before schema 13 keep their JSON (as bytes) and
+//!   read as before ([`AuditRecord::from_stored_bytes`]): the chain's hash
+//!   covers the record, never its stored form. The request id is its 16
+//!   bytes; the columns `state`, `requester` (the exact subject id),
+//!   `entitlement`, `created_at`, `due_at` ([`RequestRecord::due_at`]),
+//!   `ends_at`, and risk review's `duration`, `groups` and `context` (JSON,
+//!   `NULL` when empty) are recomputed on every write and exist only to
+//!   filter and sort, so no statement parses a body. Times are integer
+//!   nanoseconds since the epoch (years 1677 to 2262; others are refused
+//!   on write, and a query bound outside them compares as the nearest end).
+//! - **Indexes for what is queried.** Each read shape has one (tests check
+//!   the plans); the reaper's due work reads a partial index of the rows
+//!   that have due work (`due_at` is `NULL` in final states, nearly every
+//!   row of a long-lived store), and start-up's running revocations one of
+//!   the rows with a grant.
 //! - **Versioned migrations.** `schema_migrations` records every applied
 //!   version; opening applies the missing ones in order, in one transaction,
 //!   and refuses a database written by a newer version of this crate rather
