@@ -335,7 +335,11 @@ async fn breakdown(conn: &mut sqlx::SqliteConnection, n: usize) {
     .await
     .unwrap();
     let per = |b: i64| b as f64 / n as f64;
-    let table = |t: &str| rows.iter().find(|(name, _)| name == t).map_or(0.0, |r| per(r.1));
+    let table = |t: &str| {
+        rows.iter()
+            .find(|(name, _)| name == t)
+            .map_or(0.0, |r| per(r.1))
+    };
     let indexes: f64 = rows
         .iter()
         .filter(|(name, _)| name != "requests" && name != "audit")

@@ -76,7 +76,9 @@ pub struct PackError(pub String);
 /// Whether `stored` starts with a packed document's tag rather than with
 /// JSON text (or is empty).
 pub fn is_packed(stored: &[u8]) -> bool {
-    stored.first().is_some_and(|b| *b < 0x20 && !b" \t\n\r".contains(b))
+    stored
+        .first()
+        .is_some_and(|b| *b < 0x20 && !b" \t\n\r".contains(b))
 }
 
 thread_local! {

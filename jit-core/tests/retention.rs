@@ -394,7 +394,10 @@ async fn a_chain_that_does_not_verify_is_not_archived() {
         .unwrap();
     // The first record names another actor (written back whole, as JSON,
     // which the store reads as it reads records stored before packing).
-    let mut edited = jit_core::store::audit_all(&*w.store).await.unwrap().remove(0);
+    let mut edited = jit_core::store::audit_all(&*w.store)
+        .await
+        .unwrap()
+        .remove(0);
     edited.event.actor = "mallory".into();
     sqlx::query("UPDATE audit SET body = ? WHERE seq = 1")
         .bind(serde_json::to_vec(&edited).unwrap())

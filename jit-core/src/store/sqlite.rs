@@ -855,8 +855,11 @@ fn nanos(t: DateTime<Utc>) -> Result<i64> {
 /// nearest end of its range for a time outside it (later or earlier than
 /// any stored one, so the comparison still holds).
 fn nanos_bound(t: DateTime<Utc>) -> i64 {
-    t.timestamp_nanos_opt()
-        .unwrap_or(if t.timestamp() < 0 { i64::MIN } else { i64::MAX })
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 /// A request id as the `id` column holds it: its 16 bytes.
@@ -1599,9 +1602,9 @@ mod tests {
                  groups = 'not json' WHERE id = ?",
             )
             .bind(id_bytes(r.id).as_slice())
-                .execute(&store.pool)
-                .await
-                .unwrap();
+            .execute(&store.pool)
+            .await
+            .unwrap();
         }
         let query = RiskFactsQuery {
             groups: ["eng".to_string()].into(),
@@ -2012,9 +2015,14 @@ mod tests {
         let mut conn = old_database(&path, 12).await;
         let now = Utc::now();
         let mut records = Vec::new();
-        for (i, state) in [State::Pending, State::Active, State::Revoked, State::Revoked]
-            .into_iter()
-            .enumerate()
+        for (i, state) in [
+            State::Pending,
+            State::Active,
+            State::Revoked,
+            State::Revoked,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut r = record();
             r.requester = Principal::new(if i < 3 { "alice" } else { "bob" })
@@ -2046,7 +2054,11 @@ mod tests {
             .collect();
         let old = sql::chain(&events, 0, GENESIS_HASH, ENGINE, AuditRecord::to_stored).unwrap();
         for (i, (r, body)) in old.records.iter().zip(&old.bodies).enumerate() {
-            let body = if i == 1 { r.to_json_line() } else { body.clone() };
+            let body = if i == 1 {
+                r.to_json_line()
+            } else {
+                body.clone()
+            };
             sqlx::query("INSERT INTO audit (seq, hash, body) VALUES (?, ?, ?)")
                 .bind(r.seq as i64)
                 .bind(&r.hash)
@@ -2094,7 +2106,10 @@ mod tests {
         let facts = store
             .risk_facts(&RiskFactsQuery {
                 groups: ["eng".to_string()].into(),
-                sources: vec![("ip".into(), "10.0.0.1".into()), ("ip".into(), "9.9.9.9".into())],
+                sources: vec![
+                    ("ip".into(), "10.0.0.1".into()),
+                    ("ip".into(), "9.9.9.9".into()),
+                ],
                 ..RiskFactsQuery::new("alice", "db-admin")
             })
             .await
@@ -2122,7 +2137,10 @@ mod tests {
         let appended = store.update(1, &next, &[ev]).await.unwrap();
         assert_eq!(appended[0].prev_hash, old.records[3].hash);
         let summary = verified(&store).await;
-        assert_eq!((summary.records, summary.head), (5, appended[0].hash.clone()));
+        assert_eq!(
+            (summary.records, summary.head),
+            (5, appended[0].hash.clone())
+        );
         let stored: Vec<(i64, Vec<u8>, Vec<u8>)> =
             sqlx::query_as("SELECT seq, hash, body FROM audit ORDER BY seq")
                 .fetch_all(&store.pool)
