@@ -378,6 +378,62 @@ const COUNT_DELETE: &str = "CREATE TRIGGER requests_count_delete AFTER DELETE ON
             UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
         END";
 
+/// The list query after `select` (see [`Store::list`]).
+fn list_sql<'a>(filter: &'a ListFilter, select: &str) -> QueryBuilder<'a, Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(select);
+    q.push(" FROM requests WHERE 1 = 1");
+    if let Some(requester) = &filter.requester {
+        q.push(" AND requester = ").push_bind(requester.clone());
+    }
+    if !filter.states.is_empty() {
+        q.push(" AND state IN (");
+        let mut states = q.separated(", ");
+        for s in &filter.states {
+            states.push_bind(s.as_str());
+        }
+        q.push(")");
+    }
+    if let Some(entitlement) = &filter.entitlement {
+        q.push(" AND entitlement = ").push_bind(entitlement.clone());
+    }
+    if !filter.entitlements.is_empty() {
+        q.push(" AND entitlement IN (");
+        let mut ents = q.separated(", ");
+        for e in &filter.entitlements {
+            ents.push_bind(e.clone());
+        }
+        q.push(")");
+    }
+    if let Some(after) = filter.ends_after {
+        q.push(" AND ends_at > ").push_bind(nanos_bound(after));
+    }
+    q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
+        .push_bind(sql::limit_i64(filter.effective_limit()));
+    q
+}
+
+/// The due-work query after `select` (see [`Store::due`]; `states` is
+/// not empty). `due_at IS NOT NULL` lets the partial index of migration
+/// 13 serve it.
+fn due_sql<'a>(
+    states: &'a [State],
+    now: DateTime<Utc>,
+    limit: usize,
+    select: &str,
+) -> QueryBuilder<'a, Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(select);
+    q.push(" FROM requests WHERE state IN (");
+    let mut sep = q.separated(", ");
+    for s in states {
+        sep.push_bind(s.as_str());
+    }
+    q.push(") AND due_at IS NOT NULL AND due_at <= ")
+        .push_bind(nanos_bound(now))
+        .push(" ORDER BY due_at, seq LIMIT ")
+        .push_bind(sql::limit_i64(limit));
+    q
+}
+
 /// The history query after `select`. Only the filters in use appear in the
 /// SQL, so each shape reads its index (a test checks the plans).
 fn history_sql<'a>(query: &'a HistoryQuery, select: &str) -> QueryBuilder<'a, Sqlite> {
@@ -1243,35 +1299,8 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT body FROM requests WHERE 1 = 1");
-        if let Some(requester) = &filter.requester {
-            q.push(" AND requester = ").push_bind(requester.clone());
-        }
-        if !filter.states.is_empty() {
-            q.push(" AND state IN (");
-            let mut states = q.separated(", ");
-            for s in &filter.states {
-                states.push_bind(s.as_str());
-            }
-            q.push(")");
-        }
-        if let Some(entitlement) = &filter.entitlement {
-            q.push(" AND entitlement = ").push_bind(entitlement.clone());
-        }
-        if !filter.entitlements.is_empty() {
-            q.push(" AND entitlement IN (");
-            let mut ents = q.separated(", ");
-            for e in &filter.entitlements {
-                ents.push_bind(e.clone());
-            }
-            q.push(")");
-        }
-        if let Some(after) = filter.ends_after {
-            q.push(" AND ends_at > ").push_bind(nanos_bound(after));
-        }
-        q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
-            .push_bind(sql::limit_i64(filter.effective_limit()));
-        q.build()
+        list_sql(filter, "SELECT body")
+            .build()
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("list requests", e))?
@@ -1326,17 +1355,8 @@ impl Store for SqliteStore {
         if states.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT body FROM requests WHERE state IN (");
-        let mut sep = q.separated(", ");
-        for s in states {
-            sep.push_bind(s.as_str());
-        }
-        // `due_at IS NOT NULL` lets the partial index serve (migration 13).
-        q.push(") AND due_at IS NOT NULL AND due_at <= ")
-            .push_bind(nanos_bound(now))
-            .push(" ORDER BY due_at, seq LIMIT ")
-            .push_bind(sql::limit_i64(limit));
-        q.build()
+        due_sql(states, now, limit, "SELECT body")
+            .build()
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("read due requests", e))?
@@ -1500,6 +1520,53 @@ mod tests {
             );
             assert!(!plan.contains("TEMP B-TREE"), "{query:?}: {plan}");
         }
+    }
+
+    /// The reaper's due work reads the partial index of rows with due work
+    /// (migration 13), and start-up's running revocations the partial one
+    /// of rows with a grant: neither scans the table or sorts.
+    #[tokio::test]
+    async fn due_work_and_running_revocations_read_their_partial_indexes() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let states = [State::Pending, State::Active, State::Revoking];
+        let restore = ListFilter {
+            states: vec![State::Revoked, State::Revoking, State::RevocationFailed],
+            ends_after: Some(Utc::now()),
+            limit: 10_000,
+            ..ListFilter::default()
+        };
+        for (mut q, index) in [
+            (
+                due_sql(&states, Utc::now(), 100, "EXPLAIN QUERY PLAN SELECT body"),
+                "requests_state_due",
+            ),
+            (
+                list_sql(&restore, "EXPLAIN QUERY PLAN SELECT body"),
+                "requests_state_ends",
+            ),
+        ] {
+            let rows: Vec<(i64, i64, i64, String)> =
+                q.build_query_as().fetch_all(&store.pool).await.unwrap();
+            let plan = rows
+                .iter()
+                .map(|r| r.3.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ");
+            assert!(plan.contains(&format!("INDEX {index} ")), "{plan}");
+            assert!(!plan.contains("SCAN requests"), "{plan}");
+        }
+        let indexes: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, \"partial\" FROM pragma_index_list('requests') WHERE name IN
+             ('requests_state_due', 'requests_state_ends')",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(indexes.len(), 2);
+        assert!(
+            indexes.iter().all(|(_, partial)| *partial == 1),
+            "{indexes:?}"
+        );
     }
 
     /// Risk facts read the history indexes and never the whole table:
