@@ -98,12 +98,17 @@
 //!
 //! # Storage
 //!
-//! Stores keep each record compactly ([`AuditRecord::to_stored`]): the
-//! event and its seal as a JSON array, with `seq` and `hash` in columns of
-//! their own and `prev_hash` taken from the record before when read, since
-//! the chain already holds it. Records stored whole before that keep their
-//! form and are read as they are ([`AuditRecord::from_stored`]). Exports
-//! and sinks carry whole records.
+//! Stores keep each record compactly: the event and its seal without
+//! `seq`, `hash` and `prev_hash`, with `seq` and `hash` in columns of their
+//! own and `prev_hash` taken from the record before when read, since the
+//! chain already holds it. PostgreSQL and the memory store keep a JSON
+//! array ([`AuditRecord::to_stored`]); SQLite a packed binary form
+//! ([`AuditRecord::to_packed`]: ids, time and seal as bytes, the rest
+//! deflated). Records stored whole, or compact before packing, keep their
+//! form and are read as they are ([`AuditRecord::from_stored_bytes`]): the
+//! hash is always recomputed from the record, never from its stored form,
+//! so how a store packs records is not part of the chain. Exports and
+//! sinks carry whole records.
 //!
 //! # Retention
 //!
