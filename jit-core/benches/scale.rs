@@ -24,7 +24,8 @@
 //!
 //! Bytes per grant: SQLite, the database file after a WAL checkpoint
 //! divided by the grants (records, audit trail and every index: at 100,000
-//! grants 99.8% of them are completed); memory, the growth of the process's
+//! grants 99.8% of them are completed), with a line that splits it into the
+//! `requests` table, the `audit` table and each index (SQLite's `dbstat`); memory, the growth of the process's
 //! resident set (`/proc/self/statm`) over the fill divided by the grants:
 //! records, audit trail, indexes and allocator overhead, measured, not
 //! computed (Linux only; `n/a` elsewhere).
@@ -323,6 +324,40 @@ async fn retention(url: &str, ids: &[RequestId], now: DateTime<Utc>) {
     store.close().await;
 }
 
+/// Where the SQLite file's bytes go, per grant: each table and index
+/// (pages it holds, free space in them included), from the `dbstat`
+/// virtual table, largest first.
+async fn breakdown(conn: &mut sqlx::SqliteConnection, n: usize) {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT name, SUM(pgsize) AS bytes FROM dbstat GROUP BY name ORDER BY bytes DESC",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let per = |b: i64| b as f64 / n as f64;
+    let table = |t: &str| {
+        rows.iter()
+            .find(|(name, _)| name == t)
+            .map_or(0.0, |r| per(r.1))
+    };
+    let indexes: f64 = rows
+        .iter()
+        .filter(|(name, _)| name != "requests" && name != "audit")
+        .map(|r| per(r.1))
+        .sum();
+    println!(
+        "sqlite   {n:>9} | B/grant: requests {:.0}, audit {:.0}, indexes and the rest {:.0} | {}",
+        table("requests"),
+        table("audit"),
+        indexes,
+        rows.iter()
+            .filter(|(name, _)| name != "requests" && name != "audit")
+            .map(|(name, b)| format!("{name} {:.0}", per(*b)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+}
+
 fn sqlite_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("JIT_SCALE_DIR") {
         return PathBuf::from(d);
@@ -376,6 +411,7 @@ async fn run(n: usize) {
             .execute(&mut conn)
             .await
             .unwrap();
+        breakdown(&mut conn, n).await;
         conn.close().await.unwrap();
     }
     let size = std::fs::metadata(&path).unwrap().len();

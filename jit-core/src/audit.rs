@@ -98,12 +98,17 @@
 //!
 //! # Storage
 //!
-//! Stores keep each record compactly ([`AuditRecord::to_stored`]): the
-//! event and its seal as a JSON array, with `seq` and `hash` in columns of
-//! their own and `prev_hash` taken from the record before when read, since
-//! the chain already holds it. Records stored whole before that keep their
-//! form and are read as they are ([`AuditRecord::from_stored`]). Exports
-//! and sinks carry whole records.
+//! Stores keep each record compactly: the event and its seal without
+//! `seq`, `hash` and `prev_hash`, with `seq` and `hash` in columns of their
+//! own and `prev_hash` taken from the record before when read, since the
+//! chain already holds it. PostgreSQL and the memory store keep a JSON
+//! array ([`AuditRecord::to_stored`]); SQLite a packed binary form
+//! ([`AuditRecord::to_packed`]: ids, time and seal as bytes, the rest
+//! deflated). Records stored whole, or compact before packing, keep their
+//! form and are read as they are ([`AuditRecord::from_stored_bytes`]): the
+//! hash is always recomputed from the record, never from its stored form,
+//! so how a store packs records is not part of the chain. Exports and
+//! sinks carry whole records.
 //!
 //! # Retention
 //!
@@ -448,6 +453,145 @@ impl AuditRecord {
             prev_hash: prev_hash.to_string(),
             hash: hash.to_string(),
             mac: mac.map(|(key_id, tag)| AuditMac { key_id, tag }),
+        })
+    }
+}
+
+/// The dictionary of the packed audit form ([`AuditRecord::to_packed`],
+/// tag `0x01`): what the JSON part of an event ([`PackedRest`]) usually
+/// says, newest-looking last (deflate reaches back to the nearest copy).
+/// Part of the stored format: never edit it, add a dictionary with a new
+/// tag (see [`crate::packed`]).
+const AUDIT_DICT: crate::packed::Dictionary = crate::packed::Dictionary::new(
+    0x01,
+    br#"["tidied","reconciled","timed_out","issue_failed","revocation_failed","denied","cancelled","reaper",{"error":"","minted_and_revoked":false,"redelivered":true,"reasons":["not auto-approved: "],"reason":"","collateral_of":"","comment":"","approvals":1,"quorum":1,"on_call":{"ticket":{"decision":{"verdict":"deny","verdict":"needs_approval","approvers":{"groups":[]},"max_duration":3600,"reasons":["` is eligible for `` by id","` is eligible for `` by policy ","auto-approved: by policy "],"risk":null}},"start_at":"2026-01-01T00:00:00Z","context":{},"extends":""],["expired","expired","reaper",{"reason":"window ended","attempts":0}],["revoked","revoking","revoked","",{"reason":"","attempts":1}],["issued","active","jit-broker",{"details":{"audience":"","jti":"","kid":""},"expires_at":"2026-01-01T00:00:00Z","external_id":"jit-","provider":"","starts_at":"2026-01-01T00:00:00.000000000Z"},""],["approved","approved","policy",{"auto":true}],["decided","pending","policy",{"decision":{"max_duration":3600,"reasons":["`@example.com` is eligible for `` through group ``","auto-approved: duration `1h` is within the auto-approve limit of `1h`"],"verdict":"auto_approve"}}],["requested","pending","@example.com",{"duration_secs":3600,"entitlement":"","groups":[],"justification":"","provider":"","ticket":""},"",null]"#,
+);
+
+/// The JSON part of a packed audit record: `[kind, state, actor, details,
+/// mac key id, mac tag]`, the tag only when it is not 32 bytes of
+/// lowercase hex (which the binary part holds).
+type PackedRest = (
+    AuditKind,
+    State,
+    String,
+    serde_json::Value,
+    Option<String>,
+    Option<String>,
+);
+
+/// Flags of the packed audit form.
+const PACKED_GRANT: u8 = 1;
+const PACKED_MAC_BYTES: u8 = 2;
+
+/// A seal tag as its 32 bytes, when it is exactly their lowercase hex (so
+/// that it reads back the same).
+fn tag_bytes(tag: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(tag, &mut out).ok()?;
+    (hex::encode(out) == tag).then_some(out)
+}
+
+impl AuditRecord {
+    /// The packed form a store may keep this record in (the SQLite store
+    /// does): like [`AuditRecord::to_stored`] without `seq`, `hash` and
+    /// `prev_hash`, but binary where the content is:
+    ///
+    /// `0x01`, flags (1: a grant id follows, 2: the seal's tag follows as
+    /// bytes), the request id (16 bytes), the grant id (16), `at` (seconds
+    /// and nanoseconds, 12), the seal's tag (32), then the rest
+    /// ([`PackedRest`]) as JSON deflated against a dictionary of what
+    /// events usually say. Read back by [`AuditRecord::from_stored_bytes`];
+    /// the hash is recomputed from what it returns, exactly as from the
+    /// JSON forms, so the chain's hash definition does not depend on how a
+    /// record was stored.
+    pub fn to_packed(&self) -> Vec<u8> {
+        let e = &self.event;
+        let tag = self.mac.as_ref().and_then(|m| tag_bytes(&m.tag));
+        let flags = if e.grant_id.is_some() {
+            PACKED_GRANT
+        } else {
+            0
+        } | if tag.is_some() { PACKED_MAC_BYTES } else { 0 };
+        let mut w = crate::packed::Writer::with_capacity(160);
+        w.u8(AUDIT_DICT.tag())
+            .u8(flags)
+            .bytes(e.request_id.0.as_bytes());
+        if let Some(g) = &e.grant_id {
+            w.bytes(g.0.as_bytes());
+        }
+        w.time(&e.at);
+        if let Some(t) = &tag {
+            w.bytes(t);
+        }
+        let rest = serde_json::to_vec(&(
+            e.kind,
+            e.state,
+            &e.actor,
+            &e.details,
+            self.mac.as_ref().map(|m| &m.key_id),
+            self.mac.as_ref().filter(|_| tag.is_none()).map(|m| &m.tag),
+        ))
+        .unwrap_or_default();
+        crate::packed::deflate(&AUDIT_DICT, &rest, w.as_mut_vec());
+        w.into_vec()
+    }
+
+    /// A record from stored bytes: the packed form
+    /// ([`AuditRecord::to_packed`]) or either JSON form
+    /// ([`AuditRecord::from_stored`]), told apart by the first byte.
+    pub fn from_stored_bytes(
+        seq: u64,
+        hash: &str,
+        prev_hash: &str,
+        body: &[u8],
+    ) -> std::result::Result<AuditRecord, String> {
+        if !crate::packed::is_packed(body) {
+            let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
+            return Self::from_stored(seq, hash, prev_hash, text);
+        }
+        let mut r = crate::packed::Reader::new(body);
+        let bad = |e: crate::packed::PackError| e.to_string();
+        let tag = r.u8().map_err(bad)?;
+        if tag != AUDIT_DICT.tag() {
+            return Err(format!("unknown packed audit form {tag:#04x}"));
+        }
+        let flags = r.u8().map_err(bad)?;
+        let request_id = RequestId(uuid::Uuid::from_bytes(r.array().map_err(bad)?));
+        let grant_id = if flags & PACKED_GRANT != 0 {
+            Some(GrantId(uuid::Uuid::from_bytes(r.array().map_err(bad)?)))
+        } else {
+            None
+        };
+        let at = r.time().map_err(bad)?;
+        let tag_bin = if flags & PACKED_MAC_BYTES != 0 {
+            Some(hex::encode(r.array::<32>().map_err(bad)?))
+        } else {
+            None
+        };
+        let rest = crate::packed::inflate(&AUDIT_DICT, r.rest(), crate::packed::MAX_UNPACKED)
+            .map_err(bad)?;
+        let (kind, state, actor, details, key_id, tag_text): PackedRest =
+            serde_json::from_slice(&rest).map_err(|e| e.to_string())?;
+        let mac = match (key_id, tag_bin.or(tag_text)) {
+            (Some(key_id), Some(tag)) => Some(AuditMac { key_id, tag }),
+            (None, None) => None,
+            _ => return Err("a seal without its key id or its tag".into()),
+        };
+        Ok(AuditRecord {
+            seq,
+            event: AuditEvent {
+                at,
+                kind,
+                request_id,
+                grant_id,
+                actor,
+                state,
+                details,
+                seal: Sealer::default(),
+            },
+            prev_hash: prev_hash.to_string(),
+            hash: hash.to_string(),
+            mac,
         })
     }
 }
@@ -1549,6 +1693,88 @@ mod tests {
             AuditRecord::from_stored(2, &c[1].hash, GENESIS_HASH, &c[1].to_stored()).unwrap();
         assert_ne!(moved.compute_hash(), moved.hash);
         assert!(AuditRecord::from_stored(1, "h", "p", "[1, 2").is_err());
+    }
+
+    /// The packed form reads back as the very record, with or without a
+    /// grant and a seal, with a seal tag that is not lowercase hex (kept
+    /// as text), before 1970 and with floats, and is smaller than the
+    /// compact JSON; so the hash recomputed from it is the stored one.
+    #[test]
+    fn packed_records_read_back_exactly() {
+        let keyring = AuditKeyring::new(AuditKey::generate());
+        let at = DateTime::parse_from_rfc3339("1969-07-20T20:17:40.123456789Z")
+            .unwrap()
+            .to_utc();
+        let mut cases = Vec::new();
+        for (grant, sealed) in [(false, false), (true, false), (false, true), (true, true)] {
+            let e = AuditEvent::new(
+                Utc::now(),
+                AuditKind::Issued,
+                RequestId::new(),
+                "bob",
+                State::Active,
+            )
+            .grant(grant.then(GrantId::new))
+            .details(serde_json::json!({ "provider": "local", "ratio": 0.1, "n": [1, 2] }))
+            .sealed_with(sealed.then_some(&keyring));
+            cases.push(e.chain(7, GENESIS_HASH));
+        }
+        let mut odd = AuditEvent::new(
+            at,
+            AuditKind::Revoked,
+            RequestId::new(),
+            "ünï",
+            State::Revoked,
+        )
+        .sealed_with(Some(&keyring))
+        .chain(8, GENESIS_HASH);
+        odd.mac.as_mut().unwrap().tag = odd.mac.as_ref().unwrap().tag.to_uppercase();
+        cases.push(odd);
+        for r in cases {
+            let packed = r.to_packed();
+            assert!(packed.len() < r.to_stored().len(), "{r:?}");
+            let back =
+                AuditRecord::from_stored_bytes(r.seq, &r.hash, &r.prev_hash, &packed).unwrap();
+            assert_eq!(back, r);
+            assert_eq!(back.compute_hash(), r.hash);
+            // The JSON forms read through the same entry point.
+            let compact = r.to_stored();
+            let json = r.to_json_line();
+            for text in [compact.as_bytes(), json.as_bytes()] {
+                let back = AuditRecord::from_stored_bytes(r.seq, &r.hash, &r.prev_hash, text);
+                assert_eq!(back.unwrap(), r);
+            }
+        }
+    }
+
+    /// A packed body that was cut, flipped or made up is an error (which
+    /// verification names as a malformed record), never a panic.
+    #[test]
+    fn damaged_packed_records_are_errors() {
+        let keyring = AuditKeyring::new(AuditKey::generate());
+        let r = AuditEvent::new(
+            Utc::now(),
+            AuditKind::Revoked,
+            RequestId::new(),
+            "bob",
+            State::Revoked,
+        )
+        .details(serde_json::json!({ "reason": "done" }))
+        .sealed_with(Some(&keyring))
+        .chain(1, GENESIS_HASH);
+        let packed = r.to_packed();
+        let read = |b: &[u8]| AuditRecord::from_stored_bytes(1, &r.hash, GENESIS_HASH, b);
+        for n in [1, 2, 20, packed.len() - 1] {
+            assert!(read(&packed[..n]).is_err(), "cut at {n}");
+        }
+        let mut unknown = packed.clone();
+        unknown[0] = 0x02;
+        assert!(read(&unknown).is_err());
+        let mut flipped = packed.clone();
+        *flipped.last_mut().unwrap() ^= 0xff;
+        // Either unreadable or read as another record: never this one.
+        assert_ne!(read(&flipped).ok(), Some(r.clone()));
+        assert!(read(&[0x01; 80]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod error;
 pub mod lease;
 pub mod local;
 pub mod oncall;
+pub mod packed;
 pub mod policy;
 pub mod provider;
 pub mod reaper;

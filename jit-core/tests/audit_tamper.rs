@@ -35,20 +35,22 @@ trait AuditTable: Send + Sync {
     async fn set_body(&self, seq: i64, body: &str);
 }
 
+/// SQLite keeps hashes as their 32 bytes and bodies as bytes (packed, or
+/// JSON as written before packing, which the attacker writes).
 struct Sqlite(sqlx::SqlitePool);
 
 #[async_trait]
 impl AuditTable for Sqlite {
     async fn rows(&self) -> Vec<(i64, String)> {
-        sqlx::query_as("SELECT seq, body FROM audit ORDER BY seq")
+        sqlx::query_as("SELECT seq, hex(body) FROM audit ORDER BY seq")
             .fetch_all(&self.0)
             .await
             .unwrap()
     }
     async fn write(&self, seq: i64, hash: &str, body: &str) {
         sqlx::query("UPDATE audit SET hash = ?, body = ? WHERE seq = ?")
-            .bind(hash)
-            .bind(body)
+            .bind(hex::decode(hash).unwrap())
+            .bind(body.as_bytes())
             .bind(seq)
             .execute(&self.0)
             .await
@@ -63,7 +65,7 @@ impl AuditTable for Sqlite {
     }
     async fn set_body(&self, seq: i64, body: &str) {
         sqlx::query("UPDATE audit SET body = ? WHERE seq = ?")
-            .bind(body)
+            .bind(body.as_bytes())
             .bind(seq)
             .execute(&self.0)
             .await

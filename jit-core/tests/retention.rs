@@ -436,7 +436,15 @@ async fn a_chain_that_does_not_verify_is_not_archived() {
     let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
-    sqlx::query("UPDATE audit SET body = replace(body, '\"alice\"', '\"mallory\"') WHERE seq = 1")
+    // The first record names another actor (written back whole, as JSON,
+    // which the store reads as it reads records stored before packing).
+    let mut edited = jit_core::store::audit_all(&*w.store)
+        .await
+        .unwrap()
+        .remove(0);
+    edited.event.actor = "mallory".into();
+    sqlx::query("UPDATE audit SET body = ? WHERE seq = 1")
+        .bind(serde_json::to_vec(&edited).unwrap())
         .execute(&raw)
         .await
         .unwrap();
@@ -475,10 +483,12 @@ async fn records_stored_whole_before_the_compact_form_still_verify() {
         .details(serde_json::json!({ "reasons": ["old shape"], "by": "alice" }))
         .sealed_with(Some(&keyring))
         .chain(seq, &prev);
+        // As the SQLite store holds them since its version 13: the hash as
+        // bytes, a body written before packing as the JSON's bytes.
         sqlx::query("INSERT INTO audit (seq, hash, body) VALUES (?, ?, ?)")
             .bind(seq as i64)
-            .bind(&r.hash)
-            .bind(serde_json::to_string(&r).unwrap())
+            .bind(hex::decode(&r.hash).unwrap())
+            .bind(serde_json::to_vec(&r).unwrap())
             .execute(&raw)
             .await
             .unwrap();
@@ -503,11 +513,11 @@ async fn records_stored_whole_before_the_compact_form_still_verify() {
     let all = w.broker.audit_records().await.unwrap();
     assert_eq!(&all[..3], &old[..]);
     assert_eq!(all[3].prev_hash, old[2].hash);
-    let compact: String = sqlx::query_scalar("SELECT body FROM audit WHERE seq = 4")
+    let packed: Vec<u8> = sqlx::query_scalar("SELECT body FROM audit WHERE seq = 4")
         .fetch_one(&raw)
         .await
         .unwrap();
-    assert!(compact.starts_with('['), "{compact}");
+    assert!(jit_core::packed::is_packed(&packed), "{packed:?}");
     let s = w.broker.verify_audit().await.unwrap().unwrap();
     assert_eq!((s.records, s.sealed), (8, 8));
     assert_eq!(export_verifies(&w).await, 8);

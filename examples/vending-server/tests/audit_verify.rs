@@ -132,7 +132,7 @@ async fn an_invalid_audit_row_is_named_not_a_500() {
     assert_eq!(v["sealed"].as_u64(), Some(n), "{v}");
     assert_eq!(v["checkpoint"].as_u64(), Some(n), "{v}");
 
-    sqlx::query("UPDATE audit SET body = '{\"seq\": 3, oops' WHERE seq = 3")
+    sqlx::query("UPDATE audit SET body = CAST('{\"seq\": 3, oops' AS BLOB) WHERE seq = 3")
         .execute(&w.db)
         .await
         .unwrap();
@@ -172,8 +172,9 @@ async fn deleting_the_last_records_is_caught_by_the_checkpoint_file() {
 async fn a_rehashed_record_fails_on_its_seal() {
     let _serial = SERIAL.lock().await;
     let w = world().await;
-    let rows: Vec<(i64, String, String)> =
-        sqlx::query_as("SELECT seq, hash, body FROM audit ORDER BY seq")
+    // The SQLite store keeps hashes as bytes and bodies packed.
+    let rows: Vec<(i64, String, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, lower(hex(hash)), body FROM audit ORDER BY seq")
             .fetch_all(&w.db)
             .await
             .unwrap();
@@ -181,7 +182,7 @@ async fn a_rehashed_record_fails_on_its_seal() {
     let mut prev = jit_core::audit::GENESIS_HASH.to_string();
     let mut chain: Vec<AuditRecord> = Vec::new();
     for (seq, hash, body) in &rows {
-        chain.push(AuditRecord::from_stored(*seq as u64, hash, &prev, body).unwrap());
+        chain.push(AuditRecord::from_stored_bytes(*seq as u64, hash, &prev, body).unwrap());
         prev.clone_from(hash);
     }
     // Pretend the first revocation was by someone else, and re-hash from there.
@@ -193,7 +194,7 @@ async fn a_rehashed_record_fails_on_its_seal() {
     for i in at..chain.len() {
         chain[i].prev_hash = chain[i - 1].hash.clone();
         chain[i].hash = chain[i].compute_hash();
-        sqlx::query("UPDATE audit SET hash = ?, body = ? WHERE seq = ?")
+        sqlx::query("UPDATE audit SET hash = unhex(?), body = CAST(? AS BLOB) WHERE seq = ?")
             .bind(&chain[i].hash)
             .bind(serde_json::to_string(&chain[i]).unwrap())
             .bind(rows[i].0)

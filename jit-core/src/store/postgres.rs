@@ -832,7 +832,7 @@ async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<Vec
             "the audit head row is missing: the schema was altered outside jit-core".into(),
         ));
     };
-    let chained = sql::chain(events, seq, &hash, ENGINE)?;
+    let chained = sql::chain(events, seq, &hash, ENGINE, AuditRecord::to_stored)?;
     let Some((seq, prev)) = chained.head() else {
         return Ok(Vec::new());
     };
@@ -1107,7 +1107,7 @@ impl Store for PostgresStore {
             .map_err(|e| db_error("read request history", e))?;
         Ok(rows
             .iter()
-            .filter_map(|(body,)| sql::decode_history(body))
+            .filter_map(|(body,)| sql::decode_history(body.as_bytes()))
             .collect())
     }
 

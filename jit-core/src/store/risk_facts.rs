@@ -492,7 +492,7 @@ impl Deltas {
 /// `since` as fixed-width timestamp text (see `sql::timestamp`) for the SQL
 /// stores' comparisons, clamped to what they can order: before the year
 /// 0000 everything is after it, after 9999 nothing is.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(feature = "postgres")]
 pub(crate) fn since_text(since: DateTime<Utc>) -> String {
     use chrono::Datelike;
     match super::sql::timestamp(since, "sql") {

@@ -35,8 +35,10 @@ pub(crate) fn limit_i64(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-/// The columns of one `requests` row (PostgreSQL's lease columns are never
-/// written from a record).
+/// The columns of one `requests` row as PostgreSQL stores them, and as
+/// SQLite did before its schema 13 (its tests write such rows); the lease
+/// columns are never written from a record.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) struct Columns {
     pub(crate) id: String,
     pub(crate) version: i64,
@@ -51,6 +53,7 @@ pub(crate) struct Columns {
     pub(crate) body: String,
 }
 
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 impl Columns {
     pub(crate) fn of(r: &RequestRecord, engine: &str) -> Result<Self> {
         Ok(Self {
@@ -68,13 +71,15 @@ impl Columns {
     }
 }
 
-/// A stored request body.
+/// A stored request body (PostgreSQL: JSON text).
+#[cfg(feature = "postgres")]
 pub(crate) fn decode_record(body: &str) -> Result<RequestRecord> {
     serde_json::from_str(body)
         .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
 }
 
-/// The stored audit rows `(seq, hash, body)` read from `from - 1` on (in
+/// The stored audit rows `(seq, hash, body)` (any stored form: see
+/// [`AuditRecord::from_stored_bytes`]) read from `from - 1` on (in
 /// `seq` order) as entries from `from` on: each compact body gets the
 /// hash of the row before it as its `prev_hash` (see
 /// [`AuditRecord::from_stored`]); the first one, when the row before was
@@ -82,8 +87,8 @@ pub(crate) fn decode_record(body: &str) -> Result<RequestRecord> {
 /// whose predecessor is missing gets the genesis hash, so it no longer
 /// matches its own: the gap shows as a break. A body that does not decode
 /// is named, not an error, so that one bad row cannot stop verification.
-pub(crate) fn audit_entries_from_rows(
-    rows: Vec<(i64, String, String)>,
+pub(crate) fn audit_entries_from_rows<B: AsRef<[u8]>>(
+    rows: Vec<(i64, String, B)>,
     from: u64,
     anchor: Option<&AuditAnchor>,
 ) -> Vec<AuditEntry> {
@@ -97,7 +102,7 @@ pub(crate) fn audit_entries_from_rows(
         };
         if seq >= from {
             out.push(
-                match AuditRecord::from_stored(seq, &hash, &prev_hash, &body) {
+                match AuditRecord::from_stored_bytes(seq, &hash, &prev_hash, body.as_ref()) {
                     Ok(r) => AuditEntry::Record(r),
                     Err(e) => AuditEntry::Undecodable {
                         seq,
@@ -137,10 +142,19 @@ struct HistoryRequest {
     context: BTreeMap<String, String>,
 }
 
-/// A stored request body as a history entry; `None` (logged) when it does
-/// not decode, so one bad row never hides the rest (rule 9 of the design).
-pub(crate) fn decode_history(body: &str) -> Option<HistoryEntry> {
-    match serde_json::from_str::<HistoryBody>(body) {
+/// A stored request body (JSON, or packed: see
+/// [`crate::packed::record_json`]) as a history entry; `None` (logged)
+/// when it does not decode, so one bad row never hides the rest (rule 9
+/// of the design).
+pub(crate) fn decode_history(body: &[u8]) -> Option<HistoryEntry> {
+    let json = match crate::packed::record_json(body) {
+        Ok(json) => json,
+        Err(e) => {
+            tracing::warn!(error = %e, "history: a stored request does not unpack; skipped");
+            return None;
+        }
+    };
+    match serde_json::from_slice::<HistoryBody>(&json) {
         Ok(b) => Some(HistoryEntry {
             id: b.id,
             state: b.state,
@@ -186,16 +200,16 @@ pub(crate) fn audit_records(entries: Vec<AuditEntry>) -> Result<Vec<AuditRecord>
 }
 
 /// Audit events chained after a head, ready to store.
-pub(crate) struct Chained {
+pub(crate) struct Chained<B> {
     /// The records, in order.
     pub(crate) records: Vec<AuditRecord>,
-    /// Each record's JSON body.
-    pub(crate) bodies: Vec<String>,
+    /// Each record's stored body, in the engine's form.
+    pub(crate) bodies: Vec<B>,
     /// Each record's `seq`, as the engines store it.
     pub(crate) seqs: Vec<i64>,
 }
 
-impl Chained {
+impl<B> Chained<B> {
     /// The new head: the last record's `seq` and hash.
     pub(crate) fn head(&self) -> Option<(i64, &str)> {
         Some((*self.seqs.last()?, self.records.last()?.hash.as_str()))
@@ -203,13 +217,15 @@ impl Chained {
 }
 
 /// Chains `events` after the head `(seq, hash)` read from the store (`seq`
-/// 0 and the genesis hash for an empty chain).
-pub(crate) fn chain(
+/// 0 and the genesis hash for an empty chain), each record's body made by
+/// `body` (the engine's stored form).
+pub(crate) fn chain<B>(
     events: &[AuditEvent],
     head_seq: i64,
     head_hash: &str,
     engine: &str,
-) -> Result<Chained> {
+    body: impl Fn(&AuditRecord) -> B,
+) -> Result<Chained<B>> {
     let mut seq = u64::try_from(head_seq)
         .map_err(|_| Error::Store(format!("stored audit seq {head_seq} is negative")))?;
     let mut prev = head_hash.to_string();
@@ -221,7 +237,7 @@ pub(crate) fn chain(
     for e in events {
         seq += 1;
         let r = e.clone().chain(seq, &prev);
-        out.bodies.push(r.to_stored());
+        out.bodies.push(body(&r));
         out.seqs.push(to_i64(seq, "audit seq", engine)?);
         prev.clone_from(&r.hash);
         out.records.push(r);

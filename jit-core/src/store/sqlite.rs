@@ -32,15 +32,29 @@
 //!   row changed means a lost race ([`Error::Conflict`]) or an unknown id
 //!   ([`Error::NotFound`]). Any failure rolls the whole transition back,
 //!   record and audit events alike.
-//! - **Records as JSON, plus query columns.** The full [`RequestRecord`] is
-//!   stored as JSON, so reads return exactly what was written, and each
-//!   [`AuditRecord`] in its compact form ([`AuditRecord::to_stored`]: no
-//!   `seq`, `hash` or `prev_hash` in the body, which the `seq` and `hash`
-//!   columns and the row before already hold); the columns `state`, `requester` (the exact subject id),
-//!   `entitlement`, `created_at` and `due_at` ([`RequestRecord::due_at`]) are
-//!   recomputed on every write and exist only to filter and sort. Timestamps
-//!   are RFC 3339 UTC text with nine fractional digits and `Z`, so text order
-//!   is time order (years 0000 to 9999; others are refused).
+//! - **Packed rows, plus query columns** (schema 13; issue #15: about a
+//!   third of the bytes per grant of schema 12). Each [`RequestRecord`] is
+//!   stored whole, so reads return exactly what was written, as its JSON
+//!   deflated against a dictionary of its field names
+//!   ([`crate::packed::pack_record`]); each [`AuditRecord`] in its packed
+//!   form ([`AuditRecord::to_packed`]: ids, time and seal as bytes, the
+//!   rest deflated; no `seq`, `hash` or `prev_hash`, which the `seq` and
+//!   `hash` columns and the row before already hold), its hash as 32
+//!   bytes. Rows written before schema 13 keep their JSON (as bytes) and
+//!   read as before ([`AuditRecord::from_stored_bytes`]): the chain's hash
+//!   covers the record, never its stored form. The request id is its 16
+//!   bytes; the columns `state`, `requester` (the exact subject id),
+//!   `entitlement`, `created_at`, `due_at` ([`RequestRecord::due_at`]),
+//!   `ends_at`, and risk review's `duration`, `groups` and `context` (JSON,
+//!   `NULL` when empty) are recomputed on every write and exist only to
+//!   filter and sort, so no statement parses a body. Times are integer
+//!   nanoseconds since the epoch (years 1677 to 2262; others are refused
+//!   on write, and a query bound outside them compares as the nearest end).
+//! - **Indexes for what is queried.** Each read shape has one (tests check
+//!   the plans); the reaper's due work reads a partial index of the rows
+//!   that have due work (`due_at` is `NULL` in final states, nearly every
+//!   row of a long-lived store), and start-up's running revocations one of
+//!   the rows with a grant.
 //! - **Versioned migrations.** `schema_migrations` records every applied
 //!   version; opening applies the missing ones in order, in one transaction,
 //!   and refuses a database written by a newer version of this crate rather
@@ -86,6 +100,26 @@ const FILE_POOL_SIZE: u32 = 5;
 struct Migration {
     version: i64,
     statements: &'static [&'static str],
+}
+
+/// SQL for an RFC 3339 text column as integer nanoseconds since the epoch
+/// (migration 13), `NULL` for `NULL`. Any number of fractional digits and
+/// any offset: the columns have nine digits and `Z`, but databases of
+/// version 1 may hold other spellings. The seconds are taken without the
+/// fraction, so times before 1970 are exact too.
+macro_rules! text_to_nanos {
+    ($column:literal) => {
+        concat!(
+            "(SELECT CASE WHEN t IS NULL THEN NULL WHEN substr(t, 20, 1) = '.' THEN
+                unixepoch(substr(t, 1, 19) || ltrim(substr(t, 21), '0123456789')) * 1000000000
+                + CAST(substr(substr(substr(t, 21), 1,
+                    length(substr(t, 21)) - length(ltrim(substr(t, 21), '0123456789')))
+                    || '000000000', 1, 9) AS INTEGER)
+                ELSE unixepoch(t) * 1000000000 END FROM (SELECT ",
+            $column,
+            " AS t))"
+        )
+    };
 }
 
 /// Every migration, ascending by version. Never edit a released entry: add one.
@@ -232,23 +266,106 @@ const MIGRATIONS: &[Migration] = &[
             n INTEGER NOT NULL
         ) STRICT, WITHOUT ROWID",
             "INSERT INTO state_counts (state, n) SELECT state, COUNT(*) FROM requests GROUP BY state",
-            "CREATE TRIGGER requests_count_insert AFTER INSERT ON requests BEGIN
-            INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
-                ON CONFLICT (state) DO UPDATE SET n = n + 1;
-        END",
-            "CREATE TRIGGER requests_count_update AFTER UPDATE OF state ON requests
-            WHEN OLD.state IS NOT NEW.state BEGIN
-            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
-            INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
-                ON CONFLICT (state) DO UPDATE SET n = n + 1;
-        END",
-            "CREATE TRIGGER requests_count_delete AFTER DELETE ON requests BEGIN
-            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
-        END",
+            COUNT_INSERT,
+            COUNT_UPDATE,
+            COUNT_DELETE,
         ],
     },
-    // (Version 13 is the body encoding's.)
-    // Version 14: risk review's aggregates ([`Store::risk_facts`], see
+    // Version 13: fewer bytes per grant (a third of version 12's). Both
+    // tables are rebuilt, every row copied:
+    //
+    // - `requests`: the id as its 16 bytes; times as integer nanoseconds
+    //   since the epoch (8 bytes instead of 30 characters, in the table
+    //   and in the six indexes that hold `created_at`); the body packed
+    //   (`packed::pack_record`: JSON deflated against a dictionary of its
+    //   field names); what risk review's facts read from the body
+    //   (`duration`, `groups`, `context`) in columns of their own, so no
+    //   statement parses a body. Bodies written before stay JSON (as
+    //   bytes) and read as before.
+    // - `requests_state_due` holds only rows with due work (`due_at` is
+    //   NULL in final states, which are nearly all rows), and
+    //   `requests_state_ends` only rows with a grant.
+    // - `audit`: the hash as its 32 bytes and new bodies packed
+    //   (`AuditRecord::to_packed`); bodies written before stay in their
+    //   JSON form and verify exactly as before (the hash covers the
+    //   record, not its stored form).
+    //
+    // The triggers of version 12 go with the old table and are made again.
+    // Times outside the years 1677 to 2262 do not fit; no lifecycle has
+    // them. Old rows are copied as they are (their bodies stay JSON), so
+    // the file only shrinks for what is written from then on; the copy
+    // runs in the opening transaction (about as long as writing every row
+    // once), and the old tables' pages go to the free list: `VACUUM` gives
+    // them back to the file system.
+    Migration {
+        version: 13,
+        statements: &[
+            "CREATE TABLE requests_13 (
+            seq INTEGER PRIMARY KEY,
+            id BLOB NOT NULL UNIQUE,
+            version INTEGER NOT NULL CHECK (version > 0),
+            state TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            entitlement TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            due_at INTEGER,
+            ends_at INTEGER,
+            duration INTEGER,
+            groups TEXT,
+            context TEXT,
+            body BLOB NOT NULL
+        ) STRICT",
+            concat!(
+                "INSERT INTO requests_13 (seq, id, version, state, requester, entitlement,
+                created_at, due_at, ends_at, duration, groups, context, body)
+            SELECT seq, unhex(replace(id, '-', '')), version, state, requester, entitlement, ",
+                text_to_nanos!("created_at"),
+                ", ",
+                text_to_nanos!("due_at"),
+                ", ",
+                text_to_nanos!("ends_at"),
+                ",
+                CASE WHEN json_valid(body) AND json_type(body, '$.request.duration') = 'integer'
+                    THEN body ->> '$.request.duration' END,
+                CASE WHEN json_valid(body) AND json_type(body, '$.requester.groups') = 'array'
+                    AND json_array_length(body, '$.requester.groups') > 0
+                    THEN body -> '$.requester.groups' END,
+                CASE WHEN json_valid(body) AND json_type(body, '$.request.context') = 'object'
+                    AND body -> '$.request.context' <> '{}'
+                    THEN body -> '$.request.context' END,
+                CAST(body AS BLOB)
+            FROM requests"
+            ),
+            "DROP TABLE requests",
+            "ALTER TABLE requests_13 RENAME TO requests",
+            "CREATE INDEX requests_state_due ON requests (state, due_at) WHERE due_at IS NOT NULL",
+            "CREATE INDEX requests_requester_created ON requests (requester, created_at)",
+            "CREATE INDEX requests_created ON requests (created_at)",
+            "CREATE INDEX requests_state_entitlement_created ON requests (state, entitlement, created_at)",
+            "CREATE INDEX requests_requester_entitlement_duration ON requests (requester, entitlement, created_at, duration)",
+            "CREATE INDEX requests_entitlement_created ON requests (entitlement, created_at)",
+            "CREATE INDEX requests_requester_state_created ON requests (requester, state, created_at)",
+            "CREATE INDEX requests_state_ends ON requests (state, ends_at) WHERE ends_at IS NOT NULL",
+            COUNT_INSERT,
+            COUNT_UPDATE,
+            COUNT_DELETE,
+            "CREATE TABLE audit_13 (
+            seq INTEGER PRIMARY KEY CHECK (seq > 0),
+            hash BLOB NOT NULL,
+            body BLOB NOT NULL
+        ) STRICT",
+            // A hash that is not 64 lowercase hex digits (none is) keeps
+            // its text as bytes, so that it reads back the same.
+            "INSERT INTO audit_13 (seq, hash, body)
+            SELECT seq,
+                CASE WHEN length(hash) = 64 AND hash = lower(hash) AND unhex(hash) IS NOT NULL
+                    THEN unhex(hash) ELSE CAST(hash AS BLOB) END,
+                CAST(body AS BLOB)
+            FROM audit",
+            "DROP TABLE audit",
+            "ALTER TABLE audit_13 RENAME TO audit",
+        ],
+    },    // Version 14: risk review's aggregates ([`Store::risk_facts`], see
     // `risk_facts.rs`): per requester and hour, per requester, entitlement
     // and duration, per requester and source, and per entitlement, group
     // and requester, each row a count of the requests held. Written by
@@ -293,6 +410,78 @@ const MIGRATIONS: &[Migration] = &[
         ],
     },
 ];
+
+/// Migration 12's triggers, which keep `state_counts` (made again by 13
+/// on the rebuilt table). Never edit: add a migration.
+const COUNT_INSERT: &str = "CREATE TRIGGER requests_count_insert AFTER INSERT ON requests BEGIN
+            INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
+                ON CONFLICT (state) DO UPDATE SET n = n + 1;
+        END";
+const COUNT_UPDATE: &str = "CREATE TRIGGER requests_count_update AFTER UPDATE OF state ON requests
+            WHEN OLD.state IS NOT NEW.state BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+            INSERT INTO state_counts (state, n) VALUES (NEW.state, 1)
+                ON CONFLICT (state) DO UPDATE SET n = n + 1;
+        END";
+const COUNT_DELETE: &str = "CREATE TRIGGER requests_count_delete AFTER DELETE ON requests BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+        END";
+
+/// The list query after `select` (see [`Store::list`]).
+fn list_sql<'a>(filter: &'a ListFilter, select: &str) -> QueryBuilder<'a, Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(select);
+    q.push(" FROM requests WHERE 1 = 1");
+    if let Some(requester) = &filter.requester {
+        q.push(" AND requester = ").push_bind(requester.clone());
+    }
+    if !filter.states.is_empty() {
+        q.push(" AND state IN (");
+        let mut states = q.separated(", ");
+        for s in &filter.states {
+            states.push_bind(s.as_str());
+        }
+        q.push(")");
+    }
+    if let Some(entitlement) = &filter.entitlement {
+        q.push(" AND entitlement = ").push_bind(entitlement.clone());
+    }
+    if !filter.entitlements.is_empty() {
+        q.push(" AND entitlement IN (");
+        let mut ents = q.separated(", ");
+        for e in &filter.entitlements {
+            ents.push_bind(e.clone());
+        }
+        q.push(")");
+    }
+    if let Some(after) = filter.ends_after {
+        q.push(" AND ends_at > ").push_bind(nanos_bound(after));
+    }
+    q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
+        .push_bind(sql::limit_i64(filter.effective_limit()));
+    q
+}
+
+/// The due-work query after `select` (see [`Store::due`]; `states` is
+/// not empty). `due_at IS NOT NULL` lets the partial index of migration
+/// 13 serve it.
+fn due_sql<'a>(
+    states: &'a [State],
+    now: DateTime<Utc>,
+    limit: usize,
+    select: &str,
+) -> QueryBuilder<'a, Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(select);
+    q.push(" FROM requests WHERE state IN (");
+    let mut sep = q.separated(", ");
+    for s in states {
+        sep.push_bind(s.as_str());
+    }
+    q.push(") AND due_at IS NOT NULL AND due_at <= ")
+        .push_bind(nanos_bound(now))
+        .push(" ORDER BY due_at, seq LIMIT ")
+        .push_bind(sql::limit_i64(limit));
+    q
+}
 
 /// The migration that creates risk review's aggregates; `migrate_in`
 /// back-fills them after its statements.
@@ -395,7 +584,7 @@ async fn facts_on<'c>(
         sqlx::query_as(FACTS_SQL)
             .bind(query.requester.as_str())
             .bind(query.entitlement.as_str())
-            .bind(risk_facts::since_text(query.since))
+            .bind(nanos_bound(query.since))
             .bind(groups)
             .bind(sources)
             .fetch_one(conn)
@@ -773,6 +962,12 @@ impl Writer {
 }
 
 async fn migrate_in(conn: &mut SqliteConnection) -> Result<()> {
+    migrate_up_to(conn, SCHEMA_VERSION).await
+}
+
+/// Applies the missing migrations up to `last` (a test builds a database
+/// of an older version with it).
+async fn migrate_up_to(conn: &mut SqliteConnection, last: i64) -> Result<()> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY,
@@ -792,7 +987,10 @@ async fn migrate_in(conn: &mut SqliteConnection) -> Result<()> {
             "database schema version {current} is newer than version {SCHEMA_VERSION} known to this build: upgrade jit-core to open it"
         )));
     }
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > current && m.version <= last)
+    {
         for statement in m.statements {
             sqlx::query(statement)
                 .execute(&mut *conn)
@@ -864,10 +1062,103 @@ fn to_i64(v: u64, what: &str) -> Result<i64> {
 }
 
 fn decode_record(row: &sqlx::sqlite::SqliteRow) -> Result<RequestRecord> {
-    let body: String = row
+    let body: &[u8] = row
         .try_get("body")
         .map_err(|e| db_error("read request", e))?;
-    sql::decode_record(&body)
+    crate::packed::unpack_record(body)
+        .map_err(|e| Error::Store(format!("stored request is not valid: {e}")))
+}
+
+/// A time as the `requests` columns hold it: nanoseconds since the epoch
+/// (migration 13), so integer order is time order. Times outside the
+/// years 1677 to 2262 do not fit and are refused.
+fn nanos(t: DateTime<Utc>) -> Result<i64> {
+    t.timestamp_nanos_opt().ok_or_else(|| {
+        Error::Store(format!(
+            "timestamp `{t}` is outside the years 1677 to 2262 that the {ENGINE} store can order"
+        ))
+    })
+}
+
+/// A time to compare the `requests` columns with: [`nanos`], or the
+/// nearest end of its range for a time outside it (later or earlier than
+/// any stored one, so the comparison still holds).
+fn nanos_bound(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+/// A request id as the `id` column holds it: its 16 bytes.
+fn id_bytes(id: RequestId) -> [u8; 16] {
+    id.0.into_bytes()
+}
+
+/// An audit hash as the `audit.hash` column holds it (migration 13): 64
+/// lowercase hex digits as their 32 bytes, anything else (never written)
+/// as its text, so that [`hash_text`] gives back exactly what was stored.
+fn hash_bytes(hash: &str) -> Vec<u8> {
+    let mut out = [0u8; 32];
+    if hash.len() == 64
+        && hash.bytes().all(|b| !b.is_ascii_uppercase())
+        && hex::decode_to_slice(hash, &mut out).is_ok()
+    {
+        out.to_vec()
+    } else {
+        hash.as_bytes().to_vec()
+    }
+}
+
+/// An `audit.hash` column's value as the hash's text (see [`hash_bytes`]).
+fn hash_text(stored: &[u8]) -> String {
+    if stored.len() == 32 {
+        hex::encode(stored)
+    } else {
+        String::from_utf8_lossy(stored).into_owned()
+    }
+}
+
+/// The columns of one `requests` row (migration 13): the query columns,
+/// recomputed on every write, and the packed body.
+struct Columns {
+    id: [u8; 16],
+    version: i64,
+    state: &'static str,
+    created_at: i64,
+    due_at: Option<i64>,
+    ends_at: Option<i64>,
+    duration: i64,
+    /// The requester's groups as a JSON array, `None` when there are none.
+    groups: Option<String>,
+    /// The request's context as a JSON object, `None` when empty.
+    context: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Columns {
+    fn of(r: &RequestRecord) -> Result<Self> {
+        let json = |v: serde_json::Result<String>| {
+            v.map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))
+        };
+        Ok(Self {
+            id: id_bytes(r.id),
+            version: to_i64(r.version, "version")?,
+            state: r.state.as_str(),
+            created_at: nanos(r.created_at)?,
+            due_at: r.due_at().map(nanos).transpose()?,
+            ends_at: r.ends_at().map(nanos).transpose()?,
+            duration: to_i64(r.request.duration.get().as_secs(), "duration")?,
+            groups: (!r.requester.groups.is_empty())
+                .then(|| json(serde_json::to_string(&r.requester.groups)))
+                .transpose()?,
+            context: (!r.request.context.is_empty())
+                .then(|| json(serde_json::to_string(&r.request.context)))
+                .transpose()?,
+            body: crate::packed::pack_record(r).map_err(|e| Error::Store(e.to_string()))?,
+        })
+    }
 }
 
 /// The audit chain's newest `(seq, hash)` as this store last wrote it: a
@@ -884,7 +1175,7 @@ impl HeadHint {
         self.0.lock().ok().and_then(|h| h.clone())
     }
 
-    fn set(&self, chained: &sql::Chained) {
+    fn set<B>(&self, chained: &sql::Chained<B>) {
         if let Ok(mut h) = self.0.lock() {
             *h = chained.head().map(|(seq, hash)| (seq, hash.to_string()));
         }
@@ -901,7 +1192,7 @@ const AUDIT_ROWS_PER_INSERT: usize = 200;
 /// nothing follows it; `false` when it was not, with nothing written.
 async fn insert_chained(
     conn: &mut SqliteConnection,
-    chained: &sql::Chained,
+    chained: &sql::Chained<Vec<u8>>,
     after: Option<(i64, &str)>,
 ) -> Result<bool> {
     let rows: Vec<_> = chained
@@ -920,9 +1211,9 @@ async fn insert_chained(
                 .push("(")
                 .push_bind_unseparated(**seq)
                 .push_unseparated(", ")
-                .push_bind_unseparated(r.hash.as_str())
+                .push_bind_unseparated(hash_bytes(&r.hash))
                 .push_unseparated(", ")
-                .push_bind_unseparated(body.as_str())
+                .push_bind_unseparated(body.as_slice())
                 .push_unseparated(")");
         }
         q.push(")");
@@ -932,10 +1223,10 @@ async fn insert_chained(
                 .push_bind(seq)
                 .push(") AND COALESCE((SELECT hash FROM audit WHERE seq = ")
                 .push_bind(seq)
-                .push("), (SELECT hash FROM audit_anchor WHERE id = 1 AND seq = ")
+                .push("), (SELECT unhex(hash) FROM audit_anchor WHERE id = 1 AND seq = ")
                 .push_bind(seq)
                 .push(")) = ")
-                .push_bind(hash);
+                .push_bind(hash_bytes(hash));
         }
         let inserted = q
             .build()
@@ -968,23 +1259,26 @@ async fn append_in(
         return Ok(Vec::new());
     }
     if let Some((seq, hash)) = hint.get() {
-        let chained = sql::chain(events, seq, &hash, ENGINE)?;
+        let chained = sql::chain(events, seq, &hash, ENGINE, AuditRecord::to_packed)?;
         if insert_chained(conn, &chained, Some((seq, &hash))).await? {
             hint.set(&chained);
             return Ok(chained.records);
         }
     }
     // The newest record, else (everything was pruned) the anchor.
-    let head: Option<(i64, String)> = sqlx::query_as(
+    let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
         "SELECT seq, hash FROM (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1)
-         UNION ALL SELECT seq, hash FROM audit_anchor WHERE id = 1
+         UNION ALL SELECT seq, unhex(hash) FROM audit_anchor WHERE id = 1
          ORDER BY seq DESC LIMIT 1",
     )
     .fetch_optional(&mut *conn)
     .await
     .map_err(|e| db_error("read audit head", e))?;
-    let (seq, hash) = head.unwrap_or_else(|| (0, GENESIS_HASH.to_string()));
-    let chained = sql::chain(events, seq, &hash, ENGINE)?;
+    let (seq, hash) = head.map_or_else(
+        || (0, GENESIS_HASH.to_string()),
+        |(seq, hash)| (seq, hash_text(&hash)),
+    );
+    let chained = sql::chain(events, seq, &hash, ENGINE, AuditRecord::to_packed)?;
     // The write lock is held since the head was read: nothing to guard against.
     insert_chained(conn, &chained, None).await?;
     hint.set(&chained);
@@ -1011,18 +1305,18 @@ async fn prune_in(conn: &mut SqliteConnection, prune: &Prune) -> Result<()> {
         return Err(sql::stale_prune(current, prune.after));
     }
     let at = to_i64(prune.anchor.seq, "audit seq")?;
-    let hash: Option<String> = sqlx::query_scalar("SELECT hash FROM audit WHERE seq = ?")
+    let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit WHERE seq = ?")
         .bind(at)
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| db_error("read audit record", e))?;
-    if hash.as_deref() != Some(prune.anchor.hash.as_str()) {
+    if hash.map(|h| hash_text(&h)).as_deref() != Some(prune.anchor.hash.as_str()) {
         return Err(sql::anchor_mismatch(prune.anchor.seq));
     }
     let mut risk = risk_facts::Deltas::default();
     for (id, version) in &prune.records {
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM requests WHERE id = ");
-        q.push_bind(id.to_string())
+        q.push_bind(id_bytes(*id).to_vec())
             .push(" AND version = ")
             .push_bind(to_i64(*version, "version")?)
             .push(" AND state IN (");
@@ -1069,20 +1363,24 @@ async fn insert_in(
     events: &[AuditEvent],
     hint: &HeadHint,
 ) -> Result<Vec<AuditRecord>> {
-    let c = sql::Columns::of(record, ENGINE)?;
+    let c = Columns::of(record)?;
     let inserted = sqlx::query(
-        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, ends_at,
+            duration, groups, context, body)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (id) DO NOTHING",
     )
-    .bind(c.id)
+    .bind(c.id.as_slice())
     .bind(c.version)
     .bind(c.state)
-    .bind(c.requester)
-    .bind(c.entitlement)
+    .bind(record.requester.id.as_str())
+    .bind(record.request.entitlement.as_str())
     .bind(c.created_at)
     .bind(c.due_at)
     .bind(c.ends_at)
+    .bind(c.duration)
+    .bind(c.groups)
+    .bind(c.context)
     .bind(c.body)
     .execute(&mut *conn)
     .await
@@ -1102,22 +1400,26 @@ async fn update_in(
     events: &[AuditEvent],
     hint: &HeadHint,
 ) -> Result<Vec<AuditRecord>> {
-    let c = sql::Columns::of(record, ENGINE)?;
-    let id = c.id.clone();
+    let c = Columns::of(record)?;
+    let id = c.id;
     let updated = sqlx::query(
         "UPDATE requests
-         SET version = ?, state = ?, requester = ?, entitlement = ?, created_at = ?, due_at = ?, ends_at = ?, body = ?
+         SET version = ?, state = ?, requester = ?, entitlement = ?, created_at = ?, due_at = ?, ends_at = ?,
+            duration = ?, groups = ?, context = ?, body = ?
          WHERE id = ? AND version = ?",
     )
     .bind(c.version)
     .bind(c.state)
-    .bind(c.requester)
-    .bind(c.entitlement)
+    .bind(record.requester.id.as_str())
+    .bind(record.request.entitlement.as_str())
     .bind(c.created_at)
     .bind(c.due_at)
     .bind(c.ends_at)
+    .bind(c.duration)
+    .bind(c.groups)
+    .bind(c.context)
     .bind(c.body)
-    .bind(c.id)
+    .bind(c.id.as_slice())
     .bind(to_i64(expected_version, "version")?)
     .execute(&mut *conn)
     .await
@@ -1125,7 +1427,7 @@ async fn update_in(
     .rows_affected();
     if updated == 0 {
         let exists = sqlx::query("SELECT 1 FROM requests WHERE id = ?")
-            .bind(id)
+            .bind(id.as_slice())
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| db_error("read request", e))?
@@ -1166,7 +1468,7 @@ impl Store for SqliteStore {
 
     async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
         sqlx::query("SELECT body FROM requests WHERE id = ?")
-            .bind(id.to_string())
+            .bind(id_bytes(id).as_slice())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error("get request", e))?
@@ -1176,35 +1478,8 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT body FROM requests WHERE 1 = 1");
-        if let Some(requester) = &filter.requester {
-            q.push(" AND requester = ").push_bind(requester.clone());
-        }
-        if !filter.states.is_empty() {
-            q.push(" AND state IN (");
-            let mut states = q.separated(", ");
-            for s in &filter.states {
-                states.push_bind(s.as_str());
-            }
-            q.push(")");
-        }
-        if let Some(entitlement) = &filter.entitlement {
-            q.push(" AND entitlement = ").push_bind(entitlement.clone());
-        }
-        if !filter.entitlements.is_empty() {
-            q.push(" AND entitlement IN (");
-            let mut ents = q.separated(", ");
-            for e in &filter.entitlements {
-                ents.push_bind(e.clone());
-            }
-            q.push(")");
-        }
-        if let Some(after) = filter.ends_after {
-            q.push(" AND ends_at > ").push_bind(timestamp(after)?);
-        }
-        q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
-            .push_bind(sql::limit_i64(filter.effective_limit()));
-        q.build()
+        list_sql(filter, "SELECT body")
+            .build()
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("list requests", e))?
@@ -1215,7 +1490,7 @@ impl Store for SqliteStore {
 
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
         query.check()?;
-        let rows: Vec<(String,)> = history_sql(query, "SELECT body")
+        let rows: Vec<(Vec<u8>,)> = history_sql(query, "SELECT body")
             .build_query_as()
             .fetch_all(&self.pool)
             .await
@@ -1260,16 +1535,8 @@ impl Store for SqliteStore {
         if states.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT body FROM requests WHERE state IN (");
-        let mut sep = q.separated(", ");
-        for s in states {
-            sep.push_bind(s.as_str());
-        }
-        q.push(") AND due_at IS NOT NULL AND due_at <= ")
-            .push_bind(timestamp(now)?)
-            .push(" ORDER BY due_at, seq LIMIT ")
-            .push_bind(sql::limit_i64(limit));
-        q.build()
+        due_sql(states, now, limit, "SELECT body")
+            .build()
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error("read due requests", e))?
@@ -1294,13 +1561,17 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| db_error("begin read", e))?;
         let anchor = anchor_in(&mut conn).await?;
-        let rows: Vec<(i64, String, String)> =
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
             sqlx::query_as("SELECT seq, hash, body FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
                 .bind(i64::try_from(from_seq.saturating_sub(1)).unwrap_or(i64::MAX))
                 .bind(sql::limit_i64(limit.saturating_add(1)))
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(|e| db_error("read audit records", e))?;
+        let rows = rows
+            .into_iter()
+            .map(|(seq, hash, body)| (seq, hash_text(&hash), body))
+            .collect();
         let _ = conn.rollback().await;
         let mut out = sql::audit_entries_from_rows(rows, from_seq, anchor.as_ref());
         out.truncate(limit);
@@ -1431,6 +1702,53 @@ mod tests {
         }
     }
 
+    /// The reaper's due work reads the partial index of rows with due work
+    /// (migration 13), and start-up's running revocations the partial one
+    /// of rows with a grant: neither scans the table or sorts.
+    #[tokio::test]
+    async fn due_work_and_running_revocations_read_their_partial_indexes() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let states = [State::Pending, State::Active, State::Revoking];
+        let restore = ListFilter {
+            states: vec![State::Revoked, State::Revoking, State::RevocationFailed],
+            ends_after: Some(Utc::now()),
+            limit: 10_000,
+            ..ListFilter::default()
+        };
+        for (mut q, index) in [
+            (
+                due_sql(&states, Utc::now(), 100, "EXPLAIN QUERY PLAN SELECT body"),
+                "requests_state_due",
+            ),
+            (
+                list_sql(&restore, "EXPLAIN QUERY PLAN SELECT body"),
+                "requests_state_ends",
+            ),
+        ] {
+            let rows: Vec<(i64, i64, i64, String)> =
+                q.build_query_as().fetch_all(&store.pool).await.unwrap();
+            let plan = rows
+                .iter()
+                .map(|r| r.3.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ");
+            assert!(plan.contains(&format!("INDEX {index} ")), "{plan}");
+            assert!(!plan.contains("SCAN requests"), "{plan}");
+        }
+        let indexes: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, \"partial\" FROM pragma_index_list('requests') WHERE name IN
+             ('requests_state_due', 'requests_state_ends')",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(indexes.len(), 2);
+        assert!(
+            indexes.iter().all(|(_, partial)| *partial == 1),
+            "{indexes:?}"
+        );
+    }
+
     /// Risk facts are primary-key reads of the aggregate tables and one
     /// range of the `(requester, created_at)` index (the burst): no scan
     /// of a table, no row of `requests` read, no sort.
@@ -1441,7 +1759,7 @@ mod tests {
             sqlx::query_as(&format!("EXPLAIN QUERY PLAN {FACTS_SQL}"))
                 .bind("bob")
                 .bind("db")
-                .bind("2026-01-01T00:00:00.000000000Z")
+                .bind(0_i64)
                 .bind(r#"["eng"]"#)
                 .bind(r#"[["ip", "10.0.0.1"]]"#)
                 .fetch_all(&store.pool)
@@ -1515,8 +1833,8 @@ mod tests {
             store.insert(&r, &events).await.unwrap();
             made.push(r);
         }
-        sqlx::query("UPDATE requests SET body = 'not json' WHERE id = ?")
-            .bind(made[1].id.to_string())
+        sqlx::query("UPDATE requests SET body = X'7b7b' WHERE id = ?")
+            .bind(id_bytes(made[1].id).as_slice())
             .execute(&store.pool)
             .await
             .unwrap();
@@ -1777,15 +2095,62 @@ mod tests {
             .is_memory());
     }
 
+    /// A database file at schema `version`, as a build of that version
+    /// left it (the migrations up to it), and a connection to it.
+    async fn old_database(path: &Path, version: i64) -> SqliteConnection {
+        let mut conn = SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        migrate_up_to(&mut conn, version).await.unwrap();
+        conn
+    }
+
+    /// `r` as versions 1 to 12 wrote it: text id and times, JSON body
+    /// (`ends_at` from version 6 on).
+    async fn insert_old(conn: &mut SqliteConnection, r: &RequestRecord, ends_at: bool) {
+        let c = sql::Columns::of(r, ENGINE).unwrap();
+        let (cols, marks) = if ends_at {
+            (", ends_at", ", ?")
+        } else {
+            ("", "")
+        };
+        let mut q = sqlx::query_as::<_, (i64,)>(Box::leak(
+            format!(
+                "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, body{cols})
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?{marks}) RETURNING seq"
+            )
+            .into_boxed_str(),
+        ))
+        .bind(c.id)
+        .bind(c.version)
+        .bind(c.state)
+        .bind(c.requester)
+        .bind(c.entitlement)
+        .bind(c.created_at)
+        .bind(c.due_at)
+        .bind(c.body);
+        if ends_at {
+            q = q.bind(c.ends_at);
+        }
+        q.fetch_one(&mut *conn).await.unwrap();
+    }
+
     /// Rows written before version 6 get `ends_at` from their body, with
     /// the nine fractional digits new writes have, whatever number of
-    /// digits chrono wrote there; rows without a grant stay NULL.
+    /// digits chrono wrote there (and version 13 turns them into the
+    /// exact nanoseconds); rows without a grant stay NULL.
     #[tokio::test]
     async fn migration_6_fills_ends_at_from_the_body() {
         use crate::types::{Grant, GrantId};
         use chrono::Timelike;
 
-        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        let mut conn = old_database(&path, 5).await;
         let base = Utc::now().with_nanosecond(0).unwrap();
         let mut written = Vec::new();
         for nanos in [0, 5_000_000, 123_456_000, 123_456_789] {
@@ -1796,39 +2161,38 @@ mod tests {
                 ends_at: base.with_nanosecond(nanos).unwrap(),
                 issued: None,
             });
-            store.insert(&r, &[]).await.unwrap();
+            insert_old(&mut conn, &r, false).await;
             written.push(r);
         }
         let no_grant = record();
-        store.insert(&no_grant, &[]).await.unwrap();
-        // As a version 5 database would hold them.
-        sqlx::query("UPDATE requests SET ends_at = NULL")
-            .execute(&store.pool)
-            .await
-            .unwrap();
-        let backfill = MIGRATIONS
-            .iter()
-            .find(|m| m.version == 6)
-            .unwrap()
-            .statements[1];
-        sqlx::query(backfill).execute(&store.pool).await.unwrap();
+        insert_old(&mut conn, &no_grant, false).await;
+        conn.close().await.unwrap();
+
+        let store = SqliteStore::open(&path).await.unwrap();
         for r in &written {
-            let column: Option<String> =
+            let column: Option<i64> =
                 sqlx::query_scalar("SELECT ends_at FROM requests WHERE id = ?")
-                    .bind(r.id.to_string())
+                    .bind(id_bytes(r.id).as_slice())
                     .fetch_one(&store.pool)
                     .await
                     .unwrap();
-            let expected = timestamp(r.ends_at().unwrap()).unwrap();
-            assert_eq!(column.as_deref(), Some(expected.as_str()));
+            assert_eq!(column, Some(nanos(r.ends_at().unwrap()).unwrap()));
         }
-        let column: Option<String> =
-            sqlx::query_scalar("SELECT ends_at FROM requests WHERE id = ?")
-                .bind(no_grant.id.to_string())
-                .fetch_one(&store.pool)
-                .await
-                .unwrap();
+        let column: Option<i64> = sqlx::query_scalar("SELECT ends_at FROM requests WHERE id = ?")
+            .bind(id_bytes(no_grant.id).as_slice())
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
         assert_eq!(column, None);
+        // And the bound reads them: ends after the first, not after the last.
+        let after = |t| ListFilter {
+            ends_after: Some(t),
+            ..ListFilter::default()
+        };
+        let first = written[0].ends_at().unwrap();
+        assert_eq!(store.list(&after(first)).await.unwrap().len(), 3);
+        let last = written[3].ends_at().unwrap();
+        assert!(store.list(&after(last)).await.unwrap().is_empty());
     }
 
     /// A database written before version 12 gets its counts back-filled
@@ -1836,39 +2200,20 @@ mod tests {
     #[tokio::test]
     async fn migration_12_backfills_the_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("jit.db");
-        let store = SqliteStore::open(&path).await.unwrap();
+        let path = dir.path().join("v11.db");
+        let mut conn = old_database(&path, 11).await;
         for state in [
             State::Pending,
             State::Pending,
             State::Active,
             State::Revoked,
+            State::Expired,
         ] {
             let mut r = record();
             r.state = state;
-            store.insert(&r, &[]).await.unwrap();
+            insert_old(&mut conn, &r, true).await;
         }
-        // As a version 11 database would hold them: no table, no triggers.
-        for stmt in [
-            "DROP TRIGGER requests_count_insert",
-            "DROP TRIGGER requests_count_update",
-            "DROP TRIGGER requests_count_delete",
-            "DROP TABLE state_counts",
-            "DELETE FROM schema_migrations WHERE version >= 12",
-        ] {
-            sqlx::query(stmt).execute(&store.pool).await.unwrap();
-        }
-        let mut late = record();
-        late.state = State::Expired;
-        store.insert(&late, &[]).await.unwrap();
-        // Nor the later versions' tables.
-        for table in ["risk_hours", "risk_durations", "risk_sources", "risk_peers"] {
-            sqlx::query(&format!("DROP TABLE {table}"))
-                .execute(&store.pool)
-                .await
-                .unwrap();
-        }
-        store.close().await;
+        conn.close().await.unwrap();
 
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
@@ -1951,8 +2296,8 @@ mod tests {
         assert_eq!(bob.entitlement_requests, 3, "{bob:?}");
 
         // A body that does not decode is not counted by the back-fill.
-        sqlx::query("UPDATE requests SET body = 'not json' WHERE id = ?")
-            .bind(made[0].id.to_string())
+        sqlx::query("UPDATE requests SET body = X'7b7b' WHERE id = ?")
+            .bind(id_bytes(made[0].id).as_slice())
             .execute(&store.pool)
             .await
             .unwrap();
@@ -1973,5 +2318,225 @@ mod tests {
             (2, 1),
             "{alice:?}"
         );
+    }
+
+    /// A version 12 database with requests and an audit chain in it
+    /// (hex hashes, JSON bodies in both stored audit forms) migrates to
+    /// the packed layout: every record reads back as written, every query
+    /// finds what it found, the old chain verifies with the same head, and
+    /// records appended after it (packed, binary hashes) chain onto it.
+    #[tokio::test]
+    async fn migration_13_packs_a_version_12_database_and_keeps_its_chain() {
+        use crate::types::{Grant, GrantId};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v12.db");
+        let mut conn = old_database(&path, 12).await;
+        let now = Utc::now();
+        let mut records = Vec::new();
+        for (i, state) in [
+            State::Pending,
+            State::Active,
+            State::Revoked,
+            State::Revoked,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut r = record();
+            r.requester = Principal::new(if i < 3 { "alice" } else { "bob" })
+                .unwrap()
+                .with_group("eng");
+            r.request.context.insert("ip".into(), format!("10.0.0.{i}"));
+            r.created_at = now - chrono::TimeDelta::minutes(10 - i as i64);
+            r.state = state;
+            if state != State::Pending {
+                r.pending_until = None;
+                r.grant = Some(Grant {
+                    id: GrantId::new(),
+                    starts_at: r.created_at,
+                    ends_at: now + chrono::TimeDelta::minutes(i as i64),
+                    issued: None,
+                });
+            }
+            insert_old(&mut conn, &r, true).await;
+            records.push(r);
+        }
+        // The audit chain as version 12 wrote it: hex hashes, compact JSON
+        // bodies, and one whole record (the form before the compact one).
+        let events: Vec<AuditEvent> = records
+            .iter()
+            .map(|r| {
+                AuditEvent::new(r.created_at, AuditKind::Requested, r.id, "alice", r.state)
+                    .details(serde_json::json!({ "ip": r.request.context["ip"] }))
+            })
+            .collect();
+        let old = sql::chain(&events, 0, GENESIS_HASH, ENGINE, AuditRecord::to_stored).unwrap();
+        for (i, (r, body)) in old.records.iter().zip(&old.bodies).enumerate() {
+            let body = if i == 1 {
+                r.to_json_line()
+            } else {
+                body.clone()
+            };
+            sqlx::query("INSERT INTO audit (seq, hash, body) VALUES (?, ?, ?)")
+                .bind(r.seq as i64)
+                .bind(&r.hash)
+                .bind(body)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        conn.close().await.unwrap();
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        for r in &records {
+            assert_eq!(store.get(r.id).await.unwrap().as_ref(), Some(r));
+        }
+        let alice = ListFilter {
+            requester: Some("alice".into()),
+            ..ListFilter::default()
+        };
+        let listed: Vec<RequestId> = store
+            .list(&alice)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, [records[2].id, records[1].id, records[0].id]);
+        let due = store
+            .due(&[State::Pending], now + chrono::TimeDelta::minutes(1), 10)
+            .await
+            .unwrap();
+        assert_eq!(due, [records[0].clone()]);
+        let running = ListFilter {
+            states: vec![State::Revoked],
+            ends_after: Some(now + chrono::TimeDelta::seconds(150)),
+            ..ListFilter::default()
+        };
+        assert_eq!(store.list(&running).await.unwrap(), [records[3].clone()]);
+        let history = store
+            .history(&HistoryQuery::of_requester("alice", 10))
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 3);
+        assert_eq!(history[0].context["ip"], "10.0.0.2");
+        let facts = store
+            .risk_facts(&RiskFactsQuery {
+                groups: ["eng".to_string()].into(),
+                sources: vec![
+                    ("ip".into(), "10.0.0.1".into()),
+                    ("ip".into(), "9.9.9.9".into()),
+                ],
+                ..RiskFactsQuery::new("alice", "db-admin")
+            })
+            .await
+            .unwrap();
+        assert_eq!((facts.requests, facts.entitlement_requests), (3, 3), "{facts:?}");
+        assert_eq!(facts.sources_seen, [true, false]);
+        assert!(facts.peer_used, "bob shares a group: {facts:?}");
+        let count = |s: State| {
+            let counts = state_counts(&store);
+            async move { counts.await.into_iter().find(|(c, _)| *c == s).unwrap().1 }
+        };
+        assert_eq!(count(State::Revoked).await, 2);
+
+        // The old chain verifies with its head unchanged.
+        let summary = verified(&store).await;
+        assert_eq!(summary.records, 4);
+        assert_eq!(summary.head, old.records[3].hash);
+        // Appends chain onto it, packed, and the whole chain verifies.
+        let mut next = records[0].clone();
+        next.version = 2;
+        next.state = State::Cancelled;
+        next.pending_until = None;
+        let ev = AuditEvent::new(now, AuditKind::Cancelled, next.id, "alice", next.state)
+            .details(serde_json::json!({ "reason": "no longer needed" }));
+        let appended = store.update(1, &next, &[ev]).await.unwrap();
+        assert_eq!(appended[0].prev_hash, old.records[3].hash);
+        let summary = verified(&store).await;
+        assert_eq!(
+            (summary.records, summary.head),
+            (5, appended[0].hash.clone())
+        );
+        let stored: Vec<(i64, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash, body FROM audit ORDER BY seq")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        assert!(stored.iter().all(|(_, hash, _)| hash.len() == 32));
+        let firsts: Vec<u8> = stored.iter().map(|(_, _, body)| body[0]).collect();
+        assert_eq!(firsts, [b'[', b'{', b'[', b'[', 0x01]);
+        assert_eq!(store.get(next.id).await.unwrap(), Some(next));
+        assert_eq!(count(State::Revoked).await, 2);
+        assert_eq!(count(State::Cancelled).await, 1);
+    }
+
+    async fn state_counts(store: &SqliteStore) -> Vec<(State, u64)> {
+        store.count_by_state().await.unwrap()
+    }
+
+    /// Migration 13 reads every RFC 3339 spelling a text column may hold
+    /// (any number of fractional digits, `Z` or an offset, before 1970)
+    /// as the exact nanoseconds chrono reads from it.
+    #[tokio::test]
+    async fn migration_13_reads_any_rfc3339_spelling() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        for text in [
+            "2024-05-06T07:08:09.123456789Z",
+            "2024-05-06T07:08:09Z",
+            "2024-05-06T07:08:09.5Z",
+            "2024-05-06T07:08:09.120+00:00",
+            "2024-05-06T09:08:09.000001+02:00",
+            "1969-12-31T23:59:59.999999999Z",
+            "1950-01-01T00:00:00.25Z",
+        ] {
+            let got: Option<i64> = sqlx::query_scalar(concat!("SELECT ", text_to_nanos!("?")))
+                .bind(text)
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            let want = DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+            assert_eq!(got, Some(nanos(want).unwrap()), "{text}");
+        }
+        let none: Option<i64> = sqlx::query_scalar(concat!("SELECT ", text_to_nanos!("?")))
+            .bind(None::<String>)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(none, None);
+    }
+
+    /// Stored times are exact nanoseconds, in order also before 1970; a
+    /// time the column cannot hold is refused on write, and a query bound
+    /// outside the range still compares right.
+    #[tokio::test]
+    async fn times_are_nanoseconds_and_out_of_range_ones_are_refused() {
+        let before = DateTime::parse_from_rfc3339("1969-12-31T23:59:59.999999999Z")
+            .unwrap()
+            .to_utc();
+        let after = DateTime::parse_from_rfc3339("1970-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert!(nanos(before).unwrap() < nanos(after).unwrap());
+        assert_eq!(nanos(before).unwrap(), -1);
+        let far = DateTime::parse_from_rfc3339("2300-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert!(matches!(nanos(far), Err(Error::Store(_))));
+        assert_eq!(nanos_bound(far), i64::MAX);
+        let long_ago = DateTime::parse_from_rfc3339("1600-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(nanos_bound(long_ago), i64::MIN);
+
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let mut r = record();
+        r.created_at = far;
+        assert!(matches!(store.insert(&r, &[]).await, Err(Error::Store(_))));
+        let r = record();
+        store.insert(&r, &[]).await.unwrap();
+        assert_eq!(store.due(&[State::Pending], far, 10).await.unwrap(), [r]);
     }
 }
