@@ -65,6 +65,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use super::{
     check_versions, lease_until, sql, HistoryEntry, HistoryQuery, ListFilter, Prune, Store,
 };
+use super::sql::HeadHint;
 use super::{risk_facts, RiskFacts, RiskFactsQuery};
 use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
@@ -697,27 +698,6 @@ fn decode_record(row: &sqlx::sqlite::SqliteRow) -> Result<RequestRecord> {
         .try_get("body")
         .map_err(|e| db_error("read request", e))?;
     sql::decode_record(&body)
-}
-
-/// The audit chain's newest `(seq, hash)` as this store last wrote it: a
-/// hint that spares each write transaction a read of the head. It is never
-/// trusted: the first audit insert of a transaction is guarded on the
-/// stored head still being this one (another process may have appended, a
-/// transaction that wrote it may have rolled back), and when it is not,
-/// the head is read and the events are chained again.
-#[derive(Debug, Default)]
-struct HeadHint(std::sync::Mutex<Option<(i64, String)>>);
-
-impl HeadHint {
-    fn get(&self) -> Option<(i64, String)> {
-        self.0.lock().ok().and_then(|h| h.clone())
-    }
-
-    fn set(&self, chained: &sql::Chained) {
-        if let Ok(mut h) = self.0.lock() {
-            *h = chained.head().map(|(seq, hash)| (seq, hash.to_string()));
-        }
-    }
 }
 
 /// Audit rows one `INSERT` writes at most (three binds each, well under
