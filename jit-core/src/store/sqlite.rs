@@ -62,10 +62,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
+use super::sql::HeadHint;
 use super::{
     check_versions, lease_until, sql, HistoryEntry, HistoryQuery, ListFilter, Prune, Store,
 };
-use super::sql::HeadHint;
 use super::{risk_facts, RiskFacts, RiskFactsQuery};
 use crate::audit::{AuditAnchor, AuditEntry, AuditEvent, AuditRecord, GENESIS_HASH};
 use crate::error::{Error, Result};
