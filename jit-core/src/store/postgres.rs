@@ -17,11 +17,16 @@
 //!   and audit events alike.
 //! - **One audit chain, serialized by a head row.** `audit_head` holds a
 //!   single row (last `seq` and `hash`). A transition that appends events
-//!   reads it with `SELECT .. FOR UPDATE`, chains its events after it, and
-//!   moves it in the same transaction. The row lock is held until commit, so
-//!   appends from every replica form one queue and never both chain onto the
-//!   same head (a fork); a writer that rolls back leaves the head where it
-//!   was. Reading `MAX(seq)` from the audit table instead would not do: two
+//!   chains them after the head this store last wrote, and in one
+//!   statement moves the head row from exactly that head to the new one
+//!   and inserts the events only if it moved. When another replica has
+//!   appended since (or a write of this one rolled back), the head did not
+//!   move: the transition reads it with `SELECT .. FOR UPDATE` and chains
+//!   its events again. Either way the head row's lock is held until commit
+//!   (the guarded `UPDATE` waits for a writer holding it, then checks the
+//!   newest committed head), so appends from every replica form one queue
+//!   and never both chain onto the same head (a fork); a writer that rolls
+//!   back leaves the head where it was. Reading `MAX(seq)` from the audit table instead would not do: two
 //!   transactions could read the same maximum and only one insert would
 //!   fail, as a conflict nobody asked for. The lock is taken after the
 //!   record's own row lock, in every path, so the two locks cannot deadlock;
@@ -86,6 +91,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
 use super::risk_facts::{self, Contribution};
+use super::sql::HeadHint;
 use super::{
     check_versions, lease_until, redact_url, sql, Claim, HistoryEntry, HistoryQuery, ListFilter,
     Prune, Store,
@@ -521,6 +527,8 @@ pub struct PostgresStore {
     pool: PgPool,
     location: String,
     schema: Option<String>,
+    /// The audit head this store last wrote (see [`HeadHint`]).
+    head: HeadHint,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -602,6 +610,7 @@ impl PostgresStoreBuilder {
             pool,
             location,
             schema: self.schema,
+            head: HeadHint::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -817,10 +826,23 @@ fn decode_record(row: &PgRow) -> Result<RequestRecord> {
 }
 
 /// Chains `events` after the head, holding the head row's lock until the
-/// transaction ends. Must run inside the transition's transaction.
-async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<Vec<AuditRecord>> {
+/// transaction ends. Must run inside the transition's transaction. The
+/// head comes from `hint` when it is still the stored one (one statement
+/// then moves the head and writes the events), else from a locking read.
+async fn append_in(
+    conn: &mut PgConnection,
+    events: &[AuditEvent],
+    hint: &HeadHint,
+) -> Result<Vec<AuditRecord>> {
     if events.is_empty() {
         return Ok(Vec::new());
+    }
+    if let Some((seq, hash)) = hint.get() {
+        let chained = sql::chain(events, seq, &hash, ENGINE, AuditRecord::to_stored)?;
+        if insert_chained(conn, &chained, Some((seq, &hash))).await? {
+            hint.set(&chained);
+            return Ok(chained.records);
+        }
     }
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
@@ -833,31 +855,74 @@ async fn append_in(conn: &mut PgConnection, events: &[AuditEvent]) -> Result<Vec
         ));
     };
     let chained = sql::chain(events, seq, &hash, ENGINE, AuditRecord::to_stored)?;
+    // The head row is locked since it was read: nothing to guard against.
+    if !insert_chained(conn, &chained, None).await? {
+        return Err(Error::Store("the audit head did not move".into()));
+    }
+    hint.set(&chained);
+    Ok(chained.records)
+}
+
+/// Writes the chained rows and moves the head to the last of them, in one
+/// round trip. With `after`, only if the stored head is exactly `after`:
+/// the `UPDATE` takes the head row's lock (waiting for a writer that holds
+/// it) and then checks the newest committed head, so two transactions
+/// never both chain onto one head; `false` when it was not, with nothing
+/// written.
+async fn insert_chained(
+    conn: &mut PgConnection,
+    chained: &sql::Chained<String>,
+    after: Option<(i64, &str)>,
+) -> Result<bool> {
     let Some((seq, prev)) = chained.head() else {
-        return Ok(Vec::new());
+        return Ok(true);
     };
     let hashes: Vec<&str> = chained.records.iter().map(|r| r.hash.as_str()).collect();
-    // One round trip: the rows and the new head together.
-    let moved = sqlx::query(
-        "WITH appended AS (
+    let written = match after {
+        None => sqlx::query(
+            "WITH appended AS (
+                INSERT INTO audit (seq, hash, body)
+                SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[])
+            )
+            UPDATE audit_head SET seq = $4, hash = $5 WHERE id = 1",
+        )
+        .bind(&chained.seqs)
+        .bind(&hashes)
+        .bind(&chained.bodies)
+        .bind(seq)
+        .bind(prev),
+        // The rows are written only when the head moved from `after`.
+        Some((after_seq, after_hash)) => sqlx::query(
+            "WITH moved AS (
+                UPDATE audit_head SET seq = $4, hash = $5
+                WHERE id = 1 AND seq = $6 AND hash = $7
+                RETURNING 1
+            )
             INSERT INTO audit (seq, hash, body)
             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[])
+            WHERE EXISTS (SELECT 1 FROM moved)",
         )
-        UPDATE audit_head SET seq = $4, hash = $5 WHERE id = 1",
-    )
-    .bind(&chained.seqs)
-    .bind(&hashes)
-    .bind(&chained.bodies)
-    .bind(seq)
-    .bind(prev)
+        .bind(&chained.seqs)
+        .bind(&hashes)
+        .bind(&chained.bodies)
+        .bind(seq)
+        .bind(prev)
+        .bind(after_seq)
+        .bind(after_hash),
+    }
     .execute(&mut *conn)
     .await
     .map_err(|e| db_error("append audit records", e))?
     .rows_affected();
-    if moved != 1 {
-        return Err(Error::Store("the audit head did not move".into()));
+    match after {
+        None => Ok(written == 1),
+        Some(_) if written == 0 => Ok(false),
+        Some(_) if written == chained.seqs.len() as u64 => Ok(true),
+        Some(_) => Err(Error::Store(format!(
+            "postgres append audit records: {written} of {} rows written",
+            chained.seqs.len()
+        ))),
     }
-    Ok(chained.records)
 }
 
 /// [`Store::prune`] inside a transaction (see its contract). The anchor
@@ -946,6 +1011,7 @@ async fn insert_in(
     conn: &mut PgConnection,
     record: &RequestRecord,
     events: &[AuditEvent],
+    hint: &HeadHint,
 ) -> Result<Vec<AuditRecord>> {
     let c = sql::Columns::of(record, ENGINE)?;
     let inserted = sqlx::query(
@@ -972,7 +1038,7 @@ async fn insert_in(
     let mut risk = risk_facts::Deltas::default();
     risk.add(&Contribution::of(record), 1);
     apply_risk(conn, &risk).await?;
-    append_in(conn, events).await
+    append_in(conn, events, hint).await
 }
 
 async fn update_in(
@@ -980,6 +1046,7 @@ async fn update_in(
     expected_version: u64,
     record: &RequestRecord,
     events: &[AuditEvent],
+    hint: &HeadHint,
 ) -> Result<Vec<AuditRecord>> {
     let c = sql::Columns::of(record, ENGINE)?;
     let id = c.id.clone();
@@ -1012,7 +1079,7 @@ async fn update_in(
             .is_some();
         return Err(sql::missed_update(record, expected_version, exists));
     }
-    append_in(conn, events).await
+    append_in(conn, events, hint).await
 }
 
 #[async_trait]
@@ -1024,7 +1091,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<AuditRecord>> {
         check_versions(0, record)?;
         let mut tx = self.begin().await?;
-        let result = insert_in(&mut tx, record, events).await;
+        let result = insert_in(&mut tx, record, events, &self.head).await;
         finish(tx, result, "insert").await
     }
 
@@ -1036,7 +1103,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<AuditRecord>> {
         check_versions(expected_version, record)?;
         let mut tx = self.begin().await?;
-        let result = update_in(&mut tx, expected_version, record, events).await;
+        let result = update_in(&mut tx, expected_version, record, events, &self.head).await;
         finish(tx, result, "update").await
     }
 
@@ -1388,6 +1455,80 @@ mod tests {
 
     use super::*;
     use crate::audit::GENESIS_HASH;
+
+    #[cfg(feature = "testing")]
+    fn events_for(r: &RequestRecord, n: usize) -> Vec<AuditEvent> {
+        (0..n)
+            .map(|_| {
+                AuditEvent::new(
+                    r.created_at,
+                    crate::audit::AuditKind::Requested,
+                    r.id,
+                    "alice",
+                    r.state,
+                )
+            })
+            .collect()
+    }
+
+    #[cfg(feature = "testing")]
+    async fn verified(store: &PostgresStore) -> crate::audit::ChainSummary {
+        let entries = crate::store::audit_entries_all(store).await.unwrap();
+        crate::audit::ChainVerifier::new()
+            .verify_entries(&entries)
+            .unwrap()
+    }
+
+    /// The audit head a store remembers is only a hint: another replica
+    /// appending, a rolled-back write, or a wrong hash in it never puts a
+    /// record on the wrong predecessor or at a taken `seq`, and the head
+    /// row always names the newest record.
+    #[cfg(feature = "testing")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_audit_head_hint_is_caught_and_the_chain_stays_whole() {
+        use crate::testing::postgres::TestSchema;
+        use crate::testing::store::sample_record;
+        let record = || sample_record("alice", "db", State::Pending, Utc::now());
+        let schema = TestSchema::new().await;
+        let a = schema.store().await;
+        let b = schema.store().await;
+        let mut written = 0;
+        for (store, n) in [(&a, 3), (&a, 1), (&b, 2), (&a, 3), (&b, 1), (&a, 1)] {
+            let r = record();
+            let recs = store.insert(&r, &events_for(&r, n)).await.unwrap();
+            assert_eq!(recs.first().unwrap().seq, written + 1);
+            written += n as u64;
+            assert_eq!(verified(&a).await.records, written);
+        }
+        // The hint is what the last write left.
+        let head = verified(&a).await.head;
+        assert_eq!(a.head.get(), Some((written as i64, head.clone())));
+        for bad in [
+            // A write that was rolled back after chaining.
+            (written as i64 + 1, head.clone()),
+            // The right seq with another hash.
+            (written as i64, GENESIS_HASH.to_string()),
+            // Behind the chain.
+            (1, head.clone()),
+        ] {
+            *a.head.0.lock().unwrap() = Some(bad);
+            let r = record();
+            let recs = a.insert(&r, &events_for(&r, 2)).await.unwrap();
+            assert_eq!(recs[0].seq, written + 1);
+            written += 2;
+            let summary = verified(&a).await;
+            assert_eq!(summary.records, written);
+            assert_eq!(summary.head, recs[1].hash);
+        }
+        let stored: (i64, String) = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&a.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, (written as i64, verified(&b).await.head));
+        a.close().await;
+        b.close().await;
+        schema.drop_schema().await;
+    }
 
     #[test]
     fn migrations_ascend_and_end_at_schema_version() {

@@ -216,6 +216,27 @@ impl<B> Chained<B> {
     }
 }
 
+/// The audit chain's newest `(seq, hash)` as this store last wrote it: a
+/// hint that spares each write transaction a read of the head. It is never
+/// trusted: the first audit insert of a transaction is guarded on the
+/// stored head still being this one (another process may have appended, a
+/// transaction that wrote it may have rolled back), and when it is not,
+/// the head is read and the events are chained again.
+#[derive(Debug, Default)]
+pub(crate) struct HeadHint(pub(super) std::sync::Mutex<Option<(i64, String)>>);
+
+impl HeadHint {
+    pub(crate) fn get(&self) -> Option<(i64, String)> {
+        self.0.lock().ok().and_then(|h| h.clone())
+    }
+
+    pub(crate) fn set<B>(&self, chained: &Chained<B>) {
+        if let Ok(mut h) = self.0.lock() {
+            *h = chained.head().map(|(seq, hash)| (seq, hash.to_string()));
+        }
+    }
+}
+
 /// Chains `events` after the head `(seq, hash)` read from the store (`seq`
 /// 0 and the genesis hash for an empty chain), each record's body made by
 /// `body` (the engine's stored form).

@@ -77,6 +77,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::risk_facts::{self, Contribution};
+use super::sql::HeadHint;
 use super::{
     check_versions, lease_until, sql, HistoryEntry, HistoryQuery, ListFilter, Prune, Store,
 };
@@ -1158,27 +1159,6 @@ impl Columns {
                 .transpose()?,
             body: crate::packed::pack_record(r).map_err(|e| Error::Store(e.to_string()))?,
         })
-    }
-}
-
-/// The audit chain's newest `(seq, hash)` as this store last wrote it: a
-/// hint that spares each write transaction a read of the head. It is never
-/// trusted: the first audit insert of a transaction is guarded on the
-/// stored head still being this one (another process may have appended, a
-/// transaction that wrote it may have rolled back), and when it is not,
-/// the head is read and the events are chained again.
-#[derive(Debug, Default)]
-struct HeadHint(std::sync::Mutex<Option<(i64, String)>>);
-
-impl HeadHint {
-    fn get(&self) -> Option<(i64, String)> {
-        self.0.lock().ok().and_then(|h| h.clone())
-    }
-
-    fn set<B>(&self, chained: &sql::Chained<B>) {
-        if let Ok(mut h) = self.0.lock() {
-            *h = chained.head().map(|(seq, hash)| (seq, hash.to_string()));
-        }
     }
 }
 
@@ -2433,7 +2413,11 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!((facts.requests, facts.entitlement_requests), (3, 3), "{facts:?}");
+        assert_eq!(
+            (facts.requests, facts.entitlement_requests),
+            (3, 3),
+            "{facts:?}"
+        );
         assert_eq!(facts.sources_seen, [true, false]);
         assert!(facts.peer_used, "bob shares a group: {facts:?}");
         let count = |s: State| {
