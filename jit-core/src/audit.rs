@@ -499,7 +499,7 @@ impl AuditRecord {
     /// `0x01`, flags (1: a grant id follows, 2: the seal's tag follows as
     /// bytes), the request id (16 bytes), the grant id (16), `at` (seconds
     /// and nanoseconds, 12), the seal's tag (32), then the rest
-    /// ([`PackedRest`]) as JSON deflated against a dictionary of what
+    /// (`PackedRest`) as JSON deflated against a dictionary of what
     /// events usually say. Read back by [`AuditRecord::from_stored_bytes`];
     /// the hash is recomputed from what it returns, exactly as from the
     /// JSON forms, so the chain's hash definition does not depend on how a

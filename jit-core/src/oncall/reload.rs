@@ -35,7 +35,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{OnCallSource, Rota};
-use crate::error::{ConfigError, Error, Result};
+use crate::error::{ConfigError, Result};
 
 /// How often a [`RotaFile`] looks at its file by default.
 pub const DEFAULT_CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -128,12 +128,10 @@ impl OnCallSource for RotaFile {
     }
 
     async fn on_call(&self, schedule: &str, at: DateTime<Utc>) -> Result<BTreeSet<String>> {
-        self.current()
-            .on_call_at(schedule, at)
-            .ok_or_else(|| Error::Unavailable {
-                what: "on-call rota".into(),
-                message: format!("no schedule `{schedule}` in the rota"),
-            })
+        // The version in force answers, with its own error for a schedule
+        // it does not have.
+        let rota = self.current();
+        rota.on_call(schedule, at).await
     }
 
     fn schedules(&self) -> Option<BTreeSet<String>> {
