@@ -9,7 +9,14 @@
 //!
 //! `cargo bench -p vending-server --bench grants`
 //! `JIT_BENCH_DIR=/dev/shm cargo bench -p vending-server --bench grants`
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//!
+//! For profilers: `JIT_BENCH_GRANTS=N` runs N requests of one case
+//! (`JIT_BENCH_CASE`: `server` (the default), `many` or `baseline`) one
+//! after another after the same setup, then exits without criterion. Two
+//! runs with different N under `valgrind --tool=callgrind` or `strace -c -f`
+//! give the instructions and system calls of one grant by difference, which
+//! the machine's load does not move.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +24,7 @@ use std::sync::Arc;
 
 use axum::routing::post;
 use axum::Router;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use jit_core::local::LocalKey;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
@@ -37,7 +44,55 @@ async fn start(app: Router) -> String {
     format!("http://{addr}")
 }
 
-fn bench(c: &mut Criterion) {
+/// The servers under test and their clients, set up once.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    server_url: String,
+    baseline_url: String,
+    token: String,
+    tokens: Vec<String>,
+    next: AtomicU64,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn server_grant(&self, token: &str) {
+        let r = self
+            .http
+            .post(format!("{}/v1/requests", self.server_url))
+            .bearer_auth(token)
+            .json(&json!({"entitlement": "demo-api", "duration": "5m", "justification": "bench"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        r.bytes().await.unwrap();
+    }
+
+    async fn one_subject(&self) {
+        self.server_grant(&self.token).await;
+    }
+
+    async fn many_subjects(&self) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % SUBJECTS;
+        self.server_grant(&self.tokens[i]).await;
+    }
+
+    async fn baseline(&self) {
+        let r = self
+            .http
+            .post(format!("{}/baseline", self.baseline_url))
+            .json(&json!({"entitlement": "demo-api", "duration": "5m", "justification": "bench"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.bytes().await.unwrap();
+    }
+}
+
+fn setup() -> Setup {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -146,57 +201,59 @@ fn bench(c: &mut Criterion) {
     );
     let baseline_url = rt.block_on(start(baseline));
 
-    let http = reqwest::Client::new();
+    Setup {
+        rt,
+        server_url,
+        baseline_url,
+        token,
+        tokens,
+        next,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let s = setup();
     let mut g = c.benchmark_group("grants");
     g.throughput(Throughput::Elements(1));
     g.sample_size(30);
     g.bench_function("server_auto_approved_local_token", |b| {
-        b.to_async(&rt).iter(|| async {
-            let r = http
-                .post(format!("{server_url}/v1/requests"))
-                .bearer_auth(&token)
-                .json(
-                    &json!({"entitlement": "demo-api", "duration": "5m", "justification": "bench"}),
-                )
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status().as_u16(), 201);
-            r.bytes().await.unwrap();
-        })
+        b.to_async(&s.rt).iter(|| s.one_subject())
     });
     g.bench_function("server_1000_requesters", |b| {
-        b.to_async(&rt).iter(|| async {
-            let i = next.fetch_add(1, Ordering::Relaxed) as usize % SUBJECTS;
-            let r = http
-                .post(format!("{server_url}/v1/requests"))
-                .bearer_auth(&tokens[i])
-                .json(
-                    &json!({"entitlement": "demo-api", "duration": "5m", "justification": "bench"}),
-                )
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status().as_u16(), 201);
-            r.bytes().await.unwrap();
-        })
+        b.to_async(&s.rt).iter(|| s.many_subjects())
     });
     g.bench_function("baseline_axum_3_sqlite_commits", |b| {
-        b.to_async(&rt).iter(|| async {
-            let r = http
-                .post(format!("{baseline_url}/baseline"))
-                .json(
-                    &json!({"entitlement": "demo-api", "duration": "5m", "justification": "bench"}),
-                )
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status().as_u16(), 200);
-            r.bytes().await.unwrap();
-        })
+        b.to_async(&s.rt).iter(|| s.baseline())
     });
     g.finish();
 }
 
+/// `JIT_BENCH_GRANTS=N`: N requests of `JIT_BENCH_CASE`, nothing else.
+fn counted(n: u64) {
+    let s = setup();
+    let case = std::env::var("JIT_BENCH_CASE").unwrap_or_else(|_| "server".into());
+    s.rt.block_on(async {
+        for _ in 0..n {
+            match case.as_str() {
+                "server" => s.one_subject().await,
+                "many" => s.many_subjects().await,
+                "baseline" => s.baseline().await,
+                other => panic!("unknown JIT_BENCH_CASE `{other}`"),
+            }
+        }
+    });
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var("JIT_BENCH_GRANTS") {
+        Ok(n) => counted(n.parse().expect("JIT_BENCH_GRANTS is a number")),
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}
