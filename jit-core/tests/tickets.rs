@@ -348,3 +348,68 @@ fn bad_tracker_settings_are_refused() {
         .to_string();
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// A ticket verifier that lets a risk assessor finish: the assessor waits
+/// for the verifier's signal, so it can only answer within its timeout if
+/// the broker asks both at once (asked one after the other, risk first
+/// as the broker used to, the assessor would wait for a verifier not yet
+/// asked, and time out).
+#[derive(Debug)]
+struct Signalling(Arc<tokio::sync::Notify>);
+
+#[async_trait::async_trait]
+impl TicketVerifier for Signalling {
+    fn name(&self) -> &str {
+        "signalling"
+    }
+    async fn verify(
+        &self,
+        ticket: &str,
+        _requester: &Principal,
+    ) -> jit_core::Result<jit_core::ticket::TicketVerdict> {
+        self.0.notify_one();
+        Ok(serde_json::from_value(serde_json::json!({
+            "ticket": ticket, "verifier": "signalling", "verified": true, "reason": "ok"
+        }))
+        .unwrap())
+    }
+}
+
+#[derive(Debug)]
+struct Waiting(Arc<tokio::sync::Notify>);
+
+#[async_trait::async_trait]
+impl jit_core::risk::RiskAssessor for Waiting {
+    fn name(&self) -> &str {
+        "waiting"
+    }
+    async fn assess(
+        &self,
+        _input: &jit_core::risk::RiskInput<'_>,
+    ) -> jit_core::Result<jit_core::risk::RiskAssessment> {
+        self.0.notified().await;
+        Ok(jit_core::risk::RiskAssessment::from_signals(
+            "waiting",
+            vec![],
+        ))
+    }
+}
+
+#[tokio::test]
+async fn risk_review_and_ticket_verification_are_asked_together() {
+    let signal = Arc::new(tokio::sync::Notify::new());
+    let b = Broker::builder(
+        Arc::new(MemoryStore::new()),
+        Arc::new(CataloguePolicy::from_toml_str(CATALOGUE).unwrap()),
+    )
+    .provider(Arc::new(TestProvider::new("test")))
+    .ticket_verifier(Arc::new(Signalling(signal.clone())))
+    .risk_assessor(Arc::new(Waiting(signal)))
+    .risk_timeout(Duration::from_secs(10))
+    .build()
+    .unwrap();
+    let out = b.submit(&bob(), req("db-read", "INC-1")).await.unwrap();
+    let risk = out.record.decision.risk.unwrap();
+    assert_eq!(risk.error, None, "{risk:?}");
+    assert!(out.record.decision.ticket.unwrap().verified);
+}
