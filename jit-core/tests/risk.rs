@@ -774,7 +774,7 @@ impl RiskAssessor for Lying {
 #[tokio::test]
 async fn slow_failing_or_lying_assessors_never_auto_approve() {
     let cases: [(Arc<dyn RiskAssessor>, &str); 3] = [
-        (Arc::new(Slow), "no answer within"),
+        (Arc::new(Slow), "no answer within 200 ms"),
         (Arc::new(Failing), "connection refused"),
         (Arc::new(Lying), "above the maximum"),
     ];

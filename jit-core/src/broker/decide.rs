@@ -184,7 +184,9 @@ impl Broker {
             Ok(Err(e)) => RiskAssessment::unavailable(name, e.to_string()),
             Err(_) => RiskAssessment::unavailable(
                 name,
-                format!("no answer within {}", format_duration(timeout)),
+                // In milliseconds, as the other hooks say it: a 500 ms
+                // timeout is not "0s".
+                format!("no answer within {} ms", timeout.as_millis()),
             ),
         };
         if let Some(error) = &assessment.error {

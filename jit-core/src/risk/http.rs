@@ -211,10 +211,7 @@ impl RiskAssessor for HttpAssessor {
         let answer = tokio::time::timeout(self.timeout, self.call(body))
             .await
             .map_err(|_| {
-                self.unavailable(format!(
-                    "no answer within {}",
-                    crate::types::format_duration(self.timeout)
-                ))
+                self.unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
             })??;
         self.parse(&answer)
     }
