@@ -7,8 +7,12 @@
 //! process: after a restart it is empty, which each provider must make safe
 //! (native expiry, revocation keyed by grant id, `find` at the cloud).
 //! Entries are pruned once their access has been over for the retention.
+//! Pruning takes only the entries that are due, from an index by prune
+//! time: it costs the same with ten entries or a million (it used to scan
+//! every entry on every write, which at scale made each issue slower than
+//! the last).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,12 +23,44 @@ use crate::types::GrantId;
 struct Entry<T> {
     value: T,
     expires_at: DateTime<Utc>,
+    /// When the entry goes: `None` when that is past the end of time.
+    until: Option<DateTime<Utc>>,
+}
+
+/// The entries, and each one's prune time (`until`) in order.
+struct Entries<T> {
+    map: HashMap<GrantId, Entry<T>>,
+    by_until: BTreeSet<(DateTime<Utc>, GrantId)>,
+}
+
+impl<T> Entries<T> {
+    fn put(&mut self, grant: GrantId, entry: Entry<T>) {
+        if let Some(until) = entry.until {
+            self.by_until.insert((until, grant));
+        }
+        if let Some(old) = self.map.insert(grant, entry) {
+            self.forget_until(grant, &old);
+        }
+    }
+
+    fn take(&mut self, grant: GrantId) -> Option<Entry<T>> {
+        let old = self.map.remove(&grant)?;
+        self.forget_until(grant, &old);
+        Some(old)
+    }
+
+    fn forget_until(&mut self, grant: GrantId, old: &Entry<T>) {
+        let current = self.map.get(&grant).and_then(|e| e.until);
+        if let Some(until) = old.until.filter(|u| Some(*u) != current) {
+            self.by_until.remove(&(until, grant));
+        }
+    }
 }
 
 /// See the [module docs](self).
 pub struct Ledger<T> {
     retention: TimeDelta,
-    entries: Mutex<HashMap<GrantId, Entry<T>>>,
+    entries: Mutex<Entries<T>>,
 }
 
 impl<T> std::fmt::Debug for Ledger<T> {
@@ -33,7 +69,7 @@ impl<T> std::fmt::Debug for Ledger<T> {
         f.debug_struct("Ledger")
             .field(
                 "entries",
-                &self.entries.lock().map(|m| m.len()).unwrap_or_default(),
+                &self.entries.lock().map(|m| m.map.len()).unwrap_or_default(),
             )
             .field("retention_secs", &self.retention.num_seconds())
             .finish()
@@ -45,40 +81,56 @@ impl<T: Clone> Ledger<T> {
     pub fn new(retention: Duration) -> Self {
         Self {
             retention: TimeDelta::from_std(retention).unwrap_or(TimeDelta::MAX),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                map: HashMap::new(),
+                by_until: BTreeSet::new(),
+            }),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<GrantId, Entry<T>>> {
-        // Plain data, each change a single insert: a panic elsewhere cannot
-        // leave it half-written.
+    fn lock(&self) -> MutexGuard<'_, Entries<T>> {
+        // Plain data, each change made before the lock is let go and
+        // nothing in it panics: a panic elsewhere cannot leave it
+        // half-written.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn prune(&self, map: &mut HashMap<GrantId, Entry<T>>, now: DateTime<Utc>) {
-        let retention = self.retention;
-        map.retain(|_, e| {
-            e.expires_at
-                .checked_add_signed(retention)
-                .is_none_or(|until| until >= now)
-        });
+    fn entry(&self, value: T, expires_at: DateTime<Utc>) -> Entry<T> {
+        Entry {
+            value,
+            expires_at,
+            until: expires_at.checked_add_signed(self.retention),
+        }
+    }
+
+    /// Drops the entries whose retention ended before `now`, earliest
+    /// first, touching no other.
+    fn prune(entries: &mut Entries<T>, now: DateTime<Utc>) {
+        while let Some(&(until, grant)) = entries.by_until.first() {
+            if until >= now {
+                break;
+            }
+            entries.by_until.pop_first();
+            entries.map.remove(&grant);
+        }
     }
 
     /// The entry for `grant`, if any.
     pub fn get(&self, grant: GrantId) -> Option<T> {
-        self.lock().get(&grant).map(|e| e.value.clone())
+        self.lock().map.get(&grant).map(|e| e.value.clone())
     }
 
     /// The expiry recorded for `grant`, if any.
     pub fn expires_at(&self, grant: GrantId) -> Option<DateTime<Utc>> {
-        self.lock().get(&grant).map(|e| e.expires_at)
+        self.lock().map.get(&grant).map(|e| e.expires_at)
     }
 
     /// Records `value` for `grant` (replacing an earlier entry) and prunes.
     pub fn insert(&self, grant: GrantId, value: T, expires_at: DateTime<Utc>, now: DateTime<Utc>) {
-        let mut map = self.lock();
-        self.prune(&mut map, now);
-        map.insert(grant, Entry { value, expires_at });
+        let mut entries = self.lock();
+        Self::prune(&mut entries, now);
+        let entry = self.entry(value, expires_at);
+        entries.put(grant, entry);
     }
 
     /// Replaces `grant`'s entry with what `f` makes of the earlier one (if
@@ -90,16 +142,11 @@ impl<T: Clone> Ledger<T> {
         now: DateTime<Utc>,
         f: impl FnOnce(Option<&T>) -> (T, DateTime<Utc>),
     ) -> T {
-        let mut map = self.lock();
-        self.prune(&mut map, now);
-        let (value, expires_at) = f(map.get(&grant).map(|e| &e.value));
-        map.insert(
-            grant,
-            Entry {
-                value: value.clone(),
-                expires_at,
-            },
-        );
+        let mut entries = self.lock();
+        Self::prune(&mut entries, now);
+        let (value, expires_at) = f(entries.map.get(&grant).map(|e| &e.value));
+        let entry = self.entry(value.clone(), expires_at);
+        entries.put(grant, entry);
         value
     }
 
@@ -111,30 +158,25 @@ impl<T: Clone> Ledger<T> {
         now: DateTime<Utc>,
         make: impl FnOnce() -> Result<(T, DateTime<Utc>), E>,
     ) -> Result<T, E> {
-        let mut map = self.lock();
-        self.prune(&mut map, now);
-        if let Some(e) = map.get(&grant) {
+        let mut entries = self.lock();
+        Self::prune(&mut entries, now);
+        if let Some(e) = entries.map.get(&grant) {
             return Ok(e.value.clone());
         }
         let (value, expires_at) = make()?;
-        map.insert(
-            grant,
-            Entry {
-                value: value.clone(),
-                expires_at,
-            },
-        );
+        let entry = self.entry(value.clone(), expires_at);
+        entries.put(grant, entry);
         Ok(value)
     }
 
     /// Forgets `grant`.
     pub fn remove(&self, grant: GrantId) -> Option<T> {
-        self.lock().remove(&grant).map(|e| e.value)
+        self.lock().take(grant).map(|e| e.value)
     }
 
     /// How many entries are kept.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     /// Whether nothing is kept.
@@ -165,6 +207,48 @@ mod tests {
         assert_eq!(ledger.get(a), None);
         assert_eq!(ledger.get(b), Some("b"));
         assert_eq!(ledger.len(), 3);
+    }
+
+    /// A replaced entry is pruned by its new expiry, not its old one, and
+    /// a removed one leaves nothing behind in the prune index.
+    #[test]
+    fn replaced_and_removed_entries_prune_by_what_is_kept() {
+        let ledger = Ledger::new(Duration::from_secs(60));
+        let (a, b, c) = (GrantId::new(), GrantId::new(), GrantId::new());
+        ledger.insert(a, "a1", t(100), t(0));
+        ledger.insert(a, "a2", t(1000), t(0));
+        let kept = ledger.update(b, t(0), |_| ("b", t(100)));
+        assert_eq!(kept, "b");
+        ledger.update(b, t(0), |_| ("b", t(2000)));
+        ledger.insert(c, "c", t(100), t(0));
+        assert_eq!(ledger.remove(c), Some("c"));
+        // Past a's and b's first expiries (and c's): both kept.
+        ledger.insert(GrantId::new(), "x", t(5000), t(500));
+        assert_eq!((ledger.get(a), ledger.get(b)), (Some("a2"), Some("b")));
+        let inner = ledger.lock();
+        assert_eq!(inner.by_until.len(), inner.map.len());
+        drop(inner);
+        // Past a's second expiry only.
+        ledger.insert(GrantId::new(), "y", t(5000), t(1061));
+        assert_eq!((ledger.get(a), ledger.get(b)), (None, Some("b")));
+        // The same expiry twice (a repeated issue) keeps its index entry.
+        ledger.update(b, t(1061), |_| ("b", t(2000)));
+        ledger.insert(GrantId::new(), "z", t(5000), t(2061));
+        assert_eq!(ledger.get(b), None);
+        let inner = ledger.lock();
+        assert_eq!(inner.by_until.len(), inner.map.len());
+    }
+
+    /// An expiry at the end of time is never pruned (and never overflows).
+    #[test]
+    fn an_entry_without_end_stays() {
+        let ledger = Ledger::new(Duration::from_secs(60));
+        let g = GrantId::new();
+        ledger.insert(g, 1, DateTime::<Utc>::MAX_UTC, t(0));
+        ledger.insert(GrantId::new(), 2, t(0), t(0));
+        ledger.insert(GrantId::new(), 3, t(0), t(100_000));
+        assert_eq!(ledger.get(g), Some(1));
+        assert_eq!(ledger.len(), 2);
     }
 
     #[test]
