@@ -8,7 +8,10 @@
 //! - [`Store::update`] is a compare-and-set: it succeeds only if the stored
 //!   version equals `expected_version`, and the new record must carry
 //!   `expected_version + 1`. A lost race is [`Error::Conflict`], never a silent
-//!   overwrite.
+//!   overwrite. A request's identity (its requester's id, its entitlement,
+//!   its creation time) never changes: an update that would change it is
+//!   refused ([`Error::Store`]) and writes nothing. Stores index by it
+//!   once, at insert.
 //! - The audit chain is a single chain: appends are serialized.
 //! - [`Store::due`] returns records in the given states whose
 //!   [`RequestRecord::due_at`] is at or before `now`, earliest first.
@@ -264,7 +267,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<AuditRecord>>;
 
     /// Compare-and-set: replaces the record if the stored version is
-    /// `expected_version`, and appends the events, atomically.
+    /// `expected_version`, and appends the events, atomically. The
+    /// record's requester id, entitlement and creation time must be the
+    /// stored ones (see the module's contract).
     async fn update(
         &self,
         expected_version: u64,
@@ -708,6 +713,15 @@ pub(crate) fn counts_from_rows(rows: Vec<(String, i64)>) -> Vec<(State, u64)> {
 }
 
 /// Checks the CAS preconditions every store shares.
+/// An update that would change a stored request's identity: its
+/// requester, entitlement or creation time (see [`Store::update`]).
+pub(crate) fn identity_changed(record: &RequestRecord) -> Error {
+    Error::Store(format!(
+        "request `{}`: an update may not change its requester, entitlement or creation time",
+        record.id
+    ))
+}
+
 pub(crate) fn check_versions(expected_version: u64, record: &RequestRecord) -> Result<()> {
     if record.version != expected_version + 1 {
         return Err(Error::Store(format!(

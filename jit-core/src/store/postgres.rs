@@ -1050,11 +1050,13 @@ async fn update_in(
 ) -> Result<Vec<AuditRecord>> {
     let c = sql::Columns::of(record, ENGINE)?;
     let id = c.id.clone();
+    let expected = to_i64(expected_version, "version")?;
+    // The identity columns are compared, not set (see the store contract).
     let updated = sqlx::query(
         "UPDATE requests
-         SET version = $1, state = $2, requester = $3, entitlement = $4, created_at = $5,
-             due_at = $6, ends_at = $7, body = $8
-         WHERE id = $9 AND version = $10",
+         SET version = $1, state = $2, due_at = $6, ends_at = $7, body = $8
+         WHERE id = $9 AND version = $10
+            AND requester = $3 AND entitlement = $4 AND created_at = $5",
     )
     .bind(c.version)
     .bind(c.state)
@@ -1065,19 +1067,27 @@ async fn update_in(
     .bind(c.ends_at)
     .bind(c.body)
     .bind(c.id)
-    .bind(to_i64(expected_version, "version")?)
+    .bind(expected)
     .execute(&mut *conn)
     .await
     .map_err(|e| db_error("update request", e))?
     .rows_affected();
     if updated == 0 {
-        let exists = sqlx::query("SELECT 1 FROM requests WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| db_error("read request", e))?
-            .is_some();
-        return Err(sql::missed_update(record, expected_version, exists));
+        let stored: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT version, requester = $2 AND entitlement = $3 AND created_at = $4
+             FROM requests WHERE id = $1",
+        )
+        .bind(id)
+        .bind(record.requester.id.as_str())
+        .bind(record.request.entitlement.as_str())
+        .bind(sql::timestamp(record.created_at, ENGINE)?)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| db_error("read request", e))?;
+        return Err(match stored {
+            Some((version, false)) if version == expected => super::identity_changed(record),
+            stored => sql::missed_update(record, expected_version, stored.is_some()),
+        });
     }
     append_in(conn, events, hint).await
 }

@@ -18,20 +18,30 @@
 //!   SQLite's sleep-and-poll busy handler; the busy timeout then only covers
 //!   other processes. A writer still waiting after the timeout gets
 //!   [`Error::Unavailable`].
-//! - **Few round trips per write.** Each statement is a round trip to the
-//!   connection's worker thread, which on a busy machine costs more than
-//!   the statement. A transition's audit events go in one `INSERT`, chained
+//! - **Three round trips per write.** Each statement sent is a round trip
+//!   to the connection's worker thread (a hand-over to another thread and
+//!   back), which costs more than the statement itself: `BEGIN IMMEDIATE`,
+//!   then one batch of statements, then `COMMIT`. The batch holds the
+//!   record's statement (and, for an insert, the risk aggregates'
+//!   upserts) and the transition's audit events in one `INSERT`, chained
 //!   onto the head this store last wrote and guarded in SQL on that head
-//!   still being the stored one; only when it is not (another process
+//!   still being the stored one; each statement says what it did through
+//!   `RETURNING` rows. Only when the guard wrote nothing (another process
 //!   appended, a write rolled back) is the head read and the chain redone,
 //!   under the same write lock. Writes keep one connection of their own
 //!   (see `Writer`) instead of taking one from the pool and handing it
 //!   back each time, and the pool does not ping a connection before
 //!   handing it to a reader.
-//! - **Compare-and-set in SQL.** `UPDATE .. WHERE id = ? AND version = ?`; no
-//!   row changed means a lost race ([`Error::Conflict`]) or an unknown id
-//!   ([`Error::NotFound`]). Any failure rolls the whole transition back,
-//!   record and audit events alike.
+//! - **Compare-and-set in SQL.** `UPDATE .. WHERE id = ? AND version = ?`
+//!   and the request's identity (requester, entitlement, creation time)
+//!   unchanged; no row changed means a lost race ([`Error::Conflict`]), an
+//!   unknown id ([`Error::NotFound`]) or an update that would change the
+//!   identity (refused). Only what a transition can change is set, so an
+//!   update rewrites the indexes on state and times, not the five that
+//!   hold only identity columns (SQLite rewrites an index whenever an
+//!   `UPDATE` sets one of its columns, whether its value changed or not).
+//!   Any failure rolls the whole transition back, record and audit events
+//!   alike.
 //! - **Packed rows, plus query columns** (schema 13; issue #15: about a
 //!   third of the bytes per grant of schema 12). Each [`RequestRecord`] is
 //!   stored whole, so reads return exactly what was written, as its JSON
@@ -45,9 +55,10 @@
 //!   covers the record, never its stored form. The request id is its 16
 //!   bytes; the columns `state`, `requester` (the exact subject id),
 //!   `entitlement`, `created_at`, `due_at` ([`RequestRecord::due_at`]),
-//!   `ends_at`, and risk review's `duration`, `groups` and `context` (JSON,
-//!   `NULL` when empty) are recomputed on every write and exist only to
-//!   filter and sort, so no statement parses a body. Times are integer
+//!   and `ends_at` are written from the record and exist only to filter
+//!   and sort, so no statement parses a body. (Schema 13's `duration`,
+//!   `groups` and `context` columns are no longer written: risk review
+//!   reads its aggregates since schema 14.) Times are integer
 //!   nanoseconds since the epoch (years 1677 to 2262; others are refused
 //!   on write, and a query bound outside them compares as the nearest end).
 //! - **Indexes for what is queried.** Each read shape has one (tests check
@@ -546,33 +557,41 @@ const INSERT_RISK_SQL: &str = "WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS en
     SELECT p.ent, g.value, p.who, 1 FROM p, json_each(p.grps) AS g WHERE true
     ON CONFLICT (entitlement, grp, requester) DO UPDATE SET n = n + 1";
 
-/// [`INSERT_RISK_SQL`] for `record`, inside the insert's transaction.
-async fn insert_risk(conn: &mut SqliteConnection, record: &RequestRecord) -> Result<()> {
-    let c = Contribution::of(record);
-    let encode = |v: serde_json::Result<String>| {
-        v.map_err(|e| Error::Store(format!("cannot encode risk aggregates: {e}")))
-    };
-    let sources: Vec<(&str, &str)> = c
-        .sources
-        .iter()
-        .map(|(k, v)| {
-            (
-                risk_facts::SOURCE_KEYS.get(*k).copied().unwrap_or_default(),
-                *v,
-            )
+/// [`INSERT_RISK_SQL`]'s six parameters for one inserted record.
+struct RiskRow<'a> {
+    requester: &'a str,
+    hour: i64,
+    entitlement: &'a str,
+    secs: i64,
+    sources: String,
+    groups: String,
+}
+
+impl<'a> RiskRow<'a> {
+    fn of(record: &'a RequestRecord) -> Result<Self> {
+        let c = Contribution::of(record);
+        let encode = |v: serde_json::Result<String>| {
+            v.map_err(|e| Error::Store(format!("cannot encode risk aggregates: {e}")))
+        };
+        let sources: Vec<(&str, &str)> = c
+            .sources
+            .iter()
+            .map(|(k, v)| {
+                (
+                    risk_facts::SOURCE_KEYS.get(*k).copied().unwrap_or_default(),
+                    *v,
+                )
+            })
+            .collect();
+        Ok(Self {
+            requester: c.requester,
+            hour: i64::from(c.hour()),
+            entitlement: c.entitlement,
+            secs: i64::try_from(c.secs).unwrap_or(i64::MAX),
+            sources: encode(serde_json::to_string(&sources))?,
+            groups: encode(serde_json::to_string(c.groups))?,
         })
-        .collect();
-    sqlx::query(INSERT_RISK_SQL)
-        .bind(c.requester)
-        .bind(i64::from(c.hour()))
-        .bind(c.entitlement)
-        .bind(i64::try_from(c.secs).unwrap_or(i64::MAX))
-        .bind(encode(serde_json::to_string(&sources))?)
-        .bind(encode(serde_json::to_string(c.groups))?)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| db_error("update risk aggregates", e))?;
-    Ok(())
+    }
 }
 
 /// [`FACTS_SQL`] for `query` on `conn`.
@@ -1121,8 +1140,10 @@ fn hash_text(stored: &[u8]) -> String {
     }
 }
 
-/// The columns of one `requests` row (migration 13): the query columns,
-/// recomputed on every write, and the packed body.
+/// A record's columns as stored (schema 13). The `duration`, `groups`
+/// and `context` columns that schema 13 added for risk review are no
+/// longer written (NULL): since the aggregates (14) nothing reads them,
+/// and dropping them would rewrite the whole table.
 struct Columns {
     id: [u8; 16],
     version: i64,
@@ -1130,19 +1151,11 @@ struct Columns {
     created_at: i64,
     due_at: Option<i64>,
     ends_at: Option<i64>,
-    duration: i64,
-    /// The requester's groups as a JSON array, `None` when there are none.
-    groups: Option<String>,
-    /// The request's context as a JSON object, `None` when empty.
-    context: Option<String>,
     body: Vec<u8>,
 }
 
 impl Columns {
     fn of(r: &RequestRecord) -> Result<Self> {
-        let json = |v: serde_json::Result<String>| {
-            v.map_err(|e| Error::Store(format!("cannot encode request `{}`: {e}", r.id)))
-        };
         Ok(Self {
             id: id_bytes(r.id),
             version: to_i64(r.version, "version")?,
@@ -1150,13 +1163,6 @@ impl Columns {
             created_at: nanos(r.created_at)?,
             due_at: r.due_at().map(nanos).transpose()?,
             ends_at: r.ends_at().map(nanos).transpose()?,
-            duration: to_i64(r.request.duration.get().as_secs(), "duration")?,
-            groups: (!r.requester.groups.is_empty())
-                .then(|| json(serde_json::to_string(&r.requester.groups)))
-                .transpose()?,
-            context: (!r.request.context.is_empty())
-                .then(|| json(serde_json::to_string(&r.request.context)))
-                .transpose()?,
             body: crate::packed::pack_record(r).map_err(|e| Error::Store(e.to_string()))?,
         })
     }
@@ -1166,22 +1172,19 @@ impl Columns {
 /// SQLite's limit on bound parameters).
 const AUDIT_ROWS_PER_INSERT: usize = 200;
 
-/// Inserts the chained rows, in as few statements as possible. With
-/// `after`, the first statement inserts only if the stored head (the newest
-/// row, or the anchor when every row was pruned) is exactly `after` and
-/// nothing follows it; `false` when it was not, with nothing written.
+/// Inserts the chained rows, in as few statements as possible, unguarded:
+/// for a caller that holds the write lock since it read the head.
 async fn insert_chained(
     conn: &mut SqliteConnection,
     chained: &sql::Chained<Vec<u8>>,
-    after: Option<(i64, &str)>,
-) -> Result<bool> {
+) -> Result<()> {
     let rows: Vec<_> = chained
         .seqs
         .iter()
         .zip(&chained.records)
         .zip(&chained.bodies)
         .collect();
-    for (i, chunk) in rows.chunks(AUDIT_ROWS_PER_INSERT).enumerate() {
+    for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO audit (seq, hash, body) SELECT column1, column2, column3 FROM (VALUES ",
         );
@@ -1197,26 +1200,12 @@ async fn insert_chained(
                 .push_unseparated(")");
         }
         q.push(")");
-        let guard = after.filter(|_| i == 0);
-        if let Some((seq, hash)) = guard {
-            q.push(" WHERE NOT EXISTS (SELECT 1 FROM audit WHERE seq > ")
-                .push_bind(seq)
-                .push(") AND COALESCE((SELECT hash FROM audit WHERE seq = ")
-                .push_bind(seq)
-                .push("), (SELECT unhex(hash) FROM audit_anchor WHERE id = 1 AND seq = ")
-                .push_bind(seq)
-                .push(")) = ")
-                .push_bind(hash_bytes(hash));
-        }
         let inserted = q
             .build()
             .execute(&mut *conn)
             .await
             .map_err(|e| db_error("append audit records", e))?
             .rows_affected();
-        if inserted == 0 && guard.is_some() {
-            return Ok(false);
-        }
         if inserted != chunk.len() as u64 {
             return Err(Error::Store(format!(
                 "sqlite append audit records: {inserted} of {} rows written",
@@ -1224,26 +1213,129 @@ async fn insert_chained(
             )));
         }
     }
-    Ok(true)
+    Ok(())
 }
 
-/// Chains `events` after the current head. Must run inside a write
-/// transaction. The head comes from `hint` when it is still current (one
-/// statement writes the events), else from a read.
-async fn append_in(
+/// A transition's audit events chained onto the head this store last
+/// wrote (`hint`), to go in the transition's batch under a guard on that
+/// head; `None` when there is no hint or too many events for one
+/// statement (then [`append_after_read`] writes them).
+fn plan_audit(events: &[AuditEvent], hint: &HeadHint) -> Result<Option<Planned>> {
+    if events.is_empty() || events.len() > AUDIT_ROWS_PER_INSERT {
+        return Ok(None);
+    }
+    let Some((seq, hash)) = hint.get() else {
+        return Ok(None);
+    };
+    let chained = sql::chain(events, seq, &hash, ENGINE, AuditRecord::to_packed)?;
+    Ok(Some(Planned {
+        chained,
+        after: (seq, hash_bytes(&hash)),
+    }))
+}
+
+/// Audit rows chained onto a remembered head (see [`plan_audit`]).
+struct Planned {
+    chained: sql::Chained<Vec<u8>>,
+    /// The head they follow: its `seq` and stored hash.
+    after: (i64, Vec<u8>),
+}
+
+impl Planned {
+    /// The guarded `INSERT` of these rows, its parameters numbered from
+    /// `first` (each row's seq, hash and body, then the head's seq and
+    /// hash; see [`Planned::bind`]): it writes every row only if the
+    /// stored head (the newest row, or the anchor when every row was
+    /// pruned) is exactly the one they follow and nothing comes after it,
+    /// and returns one row `1` per row written.
+    fn push_sql(&self, sql: &mut String, first: usize) {
+        use std::fmt::Write as _;
+        sql.push_str(
+            "INSERT INTO audit (seq, hash, body) SELECT column1, column2, column3 FROM (VALUES ",
+        );
+        let rows = self.chained.records.len();
+        for i in 0..rows {
+            let p = first + 3 * i;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "(?{p}, ?{}, ?{})", p + 1, p + 2);
+        }
+        let (seq, hash) = (first + 3 * rows, first + 3 * rows + 1);
+        let _ = write!(
+            sql,
+            ") WHERE NOT EXISTS (SELECT 1 FROM audit WHERE seq > ?{seq})
+            AND COALESCE((SELECT hash FROM audit WHERE seq = ?{seq}),
+                (SELECT unhex(hash) FROM audit_anchor WHERE id = 1 AND seq = ?{seq})) = ?{hash}
+            RETURNING 1"
+        );
+    }
+
+    /// Binds [`Planned::push_sql`]'s parameters, in order.
+    fn bind<'q>(
+        &'q self,
+        mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+        for ((seq, r), body) in self
+            .chained
+            .seqs
+            .iter()
+            .zip(&self.chained.records)
+            .zip(&self.chained.bodies)
+        {
+            q = q.bind(*seq).bind(hash_bytes(&r.hash)).bind(body.as_slice());
+        }
+        q.bind(self.after.0).bind(self.after.1.as_slice())
+    }
+}
+
+/// What a transition's batch did: whether its record statement changed
+/// the record (a row `0`), and how many audit rows went in (rows `1`).
+fn batch_outcome(rows: &[sqlx::sqlite::SqliteRow], op: &str) -> Result<(bool, usize)> {
+    let (mut changed, mut audited) = (false, 0);
+    for row in rows {
+        match row.try_get::<i64, _>(0).map_err(|e| db_error(op, e))? {
+            0 => changed = true,
+            _ => audited += 1,
+        }
+    }
+    Ok((changed, audited))
+}
+
+/// The audit part of a transition whose record statement succeeded:
+/// `planned`'s rows when its batch wrote them all, else (no plan, or the
+/// head had moved and the guard wrote none) the events chained after the
+/// head read now.
+async fn finish_audit(
+    conn: &mut SqliteConnection,
+    events: &[AuditEvent],
+    hint: &HeadHint,
+    planned: Option<Planned>,
+    audited: usize,
+) -> Result<Vec<AuditRecord>> {
+    match planned {
+        Some(p) if audited == p.chained.records.len() => {
+            hint.set(&p.chained);
+            Ok(p.chained.records)
+        }
+        Some(p) if audited != 0 => Err(Error::Store(format!(
+            "sqlite append audit records: {audited} of {} rows written",
+            p.chained.records.len()
+        ))),
+        _ => append_after_read(conn, events, hint).await,
+    }
+}
+
+/// Chains `events` after the head read from the database. Must run inside
+/// a write transaction: the write lock is held since the head was read, so
+/// nothing can append in between.
+async fn append_after_read(
     conn: &mut SqliteConnection,
     events: &[AuditEvent],
     hint: &HeadHint,
 ) -> Result<Vec<AuditRecord>> {
     if events.is_empty() {
         return Ok(Vec::new());
-    }
-    if let Some((seq, hash)) = hint.get() {
-        let chained = sql::chain(events, seq, &hash, ENGINE, AuditRecord::to_packed)?;
-        if insert_chained(conn, &chained, Some((seq, &hash))).await? {
-            hint.set(&chained);
-            return Ok(chained.records);
-        }
     }
     // The newest record, else (everything was pruned) the anchor.
     let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
@@ -1259,8 +1351,7 @@ async fn append_in(
         |(seq, hash)| (seq, hash_text(&hash)),
     );
     let chained = sql::chain(events, seq, &hash, ENGINE, AuditRecord::to_packed)?;
-    // The write lock is held since the head was read: nothing to guard against.
-    insert_chained(conn, &chained, None).await?;
+    insert_chained(&mut *conn, &chained).await?;
     hint.set(&chained);
     Ok(chained.records)
 }
@@ -1337,6 +1428,28 @@ async fn prune_in(conn: &mut SqliteConnection, prune: &Prune) -> Result<()> {
     Ok(())
 }
 
+/// The request's row of an insert (parameters `?7` to `?15`, after
+/// [`INSERT_RISK_SQL`]'s six); returns a row `0` when it was inserted.
+const INSERT_REQUEST_SQL: &str = "INSERT INTO requests
+        (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
+    VALUES (?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 0";
+
+/// The compare-and-set of an update (parameters `?1` to `?10`); returns a
+/// row `0` when it changed the record. Only what a transition can change
+/// is set: the columns of a request's identity (requester, entitlement,
+/// creation time) are compared instead, so the indexes that hold only
+/// them are not rewritten (SQLite rewrites every index on a column an
+/// `UPDATE` sets, changed or not).
+const UPDATE_REQUEST_SQL: &str = "UPDATE requests
+    SET version = ?1, state = ?2, due_at = ?3, ends_at = ?4, body = ?5
+    WHERE id = ?6 AND version = ?7 AND requester = ?8 AND entitlement = ?9 AND created_at = ?10
+    RETURNING 0";
+
+/// Inserts the record, counts it in the risk aggregates and appends its
+/// events: one round trip to the connection's worker (one batch of
+/// statements) when the audit head is the one this store last wrote.
 async fn insert_in(
     conn: &mut SqliteConnection,
     record: &RequestRecord,
@@ -1344,35 +1457,44 @@ async fn insert_in(
     hint: &HeadHint,
 ) -> Result<Vec<AuditRecord>> {
     let c = Columns::of(record)?;
-    let inserted = sqlx::query(
-        "INSERT INTO requests (id, version, state, requester, entitlement, created_at, due_at, ends_at,
-            duration, groups, context, body)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(c.id.as_slice())
-    .bind(c.version)
-    .bind(c.state)
-    .bind(record.requester.id.as_str())
-    .bind(record.request.entitlement.as_str())
-    .bind(c.created_at)
-    .bind(c.due_at)
-    .bind(c.ends_at)
-    .bind(c.duration)
-    .bind(c.groups)
-    .bind(c.context)
-    .bind(c.body)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| db_error("insert request", e))?
-    .rows_affected();
-    if inserted == 0 {
+    let risk = RiskRow::of(record)?;
+    let planned = plan_audit(events, hint)?;
+    let mut batch = format!("{INSERT_RISK_SQL};\n{INSERT_REQUEST_SQL}");
+    if let Some(p) = &planned {
+        batch.push_str(";\n");
+        p.push_sql(&mut batch, 16);
+    }
+    let mut q = sqlx::query(&batch)
+        .bind(risk.requester)
+        .bind(risk.hour)
+        .bind(risk.entitlement)
+        .bind(risk.secs)
+        .bind(risk.sources.as_str())
+        .bind(risk.groups.as_str())
+        .bind(c.id.as_slice())
+        .bind(c.version)
+        .bind(c.state)
+        .bind(record.requester.id.as_str())
+        .bind(record.request.entitlement.as_str())
+        .bind(c.created_at)
+        .bind(c.due_at)
+        .bind(c.ends_at)
+        .bind(c.body.as_slice());
+    if let Some(p) = &planned {
+        q = p.bind(q);
+    }
+    let rows = q
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| db_error("insert request", e))?;
+    let (inserted, audited) = batch_outcome(&rows, "insert request")?;
+    if !inserted {
         return Err(sql::insert_conflict(record));
     }
-    insert_risk(conn, record).await?;
-    append_in(conn, events, hint).await
+    finish_audit(conn, events, hint, planned, audited).await
 }
 
+/// The compare-and-set and the events, one batch like [`insert_in`]'s.
 async fn update_in(
     conn: &mut SqliteConnection,
     expected_version: u64,
@@ -1381,40 +1503,57 @@ async fn update_in(
     hint: &HeadHint,
 ) -> Result<Vec<AuditRecord>> {
     let c = Columns::of(record)?;
-    let id = c.id;
-    let updated = sqlx::query(
-        "UPDATE requests
-         SET version = ?, state = ?, requester = ?, entitlement = ?, created_at = ?, due_at = ?, ends_at = ?,
-            duration = ?, groups = ?, context = ?, body = ?
-         WHERE id = ? AND version = ?",
-    )
-    .bind(c.version)
-    .bind(c.state)
-    .bind(record.requester.id.as_str())
-    .bind(record.request.entitlement.as_str())
-    .bind(c.created_at)
-    .bind(c.due_at)
-    .bind(c.ends_at)
-    .bind(c.duration)
-    .bind(c.groups)
-    .bind(c.context)
-    .bind(c.body)
-    .bind(c.id.as_slice())
-    .bind(to_i64(expected_version, "version")?)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| db_error("update request", e))?
-    .rows_affected();
-    if updated == 0 {
-        let exists = sqlx::query("SELECT 1 FROM requests WHERE id = ?")
-            .bind(id.as_slice())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| db_error("read request", e))?
-            .is_some();
-        return Err(sql::missed_update(record, expected_version, exists));
+    let expected = to_i64(expected_version, "version")?;
+    let planned = plan_audit(events, hint)?;
+    let mut batch = UPDATE_REQUEST_SQL.to_string();
+    if let Some(p) = &planned {
+        batch.push_str(";\n");
+        p.push_sql(&mut batch, 11);
     }
-    append_in(conn, events, hint).await
+    let mut q = sqlx::query(&batch)
+        .bind(c.version)
+        .bind(c.state)
+        .bind(c.due_at)
+        .bind(c.ends_at)
+        .bind(c.body.as_slice())
+        .bind(c.id.as_slice())
+        .bind(expected)
+        .bind(record.requester.id.as_str())
+        .bind(record.request.entitlement.as_str())
+        .bind(c.created_at);
+    if let Some(p) = &planned {
+        q = p.bind(q);
+    }
+    let rows = q
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| db_error("update request", e))?;
+    let (updated, audited) = batch_outcome(&rows, "update request")?;
+    if !updated {
+        // Rolled back by the caller, with any audit rows the batch wrote.
+        let stored: Option<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT version, requester, entitlement, created_at FROM requests WHERE id = ?",
+        )
+        .bind(c.id.as_slice())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| db_error("read request", e))?;
+        return Err(match stored {
+            Some((version, requester, entitlement, created_at))
+                if version == expected
+                    && (requester.as_str(), entitlement.as_str(), created_at)
+                        != (
+                            record.requester.id.as_str(),
+                            record.request.entitlement.as_str(),
+                            c.created_at,
+                        ) =>
+            {
+                super::identity_changed(record)
+            }
+            stored => sql::missed_update(record, expected_version, stored.is_some()),
+        });
+    }
+    finish_audit(conn, events, hint, planned, audited).await
 }
 
 #[async_trait]

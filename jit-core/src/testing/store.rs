@@ -962,6 +962,43 @@ pub async fn check_update_cas(store: &dyn Store) {
         "a failed update appended audit events"
     );
 
+    // A request's identity never changes: each of an update that moves
+    // the requester, the entitlement or the creation time is refused and
+    // writes nothing (the stores index by them once, at insert).
+    type Move = (&'static str, fn(&mut RequestRecord));
+    let moves: [Move; 3] = [
+        ("requester", |r| {
+            r.requester = Principal::new(&format!("{}-other", r.requester.id)).unwrap()
+        }),
+        ("entitlement", |r| {
+            r.request.entitlement = "other-entitlement".into()
+        }),
+        ("creation time", |r| r.created_at += TimeDelta::seconds(1)),
+    ];
+    for (what, change) in moves {
+        let mut moved = v2.clone();
+        moved.version = 3;
+        change(&mut moved);
+        let err = store
+            .update(2, &moved, &[event(&moved, AuditKind::Revoked, "carol")])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(m) if m.contains("may not change")),
+            "an update changing the {what}: {err:?}"
+        );
+    }
+    assert_eq!(
+        store.get(v1.id).await.unwrap().as_ref(),
+        Some(&v2),
+        "a refused update changed the record"
+    );
+    assert_eq!(
+        chain_len(store).await,
+        before,
+        "a refused update appended audit events"
+    );
+
     // An update without events is allowed and appends nothing.
     let mut v3 = v2.clone();
     v3.version = 3;

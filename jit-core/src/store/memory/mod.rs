@@ -614,6 +614,15 @@ impl Store for MemoryStore {
             });
         }
         let old = current.decode(&g.pack, &g.owner(seq))?;
+        if (&old.requester.id, &old.request.entitlement, old.created_at)
+            != (
+                &record.requester.id,
+                &record.request.entitlement,
+                record.created_at,
+            )
+        {
+            return Err(super::identity_changed(record));
+        }
         let value = encode_record(record)?;
         // An owner's grant is set once (values packed with it must read
         // back with it); a later grant id is kept whole.
@@ -898,7 +907,6 @@ mod tests {
         let mut active = r.clone();
         active.version = 2;
         active.state = State::Active;
-        active.requester = Principal::new("ALICE").unwrap();
         active.grant = Some(Grant {
             id: GrantId::new(),
             starts_at: now,
@@ -928,9 +936,16 @@ mod tests {
             states,
             ..ListFilter::default()
         };
-        assert!(store.list(&list("alice", vec![])).await.unwrap().is_empty());
+        assert!(store
+            .list(&list("alice", vec![State::Pending]))
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(
-            store.list(&list("ALICE", vec![])).await.unwrap(),
+            store
+                .list(&list("alice", vec![State::Active]))
+                .await
+                .unwrap(),
             vec![active.clone()]
         );
         let by_state = |states: Vec<State>| ListFilter {
