@@ -104,7 +104,7 @@
 //! chain already holds it. PostgreSQL and the memory store keep a JSON
 //! array ([`AuditRecord::to_stored`]); SQLite a packed binary form
 //! ([`AuditRecord::to_packed`]: ids, time and seal as bytes, the rest
-//! deflated). Records stored whole, or compact before packing, keep their
+//! compressed with zstd, or deflated in rows written before). Records stored whole, or compact before packing, keep their
 //! form and are read as they are ([`AuditRecord::from_stored_bytes`]): the
 //! hash is always recomputed from the record, never from its stored form,
 //! so how a store packs records is not part of the chain. Exports and
@@ -467,6 +467,12 @@ const AUDIT_DICT: crate::packed::Dictionary = crate::packed::Dictionary::new(
     br#"["tidied","reconciled","timed_out","issue_failed","revocation_failed","denied","cancelled","reaper",{"error":"","minted_and_revoked":false,"redelivered":true,"reasons":["not auto-approved: "],"reason":"","collateral_of":"","comment":"","approvals":1,"quorum":1,"on_call":{"ticket":{"decision":{"verdict":"deny","verdict":"needs_approval","approvers":{"groups":[]},"max_duration":3600,"reasons":["` is eligible for `` by id","` is eligible for `` by policy ","auto-approved: by policy "],"risk":null}},"start_at":"2026-01-01T00:00:00Z","context":{},"extends":""],["expired","expired","reaper",{"reason":"window ended","attempts":0}],["revoked","revoking","revoked","",{"reason":"","attempts":1}],["issued","active","jit-broker",{"details":{"audience":"","jti":"","kid":""},"expires_at":"2026-01-01T00:00:00Z","external_id":"jit-","provider":"","starts_at":"2026-01-01T00:00:00.000000000Z"},""],["approved","approved","policy",{"auto":true}],["decided","pending","policy",{"decision":{"max_duration":3600,"reasons":["`@example.com` is eligible for `` through group ``","auto-approved: duration `1h` is within the auto-approve limit of `1h`"],"verdict":"auto_approve"}}],["requested","pending","@example.com",{"duration_secs":3600,"entitlement":"","groups":[],"justification":"","provider":"","ticket":""},"",null]"#,
 );
 
+/// The packed audit form's rest compressed with zstd (form `0x02`, what is
+/// written), against the same bytes as [`AUDIT_DICT`] (form `0x01`, what
+/// was written before: still read). See [`crate::packed`] for why.
+static AUDIT_ZSTD: crate::packed::ZstdDictionary =
+    crate::packed::ZstdDictionary::new(0x02, AUDIT_DICT.bytes());
+
 /// The JSON part of a packed audit record: `[kind, state, actor, details,
 /// mac key id, mac tag]`, the tag only when it is not 32 bytes of
 /// lowercase hex (which the binary part holds).
@@ -496,15 +502,22 @@ impl AuditRecord {
     /// does): like [`AuditRecord::to_stored`] without `seq`, `hash` and
     /// `prev_hash`, but binary where the content is:
     ///
-    /// `0x01`, flags (1: a grant id follows, 2: the seal's tag follows as
+    /// `0x02`, flags (1: a grant id follows, 2: the seal's tag follows as
     /// bytes), the request id (16 bytes), the grant id (16), `at` (seconds
     /// and nanoseconds, 12), the seal's tag (32), then the rest
-    /// (`PackedRest`) as JSON deflated against a dictionary of what
-    /// events usually say. Read back by [`AuditRecord::from_stored_bytes`];
-    /// the hash is recomputed from what it returns, exactly as from the
-    /// JSON forms, so the chain's hash definition does not depend on how a
-    /// record was stored.
+    /// (`PackedRest`) as JSON compressed with zstd against a dictionary of
+    /// what events usually say. (Form `0x01`, written before, is the same
+    /// with the rest deflated; it still reads.) Read back by
+    /// [`AuditRecord::from_stored_bytes`]; the hash is recomputed from what
+    /// it returns, exactly as from the JSON forms, so the chain's hash
+    /// definition does not depend on how a record was stored.
     pub fn to_packed(&self) -> Vec<u8> {
+        self.packed_form(true)
+    }
+
+    /// The packed form with its rest compressed by zstd (form `0x02`) or,
+    /// as before, deflated (form `0x01`: tests of old stored rows).
+    fn packed_form(&self, zstd: bool) -> Vec<u8> {
         let e = &self.event;
         let tag = self.mac.as_ref().and_then(|m| tag_bytes(&m.tag));
         let flags = if e.grant_id.is_some() {
@@ -513,7 +526,11 @@ impl AuditRecord {
             0
         } | if tag.is_some() { PACKED_MAC_BYTES } else { 0 };
         let mut w = crate::packed::Writer::with_capacity(160);
-        w.u8(AUDIT_DICT.tag())
+        w.u8(if zstd {
+            AUDIT_ZSTD.tag()
+        } else {
+            AUDIT_DICT.tag()
+        })
             .u8(flags)
             .bytes(e.request_id.0.as_bytes());
         if let Some(g) = &e.grant_id {
@@ -532,7 +549,11 @@ impl AuditRecord {
             self.mac.as_ref().filter(|_| tag.is_none()).map(|m| &m.tag),
         ))
         .unwrap_or_default();
-        crate::packed::deflate(&AUDIT_DICT, &rest, w.as_mut_vec());
+        if zstd {
+            crate::packed::compress(&AUDIT_ZSTD, &rest, w.as_mut_vec());
+        } else {
+            crate::packed::deflate(&AUDIT_DICT, &rest, w.as_mut_vec());
+        }
         w.into_vec()
     }
 
@@ -552,7 +573,7 @@ impl AuditRecord {
         let mut r = crate::packed::Reader::new(body);
         let bad = |e: crate::packed::PackError| e.to_string();
         let tag = r.u8().map_err(bad)?;
-        if tag != AUDIT_DICT.tag() {
+        if tag != AUDIT_DICT.tag() && tag != AUDIT_ZSTD.tag() {
             return Err(format!("unknown packed audit form {tag:#04x}"));
         }
         let flags = r.u8().map_err(bad)?;
@@ -568,8 +589,12 @@ impl AuditRecord {
         } else {
             None
         };
-        let rest = crate::packed::inflate(&AUDIT_DICT, r.rest(), crate::packed::MAX_UNPACKED)
-            .map_err(bad)?;
+        let rest = if tag == AUDIT_ZSTD.tag() {
+            crate::packed::decompress(&AUDIT_ZSTD, r.rest(), crate::packed::MAX_UNPACKED)
+        } else {
+            crate::packed::inflate(&AUDIT_DICT, r.rest(), crate::packed::MAX_UNPACKED)
+        }
+        .map_err(bad)?;
         let (kind, state, actor, details, key_id, tag_text): PackedRest =
             serde_json::from_slice(&rest).map_err(|e| e.to_string())?;
         let mac = match (key_id, tag_bin.or(tag_text)) {
@@ -1732,11 +1757,17 @@ mod tests {
         cases.push(odd);
         for r in cases {
             let packed = r.to_packed();
+            assert_eq!(packed[0], 0x02);
             assert!(packed.len() < r.to_stored().len(), "{r:?}");
             let back =
                 AuditRecord::from_stored_bytes(r.seq, &r.hash, &r.prev_hash, &packed).unwrap();
             assert_eq!(back, r);
             assert_eq!(back.compute_hash(), r.hash);
+            // Rows written in the deflate form before still read the same.
+            let old = r.packed_form(false);
+            assert_eq!(old[0], 0x01);
+            let back = AuditRecord::from_stored_bytes(r.seq, &r.hash, &r.prev_hash, &old);
+            assert_eq!(back.unwrap(), r);
             // The JSON forms read through the same entry point.
             let compact = r.to_stored();
             let json = r.to_json_line();
@@ -1768,8 +1799,12 @@ mod tests {
             assert!(read(&packed[..n]).is_err(), "cut at {n}");
         }
         let mut unknown = packed.clone();
-        unknown[0] = 0x02;
+        unknown[0] = 0x03;
         assert!(read(&unknown).is_err());
+        // A zstd rest read as deflate (or the other way) is an error too.
+        let mut swapped = packed.clone();
+        swapped[0] = 0x01;
+        assert!(read(&swapped).is_err());
         let mut flipped = packed.clone();
         *flipped.last_mut().unwrap() ^= 0xff;
         // Either unreadable or read as another record: never this one.

@@ -45,10 +45,11 @@
 //! - **Packed rows, plus query columns** (schema 13; issue #15: about a
 //!   third of the bytes per grant of schema 12). Each [`RequestRecord`] is
 //!   stored whole, so reads return exactly what was written, as its JSON
-//!   deflated against a dictionary of its field names
-//!   ([`crate::packed::pack_record`]); each [`AuditRecord`] in its packed
-//!   form ([`AuditRecord::to_packed`]: ids, time and seal as bytes, the
-//!   rest deflated; no `seq`, `hash` or `prev_hash`, which the `seq` and
+//!   compressed against a dictionary of its field names
+//!   ([`crate::packed::pack_record`]: zstd; rows written before with
+//!   deflate still read); each [`AuditRecord`] in its packed form
+//!   ([`AuditRecord::to_packed`]: ids, time and seal as bytes, the rest
+//!   compressed; no `seq`, `hash` or `prev_hash`, which the `seq` and
 //!   `hash` columns and the row before already hold), its hash as 32
 //!   bytes. Rows written before schema 13 keep their JSON (as bytes) and
 //!   read as before ([`AuditRecord::from_stored_bytes`]): the chain's hash
@@ -2590,7 +2591,7 @@ mod tests {
                 .unwrap();
         assert!(stored.iter().all(|(_, hash, _)| hash.len() == 32));
         let firsts: Vec<u8> = stored.iter().map(|(_, _, body)| body[0]).collect();
-        assert_eq!(firsts, [b'[', b'{', b'[', b'[', 0x01]);
+        assert_eq!(firsts, [b'[', b'{', b'[', b'[', 0x02]);
         assert_eq!(store.get(next.id).await.unwrap(), Some(next));
         assert_eq!(count(State::Revoked).await, 2);
         assert_eq!(count(State::Cancelled).await, 1);
