@@ -531,8 +531,8 @@ impl AuditRecord {
         } else {
             AUDIT_DICT.tag()
         })
-            .u8(flags)
-            .bytes(e.request_id.0.as_bytes());
+        .u8(flags)
+        .bytes(e.request_id.0.as_bytes());
         if let Some(g) = &e.grant_id {
             w.bytes(g.0.as_bytes());
         }

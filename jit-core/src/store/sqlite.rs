@@ -18,12 +18,13 @@
 //!   SQLite's sleep-and-poll busy handler; the busy timeout then only covers
 //!   other processes. A writer still waiting after the timeout gets
 //!   [`Error::Unavailable`].
-//! - **Three round trips per write.** Each statement sent is a round trip
-//!   to the connection's worker thread (a hand-over to another thread and
-//!   back), which costs more than the statement itself: `BEGIN IMMEDIATE`,
-//!   then one batch of statements, then `COMMIT`. The batch holds the
+//! - **Two round trips per insert or update.** Each statement sent is a
+//!   round trip to the connection's worker thread (a hand-over to another
+//!   thread and back), which costs more than the statement itself: one
+//!   batch that begins the transaction (`BEGIN IMMEDIATE`) and holds the
 //!   record's statement (and, for an insert, the risk aggregates'
-//!   upserts) and the transition's audit events in one `INSERT`, chained
+//!   upserts) and the transition's audit events in one `INSERT`, then
+//!   `COMMIT` (or `ROLLBACK`). The events are chained
 //!   onto the head this store last wrote and guarded in SQL on that head
 //!   still being the stored one; each statement says what it did through
 //!   `RETURNING` rows. Only when the guard wrote nothing (another process
@@ -905,7 +906,12 @@ impl SqliteStore {
     /// Closes every connection, waiting for them to finish. Later calls fail.
     pub async fn close(&self) {
         // The pool waits for every connection to come back, the writers' too.
-        self.write.lock().await.conn = None;
+        let mut writer = self.write.lock().await;
+        if writer.open {
+            writer.discard();
+        }
+        writer.conn = None;
+        drop(writer);
         self.pool.close().await;
     }
 
@@ -926,7 +932,23 @@ impl SqliteStore {
         if self.memory {
             return self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(begin);
         }
-        let conn = match &mut writer.conn {
+        let conn = self.writer_conn(writer).await?;
+        sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE")
+            .await
+            .map_err(begin)
+    }
+
+    /// The writers' connection, taken from the pool when there is none
+    /// (or when the one there may still hold a transaction: see
+    /// [`Writer::open`]).
+    async fn writer_conn<'w>(
+        &self,
+        writer: &'w mut Writer,
+    ) -> Result<&'w mut sqlx::pool::PoolConnection<Sqlite>> {
+        if writer.open {
+            writer.discard();
+        }
+        Ok(match &mut writer.conn {
             Some(conn) => conn,
             slot => slot.insert(
                 self.pool
@@ -934,25 +956,104 @@ impl SqliteStore {
                     .await
                     .map_err(|e| db_error("acquire a connection for writing", e))?,
             ),
+        })
+    }
+
+    /// An insert or an update in two round trips on a file database
+    /// (`BEGIN IMMEDIATE` sent with the transition's batch, then `COMMIT`
+    /// or `ROLLBACK`), in three on an in-memory one (through an sqlx
+    /// transaction on its one pooled connection).
+    async fn transition(
+        &self,
+        t: Transition<'_>,
+        events: &[AuditEvent],
+        op: &str,
+    ) -> Result<Vec<AuditRecord>> {
+        let mut writer = self.write.lock().await;
+        if self.memory {
+            let mut tx = self.begin_write(&mut writer).await?;
+            let result = t.run(&mut tx, "", events, &self.head).await;
+            let out = finish(tx, result, op).await;
+            return writer.settle(out);
+        }
+        self.writer_conn(&mut writer).await?;
+        let w = &mut *writer;
+        let Some(conn) = w.conn.as_mut() else {
+            return Err(Error::Store("sqlite: no connection for writing".into()));
         };
-        sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE")
-            .await
-            .map_err(begin)
+        // From here until COMMIT or ROLLBACK has answered, the connection
+        // may hold an open transaction.
+        w.open = true;
+        let result = t
+            .run(conn, "BEGIN IMMEDIATE;\n", events, &self.head)
+            .await;
+        let out = match result {
+            Ok(v) => match sqlx::query("COMMIT").execute(&mut **conn).await {
+                Ok(_) => {
+                    w.open = false;
+                    Ok(v)
+                }
+                Err(e) => Err(db_error(&format!("commit {op}"), e)),
+            },
+            Err(e) => {
+                // Fails when the batch failed before its BEGIN took
+                // effect: the connection is then discarded, which is
+                // rare and always safe.
+                if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok() {
+                    w.open = false;
+                }
+                Err(e)
+            }
+        };
+        writer.settle(out)
+    }
+}
+
+/// A write that [`SqliteStore::transition`] runs.
+enum Transition<'a> {
+    Insert(&'a RequestRecord),
+    Update(u64, &'a RequestRecord),
+}
+
+impl Transition<'_> {
+    /// The transition's statements on `conn`, `begin` in front of its
+    /// first batch.
+    async fn run(
+        &self,
+        conn: &mut SqliteConnection,
+        begin: &str,
+        events: &[AuditEvent],
+        hint: &HeadHint,
+    ) -> Result<Vec<AuditRecord>> {
+        match *self {
+            Transition::Insert(record) => insert_in(conn, begin, record, events, hint).await,
+            Transition::Update(expected, record) => {
+                update_in(conn, begin, expected, record, events, hint).await
+            }
+        }
     }
 }
 
 /// The connection this process writes through, for a file database. Kept
 /// rather than handed back to the pool after each write: the pool pings a
 /// connection it takes back (a round trip to its worker thread, on a task
-/// of its own), three times per grant. A transaction dropped halfway
-/// leaves its rollback queued on the connection, which runs it before the
-/// next statement; after any other failure than a lost race the
-/// connection goes back to the pool (which checks it) and the next write
-/// takes another. An in-memory database has one connection, shared with
-/// the readers, so its writes take it from the pool each time.
+/// of its own), three times per grant. Inserts and updates begin their
+/// transaction in the same round trip as their first statements, outside
+/// sqlx's transaction type: while one runs, [`Writer::open`] is set, and
+/// a connection that may still hold a transaction (a write whose future
+/// was dropped halfway, a `COMMIT` or `ROLLBACK` that failed) is never
+/// used again or handed back to the pool: it is detached and closed,
+/// which rolls back whatever it held. Other writes use an sqlx
+/// transaction, which queues its rollback on the connection when dropped
+/// halfway. After any other failure than a lost race the connection goes
+/// back to the pool (which checks it) and the next write takes another.
+/// An in-memory database has one connection, shared with the readers, so
+/// its writes take it from the pool each time.
 #[derive(Default)]
 struct Writer {
     conn: Option<sqlx::pool::PoolConnection<Sqlite>>,
+    /// The connection may hold a transaction that nothing will end.
+    open: bool,
 }
 
 /// sqlx hands a pooled connection back to its pool on a Tokio task, and
@@ -960,25 +1061,36 @@ struct Writer {
 /// life of the store, so a store dropped after its runtime has gone (a
 /// `main` that returns, a bench, a CLI) would panic in that drop. Without a
 /// runtime the connection is detached from the pool and closed here
-/// instead; with one it goes back to the pool as usual.
+/// instead; with one it goes back to the pool as usual, unless it may
+/// hold a transaction.
 impl Drop for Writer {
     fn drop(&mut self) {
-        if tokio::runtime::Handle::try_current().is_err() {
-            if let Some(conn) = self.conn.take() {
-                drop(conn.detach());
-            }
+        if self.open || tokio::runtime::Handle::try_current().is_err() {
+            self.discard();
         }
     }
 }
 
 impl Writer {
     /// Passes `out` through, letting go of the connection after a failure
-    /// that may have come from the connection itself.
+    /// that may have come from the connection itself, and never handing
+    /// back to the pool one that may hold a transaction.
     fn settle<T>(&mut self, out: Result<T>) -> Result<T> {
-        if matches!(out, Err(Error::Store(_))) {
+        if self.open {
+            self.discard();
+        } else if matches!(out, Err(Error::Store(_))) {
             self.conn = None;
         }
         out
+    }
+
+    /// Closes the connection outside the pool: whatever transaction it
+    /// held is rolled back, and no reader ever gets it.
+    fn discard(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+        self.open = false;
     }
 }
 
@@ -1450,9 +1562,11 @@ const UPDATE_REQUEST_SQL: &str = "UPDATE requests
 
 /// Inserts the record, counts it in the risk aggregates and appends its
 /// events: one round trip to the connection's worker (one batch of
-/// statements) when the audit head is the one this store last wrote.
+/// statements, after `begin`) when the audit head is the one this store
+/// last wrote.
 async fn insert_in(
     conn: &mut SqliteConnection,
+    begin: &str,
     record: &RequestRecord,
     events: &[AuditEvent],
     hint: &HeadHint,
@@ -1460,7 +1574,7 @@ async fn insert_in(
     let c = Columns::of(record)?;
     let risk = RiskRow::of(record)?;
     let planned = plan_audit(events, hint)?;
-    let mut batch = format!("{INSERT_RISK_SQL};\n{INSERT_REQUEST_SQL}");
+    let mut batch = format!("{begin}{INSERT_RISK_SQL};\n{INSERT_REQUEST_SQL}");
     if let Some(p) = &planned {
         batch.push_str(";\n");
         p.push_sql(&mut batch, 16);
@@ -1498,6 +1612,7 @@ async fn insert_in(
 /// The compare-and-set and the events, one batch like [`insert_in`]'s.
 async fn update_in(
     conn: &mut SqliteConnection,
+    begin: &str,
     expected_version: u64,
     record: &RequestRecord,
     events: &[AuditEvent],
@@ -1506,7 +1621,7 @@ async fn update_in(
     let c = Columns::of(record)?;
     let expected = to_i64(expected_version, "version")?;
     let planned = plan_audit(events, hint)?;
-    let mut batch = UPDATE_REQUEST_SQL.to_string();
+    let mut batch = format!("{begin}{UPDATE_REQUEST_SQL}");
     if let Some(p) = &planned {
         batch.push_str(";\n");
         p.push_sql(&mut batch, 11);
@@ -1565,11 +1680,8 @@ impl Store for SqliteStore {
         events: &[AuditEvent],
     ) -> Result<Vec<AuditRecord>> {
         check_versions(0, record)?;
-        let mut writer = self.write.lock().await;
-        let mut tx = self.begin_write(&mut writer).await?;
-        let result = insert_in(&mut tx, record, events, &self.head).await;
-        let out = finish(tx, result, "insert").await;
-        writer.settle(out)
+        self.transition(Transition::Insert(record), events, "insert")
+            .await
     }
 
     async fn update(
@@ -1579,11 +1691,12 @@ impl Store for SqliteStore {
         events: &[AuditEvent],
     ) -> Result<Vec<AuditRecord>> {
         check_versions(expected_version, record)?;
-        let mut writer = self.write.lock().await;
-        let mut tx = self.begin_write(&mut writer).await?;
-        let result = update_in(&mut tx, expected_version, record, events, &self.head).await;
-        let out = finish(tx, result, "update").await;
-        writer.settle(out)
+        self.transition(
+            Transition::Update(expected_version, record),
+            events,
+            "update",
+        )
+        .await
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
@@ -2149,6 +2262,86 @@ mod tests {
         let recs = b.insert(&r, &events_for(&r, n)).await.unwrap();
         assert_eq!(recs.len(), n);
         assert_eq!(verified(&a).await.records, written + n as u64);
+    }
+
+    /// Inserts and updates begin their transaction in the batch they send
+    /// (outside sqlx's transaction type). A write whose future is dropped
+    /// halfway may leave a transaction open on the writers' connection:
+    /// that connection must never be used again or reach the pool. The
+    /// dropped write is all or nothing (it may have committed, if its
+    /// `COMMIT` was already sent: cancelling cannot take that back), the
+    /// next write and the readers go on, and the chain stays whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_dropped_halfway_is_all_or_nothing_and_blocks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("dropped.db"))
+            .await
+            .unwrap();
+        let r = record();
+        store.insert(&r, &events_for(&r, 1)).await.unwrap();
+        let (mut version, mut records) = (1u64, 1u64);
+        let mut outcomes = (0, 0);
+        for round in 0..12 {
+            let mut dropped = r.clone();
+            dropped.version = version + 1;
+            dropped.note = Some(format!("dropped {round}"));
+            let events = events_for(&dropped, 2);
+            let write = store.update(version, &dropped, &events);
+            // Polled once: it sends its batch (or, on a quick worker,
+            // its COMMIT) and waits for the answer.
+            let finished = tokio::select! {
+                biased;
+                _ = write => true,
+                _ = std::future::ready(()) => false,
+            };
+            if finished {
+                continue;
+            }
+            assert!(
+                store.write.lock().await.open,
+                "round {round}: not marked open"
+            );
+            // The next write, from the version the dropped one started
+            // from: it finds the dropped one either whole or not at all.
+            let mut kept = r.clone();
+            kept.note = Some(format!("kept {round}"));
+            let next = |expected: u64, kept: &mut RequestRecord| {
+                kept.version = expected + 1;
+                let kept = kept.clone();
+                let store = &store;
+                async move {
+                    tokio::time::timeout(
+                        Duration::from_secs(20),
+                        store.update(expected, &kept, &events_for(&kept, 1)),
+                    )
+                    .await
+                    .expect("the next write waited on the dropped one's transaction")
+                }
+            };
+            match next(version, &mut kept).await {
+                Ok(_) => {
+                    outcomes.0 += 1;
+                    version += 1;
+                    records += 1;
+                }
+                Err(Error::Conflict { .. }) => {
+                    // The dropped write committed: all of it.
+                    assert_eq!(store.get(r.id).await.unwrap(), Some(dropped.clone()));
+                    assert_eq!(verified(&store).await.records, records + 2);
+                    outcomes.1 += 1;
+                    next(version + 1, &mut kept).await.unwrap();
+                    version += 2;
+                    records += 3;
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+            assert_eq!(store.get(r.id).await.unwrap(), Some(kept));
+            assert_eq!(verified(&store).await.records, records);
+        }
+        assert!(outcomes.0 + outcomes.1 > 0, "no write was dropped halfway");
+        // The readers were never handed the open transaction.
+        let counts = store.count_by_state().await.unwrap();
+        assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 1);
     }
 
     /// A store whose writers' connection is kept (every file store after
