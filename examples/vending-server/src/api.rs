@@ -89,8 +89,10 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Metrics.
     pub metrics: Metrics,
-    /// Served at `/.well-known/jwks.json` in demo mode.
-    pub demo_jwks: Option<Value>,
+    /// Served at `/.well-known/jwks.json` in demo mode. (Behind an `Arc`,
+    /// like everything here that is not one already: every extractor of
+    /// every request clones the state.)
+    pub demo_jwks: Option<Arc<Value>>,
     /// The local providers, by name: their verifiers and public keys.
     pub local: Arc<BTreeMap<String, LocalKeys>>,
     /// Per-principal limits on new requests.
@@ -100,7 +102,7 @@ pub struct AppState {
     /// How long `/metrics` reuses its store counts.
     pub metrics_cache: Duration,
     /// How `GET /v1/audit/verify` checks the chain beyond the broker's keyring.
-    pub audit: AuditVerify,
+    pub audit: Arc<AuditVerify>,
     /// `[retention]`, when archives have somewhere to go.
     pub retention: Option<Arc<crate::retention::Retention>>,
 }
@@ -609,7 +611,7 @@ const PUBLIC_CACHE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "public
 pub async fn jwks(State(state): State<AppState>) -> ApiResult<Response> {
     state
         .demo_jwks
-        .clone()
+        .as_deref()
         .map(|v| ([PUBLIC_CACHE], Json(v)).into_response())
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
 }

@@ -414,17 +414,17 @@ impl Server {
                 broker,
                 auth: Arc::new(auth),
                 metrics,
-                demo_jwks: demo.map(|d| d.jwks_json()),
+                demo_jwks: demo.map(|d| Arc::new(d.jwks_json())),
                 local: Arc::new(local_keys),
                 limits: Arc::new(limits::SubmitLimits::new(&config.limits)),
                 introspection_clients: Arc::new(
                     config.introspection.clients.iter().cloned().collect(),
                 ),
                 metrics_cache: Duration::from_secs(config.metrics.cache_secs),
-                audit: api::AuditVerify {
+                audit: Arc::new(api::AuditVerify {
                     checkpoint_file: config.audit.checkpoint_file.clone(),
                     sealed_from: config.audit.sealed_from,
-                },
+                }),
                 retention,
             },
             metrics_token,

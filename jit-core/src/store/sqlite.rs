@@ -924,6 +924,20 @@ impl SqliteStore {
         writer.settle(out)
     }
 
+    /// The writers' connection when no write holds it or waits for it and
+    /// it holds no transaction, for a short read. Its page cache is
+    /// current (a pooled reader's is stale after every write, and
+    /// reloading it costs more than a short read), and it goes back to no
+    /// pool (which pings a connection on every return: a round trip to its
+    /// worker thread). Writers waiting for the lock come first: the
+    /// lock is fair, so a read only takes it when nobody waits.
+    fn idle_writer(&self) -> Option<tokio::sync::MutexGuard<'_, Writer>> {
+        self.write
+            .try_lock()
+            .ok()
+            .filter(|w| w.conn.is_some() && !w.open)
+    }
+
     /// `BEGIN IMMEDIATE` on the writers' connection (taken from the pool
     /// when there is none yet), or for an in-memory database on its one
     /// pooled connection.
@@ -984,9 +998,7 @@ impl SqliteStore {
         // From here until COMMIT or ROLLBACK has answered, the connection
         // may hold an open transaction.
         w.open = true;
-        let result = t
-            .run(conn, "BEGIN IMMEDIATE;\n", events, &self.head)
-            .await;
+        let result = t.run(conn, "BEGIN IMMEDIATE;\n", events, &self.head).await;
         let out = match result {
             Ok(v) => match sqlx::query("COMMIT").execute(&mut **conn).await {
                 Ok(_) => {
@@ -1280,6 +1292,10 @@ impl Columns {
         })
     }
 }
+
+/// The longest list read on the writers' connection (see
+/// [`Store::list`] for [`SqliteStore`]).
+const SMALL_LIST: usize = 100;
 
 /// Audit rows one `INSERT` writes at most (three binds each, well under
 /// SQLite's limit on bound parameters).
@@ -1699,26 +1715,53 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// On the writers' connection when it is idle (see
+    /// [`SqliteStore::idle_writer`]), else on a pooled one.
     async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
-        sqlx::query("SELECT body FROM requests WHERE id = ?")
-            .bind(id_bytes(id).as_slice())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error("get request", e))?
-            .as_ref()
-            .map(decode_record)
-            .transpose()
+        let id = id_bytes(id);
+        let q = sqlx::query("SELECT body FROM requests WHERE id = ?").bind(id.as_slice());
+        let row = match self.idle_writer() {
+            Some(mut writer) => {
+                let out = match writer.conn.as_mut() {
+                    Some(conn) => q.fetch_optional(&mut **conn).await,
+                    None => q.fetch_optional(&self.pool).await,
+                }
+                .map_err(|e| db_error("get request", e));
+                writer.settle(out)?
+            }
+            None => q
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error("get request", e))?,
+        };
+        row.as_ref().map(decode_record).transpose()
     }
 
+    /// Lists of at most [`SMALL_LIST`] records (the broker's pending cap
+    /// on every submit, a page of a user's requests) on the writers'
+    /// connection when it is idle, longer ones on a pooled connection,
+    /// where they never hold up a write.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
-        list_sql(filter, "SELECT body")
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error("list requests", e))?
-            .iter()
-            .map(decode_record)
-            .collect()
+        let mut q = list_sql(filter, "SELECT body");
+        let writer = (filter.limit <= SMALL_LIST)
+            .then(|| self.idle_writer())
+            .flatten();
+        let rows = match writer {
+            Some(mut writer) => {
+                let out = match writer.conn.as_mut() {
+                    Some(conn) => q.build().fetch_all(&mut **conn).await,
+                    None => q.build().fetch_all(&self.pool).await,
+                }
+                .map_err(|e| db_error("list requests", e));
+                writer.settle(out)?
+            }
+            None => q
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("list requests", e))?,
+        };
+        rows.iter().map(decode_record).collect()
     }
 
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
@@ -1740,7 +1783,7 @@ impl Store for SqliteStore {
     /// waits for a writer.
     async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
         query.check()?;
-        if let Ok(mut writer) = self.write.try_lock() {
+        if let Some(mut writer) = self.idle_writer() {
             if let Some(conn) = writer.conn.as_mut() {
                 let out = facts_on(&mut **conn, query).await;
                 return writer.settle(out);
