@@ -31,8 +31,11 @@
 //!   appended, a write rolled back) is the head read and the chain redone,
 //!   under the same write lock. Writes keep one connection of their own
 //!   (see `Writer`) instead of taking one from the pool and handing it
-//!   back each time, and the pool does not ping a connection before
-//!   handing it to a reader.
+//!   back each time (the pool pings every connection handed back), and
+//!   short reads (`get`, lists of up to 100, risk facts) use that
+//!   connection too when no write holds or awaits it: its page cache is
+//!   current. The pool does not ping a connection before handing it to a
+//!   reader.
 //! - **Compare-and-set in SQL.** `UPDATE .. WHERE id = ? AND version = ?`
 //!   and the request's identity (requester, entitlement, creation time)
 //!   unchanged; no row changed means a lost race ([`Error::Conflict`]), an
@@ -1418,6 +1421,34 @@ impl Planned {
     }
 }
 
+/// A transition's batch: `begin`, its own statements (parameters `?1` to
+/// `?{own_params}`), then `planned`'s audit `INSERT` (parameters after
+/// those, see [`Planned::push_sql`]).
+fn batch_sql(begin: &str, own: &str, own_params: usize, planned: Option<&Planned>) -> String {
+    let mut batch = format!("{begin}{own}");
+    if let Some(p) = planned {
+        batch.push_str(";\n");
+        p.push_sql(&mut batch, own_params + 1);
+    }
+    batch
+}
+
+/// Sends a batch made by [`batch_sql`] (its own parameters bound in `q`)
+/// in one round trip; see [`batch_outcome`] for what it returns.
+async fn run_batch<'q>(
+    conn: &mut SqliteConnection,
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    planned: Option<&'q Planned>,
+    op: &str,
+) -> Result<(bool, usize)> {
+    let q = match planned {
+        Some(p) => p.bind(q),
+        None => q,
+    };
+    let rows = q.fetch_all(conn).await.map_err(|e| db_error(op, e))?;
+    batch_outcome(&rows, op)
+}
+
 /// What a transition's batch did: whether its record statement changed
 /// the record (a row `0`), and how many audit rows went in (rows `1`).
 fn batch_outcome(rows: &[sqlx::sqlite::SqliteRow], op: &str) -> Result<(bool, usize)> {
@@ -1590,12 +1621,13 @@ async fn insert_in(
     let c = Columns::of(record)?;
     let risk = RiskRow::of(record)?;
     let planned = plan_audit(events, hint)?;
-    let mut batch = format!("{begin}{INSERT_RISK_SQL};\n{INSERT_REQUEST_SQL}");
-    if let Some(p) = &planned {
-        batch.push_str(";\n");
-        p.push_sql(&mut batch, 16);
-    }
-    let mut q = sqlx::query(&batch)
+    let batch = batch_sql(
+        begin,
+        &format!("{INSERT_RISK_SQL};\n{INSERT_REQUEST_SQL}"),
+        15,
+        planned.as_ref(),
+    );
+    let q = sqlx::query(&batch)
         .bind(risk.requester)
         .bind(risk.hour)
         .bind(risk.entitlement)
@@ -1611,14 +1643,7 @@ async fn insert_in(
         .bind(c.due_at)
         .bind(c.ends_at)
         .bind(c.body.as_slice());
-    if let Some(p) = &planned {
-        q = p.bind(q);
-    }
-    let rows = q
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| db_error("insert request", e))?;
-    let (inserted, audited) = batch_outcome(&rows, "insert request")?;
+    let (inserted, audited) = run_batch(conn, q, planned.as_ref(), "insert request").await?;
     if !inserted {
         return Err(sql::insert_conflict(record));
     }
@@ -1637,12 +1662,8 @@ async fn update_in(
     let c = Columns::of(record)?;
     let expected = to_i64(expected_version, "version")?;
     let planned = plan_audit(events, hint)?;
-    let mut batch = format!("{begin}{UPDATE_REQUEST_SQL}");
-    if let Some(p) = &planned {
-        batch.push_str(";\n");
-        p.push_sql(&mut batch, 11);
-    }
-    let mut q = sqlx::query(&batch)
+    let batch = batch_sql(begin, UPDATE_REQUEST_SQL, 10, planned.as_ref());
+    let q = sqlx::query(&batch)
         .bind(c.version)
         .bind(c.state)
         .bind(c.due_at)
@@ -1653,14 +1674,7 @@ async fn update_in(
         .bind(record.requester.id.as_str())
         .bind(record.request.entitlement.as_str())
         .bind(c.created_at);
-    if let Some(p) = &planned {
-        q = p.bind(q);
-    }
-    let rows = q
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| db_error("update request", e))?;
-    let (updated, audited) = batch_outcome(&rows, "update request")?;
+    let (updated, audited) = run_batch(conn, q, planned.as_ref(), "update request").await?;
     if !updated {
         // Rolled back by the caller, with any audit rows the batch wrote.
         let stored: Option<(i64, String, String, i64)> = sqlx::query_as(
@@ -1715,8 +1729,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    /// On the writers' connection when it is idle (see
-    /// [`SqliteStore::idle_writer`]), else on a pooled one.
+    /// On the writers' connection when it is idle (no write holds or
+    /// awaits it, it holds no transaction), else on a pooled one.
     async fn get(&self, id: RequestId) -> Result<Option<RequestRecord>> {
         let id = id_bytes(id);
         let q = sqlx::query("SELECT body FROM requests WHERE id = ?").bind(id.as_slice());
@@ -1737,13 +1751,13 @@ impl Store for SqliteStore {
         row.as_ref().map(decode_record).transpose()
     }
 
-    /// Lists of at most [`SMALL_LIST`] records (the broker's pending cap
+    /// Lists of at most 100 records (`SMALL_LIST`: the broker's pending cap
     /// on every submit, a page of a user's requests) on the writers'
     /// connection when it is idle, longer ones on a pooled connection,
     /// where they never hold up a write.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<RequestRecord>> {
         let mut q = list_sql(filter, "SELECT body");
-        let writer = (filter.limit <= SMALL_LIST)
+        let writer = (filter.effective_limit() <= SMALL_LIST)
             .then(|| self.idle_writer())
             .flatten();
         let rows = match writer {
