@@ -1423,9 +1423,16 @@ impl Planned {
 
 /// A transition's batch: `begin`, its own statements (parameters `?1` to
 /// `?{own_params}`), then `planned`'s audit `INSERT` (parameters after
-/// those, see [`Planned::push_sql`]).
-fn batch_sql(begin: &str, own: &str, own_params: usize, planned: Option<&Planned>) -> String {
-    let mut batch = format!("{begin}{own}");
+/// those, see [`Planned::push_sql`]). One string, written once.
+fn batch_sql(begin: &str, own: &[&str], own_params: usize, planned: Option<&Planned>) -> String {
+    let mut batch = String::with_capacity(4096);
+    batch.push_str(begin);
+    for (i, statement) in own.iter().enumerate() {
+        if i > 0 {
+            batch.push_str(";\n");
+        }
+        batch.push_str(statement);
+    }
     if let Some(p) = planned {
         batch.push_str(";\n");
         p.push_sql(&mut batch, own_params + 1);
@@ -1623,7 +1630,7 @@ async fn insert_in(
     let planned = plan_audit(events, hint)?;
     let batch = batch_sql(
         begin,
-        &format!("{INSERT_RISK_SQL};\n{INSERT_REQUEST_SQL}"),
+        &[INSERT_RISK_SQL, INSERT_REQUEST_SQL],
         15,
         planned.as_ref(),
     );
@@ -1662,7 +1669,7 @@ async fn update_in(
     let c = Columns::of(record)?;
     let expected = to_i64(expected_version, "version")?;
     let planned = plan_audit(events, hint)?;
-    let batch = batch_sql(begin, UPDATE_REQUEST_SQL, 10, planned.as_ref());
+    let batch = batch_sql(begin, &[UPDATE_REQUEST_SQL], 10, planned.as_ref());
     let q = sqlx::query(&batch)
         .bind(c.version)
         .bind(c.state)
