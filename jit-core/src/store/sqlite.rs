@@ -23,7 +23,8 @@
 //!   thread and back), which costs more than the statement itself: one
 //!   batch that begins the transaction (`BEGIN IMMEDIATE`) and holds the
 //!   record's statement (and, for an insert, the risk aggregates'
-//!   upserts) and the transition's audit events in one `INSERT`, then
+//!   upserts, which write only while the aggregates are kept: see
+//!   migration 15) and the transition's audit events in one `INSERT`, then
 //!   `COMMIT` (or `ROLLBACK`). The events are chained
 //!   onto the head this store last wrote and guarded in SQL on that head
 //!   still being the stored one; each statement says what it did through
@@ -69,8 +70,12 @@
 //! - **Indexes for what is queried.** Each read shape has one (tests check
 //!   the plans); the reaper's due work reads a partial index of the rows
 //!   that have due work (`due_at` is `NULL` in final states, nearly every
-//!   row of a long-lived store), and start-up's running revocations one of
-//!   the rows with a grant.
+//!   row of a long-lived store). The indexes that hold the state serve
+//!   one reader each and hold only its rows (schema 16): pending requests
+//!   for the approver queue and the pending cap, revoked grants for
+//!   start-up's running revocations. Issuing and activating a grant then
+//!   move an entry in one index (the due work's), not four; lists write
+//!   their states as literals, which SQLite needs to pick a partial index.
 //! - **Versioned migrations.** `schema_migrations` records every applied
 //!   version; opening applies the missing ones in order, in one transaction,
 //!   and refuses a database written by a newer version of this crate rather
@@ -82,6 +87,7 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -103,7 +109,7 @@ use crate::error::{Error, Result};
 use crate::types::{RequestId, RequestRecord, State};
 
 /// The schema version this build writes: the last entry of the migrations.
-pub const SCHEMA_VERSION: i64 = 14;
+pub const SCHEMA_VERSION: i64 = 16;
 
 /// How long a writer waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,6 +130,19 @@ struct Migration {
 /// any offset: the columns have nine digits and `Z`, but databases of
 /// version 1 may hold other spellings. The seconds are taken without the
 /// fraction, so times before 1970 are exact too.
+/// The condition of the partial index `requests_revoked_ends` (migration
+/// 16), which `list_sql` adds word for word to a filter within those
+/// states: SQLite uses a partial index only for a query whose conditions
+/// include (or plainly imply) the index's. Never edit: add a migration.
+macro_rules! revoked_states {
+    () => {
+        "state IN ('revoking', 'revoked', 'revocation_failed')"
+    };
+}
+
+/// The states [`revoked_states`] names.
+const REVOKED_STATES: [State; 3] = [State::Revoking, State::Revoked, State::RevocationFailed];
+
 macro_rules! text_to_nanos {
     ($column:literal) => {
         concat!(
@@ -426,6 +445,57 @@ const MIGRATIONS: &[Migration] = &[
             "DROP INDEX IF EXISTS requests_requester_entitlement_duration",
         ],
     },
+    // Version 15: the risk aggregates are kept only where someone reads
+    // them. A server without risk review paid four upserts (and four WAL
+    // pages) on every insert for tables nothing read: about a tenth of
+    // its time per grant (issue #15). `risk_upkeep` holds a row while the
+    // aggregates are complete and kept: inserts and prunes move them only
+    // then, decided in SQL inside their own write transaction, so a
+    // process that never reads them and one that does can share a file.
+    // Without the row the first `risk_facts` builds them from every
+    // stored request (`keep_risk_in`, the back-fill of version 14) and
+    // sets it. A database that already holds requests had them kept by
+    // version 14's back-fill and every insert since: it goes on keeping
+    // them (no surprise rebuild on the first submit after the upgrade).
+    Migration {
+        version: 15,
+        statements: &[
+            "CREATE TABLE risk_upkeep (id INTEGER PRIMARY KEY CHECK (id = 1)) STRICT",
+            "INSERT INTO risk_upkeep (id) SELECT 1 WHERE EXISTS (SELECT 1 FROM requests)",
+        ],
+    },
+    // Version 16: the three indexes that hold a request's state for one
+    // reader each hold only the rows that reader asks for, so that issuing
+    // and activating a grant (a state change) rewrite none of them: an
+    // auto-approved grant used to move an entry in each of them on each
+    // of its three writes (issue #15). `list_sql` writes the states of a
+    // filter as literals, which SQLite needs to see that a query stays
+    // within a partial index.
+    //
+    // - The approver queue (pending requests for some entitlements): only
+    //   pending rows.
+    // - The pending cap checked on every submit (one requester's pending
+    //   requests): only pending rows. A requester's requests in other
+    //   states read `requests_requester_created` and skip the others.
+    // - Start-up's running revocations (`ends_after`): only rows being
+    //   revoked or revoked, with a grant.
+    Migration {
+        version: 16,
+        statements: &[
+            "DROP INDEX IF EXISTS requests_state_entitlement_created",
+            "DROP INDEX IF EXISTS requests_requester_state_created",
+            "DROP INDEX IF EXISTS requests_state_ends",
+            "CREATE INDEX IF NOT EXISTS requests_pending_entitlement
+                ON requests (entitlement, created_at) WHERE state = 'pending'",
+            "CREATE INDEX IF NOT EXISTS requests_pending_requester
+                ON requests (requester, created_at) WHERE state = 'pending'",
+            concat!(
+                "CREATE INDEX IF NOT EXISTS requests_revoked_ends ON requests (state, ends_at) WHERE ",
+                revoked_states!(),
+                " AND ends_at IS NOT NULL"
+            ),
+        ],
+    },
 ];
 
 /// Migration 12's triggers, which keep `state_counts` (made again by 13
@@ -452,12 +522,24 @@ fn list_sql<'a>(filter: &'a ListFilter, select: &str) -> QueryBuilder<'a, Sqlite
         q.push(" AND requester = ").push_bind(requester.clone());
     }
     if !filter.states.is_empty() {
-        q.push(" AND state IN (");
-        let mut states = q.separated(", ");
-        for s in &filter.states {
-            states.push_bind(s.as_str());
+        // Literals, not parameters: SQLite matches a query to a partial
+        // index (migration 16) on what it sees when it prepares the
+        // statement, and one state as `=` (it does not read a list of
+        // one as that). The states are a closed set of fixed words.
+        if let [one] = filter.states.as_slice() {
+            q.push(" AND state = '").push(one.as_str()).push("'");
+        } else {
+            q.push(" AND state IN (");
+            for (i, s) in filter.states.iter().enumerate() {
+                q.push(if i == 0 { "'" } else { ", '" })
+                    .push(s.as_str())
+                    .push("'");
+            }
+            q.push(")");
         }
-        q.push(")");
+        if filter.states.iter().all(|s| REVOKED_STATES.contains(s)) {
+            q.push(concat!(" AND ", revoked_states!()));
+        }
     }
     if let Some(entitlement) = &filter.entitlement {
         q.push(" AND entitlement = ").push_bind(entitlement.clone());
@@ -527,7 +609,8 @@ fn history_sql<'a>(query: &'a HistoryQuery, select: &str) -> QueryBuilder<'a, Sq
 /// Risk review's facts ([`Store::risk_facts`]) in one statement and one
 /// row (the columns `RiskFacts::from_row` reads): primary-key reads of the
 /// aggregate tables, and the burst count from the `(requester,
-/// created_at)` index. Parameters: `?1` requester, `?2` entitlement, `?3`
+/// created_at)` index; the last column says whether the aggregates are
+/// kept (without a row in `risk_upkeep` the others mean nothing). Parameters: `?1` requester, `?2` entitlement, `?3`
 /// the burst window's start, `?4` the groups and `?5` the sources
 /// (`[key, value]` pairs), both JSON arrays.
 const FACTS_SQL: &str = "SELECT
@@ -539,25 +622,31 @@ const FACTS_SQL: &str = "SELECT
         WHERE p.entitlement = ?2 AND p.grp = g.value AND p.requester <> ?1),
     (SELECT coalesce(sum(EXISTS (SELECT 1 FROM risk_sources AS r
         WHERE r.requester = ?1 AND r.key = s.value ->> 0 AND r.value = s.value ->> 1) << s.key), 0)
-        FROM json_each(?5) AS s)";
+        FROM json_each(?5) AS s),
+    EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)";
 
-/// Counts one inserted request in (one round trip, no JSON but its
-/// sources and groups): `?1` requester, `?2` hour, `?3` entitlement, `?4`
+/// Counts one inserted request in while the aggregates are kept (a row
+/// in `risk_upkeep`; without one, `p` is empty and nothing is written),
+/// in one round trip, no JSON but its sources and groups: `?1` requester, `?2` hour, `?3` entitlement, `?4`
 /// seconds, `?5` the sources as `[key, value]` pairs and `?6` the groups,
 /// both JSON arrays. Every statement names every parameter (through `p`):
 /// sqlx binds the statements of one query in turn and can skip a later
 /// statement's parameters when earlier ones are unused there.
-const INSERT_RISK_SQL: &str = "WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+const INSERT_RISK_SQL: &str = "WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
+        WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1))
     INSERT INTO risk_hours (requester, hour, n) SELECT who, hour, 1 FROM p WHERE true
     ON CONFLICT (requester, hour) DO UPDATE SET n = n + 1;
-    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
+        WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1))
     INSERT INTO risk_durations (requester, entitlement, secs, n) SELECT who, ent, secs, 1 FROM p WHERE true
     ON CONFLICT (requester, entitlement, secs) DO UPDATE SET n = n + 1;
-    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
+        WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1))
     INSERT INTO risk_sources (requester, key, value, n)
     SELECT p.who, s.value ->> 0, s.value ->> 1, 1 FROM p, json_each(p.src) AS s WHERE true
     ON CONFLICT (requester, key, value) DO UPDATE SET n = n + 1;
-    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps)
+    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
+        WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1))
     INSERT INTO risk_peers (entitlement, grp, requester, n)
     SELECT p.ent, g.value, p.who, 1 FROM p, json_each(p.grps) AS g WHERE true
     ON CONFLICT (entitlement, grp, requester) DO UPDATE SET n = n + 1";
@@ -599,22 +688,32 @@ impl<'a> RiskRow<'a> {
     }
 }
 
-/// [`FACTS_SQL`] for `query` on `conn`.
+/// [`FACTS_SQL`] for `query` on `conn`; `None` when the aggregates are
+/// not kept (see migration 15).
 async fn facts_on<'c>(
     conn: impl sqlx::Executor<'c, Database = Sqlite>,
     query: &RiskFactsQuery,
-) -> Result<RiskFacts> {
+) -> Result<Option<RiskFacts>> {
     let (groups, sources) = facts_params(query)?;
-    let (hours, durations, since, peer, seen): (Option<String>, Option<String>, i64, bool, i64) =
-        sqlx::query_as(FACTS_SQL)
-            .bind(query.requester.as_str())
-            .bind(query.entitlement.as_str())
-            .bind(nanos_bound(query.since))
-            .bind(groups)
-            .bind(sources)
-            .fetch_one(conn)
-            .await
-            .map_err(|e| db_error("read risk facts", e))?;
+    let (hours, durations, since, peer, seen, kept): (
+        Option<String>,
+        Option<String>,
+        i64,
+        bool,
+        i64,
+        bool,
+    ) = sqlx::query_as(FACTS_SQL)
+        .bind(query.requester.as_str())
+        .bind(query.entitlement.as_str())
+        .bind(nanos_bound(query.since))
+        .bind(groups)
+        .bind(sources)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| db_error("read risk facts", e))?;
+    if !kept {
+        return Ok(None);
+    }
     RiskFacts::from_row(
         query,
         hours.as_deref(),
@@ -623,6 +722,7 @@ async fn facts_on<'c>(
         peer,
         seen,
     )
+    .map(Some)
 }
 
 /// [`FACTS_SQL`]'s groups and sources, as JSON arrays.
@@ -733,6 +833,42 @@ async fn risk_backfill(conn: &mut SqliteConnection) -> Result<()> {
     }
 }
 
+/// Whether the risk aggregates are kept (migration 15's marker).
+async fn risk_kept_in(conn: &mut SqliteConnection) -> Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| db_error("read risk upkeep", e))
+}
+
+/// Inside a write transaction: builds the risk aggregates from every
+/// stored request and keeps them from then on, unless they are kept
+/// already (another caller, or another process, built them first).
+async fn keep_risk_in(conn: &mut SqliteConnection) -> Result<()> {
+    if risk_kept_in(conn).await? {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    // Rows left from an earlier time they were kept are stale.
+    sqlx::query(
+        "DELETE FROM risk_hours; DELETE FROM risk_durations;
+        DELETE FROM risk_sources; DELETE FROM risk_peers;",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_error("clear risk aggregates", e))?;
+    risk_backfill(conn).await?;
+    sqlx::query("INSERT INTO risk_upkeep (id) VALUES (1)")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error("keep risk aggregates", e))?;
+    tracing::info!(
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "risk review: aggregates built from the stored requests; kept from now on"
+    );
+    Ok(())
+}
+
 /// Requests [`risk_backfill`] reads and counts at a time.
 const BACKFILL_PAGE: usize = 2000;
 
@@ -783,7 +919,9 @@ pub struct SqliteStore {
     memory: bool,
     /// Queues this process's writers ahead of SQLite's write lock (see the
     /// module docs), and holds their connection.
-    write: tokio::sync::Mutex<Writer>,
+    /// Shared with the task that builds the risk aggregates
+    /// ([`SqliteStore::keep_risk`]), which outlives a caller that stops waiting.
+    write: Arc<tokio::sync::Mutex<Writer>>,
     /// The audit head this store last wrote (see [`HeadHint`]).
     head: HeadHint,
 }
@@ -880,7 +1018,7 @@ impl SqliteStore {
             pool,
             location,
             memory,
-            write: tokio::sync::Mutex::new(Writer::default()),
+            write: Arc::new(tokio::sync::Mutex::new(Writer::default())),
             head: HeadHint::default(),
         };
         store.migrate().await?;
@@ -945,35 +1083,47 @@ impl SqliteStore {
     /// when there is none yet), or for an in-memory database on its one
     /// pooled connection.
     async fn begin_write<'w>(&self, writer: &'w mut Writer) -> Result<Transaction<'w, Sqlite>> {
-        let begin = |e| db_error("begin transaction", e);
-        if self.memory {
-            return self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(begin);
-        }
-        let conn = self.writer_conn(writer).await?;
-        sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE")
-            .await
-            .map_err(begin)
+        writer.begin(&self.pool, self.memory).await
     }
 
-    /// The writers' connection, taken from the pool when there is none
-    /// (or when the one there may still hold a transaction: see
-    /// [`Writer::open`]).
+    /// The writers' connection (see [`Writer::conn_from`]).
     async fn writer_conn<'w>(
         &self,
         writer: &'w mut Writer,
     ) -> Result<&'w mut sqlx::pool::PoolConnection<Sqlite>> {
-        if writer.open {
-            writer.discard();
+        writer.conn_from(&self.pool).await
+    }
+
+    /// [`FACTS_SQL`] on the writers' connection when no write holds it
+    /// (its page cache is current: a pooled reader's is stale after every
+    /// write, and reloading it cost more than the read), else on a pooled
+    /// one; never waits for a writer.
+    async fn read_facts(&self, query: &RiskFactsQuery) -> Result<Option<RiskFacts>> {
+        if let Some(mut writer) = self.idle_writer() {
+            if let Some(conn) = writer.conn.as_mut() {
+                let out = facts_on(&mut **conn, query).await;
+                return writer.settle(out);
+            }
         }
-        Ok(match &mut writer.conn {
-            Some(conn) => conn,
-            slot => slot.insert(
-                self.pool
-                    .acquire()
-                    .await
-                    .map_err(|e| db_error("acquire a connection for writing", e))?,
-            ),
-        })
+        facts_on(&self.pool, query).await
+    }
+
+    /// Builds the risk aggregates and keeps them from then on (see
+    /// migration 15), on a task of its own: a caller that stops waiting
+    /// (risk review's timeout) does not undo the work, which on a large
+    /// database takes a while, so the next caller finds it done instead of
+    /// starting it again. Writes queue behind it as behind any write.
+    async fn keep_risk(&self) -> Result<()> {
+        let (pool, memory, write) = (self.pool.clone(), self.memory, self.write.clone());
+        let task = tokio::spawn(async move {
+            let mut writer = write.lock_owned().await;
+            let mut tx = writer.begin(&pool, memory).await?;
+            let result = keep_risk_in(&mut tx).await;
+            let out = finish(tx, result, "build risk aggregates").await;
+            writer.settle(out)
+        });
+        task.await
+            .map_err(|e| Error::Store(format!("building the risk aggregates stopped: {e}")))?
     }
 
     /// An insert or an update in two round trips on a file database
@@ -1087,6 +1237,40 @@ impl Drop for Writer {
 }
 
 impl Writer {
+    /// `BEGIN IMMEDIATE` on the writers' connection (taken from `pool`
+    /// when there is none yet), or for an in-memory database on its one
+    /// pooled connection.
+    async fn begin(&mut self, pool: &SqlitePool, memory: bool) -> Result<Transaction<'_, Sqlite>> {
+        let begin = |e| db_error("begin transaction", e);
+        if memory {
+            return pool.begin_with("BEGIN IMMEDIATE").await.map_err(begin);
+        }
+        let conn = self.conn_from(pool).await?;
+        sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE")
+            .await
+            .map_err(begin)
+    }
+
+    /// The writers' connection, taken from `pool` when there is none (or
+    /// when the one there may still hold a transaction: see
+    /// [`Writer::open`]).
+    async fn conn_from(
+        &mut self,
+        pool: &SqlitePool,
+    ) -> Result<&mut sqlx::pool::PoolConnection<Sqlite>> {
+        if self.open {
+            self.discard();
+        }
+        Ok(match &mut self.conn {
+            Some(conn) => conn,
+            slot => slot.insert(
+                pool.acquire()
+                    .await
+                    .map_err(|e| db_error("acquire a connection for writing", e))?,
+            ),
+        })
+    }
+
     /// Passes `out` through, letting go of the connection after a failure
     /// that may have come from the connection itself, and never handing
     /// back to the pool one that may hold a transaction.
@@ -1551,6 +1735,7 @@ async fn prune_in(conn: &mut SqliteConnection, prune: &Prune) -> Result<()> {
     if hash.map(|h| hash_text(&h)).as_deref() != Some(prune.anchor.hash.as_str()) {
         return Err(sql::anchor_mismatch(prune.anchor.seq));
     }
+    let kept = risk_kept_in(conn).await?;
     let mut risk = risk_facts::Deltas::default();
     for (id, version) in &prune.records {
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM requests WHERE id = ");
@@ -1574,9 +1759,12 @@ async fn prune_in(conn: &mut SqliteConnection, prune: &Prune) -> Result<()> {
                 expected: *version,
             });
         };
-        // What its insert (or migration 14) counted in, counted out.
-        if let Some(r) = decoded_for_risk(&row) {
-            risk.add(&Contribution::of(&r), -1);
+        // What its insert (or a back-fill) counted in, counted out; while
+        // they are not kept, whoever builds them next will not count it.
+        if kept {
+            if let Some(r) = decoded_for_risk(&row) {
+                risk.add(&Contribution::of(&r), -1);
+            }
         }
     }
     apply_risk(conn, &risk).await?;
@@ -1798,19 +1986,18 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    /// On the writers' connection when no write holds it (its page cache
-    /// is current: a pooled reader's is stale after every write, and
-    /// reloading it cost more than the read), else on a pooled one; never
-    /// waits for a writer.
+    /// Never waits for a writer, except the first read of a database
+    /// whose aggregates are not kept (see migration 15): it builds them
+    /// first, once.
     async fn risk_facts(&self, query: &RiskFactsQuery) -> Result<RiskFacts> {
         query.check()?;
-        if let Some(mut writer) = self.idle_writer() {
-            if let Some(conn) = writer.conn.as_mut() {
-                let out = facts_on(&mut **conn, query).await;
-                return writer.settle(out);
-            }
+        if let Some(facts) = self.read_facts(query).await? {
+            return Ok(facts);
         }
-        facts_on(&self.pool, query).await
+        self.keep_risk().await?;
+        self.read_facts(query)
+            .await?
+            .ok_or_else(|| Error::Store("risk aggregates are not kept after building them".into()))
     }
 
     async fn count_by_state(&self) -> Result<Vec<(State, u64)>> {
@@ -2000,8 +2187,9 @@ mod tests {
     }
 
     /// The reaper's due work reads the partial index of rows with due work
-    /// (migration 13), and start-up's running revocations the partial one
-    /// of rows with a grant: neither scans the table or sorts.
+    /// (migration 13); start-up's running revocations, the pending cap and
+    /// the approver queue read the partial indexes of migration 16: none
+    /// scans the table.
     #[tokio::test]
     async fn due_work_and_running_revocations_read_their_partial_indexes() {
         let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
@@ -2012,6 +2200,17 @@ mod tests {
             limit: 10_000,
             ..ListFilter::default()
         };
+        let pending_cap = ListFilter {
+            requester: Some("alice".into()),
+            states: vec![State::Pending],
+            limit: 5,
+            ..ListFilter::default()
+        };
+        let queue = ListFilter {
+            states: vec![State::Pending],
+            entitlements: vec!["db".into(), "web".into()],
+            ..ListFilter::default()
+        };
         for (mut q, index) in [
             (
                 due_sql(&states, Utc::now(), 100, "EXPLAIN QUERY PLAN SELECT body"),
@@ -2019,7 +2218,15 @@ mod tests {
             ),
             (
                 list_sql(&restore, "EXPLAIN QUERY PLAN SELECT body"),
-                "requests_state_ends",
+                "requests_revoked_ends",
+            ),
+            (
+                list_sql(&pending_cap, "EXPLAIN QUERY PLAN SELECT body"),
+                "requests_pending_requester",
+            ),
+            (
+                list_sql(&queue, "EXPLAIN QUERY PLAN SELECT body"),
+                "requests_pending_entitlement",
             ),
         ] {
             let rows: Vec<(i64, i64, i64, String)> =
@@ -2034,12 +2241,13 @@ mod tests {
         }
         let indexes: Vec<(String, i64)> = sqlx::query_as(
             "SELECT name, \"partial\" FROM pragma_index_list('requests') WHERE name IN
-             ('requests_state_due', 'requests_state_ends')",
+             ('requests_state_due', 'requests_revoked_ends', 'requests_pending_requester',
+              'requests_pending_entitlement')",
         )
         .fetch_all(&store.pool)
         .await
         .unwrap();
-        assert_eq!(indexes.len(), 2);
+        assert_eq!(indexes.len(), 4);
         assert!(
             indexes.iter().all(|(_, partial)| *partial == 1),
             "{indexes:?}"
@@ -2130,6 +2338,9 @@ mod tests {
             store.insert(&r, &events).await.unwrap();
             made.push(r);
         }
+        // Read once, so that the aggregates are kept (migration 15).
+        let q = RiskFactsQuery::new("alice", "db-admin");
+        assert_eq!(store.risk_facts(&q).await.unwrap().requests, 2);
         sqlx::query("UPDATE requests SET body = X'7b7b' WHERE id = ?")
             .bind(id_bytes(made[1].id).as_slice())
             .execute(&store.pool)
@@ -2151,6 +2362,176 @@ mod tests {
             .unwrap();
         assert_eq!(facts.requests, 1, "{facts:?}");
         assert_eq!(facts.entitlement_requests, 1, "{facts:?}");
+    }
+
+    async fn count(store: &SqliteStore, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The counts in the four aggregate tables, added up.
+    async fn aggregate_rows(store: &SqliteStore) -> i64 {
+        count(
+            store,
+            "SELECT (SELECT coalesce(sum(n), 0) FROM risk_hours)
+                + (SELECT coalesce(sum(n), 0) FROM risk_durations)
+                + (SELECT coalesce(sum(n), 0) FROM risk_sources)
+                + (SELECT coalesce(sum(n), 0) FROM risk_peers)",
+        )
+        .await
+    }
+
+    /// A new database keeps no risk aggregates until risk review first
+    /// reads them (a server without an assessor never pays for them); that
+    /// read builds them from every stored request, and from then on every
+    /// insert and prune moves them, including those of another store on the
+    /// same file that never read them itself.
+    #[tokio::test]
+    async fn risk_aggregates_are_kept_from_their_first_read_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jit.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let other = SqliteStore::open(&path).await.unwrap();
+        let expired = |who: &str| {
+            let mut r = record();
+            r.requester = Principal::new(who).unwrap().with_group("eng");
+            r.state = State::Expired;
+            r
+        };
+        let event = |r: &RequestRecord| {
+            [crate::audit::AuditEvent::new(
+                r.created_at,
+                AuditKind::Requested,
+                r.id,
+                r.requester.id.as_str(),
+                r.state,
+            )]
+        };
+        let mut made = Vec::new();
+        for who in ["alice", "alice", "bob"] {
+            let r = expired(who);
+            store.insert(&r, &event(&r)).await.unwrap();
+            made.push(r);
+        }
+        assert_eq!(count(&store, "SELECT count(*) FROM risk_upkeep").await, 0);
+        assert_eq!(
+            aggregate_rows(&store).await,
+            0,
+            "nothing kept before a read"
+        );
+
+        // A prune while they are not kept takes nothing away from them.
+        let head = crate::store::audit_all(&store).await.unwrap();
+        let head = head.last().unwrap();
+        store
+            .prune(&Prune {
+                after: 0,
+                anchor: AuditAnchor::new(head.seq, &head.hash, Utc::now(), None),
+                records: vec![(made[0].id, made[0].version)],
+            })
+            .await
+            .unwrap();
+        assert_eq!(aggregate_rows(&store).await, 0);
+
+        // A read that gives up at once leaves them built or not built,
+        // never half: the next read answers from every stored request.
+        let alice = RiskFactsQuery {
+            groups: ["eng".to_string()].into(),
+            ..RiskFactsQuery::new("alice", "db-admin")
+        };
+        let _ = tokio::time::timeout(Duration::from_micros(1), store.risk_facts(&alice)).await;
+        let facts = store.risk_facts(&alice).await.unwrap();
+        assert_eq!(
+            (facts.requests, facts.entitlement_requests, facts.peer_used),
+            (1, 1, true),
+            "the pruned request is not counted, bob's counts as a peer: {facts:?}"
+        );
+        assert_eq!(count(&store, "SELECT count(*) FROM risk_upkeep").await, 1);
+        let built = aggregate_rows(&store).await;
+        assert!(built > 0);
+
+        // Kept from now on, by the other store's inserts too.
+        let r = expired("alice");
+        other.insert(&r, &event(&r)).await.unwrap();
+        made.push(r);
+        assert!(
+            aggregate_rows(&store).await > built,
+            "the insert counted in"
+        );
+        assert_eq!(store.risk_facts(&alice).await.unwrap().requests, 2);
+        let head = crate::store::audit_all(&other).await.unwrap();
+        let head = head.last().unwrap();
+        let after = other.audit_anchor().await.unwrap().map_or(0, |a| a.seq);
+        other
+            .prune(&Prune {
+                after,
+                anchor: AuditAnchor::new(head.seq, &head.hash, Utc::now(), None),
+                records: vec![(made[1].id, made[1].version), (made[3].id, made[3].version)],
+            })
+            .await
+            .unwrap();
+        let facts = store.risk_facts(&alice).await.unwrap();
+        assert_eq!(
+            (facts.requests, facts.entitlement_requests),
+            (0, 0),
+            "the prune counted out: {facts:?}"
+        );
+    }
+
+    /// Migration 15 on a database that holds requests keeps the
+    /// aggregates that version 14 built (no rebuild on the first read after
+    /// the upgrade); on an empty one, nothing is kept until a read.
+    #[tokio::test]
+    async fn migration_15_keeps_the_aggregates_of_a_database_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, requests) in [("used.db", 1), ("empty.db", 0)] {
+            let path = dir.path().join(name);
+            let conn = old_database(&path, 14).await;
+            drop(conn);
+            let store = SqliteStore::open(&path).await.unwrap();
+            // Written as version 14 would: the aggregates with the row.
+            sqlx::query("DELETE FROM schema_migrations WHERE version >= 15")
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            sqlx::query("DROP TABLE risk_upkeep")
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            for _ in 0..requests {
+                let r = record();
+                let c = Columns::of(&r).unwrap();
+                sqlx::query(
+                    "INSERT INTO requests (id, version, state, requester, entitlement, created_at, body)
+                     VALUES (?, 1, 'pending', 'alice', 'db-admin', ?, ?)",
+                )
+                .bind(c.id.as_slice())
+                .bind(c.created_at)
+                .bind(c.body.as_slice())
+                .execute(&store.pool)
+                .await
+                .unwrap();
+                sqlx::query("INSERT INTO risk_hours (requester, hour, n) VALUES ('alice', 3, 1)")
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+            }
+            store.close().await;
+            let store = SqliteStore::open(&path).await.unwrap();
+            assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+            assert_eq!(
+                count(&store, "SELECT count(*) FROM risk_upkeep").await,
+                requests,
+                "{name}"
+            );
+            assert_eq!(
+                aggregate_rows(&store).await,
+                requests,
+                "{name}: not rebuilt"
+            );
+        }
     }
 
     fn record() -> RequestRecord {
@@ -2655,6 +3036,7 @@ mod tests {
             "DROP TABLE risk_durations",
             "DROP TABLE risk_sources",
             "DROP TABLE risk_peers",
+            "DROP TABLE risk_upkeep",
             "DELETE FROM schema_migrations WHERE version >= 14",
         ] {
             sqlx::query(stmt).execute(&store.pool).await.unwrap();
