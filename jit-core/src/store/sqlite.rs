@@ -18,19 +18,26 @@
 //!   SQLite's sleep-and-poll busy handler; the busy timeout then only covers
 //!   other processes. A writer still waiting after the timeout gets
 //!   [`Error::Unavailable`].
-//! - **Two round trips per insert or update.** Each statement sent is a
+//! - **One round trip per insert or update.** Each statement sent is a
 //!   round trip to the connection's worker thread (a hand-over to another
-//!   thread and back), which costs more than the statement itself: one
-//!   batch that begins the transaction (`BEGIN IMMEDIATE`) and holds the
-//!   record's statement (and, for an insert, the risk aggregates'
-//!   upserts, which write only while the aggregates are kept: see
-//!   migration 15) and the transition's audit events in one `INSERT`, then
-//!   `COMMIT` (or `ROLLBACK`). The events are chained
-//!   onto the head this store last wrote and guarded in SQL on that head
-//!   still being the stored one; each statement says what it did through
-//!   `RETURNING` rows. Only when the guard wrote nothing (another process
-//!   appended, a write rolled back) is the head read and the chain redone,
-//!   under the same write lock. Writes keep one connection of their own
+//!   thread and back), which costs more than the statement itself. A
+//!   transition goes as one batch: `BEGIN IMMEDIATE`, its statements,
+//!   `COMMIT`. Its audit events are chained onto the head this store last
+//!   wrote, and every statement is guarded on every condition of the
+//!   transition (the head is still the stored one; the id is new, or the
+//!   record is at the expected version with the same identity; the audit
+//!   rows went in), so the batch writes all of it or nothing and commits
+//!   either way; each statement says what it did through `RETURNING`
+//!   rows. A batch that wrote nothing (another process appended, a lost
+//!   race, an unknown id) and a transition with no remembered head run
+//!   again in two round trips: a batch that begins the transaction and
+//!   holds the record's statement (for an insert, the risk aggregates'
+//!   upserts too, which write only while the aggregates are kept: see
+//!   migration 15) and the events' `INSERT`, guarded on the head, then
+//!   `COMMIT` or `ROLLBACK`; when the guard wrote nothing the head is
+//!   read and the chain redone under the same write lock. A statement
+//!   that fails stops a batch before its `COMMIT`, and the transaction
+//!   is rolled back. Writes keep one connection of their own
 //!   (see `Writer`) instead of taking one from the pool and handing it
 //!   back each time (the pool pings every connection handed back), and
 //!   short reads (`get`, lists of up to 100, risk facts) use that
@@ -625,33 +632,75 @@ const FACTS_SQL: &str = "SELECT
         FROM json_each(?5) AS s),
     EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)";
 
-/// Counts one inserted request in while the aggregates are kept (a row
-/// in `risk_upkeep`; without one, `p` is empty and nothing is written),
-/// in one round trip, no JSON but its sources and groups: `?1` requester, `?2` hour, `?3` entitlement, `?4`
-/// seconds, `?5` the sources as `[key, value]` pairs and `?6` the groups,
-/// both JSON arrays. Every statement names every parameter (through `p`):
-/// sqlx binds the statements of one query in turn and can skip a later
-/// statement's parameters when earlier ones are unused there.
-const INSERT_RISK_SQL: &str = "WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
-        WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1))
-    INSERT INTO risk_hours (requester, hour, n) SELECT who, hour, 1 FROM p WHERE true
-    ON CONFLICT (requester, hour) DO UPDATE SET n = n + 1;
-    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
-        WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1))
-    INSERT INTO risk_durations (requester, entitlement, secs, n) SELECT who, ent, secs, 1 FROM p WHERE true
-    ON CONFLICT (requester, entitlement, secs) DO UPDATE SET n = n + 1;
-    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
-        WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1))
-    INSERT INTO risk_sources (requester, key, value, n)
+/// The four upserts that count one inserted request in while the
+/// aggregates are kept (a row in `risk_upkeep`; without one, `p` is empty
+/// and nothing is written), each after `WITH {all}p AS (...)`: `?1`
+/// requester, `?2` hour, `?3` entitlement, `?4` seconds, `?5` the sources
+/// as `[key, value]` pairs and `?6` the groups, both JSON arrays. No JSON
+/// but the sources and groups.
+const RISK_UPSERTS: [&str; 4] = [
+    "INSERT INTO risk_hours (requester, hour, n) SELECT who, hour, 1 FROM p WHERE true
+    ON CONFLICT (requester, hour) DO UPDATE SET n = n + 1",
+    "INSERT INTO risk_durations (requester, entitlement, secs, n) SELECT who, ent, secs, 1 FROM p WHERE true
+    ON CONFLICT (requester, entitlement, secs) DO UPDATE SET n = n + 1",
+    "INSERT INTO risk_sources (requester, key, value, n)
     SELECT p.who, s.value ->> 0, s.value ->> 1, 1 FROM p, json_each(p.src) AS s WHERE true
-    ON CONFLICT (requester, key, value) DO UPDATE SET n = n + 1;
-    WITH p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
-        WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1))
-    INSERT INTO risk_peers (entitlement, grp, requester, n)
+    ON CONFLICT (requester, key, value) DO UPDATE SET n = n + 1",
+    "INSERT INTO risk_peers (entitlement, grp, requester, n)
     SELECT p.ent, g.value, p.who, 1 FROM p, json_each(p.grps) AS g WHERE true
-    ON CONFLICT (entitlement, grp, requester) DO UPDATE SET n = n + 1";
+    ON CONFLICT (entitlement, grp, requester) DO UPDATE SET n = n + 1",
+];
 
-/// [`INSERT_RISK_SQL`]'s six parameters for one inserted record.
+/// [`RISK_UPSERTS`] as statements of a batch, each starting `WITH {all}`
+/// (see [`all_params`]; empty when the batch needs none) and counting
+/// only when `guard` (SQL, empty for none) holds too. Every statement
+/// names every parameter it binds through `p`, from `?1` on: sqlx binds
+/// the statements of one query in turn and can leave a later statement's
+/// parameters unbound when earlier ones skip some.
+fn risk_sql(all: &str, guard: &str) -> String {
+    let mut out = String::with_capacity(1600);
+    for (i, upsert) in RISK_UPSERTS.iter().enumerate() {
+        if i > 0 {
+            out.push_str(";\n");
+        }
+        out.push_str("WITH ");
+        if !all.is_empty() {
+            out.push_str(all);
+            out.push_str(", ");
+        }
+        out.push_str(
+            "p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
+            WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)",
+        );
+        if !guard.is_empty() {
+            out.push_str(" AND ");
+            out.push_str(guard);
+        }
+        out.push_str(")\n");
+        out.push_str(upsert);
+    }
+    out
+}
+
+/// A CTE (`_all AS (...)`) that mentions every parameter `?1` to `?n`
+/// and that nothing reads: in front of each statement of a batch whose
+/// statements use parameters far apart, it keeps sqlx from binding
+/// any of them wrong (see [`risk_sql`]). SQLite never evaluates it.
+fn all_params(n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(16 + 5 * n);
+    out.push_str("_all AS (SELECT ");
+    for i in 1..=n {
+        if i > 1 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "?{i}");
+    }
+    out.push(')');
+    out
+}
+
+/// [`RISK_UPSERTS`]' six parameters for one inserted record.
 struct RiskRow<'a> {
     requester: &'a str,
     hour: i64,
@@ -1126,10 +1175,12 @@ impl SqliteStore {
             .map_err(|e| Error::Store(format!("building the risk aggregates stopped: {e}")))?
     }
 
-    /// An insert or an update in two round trips on a file database
-    /// (`BEGIN IMMEDIATE` sent with the transition's batch, then `COMMIT`
-    /// or `ROLLBACK`), in three on an in-memory one (through an sqlx
-    /// transaction on its one pooled connection).
+    /// An insert or an update on a file database in one round trip
+    /// (`commit_once`) when its events chain onto the head this store
+    /// remembers and nothing has changed under it; else (or when that
+    /// wrote nothing) in two (`BEGIN IMMEDIATE` sent with the transition's
+    /// batch, then `COMMIT` or `ROLLBACK`). On an in-memory database in
+    /// three, through an sqlx transaction on its one pooled connection.
     async fn transition(
         &self,
         t: Transition<'_>,
@@ -1151,6 +1202,20 @@ impl SqliteStore {
         // From here until COMMIT or ROLLBACK has answered, the connection
         // may hold an open transaction.
         w.open = true;
+        match commit_once(conn, &t, events, &self.head).await {
+            Ok(Some(records)) => {
+                w.open = false;
+                return writer.settle(Ok(records));
+            }
+            // Nothing written (and committed), or not tried.
+            Ok(None) => {}
+            Err(e) => {
+                if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok() {
+                    w.open = false;
+                }
+                return writer.settle(Err(e));
+            }
+        }
         let result = t.run(conn, "BEGIN IMMEDIATE;\n", events, &self.head).await;
         let out = match result {
             Ok(v) => match sqlx::query("COMMIT").execute(&mut **conn).await {
@@ -1563,8 +1628,9 @@ impl Planned {
     /// hash; see [`Planned::bind`]): it writes every row only if the
     /// stored head (the newest row, or the anchor when every row was
     /// pruned) is exactly the one they follow and nothing comes after it,
-    /// and returns one row `1` per row written.
-    fn push_sql(&self, sql: &mut String, first: usize) {
+    /// and `extra` (SQL, empty for none) holds, and returns one row `1`
+    /// per row written.
+    fn push_sql(&self, sql: &mut String, first: usize, extra: &str) {
         use std::fmt::Write as _;
         sql.push_str(
             "INSERT INTO audit (seq, hash, body) SELECT column1, column2, column3 FROM (VALUES ",
@@ -1577,14 +1643,43 @@ impl Planned {
             }
             let _ = write!(sql, "(?{p}, ?{}, ?{})", p + 1, p + 2);
         }
+        sql.push_str(") WHERE ");
+        sql.push_str(&self.head_guard(first));
+        if !extra.is_empty() {
+            sql.push_str(" AND ");
+            sql.push_str(extra);
+        }
+        sql.push_str("\n            RETURNING 1");
+    }
+
+    /// Parameters [`Planned::push_sql`] binds when numbered from `first`.
+    fn params(&self, first: usize) -> usize {
+        3 * self.chained.records.len() + 2 + first - 1
+    }
+
+    /// SQL that holds while the stored head (the newest row, or the
+    /// anchor when every row was pruned) is exactly the one these rows
+    /// follow and nothing comes after it (parameters numbered from
+    /// `first`, as [`Planned::push_sql`] binds them).
+    fn head_guard(&self, first: usize) -> String {
+        let rows = self.chained.records.len();
         let (seq, hash) = (first + 3 * rows, first + 3 * rows + 1);
-        let _ = write!(
-            sql,
-            ") WHERE NOT EXISTS (SELECT 1 FROM audit WHERE seq > ?{seq})
+        format!(
+            "NOT EXISTS (SELECT 1 FROM audit WHERE seq > ?{seq})
             AND COALESCE((SELECT hash FROM audit WHERE seq = ?{seq}),
-                (SELECT unhex(hash) FROM audit_anchor WHERE id = 1 AND seq = ?{seq})) = ?{hash}
-            RETURNING 1"
-        );
+                (SELECT unhex(hash) FROM audit_anchor WHERE id = 1 AND seq = ?{seq})) = ?{hash}"
+        )
+    }
+
+    /// SQL that holds once the last of these rows is stored, after a
+    /// guarded `INSERT` of them (their hash covers their events and the
+    /// head they follow: no other row has it).
+    fn written_guard(&self, first: usize) -> String {
+        let last = first + 3 * (self.chained.records.len().max(1) - 1);
+        format!(
+            "EXISTS (SELECT 1 FROM audit WHERE seq = ?{last} AND hash = ?{})",
+            last + 1
+        )
     }
 
     /// Binds [`Planned::push_sql`]'s parameters, in order.
@@ -1619,7 +1714,7 @@ fn batch_sql(begin: &str, own: &[&str], own_params: usize, planned: Option<&Plan
     }
     if let Some(p) = planned {
         batch.push_str(";\n");
-        p.push_sql(&mut batch, own_params + 1);
+        p.push_sql(&mut batch, own_params + 1, "");
     }
     batch
 }
@@ -1784,12 +1879,21 @@ async fn prune_in(conn: &mut SqliteConnection, prune: &Prune) -> Result<()> {
 }
 
 /// The request's row of an insert (parameters `?7` to `?15`, after
-/// [`INSERT_RISK_SQL`]'s six); returns a row `0` when it was inserted.
+/// the risk upserts' six); returns a row `0` when it was inserted.
 const INSERT_REQUEST_SQL: &str = "INSERT INTO requests
         (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
     VALUES (?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
     ON CONFLICT (id) DO NOTHING
     RETURNING 0";
+
+/// [`UPDATE_REQUEST_SQL`] up to its `RETURNING`.
+macro_rules! update_request {
+    () => {
+        "UPDATE requests
+    SET version = ?1, state = ?2, due_at = ?3, ends_at = ?4, body = ?5
+    WHERE id = ?6 AND version = ?7 AND requester = ?8 AND entitlement = ?9 AND created_at = ?10"
+    };
+}
 
 /// The compare-and-set of an update (parameters `?1` to `?10`); returns a
 /// row `0` when it changed the record. Only what a transition can change
@@ -1797,10 +1901,149 @@ const INSERT_REQUEST_SQL: &str = "INSERT INTO requests
 /// creation time) are compared instead, so the indexes that hold only
 /// them are not rewritten (SQLite rewrites every index on a column an
 /// `UPDATE` sets, changed or not).
-const UPDATE_REQUEST_SQL: &str = "UPDATE requests
-    SET version = ?1, state = ?2, due_at = ?3, ends_at = ?4, body = ?5
-    WHERE id = ?6 AND version = ?7 AND requester = ?8 AND entitlement = ?9 AND created_at = ?10
-    RETURNING 0";
+const UPDATE_REQUEST_SQL: &str = concat!(update_request!(), "\n    RETURNING 0");
+
+/// What [`UPDATE_REQUEST_SQL`] compares, as a condition on the stored row.
+const UPDATE_PRECONDITION: &str = "EXISTS (SELECT 1 FROM requests
+    WHERE id = ?6 AND version = ?7 AND requester = ?8 AND entitlement = ?9 AND created_at = ?10)";
+
+/// An insert's precondition (parameter `?7`, the id).
+const INSERT_PRECONDITION: &str = "NOT EXISTS (SELECT 1 FROM requests WHERE id = ?7)";
+
+/// The transition whole in one round trip, `COMMIT` included, when its
+/// events (if any) chain onto the head this store remembers: each
+/// statement writes only if every condition of the transition holds, so
+/// the batch writes all of it or nothing, and commits either way.
+///
+/// - An insert: the risk upserts and the audit rows if the id is new and
+///   the head is the remembered one, then the record if the last audit
+///   row is in (no events: if the id is new).
+/// - An update: the audit rows if the head is the remembered one and the
+///   record is at the expected version with the same identity, then the
+///   compare-and-set if the last audit row is in.
+///
+/// Returns the records when it wrote them; `None` when it did not try (no
+/// remembered head, too many events) or wrote nothing (a lost race, an
+/// unknown or taken id, a changed identity, a head another process
+/// moved): [`Transition::run`] then runs it in full and tells which. A
+/// statement that fails stops the batch before its `COMMIT`: the caller
+/// rolls back.
+async fn commit_once(
+    conn: &mut SqliteConnection,
+    t: &Transition<'_>,
+    events: &[AuditEvent],
+    hint: &HeadHint,
+) -> Result<Option<Vec<AuditRecord>>> {
+    let planned = plan_audit(events, hint)?;
+    if planned.is_none() && !events.is_empty() {
+        return Ok(None);
+    }
+    let planned = planned.as_ref();
+    let (record, own, precondition) = match *t {
+        Transition::Insert(r) => (r, 15, INSERT_PRECONDITION),
+        Transition::Update(_, r) => (r, 10, UPDATE_PRECONDITION),
+    };
+    let c = Columns::of(record)?;
+    let all = all_params(planned.map_or(own, |p| p.params(own + 1)));
+    let written = planned.map(|p| p.written_guard(own + 1));
+    let mut sql = String::with_capacity(8192);
+    sql.push_str("BEGIN IMMEDIATE;\n");
+    if matches!(t, Transition::Insert(_)) {
+        let guard = match planned {
+            Some(p) => format!("{precondition} AND {}", p.head_guard(own + 1)),
+            None => precondition.to_string(),
+        };
+        sql.push_str(&risk_sql(&all, &guard));
+        sql.push_str(";\n");
+    }
+    if let Some(p) = planned {
+        sql.push_str("WITH ");
+        sql.push_str(&all);
+        sql.push(' ');
+        p.push_sql(&mut sql, own + 1, precondition);
+        sql.push_str(";\n");
+    }
+    sql.push_str("WITH ");
+    sql.push_str(&all);
+    sql.push(' ');
+    match *t {
+        Transition::Insert(_) => {
+            sql.push_str(
+                "INSERT INTO requests
+                (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
+            SELECT ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 WHERE ",
+            );
+            sql.push_str(written.as_deref().unwrap_or("true"));
+            sql.push_str("\n            ON CONFLICT (id) DO NOTHING");
+        }
+        Transition::Update(..) => {
+            sql.push_str(update_request!());
+            if let Some(w) = &written {
+                sql.push_str(" AND ");
+                sql.push_str(w);
+            }
+        }
+    }
+    sql.push_str("\n    RETURNING 0;\nCOMMIT");
+    let risk;
+    let q = match *t {
+        Transition::Insert(r) => {
+            risk = RiskRow::of(r)?;
+            sqlx::query(&sql)
+                .bind(risk.requester)
+                .bind(risk.hour)
+                .bind(risk.entitlement)
+                .bind(risk.secs)
+                .bind(risk.sources.as_str())
+                .bind(risk.groups.as_str())
+                .bind(c.id.as_slice())
+                .bind(c.version)
+                .bind(c.state)
+                .bind(r.requester.id.as_str())
+                .bind(r.request.entitlement.as_str())
+                .bind(c.created_at)
+                .bind(c.due_at)
+                .bind(c.ends_at)
+                .bind(c.body.as_slice())
+        }
+        Transition::Update(expected, r) => sqlx::query(&sql)
+            .bind(c.version)
+            .bind(c.state)
+            .bind(c.due_at)
+            .bind(c.ends_at)
+            .bind(c.body.as_slice())
+            .bind(c.id.as_slice())
+            .bind(to_i64(expected, "version")?)
+            .bind(r.requester.id.as_str())
+            .bind(r.request.entitlement.as_str())
+            .bind(c.created_at),
+    };
+    let (changed, audited) = run_batch(conn, q, planned, "write request").await?;
+    let expected = planned.map_or(0, |p| p.chained.records.len());
+    match (changed, audited) {
+        (true, n) if n == expected => {
+            let records = planned.map(|p| {
+                hint.set(&p.chained);
+                p.chained.records.clone()
+            });
+            Ok(Some(records.unwrap_or_default()))
+        }
+        (false, 0) => Ok(None),
+        (changed, n) => {
+            // Cannot happen: every statement is guarded on the others.
+            tracing::error!(
+                changed,
+                audited = n,
+                expected,
+                "sqlite: a transition's batch wrote part of itself"
+            );
+            Err(Error::Store(format!(
+                "sqlite {}: the batch wrote the record: {changed}, and {n} of {expected} audit records",
+                record.id
+            )))
+        }
+    }
+}
 
 /// Inserts the record, counts it in the risk aggregates and appends its
 /// events: one round trip to the connection's worker (one batch of
@@ -1816,9 +2059,10 @@ async fn insert_in(
     let c = Columns::of(record)?;
     let risk = RiskRow::of(record)?;
     let planned = plan_audit(events, hint)?;
+    let risk_sql = risk_sql("", "");
     let batch = batch_sql(
         begin,
-        &[INSERT_RISK_SQL, INSERT_REQUEST_SQL],
+        &[risk_sql.as_str(), INSERT_REQUEST_SQL],
         15,
         planned.as_ref(),
     );
@@ -2532,6 +2776,114 @@ mod tests {
                 "{name}: not rebuilt"
             );
         }
+    }
+
+    /// The one-round-trip write (`commit_once`) writes a transition whole
+    /// or not at all: it writes and remembers the head when every
+    /// condition holds, and writes nothing (no record, no audit row, no
+    /// aggregate) when the id is taken, the version or identity has moved,
+    /// or another process appended to the chain; the full path then
+    /// writes it or says why not.
+    #[tokio::test]
+    async fn a_write_in_one_round_trip_is_whole_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jit.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let other = SqliteStore::open(&path).await.unwrap();
+        let q = RiskFactsQuery::new("alice", "db-admin");
+        assert_eq!(store.risk_facts(&q).await.unwrap().requests, 0);
+        let event = |r: &RequestRecord| {
+            crate::audit::AuditEvent::new(
+                r.updated_at,
+                AuditKind::Requested,
+                r.id,
+                "alice",
+                r.state,
+            )
+        };
+        // The first write reads the head; from then on the store remembers it.
+        let first = record();
+        store.insert(&first, &[event(&first)]).await.unwrap();
+        let state = || async {
+            (
+                count(&store, "SELECT count(*) FROM audit").await,
+                count(&store, "SELECT count(*) FROM requests").await,
+                aggregate_rows(&store).await,
+            )
+        };
+        async fn once_on(
+            store: &SqliteStore,
+            t: Transition<'_>,
+            events: Vec<crate::audit::AuditEvent>,
+        ) -> Result<Option<Vec<AuditRecord>>> {
+            let mut writer = store.write.lock().await;
+            let conn = writer.conn_from(&store.pool).await.unwrap();
+            commit_once(conn, &t, &events, &store.head).await
+        }
+        let once = |t, events| once_on(&store, t, events);
+
+        let r = record();
+        let written = once(Transition::Insert(&r), vec![event(&r), event(&r)])
+            .await
+            .unwrap()
+            .expect("written in one round trip");
+        assert_eq!(written.len(), 2);
+        assert_eq!(store.get(r.id).await.unwrap().unwrap(), r);
+        let before = state().await;
+        assert_eq!(before.1, 2);
+        let mut next = r.clone();
+        next.version = 2;
+        next.state = State::Cancelled;
+        let written = once(Transition::Update(1, &next), vec![event(&next)])
+            .await
+            .unwrap()
+            .expect("written in one round trip");
+        assert_eq!(written.len(), 1);
+        assert_eq!(store.get(r.id).await.unwrap().unwrap(), next);
+        let before = (before.0 + 1, before.1, before.2);
+        assert_eq!(state().await, before);
+
+        // Each condition failing: nothing written.
+        let mut taken = record();
+        taken.id = r.id;
+        let mut stale = next.clone();
+        stale.version = 3;
+        stale.state = State::Approved;
+        let mut moved = next.clone();
+        moved.version = 3;
+        moved.requester = Principal::new("mallory").unwrap();
+        for (what, t, e) in [
+            ("a taken id", Transition::Insert(&taken), event(&taken)),
+            (
+                "a stale version",
+                Transition::Update(1, &stale),
+                event(&stale),
+            ),
+            (
+                "another requester",
+                Transition::Update(2, &moved),
+                event(&moved),
+            ),
+        ] {
+            assert!(once(t, vec![e]).await.unwrap().is_none(), "{what}");
+            assert_eq!(state().await, before, "{what}");
+            assert_eq!(store.get(r.id).await.unwrap().unwrap(), next, "{what}");
+        }
+        // Another process appends: the remembered head is stale.
+        let theirs = record();
+        other.insert(&theirs, &[event(&theirs)]).await.unwrap();
+        let before = state().await;
+        let mine = record();
+        assert!(once(Transition::Insert(&mine), vec![event(&mine)])
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(state().await, before, "nothing written on a moved head");
+        // The full path writes it after the other process's records.
+        store.insert(&mine, &[event(&mine)]).await.unwrap();
+        let chain = crate::store::audit_all(&store).await.unwrap();
+        crate::audit::verify(&chain).unwrap();
+        assert_eq!(chain.last().unwrap().event.request_id, mine.id);
     }
 
     fn record() -> RequestRecord {
