@@ -12,7 +12,10 @@
 //!
 //! For profilers: `JIT_BENCH_GRANTS=N` runs N requests of one case
 //! (`JIT_BENCH_CASE`: `server` (the default), `many` or `baseline`) one
-//! after another after the same setup, then exits without criterion. Two
+//! after another after the same setup, then exits without criterion.
+//! `JIT_BENCH_CASE=paired` (or `paired-many`) alternates server and
+//! baseline requests N times and prints their ratio: the steadiest figure
+//! on a noisy machine. Two
 //! runs with different N under `valgrind --tool=callgrind` or `strace -c -f`
 //! give the instructions and system calls of one grant by difference, which
 //! the machine's load does not move.
@@ -231,9 +234,17 @@ fn bench(c: &mut Criterion) {
 }
 
 /// `JIT_BENCH_GRANTS=N`: N requests of `JIT_BENCH_CASE`, nothing else.
+/// `paired` (or `paired-many`) instead alternates a server grant (one
+/// subject, or 1,000) and a baseline request N times, timing each, and
+/// prints the ratio of the means and the median of the ratios of blocks
+/// of 100 pairs: on a machine whose speed drifts, neighbours in time are
+/// the fairest comparison.
 fn counted(n: u64) {
     let s = setup();
     let case = std::env::var("JIT_BENCH_CASE").unwrap_or_else(|_| "server".into());
+    if let Some(rest) = case.strip_prefix("paired") {
+        return paired(&s, n, rest == "-many");
+    }
     s.rt.block_on(async {
         for _ in 0..n {
             match case.as_str() {
@@ -244,6 +255,50 @@ fn counted(n: u64) {
             }
         }
     });
+}
+
+fn paired(s: &Setup, n: u64, many: bool) {
+    use std::time::{Duration, Instant};
+    const BLOCK: usize = 100;
+    let (server, baseline) = s.rt.block_on(async {
+        let (mut server, mut baseline) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let t = Instant::now();
+            if many {
+                s.many_subjects().await;
+            } else {
+                s.one_subject().await;
+            }
+            server.push(t.elapsed());
+            let t = Instant::now();
+            s.baseline().await;
+            baseline.push(t.elapsed());
+        }
+        (server, baseline)
+    });
+    let total = |v: &[Duration]| v.iter().sum::<Duration>().as_secs_f64();
+    let mut blocks: Vec<f64> = server
+        .chunks(BLOCK)
+        .zip(baseline.chunks(BLOCK))
+        .map(|(a, b)| total(a) / total(b))
+        .collect();
+    blocks.sort_by(f64::total_cmp);
+    let per = |v: &[Duration]| total(v) * 1e3 / v.len().max(1) as f64;
+    println!(
+        "paired{}: {n} pairs, server {:.3} ms, baseline {:.3} ms per grant, ratio of means {:.2}, \
+         median block ratio {:.2} (blocks of {BLOCK}: {:.2} to {:.2})",
+        if many {
+            " (1,000 subjects)"
+        } else {
+            " (one subject)"
+        },
+        per(&server),
+        per(&baseline),
+        total(&server) / total(&baseline),
+        blocks.get(blocks.len() / 2).copied().unwrap_or(f64::NAN),
+        blocks.first().copied().unwrap_or(f64::NAN),
+        blocks.last().copied().unwrap_or(f64::NAN),
+    );
 }
 
 criterion_group!(benches, bench);

@@ -25,10 +25,10 @@
 //!   `COMMIT`. Its audit events are chained onto the head this store last
 //!   wrote, and every statement is guarded on every condition of the
 //!   transition (the head is still the stored one; the id is new, or the
-//!   record is at the expected version with the same identity; the audit
-//!   rows went in), so the batch writes all of it or nothing and commits
-//!   either way; each statement says what it did through `RETURNING`
-//!   rows. A batch that wrote nothing (another process appended, a lost
+//!   record is at the expected version with the same identity; the
+//!   batch's audit `INSERT` wrote every row), so the batch writes all of it or nothing and commits
+//!   either way; a `SELECT` of `changes()` after each statement says
+//!   what it did. A batch that wrote nothing (another process appended, a lost
 //!   race, an unknown id) and a transition with no remembered head run
 //!   again in two round trips: a batch that begins the transaction and
 //!   holds the record's statement (for an insert, the risk aggregates'
@@ -94,6 +94,7 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -973,6 +974,10 @@ pub struct SqliteStore {
     write: Arc<tokio::sync::Mutex<Writer>>,
     /// The audit head this store last wrote (see [`HeadHint`]).
     head: HeadHint,
+    /// Whether the risk aggregates were not kept when this store last
+    /// looked (migration 15): inserts then leave their upserts out of the
+    /// one-round-trip batch, guarded in SQL on that still being so.
+    risk_off: AtomicBool,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -1069,6 +1074,7 @@ impl SqliteStore {
             memory,
             write: Arc::new(tokio::sync::Mutex::new(Writer::default())),
             head: HeadHint::default(),
+            risk_off: AtomicBool::new(false),
         };
         store.migrate().await?;
         Ok(store)
@@ -1109,7 +1115,11 @@ impl SqliteStore {
     async fn migrate(&self) -> Result<()> {
         let mut writer = self.write.lock().await;
         let mut tx = self.begin_write(&mut writer).await?;
-        let result = migrate_in(&mut tx).await;
+        let result = match migrate_in(&mut tx).await {
+            Ok(()) => risk_kept_in(&mut tx).await,
+            Err(e) => Err(e),
+        }
+        .map(|kept| self.risk_off.store(!kept, Ordering::Relaxed));
         let out = finish(tx, result, "migrate").await;
         writer.settle(out)
     }
@@ -1172,7 +1182,9 @@ impl SqliteStore {
             writer.settle(out)
         });
         task.await
-            .map_err(|e| Error::Store(format!("building the risk aggregates stopped: {e}")))?
+            .map_err(|e| Error::Store(format!("building the risk aggregates stopped: {e}")))??;
+        self.risk_off.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     /// An insert or an update on a file database in one round trip
@@ -1202,13 +1214,23 @@ impl SqliteStore {
         // From here until COMMIT or ROLLBACK has answered, the connection
         // may hold an open transaction.
         w.open = true;
-        match commit_once(conn, &t, events, &self.head).await {
+        let risk_off = self.risk_off.load(Ordering::Relaxed);
+        match commit_once(conn, &t, events, &self.head, risk_off).await {
             Ok(Some(records)) => {
                 w.open = false;
                 return writer.settle(Ok(records));
             }
-            // Nothing written (and committed), or not tried.
-            Ok(None) => {}
+            // Nothing written (and committed), or not tried. The full path
+            // upserts the aggregates whenever they are kept; an insert
+            // looks again for the next one-round-trip insert (the marker
+            // may be why this one wrote nothing).
+            Ok(None) => {
+                if matches!(t, Transition::Insert(_)) {
+                    let kept = risk_kept_in(conn).await;
+                    self.risk_off
+                        .store(matches!(kept, Ok(false)), Ordering::Relaxed);
+                }
+            }
             Err(e) => {
                 if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok() {
                     w.open = false;
@@ -1628,8 +1650,8 @@ impl Planned {
     /// hash; see [`Planned::bind`]): it writes every row only if the
     /// stored head (the newest row, or the anchor when every row was
     /// pruned) is exactly the one they follow and nothing comes after it,
-    /// and `extra` (SQL, empty for none) holds, and returns one row `1`
-    /// per row written.
+    /// and `extra` (SQL, empty for none) holds, followed by a row `(1,
+    /// rows written)`.
     fn push_sql(&self, sql: &mut String, first: usize, extra: &str) {
         use std::fmt::Write as _;
         sql.push_str(
@@ -1649,7 +1671,7 @@ impl Planned {
             sql.push_str(" AND ");
             sql.push_str(extra);
         }
-        sql.push_str("\n            RETURNING 1");
+        sql.push_str(";\nSELECT 1, changes()");
     }
 
     /// Parameters [`Planned::push_sql`] binds when numbered from `first`.
@@ -1671,15 +1693,13 @@ impl Planned {
         )
     }
 
-    /// SQL that holds once the last of these rows is stored, after a
-    /// guarded `INSERT` of them (their hash covers their events and the
-    /// head they follow: no other row has it).
-    fn written_guard(&self, first: usize) -> String {
-        let last = first + 3 * (self.chained.records.len().max(1) - 1);
-        format!(
-            "EXISTS (SELECT 1 FROM audit WHERE seq = ?{last} AND hash = ?{})",
-            last + 1
-        )
+    /// SQL that holds in the statement right after [`Planned::push_sql`]'s
+    /// `INSERT` and its `SELECT`: that it wrote every row. (`changes()`
+    /// counts the rows of the last `INSERT`, `UPDATE` or `DELETE` of the
+    /// connection, so of this batch's audit `INSERT`, whatever the chain
+    /// holds: an identical event stored before could not pass for it.)
+    fn written_guard(&self) -> String {
+        format!("changes() = {}", self.chained.records.len())
     }
 
     /// Binds [`Planned::push_sql`]'s parameters, in order.
@@ -1735,14 +1755,20 @@ async fn run_batch<'q>(
     batch_outcome(&rows, op)
 }
 
-/// What a transition's batch did: whether its record statement changed
-/// the record (a row `0`), and how many audit rows went in (rows `1`).
+/// What a transition's batch did, from the rows `(0, n)` after its record
+/// statement and `(1, n)` after its audit `INSERT`, `n` their `changes()`:
+/// whether the record changed, and how many audit rows went in. (Not
+/// `RETURNING`: SQLite gathers a statement's returned rows in a temporary
+/// table it makes and drops each time, which cost more than the rows.)
 fn batch_outcome(rows: &[sqlx::sqlite::SqliteRow], op: &str) -> Result<(bool, usize)> {
     let (mut changed, mut audited) = (false, 0);
     for row in rows {
-        match row.try_get::<i64, _>(0).map_err(|e| db_error(op, e))? {
-            0 => changed = true,
-            _ => audited += 1,
+        let kind: i64 = row.try_get(0).map_err(|e| db_error(op, e))?;
+        let n: i64 = row.try_get(1).map_err(|e| db_error(op, e))?;
+        let n = usize::try_from(n).unwrap_or(0);
+        match kind {
+            0 => changed = n > 0,
+            _ => audited += n,
         }
     }
     Ok((changed, audited))
@@ -1879,14 +1905,14 @@ async fn prune_in(conn: &mut SqliteConnection, prune: &Prune) -> Result<()> {
 }
 
 /// The request's row of an insert (parameters `?7` to `?15`, after
-/// the risk upserts' six); returns a row `0` when it was inserted.
+/// the risk upserts' six), followed by a row `(0, 1)` when it was inserted.
 const INSERT_REQUEST_SQL: &str = "INSERT INTO requests
         (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
     VALUES (?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING 0";
+    ON CONFLICT (id) DO NOTHING;
+    SELECT 0, changes()";
 
-/// [`UPDATE_REQUEST_SQL`] up to its `RETURNING`.
+/// [`UPDATE_REQUEST_SQL`]'s `UPDATE`.
 macro_rules! update_request {
     () => {
         "UPDATE requests
@@ -1895,13 +1921,13 @@ macro_rules! update_request {
     };
 }
 
-/// The compare-and-set of an update (parameters `?1` to `?10`); returns a
-/// row `0` when it changed the record. Only what a transition can change
+/// The compare-and-set of an update (parameters `?1` to `?10`), followed
+/// by a row `(0, 1)` when it changed the record. Only what a transition can change
 /// is set: the columns of a request's identity (requester, entitlement,
 /// creation time) are compared instead, so the indexes that hold only
 /// them are not rewritten (SQLite rewrites every index on a column an
 /// `UPDATE` sets, changed or not).
-const UPDATE_REQUEST_SQL: &str = concat!(update_request!(), "\n    RETURNING 0");
+const UPDATE_REQUEST_SQL: &str = concat!(update_request!(), ";\n    SELECT 0, changes()");
 
 /// What [`UPDATE_REQUEST_SQL`] compares, as a condition on the stored row.
 const UPDATE_PRECONDITION: &str = "EXISTS (SELECT 1 FROM requests
@@ -1910,17 +1936,22 @@ const UPDATE_PRECONDITION: &str = "EXISTS (SELECT 1 FROM requests
 /// An insert's precondition (parameter `?7`, the id).
 const INSERT_PRECONDITION: &str = "NOT EXISTS (SELECT 1 FROM requests WHERE id = ?7)";
 
+/// [`INSERT_PRECONDITION`] for a batch without the risk upserts: the
+/// aggregates are not kept either.
+const INSERT_PRECONDITION_RISK_OFF: &str = "NOT EXISTS (SELECT 1 FROM requests WHERE id = ?7)
+    AND NOT EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)";
+
 /// The transition whole in one round trip, `COMMIT` included, when its
 /// events (if any) chain onto the head this store remembers: each
 /// statement writes only if every condition of the transition holds, so
 /// the batch writes all of it or nothing, and commits either way.
 ///
 /// - An insert: the risk upserts and the audit rows if the id is new and
-///   the head is the remembered one, then the record if the last audit
-///   row is in (no events: if the id is new).
+///   the head is the remembered one, then the record if that `INSERT`
+///   wrote every audit row (no events: if the id is new).
 /// - An update: the audit rows if the head is the remembered one and the
 ///   record is at the expected version with the same identity, then the
-///   compare-and-set if the last audit row is in.
+///   compare-and-set if that `INSERT` wrote every row.
 ///
 /// Returns the records when it wrote them; `None` when it did not try (no
 /// remembered head, too many events) or wrote nothing (a lost race, an
@@ -1933,22 +1964,25 @@ async fn commit_once(
     t: &Transition<'_>,
     events: &[AuditEvent],
     hint: &HeadHint,
+    risk_off: bool,
 ) -> Result<Option<Vec<AuditRecord>>> {
     let planned = plan_audit(events, hint)?;
     if planned.is_none() && !events.is_empty() {
         return Ok(None);
     }
     let planned = planned.as_ref();
+    let insert = matches!(t, Transition::Insert(_));
     let (record, own, precondition) = match *t {
+        Transition::Insert(r) if risk_off => (r, 15, INSERT_PRECONDITION_RISK_OFF),
         Transition::Insert(r) => (r, 15, INSERT_PRECONDITION),
         Transition::Update(_, r) => (r, 10, UPDATE_PRECONDITION),
     };
     let c = Columns::of(record)?;
     let all = all_params(planned.map_or(own, |p| p.params(own + 1)));
-    let written = planned.map(|p| p.written_guard(own + 1));
+    let written = planned.map(Planned::written_guard);
     let mut sql = String::with_capacity(8192);
     sql.push_str("BEGIN IMMEDIATE;\n");
-    if matches!(t, Transition::Insert(_)) {
+    if insert && !risk_off {
         let guard = match planned {
             Some(p) => format!("{precondition} AND {}", p.head_guard(own + 1)),
             None => precondition.to_string(),
@@ -1973,7 +2007,7 @@ async fn commit_once(
                 (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
             SELECT ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 WHERE ",
             );
-            sql.push_str(written.as_deref().unwrap_or("true"));
+            sql.push_str(written.as_deref().unwrap_or(precondition));
             sql.push_str("\n            ON CONFLICT (id) DO NOTHING");
         }
         Transition::Update(..) => {
@@ -1984,7 +2018,7 @@ async fn commit_once(
             }
         }
     }
-    sql.push_str("\n    RETURNING 0;\nCOMMIT");
+    sql.push_str(";\nSELECT 0, changes();\nCOMMIT");
     let risk;
     let q = match *t {
         Transition::Insert(r) => {
@@ -2818,7 +2852,8 @@ mod tests {
         ) -> Result<Option<Vec<AuditRecord>>> {
             let mut writer = store.write.lock().await;
             let conn = writer.conn_from(&store.pool).await.unwrap();
-            commit_once(conn, &t, &events, &store.head).await
+            let risk_off = store.risk_off.load(Ordering::Relaxed);
+            commit_once(conn, &t, &events, &store.head, risk_off).await
         }
         let once = |t, events| once_on(&store, t, events);
 
@@ -2869,6 +2904,29 @@ mod tests {
             assert_eq!(state().await, before, "{what}");
             assert_eq!(store.get(r.id).await.unwrap().unwrap(), next, "{what}");
         }
+        // Another process writes the record, with an event exactly like
+        // the one this store is about to chain at the same place: the
+        // stored copy must not pass for this store's own.
+        let mut theirs = next.clone();
+        theirs.version = 3;
+        other.update(2, &theirs, &[event(&theirs)]).await.unwrap();
+        let mut mine = theirs.clone();
+        mine.version = 4;
+        mine.note = Some("mine".into());
+        let before = state().await;
+        assert!(once(Transition::Update(3, &mine), vec![event(&mine)])
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            state().await,
+            before,
+            "nothing written on an identical event"
+        );
+        assert_eq!(store.get(r.id).await.unwrap().unwrap(), theirs);
+        store.update(3, &mine, &[event(&mine)]).await.unwrap();
+        crate::audit::verify(&crate::store::audit_all(&store).await.unwrap()).unwrap();
+
         // Another process appends: the remembered head is stale.
         let theirs = record();
         other.insert(&theirs, &[event(&theirs)]).await.unwrap();
