@@ -335,6 +335,18 @@ fn sort_keys(v: &mut serde_json::Value) {
     }
 }
 
+/// Whether every object in `v` has its keys in order (as [`sort_keys`]
+/// leaves them).
+fn keys_sorted(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b) && map.values().all(keys_sorted)
+        }
+        serde_json::Value::Array(items) => items.iter().all(keys_sorted),
+        _ => true,
+    }
+}
+
 /// One link of the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -367,11 +379,21 @@ impl AuditRecord {
         // which cedar-policy-core turns on for the whole build under the
         // `cedar` feature). Without it maps are sorted already, so hashes of
         // existing chains do not change.
-        let mut event = self.event.clone();
-        sort_keys(&mut event.details);
+        // Details whose keys are in order already (always, without
+        // `preserve_order`) are serialized as they are: the same bytes,
+        // without copying the event.
+        let sorted;
+        let event = if keys_sorted(&self.event.details) {
+            &self.event
+        } else {
+            let mut copy = self.event.clone();
+            sort_keys(&mut copy.details);
+            sorted = copy;
+            &sorted
+        };
         let body = serde_json::to_vec(&Canonical {
             seq: self.seq,
-            event: &event,
+            event,
             prev_hash: &self.prev_hash,
         })
         .unwrap_or_default();
