@@ -666,11 +666,14 @@ mod tests {
     async fn a_remembered_token_that_expires_fails_like_any_expired_token() {
         let issuer = DemoIssuer::new(LocalKey::generate());
         let auth = Authenticator::new(settings(JwksSource::Static(issuer.jwk_set().unwrap())));
-        let token = issuer.token("alice", &[], 1).unwrap();
+        // Two seconds: `exp` is in whole seconds, so a one-second token
+        // could already be at its `exp` when checked on a loaded machine
+        // (and then rightly not remembered).
+        let token = issuer.token("alice", &[], 2).unwrap();
         auth.authenticate(&token).await.unwrap();
         assert_eq!(auth.cached_tokens(), 1);
-        // Leeway is 0 in these settings: two whole seconds later `exp` has passed.
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // Leeway is 0 in these settings: three whole seconds later `exp` has passed.
+        tokio::time::sleep(Duration::from_millis(3100)).await;
         let err = auth.authenticate(&token).await.unwrap_err();
         assert_eq!(err.to_string(), "invalid token: token expired");
         let fresh = Authenticator::new(settings(JwksSource::Static(issuer.jwk_set().unwrap())));
