@@ -1704,10 +1704,7 @@ impl Planned {
     }
 
     /// Binds [`Planned::push_sql`]'s parameters, in order.
-    fn bind<'q>(
-        &'q self,
-        mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    fn bind<'q>(&'q self, mut q: BatchQuery<'q>) -> BatchQuery<'q> {
         for ((seq, r), body) in self
             .chained
             .seqs
@@ -1744,7 +1741,7 @@ fn batch_sql(begin: &str, own: &[&str], own_params: usize, planned: Option<&Plan
 /// in one round trip; see [`batch_outcome`] for what it returns.
 async fn run_batch<'q>(
     conn: &mut SqliteConnection,
-    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    q: BatchQuery<'q>,
     planned: Option<&'q Planned>,
     op: &str,
 ) -> Result<(bool, usize)> {
@@ -2024,34 +2021,11 @@ async fn commit_once(
     let q = match *t {
         Transition::Insert(r) => {
             risk = RiskRow::of(r)?;
-            sqlx::query(&sql)
-                .bind(risk.requester)
-                .bind(risk.hour)
-                .bind(risk.entitlement)
-                .bind(risk.secs)
-                .bind(risk.sources.as_str())
-                .bind(risk.groups.as_str())
-                .bind(c.id.as_slice())
-                .bind(c.version)
-                .bind(c.state)
-                .bind(r.requester.id.as_str())
-                .bind(r.request.entitlement.as_str())
-                .bind(c.created_at)
-                .bind(c.due_at)
-                .bind(c.ends_at)
-                .bind(c.body.as_slice())
+            bind_insert(sqlx::query(&sql), &risk, &c, r)
         }
-        Transition::Update(expected, r) => sqlx::query(&sql)
-            .bind(c.version)
-            .bind(c.state)
-            .bind(c.due_at)
-            .bind(c.ends_at)
-            .bind(c.body.as_slice())
-            .bind(c.id.as_slice())
-            .bind(to_i64(expected, "version")?)
-            .bind(r.requester.id.as_str())
-            .bind(r.request.entitlement.as_str())
-            .bind(c.created_at),
+        Transition::Update(expected, r) => {
+            bind_update(sqlx::query(&sql), &c, to_i64(expected, "version")?, r)
+        }
     };
     let (changed, audited) = run_batch(conn, q, planned, "write request").await?;
     let expected = planned.map_or(0, |p| p.chained.records.len());
@@ -2080,6 +2054,53 @@ async fn commit_once(
     }
 }
 
+/// A query of this module's batches.
+type BatchQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// An insert's own parameters, `?1` to `?15`: the risk upserts' six
+/// ([`RiskRow`]), then the record's nine.
+fn bind_insert<'q>(
+    q: BatchQuery<'q>,
+    risk: &'q RiskRow<'q>,
+    c: &'q Columns,
+    record: &'q RequestRecord,
+) -> BatchQuery<'q> {
+    q.bind(risk.requester)
+        .bind(risk.hour)
+        .bind(risk.entitlement)
+        .bind(risk.secs)
+        .bind(risk.sources.as_str())
+        .bind(risk.groups.as_str())
+        .bind(c.id.as_slice())
+        .bind(c.version)
+        .bind(c.state)
+        .bind(record.requester.id.as_str())
+        .bind(record.request.entitlement.as_str())
+        .bind(c.created_at)
+        .bind(c.due_at)
+        .bind(c.ends_at)
+        .bind(c.body.as_slice())
+}
+
+/// An update's own parameters, `?1` to `?10` (see [`UPDATE_REQUEST_SQL`]).
+fn bind_update<'q>(
+    q: BatchQuery<'q>,
+    c: &'q Columns,
+    expected: i64,
+    record: &'q RequestRecord,
+) -> BatchQuery<'q> {
+    q.bind(c.version)
+        .bind(c.state)
+        .bind(c.due_at)
+        .bind(c.ends_at)
+        .bind(c.body.as_slice())
+        .bind(c.id.as_slice())
+        .bind(expected)
+        .bind(record.requester.id.as_str())
+        .bind(record.request.entitlement.as_str())
+        .bind(c.created_at)
+}
+
 /// Inserts the record, counts it in the risk aggregates and appends its
 /// events: one round trip to the connection's worker (one batch of
 /// statements, after `begin`) when the audit head is the one this store
@@ -2101,22 +2122,7 @@ async fn insert_in(
         15,
         planned.as_ref(),
     );
-    let q = sqlx::query(&batch)
-        .bind(risk.requester)
-        .bind(risk.hour)
-        .bind(risk.entitlement)
-        .bind(risk.secs)
-        .bind(risk.sources.as_str())
-        .bind(risk.groups.as_str())
-        .bind(c.id.as_slice())
-        .bind(c.version)
-        .bind(c.state)
-        .bind(record.requester.id.as_str())
-        .bind(record.request.entitlement.as_str())
-        .bind(c.created_at)
-        .bind(c.due_at)
-        .bind(c.ends_at)
-        .bind(c.body.as_slice());
+    let q = bind_insert(sqlx::query(&batch), &risk, &c, record);
     let (inserted, audited) = run_batch(conn, q, planned.as_ref(), "insert request").await?;
     if !inserted {
         return Err(sql::insert_conflict(record));
@@ -2137,17 +2143,7 @@ async fn update_in(
     let expected = to_i64(expected_version, "version")?;
     let planned = plan_audit(events, hint)?;
     let batch = batch_sql(begin, &[UPDATE_REQUEST_SQL], 10, planned.as_ref());
-    let q = sqlx::query(&batch)
-        .bind(c.version)
-        .bind(c.state)
-        .bind(c.due_at)
-        .bind(c.ends_at)
-        .bind(c.body.as_slice())
-        .bind(c.id.as_slice())
-        .bind(expected)
-        .bind(record.requester.id.as_str())
-        .bind(record.request.entitlement.as_str())
-        .bind(c.created_at);
+    let q = bind_update(sqlx::query(&batch), &c, expected, record);
     let (updated, audited) = run_batch(conn, q, planned.as_ref(), "update request").await?;
     if !updated {
         // Rolled back by the caller, with any audit rows the batch wrote.
