@@ -149,6 +149,29 @@ macro_rules! revoked_states {
     };
 }
 
+/// The condition that the risk aggregates are kept (migration 15's
+/// marker row), as every statement that reads or moves them asks it.
+macro_rules! risk_kept {
+    () => {
+        "EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)"
+    };
+}
+
+/// An update's compare-and-set on the stored row (parameters `?6` to
+/// `?10`: id, expected version, requester, entitlement, creation time).
+macro_rules! update_cas {
+    () => {
+        "id = ?6 AND version = ?7 AND requester = ?8 AND entitlement = ?9 AND created_at = ?10"
+    };
+}
+
+/// An insert's precondition: no request has its id (parameter `?7`).
+macro_rules! new_id {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM requests WHERE id = ?7)"
+    };
+}
+
 /// The states [`revoked_states`] names.
 const REVOKED_STATES: [State; 3] = [State::Revoking, State::Revoked, State::RevocationFailed];
 
@@ -622,7 +645,8 @@ fn history_sql<'a>(query: &'a HistoryQuery, select: &str) -> QueryBuilder<'a, Sq
 /// kept (without a row in `risk_upkeep` the others mean nothing). Parameters: `?1` requester, `?2` entitlement, `?3`
 /// the burst window's start, `?4` the groups and `?5` the sources
 /// (`[key, value]` pairs), both JSON arrays.
-const FACTS_SQL: &str = "SELECT
+const FACTS_SQL: &str = concat!(
+    "SELECT
     (SELECT group_concat(hour || ':' || n) FROM risk_hours WHERE requester = ?1),
     (SELECT group_concat(secs || ':' || n) FROM risk_durations
         WHERE requester = ?1 AND entitlement = ?2),
@@ -632,7 +656,9 @@ const FACTS_SQL: &str = "SELECT
     (SELECT coalesce(sum(EXISTS (SELECT 1 FROM risk_sources AS r
         WHERE r.requester = ?1 AND r.key = s.value ->> 0 AND r.value = s.value ->> 1) << s.key), 0)
         FROM json_each(?5) AS s),
-    EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)";
+    ",
+    risk_kept!()
+);
 
 /// The four upserts that count one inserted request in while the
 /// aggregates are kept (a row in `risk_upkeep`; without one, `p` is empty
@@ -670,10 +696,11 @@ fn risk_sql(all: &str, guard: &str) -> String {
             out.push_str(all);
             out.push_str(", ");
         }
-        out.push_str(
+        out.push_str(concat!(
             "p AS (SELECT ?1 AS who, ?2 AS hour, ?3 AS ent, ?4 AS secs, ?5 AS src, ?6 AS grps
-            WHERE EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)",
-        );
+            WHERE ",
+            risk_kept!()
+        ));
         if !guard.is_empty() {
             out.push_str(" AND ");
             out.push_str(guard);
@@ -886,7 +913,7 @@ async fn risk_backfill(conn: &mut SqliteConnection) -> Result<()> {
 
 /// Whether the risk aggregates are kept (migration 15's marker).
 async fn risk_kept_in(conn: &mut SqliteConnection) -> Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)")
+    sqlx::query_scalar(concat!("SELECT ", risk_kept!()))
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| db_error("read risk upkeep", e))
@@ -1913,9 +1940,12 @@ const INSERT_REQUEST_SQL: &str = "INSERT INTO requests
 /// [`UPDATE_REQUEST_SQL`]'s `UPDATE`.
 macro_rules! update_request {
     () => {
-        "UPDATE requests
+        concat!(
+            "UPDATE requests
     SET version = ?1, state = ?2, due_at = ?3, ends_at = ?4, body = ?5
-    WHERE id = ?6 AND version = ?7 AND requester = ?8 AND entitlement = ?9 AND created_at = ?10"
+    WHERE ",
+            update_cas!()
+        )
     };
 }
 
@@ -1928,16 +1958,15 @@ macro_rules! update_request {
 const UPDATE_REQUEST_SQL: &str = concat!(update_request!(), ";\n    SELECT 0, changes()");
 
 /// What [`UPDATE_REQUEST_SQL`] compares, as a condition on the stored row.
-const UPDATE_PRECONDITION: &str = "EXISTS (SELECT 1 FROM requests
-    WHERE id = ?6 AND version = ?7 AND requester = ?8 AND entitlement = ?9 AND created_at = ?10)";
+const UPDATE_PRECONDITION: &str =
+    concat!("EXISTS (SELECT 1 FROM requests WHERE ", update_cas!(), ")");
 
 /// An insert's precondition (parameter `?7`, the id).
-const INSERT_PRECONDITION: &str = "NOT EXISTS (SELECT 1 FROM requests WHERE id = ?7)";
+const INSERT_PRECONDITION: &str = new_id!();
 
 /// [`INSERT_PRECONDITION`] for a batch without the risk upserts: the
 /// aggregates are not kept either.
-const INSERT_PRECONDITION_RISK_OFF: &str = "NOT EXISTS (SELECT 1 FROM requests WHERE id = ?7)
-    AND NOT EXISTS (SELECT 1 FROM risk_upkeep WHERE id = 1)";
+const INSERT_PRECONDITION_RISK_OFF: &str = concat!(new_id!(), " AND NOT ", risk_kept!());
 
 /// The transition whole in one round trip, `COMMIT` included, when its
 /// events (if any) chain onto the head this store remembers: each
@@ -2763,18 +2792,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (name, requests) in [("used.db", 1), ("empty.db", 0)] {
             let path = dir.path().join(name);
-            let conn = old_database(&path, 14).await;
-            drop(conn);
-            let store = SqliteStore::open(&path).await.unwrap();
-            // Written as version 14 would: the aggregates with the row.
-            sqlx::query("DELETE FROM schema_migrations WHERE version >= 15")
-                .execute(&store.pool)
-                .await
-                .unwrap();
-            sqlx::query("DROP TABLE risk_upkeep")
-                .execute(&store.pool)
-                .await
-                .unwrap();
+            // A version 14 database, written as version 14 did: each
+            // request with its aggregates.
+            let mut conn = old_database(&path, 14).await;
             for _ in 0..requests {
                 let r = record();
                 let c = Columns::of(&r).unwrap();
@@ -2785,15 +2805,15 @@ mod tests {
                 .bind(c.id.as_slice())
                 .bind(c.created_at)
                 .bind(c.body.as_slice())
-                .execute(&store.pool)
+                .execute(&mut conn)
                 .await
                 .unwrap();
                 sqlx::query("INSERT INTO risk_hours (requester, hour, n) VALUES ('alice', 3, 1)")
-                    .execute(&store.pool)
+                    .execute(&mut conn)
                     .await
                     .unwrap();
             }
-            store.close().await;
+            drop(conn);
             let store = SqliteStore::open(&path).await.unwrap();
             assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
             assert_eq!(
