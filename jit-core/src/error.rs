@@ -104,6 +104,17 @@ pub enum Error {
         message: String,
     },
 
+    /// The requester already holds as many requests waiting for approval as
+    /// the broker allows ([`BrokerBuilder::max_pending_per_requester`](crate::BrokerBuilder::max_pending_per_requester));
+    /// nothing was stored. Checked only for a request that would wait.
+    #[error("`{requester}` already has {max} pending requests, the most one person may hold: cancel one or wait for decisions")]
+    TooManyPending {
+        /// The requester's exact subject id.
+        requester: String,
+        /// The cap.
+        max: usize,
+    },
+
     /// The audit record could not be written; the operation was not completed (fail-closed).
     #[error("audit failed: {0}")]
     AuditFailed(String),
@@ -131,6 +142,7 @@ impl Error {
     /// | `invalid_state` | [`Error::InvalidState`] | 409 |
     /// | `conflict` | [`Error::Conflict`] | 409 |
     /// | `throttled` | [`Error::Throttled`] | 429, with `Retry-After` when known |
+    /// | `too_many_requests` | [`Error::TooManyPending`] | 429 |
     /// | `audit_failed` | [`Error::AuditFailed`] | 500 |
     /// | `invalid_configuration` | [`Error::Config`] (the host's own configuration) | 500 |
     /// | `internal` | [`Error::Store`] | 500 |
@@ -146,6 +158,7 @@ impl Error {
             Error::InvalidState { .. } => "invalid_state",
             Error::Conflict { .. } => "conflict",
             Error::Throttled { .. } => "throttled",
+            Error::TooManyPending { .. } => "too_many_requests",
             Error::AuditFailed(_) => "audit_failed",
             Error::Config(_) => "invalid_configuration",
             Error::Store(_) => "internal",
@@ -162,7 +175,7 @@ impl Error {
             Error::Denied { .. } | Error::Forbidden { .. } => 403,
             Error::NotFound { .. } => 404,
             Error::InvalidState { .. } | Error::Conflict { .. } => 409,
-            Error::Throttled { .. } => 429,
+            Error::Throttled { .. } | Error::TooManyPending { .. } => 429,
             Error::AuditFailed(_) | Error::Config(_) | Error::Store(_) => 500,
             Error::ProviderRejected { .. } => 502,
             Error::Unavailable { .. } => 503,

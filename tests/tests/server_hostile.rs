@@ -322,7 +322,8 @@ async fn metrics_move_to_their_own_listener_or_need_a_bearer() {
 
 /// Many people filing requests for an entitlement the approver does not
 /// approve never push a real request out of that approver's queue, and one
-/// person cannot hold more than the pending cap.
+/// person cannot hold more than the pending cap (yet still gets what is
+/// auto-approved).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_flood_neither_hides_a_real_request_nor_passes_the_pending_cap() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,6 +356,17 @@ async fn a_queue_flood_neither_hides_a_real_request_nor_passes_the_pending_cap()
             .contains("20 pending requests"),
         "{v}"
     );
+    // The cap is on requests that wait: what the policy auto-approves
+    // still goes through, credentials and all.
+    let (st, v) = post(&url, &mallory, ask("api")).await;
+    assert_eq!(
+        (st, v["request"]["state"].as_str()),
+        (201, Some("active")),
+        "{v}"
+    );
+    assert!(v["credentials"].is_object(), "{v}");
+    let (st, v) = post(&url, &mallory, ask("sandbox")).await;
+    assert_eq!((st, code(&v)), (429, "too_many_requests"), "{v}");
 
     // Many people: more than the queue's 1,000, all newer than the real one.
     let people: Vec<String> = (0..52)

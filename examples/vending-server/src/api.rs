@@ -39,10 +39,11 @@
 //! # Limits
 //!
 //! Each verified subject may hold `[limits] max_pending_per_requester`
-//! pending requests and submit (new requests and extensions)
-//! `submits_per_minute` after a burst of `submit_burst`; past either the
-//! answer is `429` with code `too_many_requests` (and `Retry-After` for the
-//! rate). Every free-text field (justification, reasons, comments) takes at
+//! requests waiting for approval (checked only for a request that would
+//! wait: a subject at the cap still gets what the policy auto-approves) and
+//! submit (new requests and extensions) `submits_per_minute` after a burst
+//! of `submit_burst`; past either the answer is `429` with code
+//! `too_many_requests` (and `Retry-After` for the rate). Every free-text field (justification, reasons, comments) takes at
 //! most [`jit_core::MAX_TEXT_LEN`] characters.
 //!
 //! Every answer carries `Cache-Control: no-store` (credentials and request
@@ -271,10 +272,9 @@ pub async fn submit(
     Caller(p): Caller,
     JsonBody(b): JsonBody<SubmitBody>,
 ) -> ApiResult<Response> {
-    let _admitted = match state.limits.admit(&state.broker, &p).await {
-        Ok(a) => a,
-        Err(refused) => return Ok(refused),
-    };
+    if let Err(refused) = state.limits.admit(&p) {
+        return Ok(refused.into_response());
+    }
     let mut req = AccessRequest::new(&b.entitlement, duration(&b.duration)?, &b.justification)
         .with_context("source", "vending-server");
     if let Some(t) = b.ticket.as_deref() {
@@ -445,10 +445,9 @@ pub async fn extend(
     JsonBody(b): JsonBody<ExtendBody>,
 ) -> ApiResult<Response> {
     let r = load(&state, &p, &id).await?;
-    let _admitted = match state.limits.admit(&state.broker, &p).await {
-        Ok(a) => a,
-        Err(refused) => return Ok(refused),
-    };
+    if let Err(refused) = state.limits.admit(&p) {
+        return Ok(refused.into_response());
+    }
     let out = state
         .broker
         .extend(&p, r.id, duration(&b.duration)?, &b.justification)

@@ -480,8 +480,10 @@ impl<'de> Deserialize<'de> for ProviderTable {
 pub struct Limits {
     /// Largest request body.
     pub max_body_bytes: usize,
-    /// How many pending requests one principal may hold; a submit past it
-    /// is 429 until some are decided, cancelled or time out. 0: no limit.
+    /// How many pending requests one principal may hold; a submit that
+    /// would wait for approval past it is 429 until some are decided,
+    /// cancelled or time out (one the policy auto-approves still goes
+    /// through). 0: no limit.
     pub max_pending_per_requester: usize,
     /// Sustained rate of new requests (and extensions) per verified
     /// subject, per minute; faster is 429 with `Retry-After`. 0: no limit.

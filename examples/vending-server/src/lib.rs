@@ -11,8 +11,9 @@
 //!   `[metrics] cache_secs`, shared by concurrent scrapes; `[metrics] listen`
 //!   moves it to a listener of its own, `bearer_token_file` puts it behind a
 //!   token (the server warns at start when neither is set).
-//! - New requests are limited per verified subject ([`limits`]): a pending
-//!   cap and a rate, both answered with `429 too_many_requests`.
+//! - New requests are limited per verified subject: a rate ([`limits`]) and
+//!   a cap on requests waiting for approval (the broker's, checked only for
+//!   a request that would wait), both answered with `429 too_many_requests`.
 //! - Every answer but the public keys is `Cache-Control: no-store`.
 //! - A client's `x-request-id` is kept only if it is short and plain
 //!   ([`is_safe_request_id`]); otherwise a fresh UUID replaces it.
@@ -383,6 +384,7 @@ impl Server {
         builder = risk_setup(builder, &config.risk)?;
         builder = tickets_setup(builder, &config.tickets)?;
         builder = on_call_setup(builder, &config.on_call)?;
+        builder = builder.max_pending_per_requester(config.limits.max_pending_per_requester);
         let broker = builder.build().map_err(|e| e.to_string())?;
         let retention = retention::Retention::from_config(&config.retention)?;
 

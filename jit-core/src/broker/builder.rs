@@ -78,6 +78,7 @@ pub struct BrokerBuilder {
     ticket_timeout: Duration,
     on_call: Option<Arc<dyn crate::oncall::OnCallSource>>,
     on_call_timeout: Duration,
+    max_pending: usize,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -111,6 +112,7 @@ impl BrokerBuilder {
             ticket_timeout: Duration::from_secs(5),
             on_call: None,
             on_call_timeout: Duration::from_secs(5),
+            max_pending: 0,
         }
     }
 
@@ -207,6 +209,17 @@ impl BrokerBuilder {
     /// answered by then counts as not on call.
     pub fn on_call_timeout(mut self, timeout: Duration) -> Self {
         self.on_call_timeout = timeout;
+        self
+    }
+
+    /// How many requests waiting for approval one requester may hold
+    /// (default 0: no cap). A submit that would wait past it is refused
+    /// with [`Error::TooManyPending`] and nothing is stored; one the policy
+    /// auto-approves or denies is never refused by it (checked only for a
+    /// request that would wait; parallel submits by one requester in one
+    /// process cannot race past it).
+    pub fn max_pending_per_requester(mut self, max: usize) -> Self {
+        self.max_pending = max;
         self
     }
 
@@ -314,6 +327,8 @@ impl BrokerBuilder {
                 ticket_timeout: self.ticket_timeout,
                 on_call: self.on_call,
                 on_call_timeout: self.on_call_timeout,
+                max_pending: self.max_pending,
+                pending_slots: Default::default(),
             }),
         })
     }

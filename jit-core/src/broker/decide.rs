@@ -146,6 +146,12 @@ impl Broker {
             };
             e.grant_id = rec.grant_id();
         }
+        // Held until the request is stored (see `pending.rs`); a request
+        // that does not wait never reads the store for the cap.
+        let _slot = match rec.state {
+            State::Pending => self.pending_slot(requester).await?,
+            _ => None,
+        };
         let events = self.seal(events);
         let recs = self.inner.store.insert(&rec, &events).await?;
         self.forward(&recs).await?;

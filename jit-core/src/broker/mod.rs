@@ -49,7 +49,8 @@
 //! # Layout
 //!
 //! One file per seam: `builder.rs` ([`BrokerBuilder`], [`RetryPolicy`]),
-//! `decide.rs` (submit, approve, deny, cancel, extend), `issue.rs` (mint,
+//! `decide.rs` (submit, approve, deny, cancel, extend), `pending.rs` (the
+//! cap on a requester's pending requests), `issue.rs` (mint,
 //! undo a mint that could not be recorded, deliver again), `revoke.rs` and
 //! `retention.rs` (archive finished requests and prune them).
 //! The time-driven work (expiry, timeouts, scheduled issue, revocation
@@ -60,6 +61,7 @@
 mod builder;
 mod decide;
 mod issue;
+mod pending;
 mod retention;
 mod revoke;
 
@@ -128,6 +130,9 @@ pub(crate) struct Inner {
     pub(crate) ticket_timeout: Duration,
     pub(crate) on_call: Option<Arc<dyn crate::oncall::OnCallSource>>,
     pub(crate) on_call_timeout: Duration,
+    /// Pending requests one requester may hold (0: no cap).
+    pub(crate) max_pending: usize,
+    pub(crate) pending_slots: pending::PendingSlots,
 }
 
 /// The newest audit head this broker wrote, and the newest it checkpointed.
