@@ -111,7 +111,7 @@ impl Broker {
                 // and a catalogue tightened since only ever takes away: its
                 // shorter maximum cuts the window, a longer one is ignored.
                 let current = self.entitlement(&rec.request.entitlement)?;
-                let ent = self.approved_entitlement(rec)?;
+                let approved_provider = self.approved_entitlement(rec)?.provider.clone();
                 // Again at issue: this replica's provider may allow less than
                 // the one the window was cut for.
                 let max = self
@@ -149,7 +149,7 @@ impl Broker {
                 g.starts_at = now;
                 g.ends_at = ends;
                 rec.state = State::Issuing;
-                provider_name = ent.provider;
+                provider_name = approved_provider;
                 Ok(Vec::new())
             })
             .await?;
@@ -187,7 +187,7 @@ impl Broker {
 
         // 3. Record it as Active with its `issued` audit record.
         let record_issued = self
-            .commit_from(id, Some(rec.clone()), |rec, now| {
+            .commit_from(id, Some(rec), |rec, now| {
                 if rec.state != State::Issuing {
                     return Err(invalid_state("record issue", rec));
                 }
@@ -298,7 +298,7 @@ impl Broker {
             grant_id: g.id,
             request_id: rec.id,
             subject: rec.requester.clone(),
-            entitlement: self.approved_entitlement(rec)?,
+            entitlement: self.approved_entitlement(rec)?.into_owned(),
             starts_at: g.starts_at,
             ends_at: g.ends_at,
             justification: rec.request.justification.clone(),

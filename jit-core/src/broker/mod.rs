@@ -248,10 +248,15 @@ impl Broker {
 
     /// The entitlement `rec` was decided on: the copy stored with it, or,
     /// for records written before copies were kept, the catalogue's entry.
-    pub(crate) fn approved_entitlement(&self, rec: &RequestRecord) -> Result<Entitlement> {
+    pub(crate) fn approved_entitlement<'r>(
+        &self,
+        rec: &'r RequestRecord,
+    ) -> Result<std::borrow::Cow<'r, Entitlement>> {
         match &rec.entitlement {
-            Some(e) => Ok(e.clone()),
-            None => self.entitlement(&rec.request.entitlement),
+            Some(e) => Ok(std::borrow::Cow::Borrowed(e)),
+            None => self
+                .entitlement(&rec.request.entitlement)
+                .map(std::borrow::Cow::Owned),
         }
     }
 
@@ -390,20 +395,19 @@ impl Broker {
                 ),
             };
             let now = self.inner.clock.now();
-            let mut next = current.clone();
+            // `f` changes the record in place: a refused or conflicting
+            // attempt starts again from the stored record, never from this
+            // one, so only its version is kept.
+            let expected = current.version;
+            let mut next = current;
             let events = match f(&mut next, now) {
                 Ok(events) => self.seal(events),
                 Err(_) if from_copy => continue,
                 Err(e) => return Err(e),
             };
-            next.version = current.version + 1;
+            next.version = expected + 1;
             next.updated_at = now;
-            match self
-                .inner
-                .store
-                .update(current.version, &next, &events)
-                .await
-            {
+            match self.inner.store.update(expected, &next, &events).await {
                 Ok(recs) => return Ok((next, recs)),
                 Err(e @ Error::Conflict { .. }) => {
                     last = Some(e);
