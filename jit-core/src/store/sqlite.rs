@@ -1673,14 +1673,12 @@ struct Planned {
 }
 
 impl Planned {
-    /// The guarded `INSERT` of these rows, its parameters numbered from
-    /// `first` (each row's seq, hash and body, then the head's seq and
-    /// hash; see [`Planned::bind`]): it writes every row only if the
-    /// stored head (the newest row, or the anchor when every row was
-    /// pruned) is exactly the one they follow and nothing comes after it,
-    /// and `extra` (SQL, empty for none) holds, followed by a row `(1,
-    /// rows written)`.
-    fn push_sql(&self, sql: &mut String, first: usize, extra: &str) {
+    /// The `INSERT` of these rows, its parameters numbered from `first`
+    /// (each row's seq, hash and body, then the head's seq and hash; see
+    /// [`Planned::bind`]), writing every row only if `guard` (SQL) holds,
+    /// followed by a row `(1, rows written)`. `guard` is
+    /// [`Planned::head_guard`] or a condition that implies it.
+    fn push_sql(&self, sql: &mut String, first: usize, guard: &str) {
         use std::fmt::Write as _;
         sql.push_str(
             "INSERT INTO audit (seq, hash, body) SELECT column1, column2, column3 FROM (VALUES ",
@@ -1694,11 +1692,7 @@ impl Planned {
             let _ = write!(sql, "(?{p}, ?{}, ?{})", p + 1, p + 2);
         }
         sql.push_str(") WHERE ");
-        sql.push_str(&self.head_guard(first));
-        if !extra.is_empty() {
-            sql.push_str(" AND ");
-            sql.push_str(extra);
-        }
+        sql.push_str(guard);
         sql.push_str(";\nSELECT 1, changes()");
     }
 
@@ -1719,15 +1713,6 @@ impl Planned {
             AND COALESCE((SELECT hash FROM audit WHERE seq = ?{seq}),
                 (SELECT unhex(hash) FROM audit_anchor WHERE id = 1 AND seq = ?{seq})) = ?{hash}"
         )
-    }
-
-    /// SQL that holds in the statement right after [`Planned::push_sql`]'s
-    /// `INSERT` and its `SELECT`: that it wrote every row. (`changes()`
-    /// counts the rows of the last `INSERT`, `UPDATE` or `DELETE` of the
-    /// connection, so of this batch's audit `INSERT`, whatever the chain
-    /// holds: an identical event stored before could not pass for it.)
-    fn written_guard(&self) -> String {
-        format!("changes() = {}", self.chained.records.len())
     }
 
     /// Binds [`Planned::push_sql`]'s parameters, in order.
@@ -1759,7 +1744,7 @@ fn batch_sql(begin: &str, own: &[&str], own_params: usize, planned: Option<&Plan
     }
     if let Some(p) = planned {
         batch.push_str(";\n");
-        p.push_sql(&mut batch, own_params + 1, "");
+        p.push_sql(&mut batch, own_params + 1, &p.head_guard(own_params + 1));
     }
     batch
 }
@@ -1957,28 +1942,26 @@ macro_rules! update_request {
 /// `UPDATE` sets, changed or not).
 const UPDATE_REQUEST_SQL: &str = concat!(update_request!(), ";\n    SELECT 0, changes()");
 
-/// What [`UPDATE_REQUEST_SQL`] compares, as a condition on the stored row.
-const UPDATE_PRECONDITION: &str =
-    concat!("EXISTS (SELECT 1 FROM requests WHERE ", update_cas!(), ")");
-
 /// An insert's precondition (parameter `?7`, the id).
 const INSERT_PRECONDITION: &str = new_id!();
-
-/// [`INSERT_PRECONDITION`] for a batch without the risk upserts: the
-/// aggregates are not kept either.
-const INSERT_PRECONDITION_RISK_OFF: &str = concat!(new_id!(), " AND NOT ", risk_kept!());
 
 /// The transition whole in one round trip, `COMMIT` included, when its
 /// events (if any) chain onto the head this store remembers: each
 /// statement writes only if every condition of the transition holds, so
 /// the batch writes all of it or nothing, and commits either way.
 ///
-/// - An insert: the risk upserts and the audit rows if the id is new and
-///   the head is the remembered one, then the record if that `INSERT`
-///   wrote every audit row (no events: if the id is new).
-/// - An update: the audit rows if the head is the remembered one and the
-///   record is at the expected version with the same identity, then the
-///   compare-and-set if that `INSERT` wrote every row.
+/// - An insert: the risk upserts if the id is new and the head is the
+///   remembered one, then the record if the head is the remembered one
+///   (`ON CONFLICT DO NOTHING` for a taken id).
+/// - An update: the compare-and-set if the record is at the expected
+///   version with the same identity and the head is the remembered one.
+/// - Then the audit rows, if that statement wrote the record
+///   (`changes()`).
+///
+/// The record goes first because the audit `INSERT` then reads no table:
+/// an `INSERT` whose `SELECT` reads its own table (as a guard on the head
+/// would) makes SQLite copy the rows to a temporary table first, a table
+/// created and dropped for every write.
 ///
 /// Returns the records when it wrote them; `None` when it did not try (no
 /// remembered head, too many events) or wrote nothing (a lost race, an
@@ -1998,35 +1981,29 @@ async fn commit_once(
         return Ok(None);
     }
     let planned = planned.as_ref();
-    let insert = matches!(t, Transition::Insert(_));
-    let (record, own, precondition) = match *t {
-        Transition::Insert(r) if risk_off => (r, 15, INSERT_PRECONDITION_RISK_OFF),
-        Transition::Insert(r) => (r, 15, INSERT_PRECONDITION),
-        Transition::Update(_, r) => (r, 10, UPDATE_PRECONDITION),
+    let (record, own) = match *t {
+        Transition::Insert(r) => (r, 15),
+        Transition::Update(_, r) => (r, 10),
     };
     let c = Columns::of(record)?;
     let all = all_params(planned.map_or(own, |p| p.params(own + 1)));
-    let written = planned.map(Planned::written_guard);
+    let head = planned.map(|p| p.head_guard(own + 1));
     let mut sql = String::with_capacity(8192);
     sql.push_str("BEGIN IMMEDIATE;\n");
-    if insert && !risk_off {
-        let guard = match planned {
-            Some(p) => format!("{precondition} AND {}", p.head_guard(own + 1)),
-            None => precondition.to_string(),
+    if matches!(t, Transition::Insert(_)) && !risk_off {
+        let guard = match &head {
+            Some(h) => format!("{INSERT_PRECONDITION} AND {h}"),
+            None => INSERT_PRECONDITION.to_string(),
         };
         sql.push_str(&risk_sql(&all, &guard));
-        sql.push_str(";\n");
-    }
-    if let Some(p) = planned {
-        sql.push_str("WITH ");
-        sql.push_str(&all);
-        sql.push(' ');
-        p.push_sql(&mut sql, own + 1, precondition);
         sql.push_str(";\n");
     }
     sql.push_str("WITH ");
     sql.push_str(&all);
     sql.push(' ');
+    // The record's own guards: a new id is `ON CONFLICT DO NOTHING`'s (a
+    // `NOT EXISTS` on `requests` here would read the table the statement
+    // writes), the expected version the compare-and-set's.
     match *t {
         Transition::Insert(_) => {
             sql.push_str(
@@ -2034,18 +2011,29 @@ async fn commit_once(
                 (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
             SELECT ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 WHERE ",
             );
-            sql.push_str(written.as_deref().unwrap_or(precondition));
-            sql.push_str("\n            ON CONFLICT (id) DO NOTHING");
+            sql.push_str(if risk_off {
+                concat!("NOT ", risk_kept!())
+            } else {
+                "1"
+            });
         }
-        Transition::Update(..) => {
-            sql.push_str(update_request!());
-            if let Some(w) = &written {
-                sql.push_str(" AND ");
-                sql.push_str(w);
-            }
-        }
+        Transition::Update(..) => sql.push_str(update_request!()),
     }
-    sql.push_str(";\nSELECT 0, changes();\nCOMMIT");
+    if let Some(h) = &head {
+        sql.push_str(" AND ");
+        sql.push_str(h);
+    }
+    if matches!(t, Transition::Insert(_)) {
+        sql.push_str("\n            ON CONFLICT (id) DO NOTHING");
+    }
+    sql.push_str(";\nSELECT 0, changes()");
+    if let Some(p) = planned {
+        sql.push_str(";\nWITH ");
+        sql.push_str(&all);
+        sql.push(' ');
+        p.push_sql(&mut sql, own + 1, "changes() = 1");
+    }
+    sql.push_str(";\nCOMMIT");
     let risk;
     let q = match *t {
         Transition::Insert(r) => {
