@@ -224,7 +224,7 @@ impl Broker {
             tracing::error!(request = %id, error = %e, "audit sink failed; revoking what was minted");
             let reason = format!("audit sink failed: {e}");
             let _ = self
-                .revoke_inner(id, SYSTEM_ACTOR, &reason, false, |_| Ok(()))
+                .revoke_inner(id, SYSTEM_ACTOR, &reason, false, |_| Ok(()), None)
                 .await;
             return Err(e);
         }

@@ -57,8 +57,15 @@ impl Broker {
                 });
             }
         }
-        self.revoke_inner(id, actor.id.as_str(), reason, false, authorize)
-            .await
+        self.revoke_inner(
+            id,
+            actor.id.as_str(),
+            reason,
+            false,
+            authorize,
+            Some(current),
+        )
+        .await
     }
 
     pub(crate) async fn revoke_inner<A>(
@@ -68,12 +75,15 @@ impl Broker {
         reason: &str,
         expiry: bool,
         authorize: A,
+        known: Option<RequestRecord>,
     ) -> Result<RequestRecord>
     where
         A: Fn(&RequestRecord) -> Result<()>,
     {
+        // `known`: the record the caller has just read, tried first (see
+        // `Broker::commit_from`: a stale copy is a conflict and a re-read).
         let started = self
-            .commit(id, |rec, now| {
+            .commit_from(id, known, |rec, now| {
                 authorize(rec)?;
                 if rec.state != State::Active {
                     return Err(invalid_state("revoke", rec));
@@ -131,7 +141,7 @@ impl Broker {
         };
         let retry = self.inner.retry.clone();
         let (next, recs) = self
-            .commit(rec.id, |r, now| {
+            .commit_from(rec.id, Some(rec), |r, now| {
                 if !matches!(r.state, State::Revoking | State::RevocationFailed) {
                     return Err(invalid_state("record revocation", r));
                 }

@@ -193,8 +193,15 @@ impl Broker {
                 None => false,
             };
             if !native {
-                self.revoke_inner(rec.id, REAPER_ACTOR, "grant window ended", true, |_| Ok(()))
-                    .await?;
+                self.revoke_inner(
+                    rec.id,
+                    REAPER_ACTOR,
+                    "grant window ended",
+                    true,
+                    |_| Ok(()),
+                    None,
+                )
+                .await?;
                 return Ok(Step::Done(Vec::new()));
             }
             let (_, recs) = self
