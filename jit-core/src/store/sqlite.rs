@@ -1952,16 +1952,18 @@ const INSERT_PRECONDITION: &str = new_id!();
 ///
 /// - An insert: the risk upserts if the id is new and the head is the
 ///   remembered one, then the record if the head is the remembered one
-///   (`ON CONFLICT DO NOTHING` for a taken id).
+///   (`OR IGNORE` for a taken id).
 /// - An update: the compare-and-set if the record is at the expected
 ///   version with the same identity and the head is the remembered one.
 /// - Then the audit rows, if that statement wrote the record
 ///   (`changes()`).
 ///
 /// The record goes first because the audit `INSERT` then reads no table:
-/// an `INSERT` whose `SELECT` reads its own table (as a guard on the head
-/// would) makes SQLite copy the rows to a temporary table first, a table
-/// created and dropped for every write.
+/// an `INSERT .. SELECT` that reads its own table (as a guard on the head
+/// would), or that writes a table with row triggers (as `requests` has),
+/// makes SQLite copy the rows to a temporary table first, a table created
+/// and dropped for every write. So the record's `INSERT` is `VALUES` too,
+/// its guard folded into its id.
 ///
 /// Returns the records when it wrote them; `None` when it did not try (no
 /// remembered head, too many events) or wrote nothing (a lost race, an
@@ -2001,30 +2003,39 @@ async fn commit_once(
     sql.push_str("WITH ");
     sql.push_str(&all);
     sql.push(' ');
-    // The record's own guards: a new id is `ON CONFLICT DO NOTHING`'s (a
-    // `NOT EXISTS` on `requests` here would read the table the statement
-    // writes), the expected version the compare-and-set's.
+    // The record's own guards. An insert is `VALUES`, not `SELECT ..
+    // WHERE`: SQLite runs an `INSERT .. SELECT` into a table with row
+    // triggers (`state_counts`' here) through a temporary table made for
+    // each statement. Its guard instead makes the id NULL, a row that
+    // `OR IGNORE` skips like a taken id (as it would a failed `CHECK`:
+    // then nothing is written and the two-round-trip path, which reports
+    // such errors, runs).
+    let head = head.as_deref();
     match *t {
         Transition::Insert(_) => {
             sql.push_str(
-                "INSERT INTO requests
+                "INSERT OR IGNORE INTO requests
                 (id, version, state, requester, entitlement, created_at, due_at, ends_at, body)
-            SELECT ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 WHERE ",
+            VALUES (CASE WHEN ",
             );
             sql.push_str(if risk_off {
                 concat!("NOT ", risk_kept!())
             } else {
                 "1"
             });
+            if let Some(h) = head {
+                sql.push_str(" AND ");
+                sql.push_str(h);
+            }
+            sql.push_str(" THEN ?7 END, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
         }
-        Transition::Update(..) => sql.push_str(update_request!()),
-    }
-    if let Some(h) = &head {
-        sql.push_str(" AND ");
-        sql.push_str(h);
-    }
-    if matches!(t, Transition::Insert(_)) {
-        sql.push_str("\n            ON CONFLICT (id) DO NOTHING");
+        Transition::Update(..) => {
+            sql.push_str(update_request!());
+            if let Some(h) = head {
+                sql.push_str(" AND ");
+                sql.push_str(h);
+            }
+        }
     }
     sql.push_str(";\nSELECT 0, changes()");
     if let Some(p) = planned {
@@ -2704,7 +2715,11 @@ mod tests {
         let mut made = Vec::new();
         for who in ["alice", "alice", "bob"] {
             let r = expired(who);
-            store.insert(&r, &event(&r)).await.unwrap();
+            // The last through the other store, so that it remembers the
+            // audit head and writes its next insert in one round trip,
+            // believing the aggregates are not kept (see below).
+            let s = if who == "bob" { &other } else { &store };
+            s.insert(&r, &event(&r)).await.unwrap();
             made.push(r);
         }
         assert_eq!(count(&store, "SELECT count(*) FROM risk_upkeep").await, 0);
@@ -2744,7 +2759,9 @@ mod tests {
         let built = aggregate_rows(&store).await;
         assert!(built > 0);
 
-        // Kept from now on, by the other store's inserts too.
+        // Kept from now on, by the other store's inserts too, though it
+        // opened the file before they were kept: its one-round-trip insert
+        // without the upserts is guarded on their not being kept.
         let r = expired("alice");
         other.insert(&r, &event(&r)).await.unwrap();
         made.push(r);
