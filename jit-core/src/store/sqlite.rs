@@ -26,9 +26,12 @@
 //!   wrote, and every statement is guarded on every condition of the
 //!   transition (the head is still the stored one; the id is new, or the
 //!   record is at the expected version with the same identity; the
-//!   batch's audit `INSERT` wrote every row), so the batch writes all of
-//!   it or nothing and commits either way; a `SELECT` of `changes()`
-//!   after each statement says what it did. A batch that wrote nothing
+//!   audit rows go in only if the record's statement wrote it), so the
+//!   batch writes all of it or nothing and commits either way; a `SELECT`
+//!   of `changes()` after each statement says what it did. No statement
+//!   of it is an `INSERT .. SELECT` that reads its own table or writes one
+//!   with triggers: SQLite would run it through a temporary table made
+//!   for each write. A batch that wrote nothing
 //!   (another process appended, a lost race, an unknown id) and a
 //!   transition with no remembered head run
 //!   again in two round trips: a batch that begins the transaction and
