@@ -10,22 +10,19 @@ use std::sync::Arc;
 use common::*;
 use jit_core::store::SqliteStore;
 use jit_core::testing::{MemorySink, TestProvider};
-use jit_core::{
-    Broker, CataloguePolicy, Error, ListFilter, ManualClock, MemoryStore, State, Store,
-};
+use jit_core::{Broker, Error, ListFilter, ManualClock, MemoryStore, State, Store};
 
 fn capped(store: Arc<dyn Store>, max: usize) -> Broker {
-    let policy = Arc::new(CataloguePolicy::from_toml_str(CATALOGUE).unwrap());
-    Broker::builder(store, policy)
-        .provider(Arc::new(TestProvider::new("test")))
-        .provider(Arc::new(
-            TestProvider::new("manual-expiry").without_native_expiry(),
-        ))
-        .clock(Arc::new(ManualClock::starting_now()))
-        .audit_sink(Arc::new(MemorySink::new()))
-        .max_pending_per_requester(max)
-        .build()
-        .unwrap()
+    builder_with(
+        store,
+        &Arc::new(TestProvider::new("test")),
+        &Arc::new(TestProvider::new("manual-expiry").without_native_expiry()),
+        &ManualClock::starting_now(),
+        &Arc::new(MemorySink::new()),
+    )
+    .max_pending_per_requester(max)
+    .build()
+    .unwrap()
 }
 
 async fn pending_of(store: &dyn Store, who: &str) -> usize {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use jit_core::testing::{MemorySink, TestProvider};
 use jit_core::{
-    AccessRequest, Broker, CataloguePolicy, ManualClock, MemoryStore, Principal, Store,
+    AccessRequest, Broker, BrokerBuilder, CataloguePolicy, ManualClock, MemoryStore, Principal,
+    Store,
 };
 
 /// `dev-read`: auto-approved up to 30m, else one lead. `prod-read`: two leads.
@@ -89,16 +90,27 @@ pub fn broker_with(
     sink: &Arc<MemorySink>,
     replica: Option<&str>,
 ) -> Broker {
-    let policy = Arc::new(CataloguePolicy::from_toml_str(CATALOGUE).unwrap());
-    let mut b = Broker::builder(store, policy)
-        .provider(provider.clone())
-        .provider(manual.clone())
-        .clock(Arc::new(clock.clone()))
-        .audit_sink(sink.clone());
+    let mut b = builder_with(store, provider, manual, clock, sink);
     if let Some(id) = replica {
         b = b.replica_id(id);
     }
     b.build().unwrap()
+}
+
+/// [`broker_with`]'s builder, for a test that sets more on it.
+pub fn builder_with(
+    store: Arc<dyn Store>,
+    provider: &Arc<TestProvider>,
+    manual: &Arc<TestProvider>,
+    clock: &ManualClock,
+    sink: &Arc<MemorySink>,
+) -> BrokerBuilder {
+    let policy = Arc::new(CataloguePolicy::from_toml_str(CATALOGUE).unwrap());
+    Broker::builder(store, policy)
+        .provider(provider.clone())
+        .provider(manual.clone())
+        .clock(Arc::new(clock.clone()))
+        .audit_sink(sink.clone())
 }
 
 pub fn env() -> Env {
